@@ -1,0 +1,184 @@
+//! The decoded-image cache: raw interleaved samples (row-major, channels last, little
+//! endian) in one file, memory-mapped for reading. A JSON sidecar records the source's
+//! path, size and modification time; a cache is reused only while all three match.
+//! Built through a temporary file and renamed, so a killed decode leaves no cache behind.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use super::{decode_bands, ImageInfo, SampleType};
+use crate::error::{Error, Result};
+use crate::util::{atomic_write, fnv1a64, progress_bytes};
+
+const CACHE_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct CacheKey {
+    version: u32,
+    source: PathBuf,
+    len: u64,
+    mtime_ns: u128,
+    info: Option<ImageInfo>,
+}
+
+/// A decoded image, memory-mapped.
+pub struct ImageCache {
+    pub info: ImageInfo,
+    pub source: PathBuf,
+    pub raw_path: PathBuf,
+    /// true when this call decoded the source, false when an existing cache was reused.
+    pub built: bool,
+    map: Option<Mmap>,
+}
+
+/// Where caches go: `$SPAHDMAP_CACHE_DIR`, else `$XDG_CACHE_HOME/spahdmap`, else `~/.cache/spahdmap`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SPAHDMAP_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("spahdmap");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("spahdmap"),
+        None => std::env::temp_dir().join("spahdmap-cache"),
+    }
+}
+
+fn key_of(source: &Path) -> Result<CacheKey> {
+    let meta = std::fs::metadata(source).map_err(|e| Error::io(source, e))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(CacheKey {
+        version: CACHE_VERSION,
+        source: source.canonicalize().map_err(|e| Error::io(source, e))?,
+        len: meta.len(),
+        mtime_ns,
+        info: None,
+    })
+}
+
+impl ImageCache {
+    /// Open the cache of `source` in `cache_dir`, decoding the source first if needed.
+    pub fn open(source: &Path, cache_dir: &Path) -> Result<ImageCache> {
+        let mut key = key_of(source)?;
+        let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let tag = format!("{stem}-{:016x}", fnv1a64(key.source.to_string_lossy().as_bytes()));
+        let raw_path = cache_dir.join(format!("{tag}.raw"));
+        let key_path = cache_dir.join(format!("{tag}.json"));
+        if let Ok(text) = std::fs::read_to_string(&key_path) {
+            if let Ok(old) = serde_json::from_str::<CacheKey>(&text) {
+                if let Some(info) = old.info.clone() {
+                    let same = CacheKey { info: None, ..old } == key;
+                    let len_ok = std::fs::metadata(&raw_path).map(|m| m.len() == info.total_bytes()).unwrap_or(false);
+                    if same && len_ok {
+                        return Self::map(info, source, raw_path, false);
+                    }
+                }
+            }
+        }
+        std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+        let _ = std::fs::remove_file(&key_path);
+        let info = Self::build(source, &raw_path)?;
+        key.info = Some(info.clone());
+        atomic_write(&key_path, serde_json::to_string_pretty(&key).unwrap().as_bytes())?;
+        Self::map(info, source, raw_path, true)
+    }
+
+    fn build(source: &Path, raw_path: &Path) -> Result<ImageInfo> {
+        let tmp = raw_path.with_extension(format!("raw.partial.{}", std::process::id()));
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = BufWriter::with_capacity(4 << 20, file);
+        let expected = super::probe(source)?;
+        let bar = progress_bytes(expected.total_bytes(), &format!("decoding {}", source.display()));
+        let mut written = 0u64;
+        let result = decode_bands(source, &mut |band| {
+            written += band.len() as u64;
+            if written > expected.total_bytes() {
+                return Err(Error::format(source, "image data", "more pixel data than the header declares"));
+            }
+            bar.inc(band.len() as u64);
+            w.write_all(band).map_err(|e| Error::io(&tmp, e))
+        })
+        .and_then(|info| {
+            w.flush().map_err(|e| Error::io(&tmp, e))?;
+            if written != info.total_bytes() {
+                return Err(Error::format(source, "image data", format!("decoded {written} bytes, expected {} (truncated?)", info.total_bytes())));
+            }
+            Ok(info)
+        });
+        bar.finish_and_clear();
+        drop(w);
+        match result {
+            Ok(info) => {
+                std::fs::rename(&tmp, raw_path).map_err(|e| Error::io(raw_path, e))?;
+                Ok(info)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn map(info: ImageInfo, source: &Path, raw_path: PathBuf, built: bool) -> Result<ImageCache> {
+        let map = if info.total_bytes() == 0 {
+            None
+        } else {
+            let f = File::open(&raw_path).map_err(|e| Error::io(&raw_path, e))?;
+            // SAFETY: the cache file is ours and only replaced by rename, never modified in place.
+            Some(unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&raw_path, e))?)
+        };
+        Ok(ImageCache { info, source: source.to_path_buf(), raw_path, built, map })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// The raw bytes of one row.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.info.row_bytes();
+        &self.bytes()[r * rb..(r + 1) * rb]
+    }
+
+    /// Sample `k` of a row's raw bytes as f32 in sample units (0–255 or 0–65535).
+    #[inline]
+    pub fn sample(&self, row: &[u8], k: usize) -> f32 {
+        match self.info.sample {
+            SampleType::U8 => row[k] as f32,
+            SampleType::U16 => u16::from_le_bytes([row[2 * k], row[2 * k + 1]]) as f32,
+        }
+    }
+
+    /// A region as f32, rows × cols × channels; pixels outside the image are 0.
+    pub fn region_f32(&self, r0: i64, c0: i64, rows: usize, cols: usize) -> Vec<f32> {
+        let ch = self.info.channels;
+        let mut out = vec![0f32; rows * cols * ch];
+        for y in 0..rows {
+            let r = r0 + y as i64;
+            if r < 0 || r >= self.info.height as i64 {
+                continue;
+            }
+            let row = self.row(r as usize);
+            for x in 0..cols {
+                let c = c0 + x as i64;
+                if c < 0 || c >= self.info.width as i64 {
+                    continue;
+                }
+                for k in 0..ch {
+                    out[(y * cols + x) * ch + k] = self.sample(row, c as usize * ch + k);
+                }
+            }
+        }
+        out
+    }
+}

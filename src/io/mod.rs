@@ -1,0 +1,10 @@
+//! Readers and writers. Knows nothing of training.
+
+pub mod config;
+pub mod h5;
+pub mod image;
+pub mod mtx;
+pub mod positions;
+pub mod sparse;
+pub mod spots;
+pub mod text;

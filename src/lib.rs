@@ -1,0 +1,15 @@
+//! spahdmap: the SpaHDmap method — spatial transcriptomics spots fused with the histology
+//! image into interpretable, pixel-resolution embeddings — on CPU and CUDA.
+//!
+//! Data flows one way: `io` (readers, image cache, writers) → `preprocess` → stages →
+//! results. `cli` only parses flags and calls into the library.
+
+pub mod cli;
+pub mod error;
+pub mod inspect;
+pub mod io;
+pub mod preprocess;
+pub mod simulate;
+pub mod util;
+
+pub use error::{Error, Result};
