@@ -18,7 +18,9 @@ fn find_nvcc() -> Option<PathBuf> {
         }
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("nvcc")).find(|p| p.exists())
+    std::env::split_paths(&path)
+        .map(|d| d.join("nvcc"))
+        .find(|p| p.exists())
 }
 
 fn main() {
@@ -30,7 +32,12 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let fatbin = out.join("kernels.fatbin");
     let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+                .collect()
+        })
         .unwrap_or_default();
     sources.sort();
     let archs = "sm_80,sm_90,compute_90";
@@ -39,14 +46,18 @@ fn main() {
             if required {
                 panic!("SPAHDMAP_REQUIRE_NVCC=1 but no nvcc found (set NVCC or CUDA_HOME)");
             }
-            println!("cargo:warning=nvcc not found: building without CUDA kernels (the CPU backend is complete)");
+            println!("cargo:warning=nvcc not found: building without CUDA kernels");
             false
         }
         Some(_) if sources.is_empty() => false,
         Some(nvcc) => {
             let status = Command::new(&nvcc)
                 .args(["--fatbin", "-O3", "-std=c++17", "-lineinfo"])
-                .args(["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"])
+                .args([
+                    "-gencode=arch=compute_80,code=sm_80",
+                    "-gencode=arch=compute_90,code=sm_90",
+                    "-gencode=arch=compute_90,code=compute_90",
+                ])
                 .arg("-o")
                 .arg(&fatbin)
                 .args(&sources)
@@ -57,7 +68,9 @@ fn main() {
                     if required {
                         panic!("nvcc failed on kernels/*.cu: {other:?}");
                     }
-                    println!("cargo:warning=nvcc failed ({other:?}): building without CUDA kernels");
+                    println!(
+                        "cargo:warning=nvcc failed ({other:?}): building without CUDA kernels"
+                    );
                     false
                 }
             }
@@ -66,5 +79,8 @@ fn main() {
     if !built {
         std::fs::write(&fatbin, b"").unwrap();
     }
-    println!("cargo:rustc-env=SPAHDMAP_KERNEL_ARCHS={}", if built { archs } else { "" });
+    println!(
+        "cargo:rustc-env=SPAHDMAP_KERNEL_ARCHS={}",
+        if built { archs } else { "" }
+    );
 }

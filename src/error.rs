@@ -35,7 +35,11 @@ impl Error {
             source,
         }
     }
-    pub fn format(path: impl AsRef<Path>, field: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn format(
+        path: impl AsRef<Path>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Error::Format {
             path: path.as_ref().to_path_buf(),
             field: field.into(),

@@ -43,11 +43,17 @@ pub struct Report {
 }
 
 fn range(v: impl Iterator<Item = f64>) -> [f64; 2] {
-    v.fold([f64::INFINITY, f64::NEG_INFINITY], |[a, b], x| [a.min(x), b.max(x)])
+    v.fold([f64::INFINITY, f64::NEG_INFINITY], |[a, b], x| {
+        [a.min(x), b.max(x)]
+    })
 }
 
 fn outside(rc: &[[f64; 2]], info: &ImageInfo) -> usize {
-    rc.iter().filter(|p| p[0] < 0.0 || p[1] < 0.0 || p[0] >= info.height as f64 || p[1] >= info.width as f64).count()
+    rc.iter()
+        .filter(|p| {
+            p[0] < 0.0 || p[1] < 0.0 || p[0] >= info.height as f64 || p[1] >= info.width as f64
+        })
+        .count()
 }
 
 pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> Result<Report> {
@@ -57,7 +63,10 @@ pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> 
     let rc = d.row_col(spec.swap_coord);
     let (radius, radius_source) = match (spec.radius, d.radius()) {
         (Some(r), _) => (r, "given".to_string()),
-        (None, Some(r)) => (r, "scale factors (round(spot_diameter_fullres / 2))".to_string()),
+        (None, Some(r)) => (
+            r,
+            "scale factors (round(spot_diameter_fullres / 2))".to_string(),
+        ),
         (None, None) => {
             warnings.push(format!("no spot radius in the data or settings: using the reference default of {DEFAULT_RADIUS} px"));
             (DEFAULT_RADIUS, "default".to_string())
@@ -73,13 +82,25 @@ pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> 
             let n_out = outside(&rc, &info);
             if n_out > 0 {
                 let swapped: Vec<[f64; 2]> = rc.iter().map(|p| [p[1], p[0]]).collect();
-                let hint = if outside(&swapped, &info) == 0 { " — x/y look swapped (try the other swap_coord setting)" } else { "" };
-                warnings.push(format!("{n_out} of {} spots lie outside the {}×{} image{hint}", rc.len(), info.height, info.width));
+                let hint = if outside(&swapped, &info) == 0 {
+                    " — x/y look swapped (try the other swap_coord setting)"
+                } else {
+                    ""
+                };
+                warnings.push(format!(
+                    "{n_out} of {} spots lie outside the {}×{} image{hint}",
+                    rc.len(),
+                    info.height,
+                    info.width
+                ));
             }
             let (type_guess, cache) = if decode_image {
                 let c = ImageCache::open(path, &default_cache_dir())?;
                 let (thumb, _, _) = block_thumbnail(&c, 16);
-                (classify(&thumb).name().to_string(), c.raw_path.display().to_string())
+                (
+                    classify(&thumb).name().to_string(),
+                    c.raw_path.display().to_string(),
+                )
             } else {
                 ("not decoded".to_string(), String::new())
             };
@@ -118,14 +139,41 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "section {}", self.section)?;
         writeln!(f, "  spots      {}", self.spots)?;
-        writeln!(f, "  genes      {}  ({} non-zero entries, max {}{})", self.genes, self.nonzero, self.max_count, if self.looks_raw { ", raw counts" } else { ", looks normalised" })?;
-        writeln!(f, "  radius     {} px ({})", self.radius, self.radius_source)?;
-        writeln!(f, "  rows       {:.1} – {:.1}", self.row_range[0], self.row_range[1])?;
-        writeln!(f, "  cols       {:.1} – {:.1}", self.col_range[0], self.col_range[1])?;
+        writeln!(
+            f,
+            "  genes      {}  ({} non-zero entries, max {}{})",
+            self.genes,
+            self.nonzero,
+            self.max_count,
+            if self.looks_raw {
+                ", raw counts"
+            } else {
+                ", looks normalised"
+            }
+        )?;
+        writeln!(
+            f,
+            "  radius     {} px ({})",
+            self.radius, self.radius_source
+        )?;
+        writeln!(
+            f,
+            "  rows       {:.1} – {:.1}",
+            self.row_range[0], self.row_range[1]
+        )?;
+        writeln!(
+            f,
+            "  cols       {:.1} – {:.1}",
+            self.col_range[0], self.col_range[1]
+        )?;
         writeln!(f, "  counts     {}", self.counts_file)?;
         writeln!(f, "  positions  {}", self.positions_file)?;
         if let Some(i) = &self.image {
-            writeln!(f, "  image      {} ({} × {} × {}, {}, {}), looks {}", i.path, i.height, i.width, i.channels, i.dtype, i.format, i.type_guess)?;
+            writeln!(
+                f,
+                "  image      {} ({} × {} × {}, {}, {}), looks {}",
+                i.path, i.height, i.width, i.channels, i.dtype, i.format, i.type_guess
+            )?;
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;

@@ -38,7 +38,11 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
-        BenchWhat::Decode { image, repeat, json } => {
+        BenchWhat::Decode {
+            image,
+            repeat,
+            json,
+        } => {
             let mut times = Vec::new();
             let mut bytes = 0u64;
             for _ in 0..repeat.max(1) {
@@ -56,9 +60,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let m = median(times);
             let mbps = bytes as f64 / 1e6 / m;
             if json {
-                println!("{}", serde_json::json!({"bench": "decode", "image": image, "bytes": bytes, "median_s": m, "mb_per_s": mbps, "repeat": repeat}));
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "decode", "image": image, "bytes": bytes, "median_s": m, "mb_per_s": mbps, "repeat": repeat})
+                );
             } else {
-                println!("decode {}: {:.1} MB of pixels, median {:.3} s over {} runs, {:.0} MB/s", image.display(), bytes as f64 / 1e6, m, repeat, mbps);
+                println!(
+                    "decode {}: {:.1} MB of pixels, median {:.3} s over {} runs, {:.0} MB/s",
+                    image.display(),
+                    bytes as f64 / 1e6,
+                    m,
+                    repeat,
+                    mbps
+                );
             }
         }
     }

@@ -27,11 +27,23 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
 }
 
 pub fn read_mtx_dir(dir: &Path) -> Result<TenxMatrix> {
-    let missing = |what: &str| Error::io(dir.join(what), std::io::Error::new(std::io::ErrorKind::NotFound, "no such file (also tried .gz)"));
+    let missing = |what: &str| {
+        Error::io(
+            dir.join(what),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file (also tried .gz)",
+            ),
+        )
+    };
     let mtx = find_file(dir, &["matrix.mtx"]).ok_or_else(|| missing("matrix.mtx"))?;
     let bc = find_file(dir, &["barcodes.tsv"]).ok_or_else(|| missing("barcodes.tsv"))?;
-    let feat = find_file(dir, &["features.tsv", "genes.tsv"]).ok_or_else(|| missing("features.tsv"))?;
-    let barcodes: Vec<String> = read_lines(&bc)?.into_iter().map(|l| l.split('\t').next().unwrap_or("").to_string()).collect();
+    let feat =
+        find_file(dir, &["features.tsv", "genes.tsv"]).ok_or_else(|| missing("features.tsv"))?;
+    let barcodes: Vec<String> = read_lines(&bc)?
+        .into_iter()
+        .map(|l| l.split('\t').next().unwrap_or("").to_string())
+        .collect();
     let mut gene_ids = Vec::new();
     let mut gene_names = Vec::new();
     for (i, l) in read_lines(&feat)?.into_iter().enumerate() {
@@ -39,13 +51,22 @@ pub fn read_mtx_dir(dir: &Path) -> Result<TenxMatrix> {
         let id = it.next().unwrap_or("").to_string();
         let name = it.next().map(str::to_string).unwrap_or_else(|| id.clone());
         if id.is_empty() {
-            return Err(Error::format(&feat, format!("line {}", i + 1), "empty feature id"));
+            return Err(Error::format(
+                &feat,
+                format!("line {}", i + 1),
+                "empty feature id",
+            ));
         }
         gene_ids.push(id);
         gene_names.push(name);
     }
     let counts = read_mtx(&mtx, gene_names.len(), barcodes.len())?;
-    Ok(TenxMatrix { barcodes, gene_ids, gene_names, counts })
+    Ok(TenxMatrix {
+        barcodes,
+        gene_ids,
+        gene_names,
+        counts,
+    })
 }
 
 /// Read a coordinate-format Matrix Market file of genes × barcodes into spots × genes CSR.
@@ -68,7 +89,11 @@ fn read_mtx(path: &Path, n_genes: usize, n_spots: usize) -> Result<Csr> {
             continue;
         }
         let f: Vec<&str> = t.split_whitespace().collect();
-        let nums: Vec<usize> = f.iter().map(|s| s.parse()).collect::<std::result::Result<_, _>>().map_err(|_| bad(i, format!("bad size line {t:?}")))?;
+        let nums: Vec<usize> = f
+            .iter()
+            .map(|s| s.parse())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad(i, format!("bad size line {t:?}")))?;
         if nums.len() != 3 {
             return Err(bad(i, format!("bad size line {t:?}")));
         }
@@ -78,7 +103,13 @@ fn read_mtx(path: &Path, n_genes: usize, n_spots: usize) -> Result<Csr> {
     }
     let (rows, cols, nnz) = size.ok_or_else(|| Error::format(path, "size line", "missing"))?;
     if rows != n_genes || cols != n_spots {
-        return Err(Error::format(path, "size line", format!("matrix is {rows} × {cols} but there are {n_genes} features and {n_spots} barcodes")));
+        return Err(Error::format(
+            path,
+            "size line",
+            format!(
+                "matrix is {rows} × {cols} but there are {n_genes} features and {n_spots} barcodes"
+            ),
+        ));
     }
     for (i, l) in lines {
         let l = l.map_err(|e| bad(i, format!("cannot read ({e})")))?;
@@ -98,7 +129,14 @@ fn read_mtx(path: &Path, n_genes: usize, n_spots: usize) -> Result<Csr> {
         triplets.push(((s - 1) as u32, (g - 1) as u32, v));
     }
     if triplets.len() != nnz {
-        return Err(Error::format(path, "entries", format!("{} entries but the size line promises {nnz} (truncated?)", triplets.len())));
+        return Err(Error::format(
+            path,
+            "entries",
+            format!(
+                "{} entries but the size line promises {nnz} (truncated?)",
+                triplets.len()
+            ),
+        ));
     }
     triplets.sort_unstable_by_key(|t| (t.0, t.1));
     let mut m = Csr::empty(n_spots, n_genes);

@@ -84,7 +84,13 @@ impl Csr {
 
     /// The transposed matrix in CSR form (equivalently this matrix in CSC form).
     pub fn transpose(&self) -> Csr {
-        Csr::from_compressed_minor(self.cols, self.rows, &self.indptr, &self.indices, &self.data)
+        Csr::from_compressed_minor(
+            self.cols,
+            self.rows,
+            &self.indptr,
+            &self.indices,
+            &self.data,
+        )
     }
 
     /// Keep the given rows, in the given order.
@@ -117,7 +123,11 @@ impl Csr {
     /// Check structural invariants; `what` names the source in the message.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.indptr.len() != self.rows + 1 {
-            return Err(format!("indptr has {} entries, expected {}", self.indptr.len(), self.rows + 1));
+            return Err(format!(
+                "indptr has {} entries, expected {}",
+                self.indptr.len(),
+                self.rows + 1
+            ));
         }
         if self.indptr[0] != 0 || *self.indptr.last().unwrap() != self.data.len() {
             return Err("indptr does not span the data".into());
@@ -145,9 +155,15 @@ mod tests {
         let m = Csr::from_dense(3, 3, &dense);
         assert_eq!(m.to_dense(), dense);
         let t = m.transpose();
-        assert_eq!(t.to_dense(), vec![1.0, 0.0, 4.0, 0.0, 0.0, 5.0, 2.0, 3.0, 0.0]);
+        assert_eq!(
+            t.to_dense(),
+            vec![1.0, 0.0, 4.0, 0.0, 0.0, 5.0, 2.0, 3.0, 0.0]
+        );
         assert_eq!(t.transpose(), m);
-        assert_eq!(m.select_rows(&[2, 0]).to_dense(), vec![4.0, 5.0, 0.0, 1.0, 0.0, 2.0]);
+        assert_eq!(
+            m.select_rows(&[2, 0]).to_dense(),
+            vec![4.0, 5.0, 0.0, 1.0, 0.0, 2.0]
+        );
         assert!(m.validate().is_ok());
     }
 }

@@ -13,7 +13,10 @@ pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
     let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(f))))
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(f),
+        )))
     } else {
         Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
     }
@@ -62,7 +65,11 @@ pub fn read_table(path: &Path, has_header: Option<bool>) -> Result<Table> {
     };
     let is_header = header.unwrap_or_else(|| {
         rows.first()
-            .map(|r| r.iter().skip(1).any(|f| !f.is_empty() && f.parse::<f64>().is_err()))
+            .map(|r| {
+                r.iter()
+                    .skip(1)
+                    .any(|f| !f.is_empty() && f.parse::<f64>().is_err())
+            })
             .unwrap_or(false)
     });
     let header = if is_header && !rows.is_empty() {

@@ -4,8 +4,8 @@
 //! by disk, not memory. Expression follows the same domain map: each spot's counts are drawn
 //! from the per-pixel programs averaged over its disk.
 
-pub mod field;
 mod expression;
+pub mod field;
 mod render;
 
 use std::path::{Path, PathBuf};
@@ -31,27 +31,60 @@ pub struct SimParams {
 
 impl Default for SimParams {
     fn default() -> Self {
-        SimParams { height: 4000, width: 4000, radius: 30.0, domains: 5, genes: 500, seed: 0, library_size: 4000.0 }
+        SimParams {
+            height: 4000,
+            width: 4000,
+            radius: 30.0,
+            domains: 5,
+            genes: 500,
+            seed: 0,
+            library_size: 4000.0,
+        }
     }
 }
 
 impl SimParams {
     pub fn validate(&self) -> Result<()> {
         if self.radius < 2.0 {
-            return Err(Error::setting("--radius", format!("must be at least 2 pixels, got {}", self.radius)));
+            return Err(Error::setting(
+                "--radius",
+                format!("must be at least 2 pixels, got {}", self.radius),
+            ));
         }
         let spacing = 100.0 / 55.0 * 2.0 * self.radius;
         if (self.height.min(self.width) as f32) < 4.0 * spacing {
-            return Err(Error::setting("--height/--width", format!("{}×{} px holds too few spots of radius {}; make it at least {} px", self.height, self.width, self.radius, (4.0 * spacing).ceil())));
+            return Err(Error::setting(
+                "--height/--width",
+                format!(
+                    "{}×{} px holds too few spots of radius {}; make it at least {} px",
+                    self.height,
+                    self.width,
+                    self.radius,
+                    (4.0 * spacing).ceil()
+                ),
+            ));
         }
         if self.height > 1 << 20 || self.width > 1 << 20 {
-            return Err(Error::setting("--height/--width", "at most 1,048,576 px a side"));
+            return Err(Error::setting(
+                "--height/--width",
+                "at most 1,048,576 px a side",
+            ));
         }
         if !(1..=200).contains(&self.domains) {
-            return Err(Error::setting("--domains", format!("must be 1–200, got {}", self.domains)));
+            return Err(Error::setting(
+                "--domains",
+                format!("must be 1–200, got {}", self.domains),
+            ));
         }
         if self.genes < 10 * self.domains.max(2) {
-            return Err(Error::setting("--genes", format!("need at least {} genes for {} domains", 10 * self.domains.max(2), self.domains)));
+            return Err(Error::setting(
+                "--genes",
+                format!(
+                    "need at least {} genes for {} domains",
+                    10 * self.domains.max(2),
+                    self.domains
+                ),
+            ));
         }
         Ok(())
     }
@@ -78,12 +111,24 @@ pub fn simulate(p: &SimParams, out: &Path, force: bool) -> Result<SimSummary> {
     let t0 = std::time::Instant::now();
     if out.exists() {
         if !force {
-            return Err(Error::io(out, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (use --force to replace it)")));
+            return Err(Error::io(
+                out,
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "already exists (use --force to replace it)",
+                ),
+            ));
         }
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = out.file_name().and_then(|s| s.to_str()).unwrap_or("section");
+    let name = out
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("section");
     let tmp = parent.join(format!(".{name}.partial.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let r = write_section(p, &tmp);
@@ -98,7 +143,12 @@ pub fn simulate(p: &SimParams, out: &Path, force: bool) -> Result<SimSummary> {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-    Ok(SimSummary { out: out.to_path_buf(), seconds: t0.elapsed().as_secs_f64(), peak_rss_bytes: crate::util::peak_rss_bytes(), ..summary })
+    Ok(SimSummary {
+        out: out.to_path_buf(),
+        seconds: t0.elapsed().as_secs_f64(),
+        peak_rss_bytes: crate::util::peak_rss_bytes(),
+        ..summary
+    })
 }
 
 fn write_section(p: &SimParams, dir: &Path) -> Result<SimSummary> {
@@ -108,7 +158,11 @@ fn write_section(p: &SimParams, dir: &Path) -> Result<SimSummary> {
     let section = Section::new(p.seed, p.height, p.width, p.radius, p.domains);
     render::render(&section, dir)?;
     let e = expression::write_expression(&section, p, dir)?;
-    std::fs::write(dir.join("truth/params.json"), serde_json::to_string_pretty(p).unwrap()).map_err(|e| Error::io(dir.join("truth/params.json"), e))?;
+    std::fs::write(
+        dir.join("truth/params.json"),
+        serde_json::to_string_pretty(p).unwrap(),
+    )
+    .map_err(|e| Error::io(dir.join("truth/params.json"), e))?;
     Ok(SimSummary {
         out: dir.to_path_buf(),
         height: p.height,

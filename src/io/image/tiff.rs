@@ -24,7 +24,7 @@ fn compression_name(code: u32) -> String {
         6 | 7 => "JPEG".into(),
         8 | 32946 => "Deflate".into(),
         32773 => "PackBits".into(),
-        33003 | 33005 => format!("JPEG 2000 ({code})"),
+        33003 | 33005 | 34712 => format!("JPEG 2000 ({code})"),
         34887 => "LERC".into(),
         50000 => "Zstd".into(),
         other => format!("code {other}"),
@@ -50,6 +50,17 @@ struct Page {
     down: usize,
     color: ColorType,
     layout: String,
+    /// JPEG-compressed chunks are decoded here, not by the `tiff` crate, whose colour
+    /// handling of JPEG data in photometric-RGB files returns unconverted YCbCr.
+    jpeg: Option<JpegChunks>,
+}
+
+struct JpegChunks {
+    file: File,
+    offsets: Vec<u64>,
+    counts: Vec<u64>,
+    /// shared quantisation / Huffman tables (JPEGTables), an abbreviated JPEG stream
+    tables: Option<Vec<u8>>,
 }
 
 fn open_decoder(path: &Path) -> Result<Dec> {
@@ -60,30 +71,89 @@ fn open_decoder(path: &Path) -> Result<Dec> {
 }
 
 fn page(path: &Path, mut dec: Dec, index: usize) -> Result<Page> {
-    let field = |f: &str| if index == 0 { f.to_string() } else { format!("page {index}: {f}") };
-    let (w, h) = dec.dimensions().map_err(|e| Error::format(path, field("ImageWidth"), e.to_string()))?;
-    let compression = dec.find_tag_unsigned::<u32>(Tag::Compression).ok().flatten().unwrap_or(1);
+    let field = |f: &str| {
+        if index == 0 {
+            f.to_string()
+        } else {
+            format!("page {index}: {f}")
+        }
+    };
+    let (w, h) = dec
+        .dimensions()
+        .map_err(|e| Error::format(path, field("ImageWidth"), e.to_string()))?;
+    let compression = dec
+        .find_tag_unsigned::<u32>(Tag::Compression)
+        .ok()
+        .flatten()
+        .unwrap_or(1);
     if !SUPPORTED_COMPRESSION.contains(&compression) {
-        return Err(Error::format(path, field("Compression"), format!("{} is not supported (supported: none, LZW, Deflate, JPEG, PackBits)", compression_name(compression))));
+        return Err(Error::format(
+            path,
+            field("Compression"),
+            format!(
+                "{} is not supported (supported: none, LZW, Deflate, JPEG, PackBits)",
+                compression_name(compression)
+            ),
+        ));
     }
-    let color = dec.colortype().map_err(|e| Error::format(path, field("PhotometricInterpretation"), e.to_string()))?;
+    let color = dec
+        .colortype()
+        .map_err(|e| Error::format(path, field("PhotometricInterpretation"), e.to_string()))?;
     let sample = match color.bit_depth() {
         8 => SampleType::U8,
         16 => SampleType::U16,
-        b => return Err(Error::format(path, field("BitsPerSample"), format!("{b}-bit samples are not supported (8 or 16)"))),
+        b => {
+            return Err(Error::format(
+                path,
+                field("BitsPerSample"),
+                format!("{b}-bit samples are not supported (8 or 16)"),
+            ))
+        }
     };
     let samples = color.num_samples() as usize;
-    let planar = dec.find_tag_unsigned::<u16>(Tag::PlanarConfiguration).ok().flatten() == Some(2);
+    let planar = dec
+        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+        .ok()
+        .flatten()
+        == Some(2);
     let (cw, ch) = dec.chunk_dimensions();
     let tiled = matches!(dec.get_chunk_type(), ::tiff::decoder::ChunkType::Tile);
     let (cw, ch) = (cw as usize, ch as usize);
     let layout = format!(
         "{} {}{}",
-        if tiled { format!("tiled {cw}x{ch}") } else { format!("stripped {ch} rows/strip") },
+        if tiled {
+            format!("tiled {cw}x{ch}")
+        } else {
+            format!("stripped {ch} rows/strip")
+        },
         compression_name(compression),
         if planar { " planar" } else { "" }
     );
+    let jpeg = if compression == 7 {
+        let (otag, ctag) = if tiled {
+            (Tag::TileOffsets, Tag::TileByteCounts)
+        } else {
+            (Tag::StripOffsets, Tag::StripByteCounts)
+        };
+        let offsets = dec
+            .get_tag_u64_vec(otag)
+            .map_err(|e| Error::format(path, field("TileOffsets/StripOffsets"), e.to_string()))?;
+        let counts = dec.get_tag_u64_vec(ctag).map_err(|e| {
+            Error::format(path, field("TileByteCounts/StripByteCounts"), e.to_string())
+        })?;
+        let tables = dec.get_tag_u8_vec(Tag::JPEGTables).ok();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Some(JpegChunks {
+            file,
+            offsets,
+            counts,
+            tables,
+        })
+    } else {
+        None
+    };
     Ok(Page {
+        jpeg,
         dec,
         width: w as usize,
         height: h as usize,
@@ -113,11 +183,19 @@ fn pages(path: &Path) -> Result<(Vec<Page>, bool)> {
                 break;
             }
             let Ok(p) = page(path, d, k) else { break };
-            if p.width != out[0].width || p.height != out[0].height || p.samples != 1 || p.sample != out[0].sample {
+            if p.width != out[0].width
+                || p.height != out[0].height
+                || p.samples != 1
+                || p.sample != out[0].sample
+            {
                 break;
             }
             if p.chunk_h != out[0].chunk_h {
-                return Err(Error::format(path, format!("page {k}: RowsPerStrip/TileLength"), "channel pages with different chunk heights are not supported"));
+                return Err(Error::format(
+                    path,
+                    format!("page {k}: RowsPerStrip/TileLength"),
+                    "channel pages with different chunk heights are not supported",
+                ));
             }
             out.push(p);
             k += 1;
@@ -126,7 +204,9 @@ fn pages(path: &Path) -> Result<(Vec<Page>, bool)> {
     let big = {
         use std::io::Read;
         let mut b = [0u8; 4];
-        File::open(path).and_then(|mut f| f.read_exact(&mut b)).map_err(|e| Error::io(path, e))?;
+        File::open(path)
+            .and_then(|mut f| f.read_exact(&mut b))
+            .map_err(|e| Error::io(path, e))?;
         b[2] == 43 || b[3] == 43
     };
     Ok((out, big))
@@ -139,19 +219,36 @@ fn kept_samples(path: &Path, p: &Page) -> Result<usize> {
         // JPEG-compressed YCbCr is converted to RGB by the decoder.
         ColorType::YCbCr(_) => Ok(3),
         ColorType::RGBA(_) | ColorType::GrayA(_) => Ok(p.samples - 1),
-        other => Err(Error::format(path, "PhotometricInterpretation", format!("{other:?} images are not supported"))),
+        other => Err(Error::format(
+            path,
+            "PhotometricInterpretation",
+            format!("{other:?} images are not supported"),
+        )),
     }
 }
 
 fn info_of(path: &Path, pages: &[Page], big: bool) -> Result<ImageInfo> {
     let p = &pages[0];
-    let channels = if pages.len() > 1 { pages.len() } else { kept_samples(path, p)? };
+    let channels = if pages.len() > 1 {
+        pages.len()
+    } else {
+        kept_samples(path, p)?
+    };
     Ok(ImageInfo {
         height: p.height,
         width: p.width,
         channels,
         sample: p.sample,
-        format: format!("{} {}{}", if big { "BigTIFF" } else { "TIFF" }, p.layout, if pages.len() > 1 { format!(", {} channel pages", pages.len()) } else { String::new() }),
+        format: format!(
+            "{} {}{}",
+            if big { "BigTIFF" } else { "TIFF" },
+            p.layout,
+            if pages.len() > 1 {
+                format!(", {} channel pages", pages.len())
+            } else {
+                String::new()
+            }
+        ),
     })
 }
 
@@ -164,8 +261,79 @@ fn chunk_bytes(path: &Path, r: DecodingResult, chunk: u32) -> Result<Vec<u8>> {
     match r {
         DecodingResult::U8(v) => Ok(v),
         DecodingResult::U16(v) => Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        _ => Err(Error::format(path, format!("chunk {chunk}"), "unsupported sample format")),
+        _ => Err(Error::format(
+            path,
+            format!("chunk {chunk}"),
+            "unsupported sample format",
+        )),
     }
+}
+
+/// Decode one JPEG chunk (tables spliced in front) and crop it to the chunk's data size.
+fn jpeg_chunk(
+    path: &Path,
+    j: &JpegChunks,
+    idx: u32,
+    samples: usize,
+    dw: usize,
+    dh: usize,
+) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    use zune_jpeg::zune_core::bytestream::ZCursor;
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let field = || format!("chunk {idx}");
+    let (off, len) = match (j.offsets.get(idx as usize), j.counts.get(idx as usize)) {
+        (Some(&o), Some(&l)) => (o, l as usize),
+        _ => {
+            return Err(Error::format(
+                path,
+                field(),
+                "no offset / byte count for this chunk",
+            ))
+        }
+    };
+    let mut raw = vec![0u8; len];
+    j.file
+        .read_exact_at(&mut raw, off)
+        .map_err(|e| Error::format(path, field(), format!("cannot read ({e}; truncated file?)")))?;
+    let stream = match &j.tables {
+        // tables end with EOI, the chunk starts with SOI: join without either
+        Some(t) if t.len() >= 4 && raw.len() >= 2 => {
+            let mut s = Vec::with_capacity(t.len() + raw.len());
+            s.extend_from_slice(&t[..t.len() - 2]);
+            s.extend_from_slice(&raw[2..]);
+            s
+        }
+        _ => raw,
+    };
+    let out_cs = if samples == 1 {
+        ColorSpace::Luma
+    } else {
+        ColorSpace::RGB
+    };
+    let opts = DecoderOptions::default()
+        .set_strict_mode(false)
+        .jpeg_set_out_colorspace(out_cs);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&stream[..]), opts);
+    let px = d
+        .decode()
+        .map_err(|e| Error::format(path, field(), format!("JPEG: {e}")))?;
+    let (w, h) = d
+        .dimensions()
+        .ok_or_else(|| Error::format(path, field(), "JPEG without dimensions"))?;
+    if w < dw || h < dh || px.len() < w * h * samples {
+        return Err(Error::format(
+            path,
+            field(),
+            format!("JPEG is {w}×{h}, chunk needs {dw}×{dh}"),
+        ));
+    }
+    let mut out = Vec::with_capacity(dw * dh * samples);
+    for y in 0..dh {
+        out.extend_from_slice(&px[y * w * samples..(y * w + dw) * samples]);
+    }
+    Ok(out)
 }
 
 /// Decode one row of chunks of a page into `band` (rows × width × page samples, chunky).
@@ -181,14 +349,30 @@ fn read_chunk_row(path: &Path, p: &mut Page, cr: usize, band: &mut Vec<u8>) -> R
             let idx = (plane * per_plane + cr * p.across + cc) as u32;
             let (dw, dh) = p.dec.chunk_data_dimensions(idx);
             let (dw, dh) = (dw as usize, dh as usize);
-            let data = p
-                .dec
-                .read_chunk(idx)
-                .map_err(|e| Error::format(path, format!("chunk {idx} (rows {}..{})", cr * p.chunk_h, cr * p.chunk_h + rows), e.to_string()))?;
-            let data = chunk_bytes(path, data, idx)?;
+            let data = match &p.jpeg {
+                Some(j) => jpeg_chunk(path, j, idx, p.chunk_samples, dw, dh)?,
+                None => {
+                    let data = p.dec.read_chunk(idx).map_err(|e| {
+                        Error::format(
+                            path,
+                            format!(
+                                "chunk {idx} (rows {}..{})",
+                                cr * p.chunk_h,
+                                cr * p.chunk_h + rows
+                            ),
+                            e.to_string(),
+                        )
+                    })?;
+                    chunk_bytes(path, data, idx)?
+                }
+            };
             let cpx = p.chunk_samples * bps;
             if data.len() < dw * dh.min(rows) * cpx {
-                return Err(Error::format(path, format!("chunk {idx}"), "decoded chunk is shorter than its dimensions (truncated?)"));
+                return Err(Error::format(
+                    path,
+                    format!("chunk {idx}"),
+                    "decoded chunk is shorter than its dimensions (truncated?)",
+                ));
             }
             let x0 = cc * p.chunk_w;
             for y in 0..dh.min(rows) {
@@ -198,7 +382,8 @@ fn read_chunk_row(path: &Path, p: &mut Page, cr: usize, band: &mut Vec<u8>) -> R
                     dst_row.copy_from_slice(src);
                 } else {
                     for x in 0..dw {
-                        dst_row[x * px + plane * bps..x * px + (plane + 1) * bps].copy_from_slice(&src[x * bps..(x + 1) * bps]);
+                        dst_row[x * px + plane * bps..x * px + (plane + 1) * bps]
+                            .copy_from_slice(&src[x * bps..(x + 1) * bps]);
                     }
                 }
             }

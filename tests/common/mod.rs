@@ -1,0 +1,59 @@
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(p: &str) -> PathBuf {
+    root().join("tests/fixtures").join(p)
+}
+
+/// `../shared/data/<p>` when present (it is on developer machines and in CI).
+pub fn shared(p: &str) -> Option<PathBuf> {
+    let d = root().join("../shared/data").join(p);
+    if d.exists() {
+        Some(d)
+    } else {
+        eprintln!("skipped: ../shared/data/{p} not present");
+        None
+    }
+}
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spahdmap"));
+    c.env("NO_COLOR", "1");
+    c
+}
+
+/// Run the binary with its cache in `cache`.
+pub fn run(args: &[&str], cache: &Path) -> Output {
+    bin()
+        .args(args)
+        .env("SPAHDMAP_CACHE_DIR", cache)
+        .output()
+        .expect("binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn read_npy<T: npyz::Deserialize>(p: &Path) -> (Vec<u64>, Vec<T>) {
+    let bytes = std::fs::read(p).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().to_vec();
+    (shape, npy.into_vec().unwrap())
+}
+
+/// Assert a failed run printed one error line naming `file` and `field`, without panicking.
+pub fn assert_clean_error(o: &Output, file: &str, field: &str) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "expected failure, stderr: {e}");
+    assert!(!e.contains("panicked"), "panicked: {e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {e}");
+    assert!(lines[0].contains(file), "error does not name {file}: {e}");
+    assert!(lines[0].contains(field), "error does not name {field}: {e}");
+}
