@@ -18,9 +18,7 @@ fn find_nvcc() -> Option<PathBuf> {
         }
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("nvcc"))
-        .find(|p| p.exists())
+    std::env::split_paths(&path).map(|d| d.join("nvcc")).find(|p| p.exists())
 }
 
 fn main() {
@@ -32,12 +30,7 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let fatbin = out.join("kernels.fatbin");
     let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-                .collect()
-        })
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu")).collect())
         .unwrap_or_default();
     sources.sort();
     let archs = "sm_80,sm_90,compute_90";
@@ -68,9 +61,7 @@ fn main() {
                     if required {
                         panic!("nvcc failed on kernels/*.cu: {other:?}");
                     }
-                    println!(
-                        "cargo:warning=nvcc failed ({other:?}): building without CUDA kernels"
-                    );
+                    println!("cargo:warning=nvcc failed ({other:?}): building without CUDA kernels");
                     false
                 }
             }
@@ -79,8 +70,5 @@ fn main() {
     if !built {
         std::fs::write(&fatbin, b"").unwrap();
     }
-    println!(
-        "cargo:rustc-env=SPAHDMAP_KERNEL_ARCHS={}",
-        if built { archs } else { "" }
-    );
+    println!("cargo:rustc-env=SPAHDMAP_KERNEL_ARCHS={}", if built { archs } else { "" });
 }

@@ -14,11 +14,7 @@ pub enum Error {
     },
     /// A file was read but its content is wrong; `field` says where.
     #[error("{path}: {field}: {msg}")]
-    Format {
-        path: PathBuf,
-        field: String,
-        msg: String,
-    },
+    Format { path: PathBuf, field: String, msg: String },
     /// A setting given on the command line or in a config is invalid.
     #[error("invalid setting {field}: {msg}")]
     Setting { field: String, msg: String },
@@ -30,27 +26,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.as_ref().to_path_buf(), source }
     }
-    pub fn format(
-        path: impl AsRef<Path>,
-        field: impl Into<String>,
-        msg: impl Into<String>,
-    ) -> Self {
-        Error::Format {
-            path: path.as_ref().to_path_buf(),
-            field: field.into(),
-            msg: msg.into(),
-        }
+    pub fn format(path: impl AsRef<Path>, field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Format { path: path.as_ref().to_path_buf(), field: field.into(), msg: msg.into() }
     }
     pub fn setting(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Setting {
-            field: field.into(),
-            msg: msg.into(),
-        }
+        Error::Setting { field: field.into(), msg: msg.into() }
     }
 }
 

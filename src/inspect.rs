@@ -43,17 +43,11 @@ pub struct Report {
 }
 
 fn range(v: impl Iterator<Item = f64>) -> [f64; 2] {
-    v.fold([f64::INFINITY, f64::NEG_INFINITY], |[a, b], x| {
-        [a.min(x), b.max(x)]
-    })
+    v.fold([f64::INFINITY, f64::NEG_INFINITY], |[a, b], x| [a.min(x), b.max(x)])
 }
 
 fn outside(rc: &[[f64; 2]], info: &ImageInfo) -> usize {
-    rc.iter()
-        .filter(|p| {
-            p[0] < 0.0 || p[1] < 0.0 || p[0] >= info.height as f64 || p[1] >= info.width as f64
-        })
-        .count()
+    rc.iter().filter(|p| p[0] < 0.0 || p[1] < 0.0 || p[0] >= info.height as f64 || p[1] >= info.width as f64).count()
 }
 
 pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> Result<Report> {
@@ -63,12 +57,11 @@ pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> 
     let rc = d.row_col(spec.swap_coord);
     let (radius, radius_source) = match (spec.radius, d.radius()) {
         (Some(r), _) => (r, "given".to_string()),
-        (None, Some(r)) => (
-            r,
-            "scale factors (round(spot_diameter_fullres / 2))".to_string(),
-        ),
+        (None, Some(r)) => (r, "scale factors (round(spot_diameter_fullres / 2))".to_string()),
         (None, None) => {
-            warnings.push(format!("no spot radius in the data or settings: using the reference default of {DEFAULT_RADIUS} px"));
+            warnings.push(format!(
+                "no spot radius in the data or settings: using the reference default of {DEFAULT_RADIUS} px"
+            ));
             (DEFAULT_RADIUS, "default".to_string())
         }
     };
@@ -97,10 +90,7 @@ pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> 
             let (type_guess, cache) = if decode_image {
                 let c = ImageCache::open(path, &default_cache_dir())?;
                 let (thumb, _, _) = block_thumbnail(&c, 16);
-                (
-                    classify(&thumb).name().to_string(),
-                    c.raw_path.display().to_string(),
-                )
+                (classify(&thumb).name().to_string(), c.raw_path.display().to_string())
             } else {
                 ("not decoded".to_string(), String::new())
             };
@@ -145,27 +135,11 @@ impl std::fmt::Display for Report {
             self.genes,
             self.nonzero,
             self.max_count,
-            if self.looks_raw {
-                ", raw counts"
-            } else {
-                ", looks normalised"
-            }
+            if self.looks_raw { ", raw counts" } else { ", looks normalised" }
         )?;
-        writeln!(
-            f,
-            "  radius     {} px ({})",
-            self.radius, self.radius_source
-        )?;
-        writeln!(
-            f,
-            "  rows       {:.1} – {:.1}",
-            self.row_range[0], self.row_range[1]
-        )?;
-        writeln!(
-            f,
-            "  cols       {:.1} – {:.1}",
-            self.col_range[0], self.col_range[1]
-        )?;
+        writeln!(f, "  radius     {} px ({})", self.radius, self.radius_source)?;
+        writeln!(f, "  rows       {:.1} – {:.1}", self.row_range[0], self.row_range[1])?;
+        writeln!(f, "  cols       {:.1} – {:.1}", self.col_range[0], self.col_range[1])?;
         writeln!(f, "  counts     {}", self.counts_file)?;
         writeln!(f, "  positions  {}", self.positions_file)?;
         if let Some(i) = &self.image {

@@ -75,11 +75,7 @@ pub fn progress_bytes(total: u64, msg: &str) -> ProgressBar {
 /// A count progress bar on stderr; hidden when stderr is not a terminal.
 pub fn progress_count(total: u64, msg: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
-            .unwrap()
-            .progress_chars("=> "),
-    );
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})").unwrap().progress_chars("=> "));
     bar.set_message(msg.to_string());
     bar
 }

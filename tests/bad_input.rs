@@ -37,72 +37,33 @@ fn s(p: &Path) -> &str {
 fn missing_file() {
     let d = tmp();
     let p = d.path().join("nope.h5ad");
-    assert_clean_error(
-        &run(&["inspect", "--h5ad", s(&p)], d.path()),
-        "nope.h5ad",
-        "no such file",
-    );
+    assert_clean_error(&run(&["inspect", "--h5ad", s(&p)], d.path()), "nope.h5ad", "no such file");
 }
 
 #[test]
 fn truncated_h5() {
     let d = tmp();
-    let p = truncated(
-        &fixture("readers/x_csr.h5ad"),
-        &d.path().join("cut.h5ad"),
-        0.5,
-    );
-    assert_clean_error(
-        &run(&["inspect", "--h5ad", s(&p)], d.path()),
-        "cut.h5ad",
-        "HDF5",
-    );
+    let p = truncated(&fixture("readers/x_csr.h5ad"), &d.path().join("cut.h5ad"), 0.5);
+    assert_clean_error(&run(&["inspect", "--h5ad", s(&p)], d.path()), "cut.h5ad", "HDF5");
 }
 
 #[test]
 fn truncated_tiff_leaves_no_cache() {
     let d = tmp();
-    let img = truncated(
-        &fixture("readers/tiled_lzw.tif"),
-        &d.path().join("cut.tif"),
-        0.6,
-    );
+    let img = truncated(&fixture("readers/tiled_lzw.tif"), &d.path().join("cut.tif"), 0.6);
     let cache = d.path().join("cache");
-    let o = run(
-        &[
-            "inspect",
-            "--h5ad",
-            s(&fixture("readers/x_csr.h5ad")),
-            "--image",
-            s(&img),
-        ],
-        &cache,
-    );
+    let o = run(&["inspect", "--h5ad", s(&fixture("readers/x_csr.h5ad")), "--image", s(&img)], &cache);
     assert_clean_error(&o, "cut.tif", "chunk");
-    let left: Vec<_> = std::fs::read_dir(&cache)
-        .map(|r| r.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let left: Vec<_> =
+        std::fs::read_dir(&cache).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "cache left behind: {left:?}");
 }
 
 #[test]
 fn corrupt_gzip() {
     let d = tmp();
-    let p = truncated(
-        &fixture("readers/coords.tsv.gz"),
-        &d.path().join("coords.tsv.gz"),
-        0.7,
-    );
-    let o = run(
-        &[
-            "inspect",
-            "--coords",
-            s(&p),
-            "--expression",
-            s(&fixture("readers/expression.csv")),
-        ],
-        d.path(),
-    );
+    let p = truncated(&fixture("readers/coords.tsv.gz"), &d.path().join("coords.tsv.gz"), 0.7);
+    let o = run(&["inspect", "--coords", s(&p), "--expression", s(&fixture("readers/expression.csv"))], d.path());
     assert_clean_error(&o, "coords.tsv.gz", "content");
 }
 
@@ -115,11 +76,7 @@ fn counts_barcode_without_position() {
     let text = std::fs::read_to_string(&pos).unwrap();
     let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("SPOT03")).collect();
     std::fs::write(&pos, kept.join("\n")).unwrap();
-    assert_clean_error(
-        &run(&["inspect", "--visium", s(&v)], d.path()),
-        "tissue_positions.csv",
-        "barcode",
-    );
+    assert_clean_error(&run(&["inspect", "--visium", s(&v)], d.path()), "tissue_positions.csv", "barcode");
 }
 
 #[test]
@@ -137,15 +94,7 @@ fn positions_without_counts_warn_and_no_overlap_fails() {
     text.push("EXTRA-1,1,5.0,5.0".into());
     std::fs::write(&c, text.join("\n")).unwrap();
     let o = run(
-        &[
-            "inspect",
-            "--coords",
-            s(&c),
-            "--expression",
-            s(&fixture("readers/expression.csv")),
-            "--json",
-            "--no-decode",
-        ],
+        &["inspect", "--coords", s(&c), "--expression", s(&fixture("readers/expression.csv")), "--json", "--no-decode"],
         d.path(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -155,16 +104,7 @@ fn positions_without_counts_warn_and_no_overlap_fails() {
     let c2 = d.path().join("other.csv");
     std::fs::write(&c2, "id,x,y\nA,1,2\nB,3,4\n").unwrap();
     assert_clean_error(
-        &run(
-            &[
-                "inspect",
-                "--coords",
-                s(&c2),
-                "--expression",
-                s(&fixture("readers/expression.csv")),
-            ],
-            d.path(),
-        ),
+        &run(&["inspect", "--coords", s(&c2), "--expression", s(&fixture("readers/expression.csv"))], d.path()),
         "other.csv",
         "spot id",
     );
@@ -186,12 +126,7 @@ fn spots_outside_image_and_swapped_axes_warn() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(
-        v["warnings"]
-            .to_string()
-            .contains("outside the 70×90 image"),
-        "{v}"
-    );
+    assert!(v["warnings"].to_string().contains("outside the 70×90 image"), "{v}");
     assert_eq!(v["image"]["height"], 70);
     // swapped: coordinates fit only the other way round
     let c = d.path().join("c.csv");
@@ -230,10 +165,7 @@ fn nan_and_negative_counts() {
     for v in ["nan", "-2"] {
         let e = expression_with(d.path(), v);
         assert_clean_error(
-            &run(
-                &["inspect", "--coords", s(&c), "--expression", s(&e)],
-                d.path(),
-            ),
+            &run(&["inspect", "--coords", s(&c), "--expression", s(&e)], d.path()),
             "expr.csv",
             "spot S1 gene G2",
         );
@@ -247,27 +179,14 @@ fn empty_matrix() {
     std::fs::write(&c, "id,x,y\nS1,1,2\n").unwrap();
     let e = d.path().join("e.csv");
     std::fs::write(&e, ",G1,G2\n").unwrap();
-    assert_clean_error(
-        &run(
-            &["inspect", "--coords", s(&c), "--expression", s(&e)],
-            d.path(),
-        ),
-        "e.csv",
-        "spots",
-    );
+    assert_clean_error(&run(&["inspect", "--coords", s(&c), "--expression", s(&e)], d.path()), "e.csv", "spots");
 }
 
 #[test]
 fn unsupported_compression() {
     let d = tmp();
     let o = run(
-        &[
-            "inspect",
-            "--h5ad",
-            s(&fixture("readers/x_csr.h5ad")),
-            "--image",
-            s(&fixture("readers/jp2k.tif")),
-        ],
+        &["inspect", "--h5ad", s(&fixture("readers/x_csr.h5ad")), "--image", s(&fixture("readers/jp2k.tif"))],
         d.path(),
     );
     assert_clean_error(&o, "jp2k.tif", "Compression");
@@ -279,39 +198,23 @@ fn config_field_of_wrong_type_and_download_id() {
     let d = tmp();
     let cfg = d.path().join("c.json");
     let a = fixture("readers/x_csr.h5ad");
-    std::fs::write(&cfg, serde_json::json!({"sections": [{"name": "A", "adata_path": a}], "paras": {"scale_rate": "two"}}).to_string()).unwrap();
-    assert_clean_error(
-        &run(&["inspect", "--config", s(&cfg)], d.path()),
-        "c.json",
-        "paras.scale_rate",
-    );
     std::fs::write(
         &cfg,
-        serde_json::json!({"sections": [{"name": "A", "id": "V1_Mouse_Brain"}]}).to_string(),
+        serde_json::json!({"sections": [{"name": "A", "adata_path": a}], "paras": {"scale_rate": "two"}}).to_string(),
     )
     .unwrap();
-    assert_clean_error(
-        &run(&["inspect", "--config", s(&cfg)], d.path()),
-        "c.json",
-        "sections[0].id",
-    );
+    assert_clean_error(&run(&["inspect", "--config", s(&cfg)], d.path()), "c.json", "paras.scale_rate");
+    std::fs::write(&cfg, serde_json::json!({"sections": [{"name": "A", "id": "V1_Mouse_Brain"}]}).to_string()).unwrap();
+    assert_clean_error(&run(&["inspect", "--config", s(&cfg)], d.path()), "c.json", "sections[0].id");
     std::fs::write(&cfg, "{\"sections\": [").unwrap();
-    assert_clean_error(
-        &run(&["inspect", "--config", s(&cfg)], d.path()),
-        "c.json",
-        "JSON",
-    );
+    assert_clean_error(&run(&["inspect", "--config", s(&cfg)], d.path()), "c.json", "JSON");
 }
 
 #[test]
 fn bad_settings_are_rejected() {
     let d = tmp();
     let a = fixture("readers/x_csr.h5ad");
-    assert_clean_error(
-        &run(&["inspect", "--h5ad", s(&a), "--radius", "0.5"], d.path()),
-        "invalid setting",
-        "radius",
-    );
+    assert_clean_error(&run(&["inspect", "--h5ad", s(&a), "--radius", "0.5"], d.path()), "invalid setting", "radius");
     assert_clean_error(
         &run(&["inspect", "--h5ad", s(&a), "--scale-rate", "0"], d.path()),
         "invalid setting",
@@ -326,45 +229,17 @@ fn simulate_into_unwritable_place_leaves_nothing() {
     std::fs::write(&blocker, "x").unwrap();
     let out = blocker.join("sec");
     let o = run(
-        &[
-            "simulate",
-            "--out",
-            s(&out),
-            "--height",
-            "500",
-            "--width",
-            "500",
-            "--radius",
-            "10",
-            "--genes",
-            "60",
-        ],
+        &["simulate", "--out", s(&out), "--height", "500", "--width", "500", "--radius", "10", "--genes", "60"],
         d.path(),
     );
     assert_clean_error(&o, "file", "");
-    let names: Vec<_> = std::fs::read_dir(d.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(names.len(), 1, "{names:?}");
     // an existing output is not overwritten without --force
     let out = d.path().join("sec");
     std::fs::create_dir(&out).unwrap();
     let o = run(
-        &[
-            "simulate",
-            "--out",
-            s(&out),
-            "--height",
-            "500",
-            "--width",
-            "500",
-            "--radius",
-            "10",
-            "--genes",
-            "60",
-        ],
+        &["simulate", "--out", s(&out), "--height", "500", "--width", "500", "--radius", "10", "--genes", "60"],
         d.path(),
     );
     assert_clean_error(&o, "sec", "already exists");

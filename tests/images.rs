@@ -32,10 +32,7 @@ fn lossless_tiff_layouts_are_exact() {
         assert_eq!((info.height, info.width, info.channels), (70, 90, 3), "{f}");
         assert_eq!(got, want, "{f}");
     }
-    assert!(probe(&fixture("readers/big_packbits.tif"))
-        .unwrap()
-        .format
-        .starts_with("BigTIFF"));
+    assert!(probe(&fixture("readers/big_packbits.tif")).unwrap().format.starts_with("BigTIFF"));
 }
 
 #[test]
@@ -45,11 +42,7 @@ fn jpeg_tiled_tiff_rgb_and_ycbcr() {
         let (info, got) = decode_all(&fixture(&format!("readers/{f}.tif")));
         assert_eq!(info.channels, 3);
         // different JPEG decoders round the IDCT / upsampling differently
-        assert!(
-            max_abs_diff(&got, &want) <= 6,
-            "{f}: {}",
-            max_abs_diff(&got, &want)
-        );
+        assert!(max_abs_diff(&got, &want) <= 6, "{f}: {}", max_abs_diff(&got, &want));
     }
 }
 
@@ -57,22 +50,14 @@ fn jpeg_tiled_tiff_rgb_and_ycbcr() {
 fn immunofluorescence_page_stack_16_bit() {
     let (shape, want) = read_npy::<u16>(&fixture("readers/fluo.npy"));
     let (info, got) = decode_all(&fixture("readers/if_pages_u16.tif"));
-    assert_eq!(
-        (info.height as u64, info.width as u64, info.channels as u64),
-        (shape[0], shape[1], shape[2])
-    );
+    assert_eq!((info.height as u64, info.width as u64, info.channels as u64), (shape[0], shape[1], shape[2]));
     assert_eq!(info.sample, SampleType::U16);
-    let got: Vec<u16> = got
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
+    let got: Vec<u16> = got.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
     assert_eq!(got, want);
 }
 
 fn pattern(h: usize, w: usize, c: usize) -> Vec<u8> {
-    (0..h * w * c)
-        .map(|i| ((i * 7919) % 251) as u8 ^ ((i / (w * c)) as u8))
-        .collect()
+    (0..h * w * c).map(|i| ((i * 7919) % 251) as u8 ^ ((i / (w * c)) as u8)).collect()
 }
 
 #[test]
@@ -88,26 +73,17 @@ fn tiff_written_with_each_compression_and_depth() {
         ("packbits", Compression::Packbits),
     ] {
         let p = dir.path().join(format!("{name}.tif"));
-        let mut e = TiffEncoder::new(std::fs::File::create(&p).unwrap())
-            .unwrap()
-            .with_compression(comp);
-        e.write_image::<colortype::RGB8>(w as u32, h as u32, &rgb)
-            .unwrap();
+        let mut e = TiffEncoder::new(std::fs::File::create(&p).unwrap()).unwrap().with_compression(comp);
+        e.write_image::<colortype::RGB8>(w as u32, h as u32, &rgb).unwrap();
         let (info, got) = decode_all(&p);
         assert_eq!((info.height, info.width, info.channels), (h, w, 3));
         assert_eq!(got, rgb, "{name}");
         let p16 = dir.path().join(format!("{name}16.tif"));
-        let mut e = TiffEncoder::new_big(std::fs::File::create(&p16).unwrap())
-            .unwrap()
-            .with_compression(comp);
-        e.write_image::<colortype::Gray16>(w as u32, h as u32, &gray16)
-            .unwrap();
+        let mut e = TiffEncoder::new_big(std::fs::File::create(&p16).unwrap()).unwrap().with_compression(comp);
+        e.write_image::<colortype::Gray16>(w as u32, h as u32, &gray16).unwrap();
         let (info, got) = decode_all(&p16);
         assert_eq!((info.channels, info.sample), (1, SampleType::U16));
-        let got: Vec<u16> = got
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
+        let got: Vec<u16> = got.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
         assert_eq!(got, gray16, "{name} 16-bit");
     }
     // RGBA: alpha dropped
@@ -119,10 +95,7 @@ fn tiff_written_with_each_compression_and_depth() {
         .unwrap();
     let (info, got) = decode_all(&p);
     assert_eq!(info.channels, 3);
-    let want: Vec<u8> = rgba
-        .chunks_exact(4)
-        .flat_map(|px| [px[0], px[1], px[2]])
-        .collect();
+    let want: Vec<u8> = rgba.chunks_exact(4).flat_map(|px| [px[0], px[1], px[2]]).collect();
     assert_eq!(got, want);
 }
 
@@ -141,10 +114,7 @@ fn png_16_bit_and_rgba() {
     let (info, got) = decode_all(&p);
     assert_eq!((info.channels, info.sample), (3, SampleType::U16));
     // big-endian RGBA16 → little-endian RGB16
-    let want: Vec<u8> = data
-        .chunks_exact(8)
-        .flat_map(|px| [px[1], px[0], px[3], px[2], px[5], px[4]])
-        .collect();
+    let want: Vec<u8> = data.chunks_exact(8).flat_map(|px| [px[1], px[0], px[3], px[2], px[5], px[4]]).collect();
     assert_eq!(got, want);
 }
 
@@ -153,11 +123,7 @@ fn svs_first_page_and_her2st_jpeg() {
     if let Some(svs) = shared("wsi/cmu_small_region.svs") {
         let info = probe(&svs).unwrap();
         assert_eq!((info.height, info.width, info.channels), (2967, 2220, 3));
-        assert!(
-            info.format.contains("tiled 240x240 JPEG"),
-            "{}",
-            info.format
-        );
+        assert!(info.format.contains("tiled 240x240 JPEG"), "{}", info.format);
         let (_, px) = decode_all(&svs);
         let mean = px.iter().map(|&v| v as f64).sum::<f64>() / px.len() as f64;
         assert!(mean > 100.0 && mean < 250.0, "mean {mean}");
@@ -190,9 +156,5 @@ fn cache_is_reused_until_the_source_changes() {
     assert!(c.built);
     assert_eq!(c.bytes(), &want[..]);
     // no partial files left behind
-    assert!(std::fs::read_dir(&cache).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .contains("partial")));
+    assert!(std::fs::read_dir(&cache).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")));
 }

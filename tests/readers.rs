@@ -7,8 +7,7 @@ use spahdmap::io::config::read_config;
 use spahdmap::io::spots::{load_h5ad, load_tables, load_visium, SpotData, TableOptions};
 
 fn expected() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("readers/expected.json")).unwrap())
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture("readers/expected.json")).unwrap()).unwrap()
 }
 
 fn assert_matches_expected(d: &SpotData) {
@@ -22,17 +21,12 @@ fn assert_matches_expected(d: &SpotData) {
     let dense = d.counts.to_dense();
     let rows: Vec<f64> = serde_json::from_value(e["row_sums"].clone()).unwrap();
     for (r, want) in rows.iter().enumerate() {
-        let got: f32 = dense[r * d.counts.cols..(r + 1) * d.counts.cols]
-            .iter()
-            .sum();
+        let got: f32 = dense[r * d.counts.cols..(r + 1) * d.counts.cols].iter().sum();
         assert_eq!(got as f64, *want, "row {r}");
     }
     let xy: Vec<[f64; 2]> = serde_json::from_value(e["spatial"].clone()).unwrap();
     for (a, b) in d.spatial.iter().zip(&xy) {
-        assert!(
-            (a[0] - b[0]).abs() < 1e-9 && (a[1] - b[1]).abs() < 1e-9,
-            "{a:?} vs {b:?}"
-        );
+        assert!((a[0] - b[0]).abs() < 1e-9 && (a[1] - b[1]).abs() < 1e-9, "{a:?} vs {b:?}");
     }
 }
 
@@ -57,21 +51,15 @@ fn visium_matrix_market_gz_with_parquet_and_plain_with_csv() {
 
 #[test]
 fn coordinate_and_expression_tables() {
-    let d = load_tables(
-        &fixture("readers/coords.tsv.gz"),
-        &fixture("readers/expression.csv"),
-        &TableOptions::default(),
-    )
-    .unwrap();
+    let d =
+        load_tables(&fixture("readers/coords.tsv.gz"), &fixture("readers/expression.csv"), &TableOptions::default())
+            .unwrap();
     assert_matches_expected(&d);
     // choosing the columns explicitly gives the same
     let d2 = load_tables(
         &fixture("readers/coords.tsv.gz"),
         &fixture("readers/expression.csv"),
-        &TableOptions {
-            id_col: Some(0),
-            coord_cols: Some([2, 3]),
-        },
+        &TableOptions { id_col: Some(0), coord_cols: Some([2, 3]) },
     )
     .unwrap();
     assert_eq!(d.spatial, d2.spatial);
@@ -86,10 +74,7 @@ fn mouse_brain_h5_without_attributes_v1_positions() {
     };
     let d = load_visium(&dir).unwrap();
     assert_eq!((d.counts.rows, d.counts.cols), (2695, 100));
-    assert_eq!(
-        d.counts.data.iter().map(|&v| v as f64).sum::<f64>(),
-        132231.0
-    );
+    assert_eq!(d.counts.data.iter().map(|&v| v as f64).sum::<f64>(), 132231.0);
     assert_eq!(d.barcodes[0], "AAACAAGTATCTCCCA-1");
     assert_eq!(d.genes[0], "Xkr4");
     let (_, v) = d.counts.row(0);
@@ -127,17 +112,10 @@ fn squidpy_h5ad_csr() {
 #[test]
 fn her2st_legacy_st_layout_is_recognised() {
     let Some(dir) = shared("her2st") else { return };
-    let d = load_tables(
-        &dir.join("spots/B4_selection.tsv"),
-        &dir.join("counts/B4.tsv.gz"),
-        &TableOptions::default(),
-    )
-    .unwrap();
+    let d = load_tables(&dir.join("spots/B4_selection.tsv"), &dir.join("counts/B4.tsv.gz"), &TableOptions::default())
+        .unwrap();
     assert_eq!((d.counts.rows, d.counts.cols), (283, 15289));
-    assert_eq!(
-        d.counts.data.iter().map(|&v| v as f64).sum::<f64>(),
-        935146.0
-    );
+    assert_eq!(d.counts.data.iter().map(|&v| v as f64).sum::<f64>(), 935146.0);
     assert_eq!(d.barcodes[0], "10x14");
     // pixel_x / pixel_y kept in stored (x, y) order; the selection file has one spot more
     let rc = d.row_col(true);

@@ -17,9 +17,7 @@ fn sim(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
 #[test]
 fn same_seed_same_files_other_seed_differs() {
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--height", "900", "--width", "1100", "--radius", "12", "--genes", "120", "--seed", "5",
-    ];
+    let args = ["--height", "900", "--width", "1100", "--radius", "12", "--genes", "120", "--seed", "5"];
     let a = sim(dir.path(), "a", &args);
     let b = sim(dir.path(), "b", &args);
     for f in [
@@ -30,10 +28,7 @@ fn same_seed_same_files_other_seed_differs() {
         "truth/programs.csv",
         "spatial/tissue_lowres_image.png",
     ] {
-        let (x, y) = (
-            std::fs::read(a.join(f)).unwrap(),
-            std::fs::read(b.join(f)).unwrap(),
-        );
+        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
         // the h5 carries no timestamps we write, but HDF5 may; compare the decoded matrix for it
         if f.ends_with(".h5") {
             continue;
@@ -46,9 +41,7 @@ fn same_seed_same_files_other_seed_differs() {
     let c = sim(
         dir.path(),
         "c",
-        &[
-            "--height", "900", "--width", "1100", "--radius", "12", "--genes", "120", "--seed", "6",
-        ],
+        &["--height", "900", "--width", "1100", "--radius", "12", "--genes", "120", "--seed", "6"],
     );
     assert_ne!(
         std::fs::read(a.join("truth/domains.npy")).unwrap(),
@@ -62,20 +55,7 @@ fn section_is_consistent_with_its_truth() {
     let out = sim(
         dir.path(),
         "s",
-        &[
-            "--height",
-            "1500",
-            "--width",
-            "1400",
-            "--radius",
-            "15",
-            "--domains",
-            "4",
-            "--genes",
-            "200",
-            "--seed",
-            "1",
-        ],
+        &["--height", "1500", "--width", "1400", "--radius", "15", "--domains", "4", "--genes", "200", "--seed", "1"],
     );
     let d = load_visium(&out).unwrap();
     assert_eq!(d.counts.cols, 200);
@@ -93,10 +73,7 @@ fn section_is_consistent_with_its_truth() {
             .fold(f64::MAX, f64::min)
     });
     for d in nn {
-        assert!(
-            (d - spacing).abs() < 1.5,
-            "nearest neighbour {d} vs {spacing}"
-        );
+        assert!((d - spacing).abs() < 1.5, "nearest neighbour {d} vs {spacing}");
     }
     // truth label map matches the image: tissue pixels differ from the near-white slide
     let (shape, labels) = read_npy::<u8>(&out.join("truth/domains.npy"));
@@ -114,12 +91,7 @@ fn section_is_consistent_with_its_truth() {
             nfg += 1.0
         }
     }
-    assert!(
-        bg / nbg > 230.0 && fg / nfg < 180.0,
-        "bg {} fg {}",
-        bg / nbg,
-        fg / nfg
-    );
+    assert!(bg / nbg > 230.0 && fg / nfg < 180.0, "bg {} fg {}", bg / nbg, fg / nfg);
     for k in 0..=4u8 {
         assert!(labels.contains(&k), "label {k} missing");
     }
@@ -138,17 +110,10 @@ fn section_is_consistent_with_its_truth() {
         .map(|(j, _)| j)
         .collect();
     assert!(!markers1.is_empty());
-    let frac1: Vec<f64> = truth
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(5).unwrap().parse().unwrap())
-        .collect();
+    let frac1: Vec<f64> = truth.lines().skip(1).map(|l| l.split(',').nth(5).unwrap().parse().unwrap()).collect();
     let dense = d.counts.to_dense();
     let score = |r: usize| {
-        markers1
-            .iter()
-            .map(|&j| dense[r * 200 + j] as f64)
-            .sum::<f64>()
+        markers1.iter().map(|&j| dense[r * 200 + j] as f64).sum::<f64>()
             / d.counts.row(r).1.iter().map(|&v| v as f64).sum::<f64>()
     };
     let (mut inside, mut outside) = (vec![], vec![]);
@@ -161,12 +126,7 @@ fn section_is_consistent_with_its_truth() {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     assert!(!inside.is_empty() && !outside.is_empty());
-    assert!(
-        mean(&inside) > 2.0 * mean(&outside),
-        "{} vs {}",
-        mean(&inside),
-        mean(&outside)
-    );
+    assert!(mean(&inside) > 2.0 * mean(&outside), "{} vs {}", mean(&inside), mean(&outside));
 }
 
 #[test]
@@ -195,8 +155,5 @@ fn large_slide_is_streamed() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rss = v["peak_rss_bytes"].as_u64().unwrap();
     assert!(rss < 120 << 20, "peak RSS {} MiB", rss >> 20);
-    assert_eq!(
-        std::fs::metadata(out.join("image.tif")).unwrap().len() / 1_000_000,
-        192
-    );
+    assert_eq!(std::fs::metadata(out.join("image.tif")).unwrap().len() / 1_000_000, 192);
 }

@@ -38,11 +38,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
-        BenchWhat::Decode {
-            image,
-            repeat,
-            json,
-        } => {
+        BenchWhat::Decode { image, repeat, json } => {
             let mut times = Vec::new();
             let mut bytes = 0u64;
             for _ in 0..repeat.max(1) {

@@ -104,10 +104,7 @@ pub struct InputArgs {
 
 impl InputArgs {
     pub fn table_options(&self) -> TableOptions {
-        TableOptions {
-            id_col: self.id_col,
-            coord_cols: self.coord_cols.as_ref().map(|v| [v[0], v[1]]),
-        }
+        TableOptions { id_col: self.id_col, coord_cols: self.coord_cols.as_ref().map(|v| [v[0], v[1]]) }
     }
 
     /// The sections these flags describe (several when a config lists several).
@@ -120,20 +117,14 @@ impl InputArgs {
             } else if let Some(h) = &self.h5ad {
                 SectionInput::H5ad(h.clone())
             } else if let (Some(c), Some(e)) = (&self.coords, &self.expression) {
-                SectionInput::Tables {
-                    coords: c.clone(),
-                    expression: e.clone(),
-                }
+                SectionInput::Tables { coords: c.clone(), expression: e.clone() }
             } else {
                 return Err(Error::setting(
                     "input",
                     "give one of --config, --visium, --h5ad, or --coords with --expression",
                 ));
             };
-            vec![SectionSpec::new(
-                self.section.clone().unwrap_or_else(|| "section".into()),
-                input,
-            )]
+            vec![SectionSpec::new(self.section.clone().unwrap_or_else(|| "section".into()), input)]
         };
         for s in &mut specs {
             if self.image.is_some() {
@@ -199,16 +190,9 @@ fn run_simulate(a: SimulateArgs) -> Result<()> {
 fn run_inspect(a: InspectArgs) -> Result<()> {
     let specs = a.input.sections()?;
     let table = a.input.table_options();
-    let reports = specs
-        .iter()
-        .map(|s| crate::inspect::inspect(s, &table, !a.no_decode))
-        .collect::<Result<Vec<_>>>()?;
+    let reports = specs.iter().map(|s| crate::inspect::inspect(s, &table, !a.no_decode)).collect::<Result<Vec<_>>>()?;
     if a.json {
-        let v = if reports.len() == 1 {
-            serde_json::to_value(&reports[0])
-        } else {
-            serde_json::to_value(&reports)
-        };
+        let v = if reports.len() == 1 { serde_json::to_value(&reports[0]) } else { serde_json::to_value(&reports) };
         println!("{}", v.unwrap());
     } else {
         for r in &reports {

@@ -13,10 +13,7 @@ use crate::io::spots::{load_h5ad, load_tables, load_visium, SpotData, TableOptio
 pub enum SectionInput {
     Visium(PathBuf),
     H5ad(PathBuf),
-    Tables {
-        coords: PathBuf,
-        expression: PathBuf,
-    },
+    Tables { coords: PathBuf, expression: PathBuf },
 }
 
 /// One section and its per-section settings (SPEC §1).
@@ -65,17 +62,11 @@ impl SectionSpec {
     pub fn validate(&self) -> Result<()> {
         let f = |k: &str| format!("section {}: {k}", self.name);
         if !(self.scale_rate.is_finite() && self.scale_rate > 0.0) {
-            return Err(Error::setting(
-                f("scale_rate"),
-                format!("must be > 0, got {}", self.scale_rate),
-            ));
+            return Err(Error::setting(f("scale_rate"), format!("must be > 0, got {}", self.scale_rate)));
         }
         if let Some(r) = self.radius {
             if !(r.is_finite() && r >= 1.0) {
-                return Err(Error::setting(
-                    f("radius"),
-                    format!("must be ≥ 1 pixel, got {r}"),
-                ));
+                return Err(Error::setting(f("radius"), format!("must be ≥ 1 pixel, got {r}")));
             }
         }
         if let Some(t) = &self.image_type {
@@ -103,18 +94,15 @@ pub struct RunConfig {
 }
 
 fn want_str<'a>(path: &Path, field: &str, v: &'a Value) -> Result<&'a str> {
-    v.as_str()
-        .ok_or_else(|| Error::format(path, field, format!("expected a string, found {v}")))
+    v.as_str().ok_or_else(|| Error::format(path, field, format!("expected a string, found {v}")))
 }
 
 fn want_f64(path: &Path, field: &str, v: &Value) -> Result<f64> {
-    v.as_f64()
-        .ok_or_else(|| Error::format(path, field, format!("expected a number, found {v}")))
+    v.as_f64().ok_or_else(|| Error::format(path, field, format!("expected a number, found {v}")))
 }
 
 fn want_bool(path: &Path, field: &str, v: &Value) -> Result<bool> {
-    v.as_bool()
-        .ok_or_else(|| Error::format(path, field, format!("expected true or false, found {v}")))
+    v.as_bool().ok_or_else(|| Error::format(path, field, format!("expected true or false, found {v}")))
 }
 
 /// A `paras` value that is a scalar for all sections or a list with one entry per section.
@@ -122,11 +110,7 @@ fn per_section<'a>(path: &Path, field: &str, v: &'a Value, n: usize) -> Result<V
     match v {
         Value::Array(a) => {
             if a.len() != n {
-                return Err(Error::format(
-                    path,
-                    field,
-                    format!("list has {} entries for {n} sections", a.len()),
-                ));
+                return Err(Error::format(path, field, format!("list has {} entries for {n} sections", a.len())));
             }
             Ok(a.iter().collect())
         }
@@ -141,20 +125,13 @@ fn resolve(config: &Path, p: &str) -> PathBuf {
     if pb.is_absolute() || pb.exists() {
         return pb;
     }
-    config
-        .parent()
-        .map(|d| d.join(&pb))
-        .filter(|q| q.exists())
-        .unwrap_or(pb)
+    config.parent().map(|d| d.join(&pb)).filter(|q| q.exists()).unwrap_or(pb)
 }
 
 pub fn read_config(path: &Path) -> Result<RunConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let root: Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(path, "JSON", e.to_string()))?;
-    let obj = root
-        .as_object()
-        .ok_or_else(|| Error::format(path, "top level", "expected an object"))?;
+    let root: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, "JSON", e.to_string()))?;
+    let obj = root.as_object().ok_or_else(|| Error::format(path, "top level", "expected an object"))?;
     let settings = obj.get("settings");
     let root_path = match settings.and_then(|s| s.get("root_path")) {
         Some(v) => Some(PathBuf::from(want_str(path, "settings.root_path", v)?)),
@@ -172,13 +149,7 @@ pub fn read_config(path: &Path) -> Result<RunConfig> {
     let list = match list {
         Value::Array(a) => a.clone(),
         Value::Object(_) => vec![list.clone()],
-        other => {
-            return Err(Error::format(
-                path,
-                key,
-                format!("expected a list of sections, found {other}"),
-            ))
-        }
+        other => return Err(Error::format(path, key, format!("expected a list of sections, found {other}"))),
     };
     if list.is_empty() {
         return Err(Error::format(path, key, "no sections"));
@@ -187,9 +158,7 @@ pub fn read_config(path: &Path) -> Result<RunConfig> {
     let mut sections = Vec::with_capacity(n);
     for (i, s) in list.iter().enumerate() {
         let f = |k: &str| format!("{key}[{i}].{k}");
-        let s = s
-            .as_object()
-            .ok_or_else(|| Error::format(path, format!("{key}[{i}]"), "expected an object"))?;
+        let s = s.as_object().ok_or_else(|| Error::format(path, format!("{key}[{i}]"), "expected an object"))?;
         let get = |k: &str| -> Result<Option<PathBuf>> {
             match s.get(k) {
                 None | Some(Value::Null) => Ok(None),
@@ -205,10 +174,7 @@ pub fn read_config(path: &Path) -> Result<RunConfig> {
         } else if let Some(p) = get("visium_path")? {
             SectionInput::Visium(p)
         } else if let (Some(c), Some(e)) = (get("spot_coord_path")?, get("spot_exp_path")?) {
-            SectionInput::Tables {
-                coords: c,
-                expression: e,
-            }
+            SectionInput::Tables { coords: c, expression: e }
         } else if let Some(id) = s.get("id") {
             return Err(Error::format(path, f("id"), format!("{id} names a 10x dataset to download; spahdmap downloads nothing — download it and give visium_path")));
         } else {
@@ -225,68 +191,36 @@ pub fn read_config(path: &Path) -> Result<RunConfig> {
     let mut paras = match obj.get("paras") {
         None | Some(Value::Null) => serde_json::Map::new(),
         Some(Value::Object(m)) => m.clone(),
-        Some(other) => {
-            return Err(Error::format(
-                path,
-                "paras",
-                format!("expected an object, found {other}"),
-            ))
-        }
+        Some(other) => return Err(Error::format(path, "paras", format!("expected an object, found {other}"))),
     };
     if let Some(v) = paras.remove("scale_rate") {
-        for (s, v) in sections
-            .iter_mut()
-            .zip(per_section(path, "paras.scale_rate", &v, n)?)
-        {
+        for (s, v) in sections.iter_mut().zip(per_section(path, "paras.scale_rate", &v, n)?) {
             s.scale_rate = want_f64(path, "paras.scale_rate", v)?;
         }
     }
     if let Some(v) = paras.remove("radius") {
-        for (s, v) in sections
-            .iter_mut()
-            .zip(per_section(path, "paras.radius", &v, n)?)
-        {
-            s.radius = if v.is_null() {
-                None
-            } else {
-                Some(want_f64(path, "paras.radius", v)?)
-            };
+        for (s, v) in sections.iter_mut().zip(per_section(path, "paras.radius", &v, n)?) {
+            s.radius = if v.is_null() { None } else { Some(want_f64(path, "paras.radius", v)?) };
         }
     }
     if let Some(v) = paras.remove("swap_coord") {
-        for (s, v) in sections
-            .iter_mut()
-            .zip(per_section(path, "paras.swap_coord", &v, n)?)
-        {
+        for (s, v) in sections.iter_mut().zip(per_section(path, "paras.swap_coord", &v, n)?) {
             s.swap_coord = want_bool(path, "paras.swap_coord", v)?;
         }
     }
     if let Some(v) = paras.remove("create_mask") {
-        for (s, v) in sections
-            .iter_mut()
-            .zip(per_section(path, "paras.create_mask", &v, n)?)
-        {
+        for (s, v) in sections.iter_mut().zip(per_section(path, "paras.create_mask", &v, n)?) {
             s.create_mask = want_bool(path, "paras.create_mask", v)?;
         }
     }
     if let Some(v) = paras.remove("color_norm") {
-        for (s, v) in sections
-            .iter_mut()
-            .zip(per_section(path, "paras.color_norm", &v, n)?)
-        {
+        for (s, v) in sections.iter_mut().zip(per_section(path, "paras.color_norm", &v, n)?) {
             s.color_norm = want_bool(path, "paras.color_norm", v)?;
         }
     }
     if let Some(v) = paras.remove("image_type") {
-        for (s, v) in sections
-            .iter_mut()
-            .zip(per_section(path, "paras.image_type", &v, n)?)
-        {
-            s.image_type = if v.is_null() {
-                None
-            } else {
-                Some(want_str(path, "paras.image_type", v)?.to_string())
-            };
+        for (s, v) in sections.iter_mut().zip(per_section(path, "paras.image_type", &v, n)?) {
+            s.image_type = if v.is_null() { None } else { Some(want_str(path, "paras.image_type", v)?.to_string()) };
         }
     }
     let mut reference = Vec::new();
@@ -321,11 +255,5 @@ pub fn read_config(path: &Path) -> Result<RunConfig> {
             e => e,
         })?;
     }
-    Ok(RunConfig {
-        root_path,
-        project,
-        sections,
-        reference,
-        paras,
-    })
+    Ok(RunConfig { root_path, project, sections, reference, paras })
 }

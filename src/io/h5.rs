@@ -12,18 +12,13 @@ use crate::io::sparse::Csr;
 
 pub(crate) fn open(path: &Path) -> Result<hdf5::File> {
     if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
     }
-    hdf5::File::open(path)
-        .map_err(|e| Error::format(path, "HDF5", format!("not a readable HDF5 file ({e})")))
+    hdf5::File::open(path).map_err(|e| Error::format(path, "HDF5", format!("not a readable HDF5 file ({e})")))
 }
 
 fn dataset(g: &hdf5::Group, path: &Path, name: &str) -> Result<hdf5::Dataset> {
-    g.dataset(name)
-        .map_err(|_| Error::format(path, full_name(g, name), "dataset missing"))
+    g.dataset(name).map_err(|_| Error::format(path, full_name(g, name), "dataset missing"))
 }
 
 fn full_name(g: &hdf5::Group, name: &str) -> String {
@@ -36,8 +31,7 @@ fn full_name(g: &hdf5::Group, name: &str) -> String {
 }
 
 pub(crate) fn read_numbers<T: hdf5::H5Type>(ds: &hdf5::Dataset, path: &Path) -> Result<Vec<T>> {
-    ds.read_raw::<T>()
-        .map_err(|e| Error::format(path, ds.name(), format!("cannot read ({e})")))
+    ds.read_raw::<T>().map_err(|e| Error::format(path, ds.name(), format!("cannot read ({e})")))
 }
 
 macro_rules! read_fixed {
@@ -55,23 +49,15 @@ pub(crate) fn read_strings(ds: &hdf5::Dataset, path: &Path) -> Result<Vec<String
     let inner = || -> hdf5::Result<Vec<String>> {
         let desc = ds.dtype()?.to_descriptor()?;
         match desc {
-            TypeDescriptor::VarLenUnicode => Ok(ds
-                .read_raw::<VarLenUnicode>()?
-                .iter()
-                .map(|s| s.to_string())
-                .collect()),
-            TypeDescriptor::VarLenAscii => Ok(ds
-                .read_raw::<VarLenAscii>()?
-                .iter()
-                .map(|s| s.to_string())
-                .collect()),
+            TypeDescriptor::VarLenUnicode => {
+                Ok(ds.read_raw::<VarLenUnicode>()?.iter().map(|s| s.to_string()).collect())
+            }
+            TypeDescriptor::VarLenAscii => Ok(ds.read_raw::<VarLenAscii>()?.iter().map(|s| s.to_string()).collect()),
             TypeDescriptor::FixedAscii(n) => read_fixed!(ds, n, FixedAscii, 16, 32, 64, 256, 1024),
             TypeDescriptor::FixedUnicode(n) => {
                 read_fixed!(ds, n, FixedUnicode, 16, 32, 64, 256, 1024)
             }
-            other => Err(hdf5::Error::from(format!(
-                "expected strings, found {other}"
-            ))),
+            other => Err(hdf5::Error::from(format!("expected strings, found {other}"))),
         }
     };
     inner().map_err(|e| Error::format(path, ds.name(), e.to_string()))
@@ -115,22 +101,11 @@ fn read_compressed(g: &hdf5::Group, path: &Path, major: usize, minor: usize) -> 
             format!("has {} entries but data has {}", indices.len(), data.len()),
         ));
     }
-    if indptr[0] != 0
-        || *indptr.last().unwrap() as usize != data.len()
-        || indptr.windows(2).any(|w| w[0] > w[1])
-    {
-        return Err(Error::format(
-            path,
-            field("indptr"),
-            "is not a monotone pointer array over data",
-        ));
+    if indptr[0] != 0 || *indptr.last().unwrap() as usize != data.len() || indptr.windows(2).any(|w| w[0] > w[1]) {
+        return Err(Error::format(path, field("indptr"), "is not a monotone pointer array over data"));
     }
     if let Some(&bad) = indices.iter().find(|&&i| i < 0 || i as usize >= minor) {
-        return Err(Error::format(
-            path,
-            field("indices"),
-            format!("index {bad} out of range 0..{minor}"),
-        ));
+        return Err(Error::format(path, field("indices"), format!("index {bad} out of range 0..{minor}")));
     }
     Ok(Compressed {
         data,
@@ -156,67 +131,37 @@ pub fn read_10x_h5(path: &Path) -> Result<TenxMatrix> {
         Ok(g) => g,
         Err(_) => {
             // v2 layout: a single group named after the genome.
-            let names = f
-                .member_names()
-                .map_err(|e| Error::format(path, "/", e.to_string()))?;
-            let first = names
-                .first()
-                .ok_or_else(|| Error::format(path, "/matrix", "group missing (file is empty)"))?;
-            f.group(first)
-                .map_err(|e| Error::format(path, format!("/{first}"), e.to_string()))?
+            let names = f.member_names().map_err(|e| Error::format(path, "/", e.to_string()))?;
+            let first = names.first().ok_or_else(|| Error::format(path, "/matrix", "group missing (file is empty)"))?;
+            f.group(first).map_err(|e| Error::format(path, format!("/{first}"), e.to_string()))?
         }
     };
     let (n_genes, n_spots) = read_shape(&g, path)?;
     let barcodes = read_strings(&dataset(&g, path, "barcodes")?, path)?;
     let (gene_ids, gene_names) = if g.link_exists("features") {
-        let fg = g
-            .group("features")
-            .map_err(|e| Error::format(path, full_name(&g, "features"), e.to_string()))?;
-        (
-            read_strings(&dataset(&fg, path, "id")?, path)?,
-            read_strings(&dataset(&fg, path, "name")?, path)?,
-        )
+        let fg = g.group("features").map_err(|e| Error::format(path, full_name(&g, "features"), e.to_string()))?;
+        (read_strings(&dataset(&fg, path, "id")?, path)?, read_strings(&dataset(&fg, path, "name")?, path)?)
     } else {
-        (
-            read_strings(&dataset(&g, path, "genes")?, path)?,
-            read_strings(&dataset(&g, path, "gene_names")?, path)?,
-        )
+        (read_strings(&dataset(&g, path, "genes")?, path)?, read_strings(&dataset(&g, path, "gene_names")?, path)?)
     };
     if barcodes.len() != n_spots {
         return Err(Error::format(
             path,
             full_name(&g, "barcodes"),
-            format!(
-                "{} barcodes but shape says {n_spots} columns",
-                barcodes.len()
-            ),
+            format!("{} barcodes but shape says {n_spots} columns", barcodes.len()),
         ));
     }
     if gene_names.len() != n_genes || gene_ids.len() != n_genes {
         return Err(Error::format(
             path,
             full_name(&g, "features/name"),
-            format!(
-                "{} features but shape says {n_genes} rows",
-                gene_names.len()
-            ),
+            format!("{} features but shape says {n_genes} rows", gene_names.len()),
         ));
     }
     // Stored as CSC of genes × spots, i.e. CSR of spots × genes with pointers per barcode.
     let c = read_compressed(&g, path, n_spots, n_genes)?;
-    let counts = Csr {
-        rows: n_spots,
-        cols: n_genes,
-        indptr: c.indptr,
-        indices: c.indices,
-        data: c.data,
-    };
-    Ok(TenxMatrix {
-        barcodes,
-        gene_ids,
-        gene_names,
-        counts,
-    })
+    let counts = Csr { rows: n_spots, cols: n_genes, indptr: c.indptr, indices: c.indices, data: c.data };
+    Ok(TenxMatrix { barcodes, gene_ids, gene_names, counts })
 }
 
 fn h5err<'a>(path: &'a Path, field: &str) -> impl Fn(hdf5::Error) -> Error + 'a {
@@ -244,66 +189,32 @@ fn write_strings(g: &hdf5::Group, name: &str, values: &[String], path: &Path) ->
 }
 
 fn write_attr_str(loc: &hdf5::Location, name: &str, value: &str, path: &Path) -> Result<()> {
-    let v: VarLenUnicode = value
-        .parse()
-        .map_err(|e| Error::format(path, name, format!("{e}")))?;
-    loc.new_attr::<VarLenUnicode>()
-        .create(name)
-        .and_then(|a| a.write_scalar(&v))
-        .map_err(h5err(path, name))
+    let v: VarLenUnicode = value.parse().map_err(|e| Error::format(path, name, format!("{e}")))?;
+    loc.new_attr::<VarLenUnicode>().create(name).and_then(|a| a.write_scalar(&v)).map_err(h5err(path, name))
 }
 
 /// Write a 10x HDF5 v3 matrix, as Space Ranger does (integer counts, fixed-length strings).
 pub fn write_10x_h5(path: &Path, m: &TenxMatrix, genome: &str) -> Result<()> {
     let f = hdf5::File::create(path).map_err(h5err(path, "/"))?;
     write_attr_str(&f, "filetype", "matrix", path)?;
-    write_attr_str(
-        &f,
-        "software_version",
-        concat!("spahdmap-", env!("CARGO_PKG_VERSION")),
-        path,
-    )?;
+    write_attr_str(&f, "software_version", concat!("spahdmap-", env!("CARGO_PKG_VERSION")), path)?;
     write_attr_str(&f, "chemistry_description", "Spatial 3' v1", path)?;
-    f.new_attr::<i32>()
-        .create("version")
-        .and_then(|a| a.write_scalar(&2i32))
-        .map_err(h5err(path, "version"))?;
+    f.new_attr::<i32>().create("version").and_then(|a| a.write_scalar(&2i32)).map_err(h5err(path, "version"))?;
     let g = f.create_group("matrix").map_err(h5err(path, "/matrix"))?;
     write_strings(&g, "barcodes", &m.barcodes, path)?;
     let data: Vec<i32> = m.counts.data.iter().map(|&v| v.round() as i32).collect();
     let indices: Vec<i64> = m.counts.indices.iter().map(|&v| v as i64).collect();
     let indptr: Vec<i64> = m.counts.indptr.iter().map(|&v| v as i64).collect();
     let shape = [m.counts.cols as i32, m.counts.rows as i32];
-    g.new_dataset_builder()
-        .deflate(4)
-        .with_data(&data)
-        .create("data")
-        .map_err(h5err(path, "/matrix/data"))?;
-    g.new_dataset_builder()
-        .deflate(4)
-        .with_data(&indices)
-        .create("indices")
-        .map_err(h5err(path, "/matrix/indices"))?;
-    g.new_dataset_builder()
-        .with_data(&indptr)
-        .create("indptr")
-        .map_err(h5err(path, "/matrix/indptr"))?;
-    g.new_dataset_builder()
-        .with_data(&shape)
-        .create("shape")
-        .map_err(h5err(path, "/matrix/shape"))?;
-    let fg = g
-        .create_group("features")
-        .map_err(h5err(path, "/matrix/features"))?;
+    g.new_dataset_builder().deflate(4).with_data(&data).create("data").map_err(h5err(path, "/matrix/data"))?;
+    g.new_dataset_builder().deflate(4).with_data(&indices).create("indices").map_err(h5err(path, "/matrix/indices"))?;
+    g.new_dataset_builder().with_data(&indptr).create("indptr").map_err(h5err(path, "/matrix/indptr"))?;
+    g.new_dataset_builder().with_data(&shape).create("shape").map_err(h5err(path, "/matrix/shape"))?;
+    let fg = g.create_group("features").map_err(h5err(path, "/matrix/features"))?;
     let n = m.gene_names.len();
     write_strings(&fg, "id", &m.gene_ids, path)?;
     write_strings(&fg, "name", &m.gene_names, path)?;
-    write_strings(
-        &fg,
-        "feature_type",
-        &vec!["Gene Expression".to_string(); n],
-        path,
-    )?;
+    write_strings(&fg, "feature_type", &vec!["Gene Expression".to_string(); n], path)?;
     write_strings(&fg, "genome", &vec![genome.to_string(); n], path)?;
     write_strings(&fg, "_all_tag_keys", &["genome".to_string()], path)?;
     Ok(())
@@ -335,9 +246,7 @@ fn attr_string(loc: &hdf5::Location, name: &str) -> Option<String> {
 
 /// The index of an AnnData dataframe group (`obs` / `var`): named by its `_index` attribute.
 fn dataframe_index(f: &hdf5::File, group: &str, path: &Path) -> Result<Vec<String>> {
-    let g = f
-        .group(group)
-        .map_err(|_| Error::format(path, format!("/{group}"), "group missing"))?;
+    let g = f.group(group).map_err(|_| Error::format(path, format!("/{group}"), "group missing"))?;
     if let Ok(ds) = g.dataset(group) {
         // very old anndata: a compound dataset; not supported
         let _ = ds;
@@ -360,42 +269,24 @@ pub fn read_h5ad(path: &Path) -> Result<AnnDataSpots> {
     let x = if let Ok(ds) = f.dataset("X") {
         let shape = ds.shape();
         if shape != [n, g] {
-            return Err(Error::format(
-                path,
-                "/X",
-                format!("shape {shape:?} does not match {n} obs × {g} var"),
-            ));
+            return Err(Error::format(path, "/X", format!("shape {shape:?} does not match {n} obs × {g} var")));
         }
         let dense: Vec<f32> = read_numbers(&ds, path)?;
         Csr::from_dense(n, g, &dense)
     } else if let Ok(xg) = f.group("X") {
         let enc = attr_string(&xg, "encoding-type")
             .or_else(|| attr_string(&xg, "h5sparse_format").map(|s| format!("{s}_matrix")))
-            .ok_or_else(|| {
-                Error::format(path, "/X", "sparse group without encoding-type attribute")
-            })?;
+            .ok_or_else(|| Error::format(path, "/X", "sparse group without encoding-type attribute"))?;
         match enc.as_str() {
             "csr_matrix" => {
                 let c = read_compressed(&xg, path, n, g)?;
-                Csr {
-                    rows: n,
-                    cols: g,
-                    indptr: c.indptr,
-                    indices: c.indices,
-                    data: c.data,
-                }
+                Csr { rows: n, cols: g, indptr: c.indptr, indices: c.indices, data: c.data }
             }
             "csc_matrix" => {
                 let c = read_compressed(&xg, path, g, n)?;
                 Csr::from_compressed_minor(n, g, &c.indptr, &c.indices, &c.data)
             }
-            other => {
-                return Err(Error::format(
-                    path,
-                    "/X",
-                    format!("unsupported encoding-type {other:?}"),
-                ))
-            }
+            other => return Err(Error::format(path, "/X", format!("unsupported encoding-type {other:?}"))),
         }
     } else {
         return Err(Error::format(path, "/X", "missing (no expression matrix)"));
@@ -404,11 +295,7 @@ pub fn read_h5ad(path: &Path) -> Result<AnnDataSpots> {
         Ok(ds) => {
             let shape = ds.shape();
             if shape.len() != 2 || shape[0] != n || shape[1] < 2 {
-                return Err(Error::format(
-                    path,
-                    "/obsm/spatial",
-                    format!("shape {shape:?}, expected ({n}, 2)"),
-                ));
+                return Err(Error::format(path, "/obsm/spatial", format!("shape {shape:?}, expected ({n}, 2)")));
             }
             let v: Vec<f64> = read_numbers(&ds, path)?;
             let w = shape[1];
@@ -418,16 +305,8 @@ pub fn read_h5ad(path: &Path) -> Result<AnnDataSpots> {
     };
     let spot_diameter_fullres = f.group("uns/spatial").ok().and_then(|g| {
         let lib = g.member_names().ok()?.into_iter().next()?;
-        let ds = g
-            .dataset(&format!("{lib}/scalefactors/spot_diameter_fullres"))
-            .ok()?;
+        let ds = g.dataset(&format!("{lib}/scalefactors/spot_diameter_fullres")).ok()?;
         ds.read_scalar::<f64>().ok()
     });
-    Ok(AnnDataSpots {
-        obs_names,
-        var_names,
-        x,
-        spatial,
-        spot_diameter_fullres,
-    })
+    Ok(AnnDataSpots { obs_names, var_names, x, spatial, spot_diameter_fullres })
 }

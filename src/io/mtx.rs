@@ -12,10 +12,7 @@ use crate::io::text::open_text;
 
 /// The first of `names` (each tried plain and gzipped) that exists in `dir`.
 pub fn find_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
-    names
-        .iter()
-        .flat_map(|n| [dir.join(n), dir.join(format!("{n}.gz"))])
-        .find(|p| p.is_file())
+    names.iter().flat_map(|n| [dir.join(n), dir.join(format!("{n}.gz"))]).find(|p| p.is_file())
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
@@ -28,22 +25,13 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
 
 pub fn read_mtx_dir(dir: &Path) -> Result<TenxMatrix> {
     let missing = |what: &str| {
-        Error::io(
-            dir.join(what),
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such file (also tried .gz)",
-            ),
-        )
+        Error::io(dir.join(what), std::io::Error::new(std::io::ErrorKind::NotFound, "no such file (also tried .gz)"))
     };
     let mtx = find_file(dir, &["matrix.mtx"]).ok_or_else(|| missing("matrix.mtx"))?;
     let bc = find_file(dir, &["barcodes.tsv"]).ok_or_else(|| missing("barcodes.tsv"))?;
-    let feat =
-        find_file(dir, &["features.tsv", "genes.tsv"]).ok_or_else(|| missing("features.tsv"))?;
-    let barcodes: Vec<String> = read_lines(&bc)?
-        .into_iter()
-        .map(|l| l.split('\t').next().unwrap_or("").to_string())
-        .collect();
+    let feat = find_file(dir, &["features.tsv", "genes.tsv"]).ok_or_else(|| missing("features.tsv"))?;
+    let barcodes: Vec<String> =
+        read_lines(&bc)?.into_iter().map(|l| l.split('\t').next().unwrap_or("").to_string()).collect();
     let mut gene_ids = Vec::new();
     let mut gene_names = Vec::new();
     for (i, l) in read_lines(&feat)?.into_iter().enumerate() {
@@ -51,22 +39,13 @@ pub fn read_mtx_dir(dir: &Path) -> Result<TenxMatrix> {
         let id = it.next().unwrap_or("").to_string();
         let name = it.next().map(str::to_string).unwrap_or_else(|| id.clone());
         if id.is_empty() {
-            return Err(Error::format(
-                &feat,
-                format!("line {}", i + 1),
-                "empty feature id",
-            ));
+            return Err(Error::format(&feat, format!("line {}", i + 1), "empty feature id"));
         }
         gene_ids.push(id);
         gene_names.push(name);
     }
     let counts = read_mtx(&mtx, gene_names.len(), barcodes.len())?;
-    Ok(TenxMatrix {
-        barcodes,
-        gene_ids,
-        gene_names,
-        counts,
-    })
+    Ok(TenxMatrix { barcodes, gene_ids, gene_names, counts })
 }
 
 /// Read a coordinate-format Matrix Market file of genes × barcodes into spots × genes CSR.
@@ -106,9 +85,7 @@ fn read_mtx(path: &Path, n_genes: usize, n_spots: usize) -> Result<Csr> {
         return Err(Error::format(
             path,
             "size line",
-            format!(
-                "matrix is {rows} × {cols} but there are {n_genes} features and {n_spots} barcodes"
-            ),
+            format!("matrix is {rows} × {cols} but there are {n_genes} features and {n_spots} barcodes"),
         ));
     }
     for (i, l) in lines {
@@ -132,10 +109,7 @@ fn read_mtx(path: &Path, n_genes: usize, n_spots: usize) -> Result<Csr> {
         return Err(Error::format(
             path,
             "entries",
-            format!(
-                "{} entries but the size line promises {nnz} (truncated?)",
-                triplets.len()
-            ),
+            format!("{} entries but the size line promises {nnz} (truncated?)", triplets.len()),
         ));
     }
     triplets.sort_unstable_by_key(|t| (t.0, t.1));

@@ -18,14 +18,8 @@ pub struct SpotPosition {
     pub pxl_col: f64,
 }
 
-pub const POSITION_COLUMNS: [&str; 6] = [
-    "barcode",
-    "in_tissue",
-    "array_row",
-    "array_col",
-    "pxl_row_in_fullres",
-    "pxl_col_in_fullres",
-];
+pub const POSITION_COLUMNS: [&str; 6] =
+    ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"];
 
 pub fn read_positions(path: &Path) -> Result<Vec<SpotPosition>> {
     if path.extension().is_some_and(|e| e == "parquet") {
@@ -36,11 +30,7 @@ pub fn read_positions(path: &Path) -> Result<Vec<SpotPosition>> {
     let order: Vec<usize> = match &t.header {
         Some(h) => POSITION_COLUMNS
             .iter()
-            .map(|c| {
-                h.iter()
-                    .position(|x| x == c)
-                    .ok_or_else(|| Error::format(path, *c, "column missing from header"))
-            })
+            .map(|c| h.iter().position(|x| x == c).ok_or_else(|| Error::format(path, *c, "column missing from header")))
             .collect::<Result<_>>()?,
         None => (0..6).collect(),
     };
@@ -48,17 +38,9 @@ pub fn read_positions(path: &Path) -> Result<Vec<SpotPosition>> {
     for (i, r) in t.rows.iter().enumerate() {
         let line = i + 1 + t.header.is_some() as usize;
         if r.len() < 6 {
-            return Err(Error::format(
-                path,
-                format!("line {line}"),
-                format!("{} fields, expected 6", r.len()),
-            ));
+            return Err(Error::format(path, format!("line {line}"), format!("{} fields, expected 6", r.len())));
         }
-        let num = |k: usize| {
-            parse_f64(&r[order[k]], path, || {
-                format!("line {line}: {}", POSITION_COLUMNS[k])
-            })
-        };
+        let num = |k: usize| parse_f64(&r[order[k]], path, || format!("line {line}: {}", POSITION_COLUMNS[k]));
         out.push(SpotPosition {
             barcode: r[order[0]].clone(),
             in_tissue: num(1)? != 0.0,
@@ -75,11 +57,8 @@ fn read_positions_parquet(path: &Path) -> Result<Vec<SpotPosition>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader =
-        SerializedFileReader::new(f).map_err(|e| Error::format(path, "parquet", e.to_string()))?;
-    let rows = reader
-        .get_row_iter(None)
-        .map_err(|e| Error::format(path, "parquet", e.to_string()))?;
+    let reader = SerializedFileReader::new(f).map_err(|e| Error::format(path, "parquet", e.to_string()))?;
+    let rows = reader.get_row_iter(None).map_err(|e| Error::format(path, "parquet", e.to_string()))?;
     let mut out = Vec::new();
     for (i, row) in rows.enumerate() {
         let row = row.map_err(|e| Error::format(path, format!("row {i}"), e.to_string()))?;
@@ -114,11 +93,7 @@ fn read_positions_parquet(path: &Path) -> Result<Vec<SpotPosition>> {
                     continue;
                 }
                 other => {
-                    return Err(Error::format(
-                        path,
-                        format!("row {i}: {name}"),
-                        format!("unexpected value {other}"),
-                    ))
+                    return Err(Error::format(path, format!("row {i}: {name}"), format!("unexpected value {other}")))
                 }
             };
             seen[k] = true;
@@ -152,17 +127,10 @@ pub struct ScaleFactors {
 
 pub fn read_scalefactors(path: &Path) -> Result<ScaleFactors> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(path, "JSON", e.to_string()))?;
-    let d = v
-        .get("spot_diameter_fullres")
-        .ok_or_else(|| Error::format(path, "spot_diameter_fullres", "missing"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(path, "JSON", e.to_string()))?;
+    let d = v.get("spot_diameter_fullres").ok_or_else(|| Error::format(path, "spot_diameter_fullres", "missing"))?;
     if !d.is_number() {
-        return Err(Error::format(
-            path,
-            "spot_diameter_fullres",
-            format!("expected a number, found {d}"),
-        ));
+        return Err(Error::format(path, "spot_diameter_fullres", format!("expected a number, found {d}")));
     }
     serde_json::from_value(v).map_err(|e| Error::format(path, "JSON", e.to_string()))
 }

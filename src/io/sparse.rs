@@ -11,13 +11,7 @@ pub struct Csr {
 
 impl Csr {
     pub fn empty(rows: usize, cols: usize) -> Self {
-        Csr {
-            rows,
-            cols,
-            indptr: vec![0; rows + 1],
-            indices: Vec::new(),
-            data: Vec::new(),
-        }
+        Csr { rows, cols, indptr: vec![0; rows + 1], indices: Vec::new(), data: Vec::new() }
     }
 
     pub fn nnz(&self) -> usize {
@@ -46,13 +40,7 @@ impl Csr {
 
     /// Interpret compressed arrays whose major axis is the other one (CSC of the
     /// same matrix, or CSR of its transpose) and convert them to CSR.
-    pub fn from_compressed_minor(
-        rows: usize,
-        cols: usize,
-        col_ptr: &[usize],
-        row_idx: &[u32],
-        vals: &[f32],
-    ) -> Self {
+    pub fn from_compressed_minor(rows: usize, cols: usize, col_ptr: &[usize], row_idx: &[u32], vals: &[f32]) -> Self {
         let mut counts = vec![0usize; rows + 1];
         for &r in row_idx {
             counts[r as usize + 1] += 1;
@@ -73,24 +61,12 @@ impl Csr {
                 next[r] += 1;
             }
         }
-        Csr {
-            rows,
-            cols,
-            indptr,
-            indices,
-            data,
-        }
+        Csr { rows, cols, indptr, indices, data }
     }
 
     /// The transposed matrix in CSR form (equivalently this matrix in CSC form).
     pub fn transpose(&self) -> Csr {
-        Csr::from_compressed_minor(
-            self.cols,
-            self.rows,
-            &self.indptr,
-            &self.indices,
-            &self.data,
-        )
+        Csr::from_compressed_minor(self.cols, self.rows, &self.indptr, &self.indices, &self.data)
     }
 
     /// Keep the given rows, in the given order.
@@ -123,11 +99,7 @@ impl Csr {
     /// Check structural invariants; `what` names the source in the message.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.indptr.len() != self.rows + 1 {
-            return Err(format!(
-                "indptr has {} entries, expected {}",
-                self.indptr.len(),
-                self.rows + 1
-            ));
+            return Err(format!("indptr has {} entries, expected {}", self.indptr.len(), self.rows + 1));
         }
         if self.indptr[0] != 0 || *self.indptr.last().unwrap() != self.data.len() {
             return Err("indptr does not span the data".into());
@@ -155,15 +127,9 @@ mod tests {
         let m = Csr::from_dense(3, 3, &dense);
         assert_eq!(m.to_dense(), dense);
         let t = m.transpose();
-        assert_eq!(
-            t.to_dense(),
-            vec![1.0, 0.0, 4.0, 0.0, 0.0, 5.0, 2.0, 3.0, 0.0]
-        );
+        assert_eq!(t.to_dense(), vec![1.0, 0.0, 4.0, 0.0, 0.0, 5.0, 2.0, 3.0, 0.0]);
         assert_eq!(t.transpose(), m);
-        assert_eq!(
-            m.select_rows(&[2, 0]).to_dense(),
-            vec![4.0, 5.0, 0.0, 1.0, 0.0, 2.0]
-        );
+        assert_eq!(m.select_rows(&[2, 0]).to_dense(), vec![4.0, 5.0, 0.0, 1.0, 0.0, 2.0]);
         assert!(m.validate().is_ok());
     }
 }

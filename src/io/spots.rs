@@ -43,10 +43,7 @@ pub struct TableOptions {
 impl SpotData {
     /// (row, col) per spot; `swap` says the stored order is (x, y) as in Visium (SPEC §1).
     pub fn row_col(&self, swap: bool) -> Vec<[f64; 2]> {
-        self.spatial
-            .iter()
-            .map(|&[a, b]| if swap { [b, a] } else { [a, b] })
-            .collect()
+        self.spatial.iter().map(|&[a, b]| if swap { [b, a] } else { [a, b] }).collect()
     }
 
     /// Spot radius in full-resolution pixels: round(diameter / 2), as the reference.
@@ -63,32 +60,19 @@ impl SpotData {
         if self.counts.cols == 0 {
             return Err(Error::format(f, "genes", "no genes (empty matrix)"));
         }
-        self.counts
-            .validate()
-            .map_err(|m| Error::format(f, "matrix", m))?;
+        self.counts.validate().map_err(|m| Error::format(f, "matrix", m))?;
         for r in 0..self.counts.rows {
             let (idx, val) = self.counts.row(r);
             if let Some(k) = val.iter().position(|v| !v.is_finite() || *v < 0.0) {
-                let what = if val[k].is_nan() {
-                    "NaN".to_string()
-                } else {
-                    format!("{}", val[k])
-                };
+                let what = if val[k].is_nan() { "NaN".to_string() } else { format!("{}", val[k]) };
                 return Err(Error::format(
                     f,
-                    format!(
-                        "spot {} gene {}",
-                        self.barcodes[r], self.genes[idx[k] as usize]
-                    ),
+                    format!("spot {} gene {}", self.barcodes[r], self.genes[idx[k] as usize]),
                     format!("count is {what}; counts must be finite and non-negative"),
                 ));
             }
         }
-        if let Some(i) = self
-            .spatial
-            .iter()
-            .position(|p| !p[0].is_finite() || !p[1].is_finite())
-        {
+        if let Some(i) = self.spatial.iter().position(|p| !p[0].is_finite() || !p[1].is_finite()) {
             return Err(Error::format(
                 &self.positions_file,
                 format!("spot {}", self.barcodes[i]),
@@ -102,9 +86,7 @@ impl SpotData {
 const IMAGE_EXTS: [&str; 8] = ["tif", "tiff", "btf", "svs", "jpg", "jpeg", "png", "ome.tif"];
 
 fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// The largest image file directly inside `dir` (Space Ranger keeps only thumbnails in spatial/).
@@ -125,10 +107,7 @@ pub fn find_fullres_image(dir: &Path) -> Option<PathBuf> {
 /// A Space Ranger output folder (SPEC §1).
 pub fn load_visium(dir: &Path) -> Result<SpotData> {
     if !dir.is_dir() {
-        return Err(Error::io(
-            dir,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-        ));
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory")));
     }
     let (counts_file, m) = if let Some(h5) = find_counts_h5(dir) {
         let m = read_10x_h5(&h5)?;
@@ -138,43 +117,30 @@ pub fn load_visium(dir: &Path) -> Result<SpotData> {
         let m = read_mtx_dir(&d)?;
         (d, m)
     } else {
-        return Err(Error::format(dir, "counts", "no filtered_feature_bc_matrix.h5 (or other .h5) and no filtered_feature_bc_matrix/ folder"));
+        return Err(Error::format(
+            dir,
+            "counts",
+            "no filtered_feature_bc_matrix.h5 (or other .h5) and no filtered_feature_bc_matrix/ folder",
+        ));
     };
     let spatial_dir = dir.join("spatial");
-    let positions_file = find_file(
-        &spatial_dir,
-        &[
-            "tissue_positions.csv",
-            "tissue_positions_list.csv",
-            "tissue_positions.parquet",
-        ],
-    )
-    .ok_or_else(|| {
-        Error::format(
-            dir,
-            "spatial/tissue_positions.csv",
-            "no positions file (tried v2 .csv, v1 _list.csv and .parquet)",
-        )
-    })?;
+    let positions_file =
+        find_file(&spatial_dir, &["tissue_positions.csv", "tissue_positions_list.csv", "tissue_positions.parquet"])
+            .ok_or_else(|| {
+                Error::format(
+                    dir,
+                    "spatial/tissue_positions.csv",
+                    "no positions file (tried v2 .csv, v1 _list.csv and .parquet)",
+                )
+            })?;
     let positions = read_positions(&positions_file)?;
     let sf_path = spatial_dir.join("scalefactors_json.json");
-    let scalefactors = if sf_path.exists() {
-        Some(read_scalefactors(&sf_path)?)
-    } else {
-        None
-    };
+    let scalefactors = if sf_path.exists() { Some(read_scalefactors(&sf_path)?) } else { None };
     let mut warnings = Vec::new();
     if scalefactors.is_none() {
-        warnings.push(format!(
-            "{}: missing; spot radius must be given",
-            sf_path.display()
-        ));
+        warnings.push(format!("{}: missing; spot radius must be given", sf_path.display()));
     }
-    let by_barcode: HashMap<&str, usize> = positions
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.barcode.as_str(), i))
-        .collect();
+    let by_barcode: HashMap<&str, usize> = positions.iter().enumerate().map(|(i, p)| (p.barcode.as_str(), i)).collect();
     let mut keep = Vec::new();
     let mut spatial = Vec::new();
     let mut off_tissue = 0usize;
@@ -183,10 +149,7 @@ pub fn load_visium(dir: &Path) -> Result<SpotData> {
             return Err(Error::format(
                 &positions_file,
                 "barcode",
-                format!(
-                    "{b:?} is in the counts ({}) but has no position",
-                    counts_file.display()
-                ),
+                format!("{b:?} is in the counts ({}) but has no position", counts_file.display()),
             ));
         };
         let p = &positions[k];
@@ -240,13 +203,8 @@ fn find_counts_h5(dir: &Path) -> Option<PathBuf> {
 /// An AnnData file with `obsm['spatial']`.
 pub fn load_h5ad(path: &Path) -> Result<SpotData> {
     let a = read_h5ad(path)?;
-    let spatial = a.spatial.ok_or_else(|| {
-        Error::format(
-            path,
-            "/obsm/spatial",
-            "missing: the spots have no coordinates",
-        )
-    })?;
+    let spatial =
+        a.spatial.ok_or_else(|| Error::format(path, "/obsm/spatial", "missing: the spots have no coordinates"))?;
     let d = SpotData {
         barcodes: a.obs_names,
         gene_ids: a.var_names.clone(),
@@ -278,14 +236,11 @@ fn read_coord_table(path: &Path, opts: &TableOptions) -> Result<Vec<(String, [f6
         if LEGACY_ST_COLUMNS.iter().all(|c| col(c).is_some()) {
             // Legacy Spatial Transcriptomics spot detector output: ids are "XxY" of the array
             // coordinates, pixel_x / pixel_y are column / row, unselected spots are dropped.
-            let [x, y, px, py, sel] =
-                ["x", "y", "pixel_x", "pixel_y", "selected"].map(|n| col(n).unwrap());
+            let [x, y, px, py, sel] = ["x", "y", "pixel_x", "pixel_y", "selected"].map(|n| col(n).unwrap());
             let mut out = Vec::new();
             for (i, r) in t.rows.iter().enumerate() {
                 let f = |k: usize, n: &str| {
-                    parse_f64(r.get(k).map(String::as_str).unwrap_or(""), path, || {
-                        format!("line {}: {n}", i + 2)
-                    })
+                    parse_f64(r.get(k).map(String::as_str).unwrap_or(""), path, || format!("line {}: {n}", i + 2))
                 };
                 if f(sel, "selected")? == 0.0 {
                     continue;
@@ -298,35 +253,21 @@ fn read_coord_table(path: &Path, opts: &TableOptions) -> Result<Vec<(String, [f6
     }
     let ncol = t.rows[0].len();
     let id_col = opts.id_col.unwrap_or(0);
-    let [a, b] = opts
-        .coord_cols
-        .unwrap_or([ncol.saturating_sub(2), ncol.saturating_sub(1)]);
+    let [a, b] = opts.coord_cols.unwrap_or([ncol.saturating_sub(2), ncol.saturating_sub(1)]);
     if ncol < 3 && opts.coord_cols.is_none() {
-        return Err(Error::format(
-            path,
-            "columns",
-            format!("{ncol} columns; expected an id and two coordinates"),
-        ));
+        return Err(Error::format(path, "columns", format!("{ncol} columns; expected an id and two coordinates")));
     }
-    let name = |k: usize| {
-        t.header
-            .as_ref()
-            .and_then(|h| h.get(k).cloned())
-            .unwrap_or_else(|| format!("column {}", k + 1))
-    };
+    let name =
+        |k: usize| t.header.as_ref().and_then(|h| h.get(k).cloned()).unwrap_or_else(|| format!("column {}", k + 1));
     let line0 = 1 + t.header.is_some() as usize;
     t.rows
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let get = |k: usize| {
-                r.get(k).map(String::as_str).ok_or_else(|| {
-                    Error::format(
-                        path,
-                        format!("line {}: {}", i + line0, name(k)),
-                        "missing field",
-                    )
-                })
+                r.get(k)
+                    .map(String::as_str)
+                    .ok_or_else(|| Error::format(path, format!("line {}: {}", i + line0, name(k)), "missing field"))
             };
             Ok((
                 get(id_col)?.to_string(),
@@ -342,9 +283,7 @@ fn read_coord_table(path: &Path, opts: &TableOptions) -> Result<Vec<(String, [f6
 /// Expression table: spots × genes, first column the spot id, header of gene names.
 fn read_expression_table(path: &Path) -> Result<TenxMatrix> {
     let t = read_table(path, Some(true))?;
-    let header = t
-        .header
-        .ok_or_else(|| Error::format(path, "header", "missing"))?;
+    let header = t.header.ok_or_else(|| Error::format(path, "header", "missing"))?;
     if header.len() < 2 {
         return Err(Error::format(path, "header", "no gene columns"));
     }
@@ -365,11 +304,7 @@ fn read_expression_table(path: &Path) -> Result<TenxMatrix> {
         barcodes.push(r[0].clone());
         for (j, s) in r[1..].iter().enumerate() {
             let v: f32 = s.parse().map_err(|_| {
-                Error::format(
-                    path,
-                    format!("line {}: {}", i + 2, genes[j]),
-                    format!("{s:?} is not a number"),
-                )
+                Error::format(path, format!("line {}: {}", i + 2, genes[j]), format!("{s:?} is not a number"))
             })?;
             if v != 0.0 {
                 m.indices.push(j as u32);
@@ -379,12 +314,7 @@ fn read_expression_table(path: &Path) -> Result<TenxMatrix> {
         m.indptr.push(m.data.len());
     }
     m.rows = barcodes.len();
-    Ok(TenxMatrix {
-        barcodes,
-        gene_ids: genes.clone(),
-        gene_names: genes,
-        counts: m,
-    })
+    Ok(TenxMatrix { barcodes, gene_ids: genes.clone(), gene_names: genes, counts: m })
 }
 
 fn read_expression_any(path: &Path) -> Result<TenxMatrix> {
@@ -422,34 +352,18 @@ fn read_expression_any(path: &Path) -> Result<TenxMatrix> {
 pub fn load_tables(coords: &Path, expression: &Path, opts: &TableOptions) -> Result<SpotData> {
     let m = read_expression_any(expression)?;
     let c = read_coord_table(coords, opts)?;
-    let by_id: HashMap<&str, usize> = c
-        .iter()
-        .enumerate()
-        .map(|(i, (id, _))| (id.as_str(), i))
-        .collect();
+    let by_id: HashMap<&str, usize> = c.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
     let mut warnings = Vec::new();
     if let Some(b) = m.barcodes.iter().find(|b| !by_id.contains_key(b.as_str())) {
-        let n = m
-            .barcodes
-            .iter()
-            .filter(|b| !by_id.contains_key(b.as_str()))
-            .count();
+        let n = m.barcodes.iter().filter(|b| !by_id.contains_key(b.as_str())).count();
         return Err(Error::format(
             coords,
             "spot id",
-            format!(
-                "{b:?} (and {} more) in {} has no coordinates here",
-                n - 1,
-                expression.display()
-            ),
+            format!("{b:?} (and {} more) in {} has no coordinates here", n - 1, expression.display()),
         ));
     }
-    let in_counts: std::collections::HashSet<&str> =
-        m.barcodes.iter().map(String::as_str).collect();
-    let extra = c
-        .iter()
-        .filter(|(id, _)| !in_counts.contains(id.as_str()))
-        .count();
+    let in_counts: std::collections::HashSet<&str> = m.barcodes.iter().map(String::as_str).collect();
+    let extra = c.iter().filter(|(id, _)| !in_counts.contains(id.as_str())).count();
     if extra > 0 {
         warnings.push(format!(
             "{extra} spots of {} have no expression in {} and were ignored",

@@ -13,10 +13,7 @@ pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
     let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(BufReader::with_capacity(
-            1 << 20,
-            flate2::read::MultiGzDecoder::new(f),
-        )))
+        Ok(Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(f))))
     } else {
         Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
     }
@@ -44,15 +41,11 @@ pub struct Table {
 pub fn read_table(path: &Path, has_header: Option<bool>) -> Result<Table> {
     let mut r = open_text(path)?;
     let mut text = String::new();
-    r.read_to_string(&mut text)
-        .map_err(|e| Error::format(path, "content", format!("cannot read ({e})")))?;
+    r.read_to_string(&mut text).map_err(|e| Error::format(path, "content", format!("cannot read ({e})")))?;
     let first = text.lines().next().unwrap_or("");
     let delim = sniff_delimiter(first);
-    let mut rdr = csv::ReaderBuilder::new()
-        .delimiter(delim)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(text.as_bytes());
+    let mut rdr =
+        csv::ReaderBuilder::new().delimiter(delim).has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut rows = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| Error::format(path, format!("line {}", i + 1), e.to_string()))?;
@@ -64,24 +57,12 @@ pub fn read_table(path: &Path, has_header: Option<bool>) -> Result<Table> {
         None => None,
     };
     let is_header = header.unwrap_or_else(|| {
-        rows.first()
-            .map(|r| {
-                r.iter()
-                    .skip(1)
-                    .any(|f| !f.is_empty() && f.parse::<f64>().is_err())
-            })
-            .unwrap_or(false)
+        rows.first().map(|r| r.iter().skip(1).any(|f| !f.is_empty() && f.parse::<f64>().is_err())).unwrap_or(false)
     });
-    let header = if is_header && !rows.is_empty() {
-        Some(rows.remove(0))
-    } else {
-        None
-    };
+    let header = if is_header && !rows.is_empty() { Some(rows.remove(0)) } else { None };
     Ok(Table { header, rows })
 }
 
 pub fn parse_f64(s: &str, path: &Path, field: impl FnOnce() -> String) -> Result<f64> {
-    s.trim()
-        .parse::<f64>()
-        .map_err(|_| Error::format(path, field(), format!("{s:?} is not a number")))
+    s.trim().parse::<f64>().map_err(|_| Error::format(path, field(), format!("{s:?} is not a number")))
 }

@@ -27,21 +27,9 @@ pub fn classify(values: &[f32]) -> ImageType {
         return ImageType::HE;
     }
     let bin = |v: f32| ((v * 1000.0) as i64).clamp(0, 999);
-    let in_range = values
-        .iter()
-        .filter(|v| (0.0..=1.0).contains(*v))
-        .count()
-        .max(1) as f64;
-    let low = values
-        .iter()
-        .filter(|&&v| (0.0..=1.0).contains(&v) && bin(v) < 100)
-        .count() as f64
-        / in_range;
-    let high = values
-        .iter()
-        .filter(|&&v| (0.0..=1.0).contains(&v) && bin(v) >= 900)
-        .count() as f64
-        / in_range;
+    let in_range = values.iter().filter(|v| (0.0..=1.0).contains(*v)).count().max(1) as f64;
+    let low = values.iter().filter(|&&v| (0.0..=1.0).contains(&v) && bin(v) < 100).count() as f64 / in_range;
+    let high = values.iter().filter(|&&v| (0.0..=1.0).contains(&v) && bin(v) >= 900).count() as f64 / in_range;
     if low > 0.5 && high < 0.05 {
         ImageType::Immunofluorescence
     } else {
@@ -53,11 +41,7 @@ pub fn classify(values: &[f32]) -> ImageType {
 /// hold), each channel divided by its maximum; returns (values, rows, cols).
 pub fn block_thumbnail(img: &ImageCache, factor: usize) -> (Vec<f32>, usize, usize) {
     let info = &img.info;
-    let (th, tw, ch) = (
-        info.height.div_ceil(factor),
-        info.width.div_ceil(factor),
-        info.channels,
-    );
+    let (th, tw, ch) = (info.height.div_ceil(factor), info.width.div_ceil(factor), info.channels);
     let strips: Vec<(Vec<f64>, Vec<f32>)> = (0..th)
         .into_par_iter()
         .map(|ty| {

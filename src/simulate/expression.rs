@@ -59,11 +59,7 @@ fn programs(p: &SimParams, rng: &mut impl Rng) -> Programs {
             next += 1;
         }
     }
-    Programs {
-        domain,
-        gradient,
-        role,
-    }
+    Programs { domain, gradient, role }
 }
 
 /// A Visium-like barcode: 16 bases and the gem-group suffix.
@@ -171,24 +167,14 @@ pub fn write_expression(s: &Section, p: &SimParams, dir: &Path) -> Result<Expres
         })
         .collect();
     let tissue: Vec<usize> = (0..spots.len()).filter(|&i| spots[i].in_tissue).collect();
-    let averages: Vec<(Vec<f64>, [f64; 2])> = tissue
-        .par_iter()
-        .map(|&i| disk_average(s, spots[i].row, spots[i].col, p.radius))
-        .collect();
+    let averages: Vec<(Vec<f64>, [f64; 2])> =
+        tissue.par_iter().map(|&i| disk_average(s, spots[i].row, spots[i].col, p.radius)).collect();
     let lib = LogNormal::new(p.library_size.ln(), 0.35).unwrap();
     let g = p.genes;
     let mut counts = Csr::empty(tissue.len(), g);
     let mut truth_spots = String::from("barcode,row,col,library_size");
     for d in 0..=p.domains {
-        let _ = write!(
-            truth_spots,
-            ",frac_{}",
-            if d == 0 {
-                "background".to_string()
-            } else {
-                format!("domain_{d}")
-            }
-        );
+        let _ = write!(truth_spots, ",frac_{}", if d == 0 { "background".to_string() } else { format!("domain_{d}") });
     }
     truth_spots.push_str(",gradient_1,gradient_2\n");
     let mut rate = vec![0f64; g];
@@ -197,16 +183,12 @@ pub fn write_expression(s: &Section, p: &SimParams, dir: &Path) -> Result<Expres
         rate.iter_mut().for_each(|r| *r = 0.0);
         for d in 0..p.domains {
             if frac[d + 1] > 0.0 {
-                rate.iter_mut()
-                    .zip(&prog.domain[d])
-                    .for_each(|(r, v)| *r += frac[d + 1] * v);
+                rate.iter_mut().zip(&prog.domain[d]).for_each(|(r, v)| *r += frac[d + 1] * v);
             }
         }
         let tissue_frac = 1.0 - frac[0];
         for q in 0..2 {
-            rate.iter_mut()
-                .zip(&prog.gradient[q])
-                .for_each(|(r, v)| *r += tissue_frac * grad[q] * v);
+            rate.iter_mut().zip(&prog.gradient[q]).for_each(|(r, v)| *r += tissue_frac * grad[q] * v);
         }
         let total: f64 = rate.iter().sum();
         let l = lib.sample(&mut rng) * tissue_frac.max(0.05);
@@ -222,11 +204,7 @@ pub fn write_expression(s: &Section, p: &SimParams, dir: &Path) -> Result<Expres
         }
         counts.indptr[k + 1] = counts.data.len();
         let sp = &spots[i];
-        let _ = write!(
-            truth_spots,
-            "{},{},{},{:.1}",
-            barcodes[i], sp.row, sp.col, l
-        );
+        let _ = write!(truth_spots, "{},{},{},{:.1}", barcodes[i], sp.row, sp.col, l);
         for f in frac {
             let _ = write!(truth_spots, ",{f:.5}");
         }
@@ -243,9 +221,7 @@ pub fn write_expression(s: &Section, p: &SimParams, dir: &Path) -> Result<Expres
     write_10x_h5(&dir.join("filtered_feature_bc_matrix.h5"), &m, "SIM1")?;
 
     // spatial/: v2 positions of the whole lattice, scale factors
-    let mut pos = String::from(
-        "barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,pxl_col_in_fullres\n",
-    );
+    let mut pos = String::from("barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,pxl_col_in_fullres\n");
     for (i, sp) in spots.iter().enumerate() {
         let _ = writeln!(
             pos,
@@ -260,10 +236,7 @@ pub fn write_expression(s: &Section, p: &SimParams, dir: &Path) -> Result<Expres
         "tissue_hires_scalef": thumb_scale(p.height, p.width, 2000),
         "tissue_lowres_scalef": thumb_scale(p.height, p.width, 600),
     });
-    write_text(
-        &dir.join("spatial/scalefactors_json.json"),
-        &serde_json::to_string_pretty(&sf).unwrap(),
-    )?;
+    write_text(&dir.join("spatial/scalefactors_json.json"), &serde_json::to_string_pretty(&sf).unwrap())?;
 
     // truth/
     write_text(&dir.join("truth/spots.csv"), &truth_spots)?;
@@ -277,21 +250,11 @@ pub fn write_expression(s: &Section, p: &SimParams, dir: &Path) -> Result<Expres
         for d in 0..p.domains {
             let _ = write!(tab, ",{:.6}", prog.domain[d][j]);
         }
-        let _ = writeln!(
-            tab,
-            ",{:.6},{:.6}",
-            prog.gradient[0][j], prog.gradient[1][j]
-        );
+        let _ = writeln!(tab, ",{:.6},{:.6}", prog.gradient[0][j], prog.gradient[1][j]);
     }
     write_text(&dir.join("truth/programs.csv"), &tab)?;
-    write_text(
-        &dir.join("truth/genes.txt"),
-        &(gene_names.join("\n") + "\n"),
-    )?;
-    Ok(ExpressionSummary {
-        lattice_spots: spots.len(),
-        spots: tissue.len(),
-    })
+    write_text(&dir.join("truth/genes.txt"), &(gene_names.join("\n") + "\n"))?;
+    Ok(ExpressionSummary { lattice_spots: spots.len(), spots: tissue.len() })
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {

@@ -78,13 +78,7 @@ pub struct Section {
 }
 
 impl Section {
-    pub fn new(
-        seed: u64,
-        height: usize,
-        width: usize,
-        spot_radius: f32,
-        domains: usize,
-    ) -> Section {
+    pub fn new(seed: u64, height: usize, width: usize, spot_radius: f32, domains: usize) -> Section {
         let scale = height.min(width) as f32;
         let mut k = 0u64;
         let mut next = || {
@@ -98,33 +92,19 @@ impl Section {
         let seeds: Vec<[f32; 2]> = (0..n_blobs)
             .map(|i| {
                 let a = i as f32 / n_blobs as f32 * std::f32::consts::TAU + 0.6 * next();
-                let rr = if i == 0 && n_blobs > 3 {
-                    0.0
-                } else {
-                    0.55 + 0.4 * next()
-                };
+                let rr = if i == 0 && n_blobs > 3 { 0.0 } else { 0.55 + 0.4 * next() };
                 [cx + ax * rr * a.cos(), cy + ay * rr * a.sin()]
             })
             .collect();
         let band = (domains >= 3).then(|| {
             let c = cy + (next() - 0.5) * 0.4 * ay;
             let half = 0.6 * spot_radius / scale; // 1.2 radii wide: thinner than a spot
-            (
-                c,
-                0.25 * ay,
-                4.0 + 3.0 * next(),
-                next() * std::f32::consts::TAU,
-                half,
-            )
+            (c, 0.25 * ay, 4.0 + 3.0 * next(), next() * std::f32::consts::TAU, half)
         });
         let nucleus_base = (0.2 * spot_radius).max(2.0);
         let styles = (0..domains)
             .map(|d| {
-                let t = if domains > 1 {
-                    d as f32 / (domains - 1) as f32
-                } else {
-                    0.5
-                };
+                let t = if domains > 1 { d as f32 / (domains - 1) as f32 } else { 0.5 };
                 let j = next();
                 DomainStyle {
                     // from pale pink through rose to violet-pink
@@ -134,11 +114,8 @@ impl Section {
                         196.0 + 10.0 * t - 8.0 * j,
                     ],
                     nucleus: [92.0 - 30.0 * t, 58.0 + 10.0 * (j - 0.5), 138.0 - 10.0 * t],
-                    density: 0.18
-                        + 0.7 * ((d * 7 % domains) as f32 / domains.max(1) as f32) * 0.9
-                        + 0.05 * j,
-                    nucleus_radius: nucleus_base
-                        * (0.75 + 0.7 * ((d * 3 % domains) as f32 / domains.max(1) as f32)),
+                    density: 0.18 + 0.7 * ((d * 7 % domains) as f32 / domains.max(1) as f32) * 0.9 + 0.05 * j,
+                    nucleus_radius: nucleus_base * (0.75 + 0.7 * ((d * 3 % domains) as f32 / domains.max(1) as f32)),
                 }
             })
             .collect::<Vec<_>>();
@@ -163,14 +140,8 @@ impl Section {
 
     /// Warp displacement at a lattice node (normalised units).
     fn warp_node(&self, i: i64, j: i64) -> [f32; 2] {
-        let (x, y) = (
-            j as f32 * self.grid / self.scale,
-            i as f32 * self.grid / self.scale,
-        );
-        [
-            0.07 * fractal(self.seed ^ 0x11, 3.0 * x, 3.0 * y),
-            0.07 * fractal(self.seed ^ 0x22, 3.0 * x, 3.0 * y),
-        ]
+        let (x, y) = (j as f32 * self.grid / self.scale, i as f32 * self.grid / self.scale);
+        [0.07 * fractal(self.seed ^ 0x11, 3.0 * x, 3.0 * y), 0.07 * fractal(self.seed ^ 0x22, 3.0 * x, 3.0 * y)]
     }
 
     /// Warped normalised coordinates of a pixel: bilinear in the warp lattice.
@@ -182,28 +153,15 @@ impl Section {
             Some(l) => l.get(i, j),
             None => self.warp_node(i, j),
         };
-        let (a, b, c, d) = (
-            node(i0, j0),
-            node(i0, j0 + 1),
-            node(i0 + 1, j0),
-            node(i0 + 1, j0 + 1),
-        );
-        let w = |k: usize| {
-            (a[k] * (1.0 - tj) + b[k] * tj) * (1.0 - ti) + (c[k] * (1.0 - tj) + d[k] * tj) * ti
-        };
+        let (a, b, c, d) = (node(i0, j0), node(i0, j0 + 1), node(i0 + 1, j0), node(i0 + 1, j0 + 1));
+        let w = |k: usize| (a[k] * (1.0 - tj) + b[k] * tj) * (1.0 - ti) + (c[k] * (1.0 - tj) + d[k] * tj) * ti;
         [col / self.scale + w(0), row / self.scale + w(1)]
     }
 
     /// Inside the irregular tissue outline?
     pub fn in_tissue(&self, p: [f32; 2]) -> bool {
-        let (cx, cy) = (
-            0.5 * self.width as f32 / self.scale,
-            0.5 * self.height as f32 / self.scale,
-        );
-        let (ax, ay) = (
-            0.43 * self.width as f32 / self.scale,
-            0.43 * self.height as f32 / self.scale,
-        );
+        let (cx, cy) = (0.5 * self.width as f32 / self.scale, 0.5 * self.height as f32 / self.scale);
+        let (ax, ay) = (0.43 * self.width as f32 / self.scale, 0.43 * self.height as f32 / self.scale);
         let (dx, dy) = ((p[0] - cx) / ax, (p[1] - cy) / ay);
         (dx * dx + dy * dy).sqrt() + 0.16 * fractal(self.seed ^ 0x33, 2.5 * p[0], 2.5 * p[1]) < 0.97
     }
@@ -233,8 +191,7 @@ impl Section {
         let w = self.width as f32 / self.scale;
         let (cx, cy) = (0.5 * w, 0.5 * self.height as f32 / self.scale);
         let g0 = (p[0] / w).clamp(0.0, 1.0);
-        let r = ((p[0] - cx).powi(2) + (p[1] - cy).powi(2)).sqrt()
-            / (0.5 * w.max(self.height as f32 / self.scale));
+        let r = ((p[0] - cx).powi(2) + (p[1] - cy).powi(2)).sqrt() / (0.5 * w.max(self.height as f32 / self.scale));
         [g0, r.clamp(0.0, 1.0)]
     }
 
@@ -246,10 +203,7 @@ impl Section {
     /// Nucleus coverage of a pixel in [0, 1] given its domain (soft edge).
     pub fn nucleus(&self, row: usize, col: usize, label: u8) -> f32 {
         let st = &self.styles[label as usize - 1];
-        let (ci, cj) = (
-            (row as f32 / self.cell) as i64,
-            (col as f32 / self.cell) as i64,
-        );
+        let (ci, cj) = ((row as f32 / self.cell) as i64, (col as f32 / self.cell) as i64);
         let mut cover = 0f32;
         for i in ci - 1..=ci + 1 {
             for j in cj - 1..=cj + 1 {
@@ -264,10 +218,7 @@ impl Section {
                 let elong = 1.0 + 0.5 * unit(mix(h2 ^ 9));
                 let ang = unit(mix(h2 ^ 11)) * std::f32::consts::PI;
                 let (dy, dx) = (row as f32 - cy, col as f32 - cx);
-                let (u, v) = (
-                    dx * ang.cos() + dy * ang.sin(),
-                    -dx * ang.sin() + dy * ang.cos(),
-                );
+                let (u, v) = (dx * ang.cos() + dy * ang.sin(), -dx * ang.sin() + dy * ang.cos());
                 let d = ((u / elong).powi(2) + (v * elong.sqrt()).powi(2)).sqrt() / rad;
                 cover = cover.max(((1.0 - d) / 0.25).clamp(0.0, 1.0));
             }

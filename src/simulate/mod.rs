@@ -31,25 +31,14 @@ pub struct SimParams {
 
 impl Default for SimParams {
     fn default() -> Self {
-        SimParams {
-            height: 4000,
-            width: 4000,
-            radius: 30.0,
-            domains: 5,
-            genes: 500,
-            seed: 0,
-            library_size: 4000.0,
-        }
+        SimParams { height: 4000, width: 4000, radius: 30.0, domains: 5, genes: 500, seed: 0, library_size: 4000.0 }
     }
 }
 
 impl SimParams {
     pub fn validate(&self) -> Result<()> {
         if self.radius < 2.0 {
-            return Err(Error::setting(
-                "--radius",
-                format!("must be at least 2 pixels, got {}", self.radius),
-            ));
+            return Err(Error::setting("--radius", format!("must be at least 2 pixels, got {}", self.radius)));
         }
         let spacing = 100.0 / 55.0 * 2.0 * self.radius;
         if (self.height.min(self.width) as f32) < 4.0 * spacing {
@@ -65,25 +54,15 @@ impl SimParams {
             ));
         }
         if self.height > 1 << 20 || self.width > 1 << 20 {
-            return Err(Error::setting(
-                "--height/--width",
-                "at most 1,048,576 px a side",
-            ));
+            return Err(Error::setting("--height/--width", "at most 1,048,576 px a side"));
         }
         if !(1..=200).contains(&self.domains) {
-            return Err(Error::setting(
-                "--domains",
-                format!("must be 1–200, got {}", self.domains),
-            ));
+            return Err(Error::setting("--domains", format!("must be 1–200, got {}", self.domains)));
         }
         if self.genes < 10 * self.domains.max(2) {
             return Err(Error::setting(
                 "--genes",
-                format!(
-                    "need at least {} genes for {} domains",
-                    10 * self.domains.max(2),
-                    self.domains
-                ),
+                format!("need at least {} genes for {} domains", 10 * self.domains.max(2), self.domains),
             ));
         }
         Ok(())
@@ -113,22 +92,13 @@ pub fn simulate(p: &SimParams, out: &Path, force: bool) -> Result<SimSummary> {
         if !force {
             return Err(Error::io(
                 out,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "already exists (use --force to replace it)",
-                ),
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (use --force to replace it)"),
             ));
         }
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = out
-        .file_name()
-        .and_then(|s| s.to_str())
-        .unwrap_or("section");
+    let name = out.file_name().and_then(|s| s.to_str()).unwrap_or("section");
     let tmp = parent.join(format!(".{name}.partial.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let r = write_section(p, &tmp);
@@ -158,11 +128,8 @@ fn write_section(p: &SimParams, dir: &Path) -> Result<SimSummary> {
     let section = Section::new(p.seed, p.height, p.width, p.radius, p.domains);
     render::render(&section, dir)?;
     let e = expression::write_expression(&section, p, dir)?;
-    std::fs::write(
-        dir.join("truth/params.json"),
-        serde_json::to_string_pretty(p).unwrap(),
-    )
-    .map_err(|e| Error::io(dir.join("truth/params.json"), e))?;
+    std::fs::write(dir.join("truth/params.json"), serde_json::to_string_pretty(p).unwrap())
+        .map_err(|e| Error::io(dir.join("truth/params.json"), e))?;
     Ok(SimSummary {
         out: dir.to_path_buf(),
         height: p.height,

@@ -29,11 +29,7 @@ pub fn bin() -> Command {
 
 /// Run the binary with its cache in `cache`.
 pub fn run(args: &[&str], cache: &Path) -> Output {
-    bin()
-        .args(args)
-        .env("SPAHDMAP_CACHE_DIR", cache)
-        .output()
-        .expect("binary runs")
+    bin().args(args).env("SPAHDMAP_CACHE_DIR", cache).output().expect("binary runs")
 }
 
 pub fn stderr(o: &Output) -> String {

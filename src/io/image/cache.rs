@@ -70,23 +70,15 @@ impl ImageCache {
     /// Open the cache of `source` in `cache_dir`, decoding the source first if needed.
     pub fn open(source: &Path, cache_dir: &Path) -> Result<ImageCache> {
         let mut key = key_of(source)?;
-        let stem = source
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("image");
-        let tag = format!(
-            "{stem}-{:016x}",
-            fnv1a64(key.source.to_string_lossy().as_bytes())
-        );
+        let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let tag = format!("{stem}-{:016x}", fnv1a64(key.source.to_string_lossy().as_bytes()));
         let raw_path = cache_dir.join(format!("{tag}.raw"));
         let key_path = cache_dir.join(format!("{tag}.json"));
         if let Ok(text) = std::fs::read_to_string(&key_path) {
             if let Ok(old) = serde_json::from_str::<CacheKey>(&text) {
                 if let Some(info) = old.info.clone() {
                     let same = CacheKey { info: None, ..old } == key;
-                    let len_ok = std::fs::metadata(&raw_path)
-                        .map(|m| m.len() == info.total_bytes())
-                        .unwrap_or(false);
+                    let len_ok = std::fs::metadata(&raw_path).map(|m| m.len() == info.total_bytes()).unwrap_or(false);
                     if same && len_ok {
                         return Self::map(info, source, raw_path, false);
                     }
@@ -97,10 +89,7 @@ impl ImageCache {
         let _ = std::fs::remove_file(&key_path);
         let info = Self::build(source, &raw_path)?;
         key.info = Some(info.clone());
-        atomic_write(
-            &key_path,
-            serde_json::to_string_pretty(&key).unwrap().as_bytes(),
-        )?;
+        atomic_write(&key_path, serde_json::to_string_pretty(&key).unwrap().as_bytes())?;
         Self::map(info, source, raw_path, true)
     }
 
@@ -109,19 +98,12 @@ impl ImageCache {
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = BufWriter::with_capacity(4 << 20, file);
         let expected = super::probe(source)?;
-        let bar = progress_bytes(
-            expected.total_bytes(),
-            &format!("decoding {}", source.display()),
-        );
+        let bar = progress_bytes(expected.total_bytes(), &format!("decoding {}", source.display()));
         let mut written = 0u64;
         let result = decode_bands(source, &mut |band| {
             written += band.len() as u64;
             if written > expected.total_bytes() {
-                return Err(Error::format(
-                    source,
-                    "image data",
-                    "more pixel data than the header declares",
-                ));
+                return Err(Error::format(source, "image data", "more pixel data than the header declares"));
             }
             bar.inc(band.len() as u64);
             w.write_all(band).map_err(|e| Error::io(&tmp, e))
@@ -132,10 +114,7 @@ impl ImageCache {
                 return Err(Error::format(
                     source,
                     "image data",
-                    format!(
-                        "decoded {written} bytes, expected {} (truncated?)",
-                        info.total_bytes()
-                    ),
+                    format!("decoded {written} bytes, expected {} (truncated?)", info.total_bytes()),
                 ));
             }
             Ok(info)
@@ -162,13 +141,7 @@ impl ImageCache {
             // SAFETY: the cache file is ours and only replaced by rename, never modified in place.
             Some(unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&raw_path, e))?)
         };
-        Ok(ImageCache {
-            info,
-            source: source.to_path_buf(),
-            raw_path,
-            built,
-            map,
-        })
+        Ok(ImageCache { info, source: source.to_path_buf(), raw_path, built, map })
     }
 
     pub fn bytes(&self) -> &[u8] {

@@ -75,22 +75,14 @@ fn sniff(path: &Path) -> Result<Container> {
     let mut m = [0u8; 8];
     let n = f.read(&mut m).map_err(|e| Error::io(path, e))?;
     let m = &m[..n];
-    if m.starts_with(b"II*\0")
-        || m.starts_with(b"MM\0*")
-        || m.starts_with(b"II+\0")
-        || m.starts_with(b"MM\0+")
-    {
+    if m.starts_with(b"II*\0") || m.starts_with(b"MM\0*") || m.starts_with(b"II+\0") || m.starts_with(b"MM\0+") {
         Ok(Container::Tiff)
     } else if m.starts_with(&[0x89, b'P', b'N', b'G']) {
         Ok(Container::Png)
     } else if m.starts_with(&[0xFF, 0xD8]) {
         Ok(Container::Jpeg)
     } else {
-        Err(Error::format(
-            path,
-            "header",
-            "not a TIFF, PNG or JPEG image",
-        ))
+        Err(Error::format(path, "header", "not a TIFF, PNG or JPEG image"))
     }
 }
 

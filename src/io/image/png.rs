@@ -11,8 +11,7 @@ fn reader(path: &Path) -> Result<::png::Reader<BufReader<File>>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut d = ::png::Decoder::new(BufReader::new(f));
     d.set_transformations(::png::Transformations::EXPAND);
-    d.read_info()
-        .map_err(|e| Error::format(path, "PNG header", e.to_string()))
+    d.read_info().map_err(|e| Error::format(path, "PNG header", e.to_string()))
 }
 
 fn info_of(path: &Path, r: &::png::Reader<BufReader<File>>) -> Result<(ImageInfo, usize)> {
@@ -21,28 +20,13 @@ fn info_of(path: &Path, r: &::png::Reader<BufReader<File>>) -> Result<(ImageInfo
     let sample = match depth {
         ::png::BitDepth::Sixteen => SampleType::U16,
         ::png::BitDepth::Eight => SampleType::U8,
-        d => {
-            return Err(Error::format(
-                path,
-                "PNG bit depth",
-                format!("{d:?} is not supported"),
-            ))
-        }
+        d => return Err(Error::format(path, "PNG bit depth", format!("{d:?} is not supported"))),
     };
-    let has_alpha = matches!(
-        ct,
-        ::png::ColorType::Rgba | ::png::ColorType::GrayscaleAlpha
-    );
+    let has_alpha = matches!(ct, ::png::ColorType::Rgba | ::png::ColorType::GrayscaleAlpha);
     let channels = samples - has_alpha as usize;
     let i = r.info();
     Ok((
-        ImageInfo {
-            height: i.height as usize,
-            width: i.width as usize,
-            channels,
-            sample,
-            format: "PNG".into(),
-        },
+        ImageInfo { height: i.height as usize, width: i.width as usize, channels, sample, format: "PNG".into() },
         samples,
     ))
 }
@@ -63,9 +47,7 @@ pub fn decode(path: &Path, sink: &mut BandSink) -> Result<ImageInfo> {
         let row = r
             .next_row()
             .map_err(|e| Error::format(path, format!("PNG row {y}"), e.to_string()))?
-            .ok_or_else(|| {
-                Error::format(path, format!("PNG row {y}"), "missing (truncated file)")
-            })?;
+            .ok_or_else(|| Error::format(path, format!("PNG row {y}"), "missing (truncated file)"))?;
         let data = row.data();
         let mut native: Vec<u8> = if bps == 2 {
             // PNG stores 16-bit samples big-endian.

@@ -11,6 +11,7 @@ use std::path::Path;
 use ::tiff::decoder::{Decoder, DecodingResult, Limits};
 use ::tiff::tags::Tag;
 use ::tiff::ColorType;
+use rayon::prelude::*;
 
 use super::{BandSink, ImageInfo, SampleType};
 use crate::error::{Error, Result};
@@ -78,14 +79,8 @@ fn page(path: &Path, mut dec: Dec, index: usize) -> Result<Page> {
             format!("page {index}: {f}")
         }
     };
-    let (w, h) = dec
-        .dimensions()
-        .map_err(|e| Error::format(path, field("ImageWidth"), e.to_string()))?;
-    let compression = dec
-        .find_tag_unsigned::<u32>(Tag::Compression)
-        .ok()
-        .flatten()
-        .unwrap_or(1);
+    let (w, h) = dec.dimensions().map_err(|e| Error::format(path, field("ImageWidth"), e.to_string()))?;
+    let compression = dec.find_tag_unsigned::<u32>(Tag::Compression).ok().flatten().unwrap_or(1);
     if !SUPPORTED_COMPRESSION.contains(&compression) {
         return Err(Error::format(
             path,
@@ -96,9 +91,7 @@ fn page(path: &Path, mut dec: Dec, index: usize) -> Result<Page> {
             ),
         ));
     }
-    let color = dec
-        .colortype()
-        .map_err(|e| Error::format(path, field("PhotometricInterpretation"), e.to_string()))?;
+    let color = dec.colortype().map_err(|e| Error::format(path, field("PhotometricInterpretation"), e.to_string()))?;
     let sample = match color.bit_depth() {
         8 => SampleType::U8,
         16 => SampleType::U16,
@@ -111,44 +104,28 @@ fn page(path: &Path, mut dec: Dec, index: usize) -> Result<Page> {
         }
     };
     let samples = color.num_samples() as usize;
-    let planar = dec
-        .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
-        .ok()
-        .flatten()
-        == Some(2);
+    let planar = dec.find_tag_unsigned::<u16>(Tag::PlanarConfiguration).ok().flatten() == Some(2);
     let (cw, ch) = dec.chunk_dimensions();
     let tiled = matches!(dec.get_chunk_type(), ::tiff::decoder::ChunkType::Tile);
     let (cw, ch) = (cw as usize, ch as usize);
     let layout = format!(
         "{} {}{}",
-        if tiled {
-            format!("tiled {cw}x{ch}")
-        } else {
-            format!("stripped {ch} rows/strip")
-        },
+        if tiled { format!("tiled {cw}x{ch}") } else { format!("stripped {ch} rows/strip") },
         compression_name(compression),
         if planar { " planar" } else { "" }
     );
     let jpeg = if compression == 7 {
-        let (otag, ctag) = if tiled {
-            (Tag::TileOffsets, Tag::TileByteCounts)
-        } else {
-            (Tag::StripOffsets, Tag::StripByteCounts)
-        };
+        let (otag, ctag) =
+            if tiled { (Tag::TileOffsets, Tag::TileByteCounts) } else { (Tag::StripOffsets, Tag::StripByteCounts) };
         let offsets = dec
             .get_tag_u64_vec(otag)
             .map_err(|e| Error::format(path, field("TileOffsets/StripOffsets"), e.to_string()))?;
-        let counts = dec.get_tag_u64_vec(ctag).map_err(|e| {
-            Error::format(path, field("TileByteCounts/StripByteCounts"), e.to_string())
-        })?;
+        let counts = dec
+            .get_tag_u64_vec(ctag)
+            .map_err(|e| Error::format(path, field("TileByteCounts/StripByteCounts"), e.to_string()))?;
         let tables = dec.get_tag_u8_vec(Tag::JPEGTables).ok();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        Some(JpegChunks {
-            file,
-            offsets,
-            counts,
-            tables,
-        })
+        Some(JpegChunks { file, offsets, counts, tables })
     } else {
         None
     };
@@ -183,11 +160,7 @@ fn pages(path: &Path) -> Result<(Vec<Page>, bool)> {
                 break;
             }
             let Ok(p) = page(path, d, k) else { break };
-            if p.width != out[0].width
-                || p.height != out[0].height
-                || p.samples != 1
-                || p.sample != out[0].sample
-            {
+            if p.width != out[0].width || p.height != out[0].height || p.samples != 1 || p.sample != out[0].sample {
                 break;
             }
             if p.chunk_h != out[0].chunk_h {
@@ -204,9 +177,7 @@ fn pages(path: &Path) -> Result<(Vec<Page>, bool)> {
     let big = {
         use std::io::Read;
         let mut b = [0u8; 4];
-        File::open(path)
-            .and_then(|mut f| f.read_exact(&mut b))
-            .map_err(|e| Error::io(path, e))?;
+        File::open(path).and_then(|mut f| f.read_exact(&mut b)).map_err(|e| Error::io(path, e))?;
         b[2] == 43 || b[3] == 43
     };
     Ok((out, big))
@@ -219,21 +190,13 @@ fn kept_samples(path: &Path, p: &Page) -> Result<usize> {
         // JPEG-compressed YCbCr is converted to RGB by the decoder.
         ColorType::YCbCr(_) => Ok(3),
         ColorType::RGBA(_) | ColorType::GrayA(_) => Ok(p.samples - 1),
-        other => Err(Error::format(
-            path,
-            "PhotometricInterpretation",
-            format!("{other:?} images are not supported"),
-        )),
+        other => Err(Error::format(path, "PhotometricInterpretation", format!("{other:?} images are not supported"))),
     }
 }
 
 fn info_of(path: &Path, pages: &[Page], big: bool) -> Result<ImageInfo> {
     let p = &pages[0];
-    let channels = if pages.len() > 1 {
-        pages.len()
-    } else {
-        kept_samples(path, p)?
-    };
+    let channels = if pages.len() > 1 { pages.len() } else { kept_samples(path, p)? };
     Ok(ImageInfo {
         height: p.height,
         width: p.width,
@@ -243,11 +206,7 @@ fn info_of(path: &Path, pages: &[Page], big: bool) -> Result<ImageInfo> {
             "{} {}{}",
             if big { "BigTIFF" } else { "TIFF" },
             p.layout,
-            if pages.len() > 1 {
-                format!(", {} channel pages", pages.len())
-            } else {
-                String::new()
-            }
+            if pages.len() > 1 { format!(", {} channel pages", pages.len()) } else { String::new() }
         ),
     })
 }
@@ -261,23 +220,12 @@ fn chunk_bytes(path: &Path, r: DecodingResult, chunk: u32) -> Result<Vec<u8>> {
     match r {
         DecodingResult::U8(v) => Ok(v),
         DecodingResult::U16(v) => Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        _ => Err(Error::format(
-            path,
-            format!("chunk {chunk}"),
-            "unsupported sample format",
-        )),
+        _ => Err(Error::format(path, format!("chunk {chunk}"), "unsupported sample format")),
     }
 }
 
 /// Decode one JPEG chunk (tables spliced in front) and crop it to the chunk's data size.
-fn jpeg_chunk(
-    path: &Path,
-    j: &JpegChunks,
-    idx: u32,
-    samples: usize,
-    dw: usize,
-    dh: usize,
-) -> Result<Vec<u8>> {
+fn jpeg_chunk(path: &Path, j: &JpegChunks, idx: u32, samples: usize, dw: usize, dh: usize) -> Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     use zune_jpeg::zune_core::bytestream::ZCursor;
     use zune_jpeg::zune_core::colorspace::ColorSpace;
@@ -285,13 +233,7 @@ fn jpeg_chunk(
     let field = || format!("chunk {idx}");
     let (off, len) = match (j.offsets.get(idx as usize), j.counts.get(idx as usize)) {
         (Some(&o), Some(&l)) => (o, l as usize),
-        _ => {
-            return Err(Error::format(
-                path,
-                field(),
-                "no offset / byte count for this chunk",
-            ))
-        }
+        _ => return Err(Error::format(path, field(), "no offset / byte count for this chunk")),
     };
     let mut raw = vec![0u8; len];
     j.file
@@ -307,27 +249,13 @@ fn jpeg_chunk(
         }
         _ => raw,
     };
-    let out_cs = if samples == 1 {
-        ColorSpace::Luma
-    } else {
-        ColorSpace::RGB
-    };
-    let opts = DecoderOptions::default()
-        .set_strict_mode(false)
-        .jpeg_set_out_colorspace(out_cs);
+    let out_cs = if samples == 1 { ColorSpace::Luma } else { ColorSpace::RGB };
+    let opts = DecoderOptions::default().set_strict_mode(false).jpeg_set_out_colorspace(out_cs);
     let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&stream[..]), opts);
-    let px = d
-        .decode()
-        .map_err(|e| Error::format(path, field(), format!("JPEG: {e}")))?;
-    let (w, h) = d
-        .dimensions()
-        .ok_or_else(|| Error::format(path, field(), "JPEG without dimensions"))?;
+    let px = d.decode().map_err(|e| Error::format(path, field(), format!("JPEG: {e}")))?;
+    let (w, h) = d.dimensions().ok_or_else(|| Error::format(path, field(), "JPEG without dimensions"))?;
     if w < dw || h < dh || px.len() < w * h * samples {
-        return Err(Error::format(
-            path,
-            field(),
-            format!("JPEG is {w}×{h}, chunk needs {dw}×{dh}"),
-        ));
+        return Err(Error::format(path, field(), format!("JPEG is {w}×{h}, chunk needs {dw}×{dh}")));
     }
     let mut out = Vec::with_capacity(dw * dh * samples);
     for y in 0..dh {
@@ -336,55 +264,75 @@ fn jpeg_chunk(
     Ok(out)
 }
 
-/// Decode one row of chunks of a page into `band` (rows × width × page samples, chunky).
-fn read_chunk_row(path: &Path, p: &mut Page, cr: usize, band: &mut Vec<u8>) -> Result<usize> {
+/// Decode chunk rows [cr0, cr0 + n) of a page into `band` (rows × width × page samples,
+/// chunky); returns the number of image rows. JPEG chunks, which we decode ourselves, are
+/// decoded in parallel.
+fn read_chunk_rows(path: &Path, p: &mut Page, cr0: usize, n: usize, band: &mut Vec<u8>) -> Result<usize> {
     let bps = p.sample.bytes();
-    let rows = (p.height - cr * p.chunk_h).min(p.chunk_h);
+    let row0 = cr0 * p.chunk_h;
+    let rows = (p.height - row0).min(n * p.chunk_h);
     let px = p.samples * bps;
     band.clear();
     band.resize(rows * p.width * px, 0);
     let per_plane = p.across * p.down;
+    // (plane, chunk row, chunk column, index)
+    let across = p.across;
+    let mut chunks: Vec<(usize, usize, usize, u32)> = Vec::with_capacity(p.planes * n * across);
     for plane in 0..p.planes {
-        for cc in 0..p.across {
-            let idx = (plane * per_plane + cr * p.across + cc) as u32;
-            let (dw, dh) = p.dec.chunk_data_dimensions(idx);
-            let (dw, dh) = (dw as usize, dh as usize);
-            let data = match &p.jpeg {
-                Some(j) => jpeg_chunk(path, j, idx, p.chunk_samples, dw, dh)?,
-                None => {
-                    let data = p.dec.read_chunk(idx).map_err(|e| {
-                        Error::format(
-                            path,
-                            format!(
-                                "chunk {idx} (rows {}..{})",
-                                cr * p.chunk_h,
-                                cr * p.chunk_h + rows
-                            ),
-                            e.to_string(),
-                        )
-                    })?;
-                    chunk_bytes(path, data, idx)?
-                }
-            };
-            let cpx = p.chunk_samples * bps;
-            if data.len() < dw * dh.min(rows) * cpx {
-                return Err(Error::format(
-                    path,
-                    format!("chunk {idx}"),
-                    "decoded chunk is shorter than its dimensions (truncated?)",
-                ));
+        for cr in cr0..cr0 + n {
+            for cc in 0..across {
+                chunks.push((plane, cr, cc, (plane * per_plane + cr * across + cc) as u32));
             }
-            let x0 = cc * p.chunk_w;
-            for y in 0..dh.min(rows) {
-                let src = &data[y * dw * cpx..(y + 1) * dw * cpx];
-                let dst_row = &mut band[(y * p.width + x0) * px..(y * p.width + x0 + dw) * px];
-                if p.planes == 1 {
-                    dst_row.copy_from_slice(src);
-                } else {
-                    for x in 0..dw {
-                        dst_row[x * px + plane * bps..x * px + (plane + 1) * bps]
-                            .copy_from_slice(&src[x * bps..(x + 1) * bps]);
-                    }
+        }
+    }
+    let dims: Vec<(usize, usize)> = chunks
+        .iter()
+        .map(|c| {
+            let (w, h) = p.dec.chunk_data_dimensions(c.3);
+            (w as usize, h as usize)
+        })
+        .collect();
+    let decoded: Vec<Vec<u8>> = match &p.jpeg {
+        Some(j) => {
+            let cs = p.chunk_samples;
+            chunks
+                .par_iter()
+                .zip(dims.par_iter())
+                .map(|(c, &(dw, dh))| jpeg_chunk(path, j, c.3, cs, dw, dh))
+                .collect::<Result<_>>()?
+        }
+        None => chunks
+            .iter()
+            .map(|c| {
+                let r = p.dec.read_chunk(c.3).map_err(|e| {
+                    Error::format(path, format!("chunk {} (rows {}..)", c.3, c.1 * p.chunk_h), e.to_string())
+                })?;
+                chunk_bytes(path, r, c.3)
+            })
+            .collect::<Result<_>>()?,
+    };
+    let cpx = p.chunk_samples * bps;
+    for ((&(plane, cr, cc, idx), &(dw, dh)), data) in chunks.iter().zip(&dims).zip(&decoded) {
+        let y0 = cr * p.chunk_h - row0;
+        let dh = dh.min(rows - y0);
+        if data.len() < dw * dh * cpx {
+            return Err(Error::format(
+                path,
+                format!("chunk {idx}"),
+                "decoded chunk is shorter than its dimensions (truncated?)",
+            ));
+        }
+        let x0 = cc * p.chunk_w;
+        for y in 0..dh {
+            let src = &data[y * dw * cpx..(y + 1) * dw * cpx];
+            let o = ((y0 + y) * p.width + x0) * px;
+            let dst_row = &mut band[o..o + dw * px];
+            if p.planes == 1 {
+                dst_row.copy_from_slice(src);
+            } else {
+                for x in 0..dw {
+                    dst_row[x * px + plane * bps..x * px + (plane + 1) * bps]
+                        .copy_from_slice(&src[x * bps..(x + 1) * bps]);
                 }
             }
         }
@@ -399,10 +347,14 @@ pub fn decode(path: &Path, sink: &mut BandSink) -> Result<ImageInfo> {
     let down = pages[0].down;
     let mut bands: Vec<Vec<u8>> = vec![Vec::new(); pages.len()];
     let mut out = Vec::new();
-    for cr in 0..down {
+    // Enough chunks per step to keep every core busy on JPEG data, few rows otherwise.
+    let group =
+        if pages[0].jpeg.is_some() { (2 * rayon::current_num_threads()).div_ceil(pages[0].across).max(1) } else { 1 };
+    for cr in (0..down).step_by(group) {
+        let n = group.min(down - cr);
         let mut rows = 0;
         for (p, band) in pages.iter_mut().zip(bands.iter_mut()) {
-            rows = read_chunk_row(path, p, cr, band)?;
+            rows = read_chunk_rows(path, p, cr, n, band)?;
         }
         let stored = pages[0].samples;
         if pages.len() > 1 {
