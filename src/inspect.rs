@@ -89,7 +89,7 @@ pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> 
             }
             let (type_guess, cache) = if decode_image {
                 let c = ImageCache::open(path, &default_cache_dir())?;
-                let (thumb, _, _) = block_thumbnail(&c, 16);
+                let (thumb, _, _) = block_thumbnail(&c, 16)?;
                 (classify(&thumb).name().to_string(), c.raw_path.display().to_string())
             } else {
                 ("not decoded".to_string(), String::new())

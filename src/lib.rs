@@ -4,6 +4,9 @@
 //! Data flows one way: `io` (readers, image cache, writers) → `preprocess` → stages →
 //! results. `cli` only parses flags and calls into the library.
 
+// Numeric loops index several arrays at once; iterator chains would read worse.
+#![allow(clippy::needless_range_loop)]
+
 pub mod cli;
 pub mod error;
 pub mod inspect;

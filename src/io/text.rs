@@ -51,12 +51,7 @@ pub fn read_table(path: &Path, has_header: Option<bool>) -> Result<Table> {
         let rec = rec.map_err(|e| Error::format(path, format!("line {}", i + 1), e.to_string()))?;
         rows.push(rec.iter().map(|s| s.trim().to_string()).collect::<Vec<_>>());
     }
-    let header = match has_header {
-        Some(true) => Some(true),
-        Some(false) => Some(false),
-        None => None,
-    };
-    let is_header = header.unwrap_or_else(|| {
+    let is_header = has_header.unwrap_or_else(|| {
         rows.first().map(|r| r.iter().skip(1).any(|f| !f.is_empty() && f.parse::<f64>().is_err())).unwrap_or(false)
     });
     let header = if is_header && !rows.is_empty() { Some(rows.remove(0)) } else { None };

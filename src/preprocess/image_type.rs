@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::error::Result;
 use crate::io::image::ImageCache;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -39,16 +40,21 @@ pub fn classify(values: &[f32]) -> ImageType {
 
 /// Block means over `factor`×`factor` blocks (partial edge blocks averaged over what they
 /// hold), each channel divided by its maximum; returns (values, rows, cols).
-pub fn block_thumbnail(img: &ImageCache, factor: usize) -> (Vec<f32>, usize, usize) {
+pub fn block_thumbnail(img: &ImageCache, factor: usize) -> Result<(Vec<f32>, usize, usize)> {
     let info = &img.info;
     let (th, tw, ch) = (info.height.div_ceil(factor), info.width.div_ceil(factor), info.channels);
-    let strips: Vec<(Vec<f64>, Vec<f32>)> = (0..th)
-        .into_par_iter()
-        .map(|ty| {
+    let mut out = vec![0f32; th * tw * ch];
+    // block means in sample units, each strip reporting its per-channel maxima
+    let maxes: Vec<Vec<f32>> = out
+        .par_chunks_mut(tw * ch)
+        .enumerate()
+        .map(|(ty, out_row)| {
             let mut sums = vec![0f64; tw * ch];
             let mut maxes = vec![0f32; ch];
-            for r in ty * factor..((ty + 1) * factor).min(info.height) {
-                let row = img.row(r);
+            let (r0, r1) = (ty * factor, ((ty + 1) * factor).min(info.height));
+            let mut buf = Vec::new();
+            img.read_rows(r0, r1 - r0, &mut buf)?;
+            for row in buf.chunks_exact(info.row_bytes()) {
                 for c in 0..info.width {
                     for k in 0..ch {
                         let v = img.sample(row, c * ch + k);
@@ -57,27 +63,24 @@ pub fn block_thumbnail(img: &ImageCache, factor: usize) -> (Vec<f32>, usize, usi
                     }
                 }
             }
-            (sums, maxes)
+            for tx in 0..tw {
+                let cols = (((tx + 1) * factor).min(info.width) - tx * factor) as f64;
+                for k in 0..ch {
+                    out_row[tx * ch + k] = (sums[tx * ch + k] / ((r1 - r0) as f64 * cols)) as f32;
+                }
+            }
+            Ok(maxes)
         })
-        .collect();
-    let mut maxes = vec![0f32; ch];
-    for (_, m) in &strips {
+        .collect::<Result<_>>()?;
+    let max: Vec<f32> = (0..ch).map(|k| maxes.iter().map(|m| m[k]).fold(0.0, f32::max)).collect();
+    out.par_chunks_mut(ch).for_each(|px| {
         for k in 0..ch {
-            maxes[k] = maxes[k].max(m[k]);
-        }
-    }
-    let mut out = vec![0f32; th * tw * ch];
-    for (ty, (sums, _)) in strips.iter().enumerate() {
-        let rows = (((ty + 1) * factor).min(info.height) - ty * factor) as f64;
-        for tx in 0..tw {
-            let cols = (((tx + 1) * factor).min(info.width) - tx * factor) as f64;
-            for k in 0..ch {
-                let m = if maxes[k] > 0.0 { maxes[k] as f64 } else { 1.0 };
-                out[(ty * tw + tx) * ch + k] = (sums[tx * ch + k] / (rows * cols) / m) as f32;
+            if max[k] > 0.0 {
+                px[k] /= max[k];
             }
         }
-    }
-    (out, th, tw)
+    });
+    Ok((out, th, tw))
 }
 
 #[cfg(test)]

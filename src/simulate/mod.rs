@@ -88,13 +88,11 @@ pub struct SimSummary {
 pub fn simulate(p: &SimParams, out: &Path, force: bool) -> Result<SimSummary> {
     p.validate()?;
     let t0 = std::time::Instant::now();
-    if out.exists() {
-        if !force {
-            return Err(Error::io(
-                out,
-                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (use --force to replace it)"),
-            ));
-        }
+    if out.exists() && !force {
+        return Err(Error::io(
+            out,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (use --force to replace it)"),
+        ));
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

@@ -33,6 +33,7 @@ pub struct ImageCache {
     /// true when this call decoded the source, false when an existing cache was reused.
     pub built: bool,
     map: Option<Mmap>,
+    file: Option<File>,
 }
 
 /// Where caches go: `$SPAHDMAP_CACHE_DIR`, else `$XDG_CACHE_HOME/spahdmap`, else `~/.cache/spahdmap`.
@@ -134,18 +135,32 @@ impl ImageCache {
     }
 
     fn map(info: ImageInfo, source: &Path, raw_path: PathBuf, built: bool) -> Result<ImageCache> {
-        let map = if info.total_bytes() == 0 {
-            None
+        let (map, file) = if info.total_bytes() == 0 {
+            (None, None)
         } else {
             let f = File::open(&raw_path).map_err(|e| Error::io(&raw_path, e))?;
             // SAFETY: the cache file is ours and only replaced by rename, never modified in place.
-            Some(unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&raw_path, e))?)
+            let m = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&raw_path, e))?;
+            (Some(m), Some(f))
         };
-        Ok(ImageCache { info, source: source.to_path_buf(), raw_path, built, map })
+        Ok(ImageCache { info, source: source.to_path_buf(), raw_path, built, map, file })
     }
 
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Copy rows [r0, r0 + n) into `buf` with positioned reads. Whole-image passes use this
+    /// instead of the mapping: pages touched through a mapping count as resident memory
+    /// until unmapped, pages read here do not.
+    pub fn read_rows(&self, r0: usize, n: usize, buf: &mut Vec<u8>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let rb = self.info.row_bytes();
+        buf.resize(n * rb, 0);
+        if let Some(f) = &self.file {
+            f.read_exact_at(buf, (r0 * rb) as u64).map_err(|e| Error::io(&self.raw_path, e))?;
+        }
+        Ok(())
     }
 
     /// The raw bytes of one row.

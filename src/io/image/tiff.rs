@@ -54,6 +54,10 @@ struct Page {
     /// JPEG-compressed chunks are decoded here, not by the `tiff` crate, whose colour
     /// handling of JPEG data in photometric-RGB files returns unconverted YCbCr.
     jpeg: Option<JpegChunks>,
+    /// page number, for opening further decoders on other threads
+    index: usize,
+    /// compressed chunks are worth decoding on several threads
+    compressed: bool,
 }
 
 struct JpegChunks {
@@ -131,6 +135,8 @@ fn page(path: &Path, mut dec: Dec, index: usize) -> Result<Page> {
     };
     Ok(Page {
         jpeg,
+        index,
+        compressed: compression != 1,
         dec,
         width: w as usize,
         height: h as usize,
@@ -301,15 +307,32 @@ fn read_chunk_rows(path: &Path, p: &mut Page, cr0: usize, n: usize, band: &mut V
                 .map(|(c, &(dw, dh))| jpeg_chunk(path, j, c.3, cs, dw, dh))
                 .collect::<Result<_>>()?
         }
-        None => chunks
-            .iter()
-            .map(|c| {
-                let r = p.dec.read_chunk(c.3).map_err(|e| {
+        None => {
+            let read = |dec: &mut Dec, c: &(usize, usize, usize, u32)| {
+                let r = dec.read_chunk(c.3).map_err(|e| {
                     Error::format(path, format!("chunk {} (rows {}..)", c.3, c.1 * p.chunk_h), e.to_string())
                 })?;
                 chunk_bytes(path, r, c.3)
-            })
-            .collect::<Result<_>>()?,
+            };
+            if p.compressed && chunks.len() > 1 {
+                // the decoder is stateful: one per worker, each positioned on this page
+                let index = p.index;
+                let open = || -> Result<Dec> {
+                    let mut d = open_decoder(path)?;
+                    d.seek_to_image(index).map_err(|e| Error::format(path, format!("page {index}"), e.to_string()))?;
+                    Ok(d)
+                };
+                chunks
+                    .par_iter()
+                    .map_init(open, |dec, c| match dec {
+                        Ok(dec) => read(dec, c),
+                        Err(e) => Err(Error::Other(e.to_string())),
+                    })
+                    .collect::<Result<_>>()?
+            } else {
+                chunks.iter().map(|c| read(&mut p.dec, c)).collect::<Result<_>>()?
+            }
+        }
     };
     let cpx = p.chunk_samples * bps;
     for ((&(plane, cr, cc, idx), &(dw, dh)), data) in chunks.iter().zip(&dims).zip(&decoded) {
