@@ -200,6 +200,19 @@ pub fn write_10x_h5(path: &Path, m: &TenxMatrix, genome: &str) -> Result<()> {
     write_attr_str(&f, "software_version", concat!("spahdmap-", env!("CARGO_PKG_VERSION")), path)?;
     write_attr_str(&f, "chemistry_description", "Spatial 3' v1", path)?;
     f.new_attr::<i32>().create("version").and_then(|a| a.write_scalar(&2i32)).map_err(h5err(path, "version"))?;
+    // scanpy's read_visium takes the library id from here
+    let lib = FixedAscii::<64>::from_ascii(genome.as_bytes())
+        .map_err(|e| Error::format(path, "library_ids", e.to_string()))?;
+    f.new_attr::<FixedAscii<64>>()
+        .shape(1)
+        .create("library_ids")
+        .and_then(|a| a.write(&[lib]))
+        .map_err(h5err(path, "library_ids"))?;
+    f.new_attr::<i32>()
+        .shape(1)
+        .create("original_gem_groups")
+        .and_then(|a| a.write(&[1i32]))
+        .map_err(h5err(path, "original_gem_groups"))?;
     let g = f.create_group("matrix").map_err(h5err(path, "/matrix"))?;
     write_strings(&g, "barcodes", &m.barcodes, path)?;
     let data: Vec<i32> = m.counts.data.iter().map(|&v| v.round() as i32).collect();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use super::{decode_bands, ImageInfo, SampleType};
+use super::{decode_bands, BandSink, ImageInfo, SampleType};
 use crate::error::{Error, Result};
 use crate::util::{atomic_write, fnv1a64, progress_bytes};
 
@@ -22,6 +22,9 @@ struct CacheKey {
     source: PathBuf,
     len: u64,
     mtime_ns: u128,
+    /// For caches derived from a source (scaled, normalised): what was done to it.
+    #[serde(default)]
+    derived: Option<serde_json::Value>,
     info: Option<ImageInfo>,
 }
 
@@ -63,6 +66,7 @@ fn key_of(source: &Path) -> Result<CacheKey> {
         source: source.canonicalize().map_err(|e| Error::io(source, e))?,
         len: meta.len(),
         mtime_ns,
+        derived: None,
         info: None,
     })
 }
@@ -70,9 +74,44 @@ fn key_of(source: &Path) -> Result<CacheKey> {
 impl ImageCache {
     /// Open the cache of `source` in `cache_dir`, decoding the source first if needed.
     pub fn open(source: &Path, cache_dir: &Path) -> Result<ImageCache> {
-        let mut key = key_of(source)?;
+        let key = key_of(source)?;
+        Self::open_keyed(source, cache_dir, key, |raw_path| {
+            let expected = super::probe(source)?;
+            build_raw(raw_path, expected.total_bytes(), &format!("decoding {}", source.display()), |sink| {
+                decode_bands(source, sink)
+            })
+        })
+    }
+
+    /// A cache derived from `base` (e.g. scaled and normalised), keyed by `params`: reused
+    /// while the base's source and the params are unchanged, else produced by `produce`,
+    /// which hands full-width bands in order and returns the result's layout.
+    pub fn open_derived(
+        base: &ImageCache,
+        cache_dir: &Path,
+        params: serde_json::Value,
+        expected: &ImageInfo,
+        produce: impl FnOnce(&mut BandSink) -> Result<ImageInfo>,
+    ) -> Result<ImageCache> {
+        let mut key = key_of(&base.source)?;
+        key.derived = Some(params);
+        Self::open_keyed(&base.source, cache_dir, key, |raw_path| {
+            build_raw(raw_path, expected.total_bytes(), "preparing image", produce)
+        })
+    }
+
+    fn open_keyed(
+        source: &Path,
+        cache_dir: &Path,
+        mut key: CacheKey,
+        build: impl FnOnce(&Path) -> Result<ImageInfo>,
+    ) -> Result<ImageCache> {
         let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-        let tag = format!("{stem}-{:016x}", fnv1a64(key.source.to_string_lossy().as_bytes()));
+        let mut id = key.source.to_string_lossy().to_string();
+        if let Some(d) = &key.derived {
+            id.push_str(&d.to_string());
+        }
+        let tag = format!("{stem}-{:016x}", fnv1a64(id.as_bytes()));
         let raw_path = cache_dir.join(format!("{tag}.raw"));
         let key_path = cache_dir.join(format!("{tag}.json"));
         if let Ok(text) = std::fs::read_to_string(&key_path) {
@@ -88,50 +127,10 @@ impl ImageCache {
         }
         std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
         let _ = std::fs::remove_file(&key_path);
-        let info = Self::build(source, &raw_path)?;
+        let info = build(&raw_path)?;
         key.info = Some(info.clone());
         atomic_write(&key_path, serde_json::to_string_pretty(&key).unwrap().as_bytes())?;
         Self::map(info, source, raw_path, true)
-    }
-
-    fn build(source: &Path, raw_path: &Path) -> Result<ImageInfo> {
-        let tmp = raw_path.with_extension(format!("raw.partial.{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(4 << 20, file);
-        let expected = super::probe(source)?;
-        let bar = progress_bytes(expected.total_bytes(), &format!("decoding {}", source.display()));
-        let mut written = 0u64;
-        let result = decode_bands(source, &mut |band| {
-            written += band.len() as u64;
-            if written > expected.total_bytes() {
-                return Err(Error::format(source, "image data", "more pixel data than the header declares"));
-            }
-            bar.inc(band.len() as u64);
-            w.write_all(band).map_err(|e| Error::io(&tmp, e))
-        })
-        .and_then(|info| {
-            w.flush().map_err(|e| Error::io(&tmp, e))?;
-            if written != info.total_bytes() {
-                return Err(Error::format(
-                    source,
-                    "image data",
-                    format!("decoded {written} bytes, expected {} (truncated?)", info.total_bytes()),
-                ));
-            }
-            Ok(info)
-        });
-        bar.finish_and_clear();
-        drop(w);
-        match result {
-            Ok(info) => {
-                std::fs::rename(&tmp, raw_path).map_err(|e| Error::io(raw_path, e))?;
-                Ok(info)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
     }
 
     fn map(info: ImageInfo, source: &Path, raw_path: PathBuf, built: bool) -> Result<ImageCache> {
@@ -199,5 +198,50 @@ impl ImageCache {
             }
         }
         out
+    }
+}
+
+/// Write bands from `produce` to `raw_path` through a temporary file; checks the total.
+fn build_raw(
+    raw_path: &Path,
+    expected: u64,
+    label: &str,
+    produce: impl FnOnce(&mut BandSink) -> Result<ImageInfo>,
+) -> Result<ImageInfo> {
+    let tmp = raw_path.with_extension(format!("raw.partial.{}", std::process::id()));
+    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut w = BufWriter::with_capacity(4 << 20, file);
+    let bar = progress_bytes(expected, label);
+    let mut written = 0u64;
+    let result = produce(&mut |band: &[u8]| {
+        written += band.len() as u64;
+        if written > expected {
+            return Err(Error::format(raw_path, "image data", "more pixel data than the header declares"));
+        }
+        bar.inc(band.len() as u64);
+        w.write_all(band).map_err(|e| Error::io(&tmp, e))
+    })
+    .and_then(|info| {
+        w.flush().map_err(|e| Error::io(&tmp, e))?;
+        if written != info.total_bytes() {
+            return Err(Error::format(
+                raw_path,
+                "image data",
+                format!("produced {written} bytes, expected {} (truncated?)", info.total_bytes()),
+            ));
+        }
+        Ok(info)
+    });
+    bar.finish_and_clear();
+    drop(w);
+    match result {
+        Ok(info) => {
+            std::fs::rename(&tmp, raw_path).map_err(|e| Error::io(raw_path, e))?;
+            Ok(info)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
 }
