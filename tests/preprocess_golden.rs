@@ -98,3 +98,13 @@ fn thumbnail_and_otsu_match_opencv_and_skimage() {
     let r = reference()["otsu_gray16"].as_f64().unwrap() as f32;
     assert!((t - r).abs() < 1e-5, "otsu {t} vs {r}");
 }
+
+#[test]
+fn tiles_match_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _src) = prepared(dir.path());
+    let tiles = spahdmap::preprocess::tiles::tissue_tiles(&p.mask(), p.row_range, p.col_range, 256, 0.2);
+    let got: Vec<[i64; 4]> = tiles.iter().map(|t| [t.r0, t.r1, t.c0, t.c1]).collect();
+    let want: Vec<[i64; 4]> = serde_json::from_value(reference()["tiles"].clone()).unwrap();
+    assert_eq!(got, want);
+}

@@ -2,6 +2,9 @@
 
 pub mod image_type;
 pub mod morphology;
+pub mod nearest;
 pub mod otsu;
+pub mod pseudo_spots;
 pub mod resize;
+pub mod tiles;
 pub mod tissue;
