@@ -1,10 +1,12 @@
 //! Expression and image preprocessing (SPEC §2–4).
 
+pub mod expression;
 pub mod image_type;
 pub mod morphology;
 pub mod nearest;
 pub mod otsu;
 pub mod pseudo_spots;
 pub mod resize;
+pub mod svg;
 pub mod tiles;
 pub mod tissue;
