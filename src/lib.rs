@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod io;
 pub mod preprocess;
 pub mod simulate;
+pub mod stages;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::io::config::{read_config, SectionInput, SectionSpec};
 use crate::io::spots::TableOptions;
 use crate::simulate::{simulate, SimParams};
+use crate::stages::preprocess::{run_preprocess, PreprocessSettings};
+use crate::stages::Stage;
 
 #[derive(Parser)]
 #[command(
@@ -28,8 +30,39 @@ enum Command {
     Simulate(SimulateArgs),
     /// Load a section and report what was found.
     Inspect(InspectArgs),
+    /// Run the pipeline on one or more sections.
+    Run(RunArgs),
     /// Stage and kernel benchmarks.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// Results folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of embeddings (metagenes).
+    #[arg(long, default_value_t = 20)]
+    rank: usize,
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    /// Redo from this stage (default: resume after the last finished one).
+    #[arg(long)]
+    from: Option<Stage>,
+    /// Stop after this stage (this build runs up to `preprocess`).
+    #[arg(long, default_value = "preprocess")]
+    to: Stage,
+    /// Spatially variable genes kept (Moran's I); 0 keeps all genes.
+    #[arg(long, default_value_t = 3000)]
+    n_top_genes: usize,
+    /// Highly variable genes kept before that (Seurat flavour); 0 keeps all.
+    #[arg(long, default_value_t = 10000)]
+    n_hvg: usize,
+    /// Pseudo spots per sequenced spot.
+    #[arg(long, default_value_t = 5.0)]
+    ratio_pseudo_spots: f64,
 }
 
 #[derive(Args)]
@@ -202,12 +235,60 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_pipeline(a: RunArgs) -> Result<()> {
+    if !a.to.implemented() {
+        return Err(Error::setting(
+            "--to",
+            format!("stage {} is not available in this build yet (it runs load and preprocess)", a.to),
+        ));
+    }
+    let specs = a.input.sections()?;
+    let table = a.input.table_options();
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let settings = PreprocessSettings {
+        rank: a.rank,
+        seed: a.seed,
+        n_svg: (a.n_top_genes > 0).then_some(a.n_top_genes),
+        n_hvg: (a.n_hvg > 0).then_some(a.n_hvg),
+        ratio_pseudo_spots: a.ratio_pseudo_spots,
+        ..Default::default()
+    };
+    let done = specs.iter().all(|s| a.out.join(&s.name).join("meta.json").exists());
+    let redo = a.from.is_some_and(|f| f <= Stage::Preprocess);
+    let mut timings = Vec::new();
+    if done && !redo {
+        eprintln!("preprocess: finished in an earlier run, kept (use --from preprocess to redo)");
+    } else {
+        let t = std::time::Instant::now();
+        let metas = run_preprocess(&specs, &table, &settings, &a.out)?;
+        timings.push(serde_json::json!({"stage": "preprocess", "seconds": t.elapsed().as_secs_f64(), "peak_rss_bytes": crate::util::peak_rss_bytes()}));
+        for m in &metas {
+            eprintln!(
+                "{}: {} spots, {} pseudo spots, {} genes, {} tiles, crop {}×{} at ({}, {}) of the 1/{} image, radius {} px, {:?}",
+                m.section, m.spots, m.pseudo_spots, m.genes, m.tiles.len(), m.height, m.width, m.row0, m.col0, m.scale_rate, m.radius, m.image_type
+            );
+            for w in &m.warnings {
+                eprintln!("warning: {}: {w}", m.section);
+            }
+        }
+    }
+    let run = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "sections": specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "settings": settings,
+        "stages": timings,
+        "finished_through": "preprocess",
+    });
+    crate::util::atomic_write(&a.out.join("run.json"), serde_json::to_string_pretty(&run).unwrap().as_bytes())
+}
+
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Command::Simulate(a) => run_simulate(a),
         Command::Inspect(a) => run_inspect(a),
+        Command::Run(a) => run_pipeline(a),
         Command::Bench(a) => bench::run(a),
     };
     match r {

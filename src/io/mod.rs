@@ -4,6 +4,7 @@ pub mod config;
 pub mod h5;
 pub mod image;
 pub mod mtx;
+pub mod npy;
 pub mod positions;
 pub mod sparse;
 pub mod spots;
