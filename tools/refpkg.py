@@ -49,3 +49,13 @@ def find_wheel():
     if not w:
         sys.exit("pip download --no-deps spahdmap==0.1.7 -d .whl   (first)")
     return w[0]
+
+
+def load_file(wheel_or_dir, rel, name):
+    """Import one self-contained module file of the package (e.g. SpaHDmap/utils/utils.py)."""
+    root = unpack(wheel_or_dir)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, rel))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # picklable by name in forked workers
+    spec.loader.exec_module(mod)
+    return mod

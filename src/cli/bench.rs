@@ -16,6 +16,14 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Preprocessing stages of one section: Moran's I, image scaling + mask, pseudo spots,
+    /// nearest-spot maps (medians over --repeat runs).
+    Preprocess {
+        #[command(flatten)]
+        input: super::InputArgs,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
     /// Decode an image (no cache) and report pixel throughput.
     Decode {
         image: PathBuf,
@@ -36,8 +44,91 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+fn time<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        last = Some(f()?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((median(times), last.unwrap()))
+}
+
+fn bench_preprocess(input: &super::InputArgs, repeat: usize) -> Result<()> {
+    use crate::io::image::ImageCache;
+    use crate::preprocess::expression::preprocess_expression;
+    use crate::preprocess::nearest::SpotIndex;
+    use crate::preprocess::pseudo_spots::{create_pseudo_spots, pseudo_spot_count};
+    use crate::preprocess::svg::{grid_neighbors, morans_i};
+    use crate::preprocess::tissue::{prepare_image, TissueSettings};
+    use rand::SeedableRng;
+    let spec = &input.sections()?[0];
+    let d = spec.load(&input.table_options())?;
+    let e = preprocess_expression(&d, None, None)?;
+    let all = d.row_col(spec.swap_coord);
+    let rc: Vec<[f64; 2]> = e.kept_spots.iter().map(|&i| all[i]).collect();
+    let report = |what: &str, s: f64, extra: serde_json::Value| {
+        println!(
+            "{}",
+            serde_json::json!({"bench": what, "median_s": s, "repeat": repeat, "threads": rayon::current_num_threads(), "detail": extra})
+        );
+    };
+    let (t, mi) = time(repeat, || Ok(morans_i(&e.x, &grid_neighbors(&rc, 6))))?;
+    report(
+        "morans_i",
+        t,
+        serde_json::json!({"spots": e.x.rows, "genes": e.x.cols, "nan": mi.iter().filter(|v| v.is_nan()).count()}),
+    );
+    let image = d.image.clone().ok_or_else(|| crate::error::Error::setting("--image", "needed"))?;
+    let cache = tempfile_dir()?;
+    let (t, src) = time(1, || ImageCache::open(&image, &cache))?;
+    report("decode_to_cache", t, serde_json::json!({"bytes": src.info.total_bytes()}));
+    let radius = spec.radius.or(d.radius()).unwrap_or(crate::inspect::DEFAULT_RADIUS);
+    let ts = TissueSettings { scale_rate: spec.scale_rate, radius, create_mask: true, image_type: None };
+    let (t, p) = time(repeat, || {
+        // a fresh derived cache each time: the scaled image is part of the work
+        let dir = cache.join(format!("scaled-{}", rand::random::<u32>()));
+        let r = prepare_image(&src, &dir, &rc, &ts);
+        let _ = std::fs::remove_dir_all(&dir);
+        r.map(|p| {
+            (
+                p.full_mask.height,
+                p.full_mask.width,
+                p.row_range,
+                p.col_range,
+                p.radius,
+                p.feasible_domain(),
+                p.spots.clone(),
+            )
+        })
+    })?;
+    let (hh, hw, rr, cr, rad, feasible, spots) = p;
+    report("scale_and_mask", t, serde_json::json!({"scaled": [hh, hw], "scale_rate": spec.scale_rate}));
+    let n_pseudo = pseudo_spot_count(spots.len(), 5.0);
+    let (t, pseudo) = time(repeat, || {
+        Ok(create_pseudo_spots(&feasible, rad, n_pseudo, 10, &mut rand::rngs::StdRng::seed_from_u64(1)))
+    })?;
+    report("pseudo_spots", t, serde_json::json!({"pseudo_spots": pseudo.len(), "domain": [hh, hw]}));
+    let mut every = spots.clone();
+    every.extend(pseudo.iter().map(|p| [p[0] as f64, p[1] as f64]));
+    for (name, set) in [("nearest_map_sequenced", &spots), ("nearest_map_all", &every)] {
+        let (t, m) = time(repeat, || Ok(SpotIndex::new(set).nearest_map(rr.0, rr.1, cr.0, cr.1)))?;
+        report(name, t, serde_json::json!({"spots": set.len(), "pixels": m.len()}));
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("spahdmap-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).map_err(|e| crate::error::Error::io(&d, e))?;
+    Ok(d)
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
+        BenchWhat::Preprocess { input, repeat } => bench_preprocess(&input, repeat)?,
         BenchWhat::Decode { image, repeat, json } => {
             let mut times = Vec::new();
             let mut bytes = 0u64;

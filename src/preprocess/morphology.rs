@@ -52,26 +52,55 @@ fn pass(m: &Mask, k: usize, any: bool) -> Mask {
         .par_chunks_mut(w.max(1))
         .zip(m.data.par_chunks(w.max(1)))
         .for_each_init(Vec::new, |p, (d, s)| line_pass(s, d, k, a, any, p));
-    // columns: transpose in blocks of columns so each worker runs lines
-    let mut out = Mask::new(h, w);
-    let cols: Vec<Vec<u8>> = (0..w)
+    // columns: a running count per column while sweeping down the rows, in stripes of
+    // columns so each worker streams through memory row by row
+    let stripe = 2048usize;
+    let stripes: Vec<Vec<u8>> = (0..w.div_ceil(stripe))
         .into_par_iter()
-        .map_init(
-            || (Vec::new(), Vec::new()),
-            |(p, col), c| {
-                col.clear();
-                col.extend((0..h).map(|r| rows.data[r * w + c]));
-                let mut d = vec![0u8; h];
-                line_pass(col, &mut d, k, a, any, p);
-                d
-            },
-        )
+        .map(|si| {
+            let (c0, c1) = (si * stripe, ((si + 1) * stripe).min(w));
+            let sw = c1 - c0;
+            let mut counts = vec![0u32; sw];
+            let mut out = vec![0u8; h * sw];
+            let window = |y: usize| (y.saturating_sub(a), (y + k).saturating_sub(a).min(h));
+            let (lo0, hi0) = window(0);
+            for r in lo0..hi0 {
+                for (c, &v) in counts.iter_mut().zip(&rows.data[r * w + c0..r * w + c1]) {
+                    *c += v as u32;
+                }
+            }
+            let (mut lo, mut hi) = (lo0, hi0);
+            for y in 0..h {
+                let (nlo, nhi) = window(y);
+                for r in hi..nhi {
+                    for (c, &v) in counts.iter_mut().zip(&rows.data[r * w + c0..r * w + c1]) {
+                        *c += v as u32;
+                    }
+                }
+                for r in lo..nlo {
+                    for (c, &v) in counts.iter_mut().zip(&rows.data[r * w + c0..r * w + c1]) {
+                        *c -= v as u32;
+                    }
+                }
+                (lo, hi) = (nlo, nhi);
+                let full = (hi - lo) as u32;
+                let o = &mut out[y * sw..(y + 1) * sw];
+                if any {
+                    o.iter_mut().zip(&counts).for_each(|(d, &c)| *d = (c > 0) as u8);
+                } else {
+                    o.iter_mut().zip(&counts).for_each(|(d, &c)| *d = (c == full) as u8);
+                }
+            }
+            out
+        })
         .collect();
-    for (c, col) in cols.iter().enumerate() {
-        for r in 0..h {
-            out.data[r * w + c] = col[r];
+    let mut out = Mask::new(h, w);
+    out.data.par_chunks_mut(w.max(1)).enumerate().for_each(|(y, row)| {
+        for (si, st) in stripes.iter().enumerate() {
+            let (c0, c1) = (si * stripe, ((si + 1) * stripe).min(w));
+            row[c0..c1].copy_from_slice(&st[y * (c1 - c0)..(y + 1) * (c1 - c0)]);
         }
-    }
+    });
     out
 }
 

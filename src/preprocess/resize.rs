@@ -67,29 +67,40 @@ pub fn area_resize_rows(img: &ImageCache, dst_h: usize, dst_w: usize, dy0: usize
     let ch = info.channels;
     let ytaps = area_taps(info.height, dst_h);
     let xtaps = area_taps(info.width, dst_w);
-    out.par_chunks_mut(dst_w * ch).enumerate().try_for_each(|(i, out_row)| -> Result<()> {
-        let t = &ytaps[dy0 + i];
-        let mut buf = Vec::new();
-        img.read_rows(t.first, t.weights.len(), &mut buf)?;
-        let mut hrow = vec![0f32; dst_w * ch];
-        out_row.iter_mut().for_each(|v| *v = 0.0);
-        for (k, &beta) in t.weights.iter().enumerate() {
-            let src = &buf[k * info.row_bytes()..(k + 1) * info.row_bytes()];
-            for (dx, xt) in xtaps.iter().enumerate() {
-                for c in 0..ch {
-                    let mut s = 0f32;
-                    for (j, &alpha) in xt.weights.iter().enumerate() {
-                        s += img.sample(src, (xt.first + j) * ch + c) * alpha;
+    debug_assert!(xtaps.iter().all(|t| !t.weights.is_empty()));
+    let identity_x = dst_w == info.width;
+    out.par_chunks_mut(dst_w * ch).enumerate().try_for_each_init(
+        || (Vec::new(), Vec::new(), vec![0f32; dst_w * ch]),
+        |(buf, src_f, hrow), (i, out_row)| -> Result<()> {
+            let t = &ytaps[dy0 + i];
+            img.read_rows(t.first, t.weights.len(), buf)?;
+            out_row.iter_mut().for_each(|v| *v = 0.0);
+            for (k, &beta) in t.weights.iter().enumerate() {
+                let src = &buf[k * info.row_bytes()..(k + 1) * info.row_bytes()];
+                // samples of the row as f32 once, then the horizontal taps
+                src_f.clear();
+                src_f.extend((0..info.width * ch).map(|q| img.sample(src, q)));
+                let h: &[f32] = if identity_x {
+                    src_f
+                } else {
+                    for (dx, xt) in xtaps.iter().enumerate() {
+                        for c in 0..ch {
+                            let mut s = 0f32;
+                            for (j, &alpha) in xt.weights.iter().enumerate() {
+                                s += src_f[(xt.first + j) * ch + c] * alpha;
+                            }
+                            hrow[dx * ch + c] = s;
+                        }
                     }
-                    hrow[dx * ch + c] = s;
+                    hrow
+                };
+                for (o, v) in out_row.iter_mut().zip(h) {
+                    *o += beta * v;
                 }
             }
-            for (o, h) in out_row.iter_mut().zip(&hrow) {
-                *o += beta * h;
-            }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 #[cfg(test)]

@@ -54,51 +54,88 @@ pub fn grid_neighbors(coords: &[[f64; 2]], n_neighs: usize) -> Csr {
 }
 
 /// Moran's I of every gene (columns of `x`, spots × genes) under weights `w`; NaN for
-/// constant genes.
+/// constant genes. One pass over spots: each spot's weighted neighbour rows are summed
+/// into a dense gene vector and dotted with the spot's own row, so no transpose of the
+/// expression matrix is needed; per-gene partial sums are reduced across workers.
 pub fn morans_i(x: &Csr, w: &Csr) -> Vec<f64> {
-    let n = x.rows as f64;
+    let (n, g) = (x.rows, x.cols);
     let s0: f64 = w.data.iter().map(|&v| v as f64).sum();
-    let xt = x.transpose(); // genes × spots
-                            // row and column sums of W enter the expansion of Σ w_ij (x_i − m)(x_j − m)
-    let rsum: Vec<f64> = (0..w.rows).map(|i| w.row(i).1.iter().map(|&v| v as f64).sum()).collect();
     let mut csum = vec![0f64; w.cols];
     for (&j, &v) in w.indices.iter().zip(&w.data) {
         csum[j as usize] += v as f64;
     }
-    (0..xt.rows)
+    // per gene: Σx, Σx², Σ_i x_i (Wx)_i, Σ_i x_i r_i, Σ_i x_i c_i
+    struct Acc {
+        sum: Vec<f64>,
+        sq: Vec<f64>,
+        xwx: Vec<f64>,
+        xr: Vec<f64>,
+        xc: Vec<f64>,
+        wx: Vec<f64>,
+    }
+    let new = || Acc {
+        sum: vec![0.0; g],
+        sq: vec![0.0; g],
+        xwx: vec![0.0; g],
+        xr: vec![0.0; g],
+        xc: vec![0.0; g],
+        wx: vec![0.0; g],
+    };
+    let chunk = n.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let acc = (0..n.div_ceil(chunk))
         .into_par_iter()
-        .map_init(
-            || vec![0f64; x.rows],
-            |dense, g| {
-                let (idx, val) = xt.row(g);
-                for (&i, &v) in idx.iter().zip(val) {
-                    dense[i as usize] = v as f64;
+        .map(|c| {
+            let mut a = new();
+            for i in c * chunk..((c + 1) * chunk).min(n) {
+                let (wi, wv) = w.row(i);
+                let r: f64 = wv.iter().map(|&v| v as f64).sum();
+                for (&j, &wij) in wi.iter().zip(wv) {
+                    let (xi, xv) = x.row(j as usize);
+                    for (&k, &v) in xi.iter().zip(xv) {
+                        a.wx[k as usize] += wij as f64 * v as f64;
+                    }
                 }
-                let sum: f64 = val.iter().map(|&v| v as f64).sum();
-                let m = sum / n;
-                let sq: f64 = val.iter().map(|&v| (v as f64).powi(2)).sum();
-                let z2 = sq - n * m * m;
-                // Σ_i x_i Σ_j w_ij x_j over spots i with x_i ≠ 0
-                let mut xwx = 0f64;
-                let (mut xr, mut xc) = (0f64, 0f64);
-                for (&i, &v) in idx.iter().zip(val) {
-                    let (wi, wv) = w.row(i as usize);
-                    let s: f64 = wi.iter().zip(wv).map(|(&j, &wij)| wij as f64 * dense[j as usize]).sum();
-                    xwx += v as f64 * s;
-                    xr += v as f64 * rsum[i as usize];
-                    xc += v as f64 * csum[i as usize];
+                let (idx, val) = x.row(i);
+                for (&k, &v) in idx.iter().zip(val) {
+                    let (k, v) = (k as usize, v as f64);
+                    a.sum[k] += v;
+                    a.sq[k] += v * v;
+                    a.xwx[k] += v * a.wx[k];
+                    a.xr[k] += v * r;
+                    a.xc[k] += v * csum[i];
                 }
-                let num = xwx - m * xr - m * xc + m * m * s0;
-                for &i in idx {
-                    dense[i as usize] = 0.0;
+                // clear only what the neighbours touched
+                for &j in wi {
+                    for &k in x.row(j as usize).0 {
+                        a.wx[k as usize] = 0.0;
+                    }
                 }
-                if z2 <= 0.0 {
-                    f64::NAN
-                } else {
-                    n / s0 * num / z2
-                }
-            },
-        )
+            }
+            a
+        })
+        .reduce(new, |mut a, b| {
+            for k in 0..g {
+                a.sum[k] += b.sum[k];
+                a.sq[k] += b.sq[k];
+                a.xwx[k] += b.xwx[k];
+                a.xr[k] += b.xr[k];
+                a.xc[k] += b.xc[k];
+            }
+            a
+        });
+    let nf = n as f64;
+    (0..g)
+        .map(|k| {
+            let m = acc.sum[k] / nf;
+            let z2 = acc.sq[k] - nf * m * m;
+            // Σ w_ij (x_i − m)(x_j − m) expanded
+            let num = acc.xwx[k] - m * acc.xr[k] - m * acc.xc[k] + m * m * s0;
+            if z2 <= 1e-12 * acc.sq[k].max(f64::MIN_POSITIVE) || z2 <= 0.0 {
+                f64::NAN
+            } else {
+                nf / s0 * num / z2
+            }
+        })
         .collect()
 }
 

@@ -266,16 +266,22 @@ pub fn prepare_image(
             }
         }
     };
+    // At scale 1 with full-range channels the normalised image is the source itself: no copy.
+    let identity = hh == h && hw == w && maxima.iter().all(|&m| m == maxval);
     let mut mask_done = false;
-    let image = ImageCache::open_derived(source, cache_dir, params, &out_info, |sink| {
-        for r0 in (0..hh).step_by(band) {
-            let n = band.min(hh - r0);
-            let vals = compute_band(r0, n, &mut raw_mask.data[r0 * hw..(r0 + n) * hw])?;
-            sink(&quantise(&vals))?;
-        }
-        mask_done = true;
-        Ok(out_info.clone())
-    })?;
+    let image = if identity {
+        source.reopen()?
+    } else {
+        ImageCache::open_derived(source, cache_dir, params, &out_info, |sink| {
+            for r0 in (0..hh).step_by(band) {
+                let n = band.min(hh - r0);
+                let vals = compute_band(r0, n, &mut raw_mask.data[r0 * hw..(r0 + n) * hw])?;
+                sink(&quantise(&vals))?;
+            }
+            mask_done = true;
+            Ok(out_info.clone())
+        })?
+    };
     if !mask_done {
         // the scaled image came from the cache: recompute the mask only
         for r0 in (0..hh).step_by(band) {
@@ -310,9 +316,16 @@ pub fn prepare_image(
         all
     };
     let (row_range, col_range) = if s.create_mask {
-        let rows: Vec<usize> = (0..hh).filter(|&r| full_mask.data[r * hw..(r + 1) * hw].contains(&1)).collect();
-        let cols: Vec<usize> = (0..hw).filter(|&c| (0..hh).any(|r| full_mask.data[r * hw + c] != 0)).collect();
-        ((rows[0], *rows.last().unwrap()), (cols[0], *cols.last().unwrap()))
+        // first and last set column of each row, in one row-major pass
+        let spans: Vec<Option<(usize, usize)>> = full_mask
+            .data
+            .par_chunks(hw)
+            .map(|row| Some((row.iter().position(|&v| v != 0)?, row.iter().rposition(|&v| v != 0)?)))
+            .collect();
+        let rows: Vec<usize> = (0..hh).filter(|&r| spans[r].is_some()).collect();
+        let c0 = spans.iter().flatten().map(|s| s.0).min().unwrap();
+        let c1 = spans.iter().flatten().map(|s| s.1).max().unwrap();
+        ((rows[0], *rows.last().unwrap()), (c0, c1))
     } else {
         ((0, hh), (0, hw))
     };

@@ -145,6 +145,11 @@ impl ImageCache {
         Ok(ImageCache { info, source: source.to_path_buf(), raw_path, built, map, file })
     }
 
+    /// A second handle on the same cache file.
+    pub fn reopen(&self) -> Result<ImageCache> {
+        Self::map(self.info.clone(), &self.source, self.raw_path.clone(), false)
+    }
+
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
     }
