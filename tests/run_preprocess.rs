@@ -180,3 +180,44 @@ fn blank_image_falls_back_to_the_spot_box_and_small_image_gets_one_tile() {
     assert_eq!(tiles.len(), 1, "{tiles:?}");
     assert_eq!(tiles[0]["r1"].as_i64().unwrap() - tiles[0]["r0"].as_i64().unwrap(), 256);
 }
+
+#[test]
+fn spatially_variable_genes_are_the_simulated_programs() {
+    let d = tempfile::tempdir().unwrap();
+    let sec =
+        simulate(d.path(), &["--height", "1600", "--width", "1600", "--radius", "14", "--genes", "200", "--seed", "9"]);
+    let programs = std::fs::read_to_string(sec.join("truth/programs.csv")).unwrap();
+    let role: std::collections::HashMap<String, String> = programs
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+        })
+        .collect();
+    for method in ["moran", "sparkx", "bsp"] {
+        let out = d.path().join(format!("res-{method}"));
+        let o = run(
+            &[
+                "run",
+                "--visium",
+                s(&sec),
+                "--out",
+                s(&out),
+                "--scale-rate",
+                "2",
+                "--n-top-genes",
+                "30",
+                "--svg-method",
+                method,
+            ],
+            &d.path().join("cache"),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let genes = std::fs::read_to_string(out.join("section/expression/genes.txt")).unwrap();
+        let picked: Vec<&str> = genes.lines().collect();
+        assert_eq!(picked.len(), 30);
+        let programmed = picked.iter().filter(|g| role[**g] != "background").count();
+        assert!(programmed >= 24, "{method}: {programmed} of 30 selected genes carry a spatial program");
+    }
+}

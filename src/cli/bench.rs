@@ -85,7 +85,8 @@ fn bench_preprocess(input: &super::InputArgs, repeat: usize) -> Result<()> {
     let (t, src) = time(1, || ImageCache::open(&image, &cache))?;
     report("decode_to_cache", t, serde_json::json!({"bytes": src.info.total_bytes()}));
     let radius = spec.radius.or(d.radius()).unwrap_or(crate::inspect::DEFAULT_RADIUS);
-    let ts = TissueSettings { scale_rate: spec.scale_rate, radius, create_mask: true, image_type: None };
+    let ts =
+        TissueSettings { scale_rate: spec.scale_rate, radius, create_mask: true, image_type: None, color_norm: false };
     let (t, p) = time(repeat, || {
         // a fresh derived cache each time: the scaled image is part of the work
         let dir = cache.join(format!("scaled-{}", rand::random::<u32>()));

@@ -57,6 +57,9 @@ struct RunArgs {
     /// Spatially variable genes kept (Moran's I); 0 keeps all genes.
     #[arg(long, default_value_t = 3000)]
     n_top_genes: usize,
+    /// How spatially variable genes are ranked.
+    #[arg(long, value_enum, default_value = "moran")]
+    svg_method: crate::stages::preprocess::SvgMethod,
     /// Highly variable genes kept before that (Seurat flavour); 0 keeps all.
     #[arg(long, default_value_t = 10000)]
     n_hvg: usize,
@@ -249,6 +252,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         rank: a.rank,
         seed: a.seed,
         n_svg: (a.n_top_genes > 0).then_some(a.n_top_genes),
+        svg_method: a.svg_method,
         n_hvg: (a.n_hvg > 0).then_some(a.n_hvg),
         ratio_pseudo_spots: a.ratio_pseudo_spots,
         ..Default::default()

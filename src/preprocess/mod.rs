@@ -1,5 +1,6 @@
 //! Expression and image preprocessing (SPEC §2–4).
 
+pub mod color_norm;
 pub mod expression;
 pub mod image_type;
 pub mod morphology;

@@ -23,6 +23,8 @@ pub struct TissueSettings {
     pub create_mask: bool,
     /// None: detect
     pub image_type: Option<ImageType>,
+    /// Reinhard colour normalisation (H&E only)
+    pub color_norm: bool,
 }
 
 /// The preprocessed image of a section.
@@ -314,6 +316,18 @@ pub fn prepare_image(
         let mut all = Mask::new(hh, hw);
         all.data.fill(1);
         all
+    };
+    let image = if s.color_norm
+        && image_type == ImageType::HE
+        && image.info.channels == 3
+        && image.info.sample == SampleType::U8
+    {
+        super::color_norm::reinhard(&image, &full_mask, cache_dir)?
+    } else {
+        if s.color_norm {
+            warnings.push("colour normalisation applies to 8-bit RGB H&E images only: skipped".into());
+        }
+        image
     };
     let (row_range, col_range) = if s.create_mask {
         // first and last set column of each row, in one row-major pass

@@ -19,7 +19,7 @@ use crate::io::spots::TableOptions;
 use crate::preprocess::expression::{preprocess_expression, Expression};
 use crate::preprocess::image_type::ImageType;
 use crate::preprocess::pseudo_spots::{create_pseudo_spots, pseudo_spot_count};
-use crate::preprocess::svg::{grid_neighbors, morans_i, top_by_mean};
+use crate::preprocess::svg::{bsp, grid_neighbors, morans_i, sparkx, top_by_mean};
 use crate::preprocess::tiles::{tissue_tiles, Tile};
 use crate::preprocess::tissue::{prepare_image, TissueSettings};
 use crate::util::atomic_write;
@@ -32,8 +32,9 @@ pub struct PreprocessSettings {
     pub ratio_pseudo_spots: f64,
     /// Seurat HVGs kept before SVG selection (reference: 10000); None = all genes
     pub n_hvg: Option<usize>,
-    /// spatially variable genes kept (Moran's I); None = no selection
+    /// spatially variable genes kept; None = no selection
     pub n_svg: Option<usize>,
+    pub svg_method: SvgMethod,
     pub rank: usize,
     pub seed: u64,
     #[serde(skip)]
@@ -48,11 +49,24 @@ impl Default for PreprocessSettings {
             ratio_pseudo_spots: 5.0,
             n_hvg: Some(10000),
             n_svg: Some(3000),
+            svg_method: SvgMethod::Moran,
             rank: 20,
             seed: 123,
             cache_dir: crate::io::image::cache::default_cache_dir(),
         }
     }
+}
+
+/// How spatially variable genes are ranked (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SvgMethod {
+    /// Moran's I, highest first
+    Moran,
+    /// SPARK-X p-value, lowest first
+    Sparkx,
+    /// BSP p-value, lowest first
+    Bsp,
 }
 
 /// `SECTION/meta.json`: what later stages and users need to map results back.
@@ -144,8 +158,8 @@ fn subset_genes(e: &mut Expression, keep: &[String]) {
     e.genes = keep.to_vec();
 }
 
-/// Genes in every section, then the `n` with the highest mean Moran's I (SPEC §2).
-fn select_svgs(sections: &mut [Loaded], n: usize) -> Vec<String> {
+/// Genes in every section, then the `n` best by the mean statistic across sections (SPEC §2).
+fn select_svgs(sections: &mut [Loaded], n: usize, method: SvgMethod) -> Vec<String> {
     let mut common: Vec<String> = sections[0].expr.genes.clone();
     for s in &sections[1..] {
         let set: std::collections::HashSet<&String> = s.expr.genes.iter().collect();
@@ -160,7 +174,15 @@ fn select_svgs(sections: &mut [Loaded], n: usize) -> Vec<String> {
     if common.len() <= n {
         return common;
     }
-    let stats: Vec<Vec<f64>> = sections.iter().map(|s| morans_i(&s.expr.x, &grid_neighbors(&s.rc, 6))).collect();
+    // top_by_mean keeps the highest: p-values enter negated
+    let stats: Vec<Vec<f64>> = sections
+        .iter()
+        .map(|s| match method {
+            SvgMethod::Moran => morans_i(&s.expr.x, &grid_neighbors(&s.rc, 6)),
+            SvgMethod::Sparkx => sparkx(&s.expr.x, &s.rc).into_iter().map(|p| -p).collect(),
+            SvgMethod::Bsp => bsp(&s.expr.x, &s.rc).into_iter().map(|p| -p).collect(),
+        })
+        .collect();
     let top = top_by_mean(&stats, n);
     let keep: Vec<String> = top.iter().map(|&j| common[j].clone()).collect();
     for s in sections.iter_mut() {
@@ -187,7 +209,7 @@ pub fn run_preprocess(
 ) -> Result<Vec<SectionMeta>> {
     let mut loaded = specs.iter().map(|spec| load_section(spec, table, s)).collect::<Result<Vec<_>>>()?;
     let genes = match s.n_svg {
-        Some(n) => select_svgs(&mut loaded, n),
+        Some(n) => select_svgs(&mut loaded, n, s.svg_method),
         None => loaded[0].expr.genes.clone(),
     };
     let mut metas = Vec::new();
@@ -204,6 +226,7 @@ pub fn run_preprocess(
                 Some("Immunofluorescence") => Some(ImageType::Immunofluorescence),
                 _ => None,
             },
+            color_norm: l.spec.color_norm,
         };
         let p = prepare_image(&src, &s.cache_dir, &l.rc, &ts)?;
         let mut warnings = l.warnings.clone();
