@@ -8,6 +8,7 @@ pub mod nearest;
 pub mod otsu;
 pub mod pseudo_spots;
 pub mod resize;
+pub mod spot_pixels;
 pub mod svg;
 pub mod tiles;
 pub mod tissue;
