@@ -31,8 +31,8 @@ fn prepared(cache: &std::path::Path) -> (PreparedImage, ImageCache) {
 
 fn iou(a: &Mask, shape: &[u64], b: &[u8]) -> f64 {
     assert_eq!((a.height as u64, a.width as u64), (shape[0], shape[1]));
-    let inter = a.data.iter().zip(b).filter(|(x, y)| **x != 0 && **y != 0).count() as f64;
-    let union = a.data.iter().zip(b).filter(|(x, y)| **x != 0 || **y != 0).count() as f64;
+    let inter = a.iter().zip(b).filter(|(x, y)| *x && **y != 0).count() as f64;
+    let union = a.iter().zip(b).filter(|(x, y)| *x || **y != 0).count() as f64;
     inter / union
 }
 

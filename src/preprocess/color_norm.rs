@@ -63,7 +63,7 @@ pub fn reinhard(img: &ImageCache, mask: &Mask, cache_dir: &std::path::Path) -> R
             let mut s = [0f64; 7];
             for y in r0..r1 {
                 for x in 0..w {
-                    if mask.data[y * w + x] != 0 {
+                    if mask.get(y, x) {
                         let o = ((y - r0) * w + x) * 3;
                         let lab = to_lab(&buf[o..o + 3], &l);
                         for k in 0..3 {
@@ -90,7 +90,7 @@ pub fn reinhard(img: &ImageCache, mask: &Mask, cache_dir: &std::path::Path) -> R
         buf.par_chunks_mut(w * 3).enumerate().for_each(|(dy, row)| {
             let y = r0 + dy;
             for x in 0..w {
-                if mask.data[y * w + x] == 0 {
+                if !mask.get(y, x) {
                     continue; // background keeps its colour
                 }
                 let px = &mut row[x * 3..x * 3 + 3];

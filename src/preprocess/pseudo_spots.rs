@@ -27,8 +27,7 @@ pub fn create_pseudo_spots(
     let per_round = count.div_ceil(rounds.max(1));
     let mut out = Vec::with_capacity(count);
     for _ in 0..rounds {
-        let row_counts: Vec<usize> =
-            domain.data.par_chunks(w.max(1)).map(|r| r.iter().filter(|&&v| v != 0).count()).collect();
+        let row_counts: Vec<usize> = (0..h).into_par_iter().map(|r| domain.row_count(r)).collect();
         let available: usize = row_counts.iter().sum();
         if available == 0 {
             break;
@@ -44,24 +43,14 @@ pub fn create_pseudo_spots(
                 before += row_counts[row];
                 row += 1;
             }
-            let mut j = idx - before;
-            let line = &domain.data[row * w..(row + 1) * w];
-            let col = line.iter().position(|&v| {
-                if v != 0 {
-                    if j == 0 {
-                        return true;
-                    }
-                    j -= 1;
-                }
-                false
-            });
+            let col = domain.nth_set_in_row(row, idx - before);
             picked.push([row, col.expect("row count agrees with the row")]);
         }
         for &[r, c] in &picked {
             let (r0, r1) = (r.saturating_sub(radius), (r + radius + 1).min(h));
             let (c0, c1) = (c.saturating_sub(radius), (c + radius + 1).min(w));
             for y in r0..r1 {
-                domain.data[y * w + c0..y * w + c1].fill(0);
+                domain.set_range(y, c0, c1, false);
             }
         }
         out.extend(picked);
@@ -87,7 +76,7 @@ mod tests {
         let mut m = Mask::new(200, 300);
         for r in 20..180 {
             for c in 10..290 {
-                m.data[r * 300 + c] = 1;
+                m.set(r, c, true);
             }
         }
         let run = |seed| create_pseudo_spots(&m, 5, 400, 10, &mut rand::rngs::StdRng::seed_from_u64(seed));

@@ -81,10 +81,13 @@ mod tests {
         }
         // an interior spot keeps its whole disk, an edge spot loses the part outside
         let full = |s: [f64; 2]| {
-            (-10..=10i64).flat_map(|a| (-10..=10i64).map(move |b| (a, b))).filter(|&(a, b)| {
-                let (r, c) = (s[0].round() as i64 + a, s[1].round() as i64 + b);
-                (r as f64 - s[0]).powi(2) + (c as f64 - s[1]).powi(2) <= 16.0
-            }).count()
+            (-10..=10i64)
+                .flat_map(|a| (-10..=10i64).map(move |b| (a, b)))
+                .filter(|&(a, b)| {
+                    let (r, c) = (s[0].round() as i64 + a, s[1].round() as i64 + b);
+                    (r as f64 - s[0]).powi(2) + (c as f64 - s[1]).powi(2) <= 16.0
+                })
+                .count()
         };
         assert_eq!(t.pixels_of(1).len(), full(spots[1]));
         assert!(t.pixels_of(2).len() < full(spots[2]));

@@ -32,7 +32,7 @@ pub fn splits(min: i64, max: i64, split: i64, redundant_ratio: f64) -> Vec<(i64,
     out
 }
 
-/// Tiles over the crop that hold more than 255 tissue pixels; `mask` is the cropped mask
+/// Tiles over the crop that hold more than 255 tissue pixels (counted with popcounts); `mask` is the cropped mask
 /// whose first row/col are `row_range.0` / `col_range.0`.
 pub fn tissue_tiles(
     mask: &Mask,
@@ -43,29 +43,11 @@ pub fn tissue_tiles(
 ) -> Vec<Tile> {
     let rs = splits(row_range.0 as i64, row_range.1 as i64, split as i64, redundant_ratio);
     let cs = splits(col_range.0 as i64, col_range.1 as i64, split as i64, redundant_ratio);
-    // prefix sums make each tile's count O(1)
-    let (h, w) = (mask.height, mask.width);
-    let mut sat = vec![0u32; (h + 1) * (w + 1)];
-    for r in 0..h {
-        let mut run = 0u32;
-        for c in 0..w {
-            run += mask.data[r * w + c] as u32;
-            sat[(r + 1) * (w + 1) + c + 1] = sat[r * (w + 1) + c + 1] + run;
-        }
-    }
-    let count = |r0: i64, r1: i64, c0: i64, c1: i64| -> u32 {
-        let cl = |v: i64, n: usize| v.clamp(0, n as i64) as usize;
-        let (r0, r1, c0, c1) = (cl(r0, h), cl(r1, h), cl(c0, w), cl(c1, w));
-        if r0 >= r1 || c0 >= c1 {
-            return 0;
-        }
-        sat[r1 * (w + 1) + c1] + sat[r0 * (w + 1) + c0] - sat[r0 * (w + 1) + c1] - sat[r1 * (w + 1) + c0]
-    };
     let (ro, co) = (row_range.0 as i64, col_range.0 as i64);
     let mut out = Vec::new();
     for &(r0, r1) in &rs {
         for &(c0, c1) in &cs {
-            if count(r0 - ro, r1 - ro, c0 - co, c1 - co) > 255 {
+            if mask.count_rect(r0 - ro, r1 - ro, c0 - co, c1 - co) > 255 {
                 out.push(Tile { r0, r1, c0, c1 });
             }
         }

@@ -61,14 +61,7 @@ pub struct PreparedSummary {
 impl PreparedImage {
     /// The cropped mask (rows row_range, cols col_range).
     pub fn mask(&self) -> Mask {
-        let (r0, r1) = self.row_range;
-        let (c0, c1) = self.col_range;
-        let mut m = Mask::new(r1 - r0, c1 - c0);
-        for r in r0..r1 {
-            let src = &self.full_mask.data[r * self.full_mask.width + c0..r * self.full_mask.width + c1];
-            m.data[(r - r0) * (c1 - c0)..(r - r0 + 1) * (c1 - c0)].copy_from_slice(src);
-        }
-        m
+        self.full_mask.crop(self.row_range.0, self.row_range.1, self.col_range.0, self.col_range.1)
     }
 
     /// Mask minus the ±radius square around each sequenced spot (SPEC §3).
@@ -81,7 +74,7 @@ impl PreparedImage {
             for y in (row - r).max(0)..(row + r + 1).min(h) {
                 let (x0, x1) = ((col - r).max(0), (col + r + 1).min(w));
                 if x0 < x1 {
-                    f.data[(y * w + x0) as usize..(y * w + x1) as usize].fill(0);
+                    f.set_range(y as usize, x0 as usize, x1 as usize, false);
                 }
             }
         }
@@ -242,7 +235,31 @@ pub fn prepare_image(
     let maxval = sample.max_value();
     let out_info =
         ImageInfo { height: hh, width: hw, channels: ch, sample, format: format!("scaled 1/{}", s.scale_rate) };
+    if tr.0 >= tr.1 || tc.0 >= tc.1 {
+        return Err(Error::setting(
+            "spots",
+            format!("no spot lies on the {h}×{w} image (check swap_coord, scale_rate and the image)"),
+        ));
+    }
+    let (tr, tc) = ((tr.0 as usize, tr.1 as usize), (tc.0 as usize, tc.1 as usize));
+    // the thresholded mask, already cut to the spots' box, packed band by band
     let mut raw_mask = Mask::new(hh, hw);
+    let mut pack_band = |r0: usize, bytes: &mut [u8]| {
+        let n = bytes.len() / hw;
+        let (words, per_row) = raw_mask.band_mut(r0, r0 + n);
+        words.par_chunks_mut(per_row).zip(bytes.par_chunks_mut(hw)).enumerate().for_each(|(i, (w, row))| {
+            let r = r0 + i;
+            if s.create_mask {
+                if r < tr.0 || r >= tr.1 {
+                    row.fill(0);
+                } else {
+                    row[..tc.0].fill(0);
+                    row[tc.1..].fill(0);
+                }
+            }
+            super::morphology::pack(row, w);
+        });
+    };
     let params = serde_json::json!({"op": "area_scale_max_normalise", "scale_rate": s.scale_rate});
     let band = 64usize;
     let compute_band = |r0: usize, n: usize, mask_rows: &mut [u8]| -> Result<Vec<f32>> {
@@ -275,9 +292,11 @@ pub fn prepare_image(
         source.reopen()?
     } else {
         ImageCache::open_derived(source, cache_dir, params, &out_info, |sink| {
+            let mut bytes = vec![0u8; band * hw];
             for r0 in (0..hh).step_by(band) {
                 let n = band.min(hh - r0);
-                let vals = compute_band(r0, n, &mut raw_mask.data[r0 * hw..(r0 + n) * hw])?;
+                let vals = compute_band(r0, n, &mut bytes[..n * hw])?;
+                pack_band(r0, &mut bytes[..n * hw]);
                 sink(&quantise(&vals))?;
             }
             mask_done = true;
@@ -286,36 +305,30 @@ pub fn prepare_image(
     };
     if !mask_done {
         // the scaled image came from the cache: recompute the mask only
+        let mut bytes = vec![0u8; band * hw];
         for r0 in (0..hh).step_by(band) {
             let n = band.min(hh - r0);
-            compute_band(r0, n, &mut raw_mask.data[r0 * hw..(r0 + n) * hw])?;
+            compute_band(r0, n, &mut bytes[..n * hw])?;
+            pack_band(r0, &mut bytes[..n * hw]);
         }
     }
+    drop(pack_band);
 
-    if tr.0 >= tr.1 || tc.0 >= tc.1 {
-        return Err(Error::setting(
-            "spots",
-            format!("no spot lies on the {h}×{w} image (check swap_coord, scale_rate and the image)"),
-        ));
-    }
-    let mut box_mask = Mask::new(hh, hw);
-    for r in tr.0 as usize..tr.1 as usize {
-        box_mask.data[r * hw + tc.0 as usize..r * hw + tc.1 as usize].fill(1);
-    }
     let full_mask = if s.create_mask {
-        raw_mask.data.par_iter_mut().zip(box_mask.data.par_iter()).for_each(|(m, b)| *m &= b);
         let k_close = if image_type == ImageType::Immunofluorescence { radius * 4 } else { radius / 4 };
         let m = open(&close(&raw_mask, k_close), radius / 2);
         if m.count() == 0 {
             warnings.push("the tissue mask is empty after thresholding: using the spots' bounding box (check the image and scale_rate)".into());
+            let mut box_mask = Mask::new(hh, hw);
+            for r in tr.0..tr.1 {
+                box_mask.set_range(r, tc.0, tc.1, true);
+            }
             box_mask
         } else {
             m
         }
     } else {
-        let mut all = Mask::new(hh, hw);
-        all.data.fill(1);
-        all
+        Mask::full(hh, hw)
     };
     let image = if s.color_norm
         && image_type == ImageType::HE
@@ -331,11 +344,7 @@ pub fn prepare_image(
     };
     let (row_range, col_range) = if s.create_mask {
         // first and last set column of each row, in one row-major pass
-        let spans: Vec<Option<(usize, usize)>> = full_mask
-            .data
-            .par_chunks(hw)
-            .map(|row| Some((row.iter().position(|&v| v != 0)?, row.iter().rposition(|&v| v != 0)?)))
-            .collect();
+        let spans: Vec<Option<(usize, usize)>> = (0..hh).into_par_iter().map(|r| full_mask.row_span(r)).collect();
         let rows: Vec<usize> = (0..hh).filter(|&r| spans[r].is_some()).collect();
         let c0 = spans.iter().flatten().map(|s| s.0).min().unwrap();
         let c1 = spans.iter().flatten().map(|s| s.1).max().unwrap();

@@ -254,7 +254,7 @@ pub fn run_preprocess(
         if pseudo.len() < n_pseudo {
             warnings.push(format!("the feasible domain holds only {} of {n_pseudo} pseudo spots", pseudo.len()));
         }
-        write_npy(&dir.join("mask.npy"), &[mask.height as u64, mask.width as u64], mask.data.iter().map(|&v| v != 0))?;
+        write_npy(&dir.join("mask.npy"), &[mask.height as u64, mask.width as u64], mask.iter())?;
         write_npy(&dir.join("spots.npy"), &[p.spots.len() as u64, 2], p.spots.iter().flat_map(|q| [q[0], q[1]]))?;
         write_npy(
             &dir.join("pseudo_spots.npy"),
