@@ -108,7 +108,7 @@ fn bench_preprocess(input: &super::InputArgs, repeat: usize) -> Result<()> {
     report("scale_and_mask", t, serde_json::json!({"scaled": [hh, hw], "scale_rate": spec.scale_rate}));
     let n_pseudo = pseudo_spot_count(spots.len(), 5.0);
     let (t, pseudo) = time(repeat, || {
-        Ok(create_pseudo_spots(&feasible, rad, n_pseudo, 10, &mut rand::rngs::StdRng::seed_from_u64(1)))
+        Ok(create_pseudo_spots(feasible.clone(), rad, n_pseudo, 10, &mut rand::rngs::StdRng::seed_from_u64(1)))
     })?;
     report("pseudo_spots", t, serde_json::json!({"pseudo_spots": pseudo.len(), "domain": [hh, hw]}));
     let mut every = spots.clone();

@@ -259,7 +259,8 @@ fn pass(m: &Mask, k: usize, any: bool) -> Mask {
             out
         })
         .collect();
-    let mut out = Mask::new(h, w);
+    // the horizontal result is no longer needed: its buffer takes the output
+    let mut out = rows;
     let tail = if w % 64 == 0 { u64::MAX } else { (1u64 << (w % 64)) - 1 };
     out.bits.par_chunks_mut(words).enumerate().for_each(|(y, row)| {
         for (si, st) in stripes.iter().enumerate() {
@@ -280,14 +281,18 @@ pub fn erode(m: &Mask, k: usize) -> Mask {
     pass(m, k, false)
 }
 
-/// Closing (dilate, then erode).
-pub fn close(m: &Mask, k: usize) -> Mask {
-    erode(&dilate(m, k), k)
+/// Closing (dilate, then erode); takes the mask so it is freed as early as possible.
+pub fn close(m: Mask, k: usize) -> Mask {
+    let d = dilate(&m, k);
+    drop(m);
+    erode(&d, k)
 }
 
 /// Opening (erode, then dilate).
-pub fn open(m: &Mask, k: usize) -> Mask {
-    dilate(&erode(m, k), k)
+pub fn open(m: Mask, k: usize) -> Mask {
+    let e = erode(&m, k);
+    drop(m);
+    dilate(&e, k)
 }
 
 #[cfg(test)]

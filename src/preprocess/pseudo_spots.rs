@@ -14,15 +14,16 @@ pub fn pseudo_spot_count(sequenced: usize, ratio: f64) -> usize {
     (k * 1000.0 * ratio).min(40000.0) as usize
 }
 
-/// Pseudo spot centres (row, col) in the feasible domain's pixels.
+/// Pseudo spot centres (row, col) in the feasible domain's pixels. The domain is consumed:
+/// it is cleared round by round.
 pub fn create_pseudo_spots(
-    feasible: &Mask,
+    feasible: Mask,
     radius: usize,
     count: usize,
     rounds: usize,
     rng: &mut impl Rng,
 ) -> Vec<[usize; 2]> {
-    let mut domain = feasible.clone();
+    let mut domain = feasible;
     let (h, w) = (domain.height, domain.width);
     let per_round = count.div_ceil(rounds.max(1));
     let mut out = Vec::with_capacity(count);
@@ -79,7 +80,7 @@ mod tests {
                 m.set(r, c, true);
             }
         }
-        let run = |seed| create_pseudo_spots(&m, 5, 400, 10, &mut rand::rngs::StdRng::seed_from_u64(seed));
+        let run = |seed| create_pseudo_spots(m.clone(), 5, 400, 10, &mut rand::rngs::StdRng::seed_from_u64(seed));
         let a = run(1);
         assert_eq!(a, run(1));
         assert_ne!(a, run(2));

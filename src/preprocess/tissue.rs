@@ -228,6 +228,7 @@ pub fn prepare_image(
         }
     }
     let background = background_value(&thumb, ch, &binary, &outer, &mut warnings);
+    drop(thumb);
     let [tr, tc] = scaled_bbox(&spots, radius as i64, (hh, hw));
 
     // scaled, normalised image → cache; raw mask from the exact values on the way
@@ -316,7 +317,7 @@ pub fn prepare_image(
 
     let full_mask = if s.create_mask {
         let k_close = if image_type == ImageType::Immunofluorescence { radius * 4 } else { radius / 4 };
-        let m = open(&close(&raw_mask, k_close), radius / 2);
+        let m = open(close(raw_mask, k_close), radius / 2);
         if m.count() == 0 {
             warnings.push("the tissue mask is empty after thresholding: using the spots' bounding box (check the image and scale_rate)".into());
             let mut box_mask = Mask::new(hh, hw);

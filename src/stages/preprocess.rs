@@ -241,20 +241,24 @@ pub fn run_preprocess(
         if outside > 0 {
             warnings.push(format!("{outside} spots lie outside the image"));
         }
+        // one mask copy at a time next to the full mask: crop (tiles, mask.npy), then the
+        // feasible domain, consumed by the pseudo-spot draw
         let mask = p.mask();
         let tiles = tissue_tiles(&mask, p.row_range, p.col_range, s.split_size, s.redundant_ratio);
         if tiles.is_empty() {
             warnings.push(format!("no {0}×{0} tile holds more than 255 tissue pixels", s.split_size));
         }
+        write_npy(&dir.join("mask.npy"), &[mask.height as u64, mask.width as u64], mask.iter())?;
+        let (mask_h, mask_w) = (mask.height, mask.width);
+        drop(mask);
         let n_pseudo = if s.ratio_pseudo_spots > 0.0 { pseudo_spot_count(l.rc.len(), s.ratio_pseudo_spots) } else { 0 };
         let mut rng = rand::rngs::StdRng::seed_from_u64(crate::simulate::field::mix(
             s.seed ^ (k as u64).wrapping_mul(0x9E37_79B9),
         ));
-        let pseudo = create_pseudo_spots(&p.feasible_domain(), p.radius, n_pseudo, 10, &mut rng);
+        let pseudo = create_pseudo_spots(p.feasible_domain(), p.radius, n_pseudo, 10, &mut rng);
         if pseudo.len() < n_pseudo {
             warnings.push(format!("the feasible domain holds only {} of {n_pseudo} pseudo spots", pseudo.len()));
         }
-        write_npy(&dir.join("mask.npy"), &[mask.height as u64, mask.width as u64], mask.iter())?;
         write_npy(&dir.join("spots.npy"), &[p.spots.len() as u64, 2], p.spots.iter().flat_map(|q| [q[0], q[1]]))?;
         write_npy(
             &dir.join("pseudo_spots.npy"),
@@ -266,8 +270,8 @@ pub fn run_preprocess(
             section: l.spec.name.clone(),
             row0: p.row_range.0,
             col0: p.col_range.0,
-            height: mask.height,
-            width: mask.width,
+            height: mask_h,
+            width: mask_w,
             scaled_height: p.full_mask.height,
             scaled_width: p.full_mask.width,
             scale_rate: l.spec.scale_rate,
