@@ -99,3 +99,17 @@ fn sparkx_and_bsp_p_values_match() {
     eprintln!("BSP p-values: max abs difference {exact:e} (float64 reference), {published:e} (as published, float32)");
     assert!(exact < 1e-6 && published < 1e-3, "{exact} {published}");
 }
+
+#[test]
+fn moran_selection_matches_the_reference_ranking() {
+    use spahdmap::preprocess::svg::top_by_mean;
+    let d = load_visium(&fixture("preprocess/section")).unwrap();
+    let e = preprocess_expression(&d, None, None).unwrap();
+    let rc = d.row_col(true);
+    let coords: Vec<[f64; 2]> = e.kept_spots.iter().map(|&i| rc[i]).collect();
+    let ours = morans_i(&e.x, &grid_neighbors(&coords, 6));
+    let (_, theirs) = read_npy::<f64>(&fixture("preprocess/moran_I.npy"));
+    for n in [10, 30, 60] {
+        assert_eq!(top_by_mean(&[ours.clone()], n), top_by_mean(&[theirs.clone()], n), "top {n}");
+    }
+}

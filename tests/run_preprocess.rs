@@ -221,3 +221,64 @@ fn spatially_variable_genes_are_the_simulated_programs() {
         assert!(programmed >= 24, "{method}: {programmed} of 30 selected genes carry a spatial program");
     }
 }
+
+#[test]
+fn gene_list_and_two_sections_from_a_config() {
+    let d = tempfile::tempdir().unwrap();
+    let a =
+        simulate(d.path(), &["--height", "900", "--width", "900", "--radius", "12", "--genes", "80", "--seed", "1"]);
+    let b = d.path().join("sec_b");
+    let o = run(
+        &[
+            "simulate",
+            "--out",
+            s(&b),
+            "--height",
+            "900",
+            "--width",
+            "900",
+            "--radius",
+            "12",
+            "--genes",
+            "90",
+            "--seed",
+            "2",
+        ],
+        &d.path().join("cache"),
+    );
+    assert!(o.status.success());
+    // two sections: genes common to both (the first 80), ranked by mean Moran's I
+    let cfg = d.path().join("cfg.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({
+            "settings": {"root_path": ".", "project": "two"},
+            "sections": [{"name": "A", "visium_path": a, "image_path": a.join("image.tif")},
+                         {"name": "B", "visium_path": b, "image_path": b.join("image.tif")}],
+            "paras": {"scale_rate": 2, "reference": {"B": "A"}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = d.path().join("res");
+    let o = run(&["run", "--config", s(&cfg), "--out", s(&out), "--n-top-genes", "20"], &d.path().join("cache"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ga = std::fs::read_to_string(out.join("A/expression/genes.txt")).unwrap();
+    let gb = std::fs::read_to_string(out.join("B/expression/genes.txt")).unwrap();
+    assert_eq!(ga, gb);
+    assert_eq!(ga.lines().count(), 20);
+    assert!(ga.lines().all(|g| g[4..].parse::<usize>().unwrap() <= 80), "{ga}");
+    // a gene list: that order, absent genes added as zeros
+    let list = d.path().join("genes.txt");
+    std::fs::write(&list, "Gene00003\nNOT_A_GENE\nGene00001\n").unwrap();
+    let out2 = d.path().join("res2");
+    let o = run(&["run", "--visium", s(&a), "--out", s(&out2), "--gene-list", s(&list)], &d.path().join("cache"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(out2.join("section/expression/genes.txt")).unwrap(),
+        "Gene00003\nNOT_A_GENE\nGene00001\n"
+    );
+    let (_, indices) = read_npy::<u32>(&out2.join("section/expression/indices.npy"));
+    assert!(!indices.contains(&1), "the absent gene must stay all zero");
+    assert!(indices.contains(&0) && indices.contains(&2));
+}

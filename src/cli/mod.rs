@@ -63,6 +63,10 @@ struct RunArgs {
     /// Highly variable genes kept before that (Seurat flavour); 0 keeps all.
     #[arg(long, default_value_t = 10000)]
     n_hvg: usize,
+    /// Keep exactly these genes, one per line, in this order (absent ones become zeros);
+    /// replaces highly/spatially variable gene selection.
+    #[arg(long)]
+    gene_list: Option<PathBuf>,
     /// Pseudo spots per sequenced spot.
     #[arg(long, default_value_t = 5.0)]
     ratio_pseudo_spots: f64,
@@ -253,6 +257,18 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         seed: a.seed,
         n_svg: (a.n_top_genes > 0).then_some(a.n_top_genes),
         svg_method: a.svg_method,
+        gene_list: match &a.gene_list {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| Error::io(p, e))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+            None => None,
+        },
         n_hvg: (a.n_hvg > 0).then_some(a.n_hvg),
         ratio_pseudo_spots: a.ratio_pseudo_spots,
         ..Default::default()

@@ -37,6 +37,8 @@ pub struct PreprocessSettings {
     pub svg_method: SvgMethod,
     pub rank: usize,
     pub seed: u64,
+    /// genes to keep, in this order (missing ones become zeros); disables HVG/SVG selection
+    pub gene_list: Option<Vec<String>>,
     #[serde(skip)]
     pub cache_dir: PathBuf,
 }
@@ -52,6 +54,7 @@ impl Default for PreprocessSettings {
             svg_method: SvgMethod::Moran,
             rank: 20,
             seed: 123,
+            gene_list: None,
             cache_dir: crate::io::image::cache::default_cache_dir(),
         }
     }
@@ -112,7 +115,7 @@ fn load_section(spec: &SectionSpec, table: &TableOptions, s: &PreprocessSettings
     spec.validate()?;
     let d = spec.load(table)?;
     let mut warnings = d.warnings.clone();
-    let expr = preprocess_expression(&d, None, s.n_hvg)?;
+    let expr = preprocess_expression(&d, s.gene_list.as_deref(), s.n_hvg)?;
     warnings.extend(expr.warnings.iter().cloned());
     let radius = match (spec.radius, d.radius()) {
         (Some(r), _) => r,
@@ -208,9 +211,10 @@ pub fn run_preprocess(
     out: &Path,
 ) -> Result<Vec<SectionMeta>> {
     let mut loaded = specs.iter().map(|spec| load_section(spec, table, s)).collect::<Result<Vec<_>>>()?;
-    let genes = match s.n_svg {
-        Some(n) => select_svgs(&mut loaded, n, s.svg_method),
-        None => loaded[0].expr.genes.clone(),
+    let genes = match (s.n_svg, &s.gene_list) {
+        (_, Some(list)) => list.clone(),
+        (Some(n), None) => select_svgs(&mut loaded, n, s.svg_method),
+        (None, None) => loaded[0].expr.genes.clone(),
     };
     let mut metas = Vec::new();
     for (k, l) in loaded.iter().enumerate() {
