@@ -81,6 +81,32 @@ impl Csr {
         m
     }
 
+    /// The columns `cols` in that order; `None` makes an all-zero column.
+    pub fn select_cols(&self, cols: &[Option<usize>]) -> Csr {
+        let mut map = vec![u32::MAX; self.cols];
+        for (new, old) in cols.iter().enumerate() {
+            if let Some(old) = old {
+                map[*old] = new as u32;
+            }
+        }
+        let mut m = Csr::empty(self.rows, cols.len());
+        let mut row: Vec<(u32, f32)> = Vec::new();
+        for r in 0..self.rows {
+            let (idx, val) = self.row(r);
+            row.clear();
+            row.extend(
+                idx.iter().zip(val).filter(|(j, _)| map[**j as usize] != u32::MAX).map(|(j, v)| (map[*j as usize], *v)),
+            );
+            row.sort_unstable_by_key(|e| e.0);
+            for &(j, v) in &row {
+                m.indices.push(j);
+                m.data.push(v);
+            }
+            m.indptr[r + 1] = m.data.len();
+        }
+        m
+    }
+
     pub fn to_dense(&self) -> Vec<f32> {
         let mut d = vec![0f32; self.rows * self.cols];
         for r in 0..self.rows {
@@ -131,5 +157,8 @@ mod tests {
         assert_eq!(t.transpose(), m);
         assert_eq!(m.select_rows(&[2, 0]).to_dense(), vec![4.0, 5.0, 0.0, 1.0, 0.0, 2.0]);
         assert!(m.validate().is_ok());
+        let c = m.select_cols(&[Some(2), None, Some(0)]);
+        assert_eq!(c.to_dense(), vec![2.0, 0.0, 1.0, 3.0, 0.0, 0.0, 0.0, 0.0, 4.0]);
+        assert!(c.validate().is_ok());
     }
 }

@@ -60,30 +60,6 @@ fn nonzero_per_col(x: &Csr) -> Vec<usize> {
     c
 }
 
-fn select_cols(x: &Csr, keep: &[usize]) -> Csr {
-    let mut map = vec![u32::MAX; x.cols];
-    for (new, &old) in keep.iter().enumerate() {
-        map[old] = new as u32;
-    }
-    let mut m = Csr::empty(x.rows, keep.len());
-    for r in 0..x.rows {
-        let (idx, val) = x.row(r);
-        let mut row: Vec<(u32, f32)> = idx
-            .iter()
-            .zip(val)
-            .filter(|(j, _)| map[**j as usize] != u32::MAX)
-            .map(|(j, v)| (map[*j as usize], *v))
-            .collect();
-        row.sort_unstable_by_key(|e| e.0);
-        for (j, v) in row {
-            m.indices.push(j);
-            m.data.push(v);
-        }
-        m.indptr[r + 1] = m.data.len();
-    }
-    m
-}
-
 /// Run SPEC §2 on loaded spots. `gene_list` reorders genes (missing ones become zeros);
 /// `n_hvg` keeps that many Seurat-flavour highly variable genes (ignored with a gene list).
 pub fn preprocess_expression(d: &SpotData, gene_list: Option<&[String]>, n_hvg: Option<usize>) -> Result<Expression> {
@@ -106,7 +82,7 @@ pub fn preprocess_expression(d: &SpotData, gene_list: Option<&[String]>, n_hvg: 
             return Err(Error::format(&d.counts_file, "genes", "no gene is detected in 3 or more spots"));
         }
         if keep_genes.len() < x.cols {
-            x = select_cols(&x, &keep_genes);
+            x = x.select_cols(&keep_genes.iter().map(|&j| Some(j)).collect::<Vec<_>>());
             genes = keep_genes.iter().map(|&j| genes[j].clone()).collect();
         }
         normalize_log1p(&mut x, 1e4);
@@ -122,26 +98,12 @@ pub fn preprocess_expression(d: &SpotData, gene_list: Option<&[String]>, n_hvg: 
         if missing > 0 {
             warnings.push(format!("{missing} genes of the gene list are absent and were added as zeros"));
         }
-        let mut m = Csr::empty(x.rows, list.len());
-        let target: HashMap<usize, u32> =
-            list.iter().enumerate().filter_map(|(new, g)| pos.get(g.as_str()).map(|&old| (old, new as u32))).collect();
-        for r in 0..x.rows {
-            let (idx, val) = x.row(r);
-            let mut row: Vec<(u32, f32)> =
-                idx.iter().zip(val).filter_map(|(j, v)| target.get(&(*j as usize)).map(|&n| (n, *v))).collect();
-            row.sort_unstable_by_key(|e| e.0);
-            for (j, v) in row {
-                m.indices.push(j);
-                m.data.push(v);
-            }
-            m.indptr[r + 1] = m.data.len();
-        }
-        x = m;
+        x = x.select_cols(&list.iter().map(|g| pos.get(g.as_str()).copied()).collect::<Vec<_>>());
         genes = list.to_vec();
     } else if let Some(n) = n_hvg {
         let hv = highly_variable_seurat(&x, n);
         let keep: Vec<usize> = (0..x.cols).filter(|&j| hv[j]).collect();
-        x = select_cols(&x, &keep);
+        x = x.select_cols(&keep.iter().map(|&j| Some(j)).collect::<Vec<_>>());
         genes = keep.iter().map(|&j| genes[j].clone()).collect();
     }
     Ok(Expression {

@@ -14,7 +14,6 @@ use crate::inspect::DEFAULT_RADIUS;
 use crate::io::config::SectionSpec;
 use crate::io::image::ImageCache;
 use crate::io::npy::write_npy;
-use crate::io::sparse::Csr;
 use crate::io::spots::TableOptions;
 use crate::preprocess::expression::{preprocess_expression, Expression};
 use crate::preprocess::image_type::ImageType;
@@ -136,28 +135,7 @@ fn load_section(spec: &SectionSpec, table: &TableOptions, s: &PreprocessSettings
 fn subset_genes(e: &mut Expression, keep: &[String]) {
     let pos: std::collections::HashMap<&str, usize> =
         e.genes.iter().enumerate().map(|(i, g)| (g.as_str(), i)).collect();
-    let cols: Vec<usize> = keep.iter().map(|g| pos[g.as_str()]).collect();
-    let mut map = vec![u32::MAX; e.x.cols];
-    for (new, &old) in cols.iter().enumerate() {
-        map[old] = new as u32;
-    }
-    let mut m = Csr::empty(e.x.rows, cols.len());
-    for r in 0..e.x.rows {
-        let (idx, val) = e.x.row(r);
-        let mut row: Vec<(u32, f32)> = idx
-            .iter()
-            .zip(val)
-            .filter(|(j, _)| map[**j as usize] != u32::MAX)
-            .map(|(j, v)| (map[*j as usize], *v))
-            .collect();
-        row.sort_unstable_by_key(|t| t.0);
-        for (j, v) in row {
-            m.indices.push(j);
-            m.data.push(v);
-        }
-        m.indptr[r + 1] = m.data.len();
-    }
-    e.x = m;
+    e.x = e.x.select_cols(&keep.iter().map(|g| pos.get(g.as_str()).copied()).collect::<Vec<_>>());
     e.genes = keep.to_vec();
 }
 
