@@ -77,7 +77,7 @@ impl ImageCache {
         let key = key_of(source)?;
         Self::open_keyed(source, cache_dir, key, |raw_path| {
             let expected = super::probe(source)?;
-            build_raw(raw_path, expected.total_bytes(), &format!("decoding {}", source.display()), |sink| {
+            build_raw(raw_path, source, expected.total_bytes(), &format!("decoding {}", source.display()), |sink| {
                 decode_bands(source, sink)
             })
         })
@@ -96,7 +96,7 @@ impl ImageCache {
         let mut key = key_of(&base.source)?;
         key.derived = Some(params);
         Self::open_keyed(&base.source, cache_dir, key, |raw_path| {
-            build_raw(raw_path, expected.total_bytes(), "preparing image", produce)
+            build_raw(raw_path, &base.source, expected.total_bytes(), "preparing image", produce)
         })
     }
 
@@ -207,8 +207,10 @@ impl ImageCache {
 }
 
 /// Write bands from `produce` to `raw_path` through a temporary file; checks the total.
+/// `source` names the image in messages.
 fn build_raw(
     raw_path: &Path,
+    source: &Path,
     expected: u64,
     label: &str,
     produce: impl FnOnce(&mut BandSink) -> Result<ImageInfo>,
@@ -221,7 +223,7 @@ fn build_raw(
     let result = produce(&mut |band: &[u8]| {
         written += band.len() as u64;
         if written > expected {
-            return Err(Error::format(raw_path, "image data", "more pixel data than the header declares"));
+            return Err(Error::format(source, "image data", "more pixel data than the header declares"));
         }
         bar.inc(band.len() as u64);
         w.write_all(band).map_err(|e| Error::io(&tmp, e))
@@ -230,7 +232,7 @@ fn build_raw(
         w.flush().map_err(|e| Error::io(&tmp, e))?;
         if written != info.total_bytes() {
             return Err(Error::format(
-                raw_path,
+                source,
                 "image data",
                 format!("produced {written} bytes, expected {} (truncated?)", info.total_bytes()),
             ));
