@@ -11,6 +11,7 @@ pub mod cli;
 pub mod error;
 pub mod inspect;
 pub mod io;
+pub mod linalg;
 pub mod preprocess;
 pub mod simulate;
 pub mod stages;

@@ -1,6 +1,7 @@
 //! Pipeline stages, in order (SPEC §12). Each writes its results into the results folder
 //! so that a later run resumes after the last finished stage.
 
+pub mod nmf;
 pub mod preprocess;
 
 use std::fmt;
