@@ -16,6 +16,20 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// NMF (SPEC §5) on a section's preprocessed expression, `--genes` highly variable
+    /// genes; `--dump` writes the matrix used (dense .npy) for the reference timing.
+    Nmf {
+        #[command(flatten)]
+        input: super::InputArgs,
+        #[arg(long, default_value_t = 20)]
+        rank: usize,
+        #[arg(long, default_value_t = 3000)]
+        genes: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
     /// Preprocessing stages of one section: Moran's I, image scaling + mask, pseudo spots,
     /// nearest-spot maps (medians over --repeat runs).
     Preprocess {
@@ -130,6 +144,24 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
         BenchWhat::Preprocess { input, repeat } => bench_preprocess(&input, repeat)?,
+        BenchWhat::Nmf { input, rank, genes, repeat, dump } => {
+            use crate::preprocess::expression::preprocess_expression;
+            use crate::stages::nmf::{nmf, reconstruction_error, NmfSettings};
+            let spec = &input.sections()?[0];
+            let d = spec.load(&input.table_options())?;
+            let e = preprocess_expression(&d, None, Some(genes))?;
+            if let Some(p) = &dump {
+                crate::io::npy::write_npy(p, &[e.x.rows as u64, e.x.cols as u64], e.x.to_dense())?;
+            }
+            let s = NmfSettings { rank, ..Default::default() };
+            let (t, f) = time(repeat, || Ok(nmf(&e.x, &s)))?;
+            let err = reconstruction_error(&e.x, &f);
+            println!(
+                "{}",
+                serde_json::json!({"bench": "nmf", "median_s": t, "repeat": repeat, "threads": rayon::current_num_threads(),
+                    "detail": {"spots": e.x.rows, "genes": e.x.cols, "rank": rank, "iterations": f.iterations, "reconstruction_err": err}})
+            );
+        }
         BenchWhat::Decode { image, repeat, json } => {
             let mut times = Vec::new();
             let mut bytes = 0u64;

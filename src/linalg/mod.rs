@@ -35,6 +35,44 @@ pub fn gemm(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
     });
 }
 
+/// Y (rows × n) = X (rows × cols, dense f32 row-major) · M (cols × n, f64), or with
+/// `transpose` Y (cols × n) = Xᵀ · M (rows × n). Single-precision GEMM (as scikit-learn runs
+/// float32 data through BLAS), results widened to f64.
+pub fn dense_f32_times(x: &[f32], rows: usize, cols: usize, m: &[f64], n: usize, transpose: bool) -> Vec<f64> {
+    let mf: Vec<f32> = m.iter().map(|&v| v as f32).collect();
+    let (out_rows, inner) = if transpose { (cols, rows) } else { (rows, cols) };
+    // element (i, k) of the left operand: X[i][k] or X[k][i]
+    let (rs, cs) = if transpose { (1isize, cols as isize) } else { (cols as isize, 1isize) };
+    let mut y = vec![0f32; out_rows * n];
+    let chunk = (out_rows / (4 * rayon::current_num_threads())).max(64);
+    y.par_chunks_mut(chunk * n).enumerate().for_each(|(c, yy)| {
+        let i0 = c * chunk;
+        let mm = yy.len() / n.max(1);
+        // SAFETY: rows i0..i0+mm of the (possibly transposed) view of X lie inside x; M is
+        // inner × n; Y chunk is mm × n.
+        unsafe {
+            let a = x.as_ptr().offset(i0 as isize * rs);
+            matrixmultiply::sgemm(
+                mm,
+                inner,
+                n,
+                1.0,
+                a,
+                rs,
+                cs,
+                mf.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                yy.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    });
+    y.into_iter().map(|v| v as f64).collect()
+}
+
 /// Aᵀ A for A (m×k) row-major: k×k.
 pub fn gram(m: usize, k: usize, a: &[f64]) -> Vec<f64> {
     let mut g = vec![0f64; k * k];

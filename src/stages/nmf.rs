@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::io::sparse::Csr;
-use crate::linalg::{gemm, gram, spmm, truncated_svd};
+use crate::linalg::{dense_f32_times, gemm, gram, spmm, truncated_svd};
 
 #[derive(Debug, Clone)]
 pub struct NmfSettings {
@@ -106,22 +106,47 @@ fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     t
 }
 
+/// X as the products need it: sparse (with its transpose), or dense f32 when a quarter or
+/// more of it is non-zero, where a vectorised GEMM beats indirect indexing.
+enum Operand {
+    Sparse(Csr),
+    Dense(Vec<f32>),
+}
+
+impl Operand {
+    /// X · M (M: cols × r)
+    fn times(&self, x: &Csr, m: &[f64], r: usize) -> Vec<f64> {
+        match self {
+            Operand::Sparse(_) => spmm(x, m, r),
+            Operand::Dense(d) => dense_f32_times(d, x.rows, x.cols, m, r, false),
+        }
+    }
+    /// Xᵀ · M (M: rows × r)
+    fn t_times(&self, x: &Csr, m: &[f64], r: usize) -> Vec<f64> {
+        match self {
+            Operand::Sparse(xt) => spmm(xt, m, r),
+            Operand::Dense(d) => dense_f32_times(d, x.rows, x.cols, m, r, true),
+        }
+    }
+}
+
 /// Factorise X (spots × genes).
 pub fn nmf(x: &Csr, s: &NmfSettings) -> Factors {
     let r = s.rank.min(x.rows).min(x.cols).max(1);
     let xt = x.transpose();
     let (mut w, h) = nndsvd(x, &xt, r, s.seed);
+    let op = if x.nnz() * 4 >= x.rows * x.cols { Operand::Dense(x.to_dense()) } else { Operand::Sparse(xt) };
     let mut ht = transpose(&h, r, x.cols); // G × R
     let mut first = None;
     let mut iterations = 0;
     for it in 1..=s.max_iter {
         iterations = it;
         // W step: X Hᵀ and H Hᵀ
-        let xht = spmm(x, &ht, r);
+        let xht = op.times(x, &ht, r);
         let hht = gram(x.cols, r, &ht);
         let mut viol = cd_sweep(&mut w, &xht, &hht, r);
         // H step on the transposed problem: Xᵀ W and Wᵀ W
-        let xtw = spmm(&xt, &w, r);
+        let xtw = op.t_times(x, &w, r);
         let wtw = gram(x.rows, r, &w);
         viol += cd_sweep(&mut ht, &xtw, &wtw, r);
         let v0 = *first.get_or_insert(viol);
