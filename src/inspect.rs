@@ -6,7 +6,8 @@ use crate::error::Result;
 use crate::io::config::SectionSpec;
 use crate::io::image::{cache::default_cache_dir, ImageCache, ImageInfo};
 use crate::io::spots::TableOptions;
-use crate::preprocess::image_type::{block_thumbnail, classify};
+use crate::preprocess::image_type::classify;
+use crate::preprocess::tissue::{channel_max, thumbnail16};
 
 /// Reference default when neither the data nor the user gives a radius.
 pub const DEFAULT_RADIUS: f64 = 65.0;
@@ -89,7 +90,7 @@ pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> 
             }
             let (type_guess, cache) = if decode_image {
                 let c = ImageCache::open(path, &default_cache_dir())?;
-                let (thumb, _, _) = block_thumbnail(&c, 16)?;
+                let thumb = thumbnail16(&c, &channel_max(&c)?)?;
                 (classify(&thumb).name().to_string(), c.raw_path.display().to_string())
             } else {
                 ("not decoded".to_string(), String::new())

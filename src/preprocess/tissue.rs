@@ -98,6 +98,20 @@ fn scaled_bbox(spots: &[[f64; 2]], radius: i64, shape: (usize, usize)) -> [(i64,
     out
 }
 
+/// The reference's 1/16 thumbnail: INTER_AREA shrink to ceil(H/16) × ceil(W/16) of the
+/// image divided by its channel maxima.
+pub fn thumbnail16(img: &ImageCache, maxima: &[f32]) -> Result<Vec<f32>> {
+    let (th, tw, ch) = (img.info.height.div_ceil(16), img.info.width.div_ceil(16), img.info.channels);
+    let mut thumb = vec![0f32; th * tw * ch];
+    area_resize_rows(img, th, tw, 0, &mut thumb)?;
+    for px in thumb.chunks_exact_mut(ch) {
+        for k in 0..ch {
+            px[k] *= if maxima[k] > 0.0 { 1.0 / maxima[k] } else { 0.0 };
+        }
+    }
+    Ok(thumb)
+}
+
 /// Per-channel maxima of the whole image.
 pub fn channel_max(img: &ImageCache) -> Result<Vec<f32>> {
     let info = &img.info;
@@ -208,13 +222,7 @@ pub fn prepare_image(
 
     // 1/16 thumbnail: type detection and background estimate
     let (th, tw) = (h.div_ceil(16), w.div_ceil(16));
-    let mut thumb = vec![0f32; th * tw * ch];
-    area_resize_rows(source, th, tw, 0, &mut thumb)?;
-    for px in thumb.chunks_exact_mut(ch) {
-        for k in 0..ch {
-            px[k] *= inv[k];
-        }
-    }
+    let thumb = thumbnail16(source, &maxima)?;
     let image_type = s.image_type.unwrap_or_else(|| classify(&thumb));
     let gray_thumb: Vec<f32> = thumb.chunks_exact(ch).map(gray).collect();
     let otsu = threshold_otsu(&gray_thumb);
