@@ -110,6 +110,10 @@ fn moran_selection_matches_the_reference_ranking() {
     let ours = morans_i(&e.x, &grid_neighbors(&coords, 6));
     let (_, theirs) = read_npy::<f64>(&fixture("preprocess/moran_I.npy"));
     for n in [10, 30, 60] {
-        assert_eq!(top_by_mean(&[ours.clone()], n), top_by_mean(&[theirs.clone()], n), "top {n}");
+        assert_eq!(
+            top_by_mean(std::slice::from_ref(&ours), n),
+            top_by_mean(std::slice::from_ref(&theirs), n),
+            "top {n}"
+        );
     }
 }

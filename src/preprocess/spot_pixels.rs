@@ -31,7 +31,7 @@ pub fn spot_disk_pixels(tiles: &[Tile], spots: &[[f64; 2]], radius: f64) -> Vec<
     tiles
         .par_iter()
         .map(|t| {
-            let tw = (t.c1 - t.c0) as i64;
+            let tw = t.c1 - t.c0;
             let mut out = TileSpots { offsets: vec![0], ..Default::default() };
             for (i, s) in spots.iter().enumerate() {
                 if !(s[0] >= t.r0 as f64 && s[0] < t.r1 as f64 && s[1] >= t.c0 as f64 && s[1] < t.c1 as f64) {

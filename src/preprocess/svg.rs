@@ -154,38 +154,6 @@ pub fn top_by_mean(stats: &[Vec<f64>], n_top: usize) -> Vec<usize> {
     order
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn morans_i_matches_the_textbook_formula() {
-        let coords: Vec<[f64; 2]> = (0..30).map(|i| [(i / 6) as f64 * 10.0, (i % 6) as f64 * 10.0]).collect();
-        let w = grid_neighbors(&coords, 6);
-        let dense: Vec<f32> = (0..30 * 3)
-            .map(|k| if k % 3 == 2 { 1.0 } else { ((k * 37) % 11) as f32 * ((k / 3) as f32 / 10.0) })
-            .collect();
-        let x = Csr::from_dense(30, 3, &dense);
-        let got = morans_i(&x, &w);
-        let wd = w.to_dense();
-        for g in 0..2 {
-            let v: Vec<f64> = (0..30).map(|i| dense[i * 3 + g] as f64).collect();
-            let m = v.iter().sum::<f64>() / 30.0;
-            let z: Vec<f64> = v.iter().map(|a| a - m).collect();
-            let mut num = 0.0;
-            for i in 0..30 {
-                for j in 0..30 {
-                    num += wd[i * 30 + j] as f64 * z[i] * z[j];
-                }
-            }
-            let s0: f64 = wd.iter().map(|&a| a as f64).sum();
-            let want = 30.0 / s0 * num / z.iter().map(|a| a * a).sum::<f64>();
-            assert!((got[g] - want).abs() < 1e-9, "{} vs {want}", got[g]);
-        }
-        assert!(got[2].is_nan());
-    }
-}
-
 /// numpy's `quantile` with linear interpolation.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
@@ -378,4 +346,36 @@ pub fn bsp(x: &Csr, loc: &[[f64; 2]]) -> Vec<f64> {
     let mu = mid.iter().sum::<f64>() / mid.len() as f64;
     let sigma = (mid.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / mid.len() as f64).sqrt();
     t.iter().map(|&v| 0.5 * libm::erfc((v.ln() - mu) / (sigma * std::f64::consts::SQRT_2))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn morans_i_matches_the_textbook_formula() {
+        let coords: Vec<[f64; 2]> = (0..30).map(|i| [(i / 6) as f64 * 10.0, (i % 6) as f64 * 10.0]).collect();
+        let w = grid_neighbors(&coords, 6);
+        let dense: Vec<f32> = (0..30 * 3)
+            .map(|k| if k % 3 == 2 { 1.0 } else { ((k * 37) % 11) as f32 * ((k / 3) as f32 / 10.0) })
+            .collect();
+        let x = Csr::from_dense(30, 3, &dense);
+        let got = morans_i(&x, &w);
+        let wd = w.to_dense();
+        for g in 0..2 {
+            let v: Vec<f64> = (0..30).map(|i| dense[i * 3 + g] as f64).collect();
+            let m = v.iter().sum::<f64>() / 30.0;
+            let z: Vec<f64> = v.iter().map(|a| a - m).collect();
+            let mut num = 0.0;
+            for i in 0..30 {
+                for j in 0..30 {
+                    num += wd[i * 30 + j] as f64 * z[i] * z[j];
+                }
+            }
+            let s0: f64 = wd.iter().map(|&a| a as f64).sum();
+            let want = 30.0 / s0 * num / z.iter().map(|a| a * a).sum::<f64>();
+            assert!((got[g] - want).abs() < 1e-9, "{} vs {want}", got[g]);
+        }
+        assert!(got[2].is_nan());
+    }
 }

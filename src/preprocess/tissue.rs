@@ -321,7 +321,6 @@ pub fn prepare_image(
             pack_band(r0, &mut bytes[..n * hw]);
         }
     }
-    drop(pack_band);
 
     let full_mask = if s.create_mask {
         let k_close = if image_type == ImageType::Immunofluorescence { radius * 4 } else { radius / 4 };
