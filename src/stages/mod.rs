@@ -3,6 +3,7 @@
 
 pub mod nmf;
 pub mod preprocess;
+pub mod voronoi;
 
 use std::fmt;
 use std::str::FromStr;
