@@ -16,6 +16,20 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Voronoi score (SPEC §8) of a crop from saved inputs: spot scores (N×R f32 .npy), the
+    /// nearest-spot map (H×W i32 .npy) and the mask (H×W u8/bool .npy).
+    Vd {
+        #[arg(long)]
+        scores: PathBuf,
+        #[arg(long)]
+        nearest: PathBuf,
+        #[arg(long)]
+        mask: PathBuf,
+        #[arg(long)]
+        kernel: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
     /// NMF (SPEC §5) on a section's preprocessed expression, `--genes` highly variable
     /// genes; `--dump` writes the matrix used (dense .npy) for the reference timing.
     Nmf {
@@ -144,6 +158,21 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
         BenchWhat::Preprocess { input, repeat } => bench_preprocess(&input, repeat)?,
+        BenchWhat::Vd { scores, nearest, mask, kernel, repeat } => {
+            use crate::io::npy::read_npy;
+            let (ss, sc) = read_npy::<f32>(&scores)?;
+            let (ns, nn) = read_npy::<i32>(&nearest)?;
+            let (ms, mk) = read_npy::<u8>(&mask)?;
+            let mask = crate::preprocess::morphology::Mask::from_bytes(ms[0] as usize, ms[1] as usize, &mk);
+            let near: Vec<u32> = nn.iter().map(|&v| v as u32).collect();
+            let r = ss[1] as usize;
+            let (t, _) = time(repeat, || Ok(crate::stages::voronoi::vd_score(&sc, r, &near, &mask, kernel, 0.01)))?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "vd", "median_s": t, "repeat": repeat, "threads": rayon::current_num_threads(),
+                    "detail": {"pixels": ns[0] * ns[1], "components": r, "kernel": kernel}})
+            );
+        }
         BenchWhat::Nmf { input, rank, genes, repeat, dump } => {
             use crate::preprocess::expression::preprocess_expression;
             use crate::stages::nmf::{nmf, reconstruction_error, NmfSettings};
