@@ -158,3 +158,18 @@ fn cache_is_reused_until_the_source_changes() {
     // no partial files left behind
     assert!(std::fs::read_dir(&cache).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")));
 }
+
+#[test]
+fn aperio_svs_rgb_jpeg_tiles_are_not_colour_converted() {
+    let Some(svs) = shared("wsi/cmu_small_region.svs") else { return };
+    let (shape, want) = read_npy::<u8>(&fixture("readers/svs_corner.npy")); // tifffile's decode
+    let (info, got) = decode_all(&svs);
+    let (h, w) = (shape[0] as usize, shape[1] as usize);
+    let mut worst = 0u8;
+    for y in 0..h {
+        for x in 0..w * 3 {
+            worst = worst.max(got[y * info.width * 3 + x].abs_diff(want[y * w * 3 + x]));
+        }
+    }
+    assert!(worst <= 2, "max difference {worst} from tifffile");
+}

@@ -80,5 +80,10 @@ with tifffile.TiffWriter(f"{out}/if_pages_u16.tif") as t:
     for c in range(3):
         t.write(fluo[c], photometric="minisblack", compression="zlib")
 tifffile.imwrite(f"{out}/jp2k.tif", img, compression="jpeg2000", photometric="rgb")
+# Aperio SVS: RGB-tagged JPEG tiles whose components are RGB (no JFIF marker); tifffile's
+# decode of a corner is the reference
+svs = "../shared/data/wsi/cmu_small_region.svs"
+if os.path.exists(svs):
+    np.save(f"{out}/svs_corner.npy", tifffile.imread(svs, key=0)[:32, :480].copy())
 json.dump(expected, open(f"{out}/expected.json", "w"), indent=1)
 print("wrote", sorted(os.listdir(out)))

@@ -66,6 +66,8 @@ struct JpegChunks {
     counts: Vec<u64>,
     /// shared quantisation / Huffman tables (JPEGTables), an abbreviated JPEG stream
     tables: Option<Vec<u8>>,
+    /// the page says RGB (not YCbCr)
+    photometric_rgb: bool,
 }
 
 fn open_decoder(path: &Path) -> Result<Dec> {
@@ -129,7 +131,7 @@ fn page(path: &Path, mut dec: Dec, index: usize) -> Result<Page> {
             .map_err(|e| Error::format(path, field("TileByteCounts/StripByteCounts"), e.to_string()))?;
         let tables = dec.get_tag_u8_vec(Tag::JPEGTables).ok();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        Some(JpegChunks { file, offsets, counts, tables })
+        Some(JpegChunks { file, offsets, counts, tables, photometric_rgb: matches!(color, ColorType::RGB(_)) })
     } else {
         None
     };
@@ -230,6 +232,40 @@ fn chunk_bytes(path: &Path, r: DecodingResult, chunk: u32) -> Result<Vec<u8>> {
     }
 }
 
+/// For a page tagged RGB (see `jpeg_chunk`): true when the components hold RGB rather than
+/// YCbCr — no JFIF marker, and no Adobe marker asking for the YCbCr transform.
+fn jpeg_components_are_rgb(stream: &[u8]) -> bool {
+    let (mut jfif, mut adobe) = (false, None);
+    let mut i = 2; // after SOI
+    while i + 4 <= stream.len() && stream[i] == 0xFF {
+        let marker = stream[i + 1];
+        if marker == 0xD8 || marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            i += 2;
+            continue;
+        }
+        if marker == 0xD9 {
+            i += 2; // EOI of a tables-only stream
+            continue;
+        }
+        let len = u16::from_be_bytes([stream[i + 2], stream[i + 3]]) as usize;
+        let payload = &stream[(i + 4).min(stream.len())..(i + 2 + len).min(stream.len())];
+        match marker {
+            0xE0 if payload.starts_with(b"JFIF\0") => jfif = true,
+            0xEE if payload.starts_with(b"Adobe") && payload.len() > 11 => adobe = Some(payload[11]),
+            0xDA => break,
+            _ => {}
+        }
+        i += 2 + len;
+    }
+    if jfif {
+        return false;
+    }
+    if let Some(t) = adobe {
+        return t == 0;
+    }
+    true
+}
+
 /// Decode one JPEG chunk (tables spliced in front) and crop it to the chunk's data size.
 fn jpeg_chunk(path: &Path, j: &JpegChunks, idx: u32, samples: usize, dw: usize, dh: usize) -> Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
@@ -255,7 +291,19 @@ fn jpeg_chunk(path: &Path, j: &JpegChunks, idx: u32, samples: usize, dw: usize, 
         }
         _ => raw,
     };
-    let out_cs = if samples == 1 { ColorSpace::Luma } else { ColorSpace::RGB };
+    // Whether three components are YCbCr or already RGB is decided as tifffile (the
+    // reference's reader) does: a YCbCr page converts; an RGB page holds RGB components
+    // unless the stream carries a JFIF marker (then YCbCr) or an Adobe marker (its flag).
+    let mut probe = zune_jpeg::JpegDecoder::new(ZCursor::new(&stream[..]));
+    probe.decode_headers().map_err(|e| Error::format(path, field(), format!("JPEG: {e}")))?;
+    let out_cs = if samples == 1 {
+        ColorSpace::Luma
+    } else if j.photometric_rgb && jpeg_components_are_rgb(&stream) {
+        // no conversion: the components are the RGB values
+        probe.input_colorspace().unwrap_or(ColorSpace::RGB)
+    } else {
+        ColorSpace::RGB
+    };
     let opts = DecoderOptions::default().set_strict_mode(false).jpeg_set_out_colorspace(out_cs);
     let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&stream[..]), opts);
     let px = d.decode().map_err(|e| Error::format(path, field(), format!("JPEG: {e}")))?;
