@@ -173,3 +173,22 @@ fn aperio_svs_rgb_jpeg_tiles_are_not_colour_converted() {
     }
     assert!(worst <= 2, "max difference {worst} from tifffile");
 }
+
+#[test]
+fn baseline_jpeg_matches_pillow() {
+    let Some(jpg) = shared("visium_mouse_brain_crop/test_img.jpg") else { return };
+    let (shape, want) = read_npy::<u8>(&fixture("readers/jpg_corner.npy")); // Pillow's decode
+    let (info, got) = decode_all(&jpg);
+    let (h, w) = (shape[0] as usize, shape[1] as usize);
+    let (mut worst, mut sum) = (0u8, 0f64);
+    for y in 0..h {
+        for x in 0..w * 3 {
+            let d = got[y * info.width * 3 + x].abs_diff(want[y * w * 3 + x]);
+            worst = worst.max(d);
+            sum += d as f64;
+        }
+    }
+    let mean = sum / (h * w * 3) as f64;
+    // IDCT and chroma upsampling round differently between decoders
+    assert!(worst <= 8 && mean < 1.0, "max {worst}, mean {mean}");
+}

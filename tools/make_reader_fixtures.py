@@ -85,5 +85,9 @@ tifffile.imwrite(f"{out}/jp2k.tif", img, compression="jpeg2000", photometric="rg
 svs = "../shared/data/wsi/cmu_small_region.svs"
 if os.path.exists(svs):
     np.save(f"{out}/svs_corner.npy", tifffile.imread(svs, key=0)[:32, :480].copy())
+jpg = "../shared/data/visium_mouse_brain_crop/test_img.jpg"
+if os.path.exists(jpg):  # Pillow's decode, as skimage.io.imread reads JPEG
+    from PIL import Image
+    np.save(f"{out}/jpg_corner.npy", np.asarray(Image.open(jpg))[:32, :480].copy())
 json.dump(expected, open(f"{out}/expected.json", "w"), indent=1)
 print("wrote", sorted(os.listdir(out)))
