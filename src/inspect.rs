@@ -9,9 +9,6 @@ use crate::io::spots::TableOptions;
 use crate::preprocess::image_type::classify;
 use crate::preprocess::tissue::{channel_max, thumbnail16};
 
-/// Reference default when neither the data nor the user gives a radius.
-pub const DEFAULT_RADIUS: f64 = 65.0;
-
 #[derive(Debug, Serialize)]
 pub struct ImageReport {
     pub path: String,
@@ -56,16 +53,7 @@ pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> 
     let d = spec.load(table)?;
     let mut warnings = d.warnings.clone();
     let rc = d.row_col(spec.swap_coord);
-    let (radius, radius_source) = match (spec.radius, d.radius()) {
-        (Some(r), _) => (r, "given".to_string()),
-        (None, Some(r)) => (r, "scale factors (round(spot_diameter_fullres / 2))".to_string()),
-        (None, None) => {
-            warnings.push(format!(
-                "no spot radius in the data or settings: using the reference default of {DEFAULT_RADIUS} px"
-            ));
-            (DEFAULT_RADIUS, "default".to_string())
-        }
-    };
+    let (radius, radius_source) = spec.radius_for(&d, &mut warnings);
     let image = match &d.image {
         None => {
             warnings.push("no image: give --image".to_string());
@@ -116,7 +104,7 @@ pub fn inspect(spec: &SectionSpec, table: &TableOptions, decode_image: bool) -> 
         max_count,
         looks_raw: max_count >= 20.0,
         radius,
-        radius_source,
+        radius_source: radius_source.to_string(),
         row_range: range(rc.iter().map(|p| p[0])),
         col_range: range(rc.iter().map(|p| p[1])),
         counts_file: d.counts_file.display().to_string(),

@@ -112,7 +112,7 @@ fn bench_preprocess(input: &super::InputArgs, repeat: usize) -> Result<()> {
     let cache = tempfile_dir()?;
     let (t, src) = time(1, || ImageCache::open(&image, &cache))?;
     report("decode_to_cache", t, serde_json::json!({"bytes": src.info.total_bytes()}));
-    let radius = spec.radius.or(d.radius()).unwrap_or(crate::inspect::DEFAULT_RADIUS);
+    let (radius, _) = spec.radius_for(&d, &mut Vec::new());
     let ts =
         TissueSettings { scale_rate: spec.scale_rate, radius, create_mask: true, image_type: None, color_norm: false };
     let (t, p) = time(repeat, || {

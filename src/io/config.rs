@@ -8,6 +8,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::io::spots::{load_h5ad, load_tables, load_visium, SpotData, TableOptions};
 
+/// The reference's spot radius when neither the data nor the user gives one.
+pub const DEFAULT_RADIUS: f64 = 65.0;
+
 /// Where a section's spots come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SectionInput {
@@ -57,6 +60,21 @@ impl SectionSpec {
             d.image = Some(img.clone());
         }
         Ok(d)
+    }
+
+    /// Spot radius in original pixels: given, else from the data's scale factors, else the
+    /// reference's default of 65 (with a warning). Returns (radius, where it came from).
+    pub fn radius_for(&self, d: &SpotData, warnings: &mut Vec<String>) -> (f64, &'static str) {
+        match (self.radius, d.radius()) {
+            (Some(r), _) => (r, "given"),
+            (None, Some(r)) => (r, "scale factors (round(spot_diameter_fullres / 2))"),
+            (None, None) => {
+                warnings.push(format!(
+                    "no spot radius in the data or settings: using the reference default of {DEFAULT_RADIUS} px"
+                ));
+                (DEFAULT_RADIUS, "default")
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<()> {

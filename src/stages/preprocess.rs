@@ -10,7 +10,6 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::inspect::DEFAULT_RADIUS;
 use crate::io::config::SectionSpec;
 use crate::io::image::ImageCache;
 use crate::io::npy::write_npy;
@@ -116,14 +115,7 @@ fn load_section(spec: &SectionSpec, table: &TableOptions, s: &PreprocessSettings
     let mut warnings = d.warnings.clone();
     let expr = preprocess_expression(&d, s.gene_list.as_deref(), s.n_hvg)?;
     warnings.extend(expr.warnings.iter().cloned());
-    let radius = match (spec.radius, d.radius()) {
-        (Some(r), _) => r,
-        (None, Some(r)) => r,
-        (None, None) => {
-            warnings.push(format!("no spot radius given or found: using {DEFAULT_RADIUS} px"));
-            DEFAULT_RADIUS
-        }
-    };
+    let (radius, _) = spec.radius_for(&d, &mut warnings);
     let image = d.image.clone().ok_or_else(|| {
         Error::setting(format!("section {}: image", spec.name), "no image: give --image or image_path")
     })?;

@@ -294,18 +294,18 @@ fn jpeg_chunk(path: &Path, j: &JpegChunks, idx: u32, samples: usize, dw: usize, 
     // Whether three components are YCbCr or already RGB is decided as tifffile (the
     // reference's reader) does: a YCbCr page converts; an RGB page holds RGB components
     // unless the stream carries a JFIF marker (then YCbCr) or an Adobe marker (its flag).
-    let mut probe = zune_jpeg::JpegDecoder::new(ZCursor::new(&stream[..]));
-    probe.decode_headers().map_err(|e| Error::format(path, field(), format!("JPEG: {e}")))?;
+    // one decoder: read the headers, then choose the output colour space
+    let mut d = zune_jpeg::JpegDecoder::new(ZCursor::new(&stream[..]));
+    d.decode_headers().map_err(|e| Error::format(path, field(), format!("JPEG: {e}")))?;
     let out_cs = if samples == 1 {
         ColorSpace::Luma
     } else if j.photometric_rgb && jpeg_components_are_rgb(&stream) {
         // no conversion: the components are the RGB values
-        probe.input_colorspace().unwrap_or(ColorSpace::RGB)
+        d.input_colorspace().unwrap_or(ColorSpace::RGB)
     } else {
         ColorSpace::RGB
     };
-    let opts = DecoderOptions::default().set_strict_mode(false).jpeg_set_out_colorspace(out_cs);
-    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&stream[..]), opts);
+    d.set_options(DecoderOptions::default().set_strict_mode(false).jpeg_set_out_colorspace(out_cs));
     let px = d.decode().map_err(|e| Error::format(path, field(), format!("JPEG: {e}")))?;
     let (w, h) = d.dimensions().ok_or_else(|| Error::format(path, field(), "JPEG without dimensions"))?;
     if w < dw || h < dh || px.len() < w * h * samples {
