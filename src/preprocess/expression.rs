@@ -92,28 +92,37 @@ pub fn preprocess_expression(d: &SpotData, gene_list: Option<&[String]>, n_hvg: 
             x.max_value()
         ));
     }
-    if let Some(list) = gene_list {
-        let pos: HashMap<&str, usize> = genes.iter().enumerate().map(|(i, g)| (g.as_str(), i)).collect();
-        let missing = list.iter().filter(|g| !pos.contains_key(g.as_str())).count();
-        if missing > 0 {
-            warnings.push(format!("{missing} genes of the gene list are absent and were added as zeros"));
-        }
-        x = x.select_cols(&list.iter().map(|g| pos.get(g.as_str()).copied()).collect::<Vec<_>>());
-        genes = list.to_vec();
-    } else if let Some(n) = n_hvg {
-        let hv = highly_variable_seurat(&x, n);
-        let keep: Vec<usize> = (0..x.cols).filter(|&j| hv[j]).collect();
-        x = x.select_cols(&keep.iter().map(|&j| Some(j)).collect::<Vec<_>>());
-        genes = keep.iter().map(|&j| genes[j].clone()).collect();
-    }
-    Ok(Expression {
+    let mut e = Expression {
         barcodes: kept.iter().map(|&i| d.barcodes[i].clone()).collect(),
         genes,
         x,
         kept_spots: kept,
         normalised_here: raw,
         warnings,
-    })
+    };
+    if let Some(list) = gene_list {
+        let missing = e.select_genes(list);
+        if missing > 0 {
+            e.warnings.push(format!("{missing} genes of the gene list are absent and were added as zeros"));
+        }
+    } else if let Some(n) = n_hvg {
+        let hv = highly_variable_seurat(&e.x, n);
+        let keep: Vec<String> = e.genes.iter().zip(&hv).filter(|(_, h)| **h).map(|(g, _)| g.clone()).collect();
+        e.select_genes(&keep);
+    }
+    Ok(e)
+}
+
+impl Expression {
+    /// Keep the genes `list`, in that order; genes absent here become all-zero columns.
+    /// Returns how many were absent.
+    pub fn select_genes(&mut self, list: &[String]) -> usize {
+        let pos: HashMap<&str, usize> = self.genes.iter().enumerate().map(|(i, g)| (g.as_str(), i)).collect();
+        let cols: Vec<Option<usize>> = list.iter().map(|g| pos.get(g.as_str()).copied()).collect();
+        self.x = self.x.select_cols(&cols);
+        self.genes = list.to_vec();
+        cols.iter().filter(|c| c.is_none()).count()
+    }
 }
 
 /// Each spot scaled to `target` total counts, then log1p (scanpy's normalize_total + log1p).

@@ -124,13 +124,6 @@ fn load_section(spec: &SectionSpec, table: &TableOptions, s: &PreprocessSettings
     Ok(Loaded { spec: spec.clone(), expr, rc, radius, image, warnings })
 }
 
-fn subset_genes(e: &mut Expression, keep: &[String]) {
-    let pos: std::collections::HashMap<&str, usize> =
-        e.genes.iter().enumerate().map(|(i, g)| (g.as_str(), i)).collect();
-    e.x = e.x.select_cols(&keep.iter().map(|g| pos.get(g.as_str()).copied()).collect::<Vec<_>>());
-    e.genes = keep.to_vec();
-}
-
 /// Genes in every section, then the `n` best by the mean statistic across sections (SPEC §2).
 fn select_svgs(sections: &mut [Loaded], n: usize, method: SvgMethod) -> Vec<String> {
     let mut common: Vec<String> = sections[0].expr.genes.clone();
@@ -142,7 +135,7 @@ fn select_svgs(sections: &mut [Loaded], n: usize, method: SvgMethod) -> Vec<Stri
         common.sort();
     }
     for s in sections.iter_mut() {
-        subset_genes(&mut s.expr, &common);
+        s.expr.select_genes(&common);
     }
     if common.len() <= n {
         return common;
@@ -159,7 +152,7 @@ fn select_svgs(sections: &mut [Loaded], n: usize, method: SvgMethod) -> Vec<Stri
     let top = top_by_mean(&stats, n);
     let keep: Vec<String> = top.iter().map(|&j| common[j].clone()).collect();
     for s in sections.iter_mut() {
-        subset_genes(&mut s.expr, &keep);
+        s.expr.select_genes(&keep);
     }
     keep
 }
