@@ -73,6 +73,112 @@ pub fn dense_f32_times(x: &[f32], rows: usize, cols: usize, m: &[f64], n: usize,
     y.into_iter().map(|v| v as f64).collect()
 }
 
+/// An f32 matrix operand: `rows × cols`, stored row-major, or (`transposed`) the transpose
+/// of a row-major `cols × rows` buffer — so Aᵀ of a stored matrix costs nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub transposed: bool,
+}
+
+impl<'a> Mat<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        debug_assert!(data.len() >= rows * cols);
+        Mat { data, rows, cols, transposed: false }
+    }
+    /// The transpose of this operand.
+    pub fn t(self) -> Self {
+        Mat { data: self.data, rows: self.cols, cols: self.rows, transposed: !self.transposed }
+    }
+    fn strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (1, self.rows as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
+    }
+}
+
+/// Rows of C per task, and the inner-dimension chunk of reductions: fixed sizes, so results
+/// do not depend on the thread count.
+const SGEMM_ROWS: usize = 128;
+const SGEMM_SPLIT_K: usize = 2048;
+
+/// C (m×n, row-major) = A·B + beta·C in f32. Long reductions with a short C (weight
+/// gradients: m·n small, k = spots) are split along k, the partial products added in order.
+pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], beta: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "sgemm: inner dimensions");
+    assert_eq!(c.len(), m * n, "sgemm: output size");
+    let (rsa, csa) = a.strides();
+    let (rsb, csb) = b.strides();
+    // SAFETY (all calls): pointers offset within the operands' buffers; each task writes
+    // its own disjoint block of C or its own partial buffer.
+    if m >= 2 * SGEMM_ROWS || k <= 2 * SGEMM_SPLIT_K {
+        c.par_chunks_mut(SGEMM_ROWS * n).enumerate().for_each(|(ci, cc)| {
+            let mm = cc.len() / n.max(1);
+            unsafe {
+                let ap = a.data.as_ptr().offset((ci * SGEMM_ROWS) as isize * rsa);
+                matrixmultiply::sgemm(
+                    mm,
+                    k,
+                    n,
+                    1.0,
+                    ap,
+                    rsa,
+                    csa,
+                    b.data.as_ptr(),
+                    rsb,
+                    csb,
+                    beta,
+                    cc.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        });
+        return;
+    }
+    let parts: Vec<Vec<f32>> = (0..k.div_ceil(SGEMM_SPLIT_K))
+        .into_par_iter()
+        .map(|p| {
+            let (k0, k1) = (p * SGEMM_SPLIT_K, ((p + 1) * SGEMM_SPLIT_K).min(k));
+            let mut part = vec![0f32; m * n];
+            unsafe {
+                let ap = a.data.as_ptr().offset(k0 as isize * csa);
+                let bp = b.data.as_ptr().offset(k0 as isize * rsb);
+                matrixmultiply::sgemm(
+                    m,
+                    k1 - k0,
+                    n,
+                    1.0,
+                    ap,
+                    rsa,
+                    csa,
+                    bp,
+                    rsb,
+                    csb,
+                    0.0,
+                    part.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+            part
+        })
+        .collect();
+    for v in c.iter_mut() {
+        *v = if beta == 0.0 { 0.0 } else { *v * beta };
+    }
+    for part in parts {
+        for (v, p) in c.iter_mut().zip(part) {
+            *v += p;
+        }
+    }
+}
+
 /// Aᵀ A for A (m×k) row-major: k×k.
 pub fn gram(m: usize, k: usize, a: &[f64]) -> Vec<f64> {
     let mut g = vec![0f64; k * k];
@@ -270,6 +376,29 @@ mod tests {
             for j in 0..k {
                 let want: f64 = (0..m).map(|p| a[p * k + i] * a[p * k + j]).sum();
                 assert!((g[i * k + j] - want).abs() < 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn sgemm_all_layouts_and_split_k() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        for (m, k, n) in [(5, 7, 3), (300, 33, 17), (9, 5000, 4)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let at: Vec<f32> = (0..m * k).map(|i| a[(i % m) * k + i / m]).collect(); // k×m
+            let bt: Vec<f32> = (0..k * n).map(|i| b[(i % k) * n + i / k]).collect(); // n×k
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| (0..k).map(|q| a[(i / n) * k + q] as f64 * b[q * n + i % n] as f64).sum::<f64>() + 0.5)
+                .collect();
+            for (aa, bb) in
+                [(Mat::new(&a, m, k), Mat::new(&b, k, n)), (Mat::new(&at, k, m).t(), Mat::new(&bt, n, k).t())]
+            {
+                let mut c = vec![1.0f32; m * n];
+                sgemm(aa, bb, &mut c, 0.5);
+                let err = c.iter().zip(&want).map(|(x, y)| (*x as f64 - y).powi(2)).sum::<f64>().sqrt()
+                    / want.iter().map(|y| y * y).sum::<f64>().sqrt();
+                assert!(err < 1e-5, "{m}x{k}x{n}: {err}");
             }
         }
     }

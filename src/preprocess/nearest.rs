@@ -84,6 +84,55 @@ impl SpotIndex {
         out.sort_unstable();
     }
 
+    /// The k spots nearest to `p` (fewer if there are fewer spots), as (squared distance,
+    /// index), nearest first; ties go to the lower index. Rings of buckets are searched
+    /// until the k-th distance is within the searched radius.
+    pub fn nearest_k(&self, p: [f64; 2], k: usize, out: &mut Vec<(f64, u32)>) {
+        out.clear();
+        let k = k.min(self.spots.len());
+        if k == 0 {
+            return;
+        }
+        let to_cell = |v: f64, a: usize| ((v - self.origin[a]) / self.cell).floor() as i64;
+        let (cr, cc) = (to_cell(p[0], 0), to_cell(p[1], 1));
+        let (dr, dc) = (self.dims[0] as i64, self.dims[1] as i64);
+        // every bucket lies within this many rings of the query's cell
+        let max_ring = [cr, dr - 1 - cr, cc, dc - 1 - cc].into_iter().map(i64::abs).max().unwrap_or(0) + 1;
+        let mut ring = 0i64;
+        loop {
+            for br in cr - ring..=cr + ring {
+                if br < 0 || br >= dr {
+                    continue;
+                }
+                let edge_row = br == cr - ring || br == cr + ring;
+                let mut bc = cc - ring;
+                while bc <= cc + ring {
+                    if bc >= 0 && bc < dc {
+                        for &i in &self.buckets[br as usize * self.dims[1] + bc as usize] {
+                            let s = &self.spots[i as usize];
+                            out.push(((s[0] - p[0]).powi(2) + (s[1] - p[1]).powi(2), i));
+                        }
+                    }
+                    // inner rows of the ring: only its two end columns
+                    bc += if edge_row || ring == 0 { 1 } else { 2 * ring };
+                }
+            }
+            if out.len() >= k {
+                out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                // anything beyond this ring is at least `ring` cells away from p
+                let reach = ring as f64 * self.cell;
+                if out[k - 1].0 < reach * reach || ring >= max_ring {
+                    out.truncate(k);
+                    return;
+                }
+            } else if ring >= max_ring {
+                out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                return;
+            }
+            ring += 1;
+        }
+    }
+
     /// Nearest spot of every pixel in rows [r0, r1) × cols [c0, c1), row-major.
     pub fn nearest_map(&self, r0: usize, r1: usize, c0: usize, c1: usize) -> Vec<u32> {
         let (h, w) = (r1 - r0, c1 - c0);
@@ -135,6 +184,35 @@ mod tests {
             let d = |i: usize| (spots[i][0] - y).powi(2) + (spots[i][1] - x).powi(2);
             let best = (0..spots.len()).min_by(|&a, &b| d(a).partial_cmp(&d(b)).unwrap().then(a.cmp(&b))).unwrap();
             assert_eq!(got as usize, best, "pixel ({y}, {x})");
+        }
+    }
+
+    #[test]
+    fn nearest_k_matches_brute_force_with_ties() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // a lattice (many equal distances) plus random points and a far outlier
+        let mut spots: Vec<[f64; 2]> = (0..400).map(|i| [(i / 20) as f64 * 3.0, (i % 20) as f64 * 3.0]).collect();
+        spots.extend((0..200).map(|_| [rng.random_range(-10.0..70.0), rng.random_range(-10.0..70.0)]));
+        spots.push([500.0, 500.0]);
+        let idx = SpotIndex::new(&spots);
+        let mut got = Vec::new();
+        for q in 0..spots.len() + 30 {
+            let p = if q < spots.len() {
+                spots[q]
+            } else {
+                [rng.random_range(-50.0..600.0), rng.random_range(-50.0..100.0)]
+            };
+            for k in [1, 7, 50, 700] {
+                idx.nearest_k(p, k, &mut got);
+                let mut all: Vec<(f64, u32)> = spots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| ((s[0] - p[0]).powi(2) + (s[1] - p[1]).powi(2), i as u32))
+                    .collect();
+                all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                all.truncate(k);
+                assert_eq!(got, all, "query {q} k {k}");
+            }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Pipeline stages, in order (SPEC §12). Each writes its results into the results folder
 //! so that a later run resumes after the last finished stage.
 
+pub mod gcn;
+pub mod gmm;
+pub mod graph;
 pub mod nmf;
 pub mod preprocess;
 pub mod voronoi;

@@ -170,22 +170,27 @@ pub fn reconstruction_error(x: &Csr, f: &Factors) -> f64 {
     (xx - 2.0 * cross + quad).max(0.0).sqrt()
 }
 
-/// Scores for given metagenes H (R×G): min ‖X − W H‖ over W ≥ 0 (transfer mode), by
-/// coordinate descent to convergence (the problem is convex, so this is the NNLS optimum).
+/// Scores for given metagenes H (R×G): min ‖X − W H‖ over W ≥ 0 (transfer mode).
 pub fn transfer_scores(x: &Csr, h: &[f64], rank: usize) -> Vec<f64> {
     let ht = transpose(h, rank, x.cols);
-    let xht = spmm(x, &ht, rank);
-    let hht = gram(x.cols, rank, &ht);
-    let mut w = vec![0f64; x.rows * rank];
+    nnls_rows(&spmm(x, &ht, rank), &gram(x.cols, rank, &ht), rank)
+}
+
+/// Non-negative least squares for many right-hand sides sharing one design B: each row a_i
+/// of A minimises ‖y_i − B a_i‖ over a_i ≥ 0, given Y·B (rows × R) and BᵀB (R × R). Coordinate
+/// descent to convergence (the problem is convex, so this is the NNLS optimum that SciPy's
+/// active-set `nnls` finds).
+pub fn nnls_rows(yb: &[f64], btb: &[f64], rank: usize) -> Vec<f64> {
+    let mut a = vec![0f64; yb.len()];
     let mut first = None;
     for _ in 0..10_000 {
-        let v = cd_sweep(&mut w, &xht, &hht, rank);
+        let v = cd_sweep(&mut a, yb, btb, rank);
         let v0 = *first.get_or_insert(v);
         if v0 == 0.0 || v / v0 <= 1e-10 {
             break;
         }
     }
-    w
+    a
 }
 
 /// Divide each column of W by its maximum and scale the rows of H by it (SPEC §5).
