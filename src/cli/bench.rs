@@ -44,6 +44,17 @@ enum BenchWhat {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
+    /// Spot graph and GCN training (SPEC §7) on inputs written by
+    /// tools/bench_gcn_reference.py (coords, embeddings, score .npy); checks the graph
+    /// against the reference's adjacency when the folder holds it.
+    Gcn {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        iterations: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
     /// Preprocessing stages of one section: Moran's I, image scaling + mask, pseudo spots,
     /// nearest-spot maps (medians over --repeat runs).
     Preprocess {
@@ -81,6 +92,54 @@ fn time<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> 
         times.push(t.elapsed().as_secs_f64());
     }
     Ok((median(times), last.unwrap()))
+}
+
+fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize) -> Result<()> {
+    use crate::io::npy::read_npy;
+    use crate::stages::gcn::{train_gcn, Gcn, GcnParams, GcnSettings};
+    use crate::stages::graph::{spot_graph, GraphMode, DEFAULT_NEIGHBORS};
+    let (_, c) = read_npy::<f64>(&dir.join("coords.npy"))?;
+    let coords: Vec<[f64; 2]> = c.chunks(2).map(|p| [p[0], p[1]]).collect();
+    let (es, emb) = read_npy::<f32>(&dir.join("embeddings.npy"))?;
+    let (ss, score) = read_npy::<f32>(&dir.join("score.npy"))?;
+    let (n, r) = (ss[0] as usize, ss[1] as usize);
+    let rss0 = crate::util::peak_rss_bytes();
+    let (t, adj) =
+        time(repeat, || Ok(spot_graph(&coords, &emb, es[1] as usize, n, DEFAULT_NEIGHBORS, GraphMode::Exact)))?;
+    let rss1 = crate::util::peak_rss_bytes();
+    let same = match read_npy::<i64>(&dir.join("adj_indices.npy")) {
+        Ok((_, idx)) => {
+            let ptr = read_npy::<i64>(&dir.join("adj_indptr.npy"))?.1;
+            Some(
+                idx.iter().map(|&v| v as u32).eq(adj.indices.iter().copied())
+                    && ptr.iter().map(|&v| v as usize).eq(adj.indptr.iter().copied()),
+            )
+        }
+        Err(_) => None,
+    };
+    let threads = rayon::current_num_threads();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "spot_graph", "median_s": t, "repeat": repeat, "threads": threads,
+            "detail": {"spots": n, "pseudo": coords.len() - n, "edges": adj.nnz(), "same_as_reference": same,
+                "peak_rss_mib_before": rss0.unwrap_or(0) as f64 / 1048576.0, "peak_rss_mib_after": rss1.unwrap_or(0) as f64 / 1048576.0}})
+    );
+    let plan = Gcn::new(&adj, n, r).plan_sizes();
+    let s = GcnSettings { iterations, ..Default::default() };
+    let (t, res) = time(1, || {
+        let pb = crate::util::progress_count(iterations as u64, "GCN");
+        let res = train_gcn(&adj, &score, n, GcnParams::init(coords.len() - n, r, s.seed), &s, |_, _| pb.inc(1));
+        pb.finish_and_clear();
+        Ok(res)
+    })?;
+    let mse: f64 = res.output[..n * r].iter().zip(&score).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>()
+        / (n * r) as f64;
+    println!(
+        "{}",
+        serde_json::json!({"bench": "gcn_train", "seconds": t, "iterations": iterations, "threads": threads,
+            "detail": {"ms_per_iteration": 1e3 * t / iterations.max(1) as f64, "rows_per_layer": plan, "final_mse": mse}})
+    );
+    Ok(())
 }
 
 fn bench_preprocess(input: &super::InputArgs, repeat: usize) -> Result<()> {
@@ -173,6 +232,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "detail": {"pixels": ns[0] * ns[1], "components": r, "kernel": kernel}})
             );
         }
+        BenchWhat::Gcn { dir, iterations, repeat } => bench_gcn(&dir, iterations, repeat)?,
         BenchWhat::Nmf { input, rank, genes, repeat, dump } => {
             use crate::preprocess::expression::preprocess_expression;
             use crate::stages::nmf::{nmf, reconstruction_error, NmfSettings};
