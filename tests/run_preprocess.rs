@@ -168,6 +168,8 @@ fn blank_image_falls_back_to_the_spot_box_and_small_image_gets_one_tile() {
             "3",
             "--n-top-genes",
             "0",
+            "--to",
+            "preprocess",
         ],
         &d.path().join("cache"),
     );
@@ -210,6 +212,8 @@ fn spatially_variable_genes_are_the_simulated_programs() {
                 "30",
                 "--svg-method",
                 method,
+                "--to",
+                "preprocess",
             ],
             &d.path().join("cache"),
         );
@@ -261,8 +265,21 @@ fn gene_list_and_two_sections_from_a_config() {
     )
     .unwrap();
     let out = d.path().join("res");
-    let o = run(&["run", "--config", s(&cfg), "--out", s(&out), "--n-top-genes", "20"], &d.path().join("cache"));
+    // through the spot stages: joint NMF, the query section B shifted onto A
+    let o = run(
+        &["run", "--config", s(&cfg), "--out", s(&out), "--n-top-genes", "20", "--rank", "4", "--preset", "quick"],
+        &d.path().join("cache"),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
+    let (gs, gamma) = read_npy::<f32>(&out.join("nmf_gamma.npy"));
+    assert_eq!(gs, vec![1, 20]);
+    assert!(gamma.iter().any(|&v| v != 0.0));
+    for sec in ["A", "B"] {
+        let (ns, _) = read_npy::<f32>(&out.join(format!("{sec}/NMF_score.npy")));
+        assert_eq!(ns[1], 4);
+        assert!(out.join(format!("{sec}/GCN_score.npy")).exists() && out.join(format!("{sec}/VD_score.npy")).exists());
+    }
+    assert_eq!(std::fs::read_to_string(out.join("metagene_GCN.csv")).unwrap().lines().count(), 21);
     let ga = std::fs::read_to_string(out.join("A/expression/genes.txt")).unwrap();
     let gb = std::fs::read_to_string(out.join("B/expression/genes.txt")).unwrap();
     assert_eq!(ga, gb);
@@ -272,7 +289,10 @@ fn gene_list_and_two_sections_from_a_config() {
     let list = d.path().join("genes.txt");
     std::fs::write(&list, "Gene00003\nNOT_A_GENE\nGene00001\n").unwrap();
     let out2 = d.path().join("res2");
-    let o = run(&["run", "--visium", s(&a), "--out", s(&out2), "--gene-list", s(&list)], &d.path().join("cache"));
+    let o = run(
+        &["run", "--visium", s(&a), "--out", s(&out2), "--gene-list", s(&list), "--to", "preprocess"],
+        &d.path().join("cache"),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read_to_string(out2.join("section/expression/genes.txt")).unwrap(),

@@ -117,10 +117,10 @@ fn section_is_consistent_with_its_truth() {
             / d.counts.row(r).1.iter().map(|&v| v as f64).sum::<f64>()
     };
     let (mut inside, mut outside) = (vec![], vec![]);
-    for r in 0..d.counts.rows {
-        if frac1[r] > 0.9 {
+    for (r, &f) in frac1.iter().enumerate().take(d.counts.rows) {
+        if f > 0.9 {
             inside.push(score(r))
-        } else if frac1[r] < 0.1 {
+        } else if f < 0.1 {
             outside.push(score(r))
         }
     }

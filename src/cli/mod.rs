@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::io::config::{read_config, SectionInput, SectionSpec};
 use crate::io::spots::TableOptions;
 use crate::simulate::{simulate, SimParams};
-use crate::stages::preprocess::{run_preprocess, PreprocessSettings};
+use crate::stages::preprocess::PreprocessSettings;
 use crate::stages::Stage;
 
 #[derive(Parser)]
@@ -51,9 +51,27 @@ struct RunArgs {
     /// Redo from this stage (default: resume after the last finished one).
     #[arg(long)]
     from: Option<Stage>,
-    /// Stop after this stage (this build runs up to `preprocess`).
-    #[arg(long, default_value = "preprocess")]
+    /// Stop after this stage (this build runs up to `vd`).
+    #[arg(long, default_value = "vd")]
     to: Stage,
+    /// Iteration counts: `reference` = the published defaults, `quick` = a CPU demo.
+    #[arg(long, value_enum, default_value = "reference")]
+    preset: Preset,
+    /// GCN training iterations (default: from the preset).
+    #[arg(long)]
+    gcn_iterations: Option<usize>,
+    /// NMF iteration cap (default: from the preset).
+    #[arg(long)]
+    nmf_max_iter: Option<usize>,
+    /// Spot graph edge weights: 0.25 (exact, the reference default) or 1/degree.
+    #[arg(long, value_enum, default_value = "exact")]
+    graph: crate::stages::graph::GraphMode,
+    /// Keep the GCN scores the two-Gaussian low-signal filter would zero.
+    #[arg(long)]
+    no_gmm_filter: bool,
+    /// Transfer: score against these metagenes (a metagene_NMF.csv) instead of factorising.
+    #[arg(long)]
+    transfer_metagenes: Option<PathBuf>,
     /// Spatially variable genes kept (Moran's I); 0 keeps all genes.
     #[arg(long, default_value_t = 3000)]
     n_top_genes: usize,
@@ -70,6 +88,12 @@ struct RunArgs {
     /// Pseudo spots per sequenced spot.
     #[arg(long, default_value_t = 5.0)]
     ratio_pseudo_spots: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Preset {
+    Reference,
+    Quick,
 }
 
 #[derive(Args)]
@@ -148,6 +172,14 @@ impl InputArgs {
     }
 
     /// The sections these flags describe (several when a config lists several).
+    /// `(query, reference)` section pairs from the config (none for flag input).
+    pub fn reference_pairs(&self) -> Result<Vec<(String, String)>> {
+        match &self.config {
+            Some(c) => Ok(read_config(c)?.reference),
+            None => Ok(Vec::new()),
+        }
+    }
+
     pub fn sections(&self) -> Result<Vec<SectionSpec>> {
         let mut specs = if let Some(c) = &self.config {
             read_config(c)?.sections
@@ -243,13 +275,16 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn run_pipeline(a: RunArgs) -> Result<()> {
+    use crate::stages::pipeline::Pipeline;
+    use crate::stages::spot::SpotSettings;
     if !a.to.implemented() {
         return Err(Error::setting(
             "--to",
-            format!("stage {} is not available in this build yet (it runs load and preprocess)", a.to),
+            format!("stage {} is not available in this build yet (it runs up to vd)", a.to),
         ));
     }
     let specs = a.input.sections()?;
+    let refs = a.input.reference_pairs()?;
     let table = a.input.table_options();
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let settings = PreprocessSettings {
@@ -273,31 +308,36 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         ratio_pseudo_spots: a.ratio_pseudo_spots,
         ..Default::default()
     };
-    let done = specs.iter().all(|s| a.out.join(&s.name).join("meta.json").exists());
-    let redo = a.from.is_some_and(|f| f <= Stage::Preprocess);
-    let mut timings = Vec::new();
-    if done && !redo {
-        eprintln!("preprocess: finished in an earlier run, kept (use --from preprocess to redo)");
-    } else {
-        let t = std::time::Instant::now();
-        let metas = run_preprocess(&specs, &table, &settings, &a.out)?;
-        timings.push(serde_json::json!({"stage": "preprocess", "seconds": t.elapsed().as_secs_f64(), "peak_rss_bytes": crate::util::peak_rss_bytes()}));
-        for m in &metas {
-            eprintln!(
-                "{}: {} spots, {} pseudo spots, {} genes, {} tiles, crop {}×{} at ({}, {}) of the 1/{} image, radius {} px, {:?}",
-                m.section, m.spots, m.pseudo_spots, m.genes, m.tiles.len(), m.height, m.width, m.row0, m.col0, m.scale_rate, m.radius, m.image_type
-            );
-            for w in &m.warnings {
-                eprintln!("warning: {}: {w}", m.section);
-            }
-        }
+    let (gcn_iters, nmf_iters) = match a.preset {
+        Preset::Reference => (5000, 2000),
+        Preset::Quick => (1000, 500),
+    };
+    let mut spot = SpotSettings {
+        graph_mode: a.graph,
+        gmm_filter: !a.no_gmm_filter,
+        transfer_from: a.transfer_metagenes.clone(),
+        ..Default::default()
+    };
+    spot.nmf.rank = a.rank;
+    spot.nmf.seed = a.seed;
+    spot.nmf.max_iter = a.nmf_max_iter.unwrap_or(nmf_iters);
+    spot.gcn.seed = a.seed;
+    spot.gcn.iterations = a.gcn_iterations.unwrap_or(gcn_iters);
+    if let Some(v) = std::env::var("SPAHDMAP_STREAM_ABOVE_PIXELS").ok().and_then(|v| v.parse().ok()) {
+        // smooth through scratch files above this crop size (tests force it on small crops)
+        spot.stream_above_pixels = v;
     }
+    let p = Pipeline { specs: &specs, table: &table, refs: &refs, preprocess: &settings, spot: &spot, out: &a.out };
+    p.run(a.from, a.to)?;
+    let finished = p.finished();
+    let last = finished.last().and_then(|r| r["stage"].as_str()).unwrap_or("none").to_string();
     let run = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "sections": specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-        "settings": settings,
-        "stages": timings,
-        "finished_through": "preprocess",
+        "threads": rayon::current_num_threads(),
+        "settings": {"preprocess": settings, "spot": spot},
+        "stages": finished,
+        "finished_through": last,
     });
     crate::util::atomic_write(&a.out.join("run.json"), serde_json::to_string_pretty(&run).unwrap().as_bytes())
 }

@@ -83,8 +83,8 @@ mod tests {
     #[test]
     fn adam_first_step_moves_each_weight_by_lr() {
         // with bias correction the first step is lr · g/(|g| + eps') for every element
-        let mut p = vec![1.0f32, -2.0, 0.5];
-        let g = vec![0.3f32, -4.0, 1e-3];
+        let mut p = [1.0f32, -2.0, 0.5];
+        let g = [0.3f32, -4.0, 1e-3];
         let mut opt = Adam::new(AdamConfig::default(), &[3]);
         opt.step(&mut [&mut p[..]], &[&g[..]], 0.01);
         for (a, b) in p.iter().zip([0.99f32, -1.99, 0.49]) {

@@ -24,6 +24,10 @@ pub enum GraphMode {
 
 pub const DEFAULT_NEIGHBORS: usize = 50;
 
+/// Per-thread scratch: nearest candidates (distance², index) and scored ones
+/// (correlation, distance rank, spot).
+type Scratch = (Vec<(f64, u32)>, Vec<(f64, usize, u32)>);
+
 /// Rows of the embedding matrix centred and scaled to unit norm (f64), so that a dot product
 /// is numpy's `corrcoef`; a constant row gets NaN, which sorts last.
 fn standardise(emb: &[f32], d: usize) -> Vec<f64> {
@@ -58,7 +62,7 @@ pub fn spot_graph(coords: &[[f64; 2]], emb: &[f32], d: usize, n_seq: usize, k: u
         .into_par_iter()
         .map_init(
             || (Vec::new(), Vec::new()),
-            |(near, scored): &mut (Vec<(f64, u32)>, Vec<(f64, usize, u32)>), i| {
+            |(near, scored): &mut Scratch, i| {
                 let zi = &z[i * d..(i + 1) * d];
                 let mut pick = |index: &SpotIndex, kk: usize, offset: usize, out: &mut Vec<u32>| {
                     index.nearest_k(coords[i], kk, near);

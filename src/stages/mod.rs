@@ -1,11 +1,15 @@
 //! Pipeline stages, in order (SPEC §12). Each writes its results into the results folder
 //! so that a later run resumes after the last finished stage.
 
+pub mod embed;
 pub mod gcn;
 pub mod gmm;
 pub mod graph;
 pub mod nmf;
+pub mod pipeline;
 pub mod preprocess;
+pub mod results;
+pub mod spot;
 pub mod voronoi;
 
 use std::fmt;
@@ -52,9 +56,10 @@ impl Stage {
         }
     }
 
-    /// Stages this build can run.
+    /// Stages this build can run (`pretrain` is passed over: the graph uses model-free
+    /// image embeddings until the trainer lands).
     pub fn implemented(self) -> bool {
-        self <= Stage::Preprocess
+        self <= Stage::Vd
     }
 }
 

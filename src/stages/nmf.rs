@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::io::sparse::Csr;
 use crate::linalg::{dense_f32_times, gemm, gram, spmm, truncated_svd};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct NmfSettings {
     pub rank: usize,
     pub max_iter: usize,

@@ -222,6 +222,9 @@ pub fn box_blur(src: &[f32], h: usize, w: usize, k: usize) -> Vec<f32> {
     d.into_vec()
 }
 
+/// Receives finished rows: (component, first row, values).
+pub type Emit<'a> = dyn Fn(usize, usize, &[f32]) -> Result<()> + Sync + 'a;
+
 /// What the Voronoi score of a crop needs besides its row stores.
 pub struct VdJob<'a> {
     /// spot scores, spots × rank, row-major
@@ -258,7 +261,7 @@ impl VdJob<'_> {
         nearest: &dyn RowStore<u32>,
         a: &dyn RowStore<f32>,
         b: &dyn RowStore<f32>,
-        emit: &(dyn Fn(usize, usize, &[f32]) -> Result<()> + Sync),
+        emit: &Emit,
     ) -> Result<Vec<VdComponent>> {
         let (h, w, k) = (self.height, self.width, self.kernel);
         let band = band_rows(h, k);

@@ -145,6 +145,21 @@ impl ImageCache {
         Ok(ImageCache { info, source: source.to_path_buf(), raw_path, built, map, file })
     }
 
+    /// An existing cache file (e.g. the scaled image a finished `preprocess` stage recorded),
+    /// with its layout from the key beside it.
+    pub fn open_existing(raw_path: &Path) -> Result<ImageCache> {
+        let key_path = raw_path.with_extension("json");
+        let text = std::fs::read_to_string(&key_path).map_err(|e| Error::io(&key_path, e))?;
+        let key: CacheKey =
+            serde_json::from_str(&text).map_err(|e| Error::format(&key_path, "cache key", e.to_string()))?;
+        let info = key.info.ok_or_else(|| Error::format(&key_path, "info", "missing"))?;
+        let len = std::fs::metadata(raw_path).map_err(|e| Error::io(raw_path, e))?.len();
+        if len != info.total_bytes() {
+            return Err(Error::format(raw_path, "size", format!("{len} bytes, expected {}", info.total_bytes())));
+        }
+        Self::map(info, &key.source, raw_path.to_path_buf(), false)
+    }
+
     /// A second handle on the same cache file.
     pub fn reopen(&self) -> Result<ImageCache> {
         Self::map(self.info.clone(), &self.source, self.raw_path.clone(), false)
