@@ -8,6 +8,8 @@ use rayon::prelude::*;
 
 use crate::io::sparse::Csr;
 
+pub mod narrow;
+
 /// C (m×n) = A (m×k) · B (k×n), all row-major f64. Rows of C are split across threads.
 pub fn gemm(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
     let rows = (m / (4 * rayon::current_num_threads())).max(64);

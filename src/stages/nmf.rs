@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use crate::io::sparse::Csr;
+use crate::linalg::narrow::narrow_gemm;
 use crate::linalg::{dense_f32_times, gemm, gram, spmm, truncated_svd};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -96,6 +97,16 @@ fn cd_sweep(a: &mut [f64], yb: &[f64], btb: &[f64], r: usize) -> f64 {
         .sum()
 }
 
+fn transpose_f32(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; a.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = a[i * cols + j];
+        }
+    }
+    t
+}
+
 fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     let mut t = vec![0f64; a.len()];
     for i in 0..rows {
@@ -106,11 +117,12 @@ fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     t
 }
 
-/// X as the products need it: sparse (with its transpose), or dense f32 when a quarter or
-/// more of it is non-zero, where a vectorised GEMM beats indirect indexing.
+/// X as the products need it: sparse (with its transpose), or dense f32 with its transpose
+/// when a quarter or more of it is non-zero, where streaming it through a vectorised
+/// narrow product beats indirect indexing.
 enum Operand {
     Sparse(Csr),
-    Dense(Vec<f32>),
+    Dense { x: Vec<f32>, xt: Vec<f32> },
 }
 
 impl Operand {
@@ -118,15 +130,26 @@ impl Operand {
     fn times(&self, x: &Csr, m: &[f64], r: usize) -> Vec<f64> {
         match self {
             Operand::Sparse(_) => spmm(x, m, r),
-            Operand::Dense(d) => dense_f32_times(d, x.rows, x.cols, m, r, false),
+            Operand::Dense { x: d, .. } => dense_times(d, x.rows, x.cols, m, r),
         }
     }
     /// Xᵀ · M (M: rows × r)
     fn t_times(&self, x: &Csr, m: &[f64], r: usize) -> Vec<f64> {
         match self {
             Operand::Sparse(xt) => spmm(xt, m, r),
-            Operand::Dense(d) => dense_f32_times(d, x.rows, x.cols, m, r, true),
+            Operand::Dense { xt, .. } => dense_times(xt, x.cols, x.rows, m, r),
         }
+    }
+}
+
+/// Dense f32 X (rows × cols) times f64 M (cols × r) in single precision, as scikit-learn
+/// runs float32 data through BLAS.
+fn dense_times(x: &[f32], rows: usize, cols: usize, m: &[f64], r: usize) -> Vec<f64> {
+    if r <= 32 {
+        let mf: Vec<f32> = m.iter().map(|&v| v as f32).collect();
+        narrow_gemm(x, rows, cols, &mf, r).into_iter().map(|v| v as f64).collect()
+    } else {
+        dense_f32_times(x, rows, cols, m, r, false)
     }
 }
 
@@ -135,7 +158,13 @@ pub fn nmf(x: &Csr, s: &NmfSettings) -> Factors {
     let r = s.rank.min(x.rows).min(x.cols).max(1);
     let xt = x.transpose();
     let (mut w, h) = nndsvd(x, &xt, r, s.seed);
-    let op = if x.nnz() * 4 >= x.rows * x.cols { Operand::Dense(x.to_dense()) } else { Operand::Sparse(xt) };
+    let op = if x.nnz() * 4 >= x.rows * x.cols {
+        let d = x.to_dense();
+        let t = transpose_f32(&d, x.rows, x.cols);
+        Operand::Dense { x: d, xt: t }
+    } else {
+        Operand::Sparse(xt)
+    };
     let mut ht = transpose(&h, r, x.cols); // G × R
     let mut first = None;
     let mut iterations = 0;
