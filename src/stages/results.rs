@@ -182,6 +182,22 @@ impl F16NpyWriter {
         })
     }
 
+    /// Write elements [from, to) back to the file and drop their pages from this process
+    /// (a shared file mapping rereads them from the page cache if touched again).
+    pub fn release(&self, from: usize, to: usize) -> Result<()> {
+        let page = 4096;
+        let (a, b) = (self.offset + 2 * from, self.offset + 2 * to.min(self.len));
+        let (a, b) = (a.div_ceil(page) * page, b / page * page);
+        if b <= a {
+            return Ok(());
+        }
+        self.map.flush_range(a, b - a).map_err(|e| Error::io(Path::new("<VD map>"), e))?;
+        // SAFETY: MADV_DONTNEED on a shared file mapping only drops resident pages; their
+        // contents were just written back and stay in the file.
+        unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) }
+            .map_err(|e| Error::io(Path::new("<VD map>"), e))
+    }
+
     /// Store `values` at flat element index `at`. Concurrent calls must cover disjoint ranges.
     pub fn write(&self, at: usize, values: &[f32]) {
         assert!(at + values.len() <= self.len);

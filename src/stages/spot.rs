@@ -272,11 +272,16 @@ pub fn run_vd(sections: &[SectionDir], s: &SpotSettings) -> Result<Vec<VdReport>
         let pb = crate::util::progress_count(r as u64, &format!("VD {}", m.section));
         let summary = F16NpyWriter::create(&sd.path("VD_score.npy"), &[r, h, w], |writer| {
             let emit = |t: usize, y0: usize, rows: &[f32]| {
-                writer.write(t * h * w + y0 * w, rows);
-                if y0 + rows.len() / w.max(1) >= h {
-                    pb.inc(1);
-                }
-                Ok(())
+                let at = t * h * w + y0 * w;
+                writer.write(at, rows);
+                // whole pages of this band leave memory now, the pages it shares with its
+                // neighbours when the component is finished
+                writer.release(at, at + rows.len())
+            };
+            // a finished component goes to the page cache and leaves this process's memory
+            let mut finished = |t: usize| {
+                pb.inc(1);
+                writer.release(t * h * w, (t + 1) * h * w)
             };
             let fill_nearest = |store: &dyn RowStore<u32>| -> Result<()> {
                 for y0 in (0..h).step_by(256) {
@@ -289,12 +294,12 @@ pub fn run_vd(sections: &[SectionDir], s: &SpotSettings) -> Result<Vec<VdReport>
                 let near = FileRows::<u32>::new(&sd.dir, h, w)?;
                 fill_nearest(&near)?;
                 let (a, b) = (FileRows::new(&sd.dir, h, w)?, FileRows::new(&sd.dir, h, w)?);
-                job.run(&near, &a, &b, &emit)
+                job.run(&near, &a, &b, &emit, &mut finished)
             } else {
                 let near = MemRows::<u32>::new(h, w);
                 fill_nearest(&near)?;
                 let (a, b) = (MemRows::new(h, w), MemRows::new(h, w));
-                job.run(&near, &a, &b, &emit)
+                job.run(&near, &a, &b, &emit, &mut finished)
             }
         })?;
         pb.finish_and_clear();

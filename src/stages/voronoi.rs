@@ -255,13 +255,15 @@ impl VdJob<'_> {
     }
 
     /// Smooth every component; `emit(t, y0, rows)` receives the finished, masked values
-    /// band by band (bands of one component in parallel, components in order).
+    /// band by band (bands of one component in parallel, components in order), and
+    /// `finished(t)` follows the last band of component t.
     pub fn run(
         &self,
         nearest: &dyn RowStore<u32>,
         a: &dyn RowStore<f32>,
         b: &dyn RowStore<f32>,
         emit: &Emit,
+        finished: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<Vec<VdComponent>> {
         let (h, w, k) = (self.height, self.width, self.kernel);
         let band = band_rows(h, k);
@@ -276,6 +278,7 @@ impl VdJob<'_> {
             let (sum_in, n_in) = parts.iter().fold((0.0, 0), |(s, n), p| (s + p.0, n + p.1));
             if n_in == 0 {
                 bands(h, band, |y0, y1| emit(t, y0, &vec![0f32; (y1 - y0) * w]))?;
+                finished(t)?;
                 summary.push(VdComponent { passes: 0, mean_in: 0.0, mean_out: 0.0 });
                 continue;
             }
@@ -312,6 +315,7 @@ impl VdJob<'_> {
                 }
                 emit(t, y0, &s)
             })?;
+            finished(t)?;
             summary.push(VdComponent { passes, mean_in, mean_out });
         }
         Ok(summary)
@@ -326,7 +330,7 @@ pub fn vd_score(scores: &[f32], r: usize, nearest: &[u32], mask: &Mask, k: usize
     let near = MemRows::from_vec(nearest.to_vec(), w);
     let (a, b) = (MemRows::new(h, w), MemRows::new(h, w));
     let out: Vec<MemRows<f32>> = (0..r).map(|_| MemRows::new(h, w)).collect();
-    job.run(&near, &a, &b, &|t, y0, rows| out[t].write(y0, rows)).expect("memory rows do not fail");
+    job.run(&near, &a, &b, &|t, y0, rows| out[t].write(y0, rows), &mut |_| Ok(())).expect("memory rows do not fail");
     out.into_iter().map(|m| m.into_vec()).collect()
 }
 
@@ -374,7 +378,13 @@ mod tests {
         near.write(0, &nearest).unwrap();
         let (a, b) = (FileRows::new(dir.path(), h, w).unwrap(), FileRows::new(dir.path(), h, w).unwrap());
         let out: Vec<MemRows<f32>> = (0..r).map(|_| MemRows::new(h, w)).collect();
-        job.run(&near, &a, &b, &|t, y0, rows| out[t].write(y0, rows)).unwrap();
+        let mut done = Vec::new();
+        job.run(&near, &a, &b, &|t, y0, rows| out[t].write(y0, rows), &mut |t| {
+            done.push(t);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(done, vec![0, 1]);
         for (t, o) in out.into_iter().enumerate() {
             assert_eq!(o.into_vec(), mem[t]);
         }
