@@ -58,6 +58,7 @@ fn forward_and_gradients_match_pytorch_at_initialisation() {
     let p = params("init");
     let out = Gcn::predict(&adj, n, &p, &score);
     let e = rel(&out, &f32s("init_output"));
+    eprintln!("forward relative error {e:e}");
     assert!(e < 1e-5, "forward: {e}");
     let mut gcn = Gcn::new(&adj, n, r);
     let mut g = p.clone();
@@ -65,10 +66,12 @@ fn forward_and_gradients_match_pytorch_at_initialisation() {
     let want = read_npy::<f64>(&fixture("gcn/init_loss.npy")).1[0];
     assert!((loss - want).abs() < 1e-5 * want, "loss {loss} vs {want}");
     let e = rel(&g.pseudo, &f32s("grad_pseudo"));
+    eprintln!("loss {loss} vs {want}; pseudo-score gradient relative error {e:e}");
     assert!(e < 1e-4, "pseudo grad {e}");
     for l in 0..4 {
         let ew = rel(&g.w[l], &f32s(&format!("grad_w{}", l + 1)));
         let eb = rel(&g.b[l], &f32s(&format!("grad_b{}", l + 1)));
+        eprintln!("layer {}: weight gradient {ew:e}, bias gradient {eb:e}", l + 1);
         assert!(ew < 1e-4 && eb < 1e-4, "layer {}: w {ew}, b {eb}", l + 1);
     }
     // fewer rows than the whole graph do the work of a training step
@@ -84,12 +87,15 @@ fn forty_adam_steps_match_pytorch() {
     let res = train_gcn(&adj, &score, n, params("init"), &s, |_, _| {});
     let want = params("trained");
     let e = rel(&res.params.pseudo, &want.pseudo);
+    eprintln!("after 40 steps: pseudo scores {e:e}");
     assert!(e < 1e-4, "pseudo {e}");
     for l in 0..4 {
         let (ew, eb) = (rel(&res.params.w[l], &want.w[l]), rel(&res.params.b[l], &want.b[l]));
+        eprintln!("after 40 steps: layer {} weights {ew:e}, bias {eb:e}", l + 1);
         assert!(ew < 1e-4 && eb < 1e-4, "layer {}: w {ew}, b {eb}", l + 1);
     }
     let e = rel(&res.output, &f32s("trained_output"));
+    eprintln!("after 40 steps: output {e:e}");
     assert!(e < 1e-4, "output {e}");
     assert!(res.losses.last() < res.losses.first());
     // same inputs, same thread count: bit-identical
@@ -128,5 +134,6 @@ fn mixture_filter_and_metagene_refinement_match_the_package() {
     let want_c = read_npy::<f64>(&fixture("gcn/metagene.npy")).1;
     let num: f64 = c.iter().zip(&want_c).map(|(a, b)| (a - b).powi(2)).sum();
     let den: f64 = want_c.iter().map(|b| b * b).sum();
+    eprintln!("refined metagenes relative error {:e}", (num / den).sqrt());
     assert!((num / den).sqrt() < 1e-5, "metagenes {}", (num / den).sqrt());
 }
