@@ -12,6 +12,7 @@ pub mod error;
 pub mod inspect;
 pub mod io;
 pub mod linalg;
+pub mod model;
 pub mod optim;
 pub mod preprocess;
 pub mod simulate;

@@ -1,0 +1,6 @@
+//! The U-Net of SPEC §6 and §9 with explicit forward and backward passes: layers (`conv`,
+//! `norm`, `act`), on f32 channels-last buffers.
+
+pub mod act;
+pub mod conv;
+pub mod norm;
