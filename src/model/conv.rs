@@ -113,6 +113,7 @@ fn sgemm_serial(a: Mat, b: Mat, c: &mut [f32], beta: f32) {
 
 /// Gradients of `conv2d`: dX (if asked), dW and dB (if asked) from dY. dW and dB are
 /// overwritten.
+#[allow(clippy::too_many_arguments)] // a backward pass takes its forward operands and every gradient
 pub fn conv2d_backward(
     x: &[f32],
     xs: Shape,
@@ -191,7 +192,12 @@ fn conv2d_input_grad(dy: &[f32], xs: Shape, s: &ConvSpec, wt: &[f32], dx: &mut [
                         let tx = ix as isize + s.pad as isize - kx as isize;
                         let dst = &mut row[(ky * s.k + kx) * s.cout..(ky * s.k + kx + 1) * s.cout];
                         let st = s.stride as isize;
-                        let ok = ty >= 0 && tx >= 0 && ty % st == 0 && tx % st == 0 && ty / st < oh as isize && tx / st < ow as isize;
+                        let ok = ty >= 0
+                            && tx >= 0
+                            && ty % st == 0
+                            && tx % st == 0
+                            && ty / st < oh as isize
+                            && tx / st < ow as isize;
                         if ok {
                             let at = ((img * oh + (ty / st) as usize) * ow + (tx / st) as usize) * s.cout;
                             dst.copy_from_slice(&dy[at..at + s.cout]);
@@ -242,6 +248,7 @@ pub fn conv_transpose2(x: &[f32], xs: Shape, cout: usize, wt: &[f32], bias: &[f3
 }
 
 /// Gradients of `conv_transpose2`; dW and dB are overwritten.
+#[allow(clippy::too_many_arguments)] // a backward pass takes its forward operands and every gradient
 pub fn conv_transpose2_backward(
     x: &[f32],
     xs: Shape,
@@ -297,7 +304,10 @@ pub(crate) mod tests {
                         let mut acc = bias[co] as f64;
                         for ky in 0..s.k {
                             for kx in 0..s.k {
-                                let (iy, ix) = ((oy * s.stride + ky) as isize - s.pad as isize, (ox * s.stride + kx) as isize - s.pad as isize);
+                                let (iy, ix) = (
+                                    (oy * s.stride + ky) as isize - s.pad as isize,
+                                    (ox * s.stride + kx) as isize - s.pad as isize,
+                                );
                                 if iy < 0 || ix < 0 || iy >= xs.h as isize || ix >= xs.w as isize {
                                     continue;
                                 }
@@ -355,7 +365,8 @@ pub(crate) mod tests {
                 })
                 .collect();
             assert!(rel(&dx, &want_dx) < 1e-5, "dX {s:?}");
-            let want_db: Vec<f64> = (0..s.cout).map(|c| g.iter().skip(c).step_by(s.cout).map(|&v| v as f64).sum()).collect();
+            let want_db: Vec<f64> =
+                (0..s.cout).map(|c| g.iter().skip(c).step_by(s.cout).map(|&v| v as f64).sum()).collect();
             assert!(rel(&db, &want_db) < 1e-6);
         }
     }
@@ -371,7 +382,10 @@ pub(crate) mod tests {
             let (iy, ix, ky, kx) = (oy / 2, ox / 2, oy % 2, ox % 2);
             b[co] as f64
                 + (0..xs.c)
-                    .map(|ci| x[((img * xs.h + iy) * xs.w + ix) * xs.c + ci] as f64 * wt[((ci * 2 + ky) * 2 + kx) * cout + co] as f64)
+                    .map(|ci| {
+                        x[((img * xs.h + iy) * xs.w + ix) * xs.c + ci] as f64
+                            * wt[((ci * 2 + ky) * 2 + kx) * cout + co] as f64
+                    })
                     .sum::<f64>()
         };
         let full = |x: &[f32], wt: &[f32], b: &[f32]| -> Vec<f64> {

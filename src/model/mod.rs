@@ -4,3 +4,4 @@
 pub mod act;
 pub mod conv;
 pub mod norm;
+pub mod unet;

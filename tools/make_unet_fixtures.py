@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Golden values for the pre-training U-Net (SPEC §6) from the published package's own
+SpaHDmapUnet (SpaHDmap/model/models.py) in PyTorch, at 64 × 64, batch 2, 3 channels.
+
+The network has 2.5 M parameters, too many to store three times, so every tensor is filled
+from a formula both sides compute (splitmix64 → uniform, scaled like the reference's
+initialisation) and only fingerprints are stored: for each tensor its sum of squares and up to
+512 elements at evenly spaced flat indices (PyTorch layout). Stored: the prediction (whole),
+the MSE loss, fingerprints of every parameter gradient, and of every parameter after 3 Adam
+steps (lr 4e-4, weight decay 1e-5, the pre-training optimiser). Writes tests/fixtures/unet/.
+Needs numpy and torch:   python tools/make_unet_fixtures.py
+"""
+import json, os, sys
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+import refpkg
+
+M = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def splitmix_uniform(seed, n):
+    """n uniforms in [0, 1) from splitmix64 seeded with `seed` (the Rust test's formula)."""
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def fill(name, shape, t):
+    n = int(np.prod(shape))
+    u = 2.0 * splitmix_uniform(1000 + t, n) - 1.0
+    if name.endswith("norm.weight"):
+        v = 1.0 + 0.1 * u
+    elif name.endswith("weight") and len(shape) == 4 and ".up." not in name:
+        co, _, k, _ = shape
+        v = u * np.sqrt(3.0) * np.sqrt(2.0 / 1.04) / np.sqrt(co * k * k)
+    elif ".up.weight" in name:
+        v = u / np.sqrt(shape[1] * 4)
+    else:
+        v = 0.05 * u
+    return v.astype(np.float32).reshape(shape)
+
+
+def fingerprint(a):
+    f = a.reshape(-1).astype(np.float64)
+    idx = np.unique(np.linspace(0, f.size - 1, min(512, f.size)).astype(np.int64))
+    return [float((f * f).sum())] + f[idx].tolist()
+
+
+wheel = refpkg.find_wheel()
+models = refpkg.load_file(wheel, "SpaHDmap/model/models.py", "spahdmap_ref_models")
+out = "tests/fixtures/unet"
+os.makedirs(out, exist_ok=True)
+torch.set_num_threads(2)
+torch.manual_seed(0)
+model = models.SpaHDmapUnet(rank=4, num_genes=50, num_channels=3)
+model.train()
+names = []
+with torch.no_grad():
+    for t, (name, p) in enumerate(model.named_parameters()):
+        p.copy_(torch.from_numpy(fill(name, tuple(p.shape), t)))
+        names.append(name)
+image = torch.from_numpy(splitmix_uniform(7, 2 * 3 * 64 * 64).astype(np.float32).reshape(2, 3, 64, 64))
+pred = model(image)
+loss = nn.MSELoss()(pred, image)
+loss.backward()
+used = [n for n, p in model.named_parameters() if p.grad is not None]
+grads = {n: fingerprint(p.grad.numpy()) for n, p in model.named_parameters() if p.grad is not None}
+np.save(f"{out}/pred_nhwc.npy", pred.detach().permute(0, 2, 3, 1).contiguous().numpy())
+
+opt = torch.optim.Adam([p for n, p in model.named_parameters() if n in used], lr=4e-4, weight_decay=1e-5)
+model.zero_grad()
+losses = []
+for _ in range(3):
+    opt.zero_grad()
+    l = nn.MSELoss()(model(image), image)
+    l.backward()
+    opt.step()
+    losses.append(l.item())
+after = {n: fingerprint(p.detach().numpy()) for n, p in model.named_parameters() if n in used}
+json.dump({"names": names, "used": used, "fill_seed_base": 1000, "image_seed": 7, "loss": loss.item(),
+           "losses_3_steps": losses, "grads": grads, "after_3_steps": after,
+           "torch": torch.__version__}, open(f"{out}/reference.json", "w"))
+print(f"{len(names)} tensors ({len(used)} in the pre-training graph), loss {loss.item():.6f}, "
+      f"3-step losses {losses}")
