@@ -55,6 +55,16 @@ enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// One pre-training iteration of the U-Net (forward, MSE, backward) on random images,
+    /// batch × size × size × 3 (medians over --repeat).
+    Unet {
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
     /// Preprocessing stages of one section: Moran's I, image scaling + mask, pseudo spots,
     /// nearest-spot maps (medians over --repeat runs).
     Preprocess {
@@ -233,6 +243,31 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
         }
         BenchWhat::Gcn { dir, iterations, repeat } => bench_gcn(&dir, iterations, repeat)?,
+        BenchWhat::Unet { batch, size, repeat } => {
+            use crate::model::conv::Shape;
+            use crate::model::unet::{mse, UNet};
+            let (net, mut p) = UNet::new(3, 0);
+            let is = Shape { n: batch, h: size, w: size, c: 3 };
+            let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+            let (mut tf, mut tb) = (Vec::new(), Vec::new());
+            for _ in 0..repeat.max(1) {
+                let t = Instant::now();
+                let a = net.forward(&p, &image, is);
+                tf.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                let (_, d) = mse(&a.pred, &image);
+                net.backward(&mut p, &a, &d);
+                tb.push(t.elapsed().as_secs_f64());
+            }
+            let (f, b) = (median(tf), median(tb));
+            println!(
+                "{}",
+                serde_json::json!({"bench": "unet_pretrain_iteration", "median_s": f + b, "repeat": repeat,
+                    "threads": rayon::current_num_threads(),
+                    "detail": {"batch": batch, "size": size, "forward_s": f, "backward_s": b,
+                        "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
+            );
+        }
         BenchWhat::Nmf { input, rank, genes, repeat, dump } => {
             use crate::preprocess::expression::preprocess_expression;
             use crate::stages::nmf::{nmf, reconstruction_error, NmfSettings};

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Time one pre-training iteration (forward, MSE, backward; no optimiser step) of the published
+package's SpaHDmapUnet in PyTorch on the CPU, the counterpart of `spahdmap bench unet`:
+
+    python tools/bench_unet_reference.py [--batch 32] [--size 256] [--threads 2] [--repeat 3]
+Needs torch."""
+import argparse, json, os, resource, sys, time
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+import refpkg
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--batch", type=int, default=32)
+ap.add_argument("--size", type=int, default=256)
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--repeat", type=int, default=3)
+a = ap.parse_args()
+torch.set_num_threads(a.threads)
+models = refpkg.load_file(refpkg.find_wheel(), "SpaHDmap/model/models.py", "spahdmap_ref_models")
+torch.manual_seed(0)
+m = models.SpaHDmapUnet(rank=20, num_genes=2000, num_channels=3)
+m.train()
+x = torch.rand(a.batch, 3, a.size, a.size)
+tf, tb = [], []
+for _ in range(a.repeat):
+    m.zero_grad()
+    t = time.perf_counter()
+    y = m(x)
+    loss = nn.MSELoss()(y, x)
+    tf.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    loss.backward()
+    tb.append(time.perf_counter() - t)
+med = lambda v: sorted(v)[len(v) // 2]
+print(json.dumps({"bench": "unet_pretrain_iteration_torch", "median_s": med(tf) + med(tb), "repeat": a.repeat,
+                  "threads": a.threads, "detail": {"batch": a.batch, "size": a.size, "forward_s": med(tf),
+                  "backward_s": med(tb), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "torch": torch.__version__}}))
