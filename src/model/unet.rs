@@ -147,8 +147,8 @@ impl Conv {
 }
 
 /// Kaiming-normal initialisation as the reference's `__initial_weights__`.
-struct Init {
-    rng: rand::rngs::StdRng,
+pub(crate) struct Init {
+    pub(crate) rng: rand::rngs::StdRng,
 }
 
 impl Init {
@@ -174,7 +174,7 @@ impl Init {
 /// UNetConvBlock: out = leaky(conv2(leaky(HIN?(conv1(x))))) + identity(x), then optionally
 /// a 4×4 stride-2 downsampling of out.
 #[derive(Debug, Clone)]
-struct Block {
+pub(crate) struct Block {
     identity: Conv,
     conv1: Conv,
     conv2: Conv,
@@ -182,7 +182,7 @@ struct Block {
     down: Option<Conv>,
 }
 
-struct BlockCache {
+pub(crate) struct BlockCache {
     xs: Shape,
     os: Shape,
     c1: Vec<f32>,
@@ -193,7 +193,15 @@ struct BlockCache {
 }
 
 impl Block {
-    fn new(p: &mut Params, init: &mut Init, name: &str, cin: usize, cout: usize, down: bool, hin: bool) -> Block {
+    pub(crate) fn new(
+        p: &mut Params,
+        init: &mut Init,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        down: bool,
+        hin: bool,
+    ) -> Block {
         let c3 = |ci, co| ConvSpec { cin: ci, cout: co, k: 3, stride: 1, pad: 1 };
         let identity =
             Conv::new(p, init, &format!("{name}.identity"), ConvSpec { cin, cout, k: 1, stride: 1, pad: 0 }, true);
@@ -217,7 +225,7 @@ impl Block {
         Block { identity, conv1, conv2, hin, down }
     }
 
-    fn forward(&self, p: &Params, x: &[f32], xs: Shape) -> BlockCache {
+    pub(crate) fn forward(&self, p: &Params, x: &[f32], xs: Shape) -> BlockCache {
         let (c1, os) = self.conv1.forward(p, x, xs);
         let mut stats = HinStats::default();
         let mut a1 = match self.hin {
@@ -241,19 +249,32 @@ impl Block {
     }
 
     /// dX from the gradient at `out` (and at the downsampled output, if any).
-    fn backward(
+    pub(crate) fn backward(
+        &self,
+        p: &mut Params,
+        x: &[f32],
+        c: &BlockCache,
+        d_out: Vec<f32>,
+        d_down: Option<&[f32]>,
+    ) -> Vec<f32> {
+        self.backward_opt(p, x, c, d_out, d_down, true).unwrap()
+    }
+
+    /// As `backward`; dX only when `want_dx` (a frozen input needs none).
+    pub(crate) fn backward_opt(
         &self,
         p: &mut Params,
         x: &[f32],
         c: &BlockCache,
         mut d_out: Vec<f32>,
         d_down: Option<&[f32]>,
-    ) -> Vec<f32> {
+        want_dx: bool,
+    ) -> Option<Vec<f32>> {
         if let (Some(d), Some(dd)) = (self.down, d_down) {
             let g = d.backward(p, &c.out, c.os, dd, true).unwrap();
             d_out.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
         }
-        let mut dx = self.identity.backward(p, x, c.xs, &d_out, true).unwrap();
+        let mut dx = self.identity.backward(p, x, c.xs, &d_out, want_dx);
         let mut d2 = d_out;
         leaky_relu_backward(&c.a2, &mut d2);
         let mut d1 = self.conv2.backward(p, &c.a1, c.os, &d2, true).unwrap();
@@ -269,8 +290,10 @@ impl Block {
             }
             None => d1,
         };
-        let g1 = self.conv1.backward(p, x, c.xs, &dc1, true).unwrap();
-        dx.iter_mut().zip(&g1).for_each(|(a, b)| *a += b);
+        let g1 = self.conv1.backward(p, x, c.xs, &dc1, want_dx);
+        if let (Some(dx), Some(g1)) = (dx.as_mut(), g1) {
+            dx.iter_mut().zip(&g1).for_each(|(a, b)| *a += b);
+        }
         dx
     }
 }
@@ -315,9 +338,10 @@ pub struct Activations {
     ups_in: Vec<(Vec<f32>, Shape)>,
     cats: Vec<(Vec<f32>, Shape)>,
     up_blocks: Vec<BlockCache>,
-    out_in: (Vec<f32>, Shape),
-    out_block: BlockCache,
-    /// the reconstructed image (N, H, W, C)
+    /// the body's output (32 channels at full resolution): the heads' input
+    pub out_in: (Vec<f32>, Shape),
+    out_block: Option<BlockCache>,
+    /// the reconstructed image (N, H, W, C); empty after `forward_body`
     pub pred: Vec<f32>,
 }
 
@@ -374,6 +398,17 @@ impl UNet {
 
     /// Reconstruct a batch of images (N, H, W, C), H and W multiples of 8.
     pub fn forward(&self, p: &Params, image: &[f32], is: Shape) -> Activations {
+        let mut a = self.forward_body(p, image, is);
+        let ob = self.output.forward(p, &a.out_in.0, a.out_in.1);
+        let mut pred = ob.out.clone();
+        sigmoid_inplace(&mut pred);
+        a.out_block = Some(ob);
+        a.pred = pred;
+        a
+    }
+
+    /// Everything up to the last up block (the joint network puts its own heads there).
+    pub fn forward_body(&self, p: &Params, image: &[f32], is: Shape) -> Activations {
         let (mut x, mut xs) = self.conv_init.forward(p, image, is);
         let (mut down_in, mut down) = (Vec::new(), Vec::new());
         for b in &self.down {
@@ -401,9 +436,6 @@ impl UNet {
             cats.push((cat, cs));
             up_blocks.push(c);
         }
-        let out_block = self.output.forward(p, &x, xs);
-        let mut pred = out_block.out.clone();
-        sigmoid_inplace(&mut pred);
         Activations {
             image: image.to_vec(),
             is,
@@ -414,8 +446,8 @@ impl UNet {
             cats,
             up_blocks,
             out_in: (x, xs),
-            out_block,
-            pred,
+            out_block: None,
+            pred: Vec::new(),
         }
     }
 
@@ -423,7 +455,14 @@ impl UNet {
     pub fn backward(&self, p: &mut Params, a: &Activations, d_pred: &[f32]) {
         let mut d = d_pred.to_vec();
         sigmoid_backward(&a.pred, &mut d);
-        let mut dx = self.output.backward(p, &a.out_in.0, &a.out_block, d, None);
+        let ob = a.out_block.as_ref().expect("backward after forward (not forward_body)");
+        let dx = self.output.backward(p, &a.out_in.0, ob, d, None);
+        self.backward_body(p, a, dx);
+    }
+
+    /// Gradients of the body's parameters from the gradient at its output.
+    pub fn backward_body(&self, p: &mut Params, a: &Activations, d_body: Vec<f32>) {
+        let mut dx = d_body;
         let mut d_enc: Vec<Option<Vec<f32>>> = vec![None; DEPTH - 1];
         for j in (0..self.ups.len()).rev() {
             let u = &self.ups[j];
