@@ -1,10 +1,12 @@
-//! The pre-training U-Net against the published package's SpaHDmapUnet in PyTorch
-//! (tests/fixtures/unet, tools/make_unet_fixtures.py): forward, loss, every parameter
-//! gradient, and every parameter after 3 Adam steps.
+//! The U-Net against the published package's SpaHDmapUnet in PyTorch: the pre-training
+//! network (tests/fixtures/unet, tools/make_unet_fixtures.py) and the joint network with its
+//! three losses (tests/fixtures/joint, tools/make_joint_fixtures.py) — forward, loss, every
+//! parameter gradient, and every parameter after 3 Adam steps.
 mod common;
 
 use common::{fixture, read_npy};
 use spahdmap::model::conv::Shape;
+use spahdmap::model::joint::{JointHead, LossWeights, TileSpots};
 use spahdmap::model::unet::{mse, Kind, Params, UNet};
 use spahdmap::optim::{Adam, AdamConfig};
 
@@ -42,6 +44,8 @@ fn fill(name: &str, shape: &[usize], t: usize) -> Vec<f32> {
                 u * 3f64.sqrt() * (2.0 / 1.04f64).sqrt() / ((shape[0] * shape[2] * shape[3]) as f64).sqrt()
             } else if name.contains(".up.weight") {
                 u / ((shape[1] * 4) as f64).sqrt()
+            } else if name == "nmf_decoder" {
+                0.5 + 0.5 * u
             } else {
                 0.05 * u
             };
@@ -166,4 +170,137 @@ fn three_adam_steps_match_pytorch() {
     let worst = errs.last().unwrap();
     eprintln!("after 3 Adam steps: median {median:e}, worst {:e} ({}); losses {losses:?}", worst.0, worst.1);
     assert!(median < 1e-4, "median {median}");
+}
+
+fn nchw_to_nhwc(v: &[f64], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for b in 0..n {
+        for k in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    out[((b * h + y) * w + x) * c + k] = v[((b * c + k) * h + y) * w + x] as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn disk(cy: i64, cx: i64) -> Vec<u32> {
+    let mut v = Vec::new();
+    for y in cy - 5..=cy + 5 {
+        for x in cx - 5..=cx + 5 {
+            if (y - cy).pow(2) + (x - cx).pow(2) <= 25 {
+                v.push((y * 64 + x) as u32);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("joint/reference.json")).unwrap()).unwrap();
+    let names: Vec<String> = r["names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let used: Vec<String> = r["used"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let (rank, genes) = (4, 50);
+    let (net, mut p) = UNet::new(3, 0);
+    let head = JointHead::new(&mut p, 3, rank, genes, 1, 0);
+    for i in 0..p.names.len() {
+        let t = names
+            .iter()
+            .position(|n| *n == p.names[i])
+            .unwrap_or_else(|| panic!("{} not in the reference", p.names[i]));
+        let shape = torch_shape(&p.kinds[i], p.data[i].len());
+        p.data[i] = p.kinds[i].from_torch(&fill(&p.names[i], &shape, t));
+    }
+    let trained: Vec<usize> = used.iter().map(|n| p.index(n).unwrap_or_else(|| panic!("{n} missing"))).collect();
+    let is = Shape { n: 2, h: 64, w: 64, c: 3 };
+    let image = nchw_to_nhwc(&splitmix_uniform(7, is.len()), 2, 3, 64, 64);
+    let vd = nchw_to_nhwc(&splitmix_uniform(8, 2 * rank * 64 * 64), 2, rank, 64, 64);
+    let centres = r["centres"].as_array().unwrap();
+    let pixels: Vec<Vec<Vec<u32>>> = centres
+        .iter()
+        .map(|tile| {
+            tile.as_array().unwrap().iter().map(|c| disk(c[0].as_i64().unwrap(), c[1].as_i64().unwrap())).collect()
+        })
+        .collect();
+    let exps: Vec<Vec<f32>> = (0..2)
+        .map(|k| {
+            splitmix_uniform(9 + k as u64, pixels[k].len() * genes).iter().map(|u| (5.0 * u).floor() as f32).collect()
+        })
+        .collect();
+    let tiles = |_: ()| -> Vec<TileSpots> {
+        (0..2).map(|k| TileSpots { pixels: &pixels[k], expression: &exps[k], query: (k == 0).then_some(0) }).collect()
+    };
+    let w = LossWeights::default();
+    let out = head.step(&net, &mut p, &image, is, &vd, &tiles(()), &w, true);
+    let want = r["loss"].as_f64().unwrap();
+    eprintln!(
+        "joint loss {} vs {want} (image {}, expression {}, regulariser {})",
+        out.loss, out.loss_image, out.loss_exp, out.loss_reg
+    );
+    assert!((out.loss - want).abs() < 1e-5 * want);
+    let hw: Vec<f64> = r["hr"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let e = rel(&fingerprint(&out.hr)[1..], &hw[1..]);
+    eprintln!("HR relative error {e:e}");
+    assert!(e < 1e-5);
+    let mut worst = (0f64, String::new());
+    for &i in &trained {
+        let g = fingerprint(&p.kinds[i].to_torch(&p.grads[i]));
+        let wv: Vec<f64> = r["grads"][&p.names[i]].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let e = rel(&g[1..], &wv[1..]).max(((g[0] - wv[0]) / wv[0]).abs());
+        if e > worst.0 {
+            worst = (e, p.names[i].clone());
+        }
+        assert!(e < 1e-4, "gradient of {}: {e}", p.names[i]);
+    }
+    eprintln!("joint: worst gradient relative error {:e} ({})", worst.0, worst.1);
+
+    // 3 Adam steps, second phase: decoder and gamma at 1/100 of the others' rate
+    let sizes: Vec<usize> = trained.iter().map(|&i| p.data[i].len()).collect();
+    let lrs: Vec<f64> = trained
+        .iter()
+        .map(|&i| if p.names[i] == "nmf_decoder" || p.names[i] == "gamma" { 4e-6 } else { 4e-4 })
+        .collect();
+    let mut opt = Adam::new(AdamConfig { weight_decay: 1e-5, ..Default::default() }, &sizes);
+    let mut losses = Vec::new();
+    for _ in 0..3 {
+        let out = head.step(&net, &mut p, &image, is, &vd, &tiles(()), &w, true);
+        losses.push(out.loss);
+        let grads: Vec<Vec<f32>> = trained.iter().map(|&i| std::mem::take(&mut p.grads[i])).collect();
+        let mut taken: Vec<Vec<f32>> = trained.iter().map(|&i| std::mem::take(&mut p.data[i])).collect();
+        {
+            let mut params: Vec<&mut [f32]> = taken.iter_mut().map(|v| &mut v[..]).collect();
+            opt.step_groups(&mut params, &grads.iter().map(|g| &g[..]).collect::<Vec<_>>(), &lrs);
+        }
+        for (k, &i) in trained.iter().enumerate() {
+            p.data[i] = std::mem::take(&mut taken[k]);
+            p.grads[i] = grads[k].clone();
+        }
+    }
+    let want: Vec<f64> = r["losses_3_steps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    for (a, b) in losses.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-4 * b, "losses {losses:?} vs {want:?}");
+    }
+    let mut errs: Vec<f64> = Vec::new();
+    for &i in &trained {
+        let g = fingerprint(&p.kinds[i].to_torch(&p.data[i]));
+        let wv: Vec<f64> =
+            r["after_3_steps"][&p.names[i]].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let e = rel(&g[1..], &wv[1..]);
+        // PyTorch's own float32 run is 1.55e-3 from its float64 run on one tensor here
+        // (down_path.0.conv_1.bias: an element whose gradient is ~0 takes a ±lr step either
+        // way; median over tensors 1.2e-5); see the pre-training test for why.
+        assert!(e < 3e-3, "{} after 3 steps: {e}", p.names[i]);
+        errs.push(e);
+    }
+    errs.sort_by(f64::total_cmp);
+    eprintln!(
+        "joint after 3 steps: median {:e}, worst {:e}; losses {losses:?}",
+        errs[errs.len() / 2],
+        errs.last().unwrap()
+    );
+    assert!(errs[errs.len() / 2] < 1e-4);
 }

@@ -3,5 +3,6 @@
 
 pub mod act;
 pub mod conv;
+pub mod joint;
 pub mod norm;
 pub mod unet;

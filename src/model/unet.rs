@@ -97,7 +97,7 @@ pub struct Params {
 }
 
 impl Params {
-    fn add(&mut self, name: String, kind: Kind, data: Vec<f32>) -> usize {
+    pub(crate) fn add(&mut self, name: String, kind: Kind, data: Vec<f32>) -> usize {
         self.grads.push(vec![0.0; data.len()]);
         self.names.push(name);
         self.kinds.push(kind);
@@ -189,7 +189,7 @@ pub(crate) struct BlockCache {
     stats: HinStats,
     a1: Vec<f32>,
     a2: Vec<f32>,
-    out: Vec<f32>,
+    pub(crate) out: Vec<f32>,
 }
 
 impl Block {

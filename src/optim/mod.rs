@@ -40,16 +40,23 @@ impl Adam {
 
     /// One step at learning rate `lr` (`torch.optim.Adam`, single-tensor path).
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f64) {
+        let lrs = vec![lr; params.len()];
+        self.step_groups(params, grads, &lrs);
+    }
+
+    /// One step with a learning rate per tensor (PyTorch's parameter groups).
+    pub fn step_groups(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lrs: &[f64]) {
         assert_eq!(params.len(), self.m.len());
+        assert_eq!(params.len(), lrs.len());
         self.step += 1;
         let c = self.cfg;
         let t = self.step as i32;
         // scalars in double as PyTorch computes them in Python, applied in f32
         let bc1 = 1.0 - (c.beta1 as f64).powi(t);
         let bc2_sqrt = (1.0 - (c.beta2 as f64).powi(t)).sqrt();
-        let step_size = (lr / bc1) as f32;
         let bc2_sqrt = bc2_sqrt as f32;
         for (k, p) in params.iter_mut().enumerate() {
+            let step_size = (lrs[k] / bc1) as f32;
             let g = grads[k];
             assert_eq!(p.len(), g.len());
             p.par_chunks_mut(4096)
