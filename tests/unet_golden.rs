@@ -6,7 +6,7 @@ mod common;
 
 use common::{fixture, read_npy};
 use spahdmap::model::conv::Shape;
-use spahdmap::model::joint::{JointHead, LossWeights, TileSpots};
+use spahdmap::model::joint::{JointBatch, JointHead, LossWeights, TileSpots};
 use spahdmap::model::unet::{mse, Kind, Params, UNet};
 use spahdmap::optim::{Adam, AdamConfig};
 
@@ -235,7 +235,7 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
         (0..2).map(|k| TileSpots { pixels: &pixels[k], expression: &exps[k], query: (k == 0).then_some(0) }).collect()
     };
     let w = LossWeights::default();
-    let out = head.step(&net, &mut p, &image, is, &vd, &tiles(()), &w, true);
+    let out = head.step(&net, &mut p, &JointBatch { image: &image, shape: is, vd: &vd, tiles: &tiles(()) }, &w, true);
     let want = r["loss"].as_f64().unwrap();
     eprintln!(
         "joint loss {} vs {want} (image {}, expression {}, regulariser {})",
@@ -267,7 +267,8 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
     let mut opt = Adam::new(AdamConfig { weight_decay: 1e-5, ..Default::default() }, &sizes);
     let mut losses = Vec::new();
     for _ in 0..3 {
-        let out = head.step(&net, &mut p, &image, is, &vd, &tiles(()), &w, true);
+        let out =
+            head.step(&net, &mut p, &JointBatch { image: &image, shape: is, vd: &vd, tiles: &tiles(()) }, &w, true);
         losses.push(out.loss);
         let grads: Vec<Vec<f32>> = trained.iter().map(|&i| std::mem::take(&mut p.grads[i])).collect();
         let mut taken: Vec<Vec<f32>> = trained.iter().map(|&i| std::mem::take(&mut p.data[i])).collect();

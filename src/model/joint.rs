@@ -51,6 +51,14 @@ pub struct TileSpots<'a> {
     pub query: Option<usize>,
 }
 
+/// A batch of tiles: images (N, H, W, C), their VD scores (N, H, W, R) and spots.
+pub struct JointBatch<'a> {
+    pub image: &'a [f32],
+    pub shape: Shape,
+    pub vd: &'a [f32],
+    pub tiles: &'a [TileSpots<'a>],
+}
+
 /// What one batch's forward pass gives back.
 pub struct JointOut {
     pub loss: f64,
@@ -85,37 +93,24 @@ impl JointHead {
 
     /// Forward and backward of a batch: gradients of the heads, the decoder and gamma, and —
     /// when `train_body` — of the body, are written into `p.grads`.
-    pub fn step(
-        &self,
-        net: &UNet,
-        p: &mut Params,
-        image: &[f32],
-        is: Shape,
-        vd: &[f32],
-        tiles: &[TileSpots],
-        w: &LossWeights,
-        train_body: bool,
-    ) -> JointOut {
-        let body = net.forward_body(p, image, is);
-        let (out, d_body) = self.heads(p, &body, image, is, vd, tiles, w, train_body);
+    pub fn step(&self, net: &UNet, p: &mut Params, batch: &JointBatch, w: &LossWeights, train_body: bool) -> JointOut {
+        let body = net.forward_body(p, batch.image, batch.shape);
+        let (out, d_body) = self.heads(p, &body, batch, w, train_body);
         if let Some(d) = d_body {
             net.backward_body(p, &body, d);
         }
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn heads(
         &self,
         p: &mut Params,
         body: &Activations,
-        image: &[f32],
-        is: Shape,
-        vd: &[f32],
-        tiles: &[TileSpots],
+        batch: &JointBatch,
         w: &LossWeights,
         train_body: bool,
     ) -> (JointOut, Option<Vec<f32>>) {
+        let (image, is, vd, tiles) = (batch.image, batch.shape, batch.vd, batch.tiles);
         let (r, g) = (self.rank, self.genes);
         let (x, xs) = (&body.out_in.0, body.out_in.1);
         let c = self.forward_heads(p, x, xs, vd);
