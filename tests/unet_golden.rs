@@ -7,7 +7,7 @@ mod common;
 use common::{fixture, read_npy};
 use spahdmap::model::conv::Shape;
 use spahdmap::model::joint::{JointBatch, JointHead, LossWeights, TileSpots};
-use spahdmap::model::unet::{mse, Kind, Params, UNet};
+use spahdmap::model::unet::{mse, resize_bilinear_ac, Kind, Params, UNet};
 use spahdmap::optim::{Adam, AdamConfig};
 
 /// splitmix64 uniforms in [0, 1), as the fixture script draws them.
@@ -304,4 +304,30 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
         errs.last().unwrap()
     );
     assert!(errs[errs.len() / 2] < 1e-4);
+}
+
+#[test]
+fn embedding_pass_and_bilinear_upsampling_match_pytorch() {
+    let (net, p, image, is, _) = setup();
+    let emb = net.embed(&p, &image, is);
+    let want: Vec<f64> = read_npy::<f32>(&fixture("unet/embedding.npy")).1.iter().map(|&v| v as f64).collect();
+    let e = rel(&emb.iter().map(|&v| v as f64).collect::<Vec<_>>(), &want);
+    eprintln!("embedding (2 × 128) relative error {e:e}");
+    assert_eq!(emb.len(), 2 * 128);
+    assert!(e < 1e-5, "{e}");
+    // the 21 × 21 window at rows 3.., cols 5.. of each image, upsampled to 64 × 64
+    let mut got = Vec::new();
+    for n in 0..2 {
+        let mut win = Vec::new();
+        for y in 3..24 {
+            for x in 5..26 {
+                win.extend_from_slice(&image[((n * 64 + y) * 64 + x) * 3..((n * 64 + y) * 64 + x + 1) * 3]);
+            }
+        }
+        got.extend(resize_bilinear_ac(&win, 21, 21, 3, 64, 64).into_iter().map(|v| v as f64));
+    }
+    let want: Vec<f64> = read_npy::<f32>(&fixture("unet/upsampled_nhwc.npy")).1.iter().map(|&v| v as f64).collect();
+    let e = rel(&got, &want);
+    eprintln!("align_corners bilinear upsampling relative error {e:e}");
+    assert!(e < 1e-6, "{e}");
 }

@@ -41,6 +41,15 @@ used = [n for n, p in model.named_parameters() if p.grad is not None]
 grads = {n: fingerprint(p.grad.numpy()) for n, p in model.named_parameters() if p.grad is not None}
 np.save(f"{out}/pred_nhwc.npy", pred.detach().permute(0, 2, 3, 1).contiguous().numpy())
 
+# the spot-embedding pass: eval mode returns the third down block's skip feature
+model.eval()
+with torch.no_grad():
+    _, enc = model(image)
+    np.save(f"{out}/embedding.npy", enc.mean(dim=(2, 3)).numpy())
+    window = image[:, :, 3:24, 5:26]  # a 21 × 21 window, upsampled as the package does
+    np.save(f"{out}/upsampled_nhwc.npy", nn.UpsamplingBilinear2d(size=64)(window).permute(0, 2, 3, 1).contiguous().numpy())
+model.train()
+
 opt = torch.optim.Adam([p for n, p in model.named_parameters() if n in used], lr=4e-4, weight_decay=1e-5)
 model.zero_grad()
 losses = []

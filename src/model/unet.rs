@@ -407,6 +407,33 @@ impl UNet {
         a
     }
 
+    /// The spot-embedding pass (SPEC §7): only the layers that feed the third down block's
+    /// skip feature (conv_init, two down blocks with their downsampling, the third block),
+    /// averaged over space: N × 128. The reference runs the whole network for this.
+    pub fn embed(&self, p: &Params, image: &[f32], is: Shape) -> Vec<f32> {
+        let (mut x, mut xs) = self.conv_init.forward(p, image, is);
+        for b in &self.down[..2] {
+            let c = b.forward(p, &x, xs);
+            (x, xs) = b.down_forward(p, &c).expect("the first blocks downsample");
+        }
+        let c = self.down[2].forward(p, &x, xs);
+        let (os, ch) = (c.os, c.os.c);
+        let px = os.h * os.w;
+        let mut out = vec![0f32; os.n * ch];
+        for n in 0..os.n {
+            let mut acc = vec![0f64; ch];
+            for q in c.out[n * px * ch..(n + 1) * px * ch].chunks(ch) {
+                for k in 0..ch {
+                    acc[k] += q[k] as f64;
+                }
+            }
+            for k in 0..ch {
+                out[n * ch + k] = (acc[k] / px as f64) as f32;
+            }
+        }
+        out
+    }
+
     /// Everything up to the last up block (the joint network puts its own heads there).
     pub fn forward_body(&self, p: &Params, image: &[f32], is: Shape) -> Activations {
         let (mut x, mut xs) = self.conv_init.forward(p, image, is);
@@ -508,4 +535,29 @@ pub fn mse(pred: &[f32], target: &[f32]) -> (f64, Vec<f32>) {
         })
         .collect();
     (loss / n, g)
+}
+
+/// Bilinear resize with align_corners=True (`nn.UpsamplingBilinear2d`), one HWC image.
+pub fn resize_bilinear_ac(src: &[f32], h: usize, w: usize, c: usize, oh: usize, ow: usize) -> Vec<f32> {
+    let mut out = vec![0f32; oh * ow * c];
+    let ry = if oh > 1 { (h - 1) as f32 / (oh - 1) as f32 } else { 0.0 };
+    let rx = if ow > 1 { (w - 1) as f32 / (ow - 1) as f32 } else { 0.0 };
+    for y in 0..oh {
+        let fy = ry * y as f32;
+        let y0 = (fy as usize).min(h - 1);
+        let y1 = (y0 + 1).min(h - 1);
+        let ly = fy - y0 as f32;
+        for x in 0..ow {
+            let fx = rx * x as f32;
+            let x0 = (fx as usize).min(w - 1);
+            let x1 = (x0 + 1).min(w - 1);
+            let lx = fx - x0 as f32;
+            for k in 0..c {
+                let v = |yy: usize, xx: usize| src[(yy * w + xx) * c + k];
+                out[(y * ow + x) * c + k] = (1.0 - ly) * ((1.0 - lx) * v(y0, x0) + lx * v(y0, x1))
+                    + ly * ((1.0 - lx) * v(y1, x0) + lx * v(y1, x1));
+            }
+        }
+    }
+    out
 }
