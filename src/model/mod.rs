@@ -2,6 +2,7 @@
 //! `norm`, `act`), on f32 channels-last buffers.
 
 pub mod act;
+pub mod checkpoint;
 pub mod conv;
 pub mod joint;
 pub mod norm;
