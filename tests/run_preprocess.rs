@@ -267,7 +267,23 @@ fn gene_list_and_two_sections_from_a_config() {
     let out = d.path().join("res");
     // through the spot stages: joint NMF, the query section B shifted onto A
     let o = run(
-        &["run", "--config", s(&cfg), "--out", s(&out), "--n-top-genes", "20", "--rank", "4", "--preset", "quick"],
+        &[
+            "run",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&out),
+            "--n-top-genes",
+            "20",
+            "--rank",
+            "4",
+            "--preset",
+            "quick",
+            "--pretrain-iterations",
+            "1",
+            "--batch-size",
+            "1",
+        ],
         &d.path().join("cache"),
     );
     assert!(o.status.success(), "{}", stderr(&o));

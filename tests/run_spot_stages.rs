@@ -35,7 +35,20 @@ fn simulate(dir: &Path) -> PathBuf {
 fn run_to(sec: &Path, out: &Path, cache: &Path, extra: &[&str]) -> String {
     let mut a =
         vec!["run", "--visium", s(sec), "--out", s(out), "--scale-rate", "2", "--n-top-genes", "80", "--rank", "5"];
-    a.extend_from_slice(&["--gcn-iterations", "60", "--preset", "quick"]);
+    a.extend_from_slice(&[
+        "--gcn-iterations",
+        "60",
+        "--preset",
+        "quick",
+        "--pretrain-iterations",
+        "1",
+        "--batch-size",
+        "1",
+        "--pretrain-iterations",
+        "1",
+        "--batch-size",
+        "1",
+    ]);
     a.extend_from_slice(extra);
     let o = run(&a, cache);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -67,7 +80,7 @@ fn spot_stages_write_their_results_resume_and_reproduce() {
     let sec = simulate(d.path());
     let out = d.path().join("res");
     let log = run_to(&sec, &out, &cache, &[]);
-    assert!(log.contains("pretrain: not in this build"), "{log}");
+    assert!(log.contains("pretrain: ") && out.join("models/pretrained.safetensors").exists(), "{log}");
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("section/meta.json")).unwrap()).unwrap();
     let (h, w) = (meta["height"].as_u64().unwrap() as usize, meta["width"].as_u64().unwrap() as usize);
@@ -101,7 +114,7 @@ fn spot_stages_write_their_results_resume_and_reproduce() {
 
     // rerun: everything kept; --from gcn redoes gcn and vd only, with the same result
     let log = run_to(&sec, &out, &cache, &[]);
-    for st in ["preprocess", "nmf", "gcn", "vd"] {
+    for st in ["preprocess", "nmf", "pretrain", "gcn", "vd"] {
         assert!(log.contains(&format!("{st}: finished in an earlier run")), "{log}");
     }
     let before = std::fs::read(out.join("section/VD_score.npy")).unwrap();

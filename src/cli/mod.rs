@@ -63,6 +63,15 @@ struct RunArgs {
     /// NMF iteration cap (default: from the preset).
     #[arg(long)]
     nmf_max_iter: Option<usize>,
+    /// U-Net pre-training iterations (default: from the preset).
+    #[arg(long)]
+    pretrain_iterations: Option<usize>,
+    /// Tiles per pre-training batch (default: from the preset).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Save the training state every this many iterations (resume point).
+    #[arg(long, default_value_t = 20)]
+    checkpoint_every: usize,
     /// Spot graph edge weights: 0.25 (exact, the reference default) or 1/degree.
     #[arg(long, value_enum, default_value = "exact")]
     graph: crate::stages::graph::GraphMode,
@@ -308,9 +317,18 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         ratio_pseudo_spots: a.ratio_pseudo_spots,
         ..Default::default()
     };
-    let (gcn_iters, nmf_iters) = match a.preset {
-        Preset::Reference => (5000, 2000),
-        Preset::Quick => (1000, 500),
+    let (gcn_iters, nmf_iters, pre_iters, batch) = match a.preset {
+        Preset::Reference => (5000, 2000, 5000, 32),
+        Preset::Quick => (1000, 500, 10, 4),
+    };
+    let pretrain = crate::stages::pretrain::PretrainSettings {
+        iterations: a.pretrain_iterations.unwrap_or(pre_iters),
+        batch: a.batch_size.unwrap_or(batch),
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        whole_epochs: a.preset == Preset::Reference && a.pretrain_iterations.is_none(),
+        fail_after: std::env::var("SPAHDMAP_PRETRAIN_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
+        ..Default::default()
     };
     let mut spot = SpotSettings {
         graph_mode: a.graph,
@@ -327,7 +345,15 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         // smooth through scratch files above this crop size (tests force it on small crops)
         spot.stream_above_pixels = v;
     }
-    let p = Pipeline { specs: &specs, table: &table, refs: &refs, preprocess: &settings, spot: &spot, out: &a.out };
+    let p = Pipeline {
+        specs: &specs,
+        table: &table,
+        refs: &refs,
+        preprocess: &settings,
+        spot: &spot,
+        pretrain: &pretrain,
+        out: &a.out,
+    };
     p.run(a.from, a.to)?;
     let finished = p.finished();
     let last = finished.last().and_then(|r| r["stage"].as_str()).unwrap_or("none").to_string();
@@ -335,7 +361,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "sections": specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "threads": rayon::current_num_threads(),
-        "settings": {"preprocess": settings, "spot": spot},
+        "settings": {"preprocess": settings, "spot": spot, "pretrain": pretrain},
         "stages": finished,
         "finished_through": last,
     });

@@ -8,6 +8,7 @@ pub mod graph;
 pub mod nmf;
 pub mod pipeline;
 pub mod preprocess;
+pub mod pretrain;
 pub mod results;
 pub mod spot;
 pub mod voronoi;
@@ -56,8 +57,7 @@ impl Stage {
         }
     }
 
-    /// Stages this build can run (`pretrain` is passed over: the graph uses model-free
-    /// image embeddings until the trainer lands).
+    /// Stages this build can run.
     pub fn implemented(self) -> bool {
         self <= Stage::Vd
     }

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::io::config::SectionSpec;
 use crate::io::spots::TableOptions;
 use crate::stages::preprocess::{run_preprocess, PreprocessSettings};
+use crate::stages::pretrain::{run_pretrain, PretrainSettings};
 use crate::stages::results::SectionDir;
 use crate::stages::spot::{run_gcn, run_nmf, run_vd, SpotSettings};
 use crate::stages::Stage;
@@ -22,6 +23,7 @@ pub struct Pipeline<'a> {
     pub refs: &'a [(String, String)],
     pub preprocess: &'a PreprocessSettings,
     pub spot: &'a SpotSettings,
+    pub pretrain: &'a PretrainSettings,
     pub out: &'a Path,
 }
 
@@ -68,6 +70,17 @@ impl Pipeline<'_> {
                 }
                 json!({ "sections": reports })
             }
+            Stage::Pretrain => {
+                let r = run_pretrain(self.out, &self.sections()?, self.pretrain)?;
+                eprintln!(
+                    "pretrain: {} tiles, {} iterations{}, loss {:.5}",
+                    r.tiles,
+                    r.iterations,
+                    if r.stopped_early { " (converged early)" } else { "" },
+                    r.losses.last().copied().unwrap_or(r.last_batch_loss)
+                );
+                json!(r)
+            }
             Stage::Vd => json!({ "sections": run_vd(&self.sections()?, self.spot)? }),
             _ => unreachable!("not run by this driver"),
         })
@@ -87,10 +100,6 @@ impl Pipeline<'_> {
         for st in [Stage::Preprocess, Stage::Nmf, Stage::Pretrain, Stage::Gcn, Stage::Vd] {
             if st > to {
                 break;
-            }
-            if st == Stage::Pretrain {
-                eprintln!("pretrain: not in this build yet; the spot graph uses window-statistics image embeddings");
-                continue;
             }
             let m = marker(self.out, st);
             let forced = from.is_some_and(|f| f <= st);

@@ -182,6 +182,36 @@ impl ImageCache {
         Ok(())
     }
 
+    /// A region as f32 in [0, 1] (samples / the type's maximum), rows × cols × channels, read
+    /// with positioned reads of each row's span (no mapped pages stay resident); pixels outside
+    /// the image are 0.
+    pub fn read_region_unit(&self, r0: i64, c0: i64, rows: usize, cols: usize) -> Result<Vec<f32>> {
+        use std::os::unix::fs::FileExt;
+        let (ch, bps) = (self.info.channels, self.info.sample.bytes());
+        let inv = 1.0 / self.info.sample.max_value();
+        let mut out = vec![0f32; rows * cols * ch];
+        let (x0, x1) = (c0.max(0), (c0 + cols as i64).min(self.info.width as i64));
+        if x0 >= x1 {
+            return Ok(out);
+        }
+        let mut buf = vec![0u8; (x1 - x0) as usize * ch * bps];
+        for y in 0..rows {
+            let r = r0 + y as i64;
+            if r < 0 || r >= self.info.height as i64 {
+                continue;
+            }
+            if let Some(f) = &self.file {
+                let off = r as u64 * self.info.row_bytes() as u64 + (x0 as usize * ch * bps) as u64;
+                f.read_exact_at(&mut buf, off).map_err(|e| Error::io(&self.raw_path, e))?;
+            }
+            let dst = &mut out[(y * cols + (x0 - c0) as usize) * ch..(y * cols + (x1 - c0) as usize) * ch];
+            for (k, v) in dst.iter_mut().enumerate() {
+                *v = self.sample(&buf, k) * inv;
+            }
+        }
+        Ok(out)
+    }
+
     /// The raw bytes of one row.
     pub fn row(&self, r: usize) -> &[u8] {
         let rb = self.info.row_bytes();

@@ -1,0 +1,96 @@
+//! The `pretrain` stage: a run stopped after a checkpoint resumes and ends bit-identical to
+//! an uninterrupted run; the model file is a safetensors state dict with the reference's names.
+mod common;
+
+use std::path::Path;
+
+use common::{bin, run, stderr};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn pretrain(sec: &Path, out: &Path, cache: &Path, fail_after: Option<usize>) -> std::process::Output {
+    let mut c = bin();
+    c.args([
+        "run",
+        "--visium",
+        s(sec),
+        "--out",
+        s(out),
+        "--scale-rate",
+        "2",
+        "--n-top-genes",
+        "40",
+        "--to",
+        "pretrain",
+    ]);
+    c.args(["--pretrain-iterations", "4", "--batch-size", "1", "--checkpoint-every", "2", "--preset", "quick"]);
+    c.env("SPAHDMAP_CACHE_DIR", cache);
+    if let Some(n) = fail_after {
+        c.env("SPAHDMAP_PRETRAIN_FAIL_AFTER", n.to_string());
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn interrupted_pretraining_resumes_bit_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let sec = d.path().join("sec");
+    let o = run(
+        &[
+            "simulate",
+            "--out",
+            s(&sec),
+            "--height",
+            "1000",
+            "--width",
+            "1100",
+            "--radius",
+            "14",
+            "--genes",
+            "60",
+            "--seed",
+            "5",
+        ],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let o = pretrain(&sec, &a, &cache, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pretrain: "), "{}", stderr(&o));
+    // killed after iteration 3 (the last checkpoint was at 2), then the same command again
+    let o = pretrain(&sec, &b, &cache, Some(3));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("stopped after iteration 3"), "{}", stderr(&o));
+    assert!(b.join("models/pretrain.partial.safetensors").exists());
+    assert!(!b.join("models/pretrained.safetensors").exists(), "no finished model from a failed run");
+    let o = pretrain(&sec, &b, &cache, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming at iteration 2"), "{}", stderr(&o));
+    assert!(!b.join("models/pretrain.partial.safetensors").exists());
+    let (ma, mb) = (
+        std::fs::read(a.join("models/pretrained.safetensors")).unwrap(),
+        std::fs::read(b.join("models/pretrained.safetensors")).unwrap(),
+    );
+    let (sa, sb) =
+        (safetensors::SafeTensors::deserialize(&ma).unwrap(), safetensors::SafeTensors::deserialize(&mb).unwrap());
+    let mut names = sa.names();
+    names.sort();
+    let mut names_b = sb.names();
+    names_b.sort();
+    assert_eq!(names, names_b);
+    for n in names {
+        assert!(
+            sa.tensor(n).unwrap().data() == sb.tensor(n).unwrap().data(),
+            "{n}: resumed model differs from the uninterrupted one"
+        );
+    }
+    let meta = |b: &[u8]| safetensors::SafeTensors::read_metadata(b).unwrap().1.metadata().clone().unwrap();
+    assert_eq!(meta(&ma), meta(&mb));
+    let st = sa;
+    assert_eq!(st.tensor("conv_init.weight").unwrap().shape(), &[32, 3, 3, 3]);
+    assert_eq!(st.tensor("down_path.3.conv_2.weight").unwrap().shape(), &[256, 256, 3, 3]);
+}
