@@ -44,10 +44,6 @@ fn run_to(sec: &Path, out: &Path, cache: &Path, extra: &[&str]) -> String {
         "1",
         "--batch-size",
         "1",
-        "--pretrain-iterations",
-        "1",
-        "--batch-size",
-        "1",
     ]);
     a.extend_from_slice(extra);
     let o = run(&a, cache);
@@ -142,6 +138,10 @@ fn spot_stages_write_their_results_resume_and_reproduce() {
         "60",
         "--preset",
         "quick",
+        "--pretrain-iterations",
+        "1",
+        "--batch-size",
+        "1",
     ]);
     let o = c.env("SPAHDMAP_CACHE_DIR", &cache).env("SPAHDMAP_STREAM_ABOVE_PIXELS", "1000").output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
