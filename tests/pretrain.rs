@@ -94,3 +94,65 @@ fn interrupted_pretraining_resumes_bit_identical() {
     assert_eq!(st.tensor("conv_init.weight").unwrap().shape(), &[32, 3, 3, 3]);
     assert_eq!(st.tensor("down_path.3.conv_2.weight").unwrap().shape(), &[256, 256, 3, 3]);
 }
+
+#[test]
+fn the_spot_graph_uses_the_pretrained_encoder() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let sec = d.path().join("sec");
+    let o = run(
+        &[
+            "simulate",
+            "--out",
+            s(&sec),
+            "--height",
+            "900",
+            "--width",
+            "900",
+            "--radius",
+            "12",
+            "--genes",
+            "60",
+            "--seed",
+            "6",
+        ],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = d.path().join("res");
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["run", "--visium", s(&sec), "--out", s(&out), "--scale-rate", "2", "--n-top-genes", "40"]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+        v.extend(
+            [
+                "--to",
+                "gcn",
+                "--split-size",
+                "32",
+                "--pretrain-iterations",
+                "2",
+                "--batch-size",
+                "2",
+                "--gcn-iterations",
+                "20",
+            ]
+            .iter()
+            .map(|x| x.to_string()),
+        );
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let a = args(&["--embedding", "encoder", "--preset", "quick"]);
+    let o = run(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &cache);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("U-Net encoder embeddings"), "{}", stderr(&o));
+    // without the model: one clear line naming the file
+    std::fs::remove_file(out.join("models/pretrained.safetensors")).unwrap();
+    let a = args(&["--embedding", "encoder", "--preset", "quick", "--from", "gcn"]);
+    let o = run(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &cache);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("pretrained.safetensors is missing"), "{}", stderr(&o));
+}

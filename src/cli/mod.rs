@@ -69,12 +69,20 @@ struct RunArgs {
     /// Tiles per pre-training batch (default: from the preset).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Tile size of training and inference, and the size spot windows are upsampled to
+    /// (a multiple of 8).
+    #[arg(long, default_value_t = 256)]
+    split_size: usize,
     /// Save the training state every this many iterations (resume point).
     #[arg(long, default_value_t = 20)]
     checkpoint_every: usize,
     /// Spot graph edge weights: 0.25 (exact, the reference default) or 1/degree.
     #[arg(long, value_enum, default_value = "exact")]
     graph: crate::stages::graph::GraphMode,
+    /// Image embeddings for the spot graph (default: encoder for the reference preset,
+    /// stats for quick).
+    #[arg(long, value_enum)]
+    embedding: Option<crate::stages::spot::Embedding>,
     /// Keep the GCN scores the two-Gaussian low-signal filter would zero.
     #[arg(long)]
     no_gmm_filter: bool,
@@ -315,8 +323,12 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         },
         n_hvg: (a.n_hvg > 0).then_some(a.n_hvg),
         ratio_pseudo_spots: a.ratio_pseudo_spots,
+        split_size: a.split_size,
         ..Default::default()
     };
+    if a.split_size == 0 || a.split_size % 8 != 0 {
+        return Err(Error::setting("--split-size", format!("{} is not a positive multiple of 8", a.split_size)));
+    }
     let (gcn_iters, nmf_iters, pre_iters, batch) = match a.preset {
         Preset::Reference => (5000, 2000, 5000, 32),
         Preset::Quick => (1000, 500, 10, 4),
@@ -326,6 +338,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         batch: a.batch_size.unwrap_or(batch),
         seed: a.seed,
         checkpoint_every: a.checkpoint_every,
+        split_size: a.split_size,
         whole_epochs: a.preset == Preset::Reference && a.pretrain_iterations.is_none(),
         fail_after: std::env::var("SPAHDMAP_PRETRAIN_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
         ..Default::default()
@@ -341,6 +354,11 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
     spot.nmf.max_iter = a.nmf_max_iter.unwrap_or(nmf_iters);
     spot.gcn.seed = a.seed;
     spot.gcn.iterations = a.gcn_iterations.unwrap_or(gcn_iters);
+    spot.split_size = a.split_size;
+    spot.embedding = a.embedding.unwrap_or(match a.preset {
+        Preset::Reference => crate::stages::spot::Embedding::Encoder,
+        Preset::Quick => crate::stages::spot::Embedding::Stats,
+    });
     if let Some(v) = std::env::var("SPAHDMAP_STREAM_ABOVE_PIXELS").ok().and_then(|v| v.parse().ok()) {
         // smooth through scratch files above this crop size (tests force it on small crops)
         spot.stream_above_pixels = v;

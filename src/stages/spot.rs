@@ -10,14 +10,25 @@ use crate::io::image::ImageCache;
 use crate::io::npy::{read_npy, write_npy};
 use crate::io::sparse::Csr;
 use crate::linalg::gemm;
+use crate::model::unet::UNet;
 use crate::preprocess::nearest::SpotIndex;
-use crate::stages::embed::{SpotEmbedder, WindowStats};
+use crate::stages::embed::{EncoderEmbedder, SpotEmbedder, WindowStats};
 use crate::stages::gcn::{train_gcn, GcnParams, GcnSettings};
 use crate::stages::gmm::filter_scores;
 use crate::stages::graph::{spot_graph, GraphMode, DEFAULT_NEIGHBORS};
 use crate::stages::nmf::{nmf, nnls_rows, normalise, reference_shift, transfer_scores, NmfSettings};
 use crate::stages::results::{read_metagenes, write_metagenes, F16NpyWriter, SectionDir};
 use crate::stages::voronoi::{FileRows, MemRows, RowStore, VdJob};
+
+/// Where the spot graph's image embeddings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Embedding {
+    /// the pre-trained U-Net's encoder, as the reference (needs models/pretrained.safetensors)
+    Encoder,
+    /// window statistics: no model, seconds instead of a network pass per spot
+    Stats,
+}
 
 /// Settings of the spot-level stages (reference defaults).
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +44,9 @@ pub struct SpotSettings {
     pub transfer_from: Option<std::path::PathBuf>,
     /// crops above this many pixels smooth through scratch files instead of memory
     pub stream_above_pixels: usize,
+    pub embedding: Embedding,
+    /// windows are upsampled to the tile size before the encoder
+    pub split_size: usize,
 }
 
 impl Default for SpotSettings {
@@ -46,6 +60,8 @@ impl Default for SpotSettings {
             smooth_threshold: 0.01,
             transfer_from: None,
             stream_above_pixels: 64 << 20,
+            embedding: Embedding::Encoder,
+            split_size: 256,
         }
     }
 }
@@ -158,6 +174,22 @@ pub fn run_gcn(
 ) -> Result<Vec<GcnReport>> {
     let mut reports = Vec::new();
     let mut seq_scores = Vec::new();
+    let model = match s.embedding {
+        Embedding::Encoder => {
+            let path = out.join("models/pretrained.safetensors");
+            if !path.exists() {
+                return Err(Error::setting(
+                    "--embedding encoder",
+                    format!("{} is missing: run the pretrain stage first, or use --embedding stats", path.display()),
+                ));
+            }
+            let channels = ImageCache::open_existing(&sections[0].meta.scaled_image_cache)?.info.channels;
+            let (net, mut p) = UNet::new(channels, 0);
+            crate::model::checkpoint::load(&path, &mut p, None)?;
+            Some((net, p))
+        }
+        Embedding::Stats => None,
+    };
     for (k, sd) in sections.iter().enumerate() {
         let (ss, score) = read_npy::<f32>(&sd.path("NMF_score.npy"))?;
         let (n, r) = (ss[0] as usize, ss[1] as usize);
@@ -171,7 +203,13 @@ pub fn run_gcn(
         }
         let image = ImageCache::open_existing(&sd.meta.scaled_image_cache)?;
         let m = &sd.meta;
-        let embedder = WindowStats { channels: image.info.channels };
+        let stats = WindowStats { channels: image.info.channels };
+        let encoder =
+            model.as_ref().map(|(net, p)| EncoderEmbedder { net, params: p, split_size: s.split_size, batch: 32 });
+        let embedder: &dyn SpotEmbedder = match &encoder {
+            Some(e) => e,
+            None => &stats,
+        };
         let bounds = [m.row0, m.row0 + m.height, m.col0, m.col0 + m.width];
         let emb = embedder.embed(&image, &spots, m.radius, bounds)?;
         let adj = spot_graph(&spots, &emb, embedder.dim(), n, s.neighbors, s.graph_mode);
