@@ -16,6 +16,8 @@ ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--size", type=int, default=256)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--repeat", type=int, default=3)
+ap.add_argument("--embed-spots", type=int, default=0,
+                help="time the package's embedding pass (eval, whole network, skip feature mean) instead")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 models = refpkg.load_file(refpkg.find_wheel(), "SpaHDmap/model/models.py", "spahdmap_ref_models")
@@ -23,6 +25,20 @@ torch.manual_seed(0)
 m = models.SpaHDmapUnet(rank=20, num_genes=2000, num_channels=3)
 m.train()
 x = torch.rand(a.batch, 3, a.size, a.size)
+if a.embed_spots:
+    m.eval()
+    ts = []
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        with torch.no_grad():
+            for b in range(0, a.embed_spots, a.batch):
+                _, enc = m(x[: min(a.batch, a.embed_spots - b)])
+                enc.mean(dim=(2, 3))
+        ts.append(time.perf_counter() - t)
+    med = sorted(ts)[len(ts) // 2]
+    print(json.dumps({"bench": "unet_spot_embedding_torch", "median_s": med, "repeat": a.repeat, "threads": a.threads,
+                      "detail": {"spots": a.embed_spots, "batch": a.batch, "size": a.size, "s_per_spot": med / a.embed_spots}}))
+    sys.exit(0)
 tf, tb = [], []
 for _ in range(a.repeat):
     m.zero_grad()

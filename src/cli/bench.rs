@@ -64,6 +64,9 @@ enum BenchWhat {
         size: usize,
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Time the spot-embedding pass over this many upsampled windows instead.
+        #[arg(long)]
+        embed_spots: Option<usize>,
     },
     /// Preprocessing stages of one section: Moran's I, image scaling + mask, pseudo spots,
     /// nearest-spot maps (medians over --repeat runs).
@@ -243,7 +246,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
         }
         BenchWhat::Gcn { dir, iterations, repeat } => bench_gcn(&dir, iterations, repeat)?,
-        BenchWhat::Unet { batch, size, repeat } => {
+        BenchWhat::Unet { batch, size, repeat, embed_spots: Some(spots) } => {
+            use crate::model::conv::Shape;
+            use crate::model::unet::UNet;
+            let (net, p) = UNet::new(3, 0);
+            let is = Shape { n: batch, h: size, w: size, c: 3 };
+            let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+            let (t, _) = time(repeat, || {
+                let mut v = Vec::new();
+                for b in (0..spots).step_by(batch) {
+                    let n = batch.min(spots - b);
+                    v.extend(net.embed(&p, &image[..n * size * size * 3], Shape { n, ..is }));
+                }
+                Ok(v)
+            })?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "unet_spot_embedding", "median_s": t, "repeat": repeat,
+                    "threads": rayon::current_num_threads(),
+                    "detail": {"spots": spots, "batch": batch, "size": size, "s_per_spot": t / spots as f64}})
+            );
+        }
+        BenchWhat::Unet { batch, size, repeat, embed_spots: None } => {
             use crate::model::conv::Shape;
             use crate::model::unet::{mse, UNet};
             let (net, mut p) = UNet::new(3, 0);
