@@ -28,6 +28,7 @@ fn torch_shape(k: &Kind, len: usize) -> Vec<usize> {
         Kind::Conv(s) => vec![s.cout, s.cin, s.k, s.k],
         Kind::ConvT { cin, cout } => vec![cin, cout, 2, 2],
         Kind::Vector => vec![len],
+        Kind::Matrix { rows, cols } => vec![rows, cols],
     }
 }
 

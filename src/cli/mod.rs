@@ -51,8 +51,8 @@ struct RunArgs {
     /// Redo from this stage (default: resume after the last finished one).
     #[arg(long)]
     from: Option<Stage>,
-    /// Stop after this stage (this build runs up to `vd`).
-    #[arg(long, default_value = "vd")]
+    /// Stop after this stage (this build runs up to `train`).
+    #[arg(long, default_value = "train")]
     to: Stage,
     /// Iteration counts: `reference` = the published defaults, `quick` = a CPU demo.
     #[arg(long, value_enum, default_value = "reference")]
@@ -66,7 +66,13 @@ struct RunArgs {
     /// U-Net pre-training iterations (default: from the preset).
     #[arg(long)]
     pretrain_iterations: Option<usize>,
-    /// Tiles per pre-training batch (default: from the preset).
+    /// Joint training iterations, and those of its first phase (heads only) (default: from
+    /// the preset).
+    #[arg(long)]
+    train_iterations: Option<usize>,
+    #[arg(long)]
+    fix_iterations: Option<usize>,
+    /// Tiles per pre-training and training batch (default: from the preset).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Tile size of training and inference, and the size spot windows are upsampled to
@@ -297,7 +303,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
     if !a.to.implemented() {
         return Err(Error::setting(
             "--to",
-            format!("stage {} is not available in this build yet (it runs up to vd)", a.to),
+            format!("stage {} is not available in this build yet (it runs up to train)", a.to),
         ));
     }
     let specs = a.input.sections()?;
@@ -332,6 +338,21 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
     let (gcn_iters, nmf_iters, pre_iters, batch) = match a.preset {
         Preset::Reference => (5000, 2000, 5000, 32),
         Preset::Quick => (1000, 500, 10, 4),
+    };
+    let (train_iters, fix_iters) = match a.preset {
+        Preset::Reference => (2000, 1000),
+        Preset::Quick => (20, 10),
+    };
+    let train = crate::stages::train::TrainSettings {
+        iterations: a.train_iterations.unwrap_or(train_iters),
+        fix_iterations: a.fix_iterations.unwrap_or(fix_iters),
+        batch: a.batch_size.unwrap_or(batch),
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        split_size: a.split_size,
+        fail_after: std::env::var("SPAHDMAP_TRAIN_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
+        whole_epochs: a.preset == Preset::Reference && a.train_iterations.is_none() && a.fix_iterations.is_none(),
+        ..Default::default()
     };
     let pretrain = crate::stages::pretrain::PretrainSettings {
         iterations: a.pretrain_iterations.unwrap_or(pre_iters),
@@ -370,6 +391,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         preprocess: &settings,
         spot: &spot,
         pretrain: &pretrain,
+        train: &train,
         out: &a.out,
     };
     p.run(a.from, a.to)?;
@@ -379,7 +401,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "sections": specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "threads": rayon::current_num_threads(),
-        "settings": {"preprocess": settings, "spot": spot, "pretrain": pretrain},
+        "settings": {"preprocess": settings, "spot": spot, "pretrain": pretrain, "train": train},
         "stages": finished,
         "finished_through": last,
     });

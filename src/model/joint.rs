@@ -86,8 +86,9 @@ impl JointHead {
         let dec: Vec<f32> = (0..genes * rank)
             .map(|_| <StandardNormal as Distribution<f32>>::sample(&StandardNormal, &mut init.rng))
             .collect();
-        let decoder = p.add("nmf_decoder".into(), Kind::Vector, dec);
-        let gamma = (queries > 0).then(|| p.add("gamma".into(), Kind::Vector, vec![0.0; queries * genes]));
+        let decoder = p.add("nmf_decoder".into(), Kind::Matrix { rows: genes, cols: rank }, dec);
+        let gamma = (queries > 0)
+            .then(|| p.add("gamma".into(), Kind::Matrix { rows: queries, cols: genes }, vec![0.0; queries * genes]));
         JointHead { rank, genes, low_rank, image_pred, decoder, gamma }
     }
 

@@ -23,6 +23,8 @@ pub enum Kind {
     ConvT { cin: usize, cout: usize },
     /// biases, norm scales and shifts
     Vector,
+    /// a row-major matrix, same layout both sides (the decoder: genes × R; gamma: pairs × genes)
+    Matrix { rows: usize, cols: usize },
 }
 
 impl Kind {
@@ -51,7 +53,7 @@ impl Kind {
                     }
                 }
             }
-            Kind::Vector => t.copy_from_slice(v),
+            Kind::Vector | Kind::Matrix { .. } => t.copy_from_slice(v),
         }
         t
     }
@@ -81,7 +83,7 @@ impl Kind {
                     }
                 }
             }
-            Kind::Vector => v.copy_from_slice(t),
+            Kind::Vector | Kind::Matrix { .. } => v.copy_from_slice(t),
         }
         v
     }

@@ -11,6 +11,7 @@ pub mod preprocess;
 pub mod pretrain;
 pub mod results;
 pub mod spot;
+pub mod train;
 pub mod voronoi;
 
 use std::fmt;
@@ -59,7 +60,7 @@ impl Stage {
 
     /// Stages this build can run.
     pub fn implemented(self) -> bool {
-        self <= Stage::Vd
+        self <= Stage::Train
     }
 }
 

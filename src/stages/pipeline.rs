@@ -14,6 +14,7 @@ use crate::stages::preprocess::{run_preprocess, PreprocessSettings};
 use crate::stages::pretrain::{run_pretrain, PretrainSettings};
 use crate::stages::results::SectionDir;
 use crate::stages::spot::{run_gcn, run_nmf, run_vd, SpotSettings};
+use crate::stages::train::{run_train, TrainSettings};
 use crate::stages::Stage;
 use crate::util::{atomic_write, peak_rss_bytes};
 
@@ -24,6 +25,7 @@ pub struct Pipeline<'a> {
     pub preprocess: &'a PreprocessSettings,
     pub spot: &'a SpotSettings,
     pub pretrain: &'a PretrainSettings,
+    pub train: &'a TrainSettings,
     pub out: &'a Path,
 }
 
@@ -82,22 +84,35 @@ impl Pipeline<'_> {
                 json!(r)
             }
             Stage::Vd => json!({ "sections": run_vd(&self.sections()?, self.spot)? }),
+            Stage::Train => {
+                let r = run_train(self.out, &self.sections()?, self.refs, self.train)?;
+                eprintln!(
+                    "train: {} tiles, {} iterations (all parameters from {}), loss {:.5} (image {:.5}, expression {:.5})",
+                    r.tiles,
+                    r.iterations,
+                    r.second_phase_from.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                    r.last_loss,
+                    r.last_image_loss,
+                    r.last_expression_loss
+                );
+                json!(r)
+            }
             _ => unreachable!("not run by this driver"),
         })
     }
 
     /// Run up to `to`; `from` forces a redo from that stage.
     pub fn run(&self, from: Option<Stage>, to: Stage) -> Result<Vec<Value>> {
-        if to > Stage::Vd {
+        if to > Stage::Train {
             return Err(Error::setting(
                 "--to",
-                format!("stage {to} is not available in this build yet (it runs up to vd)"),
+                format!("stage {to} is not available in this build yet (it runs up to train)"),
             ));
         }
         std::fs::create_dir_all(self.out.join(".stages")).map_err(|e| Error::io(self.out, e))?;
         let mut records = Vec::new();
         let mut upstream_ran = false;
-        for st in [Stage::Preprocess, Stage::Nmf, Stage::Pretrain, Stage::Gcn, Stage::Vd] {
+        for st in [Stage::Preprocess, Stage::Nmf, Stage::Pretrain, Stage::Gcn, Stage::Vd, Stage::Train] {
             if st > to {
                 break;
             }

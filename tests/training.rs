@@ -1,5 +1,6 @@
-//! The `pretrain` stage: a run stopped after a checkpoint resumes and ends bit-identical to
-//! an uninterrupted run; the model file is a safetensors state dict with the reference's names.
+//! The `pretrain` and `train` stages: a run stopped after a checkpoint resumes and ends
+//! bit-identical to an uninterrupted run; model files are safetensors state dicts with the
+//! reference's names; the graph can use the pre-trained encoder.
 mod common;
 
 use std::path::Path;
@@ -155,4 +156,88 @@ fn the_spot_graph_uses_the_pretrained_encoder() {
     let o = run(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &cache);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("pretrained.safetensors is missing"), "{}", stderr(&o));
+}
+
+#[test]
+fn interrupted_joint_training_resumes_bit_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let sec = d.path().join("sec");
+    let o = run(
+        &[
+            "simulate",
+            "--out",
+            s(&sec),
+            "--height",
+            "900",
+            "--width",
+            "1000",
+            "--radius",
+            "12",
+            "--genes",
+            "60",
+            "--seed",
+            "8",
+        ],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let go = |out: &Path, fail: Option<usize>| {
+        let mut c = bin();
+        c.args([
+            "run",
+            "--visium",
+            s(&sec),
+            "--out",
+            s(out),
+            "--scale-rate",
+            "2",
+            "--n-top-genes",
+            "40",
+            "--rank",
+            "4",
+        ]);
+        c.args(["--preset", "quick", "--split-size", "64", "--pretrain-iterations", "2", "--batch-size", "2"]);
+        c.args([
+            "--gcn-iterations",
+            "30",
+            "--train-iterations",
+            "6",
+            "--fix-iterations",
+            "3",
+            "--checkpoint-every",
+            "2",
+        ]);
+        c.env("SPAHDMAP_CACHE_DIR", &cache);
+        if let Some(n) = fail {
+            c.env("SPAHDMAP_TRAIN_FAIL_AFTER", n.to_string());
+        }
+        c.output().unwrap()
+    };
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let o = go(&a, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("6 iterations (all parameters from 3)"), "{}", stderr(&o));
+    // killed in the second phase (last checkpoint at 4), then the same command again
+    let o = go(&b, Some(5));
+    assert!(!o.status.success() && stderr(&o).contains("stopped after iteration 5"), "{}", stderr(&o));
+    let o = go(&b, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming at iteration 4"), "{}", stderr(&o));
+    let (ma, mb) = (
+        std::fs::read(a.join("models/trained.safetensors")).unwrap(),
+        std::fs::read(b.join("models/trained.safetensors")).unwrap(),
+    );
+    let (sa, sb) =
+        (safetensors::SafeTensors::deserialize(&ma).unwrap(), safetensors::SafeTensors::deserialize(&mb).unwrap());
+    for n in sa.names() {
+        assert!(sa.tensor(n).unwrap().data() == sb.tensor(n).unwrap().data(), "{n} differs after resuming");
+    }
+    assert_eq!(sa.tensor("nmf_decoder").unwrap().shape(), &[40, 4]);
+    assert_eq!(sa.tensor("low_rank.conv_2.weight").unwrap().shape(), &[4, 4, 3, 3]);
+    assert_eq!(std::fs::read(a.join("metagene.csv")).unwrap(), std::fs::read(b.join("metagene.csv")).unwrap());
+    let text = std::fs::read_to_string(a.join("metagene.csv")).unwrap();
+    assert_eq!(text.lines().count(), 41);
+    // the decoder moved from its start (metagene_GCN) in the second phase
+    assert_ne!(text, std::fs::read_to_string(a.join("metagene_GCN.csv")).unwrap());
 }
