@@ -8,6 +8,7 @@
 //! - phase 2 (from the first epoch boundary after that): everything learns, lr 4e-4 for the
 //!   network and 4e-6 for the decoder and gamma, cosine over the remaining iterations;
 //! - tiles reshuffled per epoch, batches of 32; budget tested between epochs, as there.
+//!
 //! Resumable through `models/train.partial.safetensors` like `pretrain`. Writes
 //! `models/trained.safetensors` and `metagene.csv` (the trained decoder, genes × R).
 
