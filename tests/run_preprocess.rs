@@ -109,9 +109,9 @@ fn bad_settings_and_stages_not_built_yet() {
         "scale_rate",
     );
     assert_clean_error(
-        &run(&["run", "--visium", s(&sec), "--out", s(&out), "--to", "train"], &c),
+        &run(&["run", "--visium", s(&sec), "--out", s(&out), "--to", "score"], &c),
         "invalid setting",
-        "train",
+        "score",
     );
     assert!(!out.join("section/meta.json").exists());
 }
@@ -282,6 +282,10 @@ fn gene_list_and_two_sections_from_a_config() {
             "--pretrain-iterations",
             "1",
             "--batch-size",
+            "1",
+            "--train-iterations",
+            "2",
+            "--fix-iterations",
             "1",
         ],
         &d.path().join("cache"),

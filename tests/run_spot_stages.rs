@@ -44,6 +44,10 @@ fn run_to(sec: &Path, out: &Path, cache: &Path, extra: &[&str]) -> String {
         "1",
         "--batch-size",
         "1",
+        "--train-iterations",
+        "2",
+        "--fix-iterations",
+        "1",
     ]);
     a.extend_from_slice(extra);
     let o = run(&a, cache);
@@ -106,11 +110,12 @@ fn spot_stages_write_their_results_resume_and_reproduce() {
     }
     let run_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
-    assert_eq!(run_json["finished_through"], "vd");
+    assert_eq!(run_json["finished_through"], "train");
+    assert!(out.join("models/trained.safetensors").exists() && out.join("metagene.csv").exists());
 
-    // rerun: everything kept; --from gcn redoes gcn and vd only, with the same result
+    // rerun: everything kept; --from gcn redoes gcn, vd and train, with the same result
     let log = run_to(&sec, &out, &cache, &[]);
-    for st in ["preprocess", "nmf", "pretrain", "gcn", "vd"] {
+    for st in ["preprocess", "nmf", "pretrain", "gcn", "vd", "train"] {
         assert!(log.contains(&format!("{st}: finished in an earlier run")), "{log}");
     }
     let before = std::fs::read(out.join("section/VD_score.npy")).unwrap();
@@ -141,6 +146,10 @@ fn spot_stages_write_their_results_resume_and_reproduce() {
         "--pretrain-iterations",
         "1",
         "--batch-size",
+        "1",
+        "--train-iterations",
+        "2",
+        "--fix-iterations",
         "1",
     ]);
     let o = c.env("SPAHDMAP_CACHE_DIR", &cache).env("SPAHDMAP_STREAM_ABOVE_PIXELS", "1000").output().unwrap();
