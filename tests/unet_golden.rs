@@ -7,7 +7,7 @@ mod common;
 use common::{fixture, read_npy};
 use spahdmap::model::conv::Shape;
 use spahdmap::model::joint::{JointBatch, JointHead, LossWeights, TileSpots};
-use spahdmap::model::unet::{mse, resize_bilinear_ac, Kind, Params, UNet};
+use spahdmap::model::unet::{mse, resize_bilinear_ac, Params, UNet};
 use spahdmap::optim::{Adam, AdamConfig};
 
 /// splitmix64 uniforms in [0, 1), as the fixture script draws them.
@@ -21,15 +21,6 @@ fn splitmix_uniform(seed: u64, n: usize) -> Vec<f64> {
             (z >> 11) as f64 / (1u64 << 53) as f64
         })
         .collect()
-}
-
-fn torch_shape(k: &Kind, len: usize) -> Vec<usize> {
-    match *k {
-        Kind::Conv(s) => vec![s.cout, s.cin, s.k, s.k],
-        Kind::ConvT { cin, cout } => vec![cin, cout, 2, 2],
-        Kind::Vector => vec![len],
-        Kind::Matrix { rows, cols } => vec![rows, cols],
-    }
 }
 
 /// The script's `fill`, in PyTorch layout.
@@ -89,7 +80,7 @@ fn setup() -> (UNet, Params, Vec<f32>, Shape, serde_json::Value) {
     assert_eq!(ours, theirs, "parameter names");
     for i in 0..p.names.len() {
         let t = names.iter().position(|n| *n == p.names[i]).unwrap();
-        let shape = torch_shape(&p.kinds[i], p.data[i].len());
+        let shape = p.kinds[i].torch_shape(p.data[i].len());
         p.data[i] = p.kinds[i].from_torch(&fill(&p.names[i], &shape, t));
     }
     let is = Shape { n: 2, h: 64, w: 64, c: 3 };
@@ -144,10 +135,8 @@ fn three_adam_steps_match_pytorch() {
         let (loss, d) = mse(&a.pred, &image);
         losses.push(loss);
         net.backward(&mut p, &a, &d);
-        let grads = std::mem::take(&mut p.grads);
-        let mut params: Vec<&mut [f32]> = p.data.iter_mut().map(|v| &mut v[..]).collect();
-        opt.step(&mut params, &grads.iter().map(|g| &g[..]).collect::<Vec<_>>(), 4e-4);
-        p.grads = grads;
+        let all: Vec<usize> = (0..p.names.len()).collect();
+        p.adam_step(&mut opt, &all, &vec![4e-4; all.len()]);
     }
     let want: Vec<f64> = r["losses_3_steps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (a, b) in losses.iter().zip(&want) {
@@ -213,7 +202,7 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
             .iter()
             .position(|n| *n == p.names[i])
             .unwrap_or_else(|| panic!("{} not in the reference", p.names[i]));
-        let shape = torch_shape(&p.kinds[i], p.data[i].len());
+        let shape = p.kinds[i].torch_shape(p.data[i].len());
         p.data[i] = p.kinds[i].from_torch(&fill(&p.names[i], &shape, t));
     }
     let trained: Vec<usize> = used.iter().map(|n| p.index(n).unwrap_or_else(|| panic!("{n} missing"))).collect();
@@ -271,16 +260,7 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
         let out =
             head.step(&net, &mut p, &JointBatch { image: &image, shape: is, vd: &vd, tiles: &tiles(()) }, &w, true);
         losses.push(out.loss);
-        let grads: Vec<Vec<f32>> = trained.iter().map(|&i| std::mem::take(&mut p.grads[i])).collect();
-        let mut taken: Vec<Vec<f32>> = trained.iter().map(|&i| std::mem::take(&mut p.data[i])).collect();
-        {
-            let mut params: Vec<&mut [f32]> = taken.iter_mut().map(|v| &mut v[..]).collect();
-            opt.step_groups(&mut params, &grads.iter().map(|g| &g[..]).collect::<Vec<_>>(), &lrs);
-        }
-        for (k, &i) in trained.iter().enumerate() {
-            p.data[i] = std::mem::take(&mut taken[k]);
-            p.grads[i] = grads[k].clone();
-        }
+        p.adam_step(&mut opt, &trained, &lrs);
     }
     let want: Vec<f64> = r["losses_3_steps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (a, b) in losses.iter().zip(&want) {

@@ -109,7 +109,7 @@ fn time<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> 
 
 fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize) -> Result<()> {
     use crate::io::npy::read_npy;
-    use crate::stages::gcn::{train_gcn, Gcn, GcnParams, GcnSettings};
+    use crate::stages::gcn::{train_gcn, GcnParams, GcnSettings};
     use crate::stages::graph::{spot_graph, GraphMode, DEFAULT_NEIGHBORS};
     let (_, c) = read_npy::<f64>(&dir.join("coords.npy"))?;
     let coords: Vec<[f64; 2]> = c.chunks(2).map(|p| [p[0], p[1]]).collect();
@@ -137,7 +137,6 @@ fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize) -> Result<
             "detail": {"spots": n, "pseudo": coords.len() - n, "edges": adj.nnz(), "same_as_reference": same,
                 "peak_rss_mib_before": rss0.unwrap_or(0) as f64 / 1048576.0, "peak_rss_mib_after": rss1.unwrap_or(0) as f64 / 1048576.0}})
     );
-    let plan = Gcn::new(&adj, n, r).plan_sizes();
     let s = GcnSettings { iterations, ..Default::default() };
     let (t, res) = time(1, || {
         let pb = crate::util::progress_count(iterations as u64, "GCN");
@@ -150,7 +149,7 @@ fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize) -> Result<
     println!(
         "{}",
         serde_json::json!({"bench": "gcn_train", "seconds": t, "iterations": iterations, "threads": threads,
-            "detail": {"ms_per_iteration": 1e3 * t / iterations.max(1) as f64, "rows_per_layer": plan, "final_mse": mse}})
+            "detail": {"ms_per_iteration": 1e3 * t / iterations.max(1) as f64, "rows_per_layer": res.rows_per_layer, "final_mse": mse}})
     );
     Ok(())
 }

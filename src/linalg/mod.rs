@@ -75,6 +75,17 @@ pub fn dense_f32_times(x: &[f32], rows: usize, cols: usize, m: &[f64], n: usize,
     y.into_iter().map(|v| v as f64).collect()
 }
 
+/// The transpose of a row-major rows × cols matrix (cols × rows, row-major).
+pub fn transpose<T: Copy + Default>(a: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); a.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = a[i * cols + j];
+        }
+    }
+    t
+}
+
 /// An f32 matrix operand: `rows × cols`, stored row-major, or (`transposed`) the transpose
 /// of a row-major `cols × rows` buffer — so Aᵀ of a stored matrix costs nothing.
 #[derive(Debug, Clone, Copy)]

@@ -14,15 +14,6 @@ use crate::error::{Error, Result};
 use crate::optim::Adam;
 use crate::util::atomic_write;
 
-fn torch_shape(k: &Kind, len: usize) -> Vec<usize> {
-    match *k {
-        Kind::Conv(s) => vec![s.cout, s.cin, s.k, s.k],
-        Kind::ConvT { cin, cout } => vec![cin, cout, 2, 2],
-        Kind::Vector => vec![len],
-        Kind::Matrix { rows, cols } => vec![rows, cols],
-    }
-}
-
 fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -35,12 +26,12 @@ fn floats(b: &[u8]) -> Vec<f32> {
 pub fn save(path: &Path, p: &Params, opt: Option<(&Adam, &[usize])>, mut meta: HashMap<String, String>) -> Result<()> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for i in 0..p.names.len() {
-        let shape = torch_shape(&p.kinds[i], p.data[i].len());
+        let shape = p.kinds[i].torch_shape(p.data[i].len());
         bufs.push((p.names[i].clone(), shape, le_bytes(&p.kinds[i].to_torch(&p.data[i]))));
     }
     if let Some((adam, trained)) = opt {
         for (k, &i) in trained.iter().enumerate() {
-            let shape = torch_shape(&p.kinds[i], p.data[i].len());
+            let shape = p.kinds[i].torch_shape(p.data[i].len());
             bufs.push((format!("adam.m.{}", p.names[i]), shape.clone(), le_bytes(&p.kinds[i].to_torch(&adam.m[k]))));
             bufs.push((format!("adam.v.{}", p.names[i]), shape, le_bytes(&p.kinds[i].to_torch(&adam.v[k]))));
         }
@@ -74,11 +65,11 @@ pub fn load(path: &Path, p: &mut Params, opt: Option<(&mut Adam, &[usize])>) -> 
     let meta = header.metadata().clone().unwrap_or_default();
     let get = |name: &str, kind: &Kind, len: usize| -> Result<Vec<f32>> {
         let t = st.tensor(name).map_err(|_| Error::format(path, name, "missing"))?;
-        if t.dtype() != Dtype::F32 || t.shape() != torch_shape(kind, len).as_slice() {
+        if t.dtype() != Dtype::F32 || t.shape() != kind.torch_shape(len).as_slice() {
             return Err(Error::format(
                 path,
                 name,
-                format!("{:?} {:?}, expected F32 {:?}", t.dtype(), t.shape(), torch_shape(kind, len)),
+                format!("{:?} {:?}, expected F32 {:?}", t.dtype(), t.shape(), kind.torch_shape(len)),
             ));
         }
         Ok(kind.from_torch(&floats(t.data())))

@@ -10,6 +10,7 @@ use rand_distr::{Distribution, StandardNormal, Uniform};
 use super::act::{leaky_relu, leaky_relu_backward, sigmoid_backward, sigmoid_inplace};
 use super::conv::{conv2d, conv2d_backward, conv_transpose2, conv_transpose2_backward, ConvSpec, Shape};
 use super::norm::{hin_backward, hin_forward, HinStats};
+use crate::optim::Adam;
 
 pub const WIDTH: usize = 32;
 pub const DEPTH: usize = 4;
@@ -28,6 +29,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// PyTorch's shape of a tensor of this kind holding `len` values.
+    pub fn torch_shape(&self, len: usize) -> Vec<usize> {
+        match *self {
+            Kind::Conv(s) => vec![s.cout, s.cin, s.k, s.k],
+            Kind::ConvT { cin, cout } => vec![cin, cout, 2, 2],
+            Kind::Vector => vec![len],
+            Kind::Matrix { rows, cols } => vec![rows, cols],
+        }
+    }
+
     /// Our layout → PyTorch's (flattened).
     pub fn to_torch(&self, v: &[f32]) -> Vec<f32> {
         let mut t = vec![0f32; v.len()];
@@ -108,6 +119,15 @@ impl Params {
     }
     pub fn index(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
+    }
+
+    /// One Adam step on tensors `tensors` (in the optimiser's order) from their gradients,
+    /// with a learning rate per tensor.
+    pub fn adam_step(&mut self, opt: &mut Adam, tensors: &[usize], lrs: &[f64]) {
+        let mut slots: Vec<Option<&mut [f32]>> = self.data.iter_mut().map(|v| Some(&mut v[..])).collect();
+        let mut params: Vec<&mut [f32]> = tensors.iter().map(|&i| slots[i].take().expect("each tensor once")).collect();
+        let grads: Vec<&[f32]> = tensors.iter().map(|&i| &self.grads[i][..]).collect();
+        opt.step_groups(&mut params, &grads, lrs);
     }
 }
 
@@ -228,7 +248,7 @@ impl Block {
     }
 
     pub(crate) fn forward(&self, p: &Params, x: &[f32], xs: Shape) -> BlockCache {
-        let (c1, os) = self.conv1.forward(p, x, xs);
+        let (mut c1, os) = self.conv1.forward(p, x, xs);
         let mut stats = HinStats::default();
         let mut a1 = match self.hin {
             Some((g, b)) => {
@@ -236,7 +256,7 @@ impl Block {
                 hin_forward(&c1, os, &p.data[g], &p.data[b], &mut h, &mut stats);
                 h
             }
-            None => c1.clone(),
+            None => std::mem::take(&mut c1),
         };
         leaky_relu(&mut a1);
         let (mut a2, _) = self.conv2.forward(p, &a1, os);

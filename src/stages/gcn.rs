@@ -310,6 +310,8 @@ pub struct GcnResult {
     pub params: GcnParams,
     pub output: Vec<f32>,
     pub losses: Vec<f64>,
+    /// rows each layer computed per training step, input first
+    pub rows_per_layer: [usize; 5],
 }
 
 /// Train from `params` as the reference does and predict every spot; `on_iter` sees
@@ -337,7 +339,7 @@ pub fn train_gcn(
         on_iter(it, loss);
     }
     let output = Gcn::predict(adj, n, &params, score);
-    GcnResult { params, output, losses }
+    GcnResult { params, output, losses, rows_per_layer: gcn.plan_sizes() }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::io::sparse::Csr;
 use crate::linalg::narrow::narrow_gemm;
-use crate::linalg::{dense_f32_times, gemm, gram, spmm, truncated_svd};
+use crate::linalg::{dense_f32_times, gemm, gram, spmm, transpose, truncated_svd};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NmfSettings {
@@ -97,26 +97,6 @@ fn cd_sweep(a: &mut [f64], yb: &[f64], btb: &[f64], r: usize) -> f64 {
         .sum()
 }
 
-fn transpose_f32(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; a.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            t[j * rows + i] = a[i * cols + j];
-        }
-    }
-    t
-}
-
-fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
-    let mut t = vec![0f64; a.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            t[j * rows + i] = a[i * cols + j];
-        }
-    }
-    t
-}
-
 /// X as the products need it: sparse (with its transpose), or dense f32 with its transpose
 /// when a quarter or more of it is non-zero, where streaming it through a vectorised
 /// narrow product beats indirect indexing.
@@ -160,7 +140,7 @@ pub fn nmf(x: &Csr, s: &NmfSettings) -> Factors {
     let (mut w, h) = nndsvd(x, &xt, r, s.seed);
     let op = if x.nnz() * 4 >= x.rows * x.cols {
         let d = x.to_dense();
-        let t = transpose_f32(&d, x.rows, x.cols);
+        let t = transpose(&d, x.rows, x.cols);
         Operand::Dense { x: d, xt: t }
     } else {
         Operand::Sparse(xt)

@@ -122,7 +122,7 @@ impl Progress {
 
 /// The order of the tiles in epoch `e`: a permutation drawn from (seed, e) alone, so a resumed
 /// run replays it.
-fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+pub(crate) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(crate::simulate::field::mix(
         seed ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407),
@@ -179,12 +179,7 @@ pub fn run_pretrain(out: &Path, sections: &[SectionDir], s: &PretrainSettings) -
             let (loss, d) = mse(&a.pred, &batch);
             net.backward(&mut p, &a, &d);
             drop(a);
-            {
-                let grads = std::mem::take(&mut p.grads);
-                let mut params: Vec<&mut [f32]> = p.data.iter_mut().map(|v| &mut v[..]).collect();
-                opt.step(&mut params, &grads.iter().map(|g| &g[..]).collect::<Vec<_>>(), lr);
-                p.grads = grads;
-            }
+            p.adam_step(&mut opt, &all, &vec![lr; all.len()]);
             pr.iteration += 1;
             pr.batch_in_epoch += 1;
             pr.rec_loss += loss;

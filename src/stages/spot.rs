@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
 use crate::io::npy::{read_npy, write_npy};
 use crate::io::sparse::Csr;
-use crate::linalg::gemm;
+use crate::linalg::{gemm, transpose};
 use crate::model::unet::UNet;
 use crate::preprocess::nearest::SpotIndex;
 use crate::stages::embed::{EncoderEmbedder, SpotEmbedder, WindowStats};
@@ -117,7 +117,7 @@ pub fn run_nmf(out: &Path, sections: &[SectionDir], refs: &[(String, String)], s
             return Err(Error::format(path, "genes", "the metagenes' genes differ from this run's gene list"));
         }
         // file is genes × R; H is R × genes
-        let h: Vec<f64> = (0..rank * g).map(|i| m[(i % g) * rank + i / g]).collect();
+        let h = transpose(&m, g, rank);
         (transfer_scores(&x, &h, rank), h, rank)
     } else {
         let pb = crate::util::progress_count(1, "NMF");
@@ -147,7 +147,7 @@ pub fn run_nmf(out: &Path, sections: &[SectionDir], refs: &[(String, String)], s
     for (sd, b) in sections.iter().zip(&blocks) {
         write_npy(&sd.path("NMF_score.npy"), &[(b.len() / r) as u64, r as u64], f32_of(b))?;
     }
-    let ht: Vec<f64> = (0..g * r).map(|i| h[(i % r) * g + i / r]).collect();
+    let ht = transpose(&h, r, g);
     write_metagenes(&out.join("metagene_NMF.csv"), &genes, &ht, r)
 }
 
@@ -227,7 +227,7 @@ pub fn run_gcn(
             section: m.section.clone(),
             embedding: embedder.name(),
             edges: adj.nnz(),
-            rows_per_layer: crate::stages::gcn::Gcn::new(&adj, n, r).plan_sizes(),
+            rows_per_layer: res.rows_per_layer,
             first_loss: res.losses.first().copied().unwrap_or(f64::NAN),
             final_loss: res.losses.last().copied().unwrap_or(f64::NAN),
             nonzero_fraction: nz,
@@ -250,7 +250,7 @@ fn refine_metagenes(out: &Path, sections: &[SectionDir], refs: &[(String, String
     for (k, (x, sc)) in xs.iter().zip(scores).enumerate() {
         let n = x.rows;
         let s64: Vec<f64> = sc.iter().map(|&v| v as f64).collect();
-        let st: Vec<f64> = (0..r * n).map(|i| s64[(i % n) * r + i / n]).collect();
+        let st = transpose(&s64, n, r);
         let mut gk = vec![0f64; r * r];
         gemm(r, n, r, &st, &s64, &mut gk);
         gram.iter_mut().zip(&gk).for_each(|(a, b)| *a += b);
@@ -271,7 +271,7 @@ fn refine_metagenes(out: &Path, sections: &[SectionDir], refs: &[(String, String
         gemm(r, n, g, &st, &xd, &mut part);
         xts.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
     }
-    let rhs: Vec<f64> = (0..g * r).map(|i| xts[(i % r) * g + i / r]).collect();
+    let rhs = transpose(&xts, r, g);
     let c = nnls_rows(&rhs, &gram, r);
     write_metagenes(&out.join("metagene_GCN.csv"), &genes, &c, r)
 }

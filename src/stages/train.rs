@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use half::f16;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -29,6 +27,7 @@ use crate::model::joint::{JointBatch, JointHead, LossWeights, TileSpots};
 use crate::model::unet::UNet;
 use crate::optim::{cosine_lr, Adam, AdamConfig};
 use crate::preprocess::spot_pixels::spot_disk_pixels;
+use crate::stages::pretrain::epoch_order;
 use crate::stages::results::{read_metagenes, write_metagenes, SectionDir};
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,15 +122,6 @@ impl SectionData {
         }
         out
     }
-}
-
-fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(crate::simulate::field::mix(
-        seed ^ 0x7EA1 ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407),
-    ));
-    v.shuffle(&mut rng);
-    v
 }
 
 pub fn run_train(
@@ -250,7 +240,7 @@ pub fn run_train(
             phase2_from = Some(iteration);
             opt = new_opt(&all);
         }
-        let order = epoch_order(tiles.len(), s.seed, epoch);
+        let order = epoch_order(tiles.len(), s.seed ^ 0x7EA1, epoch);
         while in_epoch < per_epoch {
             if !s.whole_epochs {
                 if iteration >= s.iterations {
@@ -300,16 +290,7 @@ pub fn run_train(
                         .collect()
                 }
             };
-            {
-                let grads: Vec<Vec<f32>> = trained.iter().map(|&i| std::mem::take(&mut p.grads[i])).collect();
-                let mut taken: Vec<Vec<f32>> = trained.iter().map(|&i| std::mem::take(&mut p.data[i])).collect();
-                let mut views: Vec<&mut [f32]> = taken.iter_mut().map(|v| &mut v[..]).collect();
-                opt.step_groups(&mut views, &grads.iter().map(|g| &g[..]).collect::<Vec<_>>(), &lrs);
-                for ((&i, v), g) in trained.iter().zip(taken).zip(grads) {
-                    p.data[i] = v;
-                    p.grads[i] = g;
-                }
-            }
+            p.adam_step(&mut opt, trained, &lrs);
             iteration += 1;
             in_epoch += 1;
             last = (o.loss, o.loss_image, o.loss_exp);
