@@ -7,6 +7,7 @@
 // Numeric loops index several arrays at once; iterator chains would read worse.
 #![allow(clippy::needless_range_loop)]
 
+pub mod backend;
 pub mod cli;
 pub mod error;
 pub mod inspect;

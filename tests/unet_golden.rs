@@ -5,10 +5,11 @@
 mod common;
 
 use common::{fixture, read_npy};
-use spahdmap::model::conv::Shape;
+use spahdmap::backend::{Backend, Cpu, Shape};
 use spahdmap::model::joint::{JointBatch, JointHead, LossWeights, TileSpots};
-use spahdmap::model::unet::{mse, resize_bilinear_ac, Params, UNet};
+use spahdmap::model::unet::{resize_bilinear_ac, Params, UNet};
 use spahdmap::optim::{Adam, AdamConfig};
+use spahdmap::stages::pretrain::pretrain_step;
 
 /// splitmix64 uniforms in [0, 1), as the fixture script draws them.
 fn splitmix_uniform(seed: u64, n: usize) -> Vec<f64> {
@@ -101,16 +102,19 @@ fn setup() -> (UNet, Params, Vec<f32>, Shape, serde_json::Value) {
 #[test]
 fn forward_loss_and_gradients_match_pytorch() {
     let (net, mut p, image, is, r) = setup();
-    let a = net.forward(&p, &image, is);
+    let cpu = Cpu::new();
+    let a = net.forward(&cpu, &p, &image, is);
+    let pred = a.pred.as_ref().unwrap();
     let want: Vec<f64> = read_npy::<f32>(&fixture("unet/pred_nhwc.npy")).1.iter().map(|&v| v as f64).collect();
-    let got: Vec<f64> = a.pred.iter().map(|&v| v as f64).collect();
+    let got: Vec<f64> = pred.iter().map(|&v| v as f64).collect();
     let e = rel(&got, &want);
     eprintln!("prediction relative error {e:e}");
     assert!(e < 1e-5, "forward {e}");
-    let (loss, d) = mse(&a.pred, &image);
+    let mut d = vec![0f32; is.len()];
+    let loss = cpu.mse_per_image(pred, &image, is, 1.0 / is.n as f64, &mut d) / is.n as f64;
     let want_loss = r["loss"].as_f64().unwrap();
     assert!((loss - want_loss).abs() < 1e-5 * want_loss, "loss {loss} vs {want_loss}");
-    net.backward(&mut p, &a, &d);
+    net.backward(&cpu, &mut p, &a, &image, d);
     let mut worst = (0f64, String::new());
     for i in 0..p.names.len() {
         let g = fingerprint(&p.kinds[i].to_torch(&p.grads[i]));
@@ -130,13 +134,11 @@ fn three_adam_steps_match_pytorch() {
     let sizes: Vec<usize> = p.data.iter().map(|d| d.len()).collect();
     let mut opt = Adam::new(AdamConfig { weight_decay: 1e-5, ..Default::default() }, &sizes);
     let mut losses = Vec::new();
+    let cpu = Cpu::new();
     for _ in 0..3 {
-        let a = net.forward(&p, &image, is);
-        let (loss, d) = mse(&a.pred, &image);
-        losses.push(loss);
-        net.backward(&mut p, &a, &d);
+        losses.push(pretrain_step(&cpu, &net, &mut p, &image, is));
         let all: Vec<usize> = (0..p.names.len()).collect();
-        p.adam_step(&mut opt, &all, &vec![4e-4; all.len()]);
+        p.adam_step(&cpu, &mut opt, &all, &vec![4e-4; all.len()]);
     }
     let want: Vec<f64> = r["losses_3_steps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (a, b) in losses.iter().zip(&want) {
@@ -225,7 +227,10 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
         (0..2).map(|k| TileSpots { pixels: &pixels[k], expression: &exps[k], query: (k == 0).then_some(0) }).collect()
     };
     let w = LossWeights::default();
-    let out = head.step(&net, &mut p, &JointBatch { image: &image, shape: is, vd: &vd, tiles: &tiles(()) }, &w, true);
+    let cpu = Cpu::new();
+    let hr = head.hr_scores(&cpu, &net, &p, &image, is, &vd);
+    let out =
+        head.step(&cpu, &net, &mut p, &JointBatch { image: &image, shape: is, vd: &vd, tiles: &tiles(()) }, &w, true);
     let want = r["loss"].as_f64().unwrap();
     eprintln!(
         "joint loss {} vs {want} (image {}, expression {}, regulariser {})",
@@ -233,7 +238,7 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
     );
     assert!((out.loss - want).abs() < 1e-5 * want);
     let hw: Vec<f64> = r["hr"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let e = rel(&fingerprint(&out.hr)[1..], &hw[1..]);
+    let e = rel(&fingerprint(&hr)[1..], &hw[1..]);
     eprintln!("HR relative error {e:e}");
     assert!(e < 1e-5);
     let mut worst = (0f64, String::new());
@@ -257,10 +262,10 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
     let mut opt = Adam::new(AdamConfig { weight_decay: 1e-5, ..Default::default() }, &sizes);
     let mut losses = Vec::new();
     for _ in 0..3 {
-        let out =
-            head.step(&net, &mut p, &JointBatch { image: &image, shape: is, vd: &vd, tiles: &tiles(()) }, &w, true);
+        let batch = JointBatch { image: &image, shape: is, vd: &vd, tiles: &tiles(()) };
+        let out = head.step(&cpu, &net, &mut p, &batch, &w, true);
         losses.push(out.loss);
-        p.adam_step(&mut opt, &trained, &lrs);
+        p.adam_step(&cpu, &mut opt, &trained, &lrs);
     }
     let want: Vec<f64> = r["losses_3_steps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (a, b) in losses.iter().zip(&want) {
@@ -290,7 +295,7 @@ fn joint_network_losses_gradients_and_adam_groups_match_pytorch() {
 #[test]
 fn embedding_pass_and_bilinear_upsampling_match_pytorch() {
     let (net, p, image, is, _) = setup();
-    let emb = net.embed(&p, &image, is);
+    let emb = net.embed(&Cpu::new(), &p, &image, is);
     let want: Vec<f64> = read_npy::<f32>(&fixture("unet/embedding.npy")).1.iter().map(|&v| v as f64).collect();
     let e = rel(&emb.iter().map(|&v| v as f64).collect::<Vec<_>>(), &want);
     eprintln!("embedding (2 × 128) relative error {e:e}");
@@ -311,4 +316,35 @@ fn embedding_pass_and_bilinear_upsampling_match_pytorch() {
     let e = rel(&got, &want);
     eprintln!("align_corners bilinear upsampling relative error {e:e}");
     assert!(e < 1e-6, "{e}");
+}
+
+/// The package's own saved model, converted by tools/import_pth.py and loaded by our
+/// checkpoint reader, reproduces the package's prediction: names, shapes and layouts agree.
+/// The 10 MB `.pth` is not stored: `python tools/make_import_fixtures.py --full DIR` writes it,
+/// and SPAHDMAP_FULL_PTH=DIR/pretrained_model.pth runs this check.
+#[test]
+fn an_imported_reference_model_reproduces_its_forward() {
+    let Ok(pth) = std::env::var("SPAHDMAP_FULL_PTH") else {
+        eprintln!("skipped: SPAHDMAP_FULL_PTH not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pretrained.safetensors");
+    let o = std::process::Command::new("python3")
+        .arg(common::root().join("tools/import_pth.py"))
+        .arg(&pth)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (net, want_p, image, is, _) = setup();
+    let (_, mut p) = UNet::new(3, 99);
+    let cpu = Cpu::new();
+    spahdmap::model::checkpoint::load(&cpu, &out, &mut p, None).unwrap();
+    assert_eq!(p.data, want_p.data, "imported weights");
+    let a = net.forward(&cpu, &p, &image, is);
+    let want: Vec<f64> = read_npy::<f32>(&fixture("unet/pred_nhwc.npy")).1.iter().map(|&v| v as f64).collect();
+    let e = rel(&a.pred.as_ref().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>(), &want);
+    eprintln!("imported model: prediction relative error {e:e}");
+    assert!(e < 1e-5);
 }

@@ -246,8 +246,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         BenchWhat::Gcn { dir, iterations, repeat } => bench_gcn(&dir, iterations, repeat)?,
         BenchWhat::Unet { batch, size, repeat, embed_spots: Some(spots) } => {
-            use crate::model::conv::Shape;
+            use crate::backend::{Backend, Cpu, Shape};
             use crate::model::unet::UNet;
+            let cpu = Cpu::new();
             let (net, p) = UNet::new(3, 0);
             let is = Shape { n: batch, h: size, w: size, c: 3 };
             let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
@@ -255,7 +256,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 let mut v = Vec::new();
                 for b in (0..spots).step_by(batch) {
                     let n = batch.min(spots - b);
-                    v.extend(net.embed(&p, &image[..n * size * size * 3], Shape { n, ..is }));
+                    let e = net.embed(&cpu, &p, &image[..n * size * size * 3].to_vec(), Shape { n, ..is });
+                    v.extend_from_slice(&e);
+                    cpu.release(e);
                 }
                 Ok(v)
             })?;
@@ -267,19 +270,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
         }
         BenchWhat::Unet { batch, size, repeat, embed_spots: None } => {
-            use crate::model::conv::Shape;
-            use crate::model::unet::{mse, UNet};
+            use crate::backend::{Backend, Cpu, Shape};
+            use crate::model::unet::UNet;
+            let cpu = Cpu::new();
             let (net, mut p) = UNet::new(3, 0);
             let is = Shape { n: batch, h: size, w: size, c: 3 };
             let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
             let (mut tf, mut tb) = (Vec::new(), Vec::new());
             for _ in 0..repeat.max(1) {
                 let t = Instant::now();
-                let a = net.forward(&p, &image, is);
+                let a = net.forward(&cpu, &p, &image, is);
                 tf.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
-                let (_, d) = mse(&a.pred, &image);
-                net.backward(&mut p, &a, &d);
+                let mut d = cpu.alloc(is.len());
+                cpu.mse_per_image(a.pred.as_ref().unwrap(), &image, is, 1.0 / is.n as f64, &mut d);
+                net.backward(&cpu, &mut p, &a, &image, d);
+                a.release(&cpu);
                 tb.push(t.elapsed().as_secs_f64());
             }
             let (f, b) = (median(tf), median(tb));

@@ -10,6 +10,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::unet::{Kind, Params};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::optim::Adam;
 use crate::util::atomic_write;
@@ -22,18 +23,26 @@ fn floats(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-/// Write parameters (and the optimiser over tensors `trained`, if given) to `path` atomically.
-pub fn save(path: &Path, p: &Params, opt: Option<(&Adam, &[usize])>, mut meta: HashMap<String, String>) -> Result<()> {
+/// Write parameters (and the optimiser over tensors `trained`, if given) from a backend's
+/// buffers to `path` atomically.
+pub fn save<B: Backend>(
+    b: &B,
+    path: &Path,
+    p: &Params<B::Buf>,
+    opt: Option<(&Adam<B::Buf>, &[usize])>,
+    mut meta: HashMap<String, String>,
+) -> Result<()> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let torch = |i: usize, t: &B::Buf| le_bytes(&p.kinds[i].to_torch(&b.download(t)));
     for i in 0..p.names.len() {
-        let shape = p.kinds[i].torch_shape(p.data[i].len());
-        bufs.push((p.names[i].clone(), shape, le_bytes(&p.kinds[i].to_torch(&p.data[i]))));
+        let shape = p.kinds[i].torch_shape(b.len(&p.data[i]));
+        bufs.push((p.names[i].clone(), shape, torch(i, &p.data[i])));
     }
     if let Some((adam, trained)) = opt {
         for (k, &i) in trained.iter().enumerate() {
-            let shape = p.kinds[i].torch_shape(p.data[i].len());
-            bufs.push((format!("adam.m.{}", p.names[i]), shape.clone(), le_bytes(&p.kinds[i].to_torch(&adam.m[k]))));
-            bufs.push((format!("adam.v.{}", p.names[i]), shape, le_bytes(&p.kinds[i].to_torch(&adam.v[k]))));
+            let shape = p.kinds[i].torch_shape(b.len(&p.data[i]));
+            bufs.push((format!("adam.m.{}", p.names[i]), shape.clone(), torch(i, &adam.m[k])));
+            bufs.push((format!("adam.v.{}", p.names[i]), shape, torch(i, &adam.v[k])));
         }
         meta.insert("adam.step".into(), adam.step.to_string());
         meta.insert("adam.config".into(), serde_json::to_string(&adam.cfg).unwrap());
@@ -56,14 +65,19 @@ pub fn save(path: &Path, p: &Params, opt: Option<(&Adam, &[usize])>, mut meta: H
 
 /// Read parameters into `p` (every tensor of `p` must be present with its shape) and, when
 /// asked, the optimiser state (for tensors `trained`, in order). Returns the metadata.
-pub fn load(path: &Path, p: &mut Params, opt: Option<(&mut Adam, &[usize])>) -> Result<HashMap<String, String>> {
+pub fn load<B: Backend>(
+    b: &B,
+    path: &Path,
+    p: &mut Params<B::Buf>,
+    opt: Option<(&mut Adam<B::Buf>, &[usize])>,
+) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st =
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "safetensors", e.to_string()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::format(path, "safetensors", e.to_string()))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let get = |name: &str, kind: &Kind, len: usize| -> Result<Vec<f32>> {
+    let get = |name: &str, kind: &Kind, len: usize| -> Result<B::Buf> {
         let t = st.tensor(name).map_err(|_| Error::format(path, name, "missing"))?;
         if t.dtype() != Dtype::F32 || t.shape() != kind.torch_shape(len).as_slice() {
             return Err(Error::format(
@@ -72,17 +86,21 @@ pub fn load(path: &Path, p: &mut Params, opt: Option<(&mut Adam, &[usize])>) -> 
                 format!("{:?} {:?}, expected F32 {:?}", t.dtype(), t.shape(), kind.torch_shape(len)),
             ));
         }
-        Ok(kind.from_torch(&floats(t.data())))
+        Ok(b.upload(&kind.from_torch(&floats(t.data()))))
     };
     for i in 0..p.names.len() {
-        p.data[i] = get(&p.names[i], &p.kinds[i], p.data[i].len())?;
+        let t = get(&p.names[i], &p.kinds[i], b.len(&p.data[i]))?;
+        b.release(std::mem::replace(&mut p.data[i], t));
     }
     if let Some((adam, trained)) = opt {
         let step = meta.get("adam.step").ok_or_else(|| Error::format(path, "adam.step", "missing"))?;
         adam.step = step.parse().map_err(|_| Error::format(path, "adam.step", step.clone()))?;
         for (k, &i) in trained.iter().enumerate() {
-            adam.m[k] = get(&format!("adam.m.{}", p.names[i]), &p.kinds[i], p.data[i].len())?;
-            adam.v[k] = get(&format!("adam.v.{}", p.names[i]), &p.kinds[i], p.data[i].len())?;
+            let len = b.len(&p.data[i]);
+            let m = get(&format!("adam.m.{}", p.names[i]), &p.kinds[i], len)?;
+            b.release(std::mem::replace(&mut adam.m[k], m));
+            let v = get(&format!("adam.v.{}", p.names[i]), &p.kinds[i], len)?;
+            b.release(std::mem::replace(&mut adam.v[k], v));
         }
     }
     Ok(meta)
@@ -105,18 +123,15 @@ mod tests {
             AdamConfig { weight_decay: 1e-5, ..Default::default() },
             &p.data.iter().map(|d| d.len()).collect::<Vec<_>>(),
         );
-        {
-            let grads: Vec<Vec<f32>> = p.grads.clone();
-            let mut params: Vec<&mut [f32]> = p.data.iter_mut().map(|v| &mut v[..]).collect();
-            adam.step(&mut params, &grads.iter().map(|g| &g[..]).collect::<Vec<_>>(), 1e-3);
-        }
+        let cpu = crate::backend::Cpu::new();
+        p.adam_step(&cpu, &mut adam, &trained, &vec![1e-3; trained.len()]);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("models/m.safetensors");
         let meta = HashMap::from([("iteration".to_string(), "1".to_string())]);
-        save(&path, &p, Some((&adam, &trained)), meta).unwrap();
+        save(&cpu, &path, &p, Some((&adam, &trained)), meta).unwrap();
         let (_, mut q) = UNet::new(3, 99);
         let mut adam2 = Adam::new(adam.cfg, &q.data.iter().map(|d| d.len()).collect::<Vec<_>>());
-        let meta = load(&path, &mut q, Some((&mut adam2, &trained))).unwrap();
+        let meta = load(&cpu, &path, &mut q, Some((&mut adam2, &trained))).unwrap();
         assert_eq!(meta["iteration"], "1");
         assert_eq!(q.data, p.data);
         assert_eq!((adam2.step, &adam2.m, &adam2.v), (adam.step, &adam.m, &adam.v));
@@ -126,7 +141,7 @@ mod tests {
         assert_eq!(st.tensor("up_path.0.up.weight").unwrap().shape(), &[256, 128, 2, 2]);
         // a truncated file is an error naming it, not a panic
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        let err = load(&path, &mut q, None).unwrap_err().to_string();
+        let err = load(&cpu, &path, &mut q, None).unwrap_err().to_string();
         assert!(err.contains("m.safetensors"), "{err}");
     }
 }

@@ -2,14 +2,13 @@
 //! conv_init 3×3 → four down blocks (32, 64, 128, 256 channels; half instance norm; 4×4
 //! stride-2 downsampling after the first three) → three up blocks (2×2 transposed conv,
 //! concatenation with a 3×3-convolved skip) → output block + sigmoid. Parameters are named as
-//! in the reference's PyTorch state dict; values are stored in our layouts (see `conv`).
+//! in the reference's PyTorch state dict; values are stored in our layouts (see `backend`).
+//! Every operation goes through a `Backend`; this file holds only the graph and its order.
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
-use super::act::{leaky_relu, leaky_relu_backward, sigmoid_backward, sigmoid_inplace};
-use super::conv::{conv2d, conv2d_backward, conv_transpose2, conv_transpose2_backward, ConvSpec, Shape};
-use super::norm::{hin_backward, hin_forward, HinStats};
+use crate::backend::{Backend, ConvSpec, Epilogue, Shape};
 use crate::optim::Adam;
 
 pub const WIDTH: usize = 32;
@@ -100,13 +99,52 @@ impl Kind {
     }
 }
 
-/// Named parameter tensors with their gradients.
+/// Named parameter tensors with their gradients, on the host (`Vec<f32>`, where they are made
+/// and checkpointed) or in a backend's buffers.
 #[derive(Debug, Clone, Default)]
-pub struct Params {
+pub struct Params<T = Vec<f32>> {
     pub names: Vec<String>,
     pub kinds: Vec<Kind>,
-    pub data: Vec<Vec<f32>>,
-    pub grads: Vec<Vec<f32>>,
+    pub data: Vec<T>,
+    pub grads: Vec<T>,
+}
+
+impl<T> Params<T> {
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// One Adam step on tensors `tensors` (in the optimiser's order) from their gradients,
+    /// with a learning rate per tensor.
+    pub fn adam_step<B: Backend<Buf = T>>(&mut self, b: &B, opt: &mut Adam<T>, tensors: &[usize], lrs: &[f64]) {
+        assert_eq!(tensors.len(), opt.m.len());
+        let scalars = opt.next_step(lrs);
+        for (k, &i) in tensors.iter().enumerate() {
+            b.adam(&mut self.data[i], &self.grads[i], &mut opt.m[k], &mut opt.v[k], &scalars[k]);
+        }
+    }
+
+    /// The host copy of a backend's parameters (gradients are not copied: zeros).
+    pub fn download<B: Backend<Buf = T>>(&self, b: &B) -> Params {
+        Params {
+            names: self.names.clone(),
+            kinds: self.kinds.clone(),
+            data: self.data.iter().map(|d| b.download(d)).collect(),
+            grads: self.data.iter().map(|d| vec![0.0; b.len(d)]).collect(),
+        }
+    }
+}
+
+/// Two different elements of a slice, both mutable (a layer's weight and bias gradients).
+pub(crate) fn pair_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j);
+    if i < j {
+        let (a, b) = v.split_at_mut(j);
+        (&mut a[i], &mut b[0])
+    } else {
+        let (a, b) = v.split_at_mut(i);
+        (&mut b[0], &mut a[j])
+    }
 }
 
 impl Params {
@@ -117,17 +155,15 @@ impl Params {
         self.data.push(data);
         self.names.len() - 1
     }
-    pub fn index(&self, name: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == name)
-    }
 
-    /// One Adam step on tensors `tensors` (in the optimiser's order) from their gradients,
-    /// with a learning rate per tensor.
-    pub fn adam_step(&mut self, opt: &mut Adam, tensors: &[usize], lrs: &[f64]) {
-        let mut slots: Vec<Option<&mut [f32]>> = self.data.iter_mut().map(|v| Some(&mut v[..])).collect();
-        let mut params: Vec<&mut [f32]> = tensors.iter().map(|&i| slots[i].take().expect("each tensor once")).collect();
-        let grads: Vec<&[f32]> = tensors.iter().map(|&i| &self.grads[i][..]).collect();
-        opt.step_groups(&mut params, &grads, lrs);
+    /// These parameters in a backend's buffers (gradients zeroed).
+    pub fn upload<B: Backend>(&self, b: &B) -> Params<B::Buf> {
+        Params {
+            names: self.names.clone(),
+            kinds: self.kinds.clone(),
+            data: self.data.iter().map(|d| b.upload(d)).collect(),
+            grads: self.data.iter().map(|d| b.zeros(d.len())).collect(),
+        }
     }
 }
 
@@ -146,23 +182,39 @@ impl Conv {
         Conv { spec, w, b }
     }
 
-    fn forward(&self, p: &Params, x: &[f32], xs: Shape) -> (Vec<f32>, Shape) {
+    fn forward<B: Backend>(
+        &self,
+        b: &B,
+        p: &Params<B::Buf>,
+        x: &B::Buf,
+        xs: Shape,
+        epi: Epilogue<B::Buf>,
+    ) -> (B::Buf, Shape) {
         let (oh, ow) = self.spec.out_hw(xs.h, xs.w);
         let ys = Shape { n: xs.n, h: oh, w: ow, c: self.spec.cout };
-        let mut y = vec![0f32; ys.len()];
-        conv2d(x, xs, &self.spec, &p.data[self.w], self.b.map(|b| &p.data[b][..]), &mut y);
+        let mut y = b.alloc(ys.len());
+        b.conv2d(x, xs, &self.spec, &p.data[self.w], self.b.map(|i| &p.data[i]), epi, &mut y);
         (y, ys)
     }
 
     /// Writes this layer's gradients; returns dX when asked.
-    fn backward(&self, p: &mut Params, x: &[f32], xs: Shape, dy: &[f32], want_dx: bool) -> Option<Vec<f32>> {
-        let mut dx = want_dx.then(|| vec![0f32; xs.len()]);
-        let mut dw = std::mem::take(&mut p.grads[self.w]);
-        let mut db = self.b.map(|b| std::mem::take(&mut p.grads[b]));
-        conv2d_backward(x, xs, &self.spec, &p.data[self.w], dy, dx.as_deref_mut(), &mut dw, db.as_deref_mut());
-        p.grads[self.w] = dw;
-        if let (Some(b), Some(g)) = (self.b, db) {
-            p.grads[b] = g;
+    fn backward<B: Backend>(
+        &self,
+        b: &B,
+        p: &mut Params<B::Buf>,
+        x: &B::Buf,
+        xs: Shape,
+        dy: &B::Buf,
+        want_dx: bool,
+    ) -> Option<B::Buf> {
+        let mut dx = want_dx.then(|| b.alloc(xs.len()));
+        let w = &p.data[self.w];
+        match self.b {
+            Some(bi) => {
+                let (dw, db) = pair_mut(&mut p.grads, self.w, bi);
+                b.conv2d_backward(x, xs, &self.spec, w, dy, dx.as_mut(), dw, Some(db));
+            }
+            None => b.conv2d_backward(x, xs, &self.spec, w, dy, dx.as_mut(), &mut p.grads[self.w], None),
         }
         dx
     }
@@ -204,14 +256,26 @@ pub(crate) struct Block {
     down: Option<Conv>,
 }
 
-pub(crate) struct BlockCache {
+/// What a block's backward pass reads. `c1` and `stats` only with half instance norm.
+pub(crate) struct BlockCache<T> {
     xs: Shape,
-    os: Shape,
-    c1: Vec<f32>,
-    stats: HinStats,
-    a1: Vec<f32>,
-    a2: Vec<f32>,
-    pub(crate) out: Vec<f32>,
+    pub(crate) os: Shape,
+    c1: Option<T>,
+    stats: Option<T>,
+    a1: T,
+    a2: T,
+    pub(crate) out: T,
+}
+
+impl<T> BlockCache<T> {
+    pub(crate) fn release<B: Backend<Buf = T>>(self, b: &B) {
+        for t in [self.c1, self.stats].into_iter().flatten() {
+            b.release(t);
+        }
+        for t in [self.a1, self.a2, self.out] {
+            b.release(t);
+        }
+    }
 }
 
 impl Block {
@@ -247,74 +311,68 @@ impl Block {
         Block { identity, conv1, conv2, hin, down }
     }
 
-    pub(crate) fn forward(&self, p: &Params, x: &[f32], xs: Shape) -> BlockCache {
-        let (mut c1, os) = self.conv1.forward(p, x, xs);
-        let mut stats = HinStats::default();
-        let mut a1 = match self.hin {
-            Some((g, b)) => {
-                let mut h = vec![0f32; c1.len()];
-                hin_forward(&c1, os, &p.data[g], &p.data[b], &mut h, &mut stats);
-                h
+    pub(crate) fn forward<B: Backend>(&self, b: &B, p: &Params<B::Buf>, x: &B::Buf, xs: Shape) -> BlockCache<B::Buf> {
+        let (c1, stats, a1, os) = match self.hin {
+            Some((g, bt)) => {
+                let (c1, os) = self.conv1.forward(b, p, x, xs, Epilogue::NONE);
+                let mut a1 = b.alloc(os.len());
+                let mut stats = b.alloc(2 * os.n * (os.c / 2));
+                b.hin_forward(&c1, os, &p.data[g], &p.data[bt], true, &mut a1, &mut stats);
+                (Some(c1), Some(stats), a1, os)
             }
-            None => std::mem::take(&mut c1),
+            None => {
+                let (a1, os) = self.conv1.forward(b, p, x, xs, Epilogue::LEAKY);
+                (None, None, a1, os)
+            }
         };
-        leaky_relu(&mut a1);
-        let (mut a2, _) = self.conv2.forward(p, &a1, os);
-        leaky_relu(&mut a2);
-        let (id, _) = self.identity.forward(p, x, xs);
-        let out: Vec<f32> = a2.iter().zip(&id).map(|(a, b)| a + b).collect();
+        let (a2, _) = self.conv2.forward(b, p, &a1, os, Epilogue::LEAKY);
+        let (out, _) = self.identity.forward(b, p, x, xs, Epilogue { leaky: false, residual: Some(&a2) });
         BlockCache { xs, os, c1, stats, a1, a2, out }
     }
 
-    fn down_forward(&self, p: &Params, c: &BlockCache) -> Option<(Vec<f32>, Shape)> {
-        self.down.map(|d| d.forward(p, &c.out, c.os))
+    fn down_forward<B: Backend>(&self, b: &B, p: &Params<B::Buf>, c: &BlockCache<B::Buf>) -> Option<(B::Buf, Shape)> {
+        self.down.map(|d| d.forward(b, p, &c.out, c.os, Epilogue::NONE))
     }
 
-    /// dX from the gradient at `out` (and at the downsampled output, if any).
-    pub(crate) fn backward(
+    /// dX from the gradient at `out` (and at the downsampled output, if any); dX only when
+    /// `want_dx` (a frozen input needs none). Consumes `d_out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward<B: Backend>(
         &self,
-        p: &mut Params,
-        x: &[f32],
-        c: &BlockCache,
-        d_out: Vec<f32>,
-        d_down: Option<&[f32]>,
-    ) -> Vec<f32> {
-        self.backward_opt(p, x, c, d_out, d_down, true).unwrap()
-    }
-
-    /// As `backward`; dX only when `want_dx` (a frozen input needs none).
-    pub(crate) fn backward_opt(
-        &self,
-        p: &mut Params,
-        x: &[f32],
-        c: &BlockCache,
-        mut d_out: Vec<f32>,
-        d_down: Option<&[f32]>,
+        b: &B,
+        p: &mut Params<B::Buf>,
+        x: &B::Buf,
+        c: &BlockCache<B::Buf>,
+        mut d_out: B::Buf,
+        d_down: Option<&B::Buf>,
         want_dx: bool,
-    ) -> Option<Vec<f32>> {
+    ) -> Option<B::Buf> {
         if let (Some(d), Some(dd)) = (self.down, d_down) {
-            let g = d.backward(p, &c.out, c.os, dd, true).unwrap();
-            d_out.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+            let g = d.backward(b, p, &c.out, c.os, dd, true).unwrap();
+            b.add_assign(&mut d_out, &g);
+            b.release(g);
         }
-        let mut dx = self.identity.backward(p, x, c.xs, &d_out, want_dx);
-        let mut d2 = d_out;
-        leaky_relu_backward(&c.a2, &mut d2);
-        let mut d1 = self.conv2.backward(p, &c.a1, c.os, &d2, true).unwrap();
-        leaky_relu_backward(&c.a1, &mut d1);
-        let dc1 = match self.hin {
-            Some((g, b)) => {
-                let mut dc = vec![0f32; d1.len()];
-                let (mut dg, mut dbt) = (std::mem::take(&mut p.grads[g]), std::mem::take(&mut p.grads[b]));
-                hin_backward(&c.c1, c.os, &p.data[g], &c.stats, &d1, &mut dc, &mut dg, &mut dbt);
-                p.grads[g] = dg;
-                p.grads[b] = dbt;
+        let mut dx = self.identity.backward(b, p, x, c.xs, &d_out, want_dx);
+        b.leaky_relu_backward(&c.a2, &mut d_out);
+        let mut d1 = self.conv2.backward(b, p, &c.a1, c.os, &d_out, true).unwrap();
+        b.release(d_out);
+        b.leaky_relu_backward(&c.a1, &mut d1);
+        let dc1 = match (self.hin, &c.c1, &c.stats) {
+            (Some((g, bt)), Some(c1), Some(stats)) => {
+                let mut dc = b.alloc(c.os.len());
+                let gamma = &p.data[g];
+                let (dg, dbt) = pair_mut(&mut p.grads, g, bt);
+                b.hin_backward(c1, c.os, gamma, stats, &d1, &mut dc, dg, dbt);
+                b.release(d1);
                 dc
             }
-            None => d1,
+            _ => d1,
         };
-        let g1 = self.conv1.backward(p, x, c.xs, &dc1, want_dx);
+        let g1 = self.conv1.backward(b, p, x, c.xs, &dc1, want_dx);
+        b.release(dc1);
         if let (Some(dx), Some(g1)) = (dx.as_mut(), g1) {
-            dx.iter_mut().zip(&g1).for_each(|(a, b)| *a += b);
+            b.add_assign(dx, &g1);
+            b.release(g1);
         }
         dx
     }
@@ -329,49 +387,44 @@ struct Up {
     block: Block,
 }
 
-fn concat(a: &[f32], ca: usize, b: &[f32], cb: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    for (pa, pb) in a.chunks(ca).zip(b.chunks(cb)) {
-        out.extend_from_slice(pa);
-        out.extend_from_slice(pb);
-    }
-    out
-}
-
-fn split(d: &[f32], ca: usize, cb: usize) -> (Vec<f32>, Vec<f32>) {
-    let px = d.len() / (ca + cb);
-    let (mut a, mut b) = (Vec::with_capacity(px * ca), Vec::with_capacity(px * cb));
-    for p in d.chunks(ca + cb) {
-        a.extend_from_slice(&p[..ca]);
-        b.extend_from_slice(&p[ca..]);
-    }
-    (a, b)
-}
-
-/// Activations of one pre-training forward pass, kept for the backward pass.
-pub struct Activations {
-    image: Vec<f32>,
+/// Activations of one forward pass, kept for the backward pass; `release` gives their buffers
+/// back to the backend for the next iteration.
+pub struct Activations<T> {
     is: Shape,
-    /// inputs of the down blocks (conv_init's output, then each downsampled output)
-    down_in: Vec<(Vec<f32>, Shape)>,
-    down: Vec<BlockCache>,
-    skips: Vec<(Vec<f32>, Shape)>,
-    /// inputs of the up blocks' transposed convolutions
-    ups_in: Vec<(Vec<f32>, Shape)>,
-    cats: Vec<(Vec<f32>, Shape)>,
-    up_blocks: Vec<BlockCache>,
-    /// the body's output (32 channels at full resolution): the heads' input
-    pub out_in: (Vec<f32>, Shape),
-    out_block: Option<BlockCache>,
-    /// the reconstructed image (N, H, W, C); empty after `forward_body`
-    pub pred: Vec<f32>,
+    /// inputs of the down blocks: conv_init's output, then each downsampled output
+    down_in: Vec<(T, Shape)>,
+    down: Vec<BlockCache<T>>,
+    skips: Vec<(T, Shape)>,
+    cats: Vec<(T, Shape)>,
+    up_blocks: Vec<BlockCache<T>>,
+    out_block: Option<BlockCache<T>>,
+    /// the reconstructed image (N, H, W, C); none after `forward_body`
+    pub pred: Option<T>,
 }
 
-impl Activations {
-    /// The skip feature of the third down block (128 channels at 1/4 scale): the spot image
-    /// embedding's source (SPEC §7).
-    pub fn third_skip(&self) -> (&[f32], Shape) {
-        (&self.down[2].out, self.down[2].os)
+impl<T> Activations<T> {
+    /// The body's output (32 channels at full resolution): the heads' input.
+    pub fn body_out(&self) -> (&T, Shape) {
+        let c = self.up_blocks.last().expect("up blocks");
+        (&c.out, c.os)
+    }
+
+    /// The input of up block `j`'s transposed convolution.
+    fn up_input(&self, j: usize) -> (&T, Shape) {
+        let c = if j == 0 { self.down.last().expect("down blocks") } else { &self.up_blocks[j - 1] };
+        (&c.out, c.os)
+    }
+
+    pub fn release<B: Backend<Buf = T>>(self, b: &B) {
+        for (t, _) in self.down_in.into_iter().chain(self.skips).chain(self.cats) {
+            b.release(t);
+        }
+        for c in self.down.into_iter().chain(self.up_blocks).chain(self.out_block) {
+            c.release(b);
+        }
+        if let Some(t) = self.pred {
+            b.release(t);
+        }
     }
 }
 
@@ -387,7 +440,7 @@ pub struct UNet {
 }
 
 impl UNet {
-    /// Parameters initialised as the reference does (drawn from our own generator).
+    /// Parameters initialised as the reference does (drawn from our own generator), on the host.
     pub fn new(channels: usize, seed: u64) -> (UNet, Params) {
         let mut p = Params::default();
         let mut init = Init { rng: rand::rngs::StdRng::seed_from_u64(seed) };
@@ -419,144 +472,148 @@ impl UNet {
     }
 
     /// Reconstruct a batch of images (N, H, W, C), H and W multiples of 8.
-    pub fn forward(&self, p: &Params, image: &[f32], is: Shape) -> Activations {
-        let mut a = self.forward_body(p, image, is);
-        let ob = self.output.forward(p, &a.out_in.0, a.out_in.1);
-        let mut pred = ob.out.clone();
-        sigmoid_inplace(&mut pred);
+    pub fn forward<B: Backend>(&self, b: &B, p: &Params<B::Buf>, image: &B::Buf, is: Shape) -> Activations<B::Buf> {
+        let mut a = self.forward_body(b, p, image, is);
+        let (x, xs) = a.body_out();
+        let ob = self.output.forward(b, p, x, xs);
+        let mut pred = b.alloc(ob.os.len());
+        b.sigmoid(&ob.out, &mut pred);
         a.out_block = Some(ob);
-        a.pred = pred;
+        a.pred = Some(pred);
         a
     }
 
     /// The spot-embedding pass (SPEC §7): only the layers that feed the third down block's
     /// skip feature (conv_init, two down blocks with their downsampling, the third block),
     /// averaged over space: N × 128. The reference runs the whole network for this.
-    pub fn embed(&self, p: &Params, image: &[f32], is: Shape) -> Vec<f32> {
-        let (mut x, mut xs) = self.conv_init.forward(p, image, is);
-        for b in &self.down[..2] {
-            let c = b.forward(p, &x, xs);
-            (x, xs) = b.down_forward(p, &c).expect("the first blocks downsample");
+    pub fn embed<B: Backend>(&self, b: &B, p: &Params<B::Buf>, image: &B::Buf, is: Shape) -> B::Buf {
+        let (mut x, mut xs) = self.conv_init.forward(b, p, image, is, Epilogue::NONE);
+        for blk in &self.down[..2] {
+            let c = blk.forward(b, p, &x, xs);
+            let (y, ys) = blk.down_forward(b, p, &c).expect("the first blocks downsample");
+            b.release(std::mem::replace(&mut x, y));
+            xs = ys;
+            c.release(b);
         }
-        let c = self.down[2].forward(p, &x, xs);
-        let (os, ch) = (c.os, c.os.c);
-        let px = os.h * os.w;
-        let mut out = vec![0f32; os.n * ch];
-        for n in 0..os.n {
-            let mut acc = vec![0f64; ch];
-            for q in c.out[n * px * ch..(n + 1) * px * ch].chunks(ch) {
-                for k in 0..ch {
-                    acc[k] += q[k] as f64;
-                }
-            }
-            for k in 0..ch {
-                out[n * ch + k] = (acc[k] / px as f64) as f32;
-            }
-        }
+        let c = self.down[2].forward(b, p, &x, xs);
+        b.release(x);
+        let mut out = b.alloc(c.os.n * c.os.c);
+        b.spatial_mean(&c.out, c.os, &mut out);
+        c.release(b);
         out
     }
 
     /// Everything up to the last up block (the joint network puts its own heads there).
-    pub fn forward_body(&self, p: &Params, image: &[f32], is: Shape) -> Activations {
-        let (mut x, mut xs) = self.conv_init.forward(p, image, is);
-        let (mut down_in, mut down) = (Vec::new(), Vec::new());
-        for b in &self.down {
-            let c = b.forward(p, &x, xs);
-            down_in.push((x, xs));
-            match b.down_forward(p, &c) {
-                Some((y, ys)) => (x, xs) = (y, ys),
-                None => (x, xs) = (c.out.clone(), c.os),
+    pub fn forward_body<B: Backend>(
+        &self,
+        b: &B,
+        p: &Params<B::Buf>,
+        image: &B::Buf,
+        is: Shape,
+    ) -> Activations<B::Buf> {
+        let mut down_in = vec![self.conv_init.forward(b, p, image, is, Epilogue::NONE)];
+        let mut down = Vec::new();
+        for blk in &self.down {
+            let (x, xs) = down_in.last().unwrap();
+            let c = blk.forward(b, p, x, *xs);
+            if let Some(d) = blk.down_forward(b, p, &c) {
+                down_in.push(d);
             }
             down.push(c);
         }
-        let (mut skips, mut ups_in, mut cats, mut up_blocks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (j, u) in self.ups.iter().enumerate() {
-            let enc = &down[DEPTH - 2 - j];
-            let (sk, ss) = self.skip[j].forward(p, &enc.out, enc.os);
-            let us = Shape { n: xs.n, h: 2 * xs.h, w: 2 * xs.w, c: u.cout };
-            let mut up = vec![0f32; us.len()];
-            conv_transpose2(&x, xs, u.cout, &p.data[u.w], &p.data[u.b], &mut up);
-            let cat = concat(&up, u.cout, &sk, ss.c);
-            let cs = us.with_c(u.cout + ss.c);
-            let c = u.block.forward(p, &cat, cs);
-            ups_in.push((x, xs));
-            (x, xs) = (c.out.clone(), c.os);
-            skips.push((sk, ss));
-            cats.push((cat, cs));
-            up_blocks.push(c);
-        }
-        Activations {
-            image: image.to_vec(),
+        let mut a = Activations {
             is,
             down_in,
             down,
-            skips,
-            ups_in,
-            cats,
-            up_blocks,
-            out_in: (x, xs),
+            skips: Vec::new(),
+            cats: Vec::new(),
+            up_blocks: Vec::new(),
             out_block: None,
-            pred: Vec::new(),
+            pred: None,
+        };
+        for (j, u) in self.ups.iter().enumerate() {
+            let enc = &a.down[DEPTH - 2 - j];
+            let (sk, ss) = self.skip[j].forward(b, p, &enc.out, enc.os, Epilogue::NONE);
+            let (x, xs) = a.up_input(j);
+            let us = Shape { n: xs.n, h: 2 * xs.h, w: 2 * xs.w, c: u.cout };
+            let mut up = b.alloc(us.len());
+            b.conv_transpose2(x, xs, u.cout, &p.data[u.w], &p.data[u.b], &mut up);
+            let cs = us.with_c(u.cout + ss.c);
+            let mut cat = b.alloc(cs.len());
+            b.concat_channels(&up, u.cout, &sk, ss.c, &mut cat);
+            b.release(up);
+            let c = u.block.forward(b, p, &cat, cs);
+            a.skips.push((sk, ss));
+            a.cats.push((cat, cs));
+            a.up_blocks.push(c);
         }
+        a
     }
 
-    /// Gradients of every parameter from dL/dpred (written into `p.grads`).
-    pub fn backward(&self, p: &mut Params, a: &Activations, d_pred: &[f32]) {
-        let mut d = d_pred.to_vec();
-        sigmoid_backward(&a.pred, &mut d);
-        let ob = a.out_block.as_ref().expect("backward after forward (not forward_body)");
-        let dx = self.output.backward(p, &a.out_in.0, ob, d, None);
-        self.backward_body(p, a, dx);
+    /// Gradients of every parameter from dL/dpred (written into `p.grads`); consumes `d_pred`.
+    pub fn backward<B: Backend>(
+        &self,
+        b: &B,
+        p: &mut Params<B::Buf>,
+        a: &Activations<B::Buf>,
+        image: &B::Buf,
+        mut d_pred: B::Buf,
+    ) {
+        b.sigmoid_backward(a.pred.as_ref().expect("backward after forward (not forward_body)"), &mut d_pred);
+        let ob = a.out_block.as_ref().unwrap();
+        let (x, _) = a.body_out();
+        let dx = self.output.backward(b, p, x, ob, d_pred, None, true).unwrap();
+        self.backward_body(b, p, a, image, dx);
     }
 
-    /// Gradients of the body's parameters from the gradient at its output.
-    pub fn backward_body(&self, p: &mut Params, a: &Activations, d_body: Vec<f32>) {
+    /// Gradients of the body's parameters from the gradient at its output; consumes `d_body`.
+    pub fn backward_body<B: Backend>(
+        &self,
+        b: &B,
+        p: &mut Params<B::Buf>,
+        a: &Activations<B::Buf>,
+        image: &B::Buf,
+        d_body: B::Buf,
+    ) {
         let mut dx = d_body;
-        let mut d_enc: Vec<Option<Vec<f32>>> = vec![None; DEPTH - 1];
+        let mut d_enc: Vec<Option<B::Buf>> = (0..DEPTH - 1).map(|_| None).collect();
         for j in (0..self.ups.len()).rev() {
             let u = &self.ups[j];
             let (cat, _) = &a.cats[j];
-            let d_cat = u.block.backward(p, cat, &a.up_blocks[j], dx, None);
-            let (d_up, d_skip) = split(&d_cat, u.cout, a.skips[j].1.c);
+            let d_cat = u.block.backward(b, p, cat, &a.up_blocks[j], dx, None, true).unwrap();
+            let ss = a.skips[j].1;
+            let (mut d_up, mut d_skip) = (b.alloc(ss.with_c(u.cout).len()), b.alloc(ss.len()));
+            b.split_channels(&d_cat, u.cout, ss.c, &mut d_up, &mut d_skip);
+            b.release(d_cat);
             let enc = &a.down[DEPTH - 2 - j];
-            d_enc[DEPTH - 2 - j] = self.skip[j].backward(p, &enc.out, enc.os, &d_skip, true);
-            let (xin, xs) = &a.ups_in[j];
-            let mut dxi = vec![0f32; xs.len()];
-            let (mut dw, mut db) = (std::mem::take(&mut p.grads[u.w]), std::mem::take(&mut p.grads[u.b]));
-            conv_transpose2_backward(xin, *xs, u.cout, &p.data[u.w], &d_up, Some(&mut dxi), &mut dw, &mut db);
-            p.grads[u.w] = dw;
-            p.grads[u.b] = db;
+            d_enc[DEPTH - 2 - j] = self.skip[j].backward(b, p, &enc.out, enc.os, &d_skip, true);
+            b.release(d_skip);
+            let (xin, xs) = a.up_input(j);
+            let mut dxi = b.alloc(xs.len());
+            let w = &p.data[u.w];
+            let (dw, db) = pair_mut(&mut p.grads, u.w, u.b);
+            b.conv_transpose2_backward(xin, xs, u.cout, w, &d_up, Some(&mut dxi), dw, db);
+            b.release(d_up);
             dx = dxi;
         }
         // down path, deepest first: dx is the gradient at the deepest block's output
-        let mut d_down: Option<Vec<f32>> = None;
+        let mut deepest = Some(dx);
+        let mut d_down: Option<B::Buf> = None;
         for i in (0..DEPTH).rev() {
-            let b = &self.down[i];
             let c = &a.down[i];
-            let (xin, _) = &a.down_in[i];
-            let d_out =
-                if i == DEPTH - 1 { dx.clone() } else { d_enc[i].take().unwrap_or_else(|| vec![0.0; c.out.len()]) };
-            let g = b.backward(p, xin, c, d_out, d_down.as_deref());
-            d_down = Some(g);
+            let d_out = match deepest.take() {
+                Some(d) => d,
+                None => d_enc[i].take().unwrap_or_else(|| b.zeros(c.os.len())),
+            };
+            let g = self.down[i].backward(b, p, &a.down_in[i].0, c, d_out, d_down.as_ref(), true).unwrap();
+            if let Some(old) = d_down.replace(g) {
+                b.release(old);
+            }
         }
-        self.conv_init.backward(p, &a.image, a.is, d_down.as_deref().unwrap(), false);
+        let d = d_down.unwrap();
+        self.conv_init.backward(b, p, image, a.is, &d, false);
+        b.release(d);
     }
-}
-
-/// MSE between prediction and target, and its gradient 2(pred − target)/numel.
-pub fn mse(pred: &[f32], target: &[f32]) -> (f64, Vec<f32>) {
-    let n = pred.len() as f64;
-    let mut loss = 0f64;
-    let g = pred
-        .iter()
-        .zip(target)
-        .map(|(a, b)| {
-            let e = (a - b) as f64;
-            loss += e * e;
-            (2.0 * e / n) as f32
-        })
-        .collect();
-    (loss / n, g)
 }
 
 /// Bilinear resize with align_corners=True (`nn.UpsamplingBilinear2d`), one HWC image.

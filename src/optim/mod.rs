@@ -19,23 +19,79 @@ impl Default for AdamConfig {
     }
 }
 
-/// Adam state for a list of parameter tensors (flat f32 slices).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Adam {
+/// Adam state for a list of parameter tensors: the moments live where the parameters do
+/// (host vectors, or a backend's buffers).
+#[derive(Debug, Clone)]
+pub struct Adam<T = Vec<f32>> {
     pub cfg: AdamConfig,
     pub step: u64,
-    pub m: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
+    pub m: Vec<T>,
+    pub v: Vec<T>,
+}
+
+/// The per-step scalars of one tensor's Adam update.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamScalars {
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl<T> Adam<T> {
+    /// Moments of zeros made by `zeros(len)` (a backend's buffers, or host vectors).
+    pub fn with(cfg: AdamConfig, sizes: &[usize], mut zeros: impl FnMut(usize) -> T) -> Adam<T> {
+        Adam {
+            cfg,
+            step: 0,
+            m: sizes.iter().map(|&n| zeros(n)).collect(),
+            v: sizes.iter().map(|&n| zeros(n)).collect(),
+        }
+    }
+
+    /// Advance the step count; the scalars for each learning rate in `lrs`.
+    pub fn next_step(&mut self, lrs: &[f64]) -> Vec<AdamScalars> {
+        assert_eq!(lrs.len(), self.m.len());
+        self.step += 1;
+        let c = self.cfg;
+        let t = self.step as i32;
+        // scalars in double as PyTorch computes them in Python, applied in f32
+        let bc1 = 1.0 - (c.beta1 as f64).powi(t);
+        let bc2_sqrt = (1.0 - (c.beta2 as f64).powi(t)).sqrt() as f32;
+        lrs.iter()
+            .map(|&lr| AdamScalars {
+                step_size: (lr / bc1) as f32,
+                bc2_sqrt,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+            })
+            .collect()
+    }
+}
+
+/// `torch.optim.Adam`'s single-tensor update on host slices.
+pub fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars) {
+    assert_eq!(p.len(), g.len());
+    p.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(m.par_chunks_mut(4096).zip(v.par_chunks_mut(4096))).for_each(
+        |((p, g), (m, v))| {
+            for i in 0..p.len() {
+                let gi = g[i] + s.weight_decay * p[i];
+                m[i] += (1.0 - s.beta1) * (gi - m[i]);
+                v[i] = v[i] * s.beta2 + (1.0 - s.beta2) * gi * gi;
+                let denom = v[i].sqrt() / s.bc2_sqrt + s.eps;
+                p[i] -= s.step_size * (m[i] / denom);
+            }
+        },
+    );
 }
 
 impl Adam {
     pub fn new(cfg: AdamConfig, sizes: &[usize]) -> Adam {
-        Adam {
-            cfg,
-            step: 0,
-            m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-            v: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-        }
+        Adam::with(cfg, sizes, |n| vec![0.0; n])
     }
 
     /// One step at learning rate `lr` (`torch.optim.Adam`, single-tensor path).
@@ -47,30 +103,9 @@ impl Adam {
     /// One step with a learning rate per tensor (PyTorch's parameter groups).
     pub fn step_groups(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lrs: &[f64]) {
         assert_eq!(params.len(), self.m.len());
-        assert_eq!(params.len(), lrs.len());
-        self.step += 1;
-        let c = self.cfg;
-        let t = self.step as i32;
-        // scalars in double as PyTorch computes them in Python, applied in f32
-        let bc1 = 1.0 - (c.beta1 as f64).powi(t);
-        let bc2_sqrt = (1.0 - (c.beta2 as f64).powi(t)).sqrt();
-        let bc2_sqrt = bc2_sqrt as f32;
+        let scalars = self.next_step(lrs);
         for (k, p) in params.iter_mut().enumerate() {
-            let step_size = (lrs[k] / bc1) as f32;
-            let g = grads[k];
-            assert_eq!(p.len(), g.len());
-            p.par_chunks_mut(4096)
-                .zip(g.par_chunks(4096))
-                .zip(self.m[k].par_chunks_mut(4096).zip(self.v[k].par_chunks_mut(4096)))
-                .for_each(|((p, g), (m, v))| {
-                    for i in 0..p.len() {
-                        let gi = g[i] + c.weight_decay * p[i];
-                        m[i] += (1.0 - c.beta1) * (gi - m[i]);
-                        v[i] = v[i] * c.beta2 + (1.0 - c.beta2) * gi * gi;
-                        let denom = v[i].sqrt() / bc2_sqrt + c.eps;
-                        p[i] -= step_size * (m[i] / denom);
-                    }
-                });
+            adam_update(p, grads[k], &mut self.m[k], &mut self.v[k], &scalars[k]);
         }
     }
 }

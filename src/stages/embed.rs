@@ -10,9 +10,9 @@
 
 use rayon::prelude::*;
 
+use crate::backend::{Backend, Shape};
 use crate::error::Result;
 use crate::io::image::ImageCache;
-use crate::model::conv::Shape;
 use crate::model::unet::{resize_bilinear_ac, Params, UNet};
 
 /// One vector per spot, `dim()` long, row-major in the result.
@@ -147,14 +147,15 @@ impl SpotEmbedder for WindowStats {
 /// corners) to the tile size and run through the pre-trained network's encoder; the third
 /// down block's skip feature averaged over space (128 values). Only the layers feeding that
 /// feature run (`UNet::embed`).
-pub struct EncoderEmbedder<'a> {
+pub struct EncoderEmbedder<'a, B: Backend> {
+    pub backend: &'a B,
     pub net: &'a UNet,
-    pub params: &'a Params,
+    pub params: &'a Params<B::Buf>,
     pub split_size: usize,
     pub batch: usize,
 }
 
-impl SpotEmbedder for EncoderEmbedder<'_> {
+impl<B: Backend> SpotEmbedder for EncoderEmbedder<'_, B> {
     fn dim(&self) -> usize {
         4 * crate::model::unet::WIDTH
     }
@@ -179,7 +180,12 @@ impl SpotEmbedder for EncoderEmbedder<'_> {
                 })
                 .collect::<Result<_>>()?;
             let is = Shape { n: chunk.len(), h: ss, w: ss, c: ch };
-            let e = self.net.embed(self.params, &windows.concat(), is);
+            let b_ = self.backend;
+            let x = b_.upload(&windows.concat());
+            let e_buf = self.net.embed(b_, self.params, &x, is);
+            let e = b_.download(&e_buf);
+            b_.release(x);
+            b_.release(e_buf);
             let first = b * self.batch.max(1);
             out[first * d..(first + chunk.len()) * d].copy_from_slice(&e);
             pb.inc(chunk.len() as u64);
@@ -221,7 +227,8 @@ mod tests {
         }
         let img = ImageCache::open(&png, &dir.path().join("cache")).unwrap();
         let (net, params) = UNet::new(3, 1);
-        let emb = EncoderEmbedder { net: &net, params: &params, split_size: 16, batch: 2 };
+        let cpu = crate::backend::Cpu::new();
+        let emb = EncoderEmbedder { backend: &cpu, net: &net, params: &params, split_size: 16, batch: 2 };
         let spots = [[10.0, 12.0], [30.0, 45.0], [2.0, 2.0]];
         let got = emb.embed(&img, &spots, 2, [0, h, 0, w]).unwrap();
         assert_eq!(got.len(), 3 * 128);
@@ -234,7 +241,7 @@ mod tests {
             }
         }
         let up = resize_bilinear_ac(&win, 9, 9, 3, 16, 16);
-        let want = net.embed(&params, &up, Shape { n: 1, h: 16, w: 16, c: 3 });
+        let want = net.embed(&cpu, &params, &up, Shape { n: 1, h: 16, w: 16, c: 3 });
         for (a, b) in got[128..256].iter().zip(&want) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }

@@ -16,11 +16,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::backend::{Backend, Cpu, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
 use crate::model::checkpoint;
-use crate::model::conv::Shape;
-use crate::model::unet::{mse, UNet};
+use crate::model::unet::{Params, UNet};
 use crate::optim::{cosine_lr, Adam, AdamConfig};
 use crate::stages::results::SectionDir;
 
@@ -131,7 +131,28 @@ pub(crate) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     v
 }
 
+/// Forward, MSE over the batch, backward: the gradients land in `p.grads`; returns the loss.
+pub fn pretrain_step<B: Backend>(b: &B, net: &UNet, p: &mut Params<B::Buf>, batch: &B::Buf, is: Shape) -> f64 {
+    let a = net.forward(b, p, batch, is);
+    let mut d = b.alloc(is.len());
+    // the mean over the whole batch = the mean of per-image means (equal sizes)
+    let loss = b.mse_per_image(a.pred.as_ref().unwrap(), batch, is, 1.0 / is.n as f64, &mut d) / is.n as f64;
+    net.backward(b, p, &a, batch, d);
+    a.release(b);
+    loss
+}
+
 pub fn run_pretrain(out: &Path, sections: &[SectionDir], s: &PretrainSettings) -> Result<PretrainReport> {
+    pretrain_on(&Cpu::new(), out, sections, s)
+}
+
+/// `run_pretrain` on a given backend.
+pub fn pretrain_on<B: Backend>(
+    b: &B,
+    out: &Path,
+    sections: &[SectionDir],
+    s: &PretrainSettings,
+) -> Result<PretrainReport> {
     let images: Vec<ImageCache> =
         sections.iter().map(|sd| ImageCache::open_existing(&sd.meta.scaled_image_cache)).collect::<Result<_>>()?;
     let channels = images[0].info.channels;
@@ -144,16 +165,18 @@ pub fn run_pretrain(out: &Path, sections: &[SectionDir], s: &PretrainSettings) -
         return Err(Error::setting("pretrain", "no tissue tiles to train on"));
     }
     let ss = s.split_size;
-    let (net, mut p) = UNet::new(channels, s.seed);
-    let sizes: Vec<usize> = p.data.iter().map(|d| d.len()).collect();
+    let (net, host) = UNet::new(channels, s.seed);
+    let sizes: Vec<usize> = host.data.iter().map(|d| d.len()).collect();
+    let mut p = host.upload(b);
+    drop(host);
     let all: Vec<usize> = (0..sizes.len()).collect();
-    let mut opt = Adam::new(AdamConfig { weight_decay: s.weight_decay, ..Default::default() }, &sizes);
+    let mut opt = Adam::with(AdamConfig { weight_decay: s.weight_decay, ..Default::default() }, &sizes, |n| b.zeros(n));
     let models = out.join("models");
     let partial = models.join("pretrain.partial.safetensors");
     let mut pr = Progress { last_loss: 1000.0, ..Default::default() };
     let mut resumed_from = None;
     if partial.exists() {
-        let meta = checkpoint::load(&partial, &mut p, Some((&mut opt, &all)))?;
+        let meta = checkpoint::load(b, &partial, &mut p, Some((&mut opt, &all)))?;
         pr = Progress::from_meta(&partial, &meta)?;
         resumed_from = Some(pr.iteration);
         eprintln!("pretrain: resuming at iteration {}", pr.iteration);
@@ -166,20 +189,19 @@ pub fn run_pretrain(out: &Path, sections: &[SectionDir], s: &PretrainSettings) -
     'outer: while pr.iteration <= s.iterations {
         let order = epoch_order(tiles.len(), s.seed, pr.epoch);
         while pr.batch_in_epoch < per_epoch {
-            let b = pr.batch_in_epoch;
-            let idx = &order[b * s.batch..((b + 1) * s.batch).min(tiles.len())];
+            let bi = pr.batch_in_epoch;
+            let idx = &order[bi * s.batch..((bi + 1) * s.batch).min(tiles.len())];
             let is = Shape { n: idx.len(), h: ss, w: ss, c: channels };
-            let mut batch = Vec::with_capacity(is.len());
+            let mut host = Vec::with_capacity(is.len());
             for &t in idx {
                 let (k, r0, c0) = tiles[t];
-                batch.extend(images[k].read_region_unit(r0, c0, ss, ss)?);
+                host.extend(images[k].read_region_unit(r0, c0, ss, ss)?);
             }
+            let batch = b.upload(&host);
             let lr = cosine_lr(s.lr, s.eta_min, pr.iteration, s.iterations);
-            let a = net.forward(&p, &batch, is);
-            let (loss, d) = mse(&a.pred, &batch);
-            net.backward(&mut p, &a, &d);
-            drop(a);
-            p.adam_step(&mut opt, &all, &vec![lr; all.len()]);
+            let loss = pretrain_step(b, &net, &mut p, &batch, is);
+            b.release(batch);
+            p.adam_step(b, &mut opt, &all, &vec![lr; all.len()]);
             pr.iteration += 1;
             pr.batch_in_epoch += 1;
             pr.rec_loss += loss;
@@ -201,7 +223,7 @@ pub fn run_pretrain(out: &Path, sections: &[SectionDir], s: &PretrainSettings) -
                 break 'outer;
             }
             if s.checkpoint_every > 0 && pr.iteration % s.checkpoint_every == 0 {
-                checkpoint::save(&partial, &p, Some((&opt, &all)), pr.to_meta())?;
+                checkpoint::save(b, &partial, &p, Some((&opt, &all)), pr.to_meta())?;
             }
             if s.fail_after == Some(pr.iteration) {
                 return Err(Error::Other(format!("pretrain: stopped after iteration {} (requested)", pr.iteration)));
@@ -216,7 +238,7 @@ pub fn run_pretrain(out: &Path, sections: &[SectionDir], s: &PretrainSettings) -
     pb.finish_and_clear();
     let mut meta = pr.to_meta();
     meta.insert("stage".into(), "pretrain".into());
-    checkpoint::save(&models.join("pretrained.safetensors"), &p, None, meta)?;
+    checkpoint::save(b, &models.join("pretrained.safetensors"), &p, None, meta)?;
     let _ = std::fs::remove_file(&partial);
     Ok(PretrainReport {
         tiles: tiles.len(),

@@ -174,6 +174,7 @@ pub fn run_gcn(
 ) -> Result<Vec<GcnReport>> {
     let mut reports = Vec::new();
     let mut seq_scores = Vec::new();
+    let cpu = crate::backend::Cpu::new();
     let model = match s.embedding {
         Embedding::Encoder => {
             let path = out.join("models/pretrained.safetensors");
@@ -185,7 +186,7 @@ pub fn run_gcn(
             }
             let channels = ImageCache::open_existing(&sections[0].meta.scaled_image_cache)?.info.channels;
             let (net, mut p) = UNet::new(channels, 0);
-            crate::model::checkpoint::load(&path, &mut p, None)?;
+            crate::model::checkpoint::load(&cpu, &path, &mut p, None)?;
             Some((net, p))
         }
         Embedding::Stats => None,
@@ -204,8 +205,13 @@ pub fn run_gcn(
         let image = ImageCache::open_existing(&sd.meta.scaled_image_cache)?;
         let m = &sd.meta;
         let stats = WindowStats { channels: image.info.channels };
-        let encoder =
-            model.as_ref().map(|(net, p)| EncoderEmbedder { net, params: p, split_size: s.split_size, batch: 32 });
+        let encoder = model.as_ref().map(|(net, p)| EncoderEmbedder {
+            backend: &cpu,
+            net,
+            params: p,
+            split_size: s.split_size,
+            batch: 32,
+        });
         let embedder: &dyn SpotEmbedder = match &encoder {
             Some(e) => e,
             None => &stats,

@@ -18,11 +18,11 @@ use std::path::Path;
 use half::f16;
 use serde::Serialize;
 
+use crate::backend::{Backend, Cpu, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
 use crate::io::npy::read_npy;
 use crate::model::checkpoint;
-use crate::model::conv::Shape;
 use crate::model::joint::{JointBatch, JointHead, LossWeights, TileSpots};
 use crate::model::unet::UNet;
 use crate::optim::{cosine_lr, Adam, AdamConfig};
@@ -130,6 +130,17 @@ pub fn run_train(
     refs: &[(String, String)],
     s: &TrainSettings,
 ) -> Result<TrainReport> {
+    train_on(&Cpu::new(), out, sections, refs, s)
+}
+
+/// `run_train` on a given backend.
+pub fn train_on<B: Backend>(
+    b: &B,
+    out: &Path,
+    sections: &[SectionDir],
+    refs: &[(String, String)],
+    s: &TrainSettings,
+) -> Result<TrainReport> {
     let (genes, metagene, rank) = read_metagenes(&out.join("metagene_GCN.csv"))?;
     let g = genes.len();
     let gamma0 = if refs.is_empty() { None } else { Some(read_npy::<f32>(&out.join("nmf_gamma.npy"))?.1) };
@@ -181,22 +192,25 @@ pub fn run_train(
         return Err(Error::setting("train", "no tissue tiles to train on"));
     }
     let ss = s.split_size;
-    let (net, mut p) = UNet::new(channels, s.seed);
-    let head = JointHead::new(&mut p, channels, rank, g, refs.len(), s.seed);
+    let (net, mut host) = UNet::new(channels, s.seed);
+    let head = JointHead::new(&mut host, channels, rank, g, refs.len(), s.seed);
     // start from the pre-trained body (the heads keep their initialisation)
     {
         let path = out.join("models/pretrained.safetensors");
         let (_, mut body) = UNet::new(channels, 0);
-        checkpoint::load(&path, &mut body, None)?;
+        checkpoint::load(&Cpu::new(), &path, &mut body, None)?;
         for (name, v) in body.names.iter().zip(body.data) {
-            let i = p.index(name).expect("same network");
-            p.data[i] = v;
+            let i = host.index(name).expect("same network");
+            host.data[i] = v;
         }
     }
-    p.data[head.decoder] = metagene.iter().map(|&v| v as f32).collect();
+    host.data[head.decoder] = metagene.iter().map(|&v| v as f32).collect();
     if let (Some(gi), Some(gm)) = (head.gamma, gamma0) {
-        p.data[gi] = gm;
+        host.data[gi] = gm;
     }
+    let sizes: Vec<usize> = host.data.iter().map(|d| d.len()).collect();
+    let mut p = host.upload(b);
+    drop(host);
     let heads_only: Vec<usize> = (0..p.names.len())
         .filter(|&i| p.names[i].starts_with("low_rank") || p.names[i].starts_with("image_pred"))
         .collect();
@@ -206,11 +220,11 @@ pub fn run_train(
     let partial = models.join("train.partial.safetensors");
     let (mut iteration, mut epoch, mut in_epoch, mut phase2_from) = (0usize, 0usize, 0usize, None::<usize>);
     let mut resumed_from = None;
-    let sizes: Vec<usize> = p.data.iter().map(|d| d.len()).collect();
     let new_opt = |idx: &[usize]| {
-        Adam::new(
+        Adam::with(
             AdamConfig { weight_decay: s.weight_decay, ..Default::default() },
             &idx.iter().map(|&i| sizes[i]).collect::<Vec<_>>(),
+            |n| b.zeros(n),
         )
     };
     let mut opt = new_opt(&heads_only);
@@ -227,7 +241,12 @@ pub fn run_train(
         in_epoch = num("batch_in_epoch")?;
         phase2_from = meta.get("phase2_from").and_then(|v| v.parse().ok());
         opt = new_opt(if phase2_from.is_some() { &all } else { &heads_only });
-        checkpoint::load(&partial, &mut p, Some((&mut opt, if phase2_from.is_some() { &all } else { &heads_only })))?;
+        checkpoint::load(
+            b,
+            &partial,
+            &mut p,
+            Some((&mut opt, if phase2_from.is_some() { &all } else { &heads_only })),
+        )?;
         resumed_from = Some(iteration);
         eprintln!("train: resuming at iteration {iteration}");
     }
@@ -276,9 +295,12 @@ pub fn run_train(
             let tile_spots: Vec<TileSpots> = (0..idx.len())
                 .map(|n| TileSpots { pixels: &pix[n], expression: &exps[n], query: queries[n] })
                 .collect();
+            let (image, vd) = (b.upload(&image), b.upload(&vd));
             let batch = JointBatch { image: &image, shape: is, vd: &vd, tiles: &tile_spots };
             let train_body = phase2_from.is_some();
-            let o = head.step(&net, &mut p, &batch, &s.weights, train_body);
+            let o = head.step(b, &net, &mut p, &batch, &s.weights, train_body);
+            b.release(image);
+            b.release(vd);
             let trained: &[usize] = if train_body { &all } else { &heads_only };
             let lrs: Vec<f64> = match phase2_from {
                 None => vec![cosine_lr(s.lr_fix, s.eta_min, iteration, s.fix_iterations); trained.len()],
@@ -290,7 +312,7 @@ pub fn run_train(
                         .collect()
                 }
             };
-            p.adam_step(&mut opt, trained, &lrs);
+            p.adam_step(b, &mut opt, trained, &lrs);
             iteration += 1;
             in_epoch += 1;
             last = (o.loss, o.loss_image, o.loss_exp);
@@ -305,7 +327,7 @@ pub fn run_train(
                 if let Some(f) = phase2_from {
                     meta.insert("phase2_from".into(), f.to_string());
                 }
-                checkpoint::save(&partial, &p, Some((&opt, trained)), meta)?;
+                checkpoint::save(b, &partial, &p, Some((&opt, trained)), meta)?;
             }
             if s.fail_after == Some(iteration) {
                 return Err(Error::Other(format!("train: stopped after iteration {iteration} (requested)")));
@@ -320,10 +342,10 @@ pub fn run_train(
     pb.finish_and_clear();
     let meta =
         HashMap::from([("stage".to_string(), "train".to_string()), ("iteration".to_string(), iteration.to_string())]);
-    checkpoint::save(&models.join("trained.safetensors"), &p, None, meta)?;
+    checkpoint::save(b, &models.join("trained.safetensors"), &p, None, meta)?;
     let _ = std::fs::remove_file(&partial);
     // the reference writes the decoder as it is (the model applies relu when it uses it)
-    let dec: Vec<f64> = p.data[head.decoder].iter().map(|&v| v as f64).collect();
+    let dec: Vec<f64> = b.download(&p.data[head.decoder]).iter().map(|&v| v as f64).collect();
     write_metagenes(&out.join("metagene.csv"), &genes, &dec, rank)?;
     Ok(TrainReport {
         tiles: tiles.len(),

@@ -1,4 +1,4 @@
-//! Convolutions on the CPU, channels-last (N, H, W, C) f32, as GEMMs over gathered rows.
+//! Convolutions of the CPU backend, channels-last (N, H, W, C) f32, as GEMMs over gathered rows.
 //!
 //! Layout: activations NHWC, conv weights [ky][kx][ci][co] (K = k·k·Cin rows × Cout columns),
 //! transposed-conv weights [ci][ky][kx][co]. Channels-last makes every gathered row a run of
@@ -11,47 +11,8 @@
 
 use rayon::prelude::*;
 
+use crate::backend::{ConvSpec, Shape};
 use crate::linalg::{sgemm, Mat};
-
-/// A 2-D convolution: k × k kernel, stride, zero padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvSpec {
-    pub cin: usize,
-    pub cout: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-}
-
-impl ConvSpec {
-    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        ((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1)
-    }
-    pub fn weight_len(&self) -> usize {
-        self.k * self.k * self.cin * self.cout
-    }
-}
-
-/// Activation shape (N, H, W, C).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shape {
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c: usize,
-}
-
-impl Shape {
-    pub fn len(&self) -> usize {
-        self.n * self.h * self.w * self.c
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub fn with_c(self, c: usize) -> Shape {
-        Shape { c, ..self }
-    }
-}
 
 /// Output pixels per GEMM block.
 const BLOCK_PIXELS: usize = 1024;
@@ -81,11 +42,27 @@ fn gather_row(x: &[f32], xs: Shape, s: &ConvSpec, img: usize, oy: usize, ox: usi
 
 /// y = conv(x) (+ bias). `y` has shape (N, OH, OW, Cout).
 pub fn conv2d(x: &[f32], xs: Shape, s: &ConvSpec, wt: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    conv2d_fused(x, xs, s, wt, bias, false, None, y)
+}
+
+/// y = leaky?(conv(x) + bias) + residual, the epilogue applied per block while it is in cache.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_fused(
+    x: &[f32],
+    xs: Shape,
+    s: &ConvSpec,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    leaky: bool,
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+) {
     assert_eq!(xs.c, s.cin);
     let (oh, ow) = s.out_hw(xs.h, xs.w);
     let kk = s.k * s.k * s.cin;
     let rows = rows_per_block(ow);
-    y.par_chunks_mut(rows * ow * s.cout).enumerate().for_each(|(b, yb)| {
+    let block_len = rows * ow * s.cout;
+    y.par_chunks_mut(block_len).enumerate().for_each(|(b, yb)| {
         let first = b * rows; // global output row (img * oh + oy)
         let nrows = yb.len() / (ow * s.cout);
         let mut col = vec![0f32; nrows * ow * kk];
@@ -102,6 +79,12 @@ pub fn conv2d(x: &[f32], xs: Shape, s: &ConvSpec, wt: &[f32], bias: Option<&[f32
         }
         let beta = if bias.is_some() { 1.0 } else { 0.0 };
         sgemm_serial(Mat::new(&col, nrows * ow, kk), Mat::new(wt, kk, s.cout), yb, beta);
+        if leaky {
+            super::act::leaky_relu_serial(yb);
+        }
+        if let Some(r) = residual {
+            yb.iter_mut().zip(&r[b * block_len..]).for_each(|(a, b)| *a += b);
+        }
     });
 }
 

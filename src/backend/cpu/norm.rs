@@ -4,23 +4,16 @@
 
 use rayon::prelude::*;
 
-use super::conv::Shape;
+use crate::backend::Shape;
 
 pub const EPS: f64 = 1e-5;
 
-/// Per (image, normalised channel): mean and 1/σ, kept for the backward pass.
-#[derive(Debug, Clone, Default)]
-pub struct HinStats {
-    pub mean: Vec<f32>,
-    pub rstd: Vec<f32>,
-}
-
-/// y = HIN(x); gamma/beta have C/2 entries.
-pub fn hin_forward(x: &[f32], s: Shape, gamma: &[f32], beta: &[f32], y: &mut [f32], stats: &mut HinStats) {
+/// y = leaky?(HIN(x)); gamma/beta have C/2 entries. `stats` (2·N·C/2) receives the mean and
+/// 1/σ of each (image, normalised channel), means first.
+pub fn hin_forward(x: &[f32], s: Shape, gamma: &[f32], beta: &[f32], leaky: bool, y: &mut [f32], stats: &mut [f32]) {
     let half = s.c / 2;
     let hw = s.h * s.w;
-    stats.mean.resize(s.n * half, 0.0);
-    stats.rstd.resize(s.n * half, 0.0);
+    let (means, rstds) = stats.split_at_mut(s.n * half);
     let per_img: Vec<(Vec<f32>, Vec<f32>)> = (0..s.n)
         .into_par_iter()
         .map(|img| {
@@ -44,16 +37,20 @@ pub fn hin_forward(x: &[f32], s: Shape, gamma: &[f32], beta: &[f32], y: &mut [f3
         })
         .collect();
     for (img, (m, r)) in per_img.into_iter().enumerate() {
-        stats.mean[img * half..(img + 1) * half].copy_from_slice(&m);
-        stats.rstd[img * half..(img + 1) * half].copy_from_slice(&r);
+        means[img * half..(img + 1) * half].copy_from_slice(&m);
+        rstds[img * half..(img + 1) * half].copy_from_slice(&r);
     }
+    let (means, rstds) = (&*means, &*rstds);
     y.par_chunks_mut(hw * s.c).zip(x.par_chunks(hw * s.c)).enumerate().for_each(|(img, (yi, xi))| {
-        let (m, r) = (&stats.mean[img * half..(img + 1) * half], &stats.rstd[img * half..(img + 1) * half]);
+        let (m, r) = (&means[img * half..(img + 1) * half], &rstds[img * half..(img + 1) * half]);
         for (py, px) in yi.chunks_mut(s.c).zip(xi.chunks(s.c)) {
             for c in 0..half {
                 py[c] = (px[c] - m[c]) * r[c] * gamma[c] + beta[c];
             }
             py[half..].copy_from_slice(&px[half..]);
+            if leaky {
+                super::act::leaky_relu_serial(py);
+            }
         }
     });
 }
@@ -64,7 +61,7 @@ pub fn hin_backward(
     x: &[f32],
     s: Shape,
     gamma: &[f32],
-    stats: &HinStats,
+    stats: &[f32],
     dy: &[f32],
     dx: &mut [f32],
     dgamma: &mut [f32],
@@ -72,12 +69,13 @@ pub fn hin_backward(
 ) {
     let half = s.c / 2;
     let hw = s.h * s.w;
+    let (means, rstds) = stats.split_at(s.n * half);
     let per_img: Vec<(Vec<f64>, Vec<f64>)> = dx
         .par_chunks_mut(hw * s.c)
         .enumerate()
         .map(|(img, dxi)| {
             let (xi, dyi) = (&x[img * hw * s.c..(img + 1) * hw * s.c], &dy[img * hw * s.c..(img + 1) * hw * s.c]);
-            let (m, r) = (&stats.mean[img * half..(img + 1) * half], &stats.rstd[img * half..(img + 1) * half]);
+            let (m, r) = (&means[img * half..(img + 1) * half], &rstds[img * half..(img + 1) * half]);
             // Σ dy and Σ dy·x̂ per channel
             let (mut sdy, mut sdyx) = (vec![0f64; half], vec![0f64; half]);
             for (px, pd) in xi.chunks(s.c).zip(dyi.chunks(s.c)) {
@@ -112,7 +110,7 @@ pub fn hin_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::conv::tests::rnd;
+    use crate::backend::cpu::conv::tests::rnd;
 
     #[test]
     fn normalises_the_first_half_and_gradients_match_finite_differences() {
@@ -120,8 +118,8 @@ mod tests {
         let x: Vec<f32> = rnd(s.len(), 1).iter().map(|v| 2.0 * v + 0.5).collect();
         let (gamma, beta) = (vec![1.5f32, 0.5, -1.0], vec![0.1f32, 0.0, 0.3]);
         let mut y = vec![0f32; s.len()];
-        let mut st = HinStats::default();
-        hin_forward(&x, s, &gamma, &beta, &mut y, &mut st);
+        let mut st = vec![0f32; 2 * s.n * 3];
+        hin_forward(&x, s, &gamma, &beta, false, &mut y, &mut st);
         // channel 0 of image 0: mean beta, std |gamma|
         let v: Vec<f64> = y[..12 * 6].chunks(6).map(|p| p[0] as f64).collect();
         let mean = v.iter().sum::<f64>() / 12.0;
@@ -130,7 +128,7 @@ mod tests {
         let g = rnd(s.len(), 2);
         let loss = |x: &[f32]| -> f64 {
             let mut y = vec![0f32; s.len()];
-            hin_forward(x, s, &gamma, &beta, &mut y, &mut HinStats::default());
+            hin_forward(x, s, &gamma, &beta, false, &mut y, &mut vec![0f32; 2 * s.n * 3]);
             y.iter().zip(&g).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
         };
         let (mut dx, mut dg, mut dbt) = (vec![0f32; s.len()], vec![0f32; 3], vec![0f32; 3]);

@@ -7,11 +7,16 @@ pub const LEAKY_SLOPE: f32 = 0.2;
 pub const LOGIT_EPS: f32 = 1.388794e-11;
 
 pub fn leaky_relu(x: &mut [f32]) {
-    x.par_iter_mut().for_each(|v| {
+    x.par_chunks_mut(1 << 14).for_each(leaky_relu_serial);
+}
+
+/// `leaky_relu` on the calling thread (for epilogues of work already split in blocks).
+pub fn leaky_relu_serial(x: &mut [f32]) {
+    for v in x {
         if *v < 0.0 {
             *v *= LEAKY_SLOPE
         }
-    });
+    }
 }
 
 /// dx = dy · (y > 0 ? 1 : slope), from the activation's output (same sign as its input).

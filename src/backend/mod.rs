@@ -1,0 +1,227 @@
+//! The seam between the trainer and the hardware: the operations the U-Net trainer needs on
+//! device buffers. `model` holds only indices, shapes and schedules and calls these; `cpu` is
+//! the reference implementation (rayon + matrixmultiply), the CUDA backend implements the same
+//! trait and is tested against it.
+//!
+//! Choices made for the GPU's sake:
+//! - Layout: activations are channels-last (N, H, W, C). A pixel's channels are contiguous, so
+//!   a convolution is an implicit GEMM whose K dimension (ky, kx, ci) reads contiguous channel
+//!   runs — what tensor-core MMA tiles load — and conv weights are stored [ky][kx][ci][co], the
+//!   GEMM's B operand as is (PyTorch's layouts are converted at the checkpoint boundary only).
+//! - Storage: a `Buf` holds f32 *values*; how it stores them is the backend's business. The
+//!   CPU keeps f32; a GPU backend may keep activations in f16 and accumulate in f32. Every
+//!   reduction (norm statistics, losses, weight gradients) is specified as an f32/f64 sum so
+//!   both sides agree to storage precision.
+//! - Fusion: operations are whole layers with their epilogues (bias, activation, residual add;
+//!   norm + activation; the VD prior + sigmoid), so a GPU backend runs each as one kernel and
+//!   never writes an intermediate that the backward pass does not need.
+//! - Memory: buffers come from `alloc` and go back with `release`; a backend keeps released
+//!   buffers and hands them out again, so after the first iteration a training loop allocates
+//!   nothing (tested through `fresh_allocations`).
+//! - Outputs: every operation overwrites its outputs unless its doc says it accumulates, so
+//!   buffers from `alloc` need no clearing.
+
+pub mod cpu;
+
+pub use cpu::Cpu;
+
+use crate::optim::AdamScalars;
+
+/// A 2-D convolution: k × k kernel, stride, zero padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvSpec {
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        ((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1)
+    }
+    pub fn weight_len(&self) -> usize {
+        self.k * self.k * self.cin * self.cout
+    }
+}
+
+/// Activation shape (N, H, W, C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Shape {
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn with_c(self, c: usize) -> Shape {
+        Shape { c, ..self }
+    }
+}
+
+/// What a convolution does to its result before storing it: y = act(conv(x) + bias) + residual.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a, T> {
+    pub leaky: bool,
+    pub residual: Option<&'a T>,
+}
+
+impl<T> Epilogue<'_, T> {
+    pub const NONE: Self = Epilogue { leaky: false, residual: None };
+    pub const LEAKY: Self = Epilogue { leaky: true, residual: None };
+}
+
+/// One tile's spots for the expression loss: each spot's pixel set (flat y·W + x in the tile),
+/// their expression (spots × genes) and, for a query section, its row of gamma.
+pub struct TileSpots<'a> {
+    pub pixels: &'a [Vec<u32>],
+    pub expression: &'a [f32],
+    pub query: Option<usize>,
+}
+
+/// The decoder side of the expression loss: D (genes × R, used as relu(D)) and gamma
+/// (queries × genes), with their gradient buffers (overwritten).
+pub struct Decoder<'a, T> {
+    pub d: &'a T,
+    pub gamma: Option<&'a T>,
+    pub grad_d: &'a mut T,
+    pub grad_gamma: Option<&'a mut T>,
+}
+
+pub trait Backend: Sync {
+    /// A buffer of f32 values on the device.
+    type Buf: Send + Sync;
+
+    fn name(&self) -> String;
+
+    // --- memory -------------------------------------------------------------------------
+    /// A buffer of `len` values, contents unspecified (reused when one was released).
+    fn alloc(&self, len: usize) -> Self::Buf;
+    fn zeros(&self, len: usize) -> Self::Buf;
+    /// Give a buffer back for reuse.
+    fn release(&self, buf: Self::Buf);
+    /// Buffers created (not reused) so far.
+    fn fresh_allocations(&self) -> u64;
+    fn upload(&self, host: &[f32]) -> Self::Buf;
+    fn download(&self, buf: &Self::Buf) -> Vec<f32>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf);
+
+    // --- element-wise -------------------------------------------------------------------
+    /// y += x
+    fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf);
+    /// dy *= leaky'(y), from the activation's output (same sign as its input)
+    fn leaky_relu_backward(&self, y: &Self::Buf, dy: &mut Self::Buf);
+    /// y = sigmoid(x)
+    fn sigmoid(&self, x: &Self::Buf, y: &mut Self::Buf);
+    /// dy *= y (1 − y), from the sigmoid's output
+    fn sigmoid_backward(&self, y: &Self::Buf, dy: &mut Self::Buf);
+    /// hr = sigmoid(logit(vd, eps) + l): the VD prior of the joint network
+    fn prior_sigmoid(&self, l: &Self::Buf, vd: &Self::Buf, hr: &mut Self::Buf);
+
+    // --- layers -------------------------------------------------------------------------
+    /// y = epilogue(conv(x) + bias); y is (N, OH, OW, Cout)
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d(
+        &self,
+        x: &Self::Buf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        epi: Epilogue<Self::Buf>,
+        y: &mut Self::Buf,
+    );
+    /// dX (when asked), dW, dB (when asked) from dY at the convolution's output (before any
+    /// epilogue: the caller applies the activation's backward first)
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward(
+        &self,
+        x: &Self::Buf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        db: Option<&mut Self::Buf>,
+    );
+    /// 2×2 stride-2 transposed convolution + bias; y is (N, 2H, 2W, Cout)
+    fn conv_transpose2(&self, x: &Self::Buf, xs: Shape, cout: usize, w: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf);
+    #[allow(clippy::too_many_arguments)]
+    fn conv_transpose2_backward(
+        &self,
+        x: &Self::Buf,
+        xs: Shape,
+        cout: usize,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    );
+    /// y = leaky?(HIN(x)): the first C/2 channels normalised per image (biased variance, eps
+    /// 1e-5, affine), the rest passed through. `stats` (2·N·C/2: means, then 1/σ) is kept for
+    /// the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn hin_forward(
+        &self,
+        x: &Self::Buf,
+        s: Shape,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        leaky: bool,
+        y: &mut Self::Buf,
+        stats: &mut Self::Buf,
+    );
+    /// dx, dgamma, dbeta from dy at HIN's output (before its activation)
+    #[allow(clippy::too_many_arguments)]
+    fn hin_backward(
+        &self,
+        x: &Self::Buf,
+        s: Shape,
+        gamma: &Self::Buf,
+        stats: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        dgamma: &mut Self::Buf,
+        dbeta: &mut Self::Buf,
+    );
+    /// out = [a | b] along channels (`px` pixels)
+    fn concat_channels(&self, a: &Self::Buf, ca: usize, b: &Self::Buf, cb: usize, out: &mut Self::Buf);
+    /// the inverse of `concat_channels`
+    fn split_channels(&self, d: &Self::Buf, ca: usize, cb: usize, a: &mut Self::Buf, b: &mut Self::Buf);
+    /// out (N × C) = mean over each image's pixels
+    fn spatial_mean(&self, x: &Self::Buf, s: Shape, out: &mut Self::Buf);
+
+    // --- losses (values summed in f64; gradients scaled by `scale`) -----------------------
+    /// Σ over images of mean((pred − target)²); d_pred = scale · 2(pred − target)/(H·W·C)
+    fn mse_per_image(&self, pred: &Self::Buf, target: &Self::Buf, s: Shape, scale: f64, d_pred: &mut Self::Buf) -> f64;
+    /// Σ over images of the mean over pixels with HR > 0.95 of ((1−vd)²·(hr − vd))²;
+    /// d_hr += scale · its gradient (accumulates)
+    fn hr_regulariser(&self, hr: &Self::Buf, vd: &Self::Buf, s: Shape, scale: f64, d_hr: &mut Self::Buf) -> f64;
+    /// Σ over tiles of the Poisson NLL (log_input=False) of relu(D)·(spot means of HR)
+    /// (+ gamma, relu'd, for query tiles) against the spots' expression; d_hr += scale · its
+    /// gradient (accumulates), the decoder's gradients are overwritten.
+    fn expression_loss(
+        &self,
+        hr: &Self::Buf,
+        s: Shape,
+        tiles: &[TileSpots],
+        dec: Decoder<Self::Buf>,
+        scale: f64,
+        d_hr: &mut Self::Buf,
+    ) -> f64;
+
+    // --- optimiser ----------------------------------------------------------------------
+    /// One Adam update of `p` from `g` with moments `m`, `v` (PyTorch's single-tensor Adam).
+    fn adam(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, s: &AdamScalars);
+}
