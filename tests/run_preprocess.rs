@@ -109,9 +109,9 @@ fn bad_settings_and_stages_not_built_yet() {
         "scale_rate",
     );
     assert_clean_error(
-        &run(&["run", "--visium", s(&sec), "--out", s(&out), "--to", "score"], &c),
+        &run(&["run", "--visium", s(&sec), "--out", s(&out), "--to", "downstream"], &c),
         "invalid setting",
-        "score",
+        "downstream",
     );
     assert!(!out.join("section/meta.json").exists());
 }

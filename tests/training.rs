@@ -240,4 +240,59 @@ fn interrupted_joint_training_resumes_bit_identical() {
     assert_eq!(text.lines().count(), 41);
     // the decoder moved from its start (metagene_GCN) in the second phase
     assert_ne!(text, std::fs::read_to_string(a.join("metagene_GCN.csv")).unwrap());
+    check_scores(&a, &b, 4);
+}
+
+/// Half floats of an R × H × W .npy, checked against its expected size.
+fn read_f16_map(p: &Path, len: usize) -> Vec<f32> {
+    let b = std::fs::read(p).unwrap();
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize + 10;
+    assert!(String::from_utf8_lossy(&b[10..hl]).contains("'<f2'"));
+    assert_eq!(b.len() - hl, 2 * len, "{}", p.display());
+    b[hl..].chunks(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+}
+
+/// The score stage's outputs: the same after the interrupted run, probabilities that vary,
+/// spot scores that are the medians over each spot's disk of the map.
+fn check_scores(a: &Path, b: &Path, rank: usize) {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("section/meta.json")).unwrap()).unwrap();
+    let (h, w) = (meta["height"].as_u64().unwrap() as usize, meta["width"].as_u64().unwrap() as usize);
+    let (row0, col0) = (meta["row0"].as_f64().unwrap(), meta["col0"].as_f64().unwrap());
+    let radius = meta["radius"].as_u64().unwrap() as i64;
+    let map = read_f16_map(&a.join("section/SpaHDmap_score.npy"), rank * h * w);
+    assert_eq!(
+        std::fs::read(a.join("section/SpaHDmap_score.npy")).unwrap(),
+        std::fs::read(b.join("section/SpaHDmap_score.npy")).unwrap()
+    );
+    assert!(map.iter().all(|v| (0.0..=1.0).contains(v)));
+    let mean = map.iter().map(|&v| v as f64).sum::<f64>() / map.len() as f64;
+    let var = map.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / map.len() as f64;
+    assert!(var > 1e-4, "a flat score map (variance {var})");
+    let (ss, spot_scores) = common::read_npy::<f64>(&a.join("section/SpaHDmap_spot_score.npy"));
+    let (_, spots) = common::read_npy::<f64>(&a.join("section/spots.npy"));
+    assert_eq!(ss, vec![spots.len() as u64 / 2, rank as u64]);
+    for i in (0..spots.len() / 2).step_by(7) {
+        let (r, c) = ((spots[2 * i] - row0) as i64, (spots[2 * i + 1] - col0) as i64);
+        for k in 0..rank {
+            let mut v = Vec::new();
+            for y in (r - radius).max(0)..(r + radius + 1).min(h as i64) {
+                for x in (c - radius).max(0)..(c + radius + 1).min(w as i64) {
+                    if (y - r).pow(2) + (x - c).pow(2) <= radius * radius {
+                        v.push(map[(k * h + y as usize) * w + x as usize]);
+                    }
+                }
+            }
+            v.sort_by(f32::total_cmp);
+            let n = v.len();
+            let want = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+            let got = spot_scores[i * rank + k];
+            assert!(
+                (got - want as f64).abs() <= 1e-3 * want.max(1e-3) as f64,
+                "spot {i} component {k}: {got} vs {want}"
+            );
+        }
+    }
+    let (ms, _) = common::read_npy::<bool>(&a.join("section/SpaHDmap_mask.npy"));
+    assert_eq!(ms, vec![h as u64, w as u64]);
 }

@@ -51,8 +51,8 @@ struct RunArgs {
     /// Redo from this stage (default: resume after the last finished one).
     #[arg(long)]
     from: Option<Stage>,
-    /// Stop after this stage (this build runs up to `train`).
-    #[arg(long, default_value = "train")]
+    /// Stop after this stage (this build runs up to `score`).
+    #[arg(long, default_value = "score")]
     to: Stage,
     /// Iteration counts: `reference` = the published defaults, `quick` = a CPU demo.
     #[arg(long, value_enum, default_value = "reference")]
@@ -303,7 +303,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
     if !a.to.implemented() {
         return Err(Error::setting(
             "--to",
-            format!("stage {} is not available in this build yet (it runs up to train)", a.to),
+            format!("stage {} is not available in this build yet (it runs up to score)", a.to),
         ));
     }
     let specs = a.input.sections()?;
@@ -341,7 +341,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
     };
     let (train_iters, fix_iters) = match a.preset {
         Preset::Reference => (2000, 1000),
-        Preset::Quick => (20, 10),
+        Preset::Quick => (60, 30),
     };
     let train = crate::stages::train::TrainSettings {
         iterations: a.train_iterations.unwrap_or(train_iters),
@@ -392,6 +392,11 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         spot: &spot,
         pretrain: &pretrain,
         train: &train,
+        score: &crate::stages::score::ScoreSettings {
+            split_size: a.split_size,
+            batch: a.batch_size.unwrap_or(batch),
+            ..Default::default()
+        },
         out: &a.out,
     };
     p.run(a.from, a.to)?;

@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod pretrain;
 pub mod results;
+pub mod score;
 pub mod spot;
 pub mod train;
 pub mod voronoi;
@@ -60,7 +61,7 @@ impl Stage {
 
     /// Stages this build can run.
     pub fn implemented(self) -> bool {
-        self <= Stage::Train
+        self <= Stage::Score
     }
 }
 

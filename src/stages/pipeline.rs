@@ -13,6 +13,7 @@ use crate::io::spots::TableOptions;
 use crate::stages::preprocess::{run_preprocess, PreprocessSettings};
 use crate::stages::pretrain::{run_pretrain, PretrainSettings};
 use crate::stages::results::SectionDir;
+use crate::stages::score::{run_score, ScoreSettings};
 use crate::stages::spot::{run_gcn, run_nmf, run_vd, SpotSettings};
 use crate::stages::train::{run_train, TrainSettings};
 use crate::stages::Stage;
@@ -26,6 +27,7 @@ pub struct Pipeline<'a> {
     pub spot: &'a SpotSettings,
     pub pretrain: &'a PretrainSettings,
     pub train: &'a TrainSettings,
+    pub score: &'a ScoreSettings,
     pub out: &'a Path,
 }
 
@@ -97,22 +99,32 @@ impl Pipeline<'_> {
                 );
                 json!(r)
             }
+            Stage::Score => {
+                let reports = run_score(self.out, &self.sections()?, self.refs, self.score)?;
+                for r in &reports {
+                    eprintln!(
+                        "score {}: {} tiles, {} × {} × {}, {} low-signal pixels left the mask",
+                        r.section, r.tiles, r.rank, r.height, r.width, r.low_signal_pixels
+                    );
+                }
+                json!({ "sections": reports })
+            }
             _ => unreachable!("not run by this driver"),
         })
     }
 
     /// Run up to `to`; `from` forces a redo from that stage.
     pub fn run(&self, from: Option<Stage>, to: Stage) -> Result<Vec<Value>> {
-        if to > Stage::Train {
+        if !to.implemented() {
             return Err(Error::setting(
                 "--to",
-                format!("stage {to} is not available in this build yet (it runs up to train)"),
+                format!("stage {to} is not available in this build yet (it runs up to score)"),
             ));
         }
         std::fs::create_dir_all(self.out.join(".stages")).map_err(|e| Error::io(self.out, e))?;
         let mut records = Vec::new();
         let mut upstream_ran = false;
-        for st in [Stage::Preprocess, Stage::Nmf, Stage::Pretrain, Stage::Gcn, Stage::Vd, Stage::Train] {
+        for st in [Stage::Preprocess, Stage::Nmf, Stage::Pretrain, Stage::Gcn, Stage::Vd, Stage::Train, Stage::Score] {
             if st > to {
                 break;
             }

@@ -218,6 +218,56 @@ impl F16NpyWriter {
     }
 }
 
+/// A finished R × H × W half-precision score map (VD or SpaHDmap score), memory-mapped.
+pub struct ScoreMap {
+    map: memmap2::Mmap,
+    offset: usize,
+    pub rank: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ScoreMap {
+    /// Open `path`, which must hold `rank` × `height` × `width` half floats.
+    pub fn open(path: &Path, rank: usize, height: usize, width: usize) -> Result<ScoreMap> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: score files are finished results, replaced only by rename.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+        if map.len() < 10 || &map[..6] != b"\x93NUMPY" {
+            return Err(Error::format(path, "npy header", "not an .npy file"));
+        }
+        let offset = u16::from_le_bytes([map[8], map[9]]) as usize + 10;
+        if map.len() != offset + 2 * rank * height * width {
+            return Err(Error::format(path, "shape", format!("expected {rank} × {height} × {width} half floats")));
+        }
+        Ok(ScoreMap { map, offset, rank, height, width })
+    }
+
+    #[inline]
+    pub fn get(&self, k: usize, y: usize, x: usize) -> f32 {
+        let at = self.offset + 2 * ((k * self.height + y) * self.width + x);
+        f16::from_bits(u16::from_le_bytes([self.map[at], self.map[at + 1]])).to_f32()
+    }
+
+    /// The `rows` × `cols` window at (r0, c0) of the map's frame, channels last, zeros outside.
+    pub fn window(&self, r0: i64, c0: i64, rows: usize, cols: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows * cols * self.rank];
+        let (x0, x1) = (c0.max(0), (c0 + cols as i64).min(self.width as i64));
+        for y in 0..rows {
+            let r = r0 + y as i64;
+            if r < 0 || r >= self.height as i64 || x0 >= x1 {
+                continue;
+            }
+            for k in 0..self.rank {
+                for c in x0..x1 {
+                    out[(y * cols + (c - c0) as usize) * self.rank + k] = self.get(k, r as usize, c as usize);
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use half::f16;
 use serde::Serialize;
 
 use crate::backend::{Backend, Cpu, Shape};
@@ -28,7 +27,7 @@ use crate::model::unet::UNet;
 use crate::optim::{cosine_lr, Adam, AdamConfig};
 use crate::preprocess::spot_pixels::spot_disk_pixels;
 use crate::stages::pretrain::epoch_order;
-use crate::stages::results::{read_metagenes, write_metagenes, SectionDir};
+use crate::stages::results::{read_metagenes, write_metagenes, ScoreMap, SectionDir};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSettings {
@@ -84,12 +83,9 @@ pub struct TrainReport {
 /// One section's training data: its image, VD score map, expression and tiles' spots.
 struct SectionData {
     image: ImageCache,
-    vd: memmap2::Mmap,
-    vd_offset: usize,
+    vd: ScoreMap,
     row0: i64,
     col0: i64,
-    height: usize,
-    width: usize,
     exp: Vec<f32>,
     genes: usize,
     query: Option<usize>,
@@ -99,28 +95,9 @@ struct SectionData {
 
 impl SectionData {
     /// The tile's VD scores (split × split × R, channels last), zeros outside the crop.
-    fn vd_tile(&self, t: usize, rank: usize, ss: usize) -> Vec<f32> {
+    fn vd_tile(&self, t: usize, ss: usize) -> Vec<f32> {
         let tl = &self.tiles[t];
-        let mut out = vec![0f32; ss * ss * rank];
-        let words = &self.vd[self.vd_offset..];
-        for k in 0..rank {
-            for y in 0..ss {
-                let r = tl.r0 + y as i64 - self.row0;
-                if r < 0 || r >= self.height as i64 {
-                    continue;
-                }
-                for x in 0..ss {
-                    let c = tl.c0 + x as i64 - self.col0;
-                    if c < 0 || c >= self.width as i64 {
-                        continue;
-                    }
-                    let at = 2 * ((k * self.height + r as usize) * self.width + c as usize);
-                    out[(y * ss + x) * rank + k] =
-                        f16::from_bits(u16::from_le_bytes([words[at], words[at + 1]])).to_f32();
-                }
-            }
-        }
-        out
+        self.vd.window(tl.r0 - self.row0, tl.c0 - self.col0, ss, ss)
     }
 }
 
@@ -148,18 +125,7 @@ pub fn train_on<B: Backend>(
     for sd in sections {
         let m = &sd.meta;
         let image = ImageCache::open_existing(&m.scaled_image_cache)?;
-        let vpath = sd.path("VD_score.npy");
-        let f = std::fs::File::open(&vpath).map_err(|e| Error::io(&vpath, e))?;
-        // SAFETY: the VD file is a finished result, replaced only by rename.
-        let vd = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&vpath, e))?;
-        let vd_offset = u16::from_le_bytes([vd[8], vd[9]]) as usize + 10;
-        if vd.len() != vd_offset + 2 * rank * m.height * m.width {
-            return Err(Error::format(
-                &vpath,
-                "shape",
-                format!("expected {rank} × {} × {} half floats", m.height, m.width),
-            ));
-        }
+        let vd = ScoreMap::open(&sd.path("VD_score.npy"), rank, m.height, m.width)?;
         let (x, _) = sd.expression()?;
         if x.cols != g {
             return Err(Error::format(sd.path("expression/genes.txt"), "genes", "differ from metagene_GCN.csv"));
@@ -173,11 +139,8 @@ pub fn train_on<B: Backend>(
         data.push(SectionData {
             image,
             vd,
-            vd_offset,
             row0: m.row0 as i64,
             col0: m.col0 as i64,
-            height: m.height,
-            width: m.width,
             exp,
             genes: g,
             query,
@@ -281,7 +244,7 @@ pub fn train_on<B: Backend>(
                 let d = &data[k];
                 let tl = &d.tiles[t];
                 image.extend(d.image.read_region_unit(tl.r0, tl.c0, ss, ss)?);
-                vd.extend(d.vd_tile(t, rank, ss));
+                vd.extend(d.vd_tile(t, ss));
                 let ts = &d.spots[t];
                 pix.push((0..ts.spots.len()).map(|j| ts.pixels_of(j).to_vec()).collect());
                 exps.push(

@@ -1,0 +1,429 @@
+//! The `score` stage (SPEC §10): the trained network's high-definition embedding of each
+//! section.
+//!
+//! The crop is zero-padded by bound = ⌈0.05·split⌉ and cut into split × split tiles at
+//! stride split − ⌊0.15·split⌋ (the last row and column flush with the far edge, as the
+//! reference's `HE_Score_Dataset`); each tile's HR score is weighted by a frame that is 1
+//! except a bound-wide border, overlapping tiles are averaged by the summed frame, and the
+//! padding is removed. Tiles run one row of tiles at a time and every padded row is final
+//! once the next row of tiles starts below it, so the R × H × W f16 result is written band
+//! by band through a memory map and peak memory is one band (split rows × width × R), not
+//! the slide. Then the spot-level score (the median of each component over each spot's disk)
+//! and the low-signal mask (pixels whose components, as 0–255 values, sum to < 15).
+
+use std::path::Path;
+
+use half::f16;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::{Backend, Cpu, Shape};
+use crate::error::{Error, Result};
+use crate::io::image::ImageCache;
+use crate::io::npy::write_npy;
+use crate::model::checkpoint;
+use crate::model::joint::JointHead;
+use crate::model::unet::UNet;
+use crate::stages::results::{read_metagenes, F16NpyWriter, ScoreMap, SectionDir};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreSettings {
+    pub split_size: usize,
+    /// tiles per forward pass
+    pub batch: usize,
+    pub overlap_ratio: f64,
+    pub bound_ratio: f64,
+}
+
+impl Default for ScoreSettings {
+    fn default() -> Self {
+        ScoreSettings { split_size: 256, batch: 32, overlap_ratio: 0.15, bound_ratio: 0.05 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreReport {
+    pub section: String,
+    pub tiles: usize,
+    pub height: usize,
+    pub width: usize,
+    pub rank: usize,
+    /// tissue pixels that left the mask for low signal
+    pub low_signal_pixels: usize,
+}
+
+/// Tile starts along one padded axis of length `len`: stride split − overlap, the last one
+/// flush with the end (a single tile when the axis is shorter than a tile).
+pub fn tile_starts(len: usize, split: usize, overlap: usize) -> Vec<usize> {
+    if len <= split {
+        return vec![0];
+    }
+    let step = split - overlap;
+    let n = (len - split).div_ceil(step) + 1;
+    (0..n).map(|i| if i + 1 == n { len - split } else { i * step }).collect()
+}
+
+/// The frame-weighted average over overlapping tiles, streamed by rows of tiles: holds the
+/// padded rows [top, top + split) of every component and their summed frame weights.
+struct BandAverager {
+    rank: usize,
+    split: usize,
+    bound: usize,
+    /// padded width
+    wp: usize,
+    top: usize,
+    acc: Vec<f32>,
+    weight: Vec<f32>,
+}
+
+impl BandAverager {
+    fn new(rank: usize, split: usize, bound: usize, wp: usize) -> BandAverager {
+        BandAverager {
+            rank,
+            split,
+            bound,
+            wp,
+            top: 0,
+            acc: vec![0.0; split * wp * rank],
+            weight: vec![0.0; split * wp],
+        }
+    }
+
+    fn frame(&self, v: usize) -> f32 {
+        if v >= self.bound && v + self.bound < self.split {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// Add one tile's HR (split × split × R, channels last) at padded (row top, col c0).
+    fn add(&mut self, c0: usize, hr: &[f32]) {
+        let (r, s, wp) = (self.rank, self.split, self.wp);
+        for y in 0..s {
+            let fy = self.frame(y);
+            for x in 0..s.min(wp - c0) {
+                let f = fy * self.frame(x);
+                if f == 0.0 {
+                    continue;
+                }
+                let at = y * wp + c0 + x;
+                self.weight[at] += f;
+                let src = &hr[(y * s + x) * r..(y * s + x + 1) * r];
+                for (a, v) in self.acc[at * r..(at + 1) * r].iter_mut().zip(src) {
+                    *a += f * v;
+                }
+            }
+        }
+    }
+
+    /// Hand padded rows [top, until) to `emit` (padded row, R × width values averaged, channels
+    /// last, padding columns removed), then move the band down so that it starts at `until`.
+    fn advance(&mut self, until: usize, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+        let (r, wp, b) = (self.rank, self.wp, self.bound);
+        let done = until.saturating_sub(self.top).min(self.split);
+        let w = wp - 2 * b;
+        let mut row = vec![0f32; w * r];
+        for y in 0..done {
+            for x in 0..w {
+                let at = y * wp + b + x;
+                let wt = self.weight[at];
+                let inv = if wt == 0.0 { 1.0 } else { 1.0 / wt };
+                for k in 0..r {
+                    row[x * r + k] = self.acc[at * r + k] * inv;
+                }
+            }
+            emit(self.top + y, &row)?;
+        }
+        self.acc.copy_within(done * wp * r.., 0);
+        self.weight.copy_within(done * wp.., 0);
+        let keep = self.split - done;
+        self.acc[keep * wp * r..].fill(0.0);
+        self.weight[keep * wp..].fill(0.0);
+        self.top = until;
+        Ok(())
+    }
+}
+
+/// The tiled, frame-averaged HR map of a crop of `h` × `w`: `tile(r0, c0)` gives the image and
+/// VD windows of a tile at crop coordinates (possibly negative: the padding), `infer` the HR
+/// of a batch of them, `emit` each finished crop row (channels last). Returns the tile count.
+#[allow(clippy::too_many_arguments)]
+pub fn average_tiles(
+    h: usize,
+    w: usize,
+    rank: usize,
+    s: &ScoreSettings,
+    tile: impl Fn(i64, i64) -> Result<(Vec<f32>, Vec<f32>)> + Sync,
+    mut infer: impl FnMut(&[f32], &[f32], usize) -> Vec<f32>,
+    mut emit: impl FnMut(usize, &[f32]) -> Result<()>,
+    mut progress: impl FnMut(usize),
+) -> Result<usize> {
+    let ss = s.split_size;
+    let bound = (s.bound_ratio * ss as f64).ceil() as usize;
+    let overlap = (s.overlap_ratio * ss as f64).floor() as usize;
+    let (hp, wp) = (h + 2 * bound, w + 2 * bound);
+    let rows = tile_starts(hp, ss, overlap);
+    let cols = tile_starts(wp, ss, overlap);
+    // a crop narrower than a tile: the band is one tile wide, the rest is padding
+    let mut band = BandAverager::new(rank, ss, bound, wp.max(ss));
+    let mut emit_crop = |prow: usize, vals: &[f32]| -> Result<()> {
+        if prow >= bound && prow < bound + h {
+            emit(prow - bound, &vals[..w * rank])?;
+        }
+        Ok(())
+    };
+    let mut count = 0;
+    for &r0 in &rows {
+        band.advance(r0, &mut emit_crop)?;
+        for chunk in cols.chunks(s.batch.max(1)) {
+            let parts: Vec<(Vec<f32>, Vec<f32>)> = chunk
+                .par_iter()
+                .map(|&c0| tile(r0 as i64 - bound as i64, c0 as i64 - bound as i64))
+                .collect::<Result<_>>()?;
+            let (mut img, mut vd) = (Vec::new(), Vec::new());
+            for (a, b) in parts {
+                img.extend(a);
+                vd.extend(b);
+            }
+            let hr = infer(&img, &vd, chunk.len());
+            for (i, &c0) in chunk.iter().enumerate() {
+                band.add(c0, &hr[i * ss * ss * rank..(i + 1) * ss * ss * rank]);
+            }
+            count += chunk.len();
+            progress(chunk.len());
+        }
+    }
+    band.advance(hp.max(band.top + ss), &mut emit_crop)?;
+    Ok(count)
+}
+
+/// np.quantile(values, 0.5) of half floats: the middle value, or the two middles' mean
+/// rounded to half precision.
+fn median_f16(v: &mut [f32]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable_by(f32::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2] as f64
+    } else {
+        let (a, b) = (v[n / 2 - 1], v[n / 2]);
+        f16::from_f32(a + (b - a) * 0.5).to_f32() as f64
+    }
+}
+
+/// Each spot's median of each component over the disk of radius ⌊r⌋ around its centre
+/// truncated to integers (the reference's `_calculate_spot_score`), spots in crop coordinates.
+pub fn spot_medians(map: &ScoreMap, spots: &[[f64; 2]], radius: f64) -> Vec<f64> {
+    let r = radius as i64;
+    let (h, w, rank) = (map.height as i64, map.width as i64, map.rank);
+    let mut out = vec![0f64; spots.len() * rank];
+    out.par_chunks_mut(rank).zip(spots.par_iter()).for_each(|(o, s)| {
+        let (row, col) = (s[0] as i64, s[1] as i64);
+        let mut px = Vec::new();
+        for y in (row - r).max(0)..(row + r + 1).min(h) {
+            for x in (col - r).max(0)..(col + r + 1).min(w) {
+                if (y - row).pow(2) + (x - col).pow(2) <= r * r {
+                    px.push((y as usize, x as usize));
+                }
+            }
+        }
+        let mut vals = Vec::with_capacity(px.len());
+        for (k, ok) in o.iter_mut().enumerate() {
+            vals.clear();
+            vals.extend(px.iter().map(|&(y, x)| map.get(k, y, x)));
+            *ok = median_f16(&mut vals);
+        }
+    });
+    out
+}
+
+/// (score·255 in half precision) as uint8, summed over components, < 15: low signal.
+fn low_signal(vals: &[f32]) -> bool {
+    let sum: u32 = vals.iter().map(|&v| f16::from_f32(f16::from_f32(v).to_f32() * 255.0).to_f32() as u8 as u32).sum();
+    sum < 15
+}
+
+pub fn run_score(
+    out: &Path,
+    sections: &[SectionDir],
+    refs: &[(String, String)],
+    s: &ScoreSettings,
+) -> Result<Vec<ScoreReport>> {
+    score_on(&Cpu::new(), out, sections, refs, s)
+}
+
+/// `run_score` on a given backend.
+pub fn score_on<B: Backend>(
+    b: &B,
+    out: &Path,
+    sections: &[SectionDir],
+    refs: &[(String, String)],
+    s: &ScoreSettings,
+) -> Result<Vec<ScoreReport>> {
+    let (genes, _, rank) = read_metagenes(&out.join("metagene.csv"))?;
+    let channels = sections[0].meta.channels;
+    let (net, mut host) = UNet::new(channels, 0);
+    let head = JointHead::new(&mut host, channels, rank, genes.len(), refs.len(), 0);
+    checkpoint::load(&Cpu::new(), &out.join("models/trained.safetensors"), &mut host, None)?;
+    let p = host.upload(b);
+    drop(host);
+    let ss = s.split_size;
+    let mut reports = Vec::new();
+    for sd in sections {
+        let m = &sd.meta;
+        let (h, w) = (m.height, m.width);
+        let image = ImageCache::open_existing(&m.scaled_image_cache)?;
+        let vd = ScoreMap::open(&sd.path("VD_score.npy"), rank, h, w)?;
+        let (row0, col0) = (m.row0 as i64, m.col0 as i64);
+        // the reference pads the crop itself: image pixels outside it are zeros
+        let tile = |r: i64, c: i64| -> Result<(Vec<f32>, Vec<f32>)> {
+            let mut img = image.read_region_unit(row0 + r, col0 + c, ss, ss)?;
+            for y in 0..ss {
+                for x in 0..ss {
+                    let (yy, xx) = (r + y as i64, c + x as i64);
+                    if yy < 0 || xx < 0 || yy >= h as i64 || xx >= w as i64 {
+                        img[(y * ss + x) * channels..(y * ss + x + 1) * channels].fill(0.0);
+                    }
+                }
+            }
+            Ok((img, vd.window(r, c, ss, ss)))
+        };
+        let infer = |img: &[f32], v: &[f32], n: usize| -> Vec<f32> {
+            let (ib, vb) = (b.upload(img), b.upload(v));
+            let hr = head.hr_scores(b, &net, &p, &ib, Shape { n, h: ss, w: ss, c: channels }, &vb);
+            let host = b.download(&hr);
+            for t in [ib, vb, hr] {
+                b.release(t);
+            }
+            host
+        };
+        let mut mask = sd.mask()?;
+        let before = mask.count();
+        let path = sd.path("SpaHDmap_score.npy");
+        let total = {
+            let bound = (s.bound_ratio * ss as f64).ceil() as usize;
+            let ov = (s.overlap_ratio * ss as f64).floor() as usize;
+            tile_starts(h + 2 * bound, ss, ov).len() * tile_starts(w + 2 * bound, ss, ov).len()
+        };
+        let pb = crate::util::progress_count(total as u64, &format!("score {}", m.section));
+        let tiles = F16NpyWriter::create(&path, &[rank, h, w], |wr| {
+            let mut planes = vec![0f32; w];
+            let mut band_start = 0usize;
+            let emit = |y: usize, row: &[f32]| -> Result<()> {
+                for k in 0..rank {
+                    for x in 0..w {
+                        planes[x] = row[x * rank + k];
+                    }
+                    wr.write((k * h + y) * w, &planes);
+                }
+                for x in 0..w {
+                    if mask.get(y, x) && low_signal(&row[x * rank..(x + 1) * rank]) {
+                        mask.set(y, x, false);
+                    }
+                }
+                // finished bands leave memory (whole pages only)
+                if y + 1 == h || y + 1 - band_start >= 64 {
+                    for k in 0..rank {
+                        wr.release((k * h + band_start) * w, (k * h + y + 1) * w)?;
+                    }
+                    band_start = y + 1;
+                }
+                Ok(())
+            };
+            average_tiles(h, w, rank, s, tile, infer, emit, |n| pb.inc(n as u64))
+        })?;
+        pb.finish_and_clear();
+        let (spots, n) = sd.all_spots()?;
+        let crop: Vec<[f64; 2]> = spots[..n].iter().map(|q| [q[0] - m.row0 as f64, q[1] - m.col0 as f64]).collect();
+        let map = ScoreMap::open(&path, rank, h, w)?;
+        let med = spot_medians(&map, &crop, m.radius as f64);
+        write_npy(&sd.path("SpaHDmap_spot_score.npy"), &[n as u64, rank as u64], med.iter().copied())?;
+        write_npy(&sd.path("SpaHDmap_mask.npy"), &[h as u64, w as u64], mask.iter())?;
+        reports.push(ScoreReport {
+            section: m.section.clone(),
+            tiles,
+            height: h,
+            width: w,
+            rank,
+            low_signal_pixels: before - mask.count(),
+        });
+    }
+    if reports.is_empty() {
+        return Err(Error::setting("sections", "no section to score"));
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_follow_the_reference_dataset() {
+        // 1000 padded rows, split 256, overlap 38: ceil(744/218)+1 = 5 starts, last flush
+        assert_eq!(tile_starts(1000, 256, 38), vec![0, 218, 436, 654, 744]);
+        assert_eq!(tile_starts(256, 256, 38), vec![0]);
+        assert_eq!(tile_starts(474, 256, 38), vec![0, 218]);
+    }
+
+    /// With a "network" that returns its VD input, the frame-weighted average of overlapping
+    /// tiles must give the VD map back wherever some frame covers a pixel, streamed in order.
+    #[test]
+    fn averaging_overlapping_tiles_reproduces_a_map_the_network_passes_through() {
+        let (h, w, rank) = (83usize, 61usize, 2usize);
+        let truth = |k: usize, y: i64, x: i64| ((y * 7 + x * 3 + k as i64 * 11) % 29) as f32 / 29.0 + 0.01;
+        let s = ScoreSettings { split_size: 32, batch: 3, overlap_ratio: 0.15, bound_ratio: 0.05 };
+        let tile = |r: i64, c: i64| -> Result<(Vec<f32>, Vec<f32>)> {
+            let mut v = vec![0f32; 32 * 32 * rank];
+            for y in 0..32 {
+                for x in 0..32 {
+                    let (yy, xx) = (r + y as i64, c + x as i64);
+                    if yy >= 0 && xx >= 0 && yy < h as i64 && xx < w as i64 {
+                        for k in 0..rank {
+                            v[(y * 32 + x) * rank + k] = truth(k, yy, xx);
+                        }
+                    }
+                }
+            }
+            Ok((vec![0.0; 32 * 32 * 3], v))
+        };
+        let mut rows = Vec::new();
+        let n = average_tiles(
+            h,
+            w,
+            rank,
+            &s,
+            tile,
+            |_, vd, _| vd.to_vec(),
+            |y, row| {
+                rows.push((y, row.to_vec()));
+                Ok(())
+            },
+            |_| {},
+        )
+        .unwrap();
+        // padded 87 × 65, stride 28: rows 0, 28, 55; cols 0, 28, 33
+        assert_eq!(n, 9);
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), (0..h).collect::<Vec<_>>());
+        for (y, row) in &rows {
+            for x in 0..w {
+                for k in 0..rank {
+                    let (got, want) = (row[x * rank + k], truth(k, *y as i64, x as i64));
+                    assert!((got - want).abs() < 1e-6, "({y}, {x}, {k}): {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn medians_and_the_low_signal_rule() {
+        assert_eq!(median_f16(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median_f16(&mut [0.25, 0.5]), 0.375);
+        // 0.03·255 = 7.65 → 7 in uint8; two of them 14 < 15, three 21
+        assert!(low_signal(&[0.03, 0.03]));
+        assert!(!low_signal(&[0.03, 0.03, 0.03]));
+    }
+}
