@@ -108,11 +108,6 @@ fn bad_settings_and_stages_not_built_yet() {
         "invalid setting",
         "scale_rate",
     );
-    assert_clean_error(
-        &run(&["run", "--visium", s(&sec), "--out", s(&out), "--to", "downstream"], &c),
-        "invalid setting",
-        "downstream",
-    );
     assert!(!out.join("section/meta.json").exists());
 }
 

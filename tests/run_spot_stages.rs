@@ -110,12 +110,12 @@ fn spot_stages_write_their_results_resume_and_reproduce() {
     }
     let run_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
-    assert_eq!(run_json["finished_through"], "train");
+    assert_eq!(run_json["finished_through"], "downstream");
     assert!(out.join("models/trained.safetensors").exists() && out.join("metagene.csv").exists());
 
-    // rerun: everything kept; --from gcn redoes gcn, vd and train, with the same result
+    // rerun: everything kept; --from gcn redoes gcn and what follows, with the same result
     let log = run_to(&sec, &out, &cache, &[]);
-    for st in ["preprocess", "nmf", "pretrain", "gcn", "vd", "train"] {
+    for st in ["preprocess", "nmf", "pretrain", "gcn", "vd", "train", "score", "downstream"] {
         assert!(log.contains(&format!("{st}: finished in an earlier run")), "{log}");
     }
     let before = std::fs::read(out.join("section/VD_score.npy")).unwrap();

@@ -295,4 +295,22 @@ fn check_scores(a: &Path, b: &Path, rank: usize) {
     }
     let (ms, _) = common::read_npy::<bool>(&a.join("section/SpaHDmap_mask.npy"));
     assert_eq!(ms, vec![h as u64, w as u64]);
+    // spots.csv: barcode, row, col and the spot scores, one line per spot
+    let spots_csv = std::fs::read_to_string(a.join("section/spots.csv")).unwrap();
+    let mut lines = spots_csv.lines();
+    assert_eq!(lines.next().unwrap().split(',').count(), 3 + rank);
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert!((first[3].parse::<f64>().unwrap() - spot_scores[0]).abs() < 1e-6);
+    assert_eq!(spots_csv.lines().count(), 1 + spots.len() / 2);
+    // downstream: a cluster per spot, a pixel label map at 1/4, figures
+    let clusters = std::fs::read_to_string(a.join("section/clusters.csv")).unwrap();
+    assert_eq!(clusters.lines().count(), 1 + spots.len() / 2);
+    let (ps, pl) = common::read_npy::<i32>(&a.join("section/clusters_pixel.npy"));
+    assert_eq!(ps, vec![(h / 4) as u64, (w / 4) as u64]);
+    assert!(pl.iter().any(|&v| v >= 0) && pl.iter().any(|&v| v == -1));
+    for f in ["clusters.png", "SpaHDmap_1.png", "gray/SpaHDmap_1.png"] {
+        let p = a.join("section/figures").join(f);
+        assert!(std::fs::metadata(&p).map(|m| m.len() > 100).unwrap_or(false), "{}", p.display());
+    }
+    assert_eq!(clusters, std::fs::read_to_string(b.join("section/clusters.csv")).unwrap());
 }

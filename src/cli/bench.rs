@@ -16,6 +16,17 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Accuracy of a finished run on a generated section (`simulate`) against its truth:
+    /// ARIs of SpaHDmap and VD pixel clusters and painted NMF spot clusters, marker recovery.
+    Accuracy {
+        #[arg(long)]
+        results: PathBuf,
+        /// the simulated section's `truth/` folder
+        #[arg(long)]
+        truth: PathBuf,
+        #[arg(long, default_value = "section")]
+        section: String,
+    },
     /// Voronoi score (SPEC §8) of a crop from saved inputs: spot scores (N×R f32 .npy), the
     /// nearest-spot map (H×W i32 .npy) and the mask (H×W u8/bool .npy).
     Vd {
@@ -245,6 +256,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
         }
         BenchWhat::Gcn { dir, iterations, repeat } => bench_gcn(&dir, iterations, repeat)?,
+        BenchWhat::Accuracy { results, truth, section } => {
+            let a = crate::simulate::evaluate::evaluate(&results, &truth, &section)?;
+            println!("{}", serde_json::json!({"bench": "accuracy", "detail": a}));
+        }
         BenchWhat::Unet { batch, size, repeat, embed_spots: Some(spots) } => {
             use crate::backend::{Backend, Cpu, Shape};
             use crate::model::unet::UNet;

@@ -51,9 +51,15 @@ struct RunArgs {
     /// Redo from this stage (default: resume after the last finished one).
     #[arg(long)]
     from: Option<Stage>,
-    /// Stop after this stage (this build runs up to `score`).
-    #[arg(long, default_value = "score")]
+    /// Stop after this stage.
+    #[arg(long, default_value = "downstream")]
     to: Stage,
+    /// Louvain resolution of the spot clustering.
+    #[arg(long, default_value_t = 0.8)]
+    resolution: f64,
+    /// Neighbours in the spot clustering's k-nearest-neighbour graph.
+    #[arg(long, default_value_t = 50)]
+    n_neighbors: usize,
     /// Iteration counts: `reference` = the published defaults, `quick` = a CPU demo.
     #[arg(long, value_enum, default_value = "reference")]
     preset: Preset,
@@ -300,12 +306,6 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
 fn run_pipeline(a: RunArgs) -> Result<()> {
     use crate::stages::pipeline::Pipeline;
     use crate::stages::spot::SpotSettings;
-    if !a.to.implemented() {
-        return Err(Error::setting(
-            "--to",
-            format!("stage {} is not available in this build yet (it runs up to score)", a.to),
-        ));
-    }
     let specs = a.input.sections()?;
     let refs = a.input.reference_pairs()?;
     let table = a.input.table_options();
@@ -392,6 +392,11 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         spot: &spot,
         pretrain: &pretrain,
         train: &train,
+        downstream: &crate::stages::downstream::DownstreamSettings {
+            resolution: a.resolution,
+            neighbors: a.n_neighbors,
+            ..Default::default()
+        },
         score: &crate::stages::score::ScoreSettings {
             split_size: a.split_size,
             batch: a.batch_size.unwrap_or(batch),

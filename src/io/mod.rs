@@ -1,6 +1,7 @@
 //! Readers and writers. Knows nothing of training.
 
 pub mod config;
+pub mod figures;
 pub mod h5;
 pub mod image;
 pub mod mtx;

@@ -4,6 +4,7 @@
 //! by disk, not memory. Expression follows the same domain map: each spot's counts are drawn
 //! from the per-pixel programs averaged over its disk.
 
+pub mod evaluate;
 mod expression;
 pub mod field;
 mod render;

@@ -1,6 +1,8 @@
 //! Pipeline stages, in order (SPEC §12). Each writes its results into the results folder
 //! so that a later run resumes after the last finished stage.
 
+pub mod cluster;
+pub mod downstream;
 pub mod embed;
 pub mod gcn;
 pub mod gmm;
@@ -57,11 +59,6 @@ impl Stage {
             Stage::Score => "score",
             Stage::Downstream => "downstream",
         }
-    }
-
-    /// Stages this build can run.
-    pub fn implemented(self) -> bool {
-        self <= Stage::Score
     }
 }
 

@@ -96,13 +96,21 @@ fn read_mask(p: &Path) -> Result<Mask> {
 }
 
 /// Metagenes as CSV, genes × Embedding_1..R (pandas reads it with `index_col=0`).
+/// A CSV field, quoted when it holds a comma or a quote.
+pub fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_string()
+    }
+}
+
 pub fn write_metagenes(path: &Path, genes: &[String], m: &[f64], rank: usize) -> Result<()> {
     let mut s = String::new();
     s.push_str(&(1..=rank).map(|t| format!(",Embedding_{t}")).collect::<String>());
     s.push('\n');
     for (g, row) in genes.iter().zip(m.chunks(rank)) {
-        let quoted = if g.contains([',', '"']) { format!("\"{}\"", g.replace('"', "\"\"")) } else { g.clone() };
-        s.push_str(&quoted);
+        s.push_str(&csv_field(g));
         for v in row {
             s.push_str(&format!(",{}", *v as f32));
         }

@@ -24,7 +24,8 @@ use crate::io::npy::write_npy;
 use crate::model::checkpoint;
 use crate::model::joint::JointHead;
 use crate::model::unet::UNet;
-use crate::stages::results::{read_metagenes, F16NpyWriter, ScoreMap, SectionDir};
+use crate::stages::results::{csv_field, read_metagenes, F16NpyWriter, ScoreMap, SectionDir};
+use crate::util::atomic_write;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoreSettings {
@@ -246,6 +247,25 @@ fn low_signal(vals: &[f32]) -> bool {
     sum < 15
 }
 
+/// `spots.csv`: barcode, row, col (the score maps' pixel frame), then each component's spot
+/// score.
+fn write_spots_csv(path: &Path, barcodes: &[String], spots: &[[f64; 2]], scores: &[f64], rank: usize) -> Result<()> {
+    if barcodes.len() != spots.len() {
+        return Err(Error::format(path, "barcodes", format!("{} barcodes for {} spots", barcodes.len(), spots.len())));
+    }
+    let mut s = String::from("barcode,row,col");
+    s.extend((1..=rank).map(|k| format!(",SpaHDmap_{k}")));
+    s.push('\n');
+    for ((b, p), row) in barcodes.iter().zip(spots).zip(scores.chunks(rank)) {
+        s.push_str(&format!("{},{},{}", csv_field(b), p[0], p[1]));
+        for v in row {
+            s.push_str(&format!(",{}", *v as f32));
+        }
+        s.push('\n');
+    }
+    atomic_write(path, s.as_bytes())
+}
+
 pub fn run_score(
     out: &Path,
     sections: &[SectionDir],
@@ -341,6 +361,7 @@ pub fn score_on<B: Backend>(
         let map = ScoreMap::open(&path, rank, h, w)?;
         let med = spot_medians(&map, &crop, m.radius as f64);
         write_npy(&sd.path("SpaHDmap_spot_score.npy"), &[n as u64, rank as u64], med.iter().copied())?;
+        write_spots_csv(&sd.path("spots.csv"), &sd.barcodes()?, &crop, &med, rank)?;
         write_npy(&sd.path("SpaHDmap_mask.npy"), &[h as u64, w as u64], mask.iter())?;
         reports.push(ScoreReport {
             section: m.section.clone(),

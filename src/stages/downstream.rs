@@ -1,0 +1,193 @@
+//! The `downstream` stage (SPEC §11): clusters of spots and pixels jointly across sections,
+//! cluster tables and maps, and figures.
+//!
+//! Per section it writes `clusters.csv` (barcode, cluster), `clusters_pixel.npy` (int32 label
+//! map at 1/4 of the score map, −1 outside the mask) and `figures/` (`clusters.png`,
+//! `SpaHDmap_K.png` through the blue→red map and `gray/SpaHDmap_K.png`, cropped to the tissue).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::io::figures::{blue_red, label_colour, write_png, BACKGROUND};
+use crate::io::npy::{read_npy, write_npy};
+use crate::stages::cluster::{cluster_spots, kmeans, resize_linear, resize_linear_with};
+use crate::stages::results::{ScoreMap, SectionDir};
+use crate::util::atomic_write;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DownstreamSettings {
+    pub resolution: f64,
+    pub neighbors: usize,
+    /// the pixel clustering runs on the score map shrunk by this factor
+    pub shrink: f64,
+}
+
+impl Default for DownstreamSettings {
+    fn default() -> Self {
+        DownstreamSettings { resolution: 0.8, neighbors: 50, shrink: 4.0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SectionClusters {
+    pub section: String,
+    pub spots: usize,
+    /// pixels of the shrunk map inside the mask
+    pub pixels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DownstreamReport {
+    pub clusters: usize,
+    pub sections: Vec<SectionClusters>,
+}
+
+/// A section's score map and mask shrunk for the pixel clustering.
+struct Shrunk {
+    h: usize,
+    w: usize,
+    /// R × h × w
+    score: Vec<f32>,
+    mask: Vec<bool>,
+}
+
+fn shrink(sd: &SectionDir, rank: usize, factor: f64) -> Result<Shrunk> {
+    let m = &sd.meta;
+    let (h, w) = (m.height, m.width);
+    let (oh, ow) = (((h as f64) / factor) as usize, ((w as f64) / factor) as usize);
+    if oh == 0 || ow == 0 {
+        return Err(Error::setting("shrink", format!("{h} × {w} is too small to shrink by {factor}")));
+    }
+    let map = ScoreMap::open(&sd.path("SpaHDmap_score.npy"), rank, h, w)?;
+    let mut score = Vec::with_capacity(rank * oh * ow);
+    for k in 0..rank {
+        score.extend(resize_linear_with(|y, x| map.get(k, y, x), h, w, oh, ow));
+    }
+    // the reference shrinks the mask with INTER_LINEAR (it passes INTER_NEAREST where
+    // cv2.resize expects `dst`) and then casts to bool; OpenCV's 8-bit fixed-point path is
+    // not reproduced: we keep pixels whose 0/1 average is ≥ 0.5 (≈1% of rim pixels differ)
+    let (ms, mv) = read_npy::<bool>(&sd.path("SpaHDmap_mask.npy"))?;
+    if ms != [h as u64, w as u64] {
+        return Err(Error::format(sd.path("SpaHDmap_mask.npy"), "shape", format!("{ms:?}, expected [{h}, {w}]")));
+    }
+    let mf: Vec<f32> = mv.iter().map(|&b| b as u8 as f32).collect();
+    let mask = resize_linear(&mf, h, w, oh, ow).into_iter().map(|v| v >= 0.5).collect();
+    Ok(Shrunk { h: oh, w: ow, score, mask })
+}
+
+/// Figures of one section: its bounding box of tissue in the shrunk frame.
+fn figures(sd: &SectionDir, s: &Shrunk, labels: &[i32], rank: usize) -> Result<()> {
+    let (rows, cols): (Vec<usize>, Vec<usize>) =
+        (0..s.h * s.w).filter(|&i| s.mask[i]).map(|i| (i / s.w, i % s.w)).unzip();
+    let (r0, r1) = (rows.iter().copied().min().unwrap_or(0), rows.iter().copied().max().map_or(s.h, |v| v + 1));
+    let (c0, c1) = (cols.iter().copied().min().unwrap_or(0), cols.iter().copied().max().map_or(s.w, |v| v + 1));
+    let (fh, fw) = (r1 - r0, c1 - c0);
+    let dir = sd.path("figures");
+    let mut rgb = vec![0u8; fh * fw * 3];
+    for y in 0..fh {
+        for x in 0..fw {
+            let i = (y + r0) * s.w + x + c0;
+            let c = if labels[i] >= 0 { label_colour(labels[i] as usize) } else { BACKGROUND };
+            rgb[(y * fw + x) * 3..(y * fw + x + 1) * 3].copy_from_slice(&c);
+        }
+    }
+    write_png(&dir.join("clusters.png"), fw, fh, 3, &rgb)?;
+    let mut gray = vec![0u8; fh * fw];
+    for k in 0..rank {
+        let plane = &s.score[k * s.h * s.w..(k + 1) * s.h * s.w];
+        for y in 0..fh {
+            for x in 0..fw {
+                let i = (y + r0) * s.w + x + c0;
+                let v = if s.mask[i] { plane[i] } else { 0.0 };
+                let c = if s.mask[i] { blue_red(v) } else { BACKGROUND };
+                rgb[(y * fw + x) * 3..(y * fw + x + 1) * 3].copy_from_slice(&c);
+                gray[y * fw + x] = (v.clamp(0.0, 1.0) * 255.0) as u8;
+            }
+        }
+        write_png(&dir.join(format!("SpaHDmap_{}.png", k + 1)), fw, fh, 3, &rgb)?;
+        write_png(&dir.join(format!("gray/SpaHDmap_{}.png", k + 1)), fw, fh, 1, &gray)?;
+    }
+    Ok(())
+}
+
+pub fn run_downstream(sections: &[SectionDir], s: &DownstreamSettings) -> Result<DownstreamReport> {
+    // spot clusters, jointly across sections
+    let mut all = Vec::new();
+    let mut counts = Vec::new();
+    let mut rank = 0;
+    for sd in sections {
+        let p = sd.path("SpaHDmap_spot_score.npy");
+        let (shape, v) = read_npy::<f64>(&p)?;
+        if shape.len() != 2 || (rank != 0 && shape[1] as usize != rank) {
+            return Err(Error::format(&p, "shape", format!("{shape:?}")));
+        }
+        rank = shape[1] as usize;
+        counts.push(shape[0] as usize);
+        all.extend(v);
+    }
+    let n: usize = counts.iter().sum();
+    if n == 0 || rank == 0 {
+        return Err(Error::setting("downstream", "no spot scores to cluster"));
+    }
+    let labels = cluster_spots(&all, n, rank, s.neighbors, s.resolution);
+    let k = labels.iter().max().map_or(0, |m| m + 1);
+    // k-means centres: each cluster's mean spot score (a label the majority step left unused
+    // keeps no centre)
+    let used: Vec<usize> = (0..k).filter(|&c| labels.contains(&c)).collect();
+    let mut init = vec![0f64; used.len() * rank];
+    for (j, &c) in used.iter().enumerate() {
+        let members: Vec<usize> = (0..n).filter(|&i| labels[i] == c).collect();
+        for &i in &members {
+            for t in 0..rank {
+                init[j * rank + t] += all[i * rank + t] / members.len() as f64;
+            }
+        }
+    }
+    let shrunk: Vec<Shrunk> = sections.iter().map(|sd| shrink(sd, rank, s.shrink)).collect::<Result<_>>()?;
+    let mut x = Vec::new();
+    for sh in &shrunk {
+        let px = sh.h * sh.w;
+        for i in (0..px).filter(|&i| sh.mask[i]) {
+            x.extend((0..rank).map(|t| sh.score[t * px + i] as f64));
+        }
+    }
+    let pixel = kmeans(&x, rank, &init, 500);
+    let mut reports = Vec::new();
+    let (mut at_spot, mut at_px) = (0, 0);
+    for ((sd, sh), &cnt) in sections.iter().zip(&shrunk).zip(&counts) {
+        let barcodes = sd.barcodes()?;
+        let mut csv = String::from("barcode,cluster\n");
+        for (b, l) in barcodes.iter().zip(&labels[at_spot..at_spot + cnt]) {
+            csv.push_str(&format!("{},{}\n", crate::stages::results::csv_field(b), l));
+        }
+        atomic_write(&sd.path("clusters.csv"), csv.as_bytes())?;
+        at_spot += cnt;
+        let px = sh.h * sh.w;
+        let mut map = vec![-1i32; px];
+        let mut inside = 0;
+        for i in (0..px).filter(|&i| sh.mask[i]) {
+            map[i] = used[pixel[at_px]] as i32;
+            at_px += 1;
+            inside += 1;
+        }
+        write_npy(&sd.path("clusters_pixel.npy"), &[sh.h as u64, sh.w as u64], map.iter().copied())?;
+        figures(sd, sh, &map, rank)?;
+        reports.push(SectionClusters {
+            section: sd.meta.section.clone(),
+            spots: cnt,
+            pixels: inside,
+            height: sh.h,
+            width: sh.w,
+        });
+    }
+    Ok(DownstreamReport { clusters: used.len(), sections: reports })
+}
+
+/// Used by tests and reports: the pixel label map of a section.
+pub fn read_pixel_clusters(dir: &Path) -> Result<(Vec<u64>, Vec<i32>)> {
+    read_npy::<i32>(&dir.join("clusters_pixel.npy"))
+}
