@@ -307,10 +307,16 @@ fn check_scores(a: &Path, b: &Path, rank: usize) {
     assert_eq!(clusters.lines().count(), 1 + spots.len() / 2);
     let (ps, pl) = common::read_npy::<i32>(&a.join("section/clusters_pixel.npy"));
     assert_eq!(ps, vec![(h / 4) as u64, (w / 4) as u64]);
-    assert!(pl.iter().any(|&v| v >= 0) && pl.iter().any(|&v| v == -1));
+    assert!(pl.iter().any(|&v| v >= 0) && pl.contains(&-1));
     for f in ["clusters.png", "SpaHDmap_1.png", "gray/SpaHDmap_1.png"] {
         let p = a.join("section/figures").join(f);
         assert!(std::fs::metadata(&p).map(|m| m.len() > 100).unwrap_or(false), "{}", p.display());
     }
     assert_eq!(clusters, std::fs::read_to_string(b.join("section/clusters.csv")).unwrap());
+    // the AnnData reads back (through our own h5ad reader) with every spot and gene
+    let o = common::bin().args(["inspect", "--h5ad", s(&a.join("section/section.h5ad")), "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["spots"].as_u64().unwrap() as usize, spots.len() / 2);
+    assert_eq!(v["genes"], 40);
 }

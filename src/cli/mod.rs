@@ -384,6 +384,16 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         // smooth through scratch files above this crop size (tests force it on small crops)
         spot.stream_above_pixels = v;
     }
+    let downstream = crate::stages::downstream::DownstreamSettings {
+        resolution: a.resolution,
+        neighbors: a.n_neighbors,
+        ..Default::default()
+    };
+    let score = crate::stages::score::ScoreSettings {
+        split_size: a.split_size,
+        batch: a.batch_size.unwrap_or(batch),
+        ..Default::default()
+    };
     let p = Pipeline {
         specs: &specs,
         table: &table,
@@ -392,30 +402,39 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         spot: &spot,
         pretrain: &pretrain,
         train: &train,
-        downstream: &crate::stages::downstream::DownstreamSettings {
-            resolution: a.resolution,
-            neighbors: a.n_neighbors,
-            ..Default::default()
-        },
-        score: &crate::stages::score::ScoreSettings {
-            split_size: a.split_size,
-            batch: a.batch_size.unwrap_or(batch),
-            ..Default::default()
-        },
+        downstream: &downstream,
+        score: &score,
         out: &a.out,
     };
-    p.run(a.from, a.to)?;
+    let ran = p.run(a.from, a.to)?;
     let finished = p.finished();
+    print_stage_table(&finished, &ran);
     let last = finished.last().and_then(|r| r["stage"].as_str()).unwrap_or("none").to_string();
     let run = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "sections": specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "threads": rayon::current_num_threads(),
-        "settings": {"preprocess": settings, "spot": spot, "pretrain": pretrain, "train": train},
+        "settings": {"preprocess": settings, "spot": spot, "pretrain": pretrain, "train": train,
+            "score": score, "downstream": downstream},
         "stages": finished,
         "finished_through": last,
     });
     crate::util::atomic_write(&a.out.join("run.json"), serde_json::to_string_pretty(&run).unwrap().as_bytes())
+}
+
+/// The per-stage time and peak memory of every finished stage (this run's or kept).
+fn print_stage_table(finished: &[serde_json::Value], ran: &[serde_json::Value]) {
+    eprintln!("{:<11} {:>10} {:>12}", "stage", "seconds", "peak RSS");
+    let mut total = 0.0;
+    for r in finished {
+        let name = r["stage"].as_str().unwrap_or("?");
+        let secs = r["seconds"].as_f64().unwrap_or(0.0);
+        let rss = r["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64;
+        let kept = !ran.iter().any(|x| x["stage"] == r["stage"]);
+        total += secs;
+        eprintln!("{name:<11} {secs:>10.1} {rss:>8.0} MiB{}", if kept { "  (earlier run)" } else { "" });
+    }
+    eprintln!("{:<11} {total:>10.1}", "total");
 }
 
 /// Entry point of the binary; returns the process exit code.

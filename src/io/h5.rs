@@ -323,3 +323,94 @@ pub fn read_h5ad(path: &Path) -> Result<AnnDataSpots> {
     });
     Ok(AnnDataSpots { obs_names, var_names, x, spatial, spot_diameter_fullres })
 }
+
+/// One section's AnnData (`section.h5ad`, readable by anndata/scanpy): X = the preprocessed
+/// expression (CSR), obs = spots with integer columns, var = genes, obsm and uns = named
+/// row-major f64 matrices.
+pub struct AnnDataOut<'a> {
+    pub barcodes: &'a [String],
+    pub genes: &'a [String],
+    pub x: &'a crate::io::sparse::Csr,
+    pub obs_int: Vec<(&'a str, Vec<i64>)>,
+    /// (name, values, columns)
+    pub obsm: Vec<(&'a str, Vec<f64>, usize)>,
+    pub uns: Vec<(&'a str, Vec<f64>, usize)>,
+}
+
+fn set_encoding(loc: &hdf5::Location, kind: &str, version: &str, path: &Path) -> Result<()> {
+    write_attr_str(loc, "encoding-type", kind, path)?;
+    write_attr_str(loc, "encoding-version", version, path)
+}
+
+fn write_unicode(g: &hdf5::Group, name: &str, values: &[String], path: &Path) -> Result<()> {
+    let v: Vec<VarLenUnicode> = values
+        .iter()
+        .map(|s| s.parse().map_err(|e| Error::format(path, name, format!("{e}"))))
+        .collect::<Result<_>>()?;
+    let ds = g.new_dataset_builder().with_data(&v).create(name).map_err(h5err(path, name))?;
+    set_encoding(&ds, "string-array", "0.2.0", path)
+}
+
+fn write_matrix(g: &hdf5::Group, name: &str, v: &[f64], cols: usize, path: &Path) -> Result<()> {
+    let rows = v.len() / cols.max(1);
+    let ds = g.new_dataset::<f64>().shape((rows, cols)).create(name).map_err(h5err(path, name))?;
+    ds.write_raw(v).map_err(h5err(path, name))?;
+    set_encoding(&ds, "array", "0.2.0", path)
+}
+
+fn dataframe(f: &hdf5::File, name: &str, index: &[String], columns: &[&str], path: &Path) -> Result<hdf5::Group> {
+    let g = f.create_group(name).map_err(h5err(path, name))?;
+    set_encoding(&g, "dataframe", "0.2.0", path)?;
+    write_attr_str(&g, "_index", "_index", path)?;
+    if columns.is_empty() {
+        g.new_attr::<f64>().shape(0).create("column-order").map_err(h5err(path, "column-order"))?;
+    } else {
+        let v: Vec<VarLenUnicode> = columns.iter().map(|c| c.parse().unwrap()).collect();
+        g.new_attr::<VarLenUnicode>()
+            .shape(v.len())
+            .create("column-order")
+            .and_then(|a| a.write(&v))
+            .map_err(h5err(path, "column-order"))?;
+    }
+    write_unicode(&g, "_index", index, path)?;
+    Ok(g)
+}
+
+/// Write `a` to `path` atomically.
+pub fn write_h5ad(path: &Path, a: &AnnDataOut) -> Result<()> {
+    crate::util::write_atomically(path, |tmp| {
+        let f = hdf5::File::create(tmp).map_err(h5err(tmp, "/"))?;
+        set_encoding(&f, "anndata", "0.1.0", tmp)?;
+        let x = f.create_group("X").map_err(h5err(tmp, "X"))?;
+        set_encoding(&x, "csr_matrix", "0.1.0", tmp)?;
+        x.new_attr::<i64>()
+            .shape(2)
+            .create("shape")
+            .and_then(|at| at.write(&[a.x.rows as i64, a.x.cols as i64]))
+            .map_err(h5err(tmp, "X/shape"))?;
+        x.new_dataset_builder().deflate(4).with_data(&a.x.data).create("data").map_err(h5err(tmp, "X/data"))?;
+        let indices: Vec<i32> = a.x.indices.iter().map(|&v| v as i32).collect();
+        x.new_dataset_builder().deflate(4).with_data(&indices).create("indices").map_err(h5err(tmp, "X/indices"))?;
+        let indptr: Vec<i64> = a.x.indptr.iter().map(|&v| v as i64).collect();
+        x.new_dataset_builder().with_data(&indptr).create("indptr").map_err(h5err(tmp, "X/indptr"))?;
+        let cols: Vec<&str> = a.obs_int.iter().map(|c| c.0).collect();
+        let obs = dataframe(&f, "obs", a.barcodes, &cols, tmp)?;
+        for (name, v) in &a.obs_int {
+            let ds = obs.new_dataset_builder().with_data(v).create(*name).map_err(h5err(tmp, name))?;
+            set_encoding(&ds, "array", "0.2.0", tmp)?;
+        }
+        dataframe(&f, "var", a.genes, &[], tmp)?;
+        for (group, items) in [("obsm", &a.obsm), ("uns", &a.uns)] {
+            let g = f.create_group(group).map_err(h5err(tmp, group))?;
+            set_encoding(&g, "dict", "0.1.0", tmp)?;
+            for (name, v, c) in items.iter() {
+                write_matrix(&g, name, v, *c, tmp)?;
+            }
+        }
+        for group in ["layers", "obsp", "varm", "varp"] {
+            let g = f.create_group(group).map_err(h5err(tmp, group))?;
+            set_encoding(&g, "dict", "0.1.0", tmp)?;
+        }
+        Ok(())
+    })
+}

@@ -114,7 +114,35 @@ fn figures(sd: &SectionDir, s: &Shrunk, labels: &[i32], rank: usize) -> Result<(
     Ok(())
 }
 
-pub fn run_downstream(sections: &[SectionDir], s: &DownstreamSettings) -> Result<DownstreamReport> {
+/// `section.h5ad`: the preprocessed expression, spot clusters, spot coordinates (x, y = col,
+/// row in the score maps' frame) and scores, the trained metagenes.
+fn write_anndata(out: &Path, sd: &SectionDir, labels: &[usize], spot_scores: &[f64], rank: usize) -> Result<()> {
+    let (x, genes) = sd.expression()?;
+    let barcodes = sd.barcodes()?;
+    let (spots, n) = sd.all_spots()?;
+    let m = &sd.meta;
+    let spatial: Vec<f64> = spots[..n].iter().flat_map(|p| [p[1] - m.col0 as f64, p[0] - m.row0 as f64]).collect();
+    let (ns, nmf) = read_npy::<f32>(&sd.path("NMF_score.npy"))?;
+    let (mg, metagene, r) = crate::stages::results::read_metagenes(&out.join("metagene.csv"))?;
+    if mg != genes {
+        return Err(Error::format(out.join("metagene.csv"), "genes", "differ from the section's expression genes"));
+    }
+    let a = crate::io::h5::AnnDataOut {
+        barcodes: &barcodes,
+        genes: &genes,
+        x: &x,
+        obs_int: vec![("cluster", labels.iter().map(|&l| l as i64).collect())],
+        obsm: vec![
+            ("spatial", spatial, 2),
+            ("SpaHDmap", spot_scores.to_vec(), rank),
+            ("NMF", nmf.iter().map(|&v| v as f64).collect(), ns[1] as usize),
+        ],
+        uns: vec![("metagene", metagene, r)],
+    };
+    crate::io::h5::write_h5ad(&sd.path("section.h5ad"), &a)
+}
+
+pub fn run_downstream(out: &Path, sections: &[SectionDir], s: &DownstreamSettings) -> Result<DownstreamReport> {
     // spot clusters, jointly across sections
     let mut all = Vec::new();
     let mut counts = Vec::new();
@@ -165,6 +193,7 @@ pub fn run_downstream(sections: &[SectionDir], s: &DownstreamSettings) -> Result
             csv.push_str(&format!("{},{}\n", crate::stages::results::csv_field(b), l));
         }
         atomic_write(&sd.path("clusters.csv"), csv.as_bytes())?;
+        write_anndata(out, sd, &labels[at_spot..at_spot + cnt], &all[at_spot * rank..(at_spot + cnt) * rank], rank)?;
         at_spot += cnt;
         let px = sh.h * sh.w;
         let mut map = vec![-1i32; px];

@@ -112,7 +112,7 @@ impl Pipeline<'_> {
                 json!({ "sections": reports })
             }
             Stage::Downstream => {
-                let r = run_downstream(&self.sections()?, self.downstream)?;
+                let r = run_downstream(self.out, &self.sections()?, self.downstream)?;
                 for sc in &r.sections {
                     eprintln!(
                         "downstream {}: {} spots and {} pixels (1/{} scale) in {} clusters",
