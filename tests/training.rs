@@ -241,6 +241,40 @@ fn interrupted_joint_training_resumes_bit_identical() {
     // the decoder moved from its start (metagene_GCN) in the second phase
     assert_ne!(text, std::fs::read_to_string(a.join("metagene_GCN.csv")).unwrap());
     check_scores(&a, &b, 4);
+    check_gene_outputs(&sec, &a, &cache);
+}
+
+/// `--genes` maps and tables; an unknown gene is a clear error.
+fn check_gene_outputs(sec: &Path, out: &Path, cache: &Path) {
+    let text = std::fs::read_to_string(out.join("metagene.csv")).unwrap();
+    let gene = text.lines().nth(1).unwrap().split(',').next().unwrap().to_string();
+    let rerun = |genes: &str| {
+        let mut c = bin();
+        c.args(["run", "--visium", s(sec), "--out", s(out), "--scale-rate", "2", "--n-top-genes", "40", "--rank", "4"]);
+        c.args(["--preset", "quick", "--split-size", "64", "--from", "downstream", "--genes", genes]);
+        c.env("SPAHDMAP_CACHE_DIR", cache);
+        c.output().unwrap()
+    };
+    let o = rerun(&gene);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rec = std::fs::read_to_string(out.join("section/gene_recovery.csv")).unwrap();
+    assert_eq!(rec.lines().next().unwrap(), format!("barcode,{gene}"));
+    // recovered = spot scores · the gene's metagene row
+    let w: Vec<f64> = text.lines().nth(1).unwrap().split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+    let (_, sc) = common::read_npy::<f64>(&out.join("section/SpaHDmap_spot_score.npy"));
+    let want: f64 = sc[..4].iter().zip(&w).map(|(a, b)| a * b).sum();
+    let got: f64 = rec.lines().nth(1).unwrap().split(',').nth(1).unwrap().parse().unwrap();
+    assert!((got - want).abs() < 1e-4 * want.abs().max(1e-3), "{got} vs {want}");
+    assert!(out.join(format!("section/figures/gene_{gene}.png")).exists());
+    let markers = std::fs::read_to_string(out.join("cluster_markers.csv")).unwrap();
+    assert!(markers.starts_with("cluster,gene,z,log2_fold_change,p,p_adj\n") && markers.lines().count() > 1);
+    let top = std::fs::read_to_string(out.join("metagene_top_genes.csv")).unwrap();
+    assert_eq!(top.lines().count(), 1 + 4 * 20);
+    assert!(std::fs::read_to_string(out.join("section/component_spots.csv"))
+        .unwrap()
+        .starts_with("component,barcode,score"));
+    let o = rerun("NoSuchGene");
+    common::assert_clean_error(&o, "--genes", "NoSuchGene");
 }
 
 /// Half floats of an R × H × W .npy, checked against its expected size.

@@ -25,6 +25,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 enum Command {
     /// Write a simulated Space Ranger-style section with ground truth.
     Simulate(SimulateArgs),
@@ -60,6 +61,12 @@ struct RunArgs {
     /// Neighbours in the spot clustering's k-nearest-neighbour graph.
     #[arg(long, default_value_t = 50)]
     n_neighbors: usize,
+    /// Genes to recover at spots and pixels (comma-separated; maps in SECTION/figures/).
+    #[arg(long, value_delimiter = ',')]
+    genes: Vec<String>,
+    /// Spots above this spot score are listed per component (SECTION/component_spots.csv).
+    #[arg(long, default_value_t = 0.05)]
+    threshold: f64,
     /// Iteration counts: `reference` = the published defaults, `quick` = a CPU demo.
     #[arg(long, value_enum, default_value = "reference")]
     preset: Preset,
@@ -387,6 +394,8 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
     let downstream = crate::stages::downstream::DownstreamSettings {
         resolution: a.resolution,
         neighbors: a.n_neighbors,
+        genes: a.genes.clone(),
+        threshold: a.threshold,
         ..Default::default()
     };
     let score = crate::stages::score::ScoreSettings {

@@ -107,6 +107,21 @@ impl Csr {
         m
     }
 
+    /// Rows of `parts` one after the other (same column count).
+    pub fn vstack(parts: &[Csr]) -> Csr {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        let mut m = Csr { rows: 0, cols, indptr: vec![0], indices: Vec::new(), data: Vec::new() };
+        for p in parts {
+            assert_eq!(p.cols, cols);
+            let base = m.data.len();
+            m.indices.extend_from_slice(&p.indices);
+            m.data.extend_from_slice(&p.data);
+            m.indptr.extend(p.indptr[1..].iter().map(|&v| v + base));
+            m.rows += p.rows;
+        }
+        m
+    }
+
     pub fn to_dense(&self) -> Vec<f32> {
         let mut d = vec![0f32; self.rows * self.cols];
         for r in 0..self.rows {

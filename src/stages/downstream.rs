@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::io::figures::{blue_red, label_colour, write_png, BACKGROUND};
 use crate::io::npy::{read_npy, write_npy};
 use crate::stages::cluster::{cluster_spots, kmeans, resize_linear, resize_linear_with};
-use crate::stages::results::{ScoreMap, SectionDir};
+use crate::stages::genes::{cluster_markers, markers_csv, recover, top_genes_csv};
+use crate::stages::results::{csv_field, read_metagenes, ScoreMap, SectionDir};
 use crate::util::atomic_write;
 
 #[derive(Debug, Clone, Serialize)]
@@ -22,11 +23,26 @@ pub struct DownstreamSettings {
     pub neighbors: usize,
     /// the pixel clustering runs on the score map shrunk by this factor
     pub shrink: f64,
+    /// genes whose expression is recovered at spots and pixels (maps in figures/)
+    pub genes: Vec<String>,
+    /// spots above this spot score are listed per component (`extract_spots`)
+    pub threshold: f64,
+    /// embedding-associated genes kept per component, marker genes per cluster
+    pub top_genes: usize,
+    pub markers: usize,
 }
 
 impl Default for DownstreamSettings {
     fn default() -> Self {
-        DownstreamSettings { resolution: 0.8, neighbors: 50, shrink: 4.0 }
+        DownstreamSettings {
+            resolution: 0.8,
+            neighbors: 50,
+            shrink: 4.0,
+            genes: Vec::new(),
+            threshold: 0.05,
+            top_genes: 20,
+            markers: 50,
+        }
     }
 }
 
@@ -142,7 +158,97 @@ fn write_anndata(out: &Path, sd: &SectionDir, labels: &[usize], spot_scores: &[f
     crate::io::h5::write_h5ad(&sd.path("section.h5ad"), &a)
 }
 
+/// Gene maps (pixel level at the shrunk scale, blue→red from 0 to the tissue maximum), the
+/// spot-level recovery table and the spots above the threshold of each component.
+fn gene_outputs(
+    sd: &SectionDir,
+    sh: &Shrunk,
+    spot_scores: &[f64],
+    rank: usize,
+    metagene: &[f64],
+    gene_idx: &[(String, usize)],
+    s: &DownstreamSettings,
+) -> Result<()> {
+    let barcodes = sd.barcodes()?;
+    let rec: Vec<Vec<f64>> = gene_idx.iter().map(|(_, g)| recover(spot_scores, metagene, *g, rank)).collect();
+    let mut csv = String::from("barcode");
+    for (name, _) in gene_idx {
+        csv.push(',');
+        csv.push_str(&csv_field(name));
+    }
+    csv.push('\n');
+    for (i, b) in barcodes.iter().enumerate() {
+        csv.push_str(&csv_field(b));
+        for r in &rec {
+            csv.push_str(&format!(",{}", r[i] as f32));
+        }
+        csv.push('\n');
+    }
+    atomic_write(&sd.path("gene_recovery.csv"), csv.as_bytes())?;
+    let px = sh.h * sh.w;
+    for (name, g) in gene_idx {
+        let w = &metagene[g * rank..(g + 1) * rank];
+        let v: Vec<f32> =
+            (0..px).map(|i| (0..rank).map(|k| sh.score[k * px + i] as f64 * w[k]).sum::<f64>() as f32).collect();
+        let max = (0..px).filter(|&i| sh.mask[i]).map(|i| v[i]).fold(0f32, f32::max);
+        let norm: Vec<f32> = v.iter().map(|&x| if max > 0.0 { x / max } else { 0.0 }).collect();
+        let safe: String =
+            name.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+        colour_map(&sd.path(&format!("figures/gene_{safe}.png")), sh, &norm)?;
+    }
+    let mut csv = String::from("component,barcode,score\n");
+    for k in 0..rank {
+        for (i, b) in barcodes.iter().enumerate() {
+            let v = spot_scores[i * rank + k];
+            if v > s.threshold {
+                csv.push_str(&format!("Embedding_{},{},{}\n", k + 1, csv_field(b), v as f32));
+            }
+        }
+    }
+    atomic_write(&sd.path("component_spots.csv"), csv.as_bytes())
+}
+
+/// The tissue's bounding box in the shrunk frame: (r0, r1, c0, c1).
+fn tissue_box(sh: &Shrunk) -> (usize, usize, usize, usize) {
+    let (mut r0, mut r1, mut c0, mut c1) = (usize::MAX, 0, usize::MAX, 0);
+    for i in (0..sh.h * sh.w).filter(|&i| sh.mask[i]) {
+        let (r, c) = (i / sh.w, i % sh.w);
+        (r0, r1, c0, c1) = (r0.min(r), r1.max(r + 1), c0.min(c), c1.max(c + 1));
+    }
+    if r0 == usize::MAX {
+        (0, sh.h, 0, sh.w)
+    } else {
+        (r0, r1, c0, c1)
+    }
+}
+
+/// A [0, 1] map through the blue→red colour map, background gray, cropped to the tissue.
+fn colour_map(path: &Path, sh: &Shrunk, v: &[f32]) -> Result<()> {
+    let (r0, r1, c0, c1) = tissue_box(sh);
+    let (fh, fw) = (r1 - r0, c1 - c0);
+    let mut rgb = vec![0u8; fh * fw * 3];
+    for y in 0..fh {
+        for x in 0..fw {
+            let i = (y + r0) * sh.w + x + c0;
+            let c = if sh.mask[i] { blue_red(v[i]) } else { BACKGROUND };
+            rgb[(y * fw + x) * 3..(y * fw + x + 1) * 3].copy_from_slice(&c);
+        }
+    }
+    write_png(path, fw, fh, 3, &rgb)
+}
+
 pub fn run_downstream(out: &Path, sections: &[SectionDir], s: &DownstreamSettings) -> Result<DownstreamReport> {
+    let (genes, metagene, mrank) = read_metagenes(&out.join("metagene.csv"))?;
+    let gene_idx: Vec<(String, usize)> = s
+        .genes
+        .iter()
+        .map(|g| {
+            genes.iter().position(|x| x == g).map(|i| (g.clone(), i)).ok_or_else(|| {
+                Error::setting("--genes", format!("{g} is not among the {} genes of metagene.csv", genes.len()))
+            })
+        })
+        .collect::<Result<_>>()?;
+    atomic_write(&out.join("metagene_top_genes.csv"), top_genes_csv(&metagene, &genes, mrank, s.top_genes).as_bytes())?;
     // spot clusters, jointly across sections
     let mut all = Vec::new();
     let mut counts = Vec::new();
@@ -205,6 +311,8 @@ pub fn run_downstream(out: &Path, sections: &[SectionDir], s: &DownstreamSetting
         }
         write_npy(&sd.path("clusters_pixel.npy"), &[sh.h as u64, sh.w as u64], map.iter().copied())?;
         figures(sd, sh, &map, rank)?;
+        let first = at_spot - cnt;
+        gene_outputs(sd, sh, &all[first * rank..at_spot * rank], rank, &metagene, &gene_idx, s)?;
         reports.push(SectionClusters {
             section: sd.meta.section.clone(),
             spots: cnt,
@@ -213,6 +321,14 @@ pub fn run_downstream(out: &Path, sections: &[SectionDir], s: &DownstreamSetting
             width: sh.w,
         });
     }
+    // marker genes of the joint clusters over every section's spots
+    let mut xs = Vec::new();
+    for sd in sections {
+        xs.push(sd.expression()?.0);
+    }
+    let x = crate::io::sparse::Csr::vstack(&xs);
+    let markers = cluster_markers(&x, &labels, s.markers);
+    atomic_write(&out.join("cluster_markers.csv"), markers_csv(&markers, &genes).as_bytes())?;
     Ok(DownstreamReport { clusters: used.len(), sections: reports })
 }
 

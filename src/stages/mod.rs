@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod downstream;
 pub mod embed;
 pub mod gcn;
+pub mod genes;
 pub mod gmm;
 pub mod graph;
 pub mod nmf;
