@@ -13,6 +13,23 @@ pub fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial.{}", std::process::id()))
 }
 
+/// Delete temporary siblings (`partial_path`) left under `dir` by a process that was killed
+/// before its rename; returns how many. A results folder has one writer at a time.
+pub fn remove_stale_partials(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if p.is_dir() {
+            n += remove_stale_partials(&p);
+        } else if name.starts_with('.') && name.contains(".partial.") && std::fs::remove_file(&p).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Write a whole file through a temporary sibling and a rename: readers never see half a file.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = partial_path(path);

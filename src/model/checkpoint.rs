@@ -57,10 +57,26 @@ pub fn save<B: Backend>(
         .collect();
     let bytes =
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::format(path, "safetensors", e.to_string()))?;
+    let bytes = canonical_header(bytes);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     atomic_write(path, &bytes)
+}
+
+/// The same file with its JSON header's keys sorted (the metadata map's order is random per
+/// process), so equal models give byte-identical files. Offsets are relative to the data.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors wrote JSON");
+    // serde_json's map is ordered by key
+    let mut h = serde_json::to_vec(&header).unwrap();
+    h.resize(h.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + h.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }
 
 /// Read parameters into `p` (every tensor of `p` must be present with its shape) and, when

@@ -128,6 +128,10 @@ impl Pipeline<'_> {
     /// Run up to `to`; `from` forces a redo from that stage.
     pub fn run(&self, from: Option<Stage>, to: Stage) -> Result<Vec<Value>> {
         std::fs::create_dir_all(self.out.join(".stages")).map_err(|e| Error::io(self.out, e))?;
+        let stale = crate::util::remove_stale_partials(self.out);
+        if stale > 0 {
+            eprintln!("removed {stale} temporary files of an interrupted run");
+        }
         let mut records = Vec::new();
         let mut upstream_ran = false;
         for st in [

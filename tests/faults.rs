@@ -1,0 +1,105 @@
+//! Faults (issue 6 §9): a run killed with SIGKILL in the middle of a stage resumes with the
+//! same command and ends with the same results as an uninterrupted run; a results folder that
+//! cannot be created fails with one clear line and leaves nothing half-written.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{bin, run, stderr};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn command(sec: &Path, out: &Path, cache: &Path) -> Command {
+    let mut c = bin();
+    c.args(["run", "--visium", s(sec), "--out", s(out), "--scale-rate", "2", "--n-top-genes", "40", "--rank", "4"]);
+    c.args(["--preset", "quick", "--split-size", "64", "--batch-size", "2", "--gcn-iterations", "200"]);
+    c.args(["--pretrain-iterations", "6", "--train-iterations", "40", "--fix-iterations", "20"]);
+    c.args(["--checkpoint-every", "0"]);
+    c.env("SPAHDMAP_CACHE_DIR", cache);
+    c
+}
+
+const RESULTS: [&str; 7] = [
+    "models/pretrained.safetensors",
+    "models/trained.safetensors",
+    "metagene.csv",
+    "section/VD_score.npy",
+    "section/SpaHDmap_score.npy",
+    "section/SpaHDmap_spot_score.npy",
+    "section/clusters.csv",
+];
+
+#[test]
+fn killed_in_the_middle_of_a_stage_then_resumed_gives_the_same_results() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let sec = d.path().join("sec");
+    let o = run(
+        &["simulate", "--out", s(&sec), "--height", "900", "--width", "1000", "--radius", "12", "--genes", "60"],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let o = command(&sec, &a, &cache).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // kill -9 once the spot stages are done, i.e. during train (or later stages)
+    for marker in ["vd", "train"] {
+        let mut child = command(&sec, &b, &cache).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let t = Instant::now();
+        while !b.join(format!(".stages/{marker}.json")).exists() && t.elapsed() < Duration::from_secs(120) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let o = command(&sec, &b, &cache).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("finished in an earlier run"), "{}", stderr(&o));
+    for f in RESULTS {
+        let same = std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap();
+        assert!(same, "{f} differs after resuming");
+    }
+    // no temporary file is left behind
+    let leftovers: Vec<String> = walk(&b)
+        .into_iter()
+        .filter(|p| Path::new(p).file_name().unwrap().to_string_lossy().contains(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_results_folder_that_cannot_be_created_is_one_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let sec = d.path().join("sec");
+    let o = run(&["simulate", "--out", s(&sec), "--height", "600", "--width", "600", "--radius", "12"], &cache);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // a plain file where the results folder's parent should be
+    let blocker = d.path().join("not_a_dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let out = blocker.join("results");
+    let o = command(&sec, &out, &cache).output().unwrap();
+    common::assert_clean_error(&o, "not_a_dir", "");
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"x");
+}
