@@ -93,7 +93,7 @@ fn preprocess_writes_results_resumes_and_finds_the_tissue() {
 }
 
 #[test]
-fn bad_settings_and_stages_not_built_yet() {
+fn bad_settings_are_clear_errors() {
     let d = tempfile::tempdir().unwrap();
     let sec = simulate(d.path(), &["--height", "700", "--width", "700", "--radius", "10", "--genes", "60"]);
     let out = d.path().join("res");
@@ -108,6 +108,12 @@ fn bad_settings_and_stages_not_built_yet() {
         "invalid setting",
         "scale_rate",
     );
+    assert_clean_error(
+        &run(&["run", "--visium", s(&sec), "--out", s(&out), "--device", "cuda:0"], &c),
+        "invalid setting",
+        "--device",
+    );
+    assert_clean_error(&run(&["run", "--visium", s(&sec), "--out", s(&out), "--device", "tpu"], &c), "tpu", "--device");
     assert!(!out.join("section/meta.json").exists());
 }
 

@@ -25,6 +25,19 @@ pub mod cpu;
 
 pub use cpu::Cpu;
 
+/// `--device auto|cpu|cuda[:N]`: which backend runs the network. This build has the CPU
+/// backend only, so `auto` resolves to it and `cuda` is refused with a clear message.
+pub fn resolve_device(spec: &str) -> crate::Result<String> {
+    let s = spec.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "auto" | "cpu" => Ok(Cpu::new().name()),
+        _ if s == "cuda" || s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()) => Err(
+            crate::Error::setting("--device", format!("{spec}: this build has no CUDA backend yet; use cpu or auto")),
+        ),
+        _ => Err(crate::Error::setting("--device", format!("{spec}: expected auto, cpu, cuda or cuda:N"))),
+    }
+}
+
 use crate::optim::AdamScalars;
 
 /// A 2-D convolution: k × k kernel, stride, zero padding.

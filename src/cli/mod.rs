@@ -55,6 +55,17 @@ struct RunArgs {
     /// Stop after this stage.
     #[arg(long, default_value = "downstream")]
     to: Stage,
+    /// Transfer: take the pre-trained network from this model file instead of pre-training
+    /// (models/pretrained.safetensors of another run, or a converted `pretrained_model.pth`).
+    #[arg(long)]
+    pretrained_model: Option<PathBuf>,
+    /// Transfer: take the trained joint network (and its metagenes) from this model file
+    /// instead of training (with --transfer-metagenes and the same genes).
+    #[arg(long)]
+    trained_model: Option<PathBuf>,
+    /// Where the network runs: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Louvain resolution of the spot clustering.
     #[arg(long, default_value_t = 0.8)]
     resolution: f64,
@@ -313,6 +324,8 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
 fn run_pipeline(a: RunArgs) -> Result<()> {
     use crate::stages::pipeline::Pipeline;
     use crate::stages::spot::SpotSettings;
+    let device = crate::backend::resolve_device(&a.device)?;
+    eprintln!("device: {device}");
     let specs = a.input.sections()?;
     let refs = a.input.reference_pairs()?;
     let table = a.input.table_options();
@@ -359,6 +372,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         split_size: a.split_size,
         fail_after: std::env::var("SPAHDMAP_TRAIN_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
         whole_epochs: a.preset == Preset::Reference && a.train_iterations.is_none() && a.fix_iterations.is_none(),
+        import: a.trained_model.clone(),
         ..Default::default()
     };
     let pretrain = crate::stages::pretrain::PretrainSettings {
@@ -368,6 +382,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         split_size: a.split_size,
         whole_epochs: a.preset == Preset::Reference && a.pretrain_iterations.is_none(),
+        import: a.pretrained_model.clone(),
         fail_after: std::env::var("SPAHDMAP_PRETRAIN_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
         ..Default::default()
     };
@@ -423,6 +438,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "sections": specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "threads": rayon::current_num_threads(),
+        "device": device,
         "settings": {"preprocess": settings, "spot": spot, "pretrain": pretrain, "train": train,
             "score": score, "downstream": downstream},
         "stages": finished,

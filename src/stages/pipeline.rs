@@ -78,6 +78,10 @@ impl Pipeline<'_> {
             }
             Stage::Pretrain => {
                 let r = run_pretrain(self.out, &self.sections()?, self.pretrain)?;
+                if let Some(src) = &r.imported_from {
+                    eprintln!("pretrain: network taken from {src}");
+                    return Ok(json!(r));
+                }
                 eprintln!(
                     "pretrain: {} tiles, {} iterations{}, loss {:.5}",
                     r.tiles,
@@ -90,6 +94,10 @@ impl Pipeline<'_> {
             Stage::Vd => json!({ "sections": run_vd(&self.sections()?, self.spot)? }),
             Stage::Train => {
                 let r = run_train(self.out, &self.sections()?, self.refs, self.train)?;
+                if let Some(src) = &r.imported_from {
+                    eprintln!("train: joint network and metagenes taken from {src}");
+                    return Ok(json!(r));
+                }
                 eprintln!(
                     "train: {} tiles, {} iterations (all parameters from {}), loss {:.5} (image {:.5}, expression {:.5})",
                     r.tiles,

@@ -42,6 +42,9 @@ pub struct PretrainSettings {
     /// stop with an error after this many iterations (tests of resuming)
     #[serde(skip)]
     pub fail_after: Option<usize>,
+    /// take the network from this model file (ours, or the package's converted by
+    /// tools/import_pth.py) instead of training it: transfer to a new section
+    pub import: Option<std::path::PathBuf>,
 }
 
 impl Default for PretrainSettings {
@@ -58,6 +61,7 @@ impl Default for PretrainSettings {
             split_size: 256,
             whole_epochs: true,
             fail_after: None,
+            import: None,
         }
     }
 }
@@ -72,6 +76,7 @@ pub struct PretrainReport {
     /// mean loss of each `rec_iter` window
     pub losses: Vec<f64>,
     pub last_batch_loss: f64,
+    pub imported_from: Option<String>,
 }
 
 /// The loop's position, kept in the checkpoint's metadata (floats as their bits).
@@ -164,6 +169,25 @@ pub fn pretrain_on<B: Backend>(
     if tiles.is_empty() {
         return Err(Error::setting("pretrain", "no tissue tiles to train on"));
     }
+    if let Some(src) = &s.import {
+        let (_, mut host) = UNet::new(channels, s.seed);
+        checkpoint::load(&Cpu::new(), src, &mut host, None)?;
+        let meta = HashMap::from([
+            ("stage".to_string(), "pretrain".to_string()),
+            ("imported_from".to_string(), src.display().to_string()),
+        ]);
+        checkpoint::save(&Cpu::new(), &out.join("models/pretrained.safetensors"), &host, None, meta)?;
+        return Ok(PretrainReport {
+            tiles: tiles.len(),
+            iterations: 0,
+            epochs: 0,
+            stopped_early: false,
+            resumed_from: None,
+            losses: Vec::new(),
+            last_batch_loss: f64::NAN,
+            imported_from: Some(src.display().to_string()),
+        });
+    }
     let ss = s.split_size;
     let (net, host) = UNet::new(channels, s.seed);
     let sizes: Vec<usize> = host.data.iter().map(|d| d.len()).collect();
@@ -248,5 +272,6 @@ pub fn pretrain_on<B: Backend>(
         resumed_from,
         losses: pr.losses,
         last_batch_loss,
+        imported_from: None,
     })
 }

@@ -47,6 +47,8 @@ pub struct TrainSettings {
     pub whole_epochs: bool,
     #[serde(skip)]
     pub fail_after: Option<usize>,
+    /// take the trained joint network from this model file instead of training (transfer)
+    pub import: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainSettings {
@@ -65,6 +67,7 @@ impl Default for TrainSettings {
             split_size: 256,
             whole_epochs: true,
             fail_after: None,
+            import: None,
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct TrainReport {
     pub last_loss: f64,
     pub last_image_loss: f64,
     pub last_expression_loss: f64,
+    pub imported_from: Option<String>,
 }
 
 /// One section's training data: its image, VD score map, expression and tiles' spots.
@@ -157,6 +161,27 @@ pub fn train_on<B: Backend>(
     let ss = s.split_size;
     let (net, mut host) = UNet::new(channels, s.seed);
     let head = JointHead::new(&mut host, channels, rank, g, refs.len(), s.seed);
+    if let Some(src) = &s.import {
+        // transfer: the whole joint network (decoder and gamma included) from a trained model
+        checkpoint::load(&Cpu::new(), src, &mut host, None)?;
+        let meta = HashMap::from([
+            ("stage".to_string(), "train".to_string()),
+            ("imported_from".to_string(), src.display().to_string()),
+        ]);
+        checkpoint::save(&Cpu::new(), &out.join("models/trained.safetensors"), &host, None, meta)?;
+        let dec: Vec<f64> = host.data[head.decoder].iter().map(|&v| v as f64).collect();
+        write_metagenes(&out.join("metagene.csv"), &genes, &dec, rank)?;
+        return Ok(TrainReport {
+            tiles: tiles.len(),
+            iterations: 0,
+            second_phase_from: None,
+            resumed_from: None,
+            last_loss: f64::NAN,
+            last_image_loss: f64::NAN,
+            last_expression_loss: f64::NAN,
+            imported_from: Some(src.display().to_string()),
+        });
+    }
     // start from the pre-trained body (the heads keep their initialisation)
     {
         let path = out.join("models/pretrained.safetensors");
@@ -318,5 +343,6 @@ pub fn train_on<B: Backend>(
         last_loss: last.0,
         last_image_loss: last.1,
         last_expression_loss: last.2,
+        imported_from: None,
     })
 }
