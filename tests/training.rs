@@ -327,6 +327,10 @@ fn check_scores(a: &Path, b: &Path, rank: usize) {
             );
         }
     }
+    // the pyramidal OME-TIFF of the same map (its layout is tested in io::ome_tiff)
+    let ome = std::fs::read(a.join("section/SpaHDmap_score.ome.tif")).unwrap();
+    assert_eq!(&ome[..4], b"II+\0", "BigTIFF");
+    assert!(String::from_utf8_lossy(&ome).contains(&format!("SizeC=\"{rank}\"")));
     let (ms, _) = common::read_npy::<bool>(&a.join("section/SpaHDmap_mask.npy"));
     assert_eq!(ms, vec![h as u64, w as u64]);
     // spots.csv: barcode, row, col and the spot scores, one line per spot

@@ -6,6 +6,7 @@ pub mod h5;
 pub mod image;
 pub mod mtx;
 pub mod npy;
+pub mod ome_tiff;
 pub mod positions;
 pub mod sparse;
 pub mod spots;

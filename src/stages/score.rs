@@ -9,7 +9,8 @@
 //! once the next row of tiles starts below it, so the R × H × W f16 result is written band
 //! by band through a memory map and peak memory is one band (split rows × width × R), not
 //! the slide. Then the spot-level score (the median of each component over each spot's disk)
-//! and the low-signal mask (pixels whose components, as 0–255 values, sum to < 15).
+//! and the low-signal mask (pixels whose components, as 0–255 values, sum to < 15). The map is
+//! also written as a pyramidal OME-TIFF for slide viewers (`io::ome_tiff`).
 
 use std::path::Path;
 
@@ -359,6 +360,10 @@ pub fn score_on<B: Backend>(
         let (spots, n) = sd.all_spots()?;
         let crop: Vec<[f64; 2]> = spots[..n].iter().map(|q| [q[0] - m.row0 as f64, q[1] - m.col0 as f64]).collect();
         let map = ScoreMap::open(&path, rank, h, w)?;
+        let names: Vec<String> = (1..=rank).map(|k| format!("Embedding_{k}")).collect();
+        crate::io::ome_tiff::write_ome_tiff(&sd.path("SpaHDmap_score.ome.tif"), h, w, &names, |k, y, x| {
+            map.get(k, y, x)
+        })?;
         let med = spot_medians(&map, &crop, m.radius as f64);
         write_npy(&sd.path("SpaHDmap_spot_score.npy"), &[n as u64, rank as u64], med.iter().copied())?;
         write_spots_csv(&sd.path("spots.csv"), &sd.barcodes()?, &crop, &med, rank)?;
