@@ -44,6 +44,13 @@ fn main() {
         }
         Some(_) if sources.is_empty() => false,
         Some(nvcc) => {
+            // nvcc takes one input when it writes one output: an amalgamation includes them all
+            let all = out.join("kernels_all.cu");
+            let body: String = sources
+                .iter()
+                .map(|p| format!("#include \"{}\"\n", std::fs::canonicalize(p).unwrap().display()))
+                .collect();
+            std::fs::write(&all, body).unwrap();
             let status = Command::new(&nvcc)
                 .args(["--fatbin", "-O3", "-std=c++17", "-lineinfo"])
                 .args([
@@ -53,7 +60,7 @@ fn main() {
                 ])
                 .arg("-o")
                 .arg(&fatbin)
-                .args(&sources)
+                .arg(&all)
                 .status();
             match status {
                 Ok(s) if s.success() => true,

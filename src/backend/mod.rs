@@ -22,6 +22,7 @@
 //!   buffers from `alloc` need no clearing.
 
 pub mod cpu;
+pub mod cuda;
 
 pub use cpu::Cpu;
 

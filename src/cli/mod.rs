@@ -35,6 +35,8 @@ enum Command {
     Run(RunArgs),
     /// Stage and kernel benchmarks.
     Bench(bench::BenchArgs),
+    /// CPU threads, CUDA devices, and whether kernels were built and for which architectures.
+    Devices(DevicesArgs),
 }
 
 #[derive(Args)]
@@ -135,6 +137,12 @@ struct RunArgs {
     /// Pseudo spots per sequenced spot.
     #[arg(long, default_value_t = 5.0)]
     ratio_pseudo_spots: f64,
+}
+
+#[derive(Args)]
+struct DevicesArgs {
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -470,6 +478,15 @@ pub fn main() -> i32 {
         Command::Inspect(a) => run_inspect(a),
         Command::Run(a) => run_pipeline(a),
         Command::Bench(a) => bench::run(a),
+        Command::Devices(a) => {
+            let d = crate::backend::cuda::devices();
+            if a.json {
+                println!("{}", serde_json::to_string(&d).unwrap());
+            } else {
+                print!("{d}");
+            }
+            Ok(())
+        }
     };
     match r {
         Ok(()) => 0,

@@ -1,0 +1,74 @@
+// Element-wise kernels of the backend seam (src/backend/mod.rs), f32 storage: the CPU
+// backend's act.rs and optim are their reference. One thread per element, grid-stride loops.
+
+#include <cstdint>
+
+#define GRID_STRIDE(i, n) \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)blockDim.x * gridDim.x)
+
+constexpr float LEAKY_SLOPE = 0.2f;
+constexpr float LOGIT_EPS = 1.388794e-11f;
+
+// y += x
+extern "C" __global__ void add_assign_f32(float* y, const float* x, int64_t n) {
+    GRID_STRIDE(i, n) { y[i] += x[i]; }
+}
+
+// dy *= (y > 0 ? 1 : slope), from the activation's output
+extern "C" __global__ void leaky_relu_backward_f32(const float* y, float* dy, int64_t n) {
+    GRID_STRIDE(i, n) {
+        if (y[i] <= 0.0f) dy[i] *= LEAKY_SLOPE;
+    }
+}
+
+// y = sigmoid(x)
+extern "C" __global__ void sigmoid_f32(const float* x, float* y, int64_t n) {
+    GRID_STRIDE(i, n) { y[i] = 1.0f / (1.0f + expf(-x[i])); }
+}
+
+// dy *= y (1 - y)
+extern "C" __global__ void sigmoid_backward_f32(const float* y, float* dy, int64_t n) {
+    GRID_STRIDE(i, n) { dy[i] *= y[i] * (1.0f - y[i]); }
+}
+
+// hr = sigmoid(logit(clamp(vd, eps, 1 - eps)) + l): the VD prior of the joint network
+extern "C" __global__ void prior_sigmoid_f32(const float* l, const float* vd, float* hr, int64_t n) {
+    GRID_STRIDE(i, n) {
+        float q = fminf(fmaxf(vd[i], LOGIT_EPS), 1.0f - LOGIT_EPS);
+        float z = logf(q / (1.0f - q)) + l[i];
+        hr[i] = 1.0f / (1.0f + expf(-z));
+    }
+}
+
+// out = [a | b] along channels, px pixels
+extern "C" __global__ void concat_channels_f32(const float* a, int ca, const float* b, int cb, float* out, int64_t px) {
+    int64_t c = ca + cb;
+    GRID_STRIDE(i, px * c) {
+        int64_t p = i / c, k = i % c;
+        out[i] = k < ca ? a[p * ca + k] : b[p * cb + (k - ca)];
+    }
+}
+
+// the inverse of concat_channels
+extern "C" __global__ void split_channels_f32(const float* d, int ca, int cb, float* a, float* b, int64_t px) {
+    int64_t c = ca + cb;
+    GRID_STRIDE(i, px * c) {
+        int64_t p = i / c, k = i % c;
+        if (k < ca) a[p * ca + k] = d[i];
+        else b[p * cb + (k - ca)] = d[i];
+    }
+}
+
+// torch.optim.Adam's single-tensor update (L2 weight decay in the gradient, eps outside the
+// square root), scalars precomputed on the host as optim::AdamScalars
+extern "C" __global__ void adam_f32(float* p, const float* g, float* m, float* v, int64_t n, float step_size,
+                                    float bc2_sqrt, float beta1, float beta2, float eps, float weight_decay) {
+    GRID_STRIDE(i, n) {
+        float gi = g[i] + weight_decay * p[i];
+        float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
+        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+    }
+}

@@ -1,0 +1,117 @@
+//! CUDA kernels against the CPU backend on fresh random inputs (odd sizes, outputs poisoned
+//! with NaN before each launch). Skips with a message where there is no GPU or no kernels.
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaModule, LaunchConfig, PushKernelArg};
+use rand::{Rng, SeedableRng};
+use spahdmap::backend::{cuda, Backend, Cpu};
+use spahdmap::optim::{adam_update, AdamScalars};
+
+fn gpu() -> Option<(Arc<CudaContext>, Arc<CudaModule>)> {
+    match cuda::probe() {
+        Ok(v) if !v.is_empty() => {}
+        Ok(_) => {
+            eprintln!("skipped: no CUDA device");
+            return None;
+        }
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return None;
+        }
+    }
+    if cuda::FATBIN.is_empty() {
+        eprintln!("skipped: built without kernels (no nvcc)");
+        return None;
+    }
+    let ctx = CudaContext::new(0).expect("CUDA context");
+    let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cuda::FATBIN.to_vec())).expect("kernels load");
+    Some((ctx, m))
+}
+
+fn rnd(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(lo..hi)).collect()
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+#[test]
+fn elementwise_kernels_match_the_cpu_backend() {
+    let Some((ctx, m)) = gpu() else { return };
+    let s = ctx.default_stream();
+    let n = 100_003usize;
+    let n64 = n as i64;
+    let cfg = LaunchConfig::for_num_elems(n as u32);
+    let cpu = Cpu::new();
+    let (x, l, vd) = (rnd(n, 1, -4.0, 4.0), rnd(n, 2, -3.0, 3.0), rnd(n, 3, 0.0, 1.0));
+    let nan = vec![f32::NAN; n];
+    let dx = s.clone_htod(&x).unwrap();
+
+    // sigmoid
+    let mut dy = s.clone_htod(&nan).unwrap();
+    let f = m.load_function("sigmoid_f32").unwrap();
+    let mut b = s.launch_builder(&f);
+    b.arg(&dx).arg(&mut dy).arg(&n64);
+    unsafe { b.launch(cfg) }.unwrap();
+    let mut want = vec![0f32; n];
+    cpu.sigmoid(&x, &mut want);
+    let e = rel(&s.clone_dtoh(&dy).unwrap(), &want);
+    assert!(e < 1e-5, "sigmoid {e}");
+
+    // the VD prior
+    let (dl, dvd) = (s.clone_htod(&l).unwrap(), s.clone_htod(&vd).unwrap());
+    let mut dhr = s.clone_htod(&nan).unwrap();
+    let f = m.load_function("prior_sigmoid_f32").unwrap();
+    let mut b = s.launch_builder(&f);
+    b.arg(&dl).arg(&dvd).arg(&mut dhr).arg(&n64);
+    unsafe { b.launch(cfg) }.unwrap();
+    cpu.prior_sigmoid(&l, &vd, &mut want);
+    let e = rel(&s.clone_dtoh(&dhr).unwrap(), &want);
+    assert!(e < 1e-5, "prior sigmoid {e}");
+
+    // LeakyReLU backward (in place on dy)
+    let g = rnd(n, 4, -1.0, 1.0);
+    let mut dg = s.clone_htod(&g).unwrap();
+    let f = m.load_function("leaky_relu_backward_f32").unwrap();
+    let mut b = s.launch_builder(&f);
+    b.arg(&dx).arg(&mut dg).arg(&n64);
+    unsafe { b.launch(cfg) }.unwrap();
+    let mut want = g.clone();
+    cpu.leaky_relu_backward(&x, &mut want);
+    assert_eq!(s.clone_dtoh(&dg).unwrap(), want, "leaky backward is exact");
+
+    // Adam
+    let (p, gr) = (rnd(n, 5, -1.0, 1.0), rnd(n, 6, -0.1, 0.1));
+    let (m0, v0) = (rnd(n, 7, -0.01, 0.01), rnd(n, 8, 0.0, 0.001));
+    let sc = AdamScalars { step_size: 4e-4, bc2_sqrt: 0.7, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-5 };
+    let (mut dp, dgr, mut dm, mut dv) =
+        (s.clone_htod(&p).unwrap(), s.clone_htod(&gr).unwrap(), s.clone_htod(&m0).unwrap(), s.clone_htod(&v0).unwrap());
+    let f = m.load_function("adam_f32").unwrap();
+    let mut b = s.launch_builder(&f);
+    b.arg(&mut dp).arg(&dgr).arg(&mut dm).arg(&mut dv).arg(&n64);
+    b.arg(&sc.step_size).arg(&sc.bc2_sqrt).arg(&sc.beta1).arg(&sc.beta2).arg(&sc.eps).arg(&sc.weight_decay);
+    unsafe { b.launch(cfg) }.unwrap();
+    let (mut wp, mut wm, mut wv) = (p.clone(), m0.clone(), v0.clone());
+    adam_update(&mut wp, &gr, &mut wm, &mut wv, &sc);
+    let e = rel(&s.clone_dtoh(&dp).unwrap(), &wp);
+    assert!(e < 1e-6, "adam parameters {e}");
+}
+
+#[test]
+fn devices_reports_threads_devices_and_kernels() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_spahdmap")).args(["devices", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["cpu_threads"].as_u64().unwrap() >= 1);
+    // either devices or the reason there are none
+    assert!(!v["cuda_devices"].as_array().unwrap().is_empty() || v["cuda_unavailable"].is_string());
+    assert_eq!(v["kernels_built"], !cuda::FATBIN.is_empty());
+    if v["kernels_built"] == true {
+        let archs: Vec<&str> = v["kernel_archs"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(archs, ["sm_80", "sm_90", "compute_90"]);
+    }
+}
