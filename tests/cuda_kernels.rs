@@ -103,7 +103,8 @@ fn elementwise_kernels_match_the_cpu_backend() {
 
 #[test]
 fn devices_reports_threads_devices_and_kernels() {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_spahdmap")).args(["devices", "--json"]).output().unwrap();
+    let exe = std::env::var_os("SPAHDMAP_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_spahdmap").into());
+    let o = std::process::Command::new(exe).args(["devices", "--json"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["cpu_threads"].as_u64().unwrap() >= 1);

@@ -2,8 +2,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The crate root: where the test was built, or SPAHDMAP_TEST_ROOT (the GPU machine runs test
+/// binaries built elsewhere, from its own copy of the tree: scripts/gpu-check).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("SPAHDMAP_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn fixture(p: &str) -> PathBuf {
@@ -22,7 +26,8 @@ pub fn shared(p: &str) -> Option<PathBuf> {
 }
 
 pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_spahdmap"));
+    let exe = std::env::var_os("SPAHDMAP_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_spahdmap").into());
+    let mut c = Command::new(exe);
     c.env("NO_COLOR", "1");
     c
 }
