@@ -327,6 +327,12 @@ fn check_scores(a: &Path, b: &Path, rank: usize) {
             );
         }
     }
+    // the map's description: how its pixels map back to the original image
+    let mm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("section/SpaHDmap_score.json")).unwrap()).unwrap();
+    assert_eq!(mm["shape"], serde_json::json!([rank, h, w]));
+    assert_eq!(mm["to_original_image"]["row0"], meta["row0"]);
+    assert_eq!(mm["genes"].as_array().unwrap().len(), 40);
     // the pyramidal OME-TIFF of the same map (its layout is tested in io::ome_tiff)
     let ome = std::fs::read(a.join("section/SpaHDmap_score.ome.tif")).unwrap();
     assert_eq!(&ome[..4], b"II+\0", "BigTIFF");

@@ -368,6 +368,23 @@ pub fn score_on<B: Backend>(
         write_npy(&sd.path("SpaHDmap_spot_score.npy"), &[n as u64, rank as u64], med.iter().copied())?;
         write_spots_csv(&sd.path("spots.csv"), &sd.barcodes()?, &crop, &med, rank)?;
         write_npy(&sd.path("SpaHDmap_mask.npy"), &[h as u64, w as u64], mask.iter())?;
+        let map_meta = serde_json::json!({
+            "file": "SpaHDmap_score.npy",
+            "shape": [rank, h, w],
+            "dtype": "float16",
+            "components": names,
+            "genes": genes,
+            "section": m.section,
+            "image": m.image,
+            "to_original_image": {
+                "row": format!("(row + {}) * {}", m.row0, m.scale_rate),
+                "col": format!("(col + {}) * {}", m.col0, m.scale_rate),
+                "row0": m.row0, "col0": m.col0, "scale_rate": m.scale_rate,
+            },
+            "spot_radius_px": m.radius,
+            "spot_radius_original_px": m.original_radius,
+        });
+        atomic_write(&sd.path("SpaHDmap_score.json"), serde_json::to_string_pretty(&map_meta).unwrap().as_bytes())?;
         reports.push(ScoreReport {
             section: m.section.clone(),
             tiles,
