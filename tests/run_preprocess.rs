@@ -301,6 +301,19 @@ fn gene_list_and_two_sections_from_a_config() {
         assert!(out.join(format!("{sec}/GCN_score.npy")).exists() && out.join(format!("{sec}/VD_score.npy")).exists());
     }
     assert_eq!(std::fs::read_to_string(out.join("metagene_GCN.csv")).unwrap().lines().count(), 21);
+    // joint training with gamma for the query section, then both sections scored and
+    // clustered together
+    let m = std::fs::read(out.join("models/trained.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&m).unwrap();
+    assert_eq!(st.tensor("gamma").unwrap().shape(), &[1, 20]);
+    let mut labels = std::collections::BTreeSet::new();
+    for sec in ["A", "B"] {
+        assert!(out.join(format!("{sec}/SpaHDmap_score.npy")).exists());
+        let c = std::fs::read_to_string(out.join(format!("{sec}/clusters.csv"))).unwrap();
+        labels.extend(c.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().to_string()));
+    }
+    assert!(out.join("cluster_markers.csv").exists());
+    assert!(!labels.is_empty());
     let ga = std::fs::read_to_string(out.join("A/expression/genes.txt")).unwrap();
     let gb = std::fs::read_to_string(out.join("B/expression/genes.txt")).unwrap();
     assert_eq!(ga, gb);
