@@ -367,14 +367,15 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         Preset::Reference => (5000, 2000, 5000, 32),
         Preset::Quick => (1000, 500, 10, 4),
     };
-    let (train_iters, fix_iters) = match a.preset {
-        Preset::Reference => (2000, 1000),
-        Preset::Quick => (60, 30),
+    // quick: many single-tile steps beat few batches of 4 at the same cost (BENCHMARKS.md)
+    let (train_iters, fix_iters, train_batch) = match a.preset {
+        Preset::Reference => (2000, 1000, 32),
+        Preset::Quick => (200, 40, 1),
     };
     let train = crate::stages::train::TrainSettings {
         iterations: a.train_iterations.unwrap_or(train_iters),
         fix_iterations: a.fix_iterations.unwrap_or(fix_iters),
-        batch: a.batch_size.unwrap_or(batch),
+        batch: a.batch_size.unwrap_or(train_batch),
         seed: a.seed,
         checkpoint_every: a.checkpoint_every,
         split_size: a.split_size,
