@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::io::npy::read_npy;
 use crate::preprocess::nearest::SpotIndex;
-use crate::stages::cluster::{adjusted_rand_index, cluster_spots, kmeans, resize_linear_with};
+use crate::stages::cluster::{adjusted_rand_index, cluster_means, cluster_spots, kmeans, resize_linear_with};
 use crate::stages::results::{read_metagenes, ScoreMap, SectionDir};
 use crate::stages::score::spot_medians;
 
@@ -103,17 +103,7 @@ pub fn evaluate(results: &Path, truth: &Path, section: &str) -> Result<Accuracy>
     let vd_map = ScoreMap::open(&sd.path("VD_score.npy"), rank, h, w)?;
     let vd_spot = spot_medians(&vd_map, &crop, m.radius as f64);
     let vd_spot_l = cluster_spots(&vd_spot, n, rank, 50, 0.8);
-    let k = vd_spot_l.iter().max().map_or(0, |v| v + 1);
-    let used: Vec<usize> = (0..k).filter(|c| vd_spot_l.contains(c)).collect();
-    let mut init = vec![0f64; used.len() * rank];
-    for (j, &c) in used.iter().enumerate() {
-        let mem: Vec<usize> = (0..n).filter(|&i| vd_spot_l[i] == c).collect();
-        for &i in &mem {
-            for t in 0..rank {
-                init[j * rank + t] += vd_spot[i * rank + t] / mem.len() as f64;
-            }
-        }
-    }
+    let (_, init) = cluster_means(&vd_spot, rank, &vd_spot_l);
     let planes: Vec<Vec<f32>> =
         (0..rank).map(|k| resize_linear_with(|y, x| vd_map.get(k, y, x), h, w, oh, ow)).collect();
     // k-means on every masked pixel (as downstream does), evaluated on the truth's tissue

@@ -239,6 +239,22 @@ pub fn cluster_spots(scores: &[f64], n: usize, d: usize, k: usize, resolution: f
     neighbour_majority(&g, &l)
 }
 
+/// The labels in use (ascending) and each one's mean row of `x` (rows of `d`): the k-means
+/// start of the pixel clustering (a label the majority step left unused gets no centre).
+pub fn cluster_means(x: &[f64], d: usize, labels: &[usize]) -> (Vec<usize>, Vec<f64>) {
+    let k = labels.iter().max().map_or(0, |m| m + 1);
+    let mut count = vec![0usize; k];
+    labels.iter().for_each(|&l| count[l] += 1);
+    // each member's share added in order, as the mean was computed before
+    let mut mean = vec![0f64; k * d];
+    for (row, &l) in x.chunks(d).zip(labels) {
+        mean[l * d..(l + 1) * d].iter_mut().zip(row).for_each(|(m, v)| *m += v / count[l] as f64);
+    }
+    let used: Vec<usize> = (0..k).filter(|&c| count[c] > 0).collect();
+    let init = used.iter().flat_map(|&c| mean[c * d..(c + 1) * d].to_vec()).collect();
+    (used, init)
+}
+
 /// k-means from given centres (scikit-learn's KMeans with an explicit init, n_init 1): Lloyd
 /// steps until the labels stop changing or the centres move less than 1e-4 × the mean
 /// per-feature variance (squared, summed), at most `max_iter`; the labels of the final centres.

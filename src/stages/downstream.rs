@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::io::figures::{blue_red, label_colour, write_png, BACKGROUND};
 use crate::io::npy::{read_npy, write_npy};
-use crate::stages::cluster::{cluster_spots, kmeans, resize_linear, resize_linear_with};
+use crate::stages::cluster::{cluster_means, cluster_spots, kmeans, resize_linear, resize_linear_with};
 use crate::stages::genes::{cluster_markers, markers_csv, recover, top_genes_csv};
 use crate::stages::results::{csv_field, read_metagenes, ScoreMap, SectionDir};
 use crate::util::atomic_write;
@@ -97,10 +97,7 @@ fn shrink(sd: &SectionDir, rank: usize, factor: f64) -> Result<Shrunk> {
 
 /// Figures of one section: its bounding box of tissue in the shrunk frame.
 fn figures(sd: &SectionDir, s: &Shrunk, labels: &[i32], rank: usize) -> Result<()> {
-    let (rows, cols): (Vec<usize>, Vec<usize>) =
-        (0..s.h * s.w).filter(|&i| s.mask[i]).map(|i| (i / s.w, i % s.w)).unzip();
-    let (r0, r1) = (rows.iter().copied().min().unwrap_or(0), rows.iter().copied().max().map_or(s.h, |v| v + 1));
-    let (c0, c1) = (cols.iter().copied().min().unwrap_or(0), cols.iter().copied().max().map_or(s.w, |v| v + 1));
+    let (r0, r1, c0, c1) = tissue_box(s);
     let (fh, fw) = (r1 - r0, c1 - c0);
     let dir = sd.path("figures");
     let mut rgb = vec![0u8; fh * fw * 3];
@@ -268,19 +265,7 @@ pub fn run_downstream(out: &Path, sections: &[SectionDir], s: &DownstreamSetting
         return Err(Error::setting("downstream", "no spot scores to cluster"));
     }
     let labels = cluster_spots(&all, n, rank, s.neighbors, s.resolution);
-    let k = labels.iter().max().map_or(0, |m| m + 1);
-    // k-means centres: each cluster's mean spot score (a label the majority step left unused
-    // keeps no centre)
-    let used: Vec<usize> = (0..k).filter(|&c| labels.contains(&c)).collect();
-    let mut init = vec![0f64; used.len() * rank];
-    for (j, &c) in used.iter().enumerate() {
-        let members: Vec<usize> = (0..n).filter(|&i| labels[i] == c).collect();
-        for &i in &members {
-            for t in 0..rank {
-                init[j * rank + t] += all[i * rank + t] / members.len() as f64;
-            }
-        }
-    }
+    let (used, init) = cluster_means(&all, rank, &labels);
     let shrunk: Vec<Shrunk> = sections.iter().map(|sd| shrink(sd, rank, s.shrink)).collect::<Result<_>>()?;
     let mut x = Vec::new();
     for sh in &shrunk {

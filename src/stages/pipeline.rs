@@ -142,16 +142,8 @@ impl Pipeline<'_> {
         }
         let mut records = Vec::new();
         let mut upstream_ran = false;
-        for st in [
-            Stage::Preprocess,
-            Stage::Nmf,
-            Stage::Pretrain,
-            Stage::Gcn,
-            Stage::Vd,
-            Stage::Train,
-            Stage::Score,
-            Stage::Downstream,
-        ] {
+        // `load` is part of preprocess here
+        for st in crate::stages::ALL.into_iter().filter(|&s| s != Stage::Load) {
             if st > to {
                 break;
             }
