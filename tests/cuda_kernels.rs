@@ -84,6 +84,47 @@ fn elementwise_kernels_match_the_cpu_backend() {
     cpu.leaky_relu_backward(&x, &mut want);
     assert_eq!(s.clone_dtoh(&dg).unwrap(), want, "leaky backward is exact");
 
+    // sigmoid backward and y += x (in place)
+    let mut dg = s.clone_htod(&g).unwrap();
+    let f = m.load_function("sigmoid_backward_f32").unwrap();
+    let mut b = s.launch_builder(&f);
+    b.arg(&dhr).arg(&mut dg).arg(&n64);
+    unsafe { b.launch(cfg) }.unwrap();
+    let hr_host = s.clone_dtoh(&dhr).unwrap();
+    let mut want = g.clone();
+    cpu.sigmoid_backward(&hr_host, &mut want);
+    let e = rel(&s.clone_dtoh(&dg).unwrap(), &want);
+    assert!(e < 1e-6, "sigmoid backward {e}");
+    let f = m.load_function("add_assign_f32").unwrap();
+    let mut b = s.launch_builder(&f);
+    b.arg(&mut dg).arg(&dx).arg(&n64);
+    unsafe { b.launch(cfg) }.unwrap();
+    cpu.add_assign(&mut want, &x);
+    let e = rel(&s.clone_dtoh(&dg).unwrap(), &want);
+    assert!(e < 1e-6, "add_assign {e}");
+
+    // concat and split along channels (odd channel counts)
+    let (ca, cb, px) = (3usize, 5usize, 20_011usize);
+    let (ha, hb) = (rnd(px * ca, 9, -1.0, 1.0), rnd(px * cb, 10, -1.0, 1.0));
+    let (da, db) = (s.clone_htod(&ha).unwrap(), s.clone_htod(&hb).unwrap());
+    let mut dcat = s.clone_htod(&vec![f32::NAN; px * (ca + cb)]).unwrap();
+    let (ca32, cb32, px64) = (ca as i32, cb as i32, px as i64);
+    let pcfg = LaunchConfig::for_num_elems((px * (ca + cb)) as u32);
+    let f = m.load_function("concat_channels_f32").unwrap();
+    let mut b = s.launch_builder(&f);
+    b.arg(&da).arg(&ca32).arg(&db).arg(&cb32).arg(&mut dcat).arg(&px64);
+    unsafe { b.launch(pcfg) }.unwrap();
+    let mut cat = vec![0f32; px * (ca + cb)];
+    cpu.concat_channels(&ha, ca, &hb, cb, &mut cat);
+    assert_eq!(s.clone_dtoh(&dcat).unwrap(), cat, "concat is exact");
+    let (mut sa, mut sb) =
+        (s.clone_htod(&vec![f32::NAN; px * ca]).unwrap(), s.clone_htod(&vec![f32::NAN; px * cb]).unwrap());
+    let f = m.load_function("split_channels_f32").unwrap();
+    let mut b = s.launch_builder(&f);
+    b.arg(&dcat).arg(&ca32).arg(&cb32).arg(&mut sa).arg(&mut sb).arg(&px64);
+    unsafe { b.launch(pcfg) }.unwrap();
+    assert_eq!((s.clone_dtoh(&sa).unwrap(), s.clone_dtoh(&sb).unwrap()), (ha, hb), "split is exact");
+
     // Adam
     let (p, gr) = (rnd(n, 5, -1.0, 1.0), rnd(n, 6, -0.1, 0.1));
     let (m0, v0) = (rnd(n, 7, -0.01, 0.01), rnd(n, 8, 0.0, 0.001));
