@@ -115,6 +115,8 @@ pub trait Backend: Sync {
     type Buf: Send + Sync;
 
     fn name(&self) -> String;
+    /// Wait until every queued operation has finished (for timing; the CPU is synchronous).
+    fn synchronize(&self) {}
 
     // --- memory -------------------------------------------------------------------------
     /// A buffer of `len` values, contents unspecified (reused when one was released).

@@ -66,7 +66,7 @@ enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
-    /// One pre-training iteration of the U-Net (forward, MSE, backward) on random images,
+    /// One pre-training iteration of the U-Net (forward, MSE, backward, Adam) on random images,
     /// batch × size × size × 3 (medians over --repeat).
     Unet {
         #[arg(long, default_value_t = 32)]
@@ -78,6 +78,9 @@ enum BenchWhat {
         /// Time the spot-embedding pass over this many upsampled windows instead.
         #[arg(long)]
         embed_spots: Option<usize>,
+        /// cpu or cuda[:N]
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Preprocessing stages of one section: Moran's I, image scaling + mask, pseudo spots,
     /// nearest-spot maps (medians over --repeat runs).
@@ -105,6 +108,87 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
     }
+}
+
+/// `cpu` → None, `cuda[:N]` → Some(N).
+fn parse_device(spec: &str) -> Result<Option<usize>> {
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Some)
+            .ok_or_else(|| crate::Error::setting("--device", format!("{spec}: expected cpu, cuda or cuda:N"))),
+    }
+}
+
+/// The U-Net benchmarks on one backend: the pre-training iteration, or the spot-embedding pass.
+fn unet_bench<B: crate::backend::Backend>(
+    b: &B,
+    batch: usize,
+    size: usize,
+    repeat: usize,
+    embed_spots: Option<usize>,
+) -> serde_json::Value {
+    use crate::backend::Shape;
+    use crate::model::unet::UNet;
+    use crate::optim::{Adam, AdamConfig};
+    let (net, host) = UNet::new(3, 0);
+    let mut p = host.upload(b);
+    let is = Shape { n: batch, h: size, w: size, c: 3 };
+    let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let image = b.upload(&image);
+    let threads = rayon::current_num_threads();
+    if let Some(spots) = embed_spots {
+        let mut times = Vec::new();
+        for _ in 0..repeat.max(1) + 1 {
+            let t = Instant::now();
+            // whole batches (the last one filled up), as the embedding stage runs them
+            for _ in 0..spots.div_ceil(batch) {
+                let e = net.embed(b, &p, &image, is);
+                b.release(e);
+            }
+            b.synchronize();
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.remove(0); // warm-up: module load, pool fill
+        let t = median(times);
+        return serde_json::json!({"bench": "unet_spot_embedding", "device": b.name(), "median_s": t, "repeat": repeat,
+            "threads": threads, "detail": {"spots": spots.div_ceil(batch) * batch, "batch": batch, "size": size,
+                "s_per_spot": t / (spots.div_ceil(batch) * batch) as f64}});
+    }
+    let sizes: Vec<usize> = p.data.iter().map(|d| b.len(d)).collect();
+    let all: Vec<usize> = (0..sizes.len()).collect();
+    let mut opt = Adam::with(AdamConfig::default(), &sizes, |n| b.zeros(n));
+    let (mut tf, mut tb, mut ta) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeat.max(1) + 1 {
+        b.synchronize();
+        let t = Instant::now();
+        let a = net.forward(b, &p, &image, is);
+        b.synchronize();
+        tf.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut d = b.alloc(is.len());
+        b.mse_per_image(a.pred.as_ref().unwrap(), &image, is, 1.0 / is.n as f64, &mut d);
+        net.backward(b, &mut p, &a, &image, d);
+        a.release(b);
+        b.synchronize();
+        tb.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        p.adam_step(b, &mut opt, &all, &vec![4e-4; all.len()]);
+        b.synchronize();
+        ta.push(t.elapsed().as_secs_f64());
+    }
+    // the first iteration fills the buffer pool (and loads kernels): not timed
+    for v in [&mut tf, &mut tb, &mut ta] {
+        v.remove(0);
+    }
+    let (f, bw, ad) = (median(tf), median(tb), median(ta));
+    serde_json::json!({"bench": "unet_pretrain_iteration", "device": b.name(), "median_s": f + bw + ad, "repeat": repeat,
+        "threads": threads,
+        "detail": {"batch": batch, "size": size, "forward_s": f, "backward_s": bw, "adam_s": ad,
+            "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
 }
 
 fn time<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
@@ -260,57 +344,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let a = crate::simulate::evaluate::evaluate(&results, &truth, &section)?;
             println!("{}", serde_json::json!({"bench": "accuracy", "detail": a}));
         }
-        BenchWhat::Unet { batch, size, repeat, embed_spots: Some(spots) } => {
-            use crate::backend::{Backend, Cpu, Shape};
-            use crate::model::unet::UNet;
-            let cpu = Cpu::new();
-            let (net, p) = UNet::new(3, 0);
-            let is = Shape { n: batch, h: size, w: size, c: 3 };
-            let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-            let (t, _) = time(repeat, || {
-                let mut v = Vec::new();
-                for b in (0..spots).step_by(batch) {
-                    let n = batch.min(spots - b);
-                    let e = net.embed(&cpu, &p, &image[..n * size * size * 3].to_vec(), Shape { n, ..is });
-                    v.extend_from_slice(&e);
-                    cpu.release(e);
+        BenchWhat::Unet { batch, size, repeat, embed_spots, device } => {
+            let v = match parse_device(&device)? {
+                None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots),
+                Some(ordinal) => {
+                    let g = crate::backend::cuda::Cuda::new(ordinal)
+                        .map_err(|e| crate::Error::setting("--device", format!("{device}: {e}")))?;
+                    unet_bench(&g, batch, size, repeat, embed_spots)
                 }
-                Ok(v)
-            })?;
-            println!(
-                "{}",
-                serde_json::json!({"bench": "unet_spot_embedding", "median_s": t, "repeat": repeat,
-                    "threads": rayon::current_num_threads(),
-                    "detail": {"spots": spots, "batch": batch, "size": size, "s_per_spot": t / spots as f64}})
-            );
-        }
-        BenchWhat::Unet { batch, size, repeat, embed_spots: None } => {
-            use crate::backend::{Backend, Cpu, Shape};
-            use crate::model::unet::UNet;
-            let cpu = Cpu::new();
-            let (net, mut p) = UNet::new(3, 0);
-            let is = Shape { n: batch, h: size, w: size, c: 3 };
-            let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-            let (mut tf, mut tb) = (Vec::new(), Vec::new());
-            for _ in 0..repeat.max(1) {
-                let t = Instant::now();
-                let a = net.forward(&cpu, &p, &image, is);
-                tf.push(t.elapsed().as_secs_f64());
-                let t = Instant::now();
-                let mut d = cpu.alloc(is.len());
-                cpu.mse_per_image(a.pred.as_ref().unwrap(), &image, is, 1.0 / is.n as f64, &mut d);
-                net.backward(&cpu, &mut p, &a, &image, d);
-                a.release(&cpu);
-                tb.push(t.elapsed().as_secs_f64());
-            }
-            let (f, b) = (median(tf), median(tb));
-            println!(
-                "{}",
-                serde_json::json!({"bench": "unet_pretrain_iteration", "median_s": f + b, "repeat": repeat,
-                    "threads": rayon::current_num_threads(),
-                    "detail": {"batch": batch, "size": size, "forward_s": f, "backward_s": b,
-                        "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
-            );
+            };
+            println!("{v}");
         }
         BenchWhat::Nmf { input, rank, genes, repeat, dump } => {
             use crate::preprocess::expression::preprocess_expression;

@@ -1,6 +1,9 @@
-//! The CUDA side of the backend seam (issue 7, in progress): device discovery through cudarc's
-//! dynamically loaded driver API and the kernels `build.rs` compiled into the binary. The
+//! The CUDA side of the backend seam: device discovery through cudarc's dynamically loaded
+//! driver API, the kernels `build.rs` compiled into the binary, and the `Cuda` backend. The
 //! driver library is probed before any call, so machines without CUDA only get a message.
+
+mod device;
+pub use device::{Cuda, DBuf};
 
 use serde::Serialize;
 

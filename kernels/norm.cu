@@ -1,0 +1,119 @@
+// Half instance norm (HINet) and per-image channel means, NHWC f32: the CPU backend's
+// norm.rs is the reference. Statistics are sums over each image's pixels in f64 (as there),
+// computed by one reduction kernel in three modes, then finished by small element-wise kernels.
+
+#include <cstdint>
+
+namespace hin {
+constexpr float SLOPE = 0.2f;
+constexpr double EPS = 1e-5;
+}  // namespace hin
+
+// Per (image, channel < cn) sums over the image's hw pixels of an NHWC tensor with c channels:
+//   mode 0: s0 += x
+//   mode 1: s0 += (x − mean)²
+//   mode 2: s0 += dy, s1 += dy · x̂ with x̂ = (x − mean) · rstd computed in f32
+// block (32, 8), grid (⌈hw / chunk⌉, ⌈cn / 32⌉, images); s0, s1 (images × cn) zeroed first.
+extern "C" __global__ void pixel_sums_f64(const float* x, const float* dy, const float* mean, const float* rstd,
+                                          int mode, int64_t hw, int c, int cn, int64_t chunk, double* s0,
+                                          double* s1) {
+    __shared__ double part0[8][33], part1[8][33];
+    const int ch = blockIdx.y * 32 + threadIdx.x, img = blockIdx.z;
+    const int64_t p0 = (int64_t)blockIdx.x * chunk, p1 = min(hw, p0 + chunk);
+    double a0 = 0.0, a1 = 0.0;
+    if (ch < cn) {
+        const int64_t at = (int64_t)img * cn + ch;
+        const float m = mode ? mean[at] : 0.0f, r = mode == 2 ? rstd[at] : 0.0f;
+        for (int64_t p = p0 + threadIdx.y; p < p1; p += 8) {
+            const int64_t i = ((int64_t)img * hw + p) * c + ch;
+            const float v = x[i];
+            if (mode == 0) {
+                a0 += v;
+            } else if (mode == 1) {
+                const double d = (double)v - m;
+                a0 += d * d;
+            } else {
+                const double g = dy[i];
+                a0 += g;
+                a1 += g * (double)((v - m) * r);
+            }
+        }
+    }
+    part0[threadIdx.y][threadIdx.x] = a0;
+    part1[threadIdx.y][threadIdx.x] = a1;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < cn) {
+        for (int i = 1; i < 8; ++i) {
+            a0 += part0[i][threadIdx.x];
+            a1 += part1[i][threadIdx.x];
+        }
+        const int64_t at = (int64_t)img * cn + ch;
+        atomicAdd(&s0[at], a0);
+        if (mode == 2) atomicAdd(&s1[at], a1);
+    }
+}
+
+// out[i] = s[i] / hw (means); with rstd set: out[i] = 1 / sqrt(s[i] / hw + eps)
+extern "C" __global__ void finish_stats_f32(const double* s, int64_t n, int64_t hw, int rstd, float* out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
+        const double v = s[i] / (double)hw;
+        out[i] = rstd ? (float)(1.0 / sqrt(v + hin::EPS)) : (float)v;
+    }
+}
+
+// y = leaky?(HIN(x)) from the statistics (means, then rstds, images × half each)
+extern "C" __global__ void hin_apply_f32(const float* x, const float* stats, const float* gamma, const float* beta,
+                                         int leaky, int64_t images, int64_t hw, int c, float* y) {
+    const int half = c / 2;
+    const int64_t total = images * hw * c;
+    const float* mean = stats;
+    const float* rstd = stats + images * half;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)blockDim.x * gridDim.x) {
+        const int ch = (int)(i % c);
+        float v = x[i];
+        if (ch < half) {
+            const int64_t at = i / (hw * c) * half + ch;
+            v = (v - mean[at]) * rstd[at] * gamma[ch] + beta[ch];
+        }
+        if (leaky) v = v > 0.0f ? v : hin::SLOPE * v;
+        y[i] = v;
+    }
+}
+
+// dx of HIN from Σ dy (s0) and Σ dy·x̂ (s1) per (image, channel); the other half passes dy
+extern "C" __global__ void hin_backward_f32(const float* x, const float* stats, const float* gamma, const float* dy,
+                                            const double* s0, const double* s1, int64_t images, int64_t hw, int c,
+                                            float* dx) {
+    const int half = c / 2;
+    const int64_t total = images * hw * c;
+    const float* mean = stats;
+    const float* rstd = stats + images * half;
+    const double n = (double)hw;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)blockDim.x * gridDim.x) {
+        const int ch = (int)(i % c);
+        if (ch < half) {
+            const int64_t at = i / (hw * c) * half + ch;
+            const double xh = (double)((x[i] - mean[at]) * rstd[at]);
+            dx[i] = (float)((double)rstd[at] * gamma[ch] * ((double)dy[i] - s0[at] / n - xh * s1[at] / n));
+        } else {
+            dx[i] = dy[i];
+        }
+    }
+}
+
+// dgamma[c] = Σ_images s1, dbeta[c] = Σ_images s0 (each image's sum rounded to f32 first, as
+// the CPU backend adds them)
+extern "C" __global__ void hin_param_grads_f32(const double* s0, const double* s1, int images, int half,
+                                               float* dgamma, float* dbeta) {
+    const int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= half) return;
+    float g = 0.0f, b = 0.0f;
+    for (int i = 0; i < images; ++i) {
+        b += (float)s0[(int64_t)i * half + ch];
+        g += (float)s1[(int64_t)i * half + ch];
+    }
+    dgamma[ch] = g;
+    dbeta[ch] = b;
+}

@@ -1,0 +1,776 @@
+//! The CUDA backend: the `Backend` trait on one device and one stream, kernels from the
+//! embedded fatbin (kernels/*.cu). Buffers hold f32 (the exact path the CPU backend is the
+//! reference of; fp16 storage is issue 8's mixed-precision path).
+//!
+//! Everything runs in order on one stream, so cudarc's per-buffer event tracking is switched
+//! off and kernels take raw device pointers: no event is recorded per launch. Released
+//! buffers go back to a pool keyed by length; reduction and index scratch lives in growable
+//! buffers owned by the backend, so a training loop allocates nothing after its first step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+
+use crate::backend::{Backend, ConvSpec, Decoder, Epilogue, Shape, TileSpots};
+use crate::optim::AdamScalars;
+
+/// A device buffer of `len` f32 values (the allocation holds at least one, so empty buffers
+/// exist too).
+pub struct DBuf {
+    mem: CudaSlice<f32>,
+    len: usize,
+}
+
+type Grow<T> = Mutex<Option<CudaSlice<T>>>;
+
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    funcs: Mutex<HashMap<&'static str, CudaFunction>>,
+    pool: Mutex<HashMap<usize, Vec<DBuf>>>,
+    fresh: AtomicU64,
+    f64s: Grow<f64>,
+    u32s: Grow<u32>,
+    f32s: Grow<f32>,
+    u64s: Grow<u64>,
+    label: String,
+    sms: usize,
+}
+
+const THREADS: u32 = 256;
+
+fn cfg1(blocks: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (blocks.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// A grid-stride launch over `n` elements.
+fn cfg_elems(n: usize) -> LaunchConfig {
+    cfg1(n.div_ceil(THREADS as usize).clamp(1, 16384), THREADS)
+}
+
+macro_rules! launch {
+    ($s:expr, $name:literal, $cfg:expr $(, $arg:expr)* $(,)?) => {{
+        let f = $s.func($name);
+        let mut b = $s.stream.launch_builder(&f);
+        $( let a = $arg; b.arg(&a); )*
+        // SAFETY: argument lists match the kernels' signatures in kernels/*.cu (reviewed
+        // together; every kernel is tested against the CPU backend).
+        unsafe { b.launch($cfg) }.unwrap_or_else(|e| panic!("CUDA kernel {}: {e}", $name));
+    }};
+}
+
+impl Cuda {
+    /// The backend on device `ordinal`, or why it cannot run here.
+    pub fn new(ordinal: usize) -> Result<Cuda, String> {
+        let devs = super::probe()?;
+        let info = devs
+            .get(ordinal)
+            .ok_or_else(|| format!("cuda:{ordinal}: this machine has {} CUDA device(s)", devs.len()))?;
+        if super::FATBIN.is_empty() {
+            return Err("this binary was built without CUDA kernels (no nvcc at build time)".into());
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("cuda:{ordinal}: {e}"))?;
+        // SAFETY: one stream only, so the ordering events cudarc records per buffer are moot.
+        unsafe { ctx.disable_event_tracking() };
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(super::FATBIN.to_vec()))
+            .map_err(|e| format!("cuda:{ordinal}: loading the kernels failed: {e}"))?;
+        let stream = ctx.new_stream().map_err(|e| format!("cuda:{ordinal}: {e}"))?;
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| format!("cuda:{ordinal}: {e}"))? as usize;
+        Ok(Cuda {
+            ctx,
+            stream,
+            module,
+            funcs: Mutex::default(),
+            pool: Mutex::default(),
+            fresh: AtomicU64::new(0),
+            f64s: Mutex::default(),
+            u32s: Mutex::default(),
+            f32s: Mutex::default(),
+            u64s: Mutex::default(),
+            label: format!("cuda:{ordinal} ({})", info.name),
+            sms,
+        })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn func(&self, name: &'static str) -> CudaFunction {
+        let mut f = self.funcs.lock().unwrap();
+        f.entry(name)
+            .or_insert_with(|| {
+                self.module.load_function(name).unwrap_or_else(|e| panic!("CUDA kernel {name} missing: {e}"))
+            })
+            .clone()
+    }
+
+    fn ptr(&self, b: &DBuf) -> u64 {
+        let (p, _sync) = b.mem.device_ptr(&self.stream);
+        p
+    }
+    fn optr(&self, b: Option<&DBuf>) -> u64 {
+        b.map_or(0, |b| self.ptr(b))
+    }
+
+    fn oom(&self, what: &str, bytes: usize, e: impl std::fmt::Display) -> ! {
+        let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
+        panic!(
+            "CUDA out of memory on {}: {what} asked for {:.1} MiB, {:.1} MiB free of {:.1} MiB ({e})",
+            self.label,
+            bytes as f64 / 1048576.0,
+            free as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        )
+    }
+
+    /// A device pointer to at least `len` values of the growable scratch `cell`.
+    fn scratch<T: DeviceRepr>(&self, cell: &Grow<T>, len: usize) -> u64 {
+        let mut g = cell.lock().unwrap();
+        if g.as_ref().is_none_or(|s| s.len() < len) {
+            let n = len.max(1).next_power_of_two();
+            // SAFETY: scratch is written by a kernel or a copy before it is read.
+            let s = unsafe { self.stream.alloc::<T>(n) }
+                .unwrap_or_else(|e| self.oom("scratch", n * std::mem::size_of::<T>(), e));
+            *g = Some(s);
+        }
+        let (p, _sync) = g.as_ref().unwrap().device_ptr(&self.stream);
+        p
+    }
+
+    fn bind(&self) {
+        self.ctx.bind_to_thread().unwrap_or_else(|e| panic!("CUDA: {e}"));
+    }
+
+    fn zero_bytes(&self, ptr: u64, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.bind();
+        // SAFETY: ptr addresses at least `bytes` bytes of a live allocation of this context.
+        unsafe { result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA memset: {e}"));
+    }
+
+    fn htod<T: DeviceRepr>(&self, ptr: u64, host: &[T]) {
+        if host.is_empty() {
+            return;
+        }
+        self.bind();
+        // SAFETY: ptr addresses at least host.len() values; pageable copies are staged before
+        // the call returns, so `host` may go away after it.
+        unsafe { result::memcpy_htod_async(ptr, host, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA upload: {e}"));
+    }
+
+    fn dtoh<T: DeviceRepr + Default + Clone>(&self, ptr: u64, len: usize) -> Vec<T> {
+        let mut v = vec![T::default(); len];
+        if len > 0 {
+            self.bind();
+            // SAFETY: ptr addresses at least len values; the stream is synchronised before
+            // the host reads them.
+            unsafe { result::memcpy_dtoh_async(&mut v, ptr, self.stream.cu_stream()) }
+                .unwrap_or_else(|e| panic!("CUDA download: {e}"));
+            self.synchronize();
+        }
+        v
+    }
+
+    /// Per-(image, channel) f64 sums of an NHWC tensor (kernels/norm.cu `pixel_sums_f64`)
+    /// into s0 (and s1), zeroed here.
+    #[allow(clippy::too_many_arguments)]
+    fn pixel_sums(&self, x: u64, dy: u64, mean: u64, rstd: u64, mode: i32, s: Shape, cn: usize, s0: u64, s1: u64) {
+        let at = s.n * cn;
+        self.zero_bytes(s0, at * 8);
+        if mode == 2 {
+            self.zero_bytes(s1, at * 8);
+        }
+        let hw = s.h * s.w;
+        let groups = cn.div_ceil(32);
+        let chunks = (4 * self.sms).div_ceil(s.n * groups).clamp(1, hw.div_ceil(64).max(1));
+        let chunk = hw.div_ceil(chunks).max(1);
+        let cfg = LaunchConfig {
+            grid_dim: (hw.div_ceil(chunk).max(1) as u32, groups as u32, s.n as u32),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            "pixel_sums_f64",
+            cfg,
+            x,
+            dy,
+            mean,
+            rstd,
+            mode,
+            hw as i64,
+            s.c as i32,
+            cn as i32,
+            chunk as i64,
+            s0,
+            s1
+        );
+    }
+
+    /// Column sums (the bias gradients): out (zeroed here) = Σ over rows of x.
+    fn colsum(&self, x: u64, rows: usize, cols: usize, out: u64) {
+        self.zero_bytes(out, cols * 4);
+        let chunk = 4096usize;
+        let cfg = LaunchConfig {
+            grid_dim: (cols.div_ceil(32) as u32, rows.div_ceil(chunk).max(1) as u32, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, "colsum_f32", cfg, x, rows as i64, cols as i32, chunk as i64, out);
+    }
+
+    /// Splits of a weight gradient's reduction so the grid fills the device.
+    fn splits(&self, tiles: usize, reduction: usize) -> usize {
+        (4 * self.sms).div_ceil(tiles).clamp(1, reduction.div_ceil(256).max(1))
+    }
+
+    /// Image chunks per image for the loss kernels.
+    fn loss_grid(&self, per: usize, images: usize) -> LaunchConfig {
+        let chunks = (8 * self.sms).div_ceil(images.max(1)).clamp(1, per.div_ceil(THREADS as usize).max(1));
+        LaunchConfig {
+            grid_dim: (chunks as u32, images.max(1) as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (m.div_ceil(64).max(1) as u32, n.div_ceil(64).max(1) as u32, z.max(1) as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = DBuf;
+
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+    fn synchronize(&self) {
+        self.stream.synchronize().unwrap_or_else(|e| panic!("CUDA: {e}"));
+    }
+
+    fn alloc(&self, len: usize) -> DBuf {
+        if let Some(b) = self.pool.lock().unwrap().get_mut(&len).and_then(|v| v.pop()) {
+            return b;
+        }
+        self.fresh.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: every operation writes its outputs before they are read (trait contract).
+        let mem = unsafe { self.stream.alloc::<f32>(len.max(1)) }.unwrap_or_else(|e| self.oom("a buffer", len * 4, e));
+        DBuf { mem, len }
+    }
+    fn zeros(&self, len: usize) -> DBuf {
+        let b = self.alloc(len);
+        self.zero_bytes(self.ptr(&b), len * 4);
+        b
+    }
+    fn release(&self, buf: DBuf) {
+        self.pool.lock().unwrap().entry(buf.len).or_default().push(buf);
+    }
+    fn fresh_allocations(&self) -> u64 {
+        self.fresh.load(Ordering::Relaxed)
+    }
+    fn upload(&self, host: &[f32]) -> DBuf {
+        let b = self.alloc(host.len());
+        self.htod(self.ptr(&b), host);
+        b
+    }
+    fn download(&self, buf: &DBuf) -> Vec<f32> {
+        self.dtoh(self.ptr(buf), buf.len)
+    }
+    fn len(&self, buf: &DBuf) -> usize {
+        buf.len
+    }
+    fn copy(&self, src: &DBuf, dst: &mut DBuf) {
+        assert_eq!(src.len, dst.len, "copy between buffers of different lengths");
+        if src.len == 0 {
+            return;
+        }
+        self.bind();
+        // SAFETY: both buffers hold len values.
+        unsafe { result::memcpy_dtod_async(self.ptr(dst), self.ptr(src), src.len * 4, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA copy: {e}"));
+    }
+
+    fn add_assign(&self, y: &mut DBuf, x: &DBuf) {
+        launch!(self, "add_assign_f32", cfg_elems(y.len), self.ptr(y), self.ptr(x), y.len as i64);
+    }
+    fn leaky_relu_backward(&self, y: &DBuf, dy: &mut DBuf) {
+        launch!(self, "leaky_relu_backward_f32", cfg_elems(y.len), self.ptr(y), self.ptr(dy), y.len as i64);
+    }
+    fn sigmoid(&self, x: &DBuf, y: &mut DBuf) {
+        launch!(self, "sigmoid_f32", cfg_elems(x.len), self.ptr(x), self.ptr(y), x.len as i64);
+    }
+    fn sigmoid_backward(&self, y: &DBuf, dy: &mut DBuf) {
+        launch!(self, "sigmoid_backward_f32", cfg_elems(y.len), self.ptr(y), self.ptr(dy), y.len as i64);
+    }
+    fn prior_sigmoid(&self, l: &DBuf, vd: &DBuf, hr: &mut DBuf) {
+        launch!(self, "prior_sigmoid_f32", cfg_elems(l.len), self.ptr(l), self.ptr(vd), self.ptr(hr), l.len as i64);
+    }
+
+    fn conv2d(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        bias: Option<&DBuf>,
+        epi: Epilogue<DBuf>,
+        y: &mut DBuf,
+    ) {
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let cfg = gemm_grid(xs.n * oh * ow, spec.cout, 1);
+        let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
+        launch!(
+            self,
+            "conv2d_fwd_f32",
+            cfg,
+            xp,
+            wp,
+            bp,
+            rp,
+            yp,
+            epi.leaky as i32,
+            xs.n as i32,
+            xs.h as i32,
+            xs.w as i32,
+            spec.cin as i32,
+            spec.cout as i32,
+            spec.k as i32,
+            spec.stride as i32,
+            spec.pad as i32
+        );
+    }
+    fn conv2d_backward(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        dy: &DBuf,
+        dx: Option<&mut DBuf>,
+        dw: &mut DBuf,
+        db: Option<&mut DBuf>,
+    ) {
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let geom = (
+            xs.n as i32,
+            xs.h as i32,
+            xs.w as i32,
+            spec.cin as i32,
+            spec.cout as i32,
+            spec.k as i32,
+            spec.stride as i32,
+            spec.pad as i32,
+        );
+        let (n, h, wd, cin, cout, k, st, pd) = geom;
+        if let Some(dx) = dx {
+            let cfg = gemm_grid(xs.n * xs.h * xs.w, spec.cin, 1);
+            launch!(
+                self,
+                "conv2d_bwd_data_f32",
+                cfg,
+                self.ptr(dy),
+                self.ptr(w),
+                self.ptr(dx),
+                n,
+                h,
+                wd,
+                cin,
+                cout,
+                k,
+                st,
+                pd
+            );
+        }
+        let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
+        self.zero_bytes(self.ptr(dw), dw.len * 4);
+        let splits = self.splits(kw.div_ceil(64) * spec.cout.div_ceil(64), p);
+        let cfg = gemm_grid(kw, spec.cout, splits);
+        launch!(
+            self,
+            "conv2d_bwd_weight_f32",
+            cfg,
+            self.ptr(x),
+            self.ptr(dy),
+            self.ptr(dw),
+            n,
+            h,
+            wd,
+            cin,
+            cout,
+            k,
+            st,
+            pd
+        );
+        if let Some(db) = db {
+            self.colsum(self.ptr(dy), p, spec.cout, self.ptr(db));
+        }
+    }
+    fn conv_transpose2(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
+        let cfg = gemm_grid(xs.n * xs.h * xs.w, 4 * cout, 1);
+        launch!(
+            self,
+            "up2_fwd_f32",
+            cfg,
+            self.ptr(x),
+            self.ptr(w),
+            self.ptr(b),
+            self.ptr(y),
+            xs.n as i32,
+            xs.h as i32,
+            xs.w as i32,
+            xs.c as i32,
+            cout as i32
+        );
+    }
+    fn conv_transpose2_backward(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        cout: usize,
+        w: &DBuf,
+        dy: &DBuf,
+        dx: Option<&mut DBuf>,
+        dw: &mut DBuf,
+        db: &mut DBuf,
+    ) {
+        let (n, h, wd, cin, co) = (xs.n as i32, xs.h as i32, xs.w as i32, xs.c as i32, cout as i32);
+        let p = xs.n * xs.h * xs.w;
+        if let Some(dx) = dx {
+            launch!(
+                self,
+                "up2_bwd_data_f32",
+                gemm_grid(p, xs.c, 1),
+                self.ptr(dy),
+                self.ptr(w),
+                self.ptr(dx),
+                n,
+                h,
+                wd,
+                cin,
+                co
+            );
+        }
+        self.zero_bytes(self.ptr(dw), dw.len * 4);
+        let splits = self.splits(xs.c.div_ceil(64) * (4 * cout).div_ceil(64), p);
+        launch!(
+            self,
+            "up2_bwd_weight_f32",
+            gemm_grid(xs.c, 4 * cout, splits),
+            self.ptr(x),
+            self.ptr(dy),
+            self.ptr(dw),
+            n,
+            h,
+            wd,
+            cin,
+            co
+        );
+        self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
+    }
+    fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {
+        let half = s.c / 2;
+        let at = s.n * half;
+        let hw = s.h * s.w;
+        let s0 = self.scratch(&self.f64s, at.max(1));
+        let (xp, st) = (self.ptr(x), self.ptr(stats));
+        let rstd = st + (at * 4) as u64;
+        if half > 0 {
+            self.pixel_sums(xp, 0, 0, 0, 0, s, half, s0, 0);
+            launch!(self, "finish_stats_f32", cfg_elems(at), s0, at as i64, hw as i64, 0i32, st);
+            self.pixel_sums(xp, 0, st, 0, 1, s, half, s0, 0);
+            launch!(self, "finish_stats_f32", cfg_elems(at), s0, at as i64, hw as i64, 1i32, rstd);
+        }
+        launch!(
+            self,
+            "hin_apply_f32",
+            cfg_elems(s.len()),
+            xp,
+            st,
+            self.ptr(gamma),
+            self.ptr(beta),
+            leaky as i32,
+            s.n as i64,
+            hw as i64,
+            s.c as i32,
+            self.ptr(y)
+        );
+    }
+    fn hin_backward(
+        &self,
+        x: &DBuf,
+        s: Shape,
+        gamma: &DBuf,
+        stats: &DBuf,
+        dy: &DBuf,
+        dx: &mut DBuf,
+        dgamma: &mut DBuf,
+        dbeta: &mut DBuf,
+    ) {
+        let half = s.c / 2;
+        let at = s.n * half;
+        let hw = s.h * s.w;
+        let s0 = self.scratch(&self.f64s, (2 * at).max(1));
+        let s1 = s0 + (at * 8) as u64;
+        let (xp, st, dyp) = (self.ptr(x), self.ptr(stats), self.ptr(dy));
+        if half > 0 {
+            self.pixel_sums(xp, dyp, st, st + (at * 4) as u64, 2, s, half, s0, s1);
+        }
+        launch!(
+            self,
+            "hin_backward_f32",
+            cfg_elems(s.len()),
+            xp,
+            st,
+            self.ptr(gamma),
+            dyp,
+            s0,
+            s1,
+            s.n as i64,
+            hw as i64,
+            s.c as i32,
+            self.ptr(dx)
+        );
+        if half > 0 {
+            launch!(
+                self,
+                "hin_param_grads_f32",
+                cfg1(half.div_ceil(THREADS as usize), THREADS),
+                s0,
+                s1,
+                s.n as i32,
+                half as i32,
+                self.ptr(dgamma),
+                self.ptr(dbeta)
+            );
+        }
+    }
+    fn concat_channels(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize, out: &mut DBuf) {
+        let px = out.len / (ca + cb);
+        launch!(
+            self,
+            "concat_channels_f32",
+            cfg_elems(out.len),
+            self.ptr(a),
+            ca as i32,
+            self.ptr(b),
+            cb as i32,
+            self.ptr(out),
+            px as i64
+        );
+    }
+    fn split_channels(&self, d: &DBuf, ca: usize, cb: usize, a: &mut DBuf, b: &mut DBuf) {
+        let px = d.len / (ca + cb);
+        launch!(
+            self,
+            "split_channels_f32",
+            cfg_elems(d.len),
+            self.ptr(d),
+            ca as i32,
+            cb as i32,
+            self.ptr(a),
+            self.ptr(b),
+            px as i64
+        );
+    }
+    fn spatial_mean(&self, x: &DBuf, s: Shape, out: &mut DBuf) {
+        let at = s.n * s.c;
+        let s0 = self.scratch(&self.f64s, at.max(1));
+        self.pixel_sums(self.ptr(x), 0, 0, 0, 0, s, s.c, s0, 0);
+        launch!(self, "finish_stats_f32", cfg_elems(at), s0, at as i64, (s.h * s.w) as i64, 0i32, self.ptr(out));
+    }
+
+    fn mse_per_image(&self, pred: &DBuf, target: &DBuf, s: Shape, scale: f64, d: &mut DBuf) -> f64 {
+        let per = s.h * s.w * s.c;
+        let sums = self.scratch(&self.f64s, s.n.max(1));
+        self.zero_bytes(sums, s.n * 8);
+        launch!(
+            self,
+            "mse_f32",
+            self.loss_grid(per, s.n),
+            self.ptr(pred),
+            self.ptr(target),
+            per as i64,
+            scale,
+            self.ptr(d),
+            sums
+        );
+        self.dtoh::<f64>(sums, s.n).iter().map(|v| v / per as f64).sum()
+    }
+    fn hr_regulariser(&self, hr: &DBuf, vd: &DBuf, s: Shape, scale: f64, d_hr: &mut DBuf) -> f64 {
+        let per = s.h * s.w * s.c;
+        let counts = self.scratch(&self.u64s, s.n.max(1));
+        let sums = self.scratch(&self.f64s, s.n.max(1));
+        self.zero_bytes(counts, s.n * 8);
+        self.zero_bytes(sums, s.n * 8);
+        let cfg = self.loss_grid(per, s.n);
+        launch!(self, "over_threshold_count", cfg, self.ptr(hr), per as i64, counts);
+        launch!(
+            self,
+            "hr_regulariser_f32",
+            cfg,
+            self.ptr(hr),
+            self.ptr(vd),
+            per as i64,
+            scale,
+            counts,
+            self.ptr(d_hr),
+            sums
+        );
+        let (m, v) = (self.dtoh::<u64>(counts, s.n), self.dtoh::<f64>(sums, s.n));
+        m.iter().zip(&v).filter(|(m, _)| **m > 0).map(|(m, v)| v / *m as f64).sum()
+    }
+    fn expression_loss(
+        &self,
+        hr: &DBuf,
+        s: Shape,
+        tiles: &[TileSpots],
+        dec: Decoder<DBuf>,
+        scale: f64,
+        d_hr: &mut DBuf,
+    ) -> f64 {
+        let r = s.c;
+        let g = dec.d.len / r.max(1);
+        let px = s.h * s.w;
+        // the batch's spots, concatenated: offsets, pixels, then per spot tile, ns, query
+        let (mut off, mut pix, mut tile, mut ns, mut query) =
+            (vec![0u32], Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut expr: Vec<f32> = Vec::new();
+        for (n, t) in tiles.iter().enumerate() {
+            for set in t.pixels {
+                pix.extend_from_slice(set);
+                off.push(pix.len() as u32);
+                tile.push(n as u32);
+                ns.push(t.pixels.len() as u32);
+                query.push(match (dec.gamma, t.query) {
+                    (Some(_), Some(q)) => q as u32,
+                    _ => u32::MAX, // −1 as i32
+                });
+            }
+            expr.extend_from_slice(&t.expression[..t.pixels.len() * g]);
+        }
+        let spots = tile.len();
+        let d_dec = self.ptr(dec.grad_d);
+        if let Some(gg) = dec.grad_gamma.as_deref() {
+            self.zero_bytes(self.ptr(gg), gg.len * 4);
+        }
+        if spots == 0 {
+            self.zero_bytes(d_dec, dec.d.len * 4);
+            return 0.0;
+        }
+        // index scratch: [off | pix | tile | ns | query]
+        let ints = self.scratch(&self.u32s, off.len() + pix.len() + 3 * spots);
+        let mut at = ints;
+        let mut put = |v: &[u32]| {
+            self.htod(at, v);
+            let p = at;
+            at += (v.len() * 4) as u64;
+            p
+        };
+        let (offp, pixp, tilep, nsp, queryp) = (put(&off), put(&pix), put(&tile), put(&ns), put(&query));
+        // f32 scratch: [expression | scores]
+        let fl = self.scratch(&self.f32s, expr.len() + spots * r);
+        self.htod(fl, &expr);
+        let scores = fl + (expr.len() * 4) as u64;
+        // f64 scratch: [dpre | d_scores | loss]
+        let db = self.scratch(&self.f64s, spots * g + spots * r + 1);
+        let (dpre, dsc, lsum) = (db, db + (spots * g * 8) as u64, db + ((spots * g + spots * r) * 8) as u64);
+        self.zero_bytes(lsum, 8);
+        let hrp = self.ptr(hr);
+        let mut cfg = cfg1(spots, THREADS);
+        cfg.shared_mem_bytes = (r * 8) as u32;
+        launch!(self, "spot_means_f32", cfg, hrp, px as i64, r as i32, offp, pixp, tilep, scores);
+        let (gam, dgam) = (self.optr(dec.gamma), dec.grad_gamma.as_deref().map_or(0, |b| self.ptr(b)));
+        launch!(
+            self,
+            "poisson_nll_f32",
+            cfg1((spots * g).div_ceil(THREADS as usize), THREADS),
+            scores,
+            self.ptr(dec.d),
+            gam,
+            fl,
+            nsp,
+            queryp,
+            spots as i32,
+            g as i32,
+            r as i32,
+            scale,
+            dpre,
+            dgam,
+            lsum
+        );
+        launch!(
+            self,
+            "decoder_grad_f32",
+            cfg1((g * r).div_ceil(THREADS as usize), THREADS),
+            dpre,
+            scores,
+            self.ptr(dec.d),
+            spots as i32,
+            g as i32,
+            r as i32,
+            d_dec
+        );
+        launch!(
+            self,
+            "score_grad_f64",
+            cfg1((spots * r * 32).div_ceil(THREADS as usize), THREADS),
+            dpre,
+            self.ptr(dec.d),
+            spots as i32,
+            g as i32,
+            r as i32,
+            dsc
+        );
+        launch!(
+            self,
+            "spot_scatter_f32",
+            cfg1(spots, THREADS),
+            dsc,
+            px as i64,
+            r as i32,
+            offp,
+            pixp,
+            tilep,
+            self.ptr(d_hr)
+        );
+        self.dtoh::<f64>(lsum, 1)[0]
+    }
+
+    fn adam(&self, p: &mut DBuf, g: &DBuf, m: &mut DBuf, v: &mut DBuf, s: &AdamScalars) {
+        launch!(
+            self,
+            "adam_f32",
+            cfg_elems(p.len),
+            self.ptr(p),
+            self.ptr(g),
+            self.ptr(m),
+            self.ptr(v),
+            p.len as i64,
+            s.step_size,
+            s.bc2_sqrt,
+            s.beta1,
+            s.beta2,
+            s.eps,
+            s.weight_decay
+        );
+    }
+}
