@@ -109,7 +109,7 @@ fn bad_settings_are_clear_errors() {
         "scale_rate",
     );
     assert_clean_error(
-        &run(&["run", "--visium", s(&sec), "--out", s(&out), "--device", "cuda:0"], &c),
+        &run(&["run", "--visium", s(&sec), "--out", s(&out), "--device", "cuda:7"], &c),
         "invalid setting",
         "--device",
     );

@@ -68,9 +68,16 @@ fn a_short_training_run_keeps_the_domain_structure_of_the_prior() {
     c.args(["run", "--visium", s(&sec), "--out", s(&out), "--scale-rate", "2", "--rank", "6", "--n-top-genes", "100"]);
     c.args(["--preset", "quick", "--split-size", "64", "--train-iterations", "150", "--fix-iterations", "30"]);
     c.args(["--batch-size", "4"]);
+    // scripts/gpu-check runs this test again with SPAHDMAP_TEST_DEVICE=cuda (TF32 tensor cores)
+    let device = std::env::var("SPAHDMAP_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    c.args(["--device", &device]);
     c.env("SPAHDMAP_CACHE_DIR", &cache);
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    // the stage table (times, memory) for the record
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    eprintln!("{}", lines[lines.len().saturating_sub(14)..].join("\n"));
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("section/meta.json")).unwrap()).unwrap();
     let g = |k: &str| meta[k].as_u64().unwrap() as usize;

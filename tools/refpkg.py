@@ -45,7 +45,9 @@ def method(wheel_or_dir, rel, cls, name, namespace):
 
 
 def find_wheel():
-    w = glob.glob(".whl/spahdmap-0.1.7-py3-none-any.whl") + glob.glob("/opt/ref/spahdmap-0.1.7-py3-none-any.whl")
+    env = os.environ.get("SPAHDMAP_REF_WHEEL")
+    w = ([env] if env else []) + glob.glob(".whl/spahdmap-0.1.7-py3-none-any.whl") + glob.glob(
+        "/opt/ref/spahdmap-0.1.7-py3-none-any.whl")
     if not w:
         sys.exit("pip download --no-deps spahdmap==0.1.7 -d .whl   (first)")
     return w[0]

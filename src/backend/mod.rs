@@ -26,17 +26,79 @@ pub mod cuda;
 
 pub use cpu::Cpu;
 
-/// `--device auto|cpu|cuda[:N]`: which backend runs the network. This build has the CPU
-/// backend only, so `auto` resolves to it and `cuda` is refused with a clear message.
-pub fn resolve_device(spec: &str) -> crate::Result<String> {
+/// Where the network runs (`--device`). On a GPU the convolutions use TF32 tensor cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu ({} threads)", rayon::current_num_threads()),
+            Device::Cuda(n) => match cuda::probe() {
+                Ok(v) if *n < v.len() => write!(f, "cuda:{n} ({})", v[*n].name),
+                _ => write!(f, "cuda:{n}"),
+            },
+        }
+    }
+}
+
+/// Why CUDA device `n` cannot run the network here, if it cannot.
+fn cuda_unusable(n: usize) -> Option<String> {
+    match cuda::probe() {
+        Err(e) => Some(e),
+        Ok(v) if v.len() <= n => Some(format!("this machine has {} CUDA device(s)", v.len())),
+        Ok(_) if cuda::FATBIN.is_empty() => Some("this binary was built without CUDA kernels (no nvcc)".into()),
+        Ok(_) => None,
+    }
+}
+
+/// `--device auto|cpu|cuda[:N]`: `auto` takes the first GPU when one is usable and otherwise
+/// the CPU, saying why; `cuda` that cannot run is an error that says why.
+pub fn resolve_device(spec: &str) -> crate::Result<Device> {
     let s = spec.trim().to_ascii_lowercase();
-    match s.as_str() {
-        "auto" | "cpu" => Ok(Cpu::new().name()),
-        _ if s == "cuda" || s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()) => Err(
-            crate::Error::setting("--device", format!("{spec}: this build has no CUDA backend yet; use cpu or auto")),
-        ),
+    let cuda_n = match s.as_str() {
+        "cuda" => Some(0),
+        _ => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
+    };
+    match (s.as_str(), cuda_n) {
+        ("cpu", _) => Ok(Device::Cpu),
+        ("auto", _) => match cuda_unusable(0) {
+            None => Ok(Device::Cuda(0)),
+            Some(why) => {
+                eprintln!("device auto: running on the CPU ({why})");
+                Ok(Device::Cpu)
+            }
+        },
+        (_, Some(n)) => match cuda_unusable(n) {
+            None => Ok(Device::Cuda(n)),
+            Some(why) => Err(crate::Error::setting("--device", format!("{spec}: {why}"))),
+        },
         _ => Err(crate::Error::setting("--device", format!("{spec}: expected auto, cpu, cuda or cuda:N"))),
     }
+}
+
+/// Run `$body` with `$b` bound to the backend of `$dev` (a `Device`); `?` inside works on
+/// `crate::Result`. The one place a stage turns a device choice into a concrete backend.
+#[macro_export]
+macro_rules! on_device {
+    ($dev:expr, $b:ident => $body:expr) => {
+        match $dev {
+            $crate::backend::Device::Cpu => {
+                let $b = &$crate::backend::Cpu::new();
+                $body
+            }
+            $crate::backend::Device::Cuda(n) => {
+                let g = $crate::backend::cuda::Cuda::new(n, $crate::backend::cuda::Precision::Tf32)
+                    .map_err(|e| $crate::Error::setting("--device", format!("cuda:{n}: {e}")))?;
+                let $b = &g;
+                $body
+            }
+        }
+    };
 }
 
 use crate::optim::AdamScalars;

@@ -65,6 +65,9 @@ enum BenchWhat {
         iterations: usize,
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// cpu or cuda[:N] (the GCN training; the graph is built on the CPU)
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// One pre-training iteration of the U-Net (forward, MSE, backward, Adam) on random images,
     /// batch × size × size × 3 (medians over --repeat).
@@ -81,6 +84,13 @@ enum BenchWhat {
         /// cpu or cuda[:N]
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// On a GPU: f32 FMAs instead of TF32 tensor cores in the convolutions.
+        #[arg(long)]
+        exact: bool,
+        /// Time the joint-training iteration instead (rank 20, 3,000 genes, four disk spots of
+        /// radius 45 per tile, heads + body + decoder, Adam), as the reference's train loop.
+        #[arg(long)]
+        joint: bool,
     },
     /// Preprocessing stages of one section: Moran's I, image scaling + mask, pseudo spots,
     /// nearest-spot maps (medians over --repeat runs).
@@ -130,11 +140,15 @@ fn unet_bench<B: crate::backend::Backend>(
     size: usize,
     repeat: usize,
     embed_spots: Option<usize>,
+    joint: bool,
 ) -> serde_json::Value {
     use crate::backend::Shape;
     use crate::model::unet::UNet;
     use crate::optim::{Adam, AdamConfig};
-    let (net, host) = UNet::new(3, 0);
+    let (net, mut host) = UNet::new(3, 0);
+    if joint {
+        return joint_bench(b, &net, &mut host, batch, size, repeat);
+    }
     let mut p = host.upload(b);
     let is = Shape { n: batch, h: size, w: size, c: 3 };
     let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
@@ -191,6 +205,77 @@ fn unet_bench<B: crate::backend::Backend>(
             "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
 }
 
+/// The joint-training iteration: a batch of tiles through body, heads, the three losses and
+/// their gradients, then Adam over every tensor.
+fn joint_bench<B: crate::backend::Backend>(
+    b: &B,
+    net: &crate::model::unet::UNet,
+    host: &mut crate::model::unet::Params,
+    batch: usize,
+    size: usize,
+    repeat: usize,
+) -> serde_json::Value {
+    use crate::backend::{Shape, TileSpots};
+    use crate::model::joint::{JointBatch, JointHead, LossWeights};
+    use crate::optim::{Adam, AdamConfig};
+    let (rank, genes, radius) = (20usize, 3000usize, 45i64);
+    let head = JointHead::new(host, 3, rank, genes, 0, 0);
+    let mut p = host.upload(b);
+    let sizes: Vec<usize> = p.data.iter().map(|d| b.len(d)).collect();
+    let all: Vec<usize> = (0..sizes.len()).collect();
+    let mut opt = Adam::with(AdamConfig::default(), &sizes, |n| b.zeros(n));
+    let is = Shape { n: batch, h: size, w: size, c: 3 };
+    let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let vd: Vec<f32> =
+        (0..batch * size * size * rank).map(|i| 0.05 + 0.9 * ((i * 104729) % 997) as f32 / 997.0).collect();
+    // the reference bench's spot centres: every 3.6 r from r, disks of radius r
+    let step = (3.6 * radius as f64) as i64;
+    let centres: Vec<(i64, i64)> = (radius..size as i64 - radius)
+        .step_by(step as usize)
+        .flat_map(|y| (radius..size as i64 - radius).step_by(step as usize).map(move |x| (y, x)))
+        .collect();
+    let pixels: Vec<Vec<u32>> = centres
+        .iter()
+        .map(|&(cy, cx)| {
+            let mut v = Vec::new();
+            for y in cy - radius..=cy + radius {
+                for x in cx - radius..=cx + radius {
+                    if (y - cy).pow(2) + (x - cx).pow(2) <= radius * radius {
+                        v.push((y * size as i64 + x) as u32);
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    let expr: Vec<f32> = (0..centres.len() * genes).map(|i| ((i * 31) % 7) as f32).collect();
+    let tiles: Vec<TileSpots> =
+        (0..batch).map(|_| TileSpots { pixels: &pixels, expression: &expr, query: None }).collect();
+    let (im, v) = (b.upload(&image), b.upload(&vd));
+    let mut times = Vec::new();
+    let mut loss = 0.0;
+    for _ in 0..repeat.max(1) + 1 {
+        b.synchronize();
+        let t = Instant::now();
+        let out = head.step(
+            b,
+            net,
+            &mut p,
+            &JointBatch { image: &im, shape: is, vd: &v, tiles: &tiles },
+            &LossWeights::default(),
+            true,
+        );
+        p.adam_step(b, &mut opt, &all, &vec![4e-4; all.len()]);
+        b.synchronize();
+        times.push(t.elapsed().as_secs_f64());
+        loss = out.loss;
+    }
+    times.remove(0);
+    serde_json::json!({"bench": "unet_joint_iteration", "device": b.name(), "median_s": median(times), "repeat": repeat,
+        "threads": rayon::current_num_threads(),
+        "detail": {"batch": batch, "size": size, "rank": rank, "genes": genes, "spots_per_tile": centres.len(), "loss": loss}})
+}
+
 fn time<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
     let mut times = Vec::new();
     let mut last = None;
@@ -202,40 +287,69 @@ fn time<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> 
     Ok((median(times), last.unwrap()))
 }
 
-fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize) -> Result<()> {
+fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize, device: &str) -> Result<()> {
     use crate::io::npy::read_npy;
     use crate::stages::gcn::{train_gcn, GcnParams, GcnSettings};
     use crate::stages::graph::{spot_graph, GraphMode, DEFAULT_NEIGHBORS};
-    let (_, c) = read_npy::<f64>(&dir.join("coords.npy"))?;
-    let coords: Vec<[f64; 2]> = c.chunks(2).map(|p| [p[0], p[1]]).collect();
-    let (es, emb) = read_npy::<f32>(&dir.join("embeddings.npy"))?;
+    let gpu = match parse_device(device)? {
+        None => None,
+        Some(k) => Some(
+            crate::backend::cuda::Cuda::new(k, crate::backend::cuda::Precision::Exact)
+                .map_err(|e| crate::Error::setting("--device", format!("{device}: {e}")))?,
+        ),
+    };
     let (ss, score) = read_npy::<f32>(&dir.join("score.npy"))?;
     let (n, r) = (ss[0] as usize, ss[1] as usize);
-    let rss0 = crate::util::peak_rss_bytes();
-    let (t, adj) =
-        time(repeat, || Ok(spot_graph(&coords, &emb, es[1] as usize, n, DEFAULT_NEIGHBORS, GraphMode::Exact)))?;
-    let rss1 = crate::util::peak_rss_bytes();
-    let same = match read_npy::<i64>(&dir.join("adj_indices.npy")) {
-        Ok((_, idx)) => {
-            let ptr = read_npy::<i64>(&dir.join("adj_indptr.npy"))?.1;
-            Some(
-                idx.iter().map(|&v| v as u32).eq(adj.indices.iter().copied())
-                    && ptr.iter().map(|&v| v as usize).eq(adj.indptr.iter().copied()),
-            )
-        }
-        Err(_) => None,
-    };
     let threads = rayon::current_num_threads();
-    println!(
-        "{}",
-        serde_json::json!({"bench": "spot_graph", "median_s": t, "repeat": repeat, "threads": threads,
-            "detail": {"spots": n, "pseudo": coords.len() - n, "edges": adj.nnz(), "same_as_reference": same,
-                "peak_rss_mib_before": rss0.unwrap_or(0) as f64 / 1048576.0, "peak_rss_mib_after": rss1.unwrap_or(0) as f64 / 1048576.0}})
-    );
+    let (adj, total) = if dir.join("embeddings.npy").exists() {
+        let (_, c) = read_npy::<f64>(&dir.join("coords.npy"))?;
+        let coords: Vec<[f64; 2]> = c.chunks(2).map(|p| [p[0], p[1]]).collect();
+        let (es, emb) = read_npy::<f32>(&dir.join("embeddings.npy"))?;
+        let rss0 = crate::util::peak_rss_bytes();
+        let (t, adj) =
+            time(repeat, || Ok(spot_graph(&coords, &emb, es[1] as usize, n, DEFAULT_NEIGHBORS, GraphMode::Exact)))?;
+        let rss1 = crate::util::peak_rss_bytes();
+        let same = match read_npy::<i64>(&dir.join("adj_indices.npy")) {
+            Ok((_, idx)) => {
+                let ptr = read_npy::<i64>(&dir.join("adj_indptr.npy"))?.1;
+                Some(
+                    idx.iter().map(|&v| v as u32).eq(adj.indices.iter().copied())
+                        && ptr.iter().map(|&v| v as usize).eq(adj.indptr.iter().copied()),
+                )
+            }
+            Err(_) => None,
+        };
+        println!(
+            "{}",
+            serde_json::json!({"bench": "spot_graph", "median_s": t, "repeat": repeat, "threads": threads,
+                "detail": {"spots": n, "pseudo": coords.len() - n, "edges": adj.nnz(), "same_as_reference": same,
+                    "peak_rss_mib_before": rss0.unwrap_or(0) as f64 / 1048576.0, "peak_rss_mib_after": rss1.unwrap_or(0) as f64 / 1048576.0}})
+        );
+        let total = coords.len();
+        (adj, total)
+    } else {
+        // the reference's adjacency as saved (a bundle without the embeddings: GCN only)
+        let ptr = read_npy::<i64>(&dir.join("adj_indptr.npy"))?.1;
+        let idx = read_npy::<i64>(&dir.join("adj_indices.npy"))?.1;
+        let data = read_npy::<f32>(&dir.join("adj_data.npy"))?.1;
+        let total = ptr.len() - 1;
+        let adj = crate::io::sparse::Csr {
+            rows: total,
+            cols: total,
+            indptr: ptr.iter().map(|&v| v as usize).collect(),
+            indices: idx.iter().map(|&v| v as u32).collect(),
+            data,
+        };
+        (adj, total)
+    };
     let s = GcnSettings { iterations, ..Default::default() };
     let (t, res) = time(1, || {
         let pb = crate::util::progress_count(iterations as u64, "GCN");
-        let res = train_gcn(&adj, &score, n, GcnParams::init(coords.len() - n, r, s.seed), &s, |_, _| pb.inc(1));
+        let p = GcnParams::init(total - n, r, s.seed);
+        let res = match &gpu {
+            None => train_gcn(&adj, &score, n, p, &s, |_, _| pb.inc(1)),
+            Some(g) => crate::backend::cuda::gcn::train_gcn_cuda(g, &adj, &score, n, p, &s, |_, _| pb.inc(1)),
+        };
         pb.finish_and_clear();
         Ok(res)
     })?;
@@ -244,6 +358,7 @@ fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize) -> Result<
     println!(
         "{}",
         serde_json::json!({"bench": "gcn_train", "seconds": t, "iterations": iterations, "threads": threads,
+            "device": gpu.as_ref().map_or_else(|| "cpu".to_string(), crate::backend::Backend::name),
             "detail": {"ms_per_iteration": 1e3 * t / iterations.max(1) as f64, "rows_per_layer": res.rows_per_layer, "final_mse": mse}})
     );
     Ok(())
@@ -339,18 +454,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "detail": {"pixels": ns[0] * ns[1], "components": r, "kernel": kernel}})
             );
         }
-        BenchWhat::Gcn { dir, iterations, repeat } => bench_gcn(&dir, iterations, repeat)?,
+        BenchWhat::Gcn { dir, iterations, repeat, device } => bench_gcn(&dir, iterations, repeat, &device)?,
         BenchWhat::Accuracy { results, truth, section } => {
             let a = crate::simulate::evaluate::evaluate(&results, &truth, &section)?;
             println!("{}", serde_json::json!({"bench": "accuracy", "detail": a}));
         }
-        BenchWhat::Unet { batch, size, repeat, embed_spots, device } => {
+        BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, joint } => {
             let v = match parse_device(&device)? {
-                None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots),
+                None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots, joint),
                 Some(ordinal) => {
-                    let g = crate::backend::cuda::Cuda::new(ordinal)
+                    use crate::backend::cuda::{Cuda, Precision};
+                    let precision = if exact { Precision::Exact } else { Precision::Tf32 };
+                    let g = Cuda::new(ordinal, precision)
                         .map_err(|e| crate::Error::setting("--device", format!("{device}: {e}")))?;
-                    unet_bench(&g, batch, size, repeat, embed_spots)
+                    unet_bench(&g, batch, size, repeat, embed_spots, joint)
                 }
             };
             println!("{v}");

@@ -382,6 +382,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         fail_after: std::env::var("SPAHDMAP_TRAIN_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
         whole_epochs: a.preset == Preset::Reference && a.train_iterations.is_none() && a.fix_iterations.is_none(),
         import: a.trained_model.clone(),
+        device,
         ..Default::default()
     };
     let pretrain = crate::stages::pretrain::PretrainSettings {
@@ -392,6 +393,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         split_size: a.split_size,
         whole_epochs: a.preset == Preset::Reference && a.pretrain_iterations.is_none(),
         import: a.pretrained_model.clone(),
+        device,
         fail_after: std::env::var("SPAHDMAP_PRETRAIN_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
         ..Default::default()
     };
@@ -399,6 +401,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         graph_mode: a.graph,
         gmm_filter: !a.no_gmm_filter,
         transfer_from: a.transfer_metagenes.clone(),
+        device,
         ..Default::default()
     };
     spot.nmf.rank = a.rank;
@@ -425,6 +428,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
     let score = crate::stages::score::ScoreSettings {
         split_size: a.split_size,
         batch: a.batch_size.unwrap_or(batch),
+        device,
         ..Default::default()
     };
     let p = Pipeline {
@@ -447,7 +451,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "sections": specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         "threads": rayon::current_num_threads(),
-        "device": device,
+        "device": device.to_string(),
         "settings": {"preprocess": settings, "spot": spot, "pretrain": pretrain, "train": train,
             "score": score, "downstream": downstream},
         "stages": finished,

@@ -63,7 +63,7 @@ impl GcnParams {
         GcnParams { pseudo, w, b }
     }
 
-    fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
+    pub fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
         let mut v: Vec<&mut [f32]> = vec![&mut self.pseudo[..]];
         for (w, b) in self.w.iter_mut().zip(self.b.iter_mut()) {
             v.push(&mut w[..]);
@@ -72,7 +72,8 @@ impl GcnParams {
         v
     }
 
-    fn tensors(&self) -> Vec<&[f32]> {
+    /// pseudo, then (w, b) of each layer: the optimiser's order
+    pub fn tensors(&self) -> Vec<&[f32]> {
         let mut v: Vec<&[f32]> = vec![&self.pseudo[..]];
         for (w, b) in self.w.iter().zip(&self.b) {
             v.push(&w[..]);
@@ -135,6 +136,16 @@ impl Plan {
             })
             .collect();
         Plan { rows, layers }
+    }
+
+    /// Global spot ids of the rows layer `l` computes (0: the input rows).
+    pub fn rows(&self, l: usize) -> &[u32] {
+        &self.rows[l]
+    }
+
+    /// Layer `l`'s (1..=4) adjacency slice and its transpose.
+    pub fn adjacency(&self, l: usize) -> (&Csr, &Csr) {
+        (&self.layers[l - 1].a, &self.layers[l - 1].at)
     }
 
     /// Rows computed by each layer, input first.

@@ -36,6 +36,9 @@ pub struct PretrainSettings {
     pub checkpoint_every: usize,
     pub seed: u64,
     pub split_size: usize,
+    /// where the network runs
+    #[serde(skip)]
+    pub device: crate::backend::Device,
     /// finish the epoch in which the budget runs out, as the reference's loop does (it tests
     /// the budget only between epochs); false stops at the budget (short demo runs)
     pub whole_epochs: bool,
@@ -50,6 +53,7 @@ pub struct PretrainSettings {
 impl Default for PretrainSettings {
     fn default() -> Self {
         PretrainSettings {
+            device: Default::default(),
             iterations: 5000,
             batch: 32,
             lr: 4e-4,
@@ -148,7 +152,7 @@ pub fn pretrain_step<B: Backend>(b: &B, net: &UNet, p: &mut Params<B::Buf>, batc
 }
 
 pub fn run_pretrain(out: &Path, sections: &[SectionDir], s: &PretrainSettings) -> Result<PretrainReport> {
-    pretrain_on(&Cpu::new(), out, sections, s)
+    crate::on_device!(s.device, b => pretrain_on(b, out, sections, s))
 }
 
 /// `run_pretrain` on a given backend.

@@ -31,6 +31,9 @@ use crate::util::atomic_write;
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoreSettings {
     pub split_size: usize,
+    /// where the network runs
+    #[serde(skip)]
+    pub device: crate::backend::Device,
     /// tiles per forward pass
     pub batch: usize,
     pub overlap_ratio: f64,
@@ -39,7 +42,7 @@ pub struct ScoreSettings {
 
 impl Default for ScoreSettings {
     fn default() -> Self {
-        ScoreSettings { split_size: 256, batch: 32, overlap_ratio: 0.15, bound_ratio: 0.05 }
+        ScoreSettings { split_size: 256, batch: 32, overlap_ratio: 0.15, bound_ratio: 0.05, device: Default::default() }
     }
 }
 
@@ -273,7 +276,7 @@ pub fn run_score(
     refs: &[(String, String)],
     s: &ScoreSettings,
 ) -> Result<Vec<ScoreReport>> {
-    score_on(&Cpu::new(), out, sections, refs, s)
+    crate::on_device!(s.device, b => score_on(b, out, sections, refs, s))
 }
 
 /// `run_score` on a given backend.
@@ -418,7 +421,13 @@ mod tests {
     fn averaging_overlapping_tiles_reproduces_a_map_the_network_passes_through() {
         let (h, w, rank) = (83usize, 61usize, 2usize);
         let truth = |k: usize, y: i64, x: i64| ((y * 7 + x * 3 + k as i64 * 11) % 29) as f32 / 29.0 + 0.01;
-        let s = ScoreSettings { split_size: 32, batch: 3, overlap_ratio: 0.15, bound_ratio: 0.05 };
+        let s = ScoreSettings {
+            split_size: 32,
+            batch: 3,
+            overlap_ratio: 0.15,
+            bound_ratio: 0.05,
+            device: Default::default(),
+        };
         let tile = |r: i64, c: i64| -> Result<(Vec<f32>, Vec<f32>)> {
             let mut v = vec![0f32; 32 * 32 * rank];
             for y in 0..32 {

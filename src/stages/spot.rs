@@ -47,11 +47,15 @@ pub struct SpotSettings {
     pub embedding: Embedding,
     /// windows are upsampled to the tile size before the encoder
     pub split_size: usize,
+    /// where the network runs
+    #[serde(skip)]
+    pub device: crate::backend::Device,
 }
 
 impl Default for SpotSettings {
     fn default() -> Self {
         SpotSettings {
+            device: Default::default(),
             nmf: NmfSettings::default(),
             gcn: GcnSettings::default(),
             graph_mode: GraphMode::Exact,
@@ -172,9 +176,28 @@ pub fn run_gcn(
     refs: &[(String, String)],
     s: &SpotSettings,
 ) -> Result<Vec<GcnReport>> {
+    use crate::backend::cuda::{Cuda, Precision};
+    match s.device {
+        crate::backend::Device::Cpu => gcn_on(&crate::backend::Cpu::new(), None, out, sections, refs, s),
+        crate::backend::Device::Cuda(k) => {
+            let g = Cuda::new(k, Precision::Tf32).map_err(|e| Error::setting("--device", format!("cuda:{k}: {e}")))?;
+            gcn_on(&g, Some(&g), out, sections, refs, s)
+        }
+    }
+}
+
+/// `run_gcn` with the encoder embedding (when asked for) on backend `b`, the GCN on `gpu`
+/// when given.
+fn gcn_on<B: crate::backend::Backend>(
+    b: &B,
+    gpu: Option<&crate::backend::cuda::Cuda>,
+    out: &Path,
+    sections: &[SectionDir],
+    refs: &[(String, String)],
+    s: &SpotSettings,
+) -> Result<Vec<GcnReport>> {
     let mut reports = Vec::new();
     let mut seq_scores = Vec::new();
-    let cpu = crate::backend::Cpu::new();
     let model = match s.embedding {
         Embedding::Encoder => {
             let path = out.join("models/pretrained.safetensors");
@@ -186,8 +209,8 @@ pub fn run_gcn(
             }
             let channels = ImageCache::open_existing(&sections[0].meta.scaled_image_cache)?.info.channels;
             let (net, mut p) = UNet::new(channels, 0);
-            crate::model::checkpoint::load(&cpu, &path, &mut p, None)?;
-            Some((net, p))
+            crate::model::checkpoint::load(&crate::backend::Cpu::new(), &path, &mut p, None)?;
+            Some((net, p.upload(b)))
         }
         Embedding::Stats => None,
     };
@@ -206,7 +229,7 @@ pub fn run_gcn(
         let m = &sd.meta;
         let stats = WindowStats { channels: image.info.channels };
         let encoder = model.as_ref().map(|(net, p)| EncoderEmbedder {
-            backend: &cpu,
+            backend: b,
             net,
             params: p,
             split_size: s.split_size,
@@ -223,7 +246,12 @@ pub fn run_gcn(
             GcnSettings { seed: s.gcn.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), ..s.gcn.clone() };
         let params = GcnParams::init(spots.len() - n, r, settings.seed);
         let pb = crate::util::progress_count(settings.iterations as u64, &format!("GCN {}", m.section));
-        let mut res = train_gcn(&adj, &score, n, params, &settings, |_, _| pb.inc(1));
+        let mut res = match gpu {
+            None => train_gcn(&adj, &score, n, params, &settings, |_, _| pb.inc(1)),
+            Some(g) => {
+                crate::backend::cuda::gcn::train_gcn_cuda(g, &adj, &score, n, params, &settings, |_, _| pb.inc(1))
+            }
+        };
         pb.finish_and_clear();
         filter_scores(&mut res.output, r, s.gmm_filter);
         let nz = res.output.iter().filter(|&&v| v > 0.0).count() as f64 / res.output.len().max(1) as f64;

@@ -42,6 +42,9 @@ pub struct TrainSettings {
     pub checkpoint_every: usize,
     pub seed: u64,
     pub split_size: usize,
+    /// where the network runs
+    #[serde(skip)]
+    pub device: crate::backend::Device,
     /// test the budgets between epochs only, as the reference does; false switches phase and
     /// stops exactly at the budgets (short demo runs)
     pub whole_epochs: bool,
@@ -54,6 +57,7 @@ pub struct TrainSettings {
 impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
+            device: Default::default(),
             iterations: 2000,
             fix_iterations: 1000,
             batch: 32,
@@ -111,7 +115,7 @@ pub fn run_train(
     refs: &[(String, String)],
     s: &TrainSettings,
 ) -> Result<TrainReport> {
-    train_on(&Cpu::new(), out, sections, refs, s)
+    crate::on_device!(s.device, b => train_on(b, out, sections, refs, s))
 }
 
 /// `run_train` on a given backend.

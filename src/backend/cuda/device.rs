@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig,
 };
 
 use crate::backend::{Backend, ConvSpec, Decoder, Epilogue, Shape, TileSpots};
@@ -28,9 +28,19 @@ pub struct DBuf {
 
 type Grow<T> = Mutex<Option<CudaSlice<T>>>;
 
+/// How the convolutions multiply: `Exact` runs f32 FMAs (the CPU backend's arithmetic up to
+/// summation order: tests hold it to 1e-5), `Tf32` runs the tensor cores on TF32 operands
+/// with f32 accumulation (≈1e-3 relative, the speed path; PyTorch's `allow_tf32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Exact,
+    Tf32,
+}
+
 pub struct Cuda {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    precision: Precision,
+    pub(super) stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     pool: Mutex<HashMap<usize, Vec<DBuf>>>,
@@ -43,31 +53,20 @@ pub struct Cuda {
     sms: usize,
 }
 
-const THREADS: u32 = 256;
+pub(super) const THREADS: u32 = 256;
 
-fn cfg1(blocks: usize, threads: u32) -> LaunchConfig {
+pub(super) fn cfg1(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// A grid-stride launch over `n` elements.
-fn cfg_elems(n: usize) -> LaunchConfig {
+pub(super) fn cfg_elems(n: usize) -> LaunchConfig {
     cfg1(n.div_ceil(THREADS as usize).clamp(1, 16384), THREADS)
-}
-
-macro_rules! launch {
-    ($s:expr, $name:literal, $cfg:expr $(, $arg:expr)* $(,)?) => {{
-        let f = $s.func($name);
-        let mut b = $s.stream.launch_builder(&f);
-        $( let a = $arg; b.arg(&a); )*
-        // SAFETY: argument lists match the kernels' signatures in kernels/*.cu (reviewed
-        // together; every kernel is tested against the CPU backend).
-        unsafe { b.launch($cfg) }.unwrap_or_else(|e| panic!("CUDA kernel {}: {e}", $name));
-    }};
 }
 
 impl Cuda {
     /// The backend on device `ordinal`, or why it cannot run here.
-    pub fn new(ordinal: usize) -> Result<Cuda, String> {
+    pub fn new(ordinal: usize, precision: Precision) -> Result<Cuda, String> {
         let devs = super::probe()?;
         let info = devs
             .get(ordinal)
@@ -87,6 +86,7 @@ impl Cuda {
             .map_err(|e| format!("cuda:{ordinal}: {e}"))? as usize;
         Ok(Cuda {
             ctx,
+            precision,
             stream,
             module,
             funcs: Mutex::default(),
@@ -96,7 +96,11 @@ impl Cuda {
             u32s: Mutex::default(),
             f32s: Mutex::default(),
             u64s: Mutex::default(),
-            label: format!("cuda:{ordinal} ({})", info.name),
+            label: format!(
+                "cuda:{ordinal} ({}, {})",
+                info.name,
+                if precision == Precision::Tf32 { "tf32 tensor cores" } else { "f32" }
+            ),
             sms,
         })
     }
@@ -105,7 +109,7 @@ impl Cuda {
         &self.stream
     }
 
-    fn func(&self, name: &'static str) -> CudaFunction {
+    pub(super) fn func(&self, name: &'static str) -> CudaFunction {
         let mut f = self.funcs.lock().unwrap();
         f.entry(name)
             .or_insert_with(|| {
@@ -114,11 +118,35 @@ impl Cuda {
             .clone()
     }
 
-    fn ptr(&self, b: &DBuf) -> u64 {
+    /// The convolution kernel of this precision.
+    fn pick(&self, exact: &'static str, tf32: &'static str) -> &'static str {
+        if self.precision == Precision::Tf32 {
+            tf32
+        } else {
+            exact
+        }
+    }
+
+    pub(super) fn ptr(&self, b: &DBuf) -> u64 {
         let (p, _sync) = b.mem.device_ptr(&self.stream);
         p
     }
-    fn optr(&self, b: Option<&DBuf>) -> u64 {
+    /// A device copy of host values in its own allocation (index arrays, setup data).
+    pub(super) fn upload_raw<T: DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
+        let mut s = unsafe { self.stream.alloc::<T>(host.len().max(1)) }
+            .unwrap_or_else(|e| self.oom("an index array", std::mem::size_of_val(host), e));
+        let p = {
+            let (p, _sync) = s.device_ptr_mut(&self.stream);
+            p
+        };
+        self.htod(p, host);
+        s
+    }
+    pub(super) fn raw<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
+    }
+    pub(super) fn optr(&self, b: Option<&DBuf>) -> u64 {
         b.map_or(0, |b| self.ptr(b))
     }
 
@@ -134,7 +162,7 @@ impl Cuda {
     }
 
     /// A device pointer to at least `len` values of the growable scratch `cell`.
-    fn scratch<T: DeviceRepr>(&self, cell: &Grow<T>, len: usize) -> u64 {
+    pub(super) fn scratch<T: DeviceRepr>(&self, cell: &Grow<T>, len: usize) -> u64 {
         let mut g = cell.lock().unwrap();
         if g.as_ref().is_none_or(|s| s.len() < len) {
             let n = len.max(1).next_power_of_two();
@@ -147,11 +175,11 @@ impl Cuda {
         p
     }
 
-    fn bind(&self) {
+    pub(super) fn bind(&self) {
         self.ctx.bind_to_thread().unwrap_or_else(|e| panic!("CUDA: {e}"));
     }
 
-    fn zero_bytes(&self, ptr: u64, bytes: usize) {
+    pub(super) fn zero_bytes(&self, ptr: u64, bytes: usize) {
         if bytes == 0 {
             return;
         }
@@ -161,7 +189,7 @@ impl Cuda {
             .unwrap_or_else(|e| panic!("CUDA memset: {e}"));
     }
 
-    fn htod<T: DeviceRepr>(&self, ptr: u64, host: &[T]) {
+    pub(super) fn htod<T: DeviceRepr>(&self, ptr: u64, host: &[T]) {
         if host.is_empty() {
             return;
         }
@@ -172,7 +200,7 @@ impl Cuda {
             .unwrap_or_else(|e| panic!("CUDA upload: {e}"));
     }
 
-    fn dtoh<T: DeviceRepr + Default + Clone>(&self, ptr: u64, len: usize) -> Vec<T> {
+    pub(super) fn dtoh<T: DeviceRepr + Default + Clone>(&self, ptr: u64, len: usize) -> Vec<T> {
         let mut v = vec![T::default(); len];
         if len > 0 {
             self.bind();
@@ -222,7 +250,7 @@ impl Cuda {
     }
 
     /// Column sums (the bias gradients): out (zeroed here) = Σ over rows of x.
-    fn colsum(&self, x: u64, rows: usize, cols: usize, out: u64) {
+    pub(super) fn colsum(&self, x: u64, rows: usize, cols: usize, out: u64) {
         self.zero_bytes(out, cols * 4);
         let chunk = 4096usize;
         let cfg = LaunchConfig {
@@ -234,7 +262,7 @@ impl Cuda {
     }
 
     /// Splits of a weight gradient's reduction so the grid fills the device.
-    fn splits(&self, tiles: usize, reduction: usize) -> usize {
+    pub(super) fn splits(&self, tiles: usize, reduction: usize) -> usize {
         (4 * self.sms).div_ceil(tiles).clamp(1, reduction.div_ceil(256).max(1))
     }
 
@@ -249,7 +277,7 @@ impl Cuda {
     }
 }
 
-fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
+pub(super) fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (m.div_ceil(64).max(1) as u32, n.div_ceil(64).max(1) as u32, z.max(1) as u32),
         block_dim: (THREADS, 1, 1),
@@ -340,7 +368,7 @@ impl Backend for Cuda {
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
         launch!(
             self,
-            "conv2d_fwd_f32",
+            self.pick("conv2d_fwd_f32", "conv2d_fwd_tf32"),
             cfg,
             xp,
             wp,
@@ -385,7 +413,7 @@ impl Backend for Cuda {
             let cfg = gemm_grid(xs.n * xs.h * xs.w, spec.cin, 1);
             launch!(
                 self,
-                "conv2d_bwd_data_f32",
+                self.pick("conv2d_bwd_data_f32", "conv2d_bwd_data_tf32"),
                 cfg,
                 self.ptr(dy),
                 self.ptr(w),
@@ -406,7 +434,7 @@ impl Backend for Cuda {
         let cfg = gemm_grid(kw, spec.cout, splits);
         launch!(
             self,
-            "conv2d_bwd_weight_f32",
+            self.pick("conv2d_bwd_weight_f32", "conv2d_bwd_weight_tf32"),
             cfg,
             self.ptr(x),
             self.ptr(dy),
@@ -428,7 +456,7 @@ impl Backend for Cuda {
         let cfg = gemm_grid(xs.n * xs.h * xs.w, 4 * cout, 1);
         launch!(
             self,
-            "up2_fwd_f32",
+            self.pick("up2_fwd_f32", "up2_fwd_tf32"),
             cfg,
             self.ptr(x),
             self.ptr(w),
@@ -457,7 +485,7 @@ impl Backend for Cuda {
         if let Some(dx) = dx {
             launch!(
                 self,
-                "up2_bwd_data_f32",
+                self.pick("up2_bwd_data_f32", "up2_bwd_data_tf32"),
                 gemm_grid(p, xs.c, 1),
                 self.ptr(dy),
                 self.ptr(w),
@@ -473,7 +501,7 @@ impl Backend for Cuda {
         let splits = self.splits(xs.c.div_ceil(64) * (4 * cout).div_ceil(64), p);
         launch!(
             self,
-            "up2_bwd_weight_f32",
+            self.pick("up2_bwd_weight_f32", "up2_bwd_weight_tf32"),
             gemm_grid(xs.c, 4 * cout, splits),
             self.ptr(x),
             self.ptr(dy),

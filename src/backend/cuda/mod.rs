@@ -2,8 +2,21 @@
 //! driver API, the kernels `build.rs` compiled into the binary, and the `Cuda` backend. The
 //! driver library is probed before any call, so machines without CUDA only get a message.
 
+/// Launch kernel `$name` of the embedded module with scalar arguments (device pointers as u64).
+macro_rules! launch {
+    ($s:expr, $name:expr, $cfg:expr $(, $arg:expr)* $(,)?) => {{
+        let f = $s.func($name);
+        let mut b = $s.stream.launch_builder(&f);
+        $( let a = $arg; cudarc::driver::PushKernelArg::arg(&mut b, &a); )*
+        // SAFETY: argument lists match the kernels' signatures in kernels/*.cu (reviewed
+        // together; every kernel is tested against the CPU backend).
+        unsafe { b.launch($cfg) }.unwrap_or_else(|e| panic!("CUDA kernel {}: {e}", $name));
+    }};
+}
+
 mod device;
-pub use device::{Cuda, DBuf};
+pub mod gcn;
+pub use device::{Cuda, DBuf, Precision};
 
 use serde::Serialize;
 
