@@ -1,56 +1,62 @@
 // Convolutions of the backend seam as implicit GEMMs, f32 storage and f32 accumulation: the
-// CPU backend's conv.rs is their reference. Layouts as there: activations
-// NHWC, conv weights [ky][kx][ci][co], transposed-conv weights [ci][ky][kx][co].
+// CPU backend's conv.rs is their reference. Layouts as there: activations NHWC, conv weights
+// [ky][kx][ci][co], transposed-conv weights [ci][ky][kx][co].
 //
-// One tiled GEMM body (64 × 64 block tile, K step 16, 256 threads with 4 × 4 outputs each)
-// takes an operand policy: how element (m, k) of A and (k, n) of B are gathered from the
-// tensors (im2col on the fly, zero outside the image) and what the epilogue does with C
-// (bias, LeakyReLU, residual; scatter of the transposed conv; atomic adds for split-K weight
-// gradients). Two GEMM bodies take the same policies: f32 SIMT (bit-for-bit the CPU's
-// arithmetic up to summation order) and TF32 tensor cores (mma.sync, f32 accumulation).
+// Two GEMM bodies take the operand policies of conv_ops.cuh (gathers and epilogues: bias,
+// LeakyReLU, residual; the transposed conv's scatter; atomic adds of split-K weight
+// gradients): f32 SIMT (the CPU's arithmetic up to summation order) and TF32 tensor cores
+// (mma.sync m16n8k8, f32 accumulation). Each block first decomposes its 64 rows and 64
+// columns, and each K step its K indices, into shared memory.
 
 #include <cstdint>
+
+#include "conv_ops.cuh"
 
 namespace conv {
 
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
-constexpr float SLOPE = 0.2f;
 
-struct Geom {
-    int n, h, w, cin, cout, k, stride, pad, oh, ow;
-};
+// The rows' and columns' decompositions of this block, in shared memory.
+template <class Op>
+__device__ __forceinline__ void tile_infos(const Op& op, int64_t M, int N, typename Op::MI* mi, typename Op::NI* ni) {
+    const int tid = threadIdx.x;
+    if (tid < BM) mi[tid] = op.mi((int64_t)blockIdx.x * BM + tid, M);
+    else if (tid < BM + BN) ni[tid - BM] = op.ni((int64_t)blockIdx.y * BN + tid - BM, N);
+    __syncthreads();
+}
 
-// C[m][n] = Σ_k A(m, k) B(k, n) over k in [k0, k1) for the block's 64 × 64 tile.
+// C[m][n] = Σ_k A(m, k) B(k, n) over k in [k0, k1) for the block's 64 × 64 tile, f32 FMAs.
 // A_K_FAST / B_N_FAST say which index runs along contiguous memory, so loads coalesce.
 template <class Op>
 __device__ __forceinline__ void gemm_tile(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
     __shared__ float As[BK][BM + 4];
     __shared__ float Bs[BK][BN + 4];
+    __shared__ typename Op::MI mi[BM];
+    __shared__ typename Op::NI ni[BN];
+    __shared__ typename Op::KI ki[BK];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int64_t m0 = (int64_t)blockIdx.x * BM;
-    const int n0 = blockIdx.y * BN;
+    tile_infos(op, M, N, mi, ni);
     float acc[4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
     for (int64_t kt = k0; kt < k1; kt += BK) {
+        if (tid < BK) ki[tid] = op.ki(kt + tid, k1);
+        __syncthreads();
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int e = tid + THREADS * i;
             const int mm = Op::A_K_FAST ? e / BK : e % BM;
             const int kk = Op::A_K_FAST ? e % BK : e / BM;
-            const int64_t m = m0 + mm, k = kt + kk;
-            As[kk][mm] = (m < M && k < k1) ? op.a(m, k) : 0.0f;
+            As[kk][mm] = op.a(mi[mm], ki[kk]);
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int e = tid + THREADS * i;
             const int nn = Op::B_N_FAST ? e % BN : e / BK;
             const int kk = Op::B_N_FAST ? e / BN : e % BK;
-            const int n = n0 + nn;
-            const int64_t k = kt + kk;
-            Bs[kk][nn] = (n < N && k < k1) ? op.b(k, n) : 0.0f;
+            Bs[kk][nn] = op.b(ki[kk], ni[nn]);
         }
         __syncthreads();
 #pragma unroll
@@ -71,9 +77,8 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int64_t M, int N, int64_
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int64_t m = m0 + ty + 16 * i;
-            const int n = n0 + tx + 16 * j;
-            if (m < M && n < N) op.store(m, n, acc[i][j]);
+            const int r = ty + 16 * i, c = tx + 16 * j;
+            if (mi[r].ok && ni[c].ok) op.store(mi[r], ni[c], acc[i][j]);
         }
 }
 
@@ -101,11 +106,13 @@ template <class Op>
 __device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
     __shared__ uint32_t As[BM][TS];  // [m][k]
     __shared__ uint32_t Bs[BN][TS];  // [n][k]
+    __shared__ typename Op::MI mi[BM];
+    __shared__ typename Op::NI ni[BN];
+    __shared__ typename Op::KI ki[TK];
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    tile_infos(op, M, N, mi, ni);
     const int g = lane / 4, t = lane % 4;
     const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
-    const int64_t m0 = (int64_t)blockIdx.x * BM;
-    const int n0 = blockIdx.y * BN;
     float acc[2][2][4];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
@@ -114,22 +121,21 @@ __device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     for (int64_t kt = k0; kt < k1; kt += TK) {
+        if (tid < TK) ki[tid] = op.ki(kt + tid, k1);
+        __syncthreads();
 #pragma unroll
         for (int i = 0; i < BM * TK / THREADS; ++i) {
             const int e = tid + THREADS * i;
             const int mm = Op::A_K_FAST ? e / TK : e % BM;
             const int kk = Op::A_K_FAST ? e % TK : e / BM;
-            const int64_t m = m0 + mm, k = kt + kk;
-            As[mm][kk] = to_tf32((m < M && k < k1) ? op.a(m, k) : 0.0f);
+            As[mm][kk] = to_tf32(op.a(mi[mm], ki[kk]));
         }
 #pragma unroll
         for (int i = 0; i < BN * TK / THREADS; ++i) {
             const int e = tid + THREADS * i;
             const int nn = Op::B_N_FAST ? e % BN : e / TK;
             const int kk = Op::B_N_FAST ? e / BN : e % TK;
-            const int n = n0 + nn;
-            const int64_t k = kt + kk;
-            Bs[nn][kk] = to_tf32((n < N && k < k1) ? op.b(k, n) : 0.0f);
+            Bs[nn][kk] = to_tf32(op.b(ki[kk], ni[nn]));
         }
         __syncthreads();
 #pragma unroll
@@ -162,9 +168,8 @@ __device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int
         for (int j = 0; j < 2; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
-                const int64_t m = m0 + wm + 16 * i + g + (q >= 2 ? 8 : 0);
-                const int n = n0 + wn + 8 * j + 2 * t + (q & 1);
-                if (m < M && n < N) op.store(m, n, acc[i][j][q]);
+                const int r = wm + 16 * i + g + (q >= 2 ? 8 : 0), c = wn + 8 * j + 2 * t + (q & 1);
+                if (mi[r].ok && ni[c].ok) op.store(mi[r], ni[c], acc[i][j][q]);
             }
 }
 
@@ -180,135 +185,6 @@ __device__ __forceinline__ void split_range(int64_t K, int64_t* k0, int64_t* k1)
     const int64_t per = ((K + gridDim.z - 1) / gridDim.z + TK - 1) / TK * TK;
     *k0 = (int64_t)blockIdx.z * per;
     *k1 = min(K, *k0 + per);
-}
-
-// im2col value: input pixel read by output pixel p at GEMM column kw = (ky, kx, ci)
-__device__ __forceinline__ float im2col(const float* x, const Geom& g, int64_t p, int64_t kw) {
-    const int ohw = g.oh * g.ow;
-    const int img = (int)(p / ohw), r = (int)(p % ohw);
-    const int oy = r / g.ow, ox = r % g.ow;
-    const int ci = (int)(kw % g.cin), tap = (int)(kw / g.cin);
-    const int iy = oy * g.stride - g.pad + tap / g.k, ix = ox * g.stride - g.pad + tap % g.k;
-    if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.0f;
-    return x[(((int64_t)img * g.h + iy) * g.w + ix) * g.cin + ci];
-}
-
-// y = leaky?(conv(x) + bias) + residual: M = output pixels, K = k·k·Cin, N = Cout
-struct Fwd {
-    static constexpr bool A_K_FAST = true, B_N_FAST = true;
-    const float *x, *w, *bias, *res;
-    float* y;
-    Geom g;
-    int leaky;
-    __device__ float a(int64_t m, int64_t k) const { return im2col(x, g, m, k); }
-    __device__ float b(int64_t k, int n) const { return w[k * g.cout + n]; }
-    __device__ void store(int64_t m, int n, float v) const {
-        if (bias) v += bias[n];
-        if (leaky) v = v > 0.0f ? v : SLOPE * v;
-        if (res) v += res[m * g.cout + n];
-        y[m * g.cout + n] = v;
-    }
-};
-
-// dX = Σ over the output pixels that read each input pixel: M = input pixels, K = k·k·Cout
-// (tap, co), N = Cin
-struct BwdData {
-    static constexpr bool A_K_FAST = true, B_N_FAST = false;
-    const float *dy, *w;
-    float* dx;
-    Geom g;
-    __device__ float a(int64_t m, int64_t k) const {
-        const int hw = g.h * g.w;
-        const int img = (int)(m / hw), r = (int)(m % hw);
-        const int iy = r / g.w, ix = r % g.w;
-        const int co = (int)(k % g.cout), tap = (int)(k / g.cout);
-        const int ty = iy + g.pad - tap / g.k, tx = ix + g.pad - tap % g.k;
-        if (ty < 0 || tx < 0 || ty % g.stride || tx % g.stride) return 0.0f;
-        const int oy = ty / g.stride, ox = tx / g.stride;
-        if (oy >= g.oh || ox >= g.ow) return 0.0f;
-        return dy[(((int64_t)img * g.oh + oy) * g.ow + ox) * g.cout + co];
-    }
-    __device__ float b(int64_t k, int n) const {
-        const int64_t co = k % g.cout, tap = k / g.cout;
-        return w[(tap * g.cin + n) * g.cout + co];
-    }
-    __device__ void store(int64_t m, int n, float v) const { dx[m * g.cin + n] = v; }
-};
-
-// dW += im2colᵀ · dY over this split's output pixels: M = k·k·Cin, K = output pixels, N = Cout
-struct BwdWeight {
-    static constexpr bool A_K_FAST = false, B_N_FAST = true;
-    const float *x, *dy;
-    float* dw;
-    Geom g;
-    __device__ float a(int64_t m, int64_t k) const { return im2col(x, g, k, m); }
-    __device__ float b(int64_t k, int n) const { return dy[k * g.cout + n]; }
-    __device__ void store(int64_t m, int n, float v) const { atomicAdd(&dw[m * g.cout + n], v); }
-};
-
-// element (p, q·Cout + co) of the transposed conv's GEMM output: output pixel (2iy+ky, 2ix+kx)
-__device__ __forceinline__ int64_t up_index(const Geom& g, int64_t p, int n) {
-    const int hw = g.h * g.w;
-    const int img = (int)(p / hw), r = (int)(p % hw);
-    const int iy = r / g.w, ix = r % g.w;
-    const int q = n / g.cout, co = n % g.cout;
-    return (((int64_t)img * 2 * g.h + 2 * iy + q / 2) * 2 * g.w + 2 * ix + q % 2) * g.cout + co;
-}
-
-// 2×2 stride-2 transposed conv: M = input pixels, K = Cin, N = 4·Cout, scattered + bias
-struct UpFwd {
-    static constexpr bool A_K_FAST = true, B_N_FAST = true;
-    const float *x, *w, *bias;
-    float* y;
-    Geom g;
-    __device__ float a(int64_t m, int64_t k) const { return x[m * g.cin + k]; }
-    __device__ float b(int64_t k, int n) const { return w[k * 4 * g.cout + n]; }
-    __device__ void store(int64_t m, int n, float v) const { y[up_index(g, m, n)] = v + bias[n % g.cout]; }
-};
-
-// its dX: M = input pixels, K = 4·Cout (gathered dY), N = Cin
-struct UpBwdData {
-    static constexpr bool A_K_FAST = true, B_N_FAST = false;
-    const float *dy, *w;
-    float* dx;
-    Geom g;
-    __device__ float a(int64_t m, int64_t k) const { return dy[up_index(g, m, (int)k)]; }
-    __device__ float b(int64_t k, int n) const { return w[(int64_t)n * 4 * g.cout + k]; }
-    __device__ void store(int64_t m, int n, float v) const { dx[m * g.cin + n] = v; }
-};
-
-// its dW += Xᵀ · gathered dY: M = Cin, K = input pixels, N = 4·Cout
-struct UpBwdWeight {
-    static constexpr bool A_K_FAST = false, B_N_FAST = true;
-    const float *x, *dy;
-    float* dw;
-    Geom g;
-    __device__ float a(int64_t m, int64_t k) const { return x[k * g.cin + m]; }
-    __device__ float b(int64_t k, int n) const { return dy[up_index(g, k, n)]; }
-    __device__ void store(int64_t m, int n, float v) const { atomicAdd(&dw[m * 4 * g.cout + n], v); }
-};
-
-// C = A · B (+ bias) for small dense operands given by strides (the GCN's layers):
-// A(m, k) = A[m·sam + k·sak], B(k, n) = B[k·sbk + n·sbn]; with split-K (gridDim.z > 1) the
-// splits add atomically into a zeroed C and only split 0 adds the bias.
-struct Dense {
-    static constexpr bool A_K_FAST = true, B_N_FAST = true;
-    const float *A, *B, *bias;
-    float* C;
-    int64_t sam, sak, sbk, sbn;
-    int ldc, atomic;
-    __device__ float a(int64_t m, int64_t k) const { return A[m * sam + k * sak]; }
-    __device__ float b(int64_t k, int n) const { return B[k * sbk + n * sbn]; }
-    __device__ void store(int64_t m, int n, float v) const {
-        if (bias && blockIdx.z == 0) v += bias[n];
-        if (atomic) atomicAdd(&C[m * ldc + n], v);
-        else C[m * ldc + n] = v;
-    }
-};
-
-__device__ __forceinline__ Geom geom(int n, int h, int w, int cin, int cout, int k, int stride, int pad) {
-    Geom g{n, h, w, cin, cout, k, stride, pad, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1};
-    return g;
 }
 
 }  // namespace conv

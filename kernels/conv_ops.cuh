@@ -1,0 +1,243 @@
+// Operand policies of the implicit-GEMM convolutions (conv.cu): how element (m, k) of A,
+// (k, n) of B are gathered from NHWC tensors and what the epilogue does with C[m][n].
+//
+// Index arithmetic is split by coordinate: `mi(m)` decomposes a row (image, pixel), `ki(k)` a
+// reduction index (tap, channel) and `ni(n)` a column, each once per tile into shared memory,
+// so a gathered element costs a few multiply-adds instead of the eight integer divisions the
+// direct formulas take. Host-compilable (tests/conv_ops_host.rs checks every gather against
+// the direct formulas on the CPU).
+
+#pragma once
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define HD __host__ __device__ __forceinline__
+#define DEV __device__ __forceinline__
+#define SPLIT_INDEX blockIdx.z
+#else
+#define HD inline
+#define DEV inline
+#define SPLIT_INDEX 0
+inline void atomicAdd(float* p, float v) { *p += v; }
+#endif
+
+namespace conv {
+
+constexpr float SLOPE = 0.2f;
+
+struct Geom {
+    int n, h, w, cin, cout, k, stride, pad, oh, ow;
+};
+
+HD Geom geom(int n, int h, int w, int cin, int cout, int k, int stride, int pad) {
+    Geom g{n, h, w, cin, cout, k, stride, pad, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1};
+    return g;
+}
+
+// An index with nothing to decompose.
+struct Plain {
+    int64_t i;
+    bool ok;
+};
+HD Plain plain(int64_t i, int64_t end) { return Plain{i, i < end}; }
+
+// An output pixel p of a convolution: its image and the input corner its window starts at.
+struct OutPixel {
+    int64_t p;
+    int img, iy0, ix0;
+    bool ok;
+};
+HD OutPixel out_pixel(const Geom& g, int64_t p, int64_t end) {
+    const int64_t ohw = (int64_t)g.oh * g.ow;
+    const int img = (int)(p / ohw), r = (int)(p % ohw);
+    return OutPixel{p, img, (r / g.ow) * g.stride - g.pad, (r % g.ow) * g.stride - g.pad, p < end};
+}
+
+// A pixel of an H × W image.
+struct Pixel {
+    int64_t p;
+    int img, y, x;
+    bool ok;
+};
+HD Pixel pixel(int h, int w, int64_t p, int64_t end) {
+    const int64_t hw = (int64_t)h * w;
+    const int img = (int)(p / hw), r = (int)(p % hw);
+    return Pixel{p, img, r / w, r % w, p < end};
+}
+
+// A (tap, channel) index t = (ky·k + kx)·c + ch of a k × k kernel over c channels.
+struct Tap {
+    int64_t t;
+    int ky, kx, ch, tap;
+    bool ok;
+};
+HD Tap tap(int k, int c, int64_t t, int64_t end) {
+    const int ch = (int)(t % c), tp = (int)(t / c);
+    return Tap{t, tp / k, tp % k, ch, tp, t < end};
+}
+
+// input value x[img, iy0 + ky, ix0 + kx, ci], zero off the image
+HD float window(const float* x, const Geom& g, const OutPixel& o, const Tap& t) {
+    const int iy = o.iy0 + t.ky, ix = o.ix0 + t.kx;
+    if (!o.ok || !t.ok || iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.0f;
+    return x[(((int64_t)o.img * g.h + iy) * g.w + ix) * g.cin + t.ch];
+}
+
+// y = leaky?(conv(x) + bias) + residual: M = output pixels, K = (tap, ci), N = Cout
+struct Fwd {
+    static constexpr bool A_K_FAST = true, B_N_FAST = true;
+    using MI = OutPixel;
+    using KI = Tap;
+    using NI = Plain;
+    const float *x, *w, *bias, *res;
+    float* y;
+    Geom g;
+    int leaky;
+    HD MI mi(int64_t m, int64_t end) const { return out_pixel(g, m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return tap(g.k, g.cin, k, end); }
+    HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
+    HD float a(const MI& m, const KI& k) const { return window(x, g, m, k); }
+    HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[k.t * g.cout + n.i] : 0.0f; }
+    DEV void store(const MI& m, const NI& n, float v) const {
+        if (bias) v += bias[n.i];
+        if (leaky) v = v > 0.0f ? v : SLOPE * v;
+        if (res) v += res[m.p * g.cout + n.i];
+        y[m.p * g.cout + n.i] = v;
+    }
+};
+
+// dX: M = input pixels, K = (tap, co), N = Cin; a dY element is read by input pixel (iy, ix)
+// through tap (ky, kx) when iy + pad − ky is a multiple of the stride inside the output
+struct BwdData {
+    static constexpr bool A_K_FAST = true, B_N_FAST = false;
+    using MI = Pixel;
+    using KI = Tap;
+    using NI = Plain;
+    const float *dy, *w;
+    float* dx;
+    Geom g;
+    HD MI mi(int64_t m, int64_t end) const { return pixel(g.h, g.w, m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return tap(g.k, g.cout, k, end); }
+    HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
+    HD float a(const MI& m, const KI& k) const {
+        const int ty = m.y + g.pad - k.ky, tx = m.x + g.pad - k.kx;
+        if (!m.ok || !k.ok || ty < 0 || tx < 0 || ty % g.stride || tx % g.stride) return 0.0f;
+        const int oy = ty / g.stride, ox = tx / g.stride;
+        if (oy >= g.oh || ox >= g.ow) return 0.0f;
+        return dy[(((int64_t)m.img * g.oh + oy) * g.ow + ox) * g.cout + k.ch];
+    }
+    HD float b(const KI& k, const NI& n) const {
+        return k.ok && n.ok ? w[((int64_t)k.tap * g.cin + n.i) * g.cout + k.ch] : 0.0f;
+    }
+    DEV void store(const MI& m, const NI& n, float v) const { dx[m.p * g.cin + n.i] = v; }
+};
+
+// dW += windowᵀ · dY over this split's output pixels: M = (tap, ci), K = output pixels, N = Cout
+struct BwdWeight {
+    static constexpr bool A_K_FAST = false, B_N_FAST = true;
+    using MI = Tap;
+    using KI = OutPixel;
+    using NI = Plain;
+    const float *x, *dy;
+    float* dw;
+    Geom g;
+    HD MI mi(int64_t m, int64_t end) const { return tap(g.k, g.cin, m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return out_pixel(g, k, end); }
+    HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
+    HD float a(const MI& m, const KI& k) const { return window(x, g, k, m); }
+    HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? dy[k.p * g.cout + n.i] : 0.0f; }
+    DEV void store(const MI& m, const NI& n, float v) const { atomicAdd(&dw[m.t * g.cout + n.i], v); }
+};
+
+// A column (q, co) of the transposed conv's GEMM, q = ky·2 + kx.
+struct UpCol {
+    int64_t n;
+    int ky, kx, co;
+    bool ok;
+};
+HD UpCol up_col(int cout, int64_t n, int64_t end) {
+    const int q = (int)(n / cout);
+    return UpCol{n, q / 2, q % 2, (int)(n % cout), n < end};
+}
+
+// the output element that input pixel p and column (q, co) of the transposed conv address
+HD int64_t up_index(const Geom& g, const Pixel& p, int ky, int kx, int co) {
+    return (((int64_t)p.img * 2 * g.h + 2 * p.y + ky) * 2 * g.w + 2 * p.x + kx) * g.cout + co;
+}
+
+// 2×2 stride-2 transposed conv: M = input pixels, K = Cin, N = (q, Cout), scattered + bias
+struct UpFwd {
+    static constexpr bool A_K_FAST = true, B_N_FAST = true;
+    using MI = Pixel;
+    using KI = Plain;
+    using NI = UpCol;
+    const float *x, *w, *bias;
+    float* y;
+    Geom g;
+    HD MI mi(int64_t m, int64_t end) const { return pixel(g.h, g.w, m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return plain(k, end); }
+    HD NI ni(int64_t n, int64_t end) const { return up_col(g.cout, n, end); }
+    HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? x[m.p * g.cin + k.i] : 0.0f; }
+    HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[k.i * 4 * g.cout + n.n] : 0.0f; }
+    DEV void store(const MI& m, const NI& n, float v) const { y[up_index(g, m, n.ky, n.kx, n.co)] = v + bias[n.co]; }
+};
+
+// its dX: M = input pixels, K = (q, Cout) gathered from dY, N = Cin
+struct UpBwdData {
+    static constexpr bool A_K_FAST = true, B_N_FAST = false;
+    using MI = Pixel;
+    using KI = UpCol;
+    using NI = Plain;
+    const float *dy, *w;
+    float* dx;
+    Geom g;
+    HD MI mi(int64_t m, int64_t end) const { return pixel(g.h, g.w, m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return up_col(g.cout, k, end); }
+    HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
+    HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? dy[up_index(g, m, k.ky, k.kx, k.co)] : 0.0f; }
+    HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[n.i * 4 * g.cout + k.n] : 0.0f; }
+    DEV void store(const MI& m, const NI& n, float v) const { dx[m.p * g.cin + n.i] = v; }
+};
+
+// its dW += Xᵀ · gathered dY: M = Cin, K = input pixels, N = (q, Cout)
+struct UpBwdWeight {
+    static constexpr bool A_K_FAST = false, B_N_FAST = true;
+    using MI = Plain;
+    using KI = Pixel;
+    using NI = UpCol;
+    const float *x, *dy;
+    float* dw;
+    Geom g;
+    HD MI mi(int64_t m, int64_t end) const { return plain(m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return pixel(g.h, g.w, k, end); }
+    HD NI ni(int64_t n, int64_t end) const { return up_col(g.cout, n, end); }
+    HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? x[k.p * g.cin + m.i] : 0.0f; }
+    HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? dy[up_index(g, k, n.ky, n.kx, n.co)] : 0.0f; }
+    DEV void store(const MI& m, const NI& n, float v) const { atomicAdd(&dw[m.i * 4 * g.cout + n.n], v); }
+};
+
+// C = A · B (+ bias) for small dense operands given by strides (the GCN's layers):
+// A(m, k) = A[m·sam + k·sak], B(k, n) = B[k·sbk + n·sbn]; with split-K the splits add
+// atomically into a zeroed C and only split 0 adds the bias.
+struct Dense {
+    static constexpr bool A_K_FAST = true, B_N_FAST = true;
+    using MI = Plain;
+    using KI = Plain;
+    using NI = Plain;
+    const float *A, *B, *bias;
+    float* C;
+    int64_t sam, sak, sbk, sbn;
+    int ldc, atomic;
+    HD MI mi(int64_t m, int64_t end) const { return plain(m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return plain(k, end); }
+    HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
+    HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? A[m.i * sam + k.i * sak] : 0.0f; }
+    HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? B[k.i * sbk + n.i * sbn] : 0.0f; }
+    DEV void store(const MI& m, const NI& n, float v) const {
+        if (bias && SPLIT_INDEX == 0) v += bias[n.i];
+        if (atomic) atomicAdd(&C[m.i * ldc + n.i], v);
+        else C[m.i * ldc + n.i] = v;
+    }
+};
+
+}  // namespace conv

@@ -1,0 +1,167 @@
+// Host check of kernels/conv_ops.cuh (built and run by tests/conv_ops_host.rs): every operand
+// policy, driven through a plain triple-loop GEMM, must reproduce the layer it stands for as
+// written out directly (scatter/gather loops over pixels and taps). Small integer values make
+// every sum exact, so results must be equal, not close. Out-of-range rows, K indices and
+// columns must read as zero.
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "../kernels/conv_ops.cuh"
+
+using namespace conv;
+
+static unsigned long long state = 88172645463325252ull;
+static float small() {  // integers in [-3, 3]
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return (float)((int)(state % 7) - 3);
+}
+static std::vector<float> rnd(size_t n) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = small();
+    return v;
+}
+
+static int failures = 0;
+static void expect_equal(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
+    for (size_t i = 0; i < want.size(); ++i)
+        if (got[i] != want[i]) {
+            std::printf("FAIL %s: element %zu is %g, want %g\n", what, i, got[i], want[i]);
+            ++failures;
+            return;
+        }
+}
+
+template <class Op>
+static void host_gemm(const Op& op, int64_t M, int64_t N, int64_t K) {
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            auto mi = op.mi(m, M);
+            auto ni = op.ni(n, N);
+            float acc = 0.0f;
+            for (int64_t k = 0; k < K; ++k) {
+                auto ki = op.ki(k, K);
+                acc += op.a(mi, ki) * op.b(ki, ni);
+            }
+            op.store(mi, ni, acc);
+        }
+    // past the ends: zeros
+    auto m_out = op.mi(M, M);
+    auto k_out = op.ki(K, K);
+    auto n_out = op.ni(N, N);
+    if (op.a(m_out, op.ki(0, K)) != 0.0f || op.a(op.mi(0, M), k_out) != 0.0f || op.b(k_out, op.ni(0, N)) != 0.0f ||
+        op.b(op.ki(0, K), n_out) != 0.0f) {
+        std::printf("FAIL: an out-of-range index did not read as zero\n");
+        ++failures;
+    }
+}
+
+static void check_conv(int n, int h, int w, int cin, int cout, int k, int stride, int pad) {
+    Geom g = geom(n, h, w, cin, cout, k, stride, pad);
+    auto x = rnd((size_t)n * h * w * cin), wt = rnd((size_t)k * k * cin * cout), bias = rnd(cout);
+    auto res = rnd((size_t)n * g.oh * g.ow * cout), dy = rnd((size_t)n * g.oh * g.ow * cout);
+    auto X = [&](int i, int y, int xx, int c) { return x[(((size_t)i * h + y) * w + xx) * cin + c]; };
+    auto W = [&](int ky, int kx, int ci, int co) { return wt[(((size_t)ky * k + kx) * cin + ci) * cout + co]; };
+    // direct forward, its data gradient (scatter) and weight gradient
+    std::vector<float> y(res.size()), dx(x.size(), 0.0f), dw(wt.size(), 0.0f);
+    for (int i = 0; i < n; ++i)
+        for (int oy = 0; oy < g.oh; ++oy)
+            for (int ox = 0; ox < g.ow; ++ox)
+                for (int co = 0; co < cout; ++co) {
+                    const size_t o = (((size_t)i * g.oh + oy) * g.ow + ox) * cout + co;
+                    float s = 0.0f;
+                    for (int ky = 0; ky < k; ++ky)
+                        for (int kx = 0; kx < k; ++kx) {
+                            const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+                            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                            for (int ci = 0; ci < cin; ++ci) {
+                                s += X(i, iy, ix, ci) * W(ky, kx, ci, co);
+                                dx[(((size_t)i * h + iy) * w + ix) * cin + ci] += dy[o] * W(ky, kx, ci, co);
+                                dw[(((size_t)ky * k + kx) * cin + ci) * cout + co] += X(i, iy, ix, ci) * dy[o];
+                            }
+                        }
+                    s += bias[co];
+                    s = s > 0.0f ? s : SLOPE * s;
+                    y[o] = s + res[o];
+                }
+    std::vector<float> got(y.size(), -99.0f);
+    Fwd f{x.data(), wt.data(), bias.data(), res.data(), got.data(), g, 1};
+    host_gemm(f, (int64_t)n * g.oh * g.ow, cout, (int64_t)k * k * cin);
+    expect_equal("conv forward", got, y);
+    std::vector<float> gdx(dx.size(), -99.0f);
+    BwdData bd{dy.data(), wt.data(), gdx.data(), g};
+    host_gemm(bd, (int64_t)n * h * w, cin, (int64_t)k * k * cout);
+    expect_equal("conv data gradient", gdx, dx);
+    std::vector<float> gdw(dw.size(), 0.0f);
+    BwdWeight bw{x.data(), dy.data(), gdw.data(), g};
+    host_gemm(bw, (int64_t)k * k * cin, cout, (int64_t)n * g.oh * g.ow);
+    expect_equal("conv weight gradient", gdw, dw);
+}
+
+static void check_up(int n, int h, int w, int cin, int cout) {
+    Geom g = geom(n, h, w, cin, cout, 2, 2, 0);
+    auto x = rnd((size_t)n * h * w * cin), wt = rnd((size_t)cin * 4 * cout), bias = rnd(cout);
+    auto dy = rnd((size_t)n * 4 * h * w * cout);
+    auto Y = [&](int i, int oy, int ox, int co) { return (((size_t)i * 2 * h + oy) * 2 * w + ox) * cout + co; };
+    std::vector<float> y(dy.size()), dx(x.size(), 0.0f), dw(wt.size(), 0.0f);
+    for (int i = 0; i < n; ++i)
+        for (int iy = 0; iy < h; ++iy)
+            for (int ix = 0; ix < w; ++ix)
+                for (int ky = 0; ky < 2; ++ky)
+                    for (int kx = 0; kx < 2; ++kx)
+                        for (int co = 0; co < cout; ++co) {
+                            const size_t o = Y(i, 2 * iy + ky, 2 * ix + kx, co);
+                            float s = bias[co];
+                            for (int ci = 0; ci < cin; ++ci) {
+                                const size_t xi = (((size_t)i * h + iy) * w + ix) * cin + ci;
+                                const size_t wi = (((size_t)ci * 2 + ky) * 2 + kx) * cout + co;
+                                s += x[xi] * wt[wi];
+                                dx[xi] += dy[o] * wt[wi];
+                                dw[wi] += x[xi] * dy[o];
+                            }
+                            y[o] = s;
+                        }
+    std::vector<float> got(y.size(), -99.0f);
+    UpFwd f{x.data(), wt.data(), bias.data(), got.data(), g};
+    host_gemm(f, (int64_t)n * h * w, 4 * cout, cin);
+    expect_equal("transposed conv forward", got, y);
+    std::vector<float> gdx(dx.size(), -99.0f);
+    UpBwdData bd{dy.data(), wt.data(), gdx.data(), g};
+    host_gemm(bd, (int64_t)n * h * w, cin, 4 * cout);
+    expect_equal("transposed conv data gradient", gdx, dx);
+    std::vector<float> gdw(dw.size(), 0.0f);
+    UpBwdWeight bw{x.data(), dy.data(), gdw.data(), g};
+    host_gemm(bw, cin, 4 * cout, (int64_t)n * h * w);
+    expect_equal("transposed conv weight gradient", gdw, dw);
+}
+
+static void check_dense(int M, int N, int K) {
+    // A stored transposed (column-major), B row-major, with a bias
+    auto A = rnd((size_t)M * K), B = rnd((size_t)K * N), bias = rnd(N);
+    std::vector<float> want((size_t)M * N);
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+            float s = bias[n];
+            for (int k = 0; k < K; ++k) s += A[(size_t)k * M + m] * B[(size_t)k * N + n];
+            want[(size_t)m * N + n] = s;
+        }
+    std::vector<float> got(want.size(), -99.0f);
+    Dense d{A.data(), B.data(), bias.data(), got.data(), 1, M, N, 1, N, 0};
+    host_gemm(d, M, N, K);
+    expect_equal("dense", got, want);
+}
+
+int main() {
+    check_conv(2, 9, 11, 5, 7, 3, 1, 1);
+    check_conv(3, 10, 14, 6, 9, 4, 2, 1);
+    check_conv(1, 7, 5, 4, 3, 1, 1, 0);
+    check_conv(2, 8, 8, 3, 4, 4, 2, 1);
+    check_up(2, 5, 7, 9, 6);
+    check_up(1, 4, 3, 2, 5);
+    check_dense(13, 7, 11);
+    if (failures) return 1;
+    std::printf("conv_ops: every policy reproduces its layer exactly\n");
+    return 0;
+}
