@@ -469,3 +469,86 @@ fn gcn_gradients_and_training_match_the_cpu() {
     eprintln!("GCN outputs after 300 iterations: relative error {e:.3e}");
     assert!(e < 5e-2, "GCN outputs {e}");
 }
+
+/// A random non-negative spots × genes matrix with about `density` of its entries non-zero,
+/// of low rank plus noise (counts-like after rounding).
+fn low_rank_counts(rows: usize, cols: usize, density: f64, seed: u64) -> spahdmap::io::sparse::Csr {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let k = 4;
+    let a: Vec<f32> = (0..rows * k).map(|_| r.random_range(0.0..2.0)).collect();
+    let b: Vec<f32> = (0..k * cols).map(|_| r.random_range(0.0..2.0)).collect();
+    let mut x = spahdmap::io::sparse::Csr::empty(rows, cols);
+    for i in 0..rows {
+        for j in 0..cols {
+            if r.random_bool(density) {
+                let v: f32 = (0..k).map(|t| a[i * k + t] * b[t * cols + j]).sum::<f32>() + r.random_range(0.0..1.0);
+                x.indices.push(j as u32);
+                x.data.push(v.round().max(1.0));
+            }
+        }
+        x.indptr[i + 1] = x.indices.len();
+    }
+    x
+}
+
+/// NMF on the GPU against the CPU's: both operand paths (dense f32 products above a quarter
+/// non-zero, sparse f64 below), same start, same sweeps, same stopping rule.
+#[test]
+fn nmf_matches_the_cpu() {
+    use spahdmap::backend::cuda::nmf::nmf_cuda;
+    use spahdmap::stages::nmf::{nmf, reconstruction_error, NmfSettings};
+    let Some(g) = gpu() else { return };
+    for (density, seed) in [(0.4, 1u64), (0.1, 2)] {
+        let x = low_rank_counts(301, 203, density, seed);
+        let s = NmfSettings { rank: 6, max_iter: 300, ..Default::default() };
+        let (c, d) = (nmf(&x, &s), nmf_cuda(&g, &x, &s));
+        let (ec, ed) = (reconstruction_error(&x, &c), reconstruction_error(&x, &d));
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (ew, eh) = (rel(&f(&d.w), &f(&c.w)), rel(&f(&d.h), &f(&c.h)));
+        eprintln!(
+            "NMF density {density}: iterations cpu {} gpu {}; error cpu {ec:.6} gpu {ed:.6}; W {ew:.2e} H {eh:.2e}",
+            c.iterations, d.iterations
+        );
+        assert!(((ed - ec) / ec).abs() < 1e-5, "reconstruction error {ed} vs {ec}");
+        assert!(ew < 1e-3 && eh < 1e-3, "factors W {ew} H {eh}");
+        assert!(c.iterations.abs_diff(d.iterations) <= 2, "iterations {} vs {}", d.iterations, c.iterations);
+    }
+}
+
+/// The Voronoi score on the GPU against `vd_score`: fill, blur passes, rescale and mask.
+#[test]
+fn voronoi_score_matches_the_cpu() {
+    use spahdmap::backend::cuda::vd::vd_score_cuda;
+    use spahdmap::preprocess::morphology::Mask;
+    use spahdmap::stages::voronoi::vd_score;
+    let Some(g) = gpu() else { return };
+    let (h, w, r, spots) = (123usize, 157usize, 5usize, 40usize);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let centres: Vec<(f32, f32)> =
+        (0..spots).map(|_| (rng.random_range(0.0..h as f32), rng.random_range(0.0..w as f32))).collect();
+    let nearest: Vec<u32> = (0..h * w)
+        .map(|i| {
+            let (y, x) = ((i / w) as f32, (i % w) as f32);
+            (0..spots)
+                .min_by(|&a, &b| {
+                    let d = |s: usize| (centres[s].0 - y).powi(2) + (centres[s].1 - x).powi(2);
+                    d(a).total_cmp(&d(b))
+                })
+                .unwrap() as u32
+        })
+        .collect();
+    // scores with zeros (some spots carry nothing in a component)
+    let scores: Vec<f32> = (0..spots * r).map(|i| if i % 7 == 3 { 0.0 } else { rng.random_range(0.0..1.0) }).collect();
+    let bytes: Vec<u8> =
+        (0..h * w).map(|i| ((i / w) as f32 - 60.0).hypot((i % w) as f32 - 80.0) < 55.0).map(u8::from).collect();
+    let mask = Mask::from_bytes(h, w, &bytes);
+    for k in [9usize, 21] {
+        let want = vd_score(&scores, r, &nearest, &mask, k, 0.01);
+        let (got, summary) = vd_score_cuda(&g, &scores, r, &nearest, &mask, k, 0.01);
+        for t in 0..r {
+            let e = rel(&got[t], &want[t]);
+            eprintln!("VD kernel {k} component {t}: {} passes, relative error {e:.2e}", summary[t].passes);
+            assert!(e < 1e-4, "VD component {t}: {e}");
+        }
+    }
+}

@@ -92,6 +92,23 @@ enum BenchWhat {
         #[arg(long)]
         joint: bool,
     },
+    /// NMF and the Voronoi score on generated data at the medulloblastoma scale (spots ×
+    /// genes at about a third non-zero; a side × side crop of hexagonally spaced spots), on the
+    /// CPU backend and, with --device cuda, on the GPU too, with how far the two agree.
+    Stages {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 3000)]
+        spots: usize,
+        #[arg(long, default_value_t = 3000)]
+        genes: usize,
+        #[arg(long, default_value_t = 20)]
+        rank: usize,
+        #[arg(long, default_value_t = 3000)]
+        side: usize,
+        #[arg(long, default_value_t = 45)]
+        kernel: usize,
+    },
     /// Preprocessing stages of one section: Moran's I, image scaling + mask, pseudo spots,
     /// nearest-spot maps (medians over --repeat runs).
     Preprocess {
@@ -364,6 +381,94 @@ fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize, device: &s
     Ok(())
 }
 
+fn bench_stages(device: &str, spots: usize, genes: usize, rank: usize, side: usize, kernel: usize) -> Result<()> {
+    use crate::stages::nmf::{nmf, reconstruction_error, NmfSettings};
+    use crate::stages::voronoi::vd_score;
+    use rand::{Rng, SeedableRng};
+    let gpu = match parse_device(device)? {
+        None => None,
+        Some(k) => Some(
+            crate::backend::cuda::Cuda::new(k, crate::backend::cuda::Precision::Exact)
+                .map_err(|e| crate::Error::setting("--device", format!("{device}: {e}")))?,
+        ),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    // counts of rank 8 plus noise, about a third non-zero
+    let k = 8;
+    let a: Vec<f32> = (0..spots * k).map(|_| rng.random_range(0.0..1.0)).collect();
+    let b: Vec<f32> = (0..k * genes).map(|_| rng.random_range(0.0..1.0)).collect();
+    let mut x = crate::io::sparse::Csr::empty(spots, genes);
+    for i in 0..spots {
+        for j in 0..genes {
+            if rng.random_bool(0.34) {
+                let v: f32 = (0..k).map(|t| a[i * k + t] * b[t * genes + j]).sum();
+                x.indices.push(j as u32);
+                x.data.push((v + rng.random_range(0.0..1.0)).ln_1p());
+            }
+        }
+        x.indptr[i + 1] = x.indices.len();
+    }
+    let s = NmfSettings { rank, ..Default::default() };
+    let threads = rayon::current_num_threads();
+    let t = Instant::now();
+    let fc = nmf(&x, &s);
+    let tc = t.elapsed().as_secs_f64();
+    let ec = reconstruction_error(&x, &fc);
+    let mut nmf_json = serde_json::json!({"bench": "nmf_synthetic", "threads": threads,
+        "detail": {"spots": spots, "genes": genes, "rank": rank, "nnz": x.nnz(),
+            "cpu_s": tc, "cpu_iterations": fc.iterations, "cpu_error": ec}});
+    if let Some(g) = &gpu {
+        let t = Instant::now();
+        let fg = crate::backend::cuda::nmf::nmf_cuda(g, &x, &s);
+        let tg = t.elapsed().as_secs_f64();
+        let d = &mut nmf_json["detail"];
+        d["gpu_s"] = tg.into();
+        d["gpu_iterations"] = fg.iterations.into();
+        d["gpu_error"] = reconstruction_error(&x, &fg).into();
+        d["device"] = crate::backend::Backend::name(g).into();
+    }
+    println!("{nmf_json}");
+    // a side × side crop of spots 55 px apart on a hexagonal lattice, a disk of tissue
+    let mut centres = Vec::new();
+    for (i, y) in (0..side).step_by(48).enumerate() {
+        for x in (if i % 2 == 0 { 0 } else { 27 }..side).step_by(55) {
+            centres.push([y as f64, x as f64]);
+        }
+    }
+    let index = crate::preprocess::nearest::SpotIndex::new(&centres);
+    let nearest = index.nearest_map(0, side, 0, side);
+    let scores: Vec<f32> = (0..centres.len() * rank).map(|_| rng.random_range(0.0..1.0)).collect();
+    let c = side as f32 / 2.0;
+    let bytes: Vec<u8> = (0..side * side)
+        .map(|i| u8::from(((i / side) as f32 - c).hypot((i % side) as f32 - c) < 0.48 * side as f32))
+        .collect();
+    let mask = crate::preprocess::morphology::Mask::from_bytes(side, side, &bytes);
+    let t = Instant::now();
+    let want = vd_score(&scores, rank, &nearest, &mask, kernel, 0.01);
+    let tc = t.elapsed().as_secs_f64();
+    let mut vd_json = serde_json::json!({"bench": "vd_synthetic", "threads": threads,
+        "detail": {"pixels": side * side, "spots": centres.len(), "components": rank, "kernel": kernel, "cpu_s": tc}});
+    if let Some(g) = &gpu {
+        let t = Instant::now();
+        let (got, summary) = crate::backend::cuda::vd::vd_score_cuda(g, &scores, rank, &nearest, &mask, kernel, 0.01);
+        let tg = t.elapsed().as_secs_f64();
+        let (mut num, mut den) = (0f64, 0f64);
+        for (p, q) in got.iter().zip(&want) {
+            for (a, b) in p.iter().zip(q) {
+                num += ((a - b) as f64).powi(2);
+                den += (*b as f64).powi(2);
+            }
+        }
+        let d = &mut vd_json["detail"];
+        d["gpu_s"] = tg.into();
+        d["relative_error"] = (num / den.max(1e-300)).sqrt().into();
+        d["passes"] = summary.iter().map(|c| c.passes).collect::<Vec<_>>().into();
+        d["device"] = crate::backend::Backend::name(g).into();
+    }
+    println!("{vd_json}");
+    Ok(())
+}
+
 fn bench_preprocess(input: &super::InputArgs, repeat: usize) -> Result<()> {
     use crate::io::image::ImageCache;
     use crate::preprocess::expression::preprocess_expression;
@@ -453,6 +558,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 serde_json::json!({"bench": "vd", "median_s": t, "repeat": repeat, "threads": rayon::current_num_threads(),
                     "detail": {"pixels": ns[0] * ns[1], "components": r, "kernel": kernel}})
             );
+        }
+        BenchWhat::Stages { device, spots, genes, rank, side, kernel } => {
+            bench_stages(&device, spots, genes, rank, side, kernel)?
         }
         BenchWhat::Gcn { dir, iterations, repeat, device } => bench_gcn(&dir, iterations, repeat, &device)?,
         BenchWhat::Accuracy { results, truth, section } => {

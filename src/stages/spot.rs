@@ -125,7 +125,11 @@ pub fn run_nmf(out: &Path, sections: &[SectionDir], refs: &[(String, String)], s
         (transfer_scores(&x, &h, rank), h, rank)
     } else {
         let pb = crate::util::progress_count(1, "NMF");
-        let mut f = nmf(&x, &NmfSettings { rank: r, ..s.nmf.clone() });
+        let settings = NmfSettings { rank: r, ..s.nmf.clone() };
+        let mut f = match s.device {
+            crate::backend::Device::Cpu => nmf(&x, &settings),
+            crate::backend::Device::Cuda(k) => crate::backend::cuda::nmf::nmf_cuda(&gpu(k)?, &x, &settings),
+        };
         pb.finish_and_clear();
         eprintln!("nmf: {} spots × {} genes, rank {}, {} iterations", x.rows, g, f.rank, f.iterations);
         normalise(&mut f, x.rows, g);
@@ -170,17 +174,22 @@ pub struct GcnReport {
 /// `gcn`: embeddings → spot graph → GCN autoencoder → mixture filter, per section; then
 /// metagenes refined by NNLS of expression on the sequenced spots' GCN scores. Writes
 /// `SECTION/GCN_score.npy` ((N+P) × R), `SECTION/gcn_loss.npy`, `metagene_GCN.csv`.
+/// The GPU backend of `--device cuda:K`, or a clear error.
+fn gpu(k: usize) -> Result<crate::backend::cuda::Cuda> {
+    crate::backend::cuda::Cuda::new(k, crate::backend::cuda::Precision::Tf32)
+        .map_err(|e| Error::setting("--device", format!("cuda:{k}: {e}")))
+}
+
 pub fn run_gcn(
     out: &Path,
     sections: &[SectionDir],
     refs: &[(String, String)],
     s: &SpotSettings,
 ) -> Result<Vec<GcnReport>> {
-    use crate::backend::cuda::{Cuda, Precision};
     match s.device {
         crate::backend::Device::Cpu => gcn_on(&crate::backend::Cpu::new(), None, out, sections, refs, s),
         crate::backend::Device::Cuda(k) => {
-            let g = Cuda::new(k, Precision::Tf32).map_err(|e| Error::setting("--device", format!("cuda:{k}: {e}")))?;
+            let g = gpu(k)?;
             gcn_on(&g, Some(&g), out, sections, refs, s)
         }
     }
@@ -362,7 +371,25 @@ pub fn run_vd(sections: &[SectionDir], s: &SpotSettings) -> Result<Vec<VdReport>
                 }
                 Ok(())
             };
-            if streamed {
+            if let (false, crate::backend::Device::Cuda(k)) = (streamed, s.device) {
+                // the crop fits in memory: smooth it on the GPU, component by component
+                let near = MemRows::<u32>::new(h, w);
+                fill_nearest(&near)?;
+                let (planes, summary) = crate::backend::cuda::vd::vd_score_cuda(
+                    &gpu(k)?,
+                    &scores,
+                    r,
+                    &near.into_vec(),
+                    &mask,
+                    kernel,
+                    s.smooth_threshold,
+                );
+                for (t, p) in planes.iter().enumerate() {
+                    emit(t, 0, p)?;
+                    finished(t)?;
+                }
+                Ok(summary)
+            } else if streamed {
                 let near = FileRows::<u32>::new(&sd.dir, h, w)?;
                 fill_nearest(&near)?;
                 let (a, b) = (FileRows::new(&sd.dir, h, w)?, FileRows::new(&sd.dir, h, w)?);

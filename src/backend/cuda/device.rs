@@ -53,6 +53,26 @@ pub struct Cuda {
     sms: usize,
 }
 
+/// A CSR matrix on the device (u32 offsets: fewer than 4 G non-zeros).
+pub(super) struct DevCsr {
+    pub indptr: CudaSlice<u32>,
+    pub indices: CudaSlice<u32>,
+    pub data: CudaSlice<f32>,
+    pub rows: usize,
+}
+
+impl DevCsr {
+    pub fn new(g: &Cuda, a: &crate::io::sparse::Csr) -> DevCsr {
+        let ip: Vec<u32> = a.indptr.iter().map(|&v| v as u32).collect();
+        DevCsr {
+            indptr: g.upload_raw(&ip),
+            indices: g.upload_raw(&a.indices),
+            data: g.upload_raw(&a.data),
+            rows: a.rows,
+        }
+    }
+}
+
 pub(super) const THREADS: u32 = 256;
 
 pub(super) fn cfg1(blocks: usize, threads: u32) -> LaunchConfig {

@@ -6,30 +6,11 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::device::{cfg1, cfg_elems, gemm_grid, Cuda, DBuf, THREADS};
+use super::device::{cfg1, cfg_elems, gemm_grid, Cuda, DBuf, DevCsr, THREADS};
 use crate::backend::Backend;
 use crate::io::sparse::Csr;
 use crate::optim::{cosine_lr, Adam, AdamConfig};
 use crate::stages::gcn::{Gcn, GcnParams, GcnResult, GcnSettings, Plan};
-
-struct DevCsr {
-    indptr: CudaSlice<u32>,
-    indices: CudaSlice<u32>,
-    data: CudaSlice<f32>,
-    rows: usize,
-}
-
-impl DevCsr {
-    fn new(g: &Cuda, a: &Csr) -> DevCsr {
-        let ip: Vec<u32> = a.indptr.iter().map(|&v| v as u32).collect();
-        DevCsr {
-            indptr: g.upload_raw(&ip),
-            indices: g.upload_raw(&a.indices),
-            data: g.upload_raw(&a.data),
-            rows: a.rows,
-        }
-    }
-}
 
 /// One graph's autoencoder state on the device.
 pub struct GcnCuda<'a> {

@@ -16,6 +16,8 @@ macro_rules! launch {
 
 mod device;
 pub mod gcn;
+pub mod nmf;
+pub mod vd;
 pub use device::{Cuda, DBuf, Precision};
 
 use serde::Serialize;
