@@ -70,7 +70,7 @@ pub fn tile_starts(len: usize, split: usize, overlap: usize) -> Vec<usize> {
 
 /// The frame-weighted average over overlapping tiles, streamed by rows of tiles: holds the
 /// padded rows [top, top + split) of every component and their summed frame weights.
-struct BandAverager {
+pub struct BandAverager {
     rank: usize,
     split: usize,
     bound: usize,
@@ -82,7 +82,7 @@ struct BandAverager {
 }
 
 impl BandAverager {
-    fn new(rank: usize, split: usize, bound: usize, wp: usize) -> BandAverager {
+    pub fn new(rank: usize, split: usize, bound: usize, wp: usize) -> BandAverager {
         BandAverager {
             rank,
             split,
@@ -103,7 +103,7 @@ impl BandAverager {
     }
 
     /// Add one tile's HR (split × split × R, channels last) at padded (row top, col c0).
-    fn add(&mut self, c0: usize, hr: &[f32]) {
+    pub fn add(&mut self, c0: usize, hr: &[f32]) {
         let (r, s, wp) = (self.rank, self.split, self.wp);
         for y in 0..s {
             let fy = self.frame(y);
@@ -124,7 +124,7 @@ impl BandAverager {
 
     /// Hand padded rows [top, until) to `emit` (padded row, R × width values averaged, channels
     /// last, padding columns removed), then move the band down so that it starts at `until`.
-    fn advance(&mut self, until: usize, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+    pub fn advance(&mut self, until: usize, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
         let (r, wp, b) = (self.rank, self.wp, self.bound);
         let done = until.saturating_sub(self.top).min(self.split);
         let w = wp - 2 * b;

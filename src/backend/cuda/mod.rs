@@ -17,6 +17,7 @@ macro_rules! launch {
 mod device;
 pub mod gcn;
 pub mod nmf;
+pub mod tiles;
 pub mod vd;
 pub use device::{Cuda, DBuf, Precision};
 
