@@ -561,7 +561,9 @@ fn bilinear_resize_matches_the_cpu() {
     let (n, h, w, c, oh, ow) = (3usize, 19usize, 23usize, 3usize, 64usize, 61usize);
     let src = rnd(n * h * w * c, 40, 0.0, 1.0);
     let want: Vec<f32> = (0..n)
-        .flat_map(|i| spahdmap::model::unet::resize_bilinear_ac(&src[i * h * w * c..(i + 1) * h * w * c], h, w, c, oh, ow))
+        .flat_map(|i| {
+            spahdmap::model::unet::resize_bilinear_ac(&src[i * h * w * c..(i + 1) * h * w * c], h, w, c, oh, ow)
+        })
         .collect();
     let mut out = nan(&g, want.len());
     resize_bilinear_ac(&g, &g.upload(&src), n, h, w, c, oh, ow, &mut out);
