@@ -25,6 +25,51 @@ __device__ __forceinline__ void tile_infos(const Op& op, int64_t M, int N, typen
     __syncthreads();
 }
 
+// Gather one K step (KS wide) of A (BM × KS) and B (KS × BN) through put_a(m, k, v) and
+// put_b(n, k, v). With 256 threads and KS, BM, BN dividing 256, each thread's index along the
+// contiguous dimension is the same in every load of the step: its decomposition is read once
+// from shared memory, and the varying one is the same across a warp (a broadcast read).
+template <int KS, class Op, class PutA, class PutB>
+__device__ __forceinline__ void gather_step(const Op& op, const typename Op::MI* mi, const typename Op::KI* ki,
+                                            const typename Op::NI* ni, PutA put_a, PutB put_b) {
+    const int tid = threadIdx.x;
+    constexpr int NA = BM * KS / THREADS, NB = BN * KS / THREADS;
+    if constexpr (Op::A_K_FAST) {
+        const int kk = tid % KS;
+        const typename Op::KI k = ki[kk];
+#pragma unroll
+        for (int i = 0; i < NA; ++i) {
+            const int mm = (tid + THREADS * i) / KS;
+            put_a(mm, kk, op.a(mi[mm], k));
+        }
+    } else {
+        const int mm = tid % BM;
+        const typename Op::MI m = mi[mm];
+#pragma unroll
+        for (int i = 0; i < NA; ++i) {
+            const int kk = (tid + THREADS * i) / BM;
+            put_a(mm, kk, op.a(m, ki[kk]));
+        }
+    }
+    if constexpr (Op::B_N_FAST) {
+        const int nn = tid % BN;
+        const typename Op::NI n = ni[nn];
+#pragma unroll
+        for (int i = 0; i < NB; ++i) {
+            const int kk = (tid + THREADS * i) / BN;
+            put_b(nn, kk, op.b(ki[kk], n));
+        }
+    } else {
+        const int kk = tid % KS;
+        const typename Op::KI k = ki[kk];
+#pragma unroll
+        for (int i = 0; i < NB; ++i) {
+            const int nn = (tid + THREADS * i) / KS;
+            put_b(nn, kk, op.b(k, ni[nn]));
+        }
+    }
+}
+
 // C[m][n] = Σ_k A(m, k) B(k, n) over k in [k0, k1) for the block's 64 × 64 tile, f32 FMAs.
 // A_K_FAST / B_N_FAST say which index runs along contiguous memory, so loads coalesce.
 template <class Op>
@@ -44,20 +89,8 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int64_t M, int N, int64_
     for (int64_t kt = k0; kt < k1; kt += BK) {
         if (tid < BK) ki[tid] = op.ki(kt + tid, k1);
         __syncthreads();
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int e = tid + THREADS * i;
-            const int mm = Op::A_K_FAST ? e / BK : e % BM;
-            const int kk = Op::A_K_FAST ? e % BK : e / BM;
-            As[kk][mm] = op.a(mi[mm], ki[kk]);
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int e = tid + THREADS * i;
-            const int nn = Op::B_N_FAST ? e % BN : e / BK;
-            const int kk = Op::B_N_FAST ? e / BN : e % BK;
-            Bs[kk][nn] = op.b(ki[kk], ni[nn]);
-        }
+        gather_step<BK>(
+            op, mi, ki, ni, [&](int m, int k, float v) { As[k][m] = v; }, [&](int n, int k, float v) { Bs[k][n] = v; });
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
@@ -123,20 +156,9 @@ __device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int
     for (int64_t kt = k0; kt < k1; kt += TK) {
         if (tid < TK) ki[tid] = op.ki(kt + tid, k1);
         __syncthreads();
-#pragma unroll
-        for (int i = 0; i < BM * TK / THREADS; ++i) {
-            const int e = tid + THREADS * i;
-            const int mm = Op::A_K_FAST ? e / TK : e % BM;
-            const int kk = Op::A_K_FAST ? e % TK : e / BM;
-            As[mm][kk] = to_tf32(op.a(mi[mm], ki[kk]));
-        }
-#pragma unroll
-        for (int i = 0; i < BN * TK / THREADS; ++i) {
-            const int e = tid + THREADS * i;
-            const int nn = Op::B_N_FAST ? e % BN : e / TK;
-            const int kk = Op::B_N_FAST ? e / BN : e % TK;
-            Bs[nn][kk] = to_tf32(op.b(ki[kk], ni[nn]));
-        }
+        gather_step<TK>(
+            op, mi, ki, ni, [&](int m, int k, float v) { As[m][k] = to_tf32(v); },
+            [&](int n, int k, float v) { Bs[n][k] = to_tf32(v); });
         __syncthreads();
 #pragma unroll
         for (int ks = 0; ks < TK; ks += 8) {

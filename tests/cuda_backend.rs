@@ -566,8 +566,14 @@ fn bilinear_resize_matches_the_cpu() {
         })
         .collect();
     let mut out = nan(&g, want.len());
-    resize_bilinear_ac(&g, &g.upload(&src), n, h, w, c, oh, ow, &mut out);
+    let gsrc = g.upload(&src);
+    // timed with CUDA events on the backend's stream
+    let ms = g.time_ms(|| resize_bilinear_ac(&g, &gsrc, n, h, w, c, oh, ow, &mut out));
+    assert!(ms.is_finite() && ms >= 0.0, "event time {ms}");
     check("bilinear resize", &g, &out, &want, 1e-6);
+    // a download past the page-locked threshold (4 MiB) comes back whole
+    let big = rnd(1 << 20, 42, -1.0, 1.0);
+    assert_eq!(g.download(&g.upload(&big)), big, "large download through pinned staging");
 }
 
 /// Overlapping tiles accumulated on the device against `BandAverager`: two bands of three

@@ -419,10 +419,12 @@ fn bench_stages(device: &str, spots: usize, genes: usize, rank: usize, side: usi
             "cpu_s": tc, "cpu_iterations": fc.iterations, "cpu_error": ec}});
     if let Some(g) = &gpu {
         let t = Instant::now();
-        let fg = crate::backend::cuda::nmf::nmf_cuda(g, &x, &s);
-        let tg = t.elapsed().as_secs_f64();
+        let mut fg = None;
+        let ev = g.time_ms(|| fg = Some(crate::backend::cuda::nmf::nmf_cuda(g, &x, &s)));
+        let (tg, fg) = (t.elapsed().as_secs_f64(), fg.unwrap());
         let d = &mut nmf_json["detail"];
         d["gpu_s"] = tg.into();
+        d["gpu_event_ms"] = ev.into();
         d["gpu_iterations"] = fg.iterations.into();
         d["gpu_error"] = reconstruction_error(&x, &fg).into();
         d["device"] = crate::backend::Backend::name(g).into();
@@ -450,8 +452,11 @@ fn bench_stages(device: &str, spots: usize, genes: usize, rank: usize, side: usi
         "detail": {"pixels": side * side, "spots": centres.len(), "components": rank, "kernel": kernel, "cpu_s": tc}});
     if let Some(g) = &gpu {
         let t = Instant::now();
-        let (got, summary) = crate::backend::cuda::vd::vd_score_cuda(g, &scores, rank, &nearest, &mask, kernel, 0.01);
-        let tg = t.elapsed().as_secs_f64();
+        let mut res = None;
+        let ev = g.time_ms(|| {
+            res = Some(crate::backend::cuda::vd::vd_score_cuda(g, &scores, rank, &nearest, &mask, kernel, 0.01))
+        });
+        let (tg, (got, summary)) = (t.elapsed().as_secs_f64(), res.unwrap());
         let (mut num, mut den) = (0f64, 0f64);
         for (p, q) in got.iter().zip(&want) {
             for (a, b) in p.iter().zip(q) {
@@ -461,6 +466,7 @@ fn bench_stages(device: &str, spots: usize, genes: usize, rank: usize, side: usi
         }
         let d = &mut vd_json["detail"];
         d["gpu_s"] = tg.into();
+        d["gpu_event_ms"] = ev.into();
         d["relative_error"] = (num / den.max(1e-300)).sqrt().into();
         d["passes"] = summary.iter().map(|c| c.passes).collect::<Vec<_>>().into();
         d["device"] = crate::backend::Backend::name(g).into();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig,
+    LaunchConfig, PinnedHostSlice,
 };
 
 use crate::backend::{Backend, ConvSpec, Decoder, Epilogue, Shape, TileSpots};
@@ -49,6 +49,8 @@ pub struct Cuda {
     u32s: Grow<u32>,
     f32s: Grow<f32>,
     u64s: Grow<u64>,
+    /// page-locked staging for large downloads (DMA straight from the device)
+    pinned: Mutex<Option<PinnedHostSlice<u8>>>,
     label: String,
     sms: usize,
 }
@@ -74,6 +76,8 @@ impl DevCsr {
 }
 
 pub(super) const THREADS: u32 = 256;
+/// Downloads at least this large go through page-locked staging.
+const PINNED_ABOVE: usize = 1 << 20;
 
 pub(super) fn cfg1(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
@@ -116,6 +120,7 @@ impl Cuda {
             u32s: Mutex::default(),
             f32s: Mutex::default(),
             u64s: Mutex::default(),
+            pinned: Mutex::default(),
             label: format!(
                 "cuda:{ordinal} ({}, {})",
                 info.name,
@@ -222,15 +227,51 @@ impl Cuda {
 
     pub(super) fn dtoh<T: DeviceRepr + Default + Clone>(&self, ptr: u64, len: usize) -> Vec<T> {
         let mut v = vec![T::default(); len];
-        if len > 0 {
-            self.bind();
-            // SAFETY: ptr addresses at least len values; the stream is synchronised before
-            // the host reads them.
-            unsafe { result::memcpy_dtoh_async(&mut v, ptr, self.stream.cu_stream()) }
-                .unwrap_or_else(|e| panic!("CUDA download: {e}"));
-            self.synchronize();
+        let bytes = std::mem::size_of_val(&v[..]);
+        if bytes == 0 {
+            return v;
         }
+        self.bind();
+        if bytes >= PINNED_ABOVE {
+            // through page-locked memory: the copy runs at DMA speed, then one host memcpy
+            let mut g = self.pinned.lock().unwrap();
+            if g.as_ref().is_none_or(|p| p.len() < bytes) {
+                // SAFETY: written by the copy below before it is read; flags 0 = cacheable
+                // (write-combined memory is slow to read on the host)
+                let p = unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.next_power_of_two(), 0) }
+                    .unwrap_or_else(|e| panic!("CUDA: cannot page-lock {} MiB of host memory: {e}", bytes >> 20));
+                *g = Some(p);
+            }
+            let host = g.as_mut().unwrap().as_mut_ptr().unwrap_or_else(|e| panic!("CUDA: {e}"));
+            // SAFETY: the staging buffer holds at least `bytes`; the stream is synchronised
+            // before the bytes are read, and T is a plain numeric type (DeviceRepr).
+            unsafe {
+                let staging = std::slice::from_raw_parts_mut(host, bytes);
+                result::memcpy_dtoh_async(staging, ptr, self.stream.cu_stream())
+                    .unwrap_or_else(|e| panic!("CUDA download: {e}"));
+                self.synchronize();
+                std::ptr::copy_nonoverlapping(host as *const u8, v.as_mut_ptr() as *mut u8, bytes);
+            }
+            return v;
+        }
+        // SAFETY: ptr addresses at least len values; the stream is synchronised before the
+        // host reads them.
+        unsafe { result::memcpy_dtoh_async(&mut v, ptr, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA download: {e}"));
+        self.synchronize();
         v
+    }
+
+    /// Device time of the work `f` queues, measured with CUDA events on the stream (ms).
+    pub fn time_ms(&self, f: impl FnOnce()) -> f32 {
+        let ev = || {
+            self.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap_or_else(|e| panic!("CUDA event: {e}"))
+        };
+        let (a, b) = (ev(), ev());
+        a.record(&self.stream).unwrap_or_else(|e| panic!("CUDA event: {e}"));
+        f();
+        b.record(&self.stream).unwrap_or_else(|e| panic!("CUDA event: {e}"));
+        a.elapsed_ms(&b).unwrap_or_else(|e| panic!("CUDA event: {e}"))
     }
 
     /// Per-(image, channel) f64 sums of an NHWC tensor (kernels/norm.cu `pixel_sums_f64`)
