@@ -257,6 +257,28 @@ impl ScoreMap {
         f16::from_bits(u16::from_le_bytes([self.map[at], self.map[at + 1]])).to_f32()
     }
 
+    /// Drop this process's resident pages of rows [y0, y1) of component k (whole pages inside
+    /// the range): readers that walk the map top to bottom call this behind them, so their
+    /// resident memory stays a band deep whatever the slide's area. The data stays in the file
+    /// (and the page cache); a later read maps it in again.
+    pub fn release_component_rows(&self, k: usize, y0: usize, y1: usize) {
+        let page = 4096;
+        let row = |y: usize| self.offset + 2 * ((k * self.height + y.min(self.height)) * self.width);
+        let (a, b) = (row(y0).div_ceil(page) * page, row(y1) / page * page);
+        if b > a {
+            // SAFETY: MADV_DONTNEED on a read-only file mapping only drops resident pages; the
+            // next access reads them from the file again. Failure only means they stay.
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
+        }
+    }
+
+    /// `release_component_rows` for every component.
+    pub fn release_rows(&self, y0: usize, y1: usize) {
+        for k in 0..self.rank {
+            self.release_component_rows(k, y0, y1);
+        }
+    }
+
     /// The `rows` × `cols` window at (r0, c0) of the map's frame, channels last, zeros outside.
     pub fn window(&self, r0: i64, c0: i64, rows: usize, cols: usize) -> Vec<f32> {
         let mut out = vec![0f32; rows * cols * self.rank];
@@ -308,5 +330,51 @@ mod tests {
         write_metagenes(&m, &["A".into(), "B,1".into()], &[1.0, 0.5, 0.0, 2.0], 2).unwrap();
         let (g, v, r) = read_metagenes(&m).unwrap();
         assert_eq!((g, v, r), (vec!["A".to_string(), "B,1".to_string()], vec![1.0, 0.5, 0.0, 2.0], 2));
+    }
+
+    /// Resident set (kB) of this process, from /proc (Linux).
+    fn vm_rss_kb() -> Option<u64> {
+        let s = std::fs::read_to_string("/proc/self/status").ok()?;
+        s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Readers walking a map drop the pages behind them: reading a 64 MiB map raises the
+    /// resident set by about its size, releasing its rows takes that back.
+    #[test]
+    fn released_rows_leave_the_resident_set() {
+        let Some(_) = vm_rss_kb() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.npy");
+        let (rank, h, w) = (4usize, 2048usize, 4096usize);
+        F16NpyWriter::create(&p, &[rank, h, w], |wr| {
+            let row = vec![0.25f32; w];
+            for k in 0..rank {
+                for y in 0..h {
+                    wr.write((k * h + y) * w, &row);
+                }
+                wr.release(k * h * w, (k + 1) * h * w)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let map = ScoreMap::open(&p, rank, h, w).unwrap();
+        let before = vm_rss_kb().unwrap();
+        let mut sum = 0f64;
+        for k in 0..rank {
+            for y in 0..h {
+                for x in (0..w).step_by(1024) {
+                    sum += map.get(k, y, x) as f64;
+                }
+            }
+        }
+        assert_eq!(sum, 0.25 * (rank * h * 4) as f64);
+        let read = vm_rss_kb().unwrap();
+        map.release_rows(0, h);
+        let after = vm_rss_kb().unwrap();
+        eprintln!("resident: {before} kB, after reading 64 MiB {read} kB, after release {after} kB");
+        assert!(read > before + 48 * 1024, "reading did not map the file in ({before} → {read} kB)");
+        assert!(after + 48 * 1024 < read, "release kept the pages ({read} → {after} kB)");
+        // and the data is still there
+        assert_eq!(map.get(3, h - 1, w - 1), 0.25);
     }
 }

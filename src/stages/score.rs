@@ -301,6 +301,8 @@ pub fn score_on<B: Backend>(
         let (h, w) = (m.height, m.width);
         let image = ImageCache::open_existing(&m.scaled_image_cache)?;
         let vd = ScoreMap::open(&sd.path("VD_score.npy"), rank, h, w)?;
+        // rows above the current band of tiles are never read again: their pages leave memory
+        let released = std::sync::atomic::AtomicI64::new(0);
         let (row0, col0) = (m.row0 as i64, m.col0 as i64);
         // the reference pads the crop itself: image pixels outside it are zeros
         let tile = |r: i64, c: i64| -> Result<(Vec<f32>, Vec<f32>)> {
@@ -312,6 +314,10 @@ pub fn score_on<B: Backend>(
                         img[(y * ss + x) * channels..(y * ss + x + 1) * channels].fill(0.0);
                     }
                 }
+            }
+            let done = released.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+            if r > done && r > 0 {
+                vd.release_rows(done.max(0) as usize, r as usize);
             }
             Ok((img, vd.window(r, c, ss, ss)))
         };
@@ -365,8 +371,13 @@ pub fn score_on<B: Backend>(
         let map = ScoreMap::open(&path, rank, h, w)?;
         let names: Vec<String> = (1..=rank).map(|k| format!("Embedding_{k}")).collect();
         crate::io::ome_tiff::write_ome_tiff(&sd.path("SpaHDmap_score.ome.tif"), h, w, &names, |k, y, x| {
+            // each level reads a component top to bottom: drop the rows behind it as it goes
+            if x == 0 && y % 256 == 0 && y >= 512 {
+                map.release_component_rows(k, y - 512, y - 256);
+            }
             map.get(k, y, x)
         })?;
+        map.release_rows(0, h);
         let med = spot_medians(&map, &crop, m.radius as f64);
         write_npy(&sd.path("SpaHDmap_spot_score.npy"), &[n as u64, rank as u64], med.iter().copied())?;
         write_spots_csv(&sd.path("spots.csv"), &sd.barcodes()?, &crop, &med, rank)?;
