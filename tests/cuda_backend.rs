@@ -628,3 +628,21 @@ fn tile_accumulation_matches_the_cpu() {
     }
     eprintln!("tile accumulation: {} rows equal", got.len());
 }
+
+/// A CUDA error is a readable message: running out of device memory says how much was asked
+/// for and how much was free.
+#[test]
+fn out_of_memory_says_what_was_asked_and_what_was_free() {
+    let Some(g) = gpu() else { return };
+    // 4 TiB of f32: more than any card has
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.alloc(1 << 40)));
+    let msg = match r {
+        Ok(_) => panic!("a 4 TiB allocation succeeded"),
+        Err(e) => e.downcast::<String>().map(|s| *s).unwrap_or_default(),
+    };
+    eprintln!("{msg}");
+    assert!(msg.contains("out of memory") && msg.contains("asked for") && msg.contains("free of"), "{msg}");
+    // the device still works afterwards
+    let v = rnd(1000, 50, -1.0, 1.0);
+    assert_eq!(g.download(&g.upload(&v)), v);
+}
