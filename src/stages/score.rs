@@ -224,8 +224,7 @@ fn median_f16(v: &mut [f32]) -> f64 {
 pub fn spot_medians(map: &ScoreMap, spots: &[[f64; 2]], radius: f64) -> Vec<f64> {
     let r = radius as i64;
     let (h, w, rank) = (map.height as i64, map.width as i64, map.rank);
-    let mut out = vec![0f64; spots.len() * rank];
-    out.par_chunks_mut(rank).zip(spots.par_iter()).for_each(|(o, s)| {
+    let median = |s: &[f64; 2], o: &mut [f64]| {
         let (row, col) = (s[0] as i64, s[1] as i64);
         let mut px = Vec::new();
         for y in (row - r).max(0)..(row + r + 1).min(h) {
@@ -241,7 +240,34 @@ pub fn spot_medians(map: &ScoreMap, spots: &[[f64; 2]], radius: f64) -> Vec<f64>
             vals.extend(px.iter().map(|&(y, x)| map.get(k, y, x)));
             *ok = median_f16(&mut vals);
         }
-    });
+    };
+    // spots top to bottom in bands of rows, so the map's pages can leave memory behind the
+    // band: the disks tile the tissue and would otherwise map the whole file in
+    let mut order: Vec<usize> = (0..spots.len()).collect();
+    order.sort_by(|&a, &b| spots[a][0].total_cmp(&spots[b][0]));
+    let mut out = vec![0f64; spots.len() * rank];
+    let (mut i, mut released) = (0usize, 0i64);
+    while i < order.len() {
+        let top = spots[order[i]][0] as i64;
+        let j = i + order[i..].partition_point(|&q| (spots[q][0] as i64) < top + 256);
+        let done: Vec<(usize, Vec<f64>)> = order[i..j]
+            .par_iter()
+            .map(|&q| {
+                let mut o = vec![0f64; rank];
+                median(&spots[q], &mut o);
+                (q, o)
+            })
+            .collect();
+        for (q, o) in done {
+            out[q * rank..(q + 1) * rank].copy_from_slice(&o);
+        }
+        let next = if j < order.len() { spots[order[j]][0] as i64 - r } else { h };
+        if next > released {
+            map.release_rows(released.max(0) as usize, next.clamp(0, h) as usize);
+            released = next;
+        }
+        i = j;
+    }
     out
 }
 
@@ -379,6 +405,7 @@ pub fn score_on<B: Backend>(
         })?;
         map.release_rows(0, h);
         let med = spot_medians(&map, &crop, m.radius as f64);
+        map.release_rows(0, h);
         write_npy(&sd.path("SpaHDmap_spot_score.npy"), &[n as u64, rank as u64], med.iter().copied())?;
         write_spots_csv(&sd.path("spots.csv"), &sd.barcodes()?, &crop, &med, rank)?;
         write_npy(&sd.path("SpaHDmap_mask.npy"), &[h as u64, w as u64], mask.iter())?;
