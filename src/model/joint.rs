@@ -168,11 +168,10 @@ impl JointHead {
         is: Shape,
         vd: &B::Buf,
     ) -> B::Buf {
-        let body = net.forward_body(b, p, image, is);
-        let (x, xs) = body.body_out();
-        let (lr, hr) = self.low_rank_hr(b, p, x, xs, vd);
+        let (x, xs) = net.forward_body_infer(b, p, image, is);
+        let (lr, hr) = self.low_rank_hr(b, p, &x, xs, vd);
         lr.release(b);
-        body.release(b);
+        b.release(x);
         hr
     }
 }
@@ -227,5 +226,26 @@ mod tests {
         // and the steps did train: losses are finite and move
         assert!(losses.iter().all(|(a, b)| a.is_finite() && b.is_finite()));
         assert_ne!(losses[0], losses[2]);
+    }
+
+    #[test]
+    fn the_inference_body_gives_the_training_body_output_and_keeps_less() {
+        let cpu = Cpu::new();
+        let (net, host) = UNet::new(3, 5);
+        let p = host.upload(&cpu);
+        let is = Shape { n: 2, h: 32, w: 24, c: 3 };
+        let image: Vec<f32> = (0..is.len()).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
+        let a = net.forward_body(&cpu, &p, &image, is);
+        let (want, ws) = a.body_out();
+        let (got, gs) = net.forward_body_infer(&cpu, &p, &image, is);
+        assert_eq!(gs, ws);
+        assert_eq!(&got, want, "same operations in the same order: bit-identical");
+        a.release(&cpu);
+        cpu.release(got);
+        // a second inference pass reuses the pool entirely
+        let before = cpu.fresh_allocations();
+        let (again, _) = net.forward_body_infer(&cpu, &p, &image, is);
+        assert_eq!(cpu.fresh_allocations(), before);
+        cpu.release(again);
     }
 }

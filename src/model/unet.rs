@@ -268,6 +268,16 @@ pub(crate) struct BlockCache<T> {
 }
 
 impl<T> BlockCache<T> {
+    /// The block's output; everything kept for the backward pass goes back to the pool.
+    pub(crate) fn into_out<B: Backend<Buf = T>>(self, b: &B) -> (T, Shape) {
+        for t in [self.c1, self.stats].into_iter().flatten() {
+            b.release(t);
+        }
+        b.release(self.a1);
+        b.release(self.a2);
+        (self.out, self.os)
+    }
+
     pub(crate) fn release<B: Backend<Buf = T>>(self, b: &B) {
         for t in [self.c1, self.stats].into_iter().flatten() {
             b.release(t);
@@ -548,6 +558,52 @@ impl UNet {
             a.up_blocks.push(c);
         }
         a
+    }
+
+    /// `forward_body` for inference: the same values, but each layer's intermediates go back to
+    /// the pool as soon as the next layer has read them, so only the skip features and two or
+    /// three activations are alive at a time (a fraction of what training keeps for backward).
+    pub fn forward_body_infer<B: Backend>(
+        &self,
+        b: &B,
+        p: &Params<B::Buf>,
+        image: &B::Buf,
+        is: Shape,
+    ) -> (B::Buf, Shape) {
+        let (mut x, mut xs) = self.conv_init.forward(b, p, image, is, Epilogue::NONE);
+        let mut enc = Vec::new();
+        for blk in &self.down {
+            let c = blk.forward(b, p, &x, xs);
+            let next = blk.down_forward(b, p, &c);
+            b.release(x);
+            let out = c.into_out(b);
+            match next {
+                Some((y, ys)) => {
+                    enc.push(out);
+                    (x, xs) = (y, ys);
+                }
+                None => (x, xs) = out,
+            }
+        }
+        for (j, u) in self.ups.iter().enumerate() {
+            let (e, es) = enc.pop().expect("one encoder feature per up block");
+            debug_assert_eq!(enc.len(), DEPTH - 2 - j);
+            let (sk, ss) = self.skip[j].forward(b, p, &e, es, Epilogue::NONE);
+            b.release(e);
+            let us = Shape { n: xs.n, h: 2 * xs.h, w: 2 * xs.w, c: u.cout };
+            let mut up = b.alloc(us.len());
+            b.conv_transpose2(&x, xs, u.cout, &p.data[u.w], &p.data[u.b], &mut up);
+            b.release(x);
+            let cs = us.with_c(u.cout + ss.c);
+            let mut cat = b.alloc(cs.len());
+            b.concat_channels(&up, u.cout, &sk, ss.c, &mut cat);
+            b.release(up);
+            b.release(sk);
+            let c = u.block.forward(b, p, &cat, cs);
+            b.release(cat);
+            (x, xs) = c.into_out(b);
+        }
+        (x, xs)
     }
 
     /// Gradients of every parameter from dL/dpred (written into `p.grads`); consumes `d_pred`.
