@@ -1,6 +1,7 @@
 //! Faults (issue 6 §9): a run killed with SIGKILL in the middle of a stage resumes with the
 //! same command and ends with the same results as an uninterrupted run; a results folder that
-//! cannot be created fails with one clear line and leaves nothing half-written.
+//! cannot be created fails with one clear line and leaves nothing half-written; a disk that
+//! fills up stops the run with a clear error and keeps the finished stages.
 mod common;
 
 use std::path::Path;
@@ -102,4 +103,65 @@ fn a_results_folder_that_cannot_be_created_is_one_clear_error() {
     let o = command(&sec, &out, &cache).output().unwrap();
     common::assert_clean_error(&o, "not_a_dir", "");
     assert_eq!(std::fs::read(&blocker).unwrap(), b"x");
+}
+
+/// A disk that fills up mid-run: the process may write no file larger than 4 MiB (`ulimit -f`,
+/// with SIGXFSZ ignored, so a write past the limit fails the way a full disk fails a write —
+/// EFBIG instead of ENOSPC, through the same error paths). The run stops at the first large
+/// output (the pre-trained model, ~10 MB) with one clear error naming the file; the stages
+/// before it stay finished and whole, no temporary file is left, and the same command without
+/// the limit resumes and ends with the same results as an uninterrupted run.
+#[test]
+fn a_full_disk_stops_with_a_clear_error_and_keeps_earlier_results() {
+    if Command::new("bash").arg("-c").arg("ulimit -f 4096").status().map_or(true, |s| !s.success()) {
+        eprintln!("skipped: no bash with ulimit");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let sec = d.path().join("sec");
+    let o = run(
+        &["simulate", "--out", s(&sec), "--height", "900", "--width", "1000", "--radius", "12", "--genes", "60"],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let o = command(&sec, &a, &cache).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // the same command under the file-size limit
+    let c = command(&sec, &b, &cache);
+    let mut limited = Command::new("bash");
+    limited.arg("-c").arg("ulimit -f 4096; trap '' XFSZ; exec \"$0\" \"$@\"").arg(c.get_program()).args(c.get_args());
+    for (k, v) in c.get_envs() {
+        if let Some(v) = v {
+            limited.env(k, v);
+        }
+    }
+    let o = limited.output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the run did not notice the full disk:\n{err}");
+    assert!(!err.contains("panicked"), "a panic instead of an error:\n{err}");
+    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    eprintln!("the error: {last}");
+    assert!(last.contains("pretrained") && last.to_lowercase().contains("too large"), "unclear error: {last}");
+    // earlier stages finished and whole, identical to the unlimited run's
+    for f in ["section/NMF_score.npy", "metagene_NMF.csv", ".stages/nmf.json"] {
+        assert!(b.join(f).exists(), "{f} lost");
+    }
+    assert_eq!(
+        std::fs::read(a.join("section/NMF_score.npy")).unwrap(),
+        std::fs::read(b.join("section/NMF_score.npy")).unwrap()
+    );
+    assert!(!b.join("models/pretrained.safetensors").exists(), "a half-written model was left");
+    let leftovers: Vec<String> = walk(&b)
+        .into_iter()
+        .filter(|p| Path::new(p).file_name().unwrap().to_string_lossy().contains(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // room again: the same command resumes and finishes as the uninterrupted run did
+    let o = command(&sec, &b, &cache).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in RESULTS {
+        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs after resuming");
+    }
 }
