@@ -1,6 +1,9 @@
 //! The CUDA backend against the CPU backend, operation by operation and through whole
 //! training steps: fresh random inputs, odd sizes, outputs poisoned with NaN before each run,
 //! ‖gpu − cpu‖ / ‖cpu‖ < 1e-5 (f32 storage). Skips with a message where there is no GPU.
+mod common;
+
+use common::{rel, rnd};
 use rand::{Rng, SeedableRng};
 use spahdmap::backend::cuda::{Cuda, DBuf, Precision};
 use spahdmap::backend::{Backend, ConvSpec, Cpu, Decoder, Epilogue, Shape, TileSpots};
@@ -20,20 +23,6 @@ fn gpu_with(p: Precision) -> Option<Cuda> {
             None
         }
     }
-}
-
-fn rnd(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n).map(|_| r.random_range(lo..hi)).collect()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    assert!(a.iter().all(|v| v.is_finite()), "non-finite value on the GPU (unwritten output?)");
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    assert!(den > 0.0, "reference is all zeros");
-    (num / den).sqrt()
 }
 
 fn nan(g: &Cuda, n: usize) -> DBuf {

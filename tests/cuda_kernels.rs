@@ -1,9 +1,11 @@
 //! CUDA kernels against the CPU backend on fresh random inputs (odd sizes, outputs poisoned
 //! with NaN before each launch). Skips with a message where there is no GPU or no kernels.
+mod common;
+
 use std::sync::Arc;
 
+use common::{rel, rnd};
 use cudarc::driver::{CudaContext, CudaModule, LaunchConfig, PushKernelArg};
-use rand::{Rng, SeedableRng};
 use spahdmap::backend::{cuda, Backend, Cpu};
 use spahdmap::optim::{adam_update, AdamScalars};
 
@@ -26,17 +28,6 @@ fn gpu() -> Option<(Arc<CudaContext>, Arc<CudaModule>)> {
     let ctx = CudaContext::new(0).expect("CUDA context");
     let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cuda::FATBIN.to_vec())).expect("kernels load");
     Some((ctx, m))
-}
-
-fn rnd(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n).map(|_| r.random_range(lo..hi)).collect()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! fills up stops the run with a clear error and keeps the finished stages.
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,17 @@ fn command(sec: &Path, out: &Path, cache: &Path) -> Command {
     c
 }
 
+/// A small generated section in `dir`/sec, its image cache in `dir`/cache.
+fn simulated(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cache, sec) = (dir.join("cache"), dir.join("sec"));
+    let o = run(
+        &["simulate", "--out", s(&sec), "--height", "900", "--width", "1000", "--radius", "12", "--genes", "60"],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    (cache, sec)
+}
+
 const RESULTS: [&str; 7] = [
     "models/pretrained.safetensors",
     "models/trained.safetensors",
@@ -37,13 +48,7 @@ const RESULTS: [&str; 7] = [
 #[test]
 fn killed_in_the_middle_of_a_stage_then_resumed_gives_the_same_results() {
     let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache");
-    let sec = d.path().join("sec");
-    let o = run(
-        &["simulate", "--out", s(&sec), "--height", "900", "--width", "1000", "--radius", "12", "--genes", "60"],
-        &cache,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (cache, sec) = simulated(d.path());
     let (a, b) = (d.path().join("a"), d.path().join("b"));
     let o = command(&sec, &a, &cache).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -118,13 +123,7 @@ fn a_full_disk_stops_with_a_clear_error_and_keeps_earlier_results() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache");
-    let sec = d.path().join("sec");
-    let o = run(
-        &["simulate", "--out", s(&sec), "--height", "900", "--width", "1000", "--radius", "12", "--genes", "60"],
-        &cache,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (cache, sec) = simulated(d.path());
     let (a, b) = (d.path().join("a"), d.path().join("b"));
     let o = command(&sec, &a, &cache).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -172,13 +171,7 @@ fn a_full_disk_stops_with_a_clear_error_and_keeps_earlier_results() {
 #[test]
 fn the_same_seed_reproduces_a_run_and_another_seed_gives_another() {
     let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache");
-    let sec = d.path().join("sec");
-    let o = run(
-        &["simulate", "--out", s(&sec), "--height", "900", "--width", "1000", "--radius", "12", "--genes", "60"],
-        &cache,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (cache, sec) = simulated(d.path());
     let outs: Vec<_> = ["s1", "s1again", "s2"].iter().map(|n| d.path().join(n)).collect();
     for (out, seed) in outs.iter().zip(["1", "1", "2"]) {
         let o = command(&sec, out, &cache).args(["--seed", seed]).output().unwrap();

@@ -81,19 +81,29 @@ pub fn resolve_device(spec: &str) -> crate::Result<Device> {
     }
 }
 
+impl Device {
+    /// The GPU backend of `Cuda(n)` (None for the CPU), or an error naming `--device`.
+    pub fn gpu(self, precision: cuda::Precision) -> crate::Result<Option<cuda::Cuda>> {
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Cuda(n) => cuda::Cuda::new(n, precision)
+                .map(Some)
+                .map_err(|e| crate::Error::setting("--device", format!("cuda:{n}: {e}"))),
+        }
+    }
+}
+
 /// Run `$body` with `$b` bound to the backend of `$dev` (a `Device`); `?` inside works on
 /// `crate::Result`. The one place a stage turns a device choice into a concrete backend.
 #[macro_export]
 macro_rules! on_device {
     ($dev:expr, $b:ident => $body:expr) => {
-        match $dev {
-            $crate::backend::Device::Cpu => {
+        match $dev.gpu($crate::backend::cuda::Precision::Tf32)? {
+            None => {
                 let $b = &$crate::backend::Cpu::new();
                 $body
             }
-            $crate::backend::Device::Cuda(n) => {
-                let g = $crate::backend::cuda::Cuda::new(n, $crate::backend::cuda::Precision::Tf32)
-                    .map_err(|e| $crate::Error::setting("--device", format!("cuda:{n}: {e}")))?;
+            Some(g) => {
                 let $b = &g;
                 $body
             }

@@ -65,7 +65,7 @@ enum BenchWhat {
         iterations: usize,
         #[arg(long, default_value_t = 3)]
         repeat: usize,
-        /// cpu or cuda[:N] (the GCN training; the graph is built on the CPU)
+        /// cpu, cuda[:N] or auto (the GCN training; the graph is built on the CPU)
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -81,7 +81,7 @@ enum BenchWhat {
         /// Time the spot-embedding pass over this many upsampled windows instead.
         #[arg(long)]
         embed_spots: Option<usize>,
-        /// cpu or cuda[:N]
+        /// cpu, cuda[:N] or auto
         #[arg(long, default_value = "cpu")]
         device: String,
         /// On a GPU: f32 FMAs instead of TF32 tensor cores in the convolutions.
@@ -137,17 +137,9 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// `cpu` → None, `cuda[:N]` → Some(N).
-fn parse_device(spec: &str) -> Result<Option<usize>> {
-    match spec.trim().to_ascii_lowercase().as_str() {
-        "cpu" => Ok(None),
-        "cuda" => Ok(Some(0)),
-        s => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Some)
-            .ok_or_else(|| crate::Error::setting("--device", format!("{spec}: expected cpu, cuda or cuda:N"))),
-    }
+/// The GPU of `--device` for a benchmark (None: the CPU backend).
+fn bench_gpu(device: &str, precision: crate::backend::cuda::Precision) -> Result<Option<crate::backend::cuda::Cuda>> {
+    crate::backend::resolve_device(device)?.gpu(precision)
 }
 
 /// The U-Net benchmarks on one backend: the pre-training iteration, or the spot-embedding pass.
@@ -308,13 +300,7 @@ fn bench_gcn(dir: &std::path::Path, iterations: usize, repeat: usize, device: &s
     use crate::io::npy::read_npy;
     use crate::stages::gcn::{train_gcn, GcnParams, GcnSettings};
     use crate::stages::graph::{spot_graph, GraphMode, DEFAULT_NEIGHBORS};
-    let gpu = match parse_device(device)? {
-        None => None,
-        Some(k) => Some(
-            crate::backend::cuda::Cuda::new(k, crate::backend::cuda::Precision::Exact)
-                .map_err(|e| crate::Error::setting("--device", format!("{device}: {e}")))?,
-        ),
-    };
+    let gpu = bench_gpu(device, crate::backend::cuda::Precision::Exact)?;
     let (ss, score) = read_npy::<f32>(&dir.join("score.npy"))?;
     let (n, r) = (ss[0] as usize, ss[1] as usize);
     let threads = rayon::current_num_threads();
@@ -385,13 +371,7 @@ fn bench_stages(device: &str, spots: usize, genes: usize, rank: usize, side: usi
     use crate::stages::nmf::{nmf, reconstruction_error, NmfSettings};
     use crate::stages::voronoi::vd_score;
     use rand::{Rng, SeedableRng};
-    let gpu = match parse_device(device)? {
-        None => None,
-        Some(k) => Some(
-            crate::backend::cuda::Cuda::new(k, crate::backend::cuda::Precision::Exact)
-                .map_err(|e| crate::Error::setting("--device", format!("{device}: {e}")))?,
-        ),
-    };
+    let gpu = bench_gpu(device, crate::backend::cuda::Precision::Exact)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     // counts of rank 8 plus noise, about a third non-zero
     let k = 8;
@@ -574,15 +554,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             println!("{}", serde_json::json!({"bench": "accuracy", "detail": a}));
         }
         BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, joint } => {
-            let v = match parse_device(&device)? {
+            use crate::backend::cuda::Precision;
+            let v = match bench_gpu(&device, if exact { Precision::Exact } else { Precision::Tf32 })? {
                 None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots, joint),
-                Some(ordinal) => {
-                    use crate::backend::cuda::{Cuda, Precision};
-                    let precision = if exact { Precision::Exact } else { Precision::Tf32 };
-                    let g = Cuda::new(ordinal, precision)
-                        .map_err(|e| crate::Error::setting("--device", format!("{device}: {e}")))?;
-                    unet_bench(&g, batch, size, repeat, embed_spots, joint)
-                }
+                Some(g) => unet_bench(&g, batch, size, repeat, embed_spots, joint),
             };
             println!("{v}");
         }

@@ -126,9 +126,9 @@ pub fn run_nmf(out: &Path, sections: &[SectionDir], refs: &[(String, String)], s
     } else {
         let pb = crate::util::progress_count(1, "NMF");
         let settings = NmfSettings { rank: r, ..s.nmf.clone() };
-        let mut f = match s.device {
-            crate::backend::Device::Cpu => nmf(&x, &settings),
-            crate::backend::Device::Cuda(k) => crate::backend::cuda::nmf::nmf_cuda(&gpu(k)?, &x, &settings),
+        let mut f = match s.device.gpu(crate::backend::cuda::Precision::Tf32)? {
+            None => nmf(&x, &settings),
+            Some(g) => crate::backend::cuda::nmf::nmf_cuda(&g, &x, &settings),
         };
         pb.finish_and_clear();
         eprintln!("nmf: {} spots × {} genes, rank {}, {} iterations", x.rows, g, f.rank, f.iterations);
@@ -174,24 +174,15 @@ pub struct GcnReport {
 /// `gcn`: embeddings → spot graph → GCN autoencoder → mixture filter, per section; then
 /// metagenes refined by NNLS of expression on the sequenced spots' GCN scores. Writes
 /// `SECTION/GCN_score.npy` ((N+P) × R), `SECTION/gcn_loss.npy`, `metagene_GCN.csv`.
-/// The GPU backend of `--device cuda:K`, or a clear error.
-fn gpu(k: usize) -> Result<crate::backend::cuda::Cuda> {
-    crate::backend::cuda::Cuda::new(k, crate::backend::cuda::Precision::Tf32)
-        .map_err(|e| Error::setting("--device", format!("cuda:{k}: {e}")))
-}
-
 pub fn run_gcn(
     out: &Path,
     sections: &[SectionDir],
     refs: &[(String, String)],
     s: &SpotSettings,
 ) -> Result<Vec<GcnReport>> {
-    match s.device {
-        crate::backend::Device::Cpu => gcn_on(&crate::backend::Cpu::new(), None, out, sections, refs, s),
-        crate::backend::Device::Cuda(k) => {
-            let g = gpu(k)?;
-            gcn_on(&g, Some(&g), out, sections, refs, s)
-        }
+    match s.device.gpu(crate::backend::cuda::Precision::Tf32)? {
+        None => gcn_on(&crate::backend::Cpu::new(), None, out, sections, refs, s),
+        Some(g) => gcn_on(&g, Some(&g), out, sections, refs, s),
     }
 }
 
@@ -347,6 +338,8 @@ pub fn run_vd(sections: &[SectionDir], s: &SpotSettings) -> Result<Vec<VdReport>
         }
         let kernel = m.radius / 2 * 2 + 1;
         let streamed = h * w > s.stream_above_pixels;
+        // a crop that fits in memory is smoothed on the GPU when there is one
+        let gpu = if streamed { None } else { s.device.gpu(crate::backend::cuda::Precision::Tf32)? };
         let job =
             VdJob { scores: &scores, rank: r, height: h, width: w, kernel, threshold: s.smooth_threshold, mask: &mask };
         let index = SpotIndex::new(&spots);
@@ -371,12 +364,12 @@ pub fn run_vd(sections: &[SectionDir], s: &SpotSettings) -> Result<Vec<VdReport>
                 }
                 Ok(())
             };
-            if let (false, crate::backend::Device::Cuda(k)) = (streamed, s.device) {
+            if let Some(g) = &gpu {
                 // the crop fits in memory: smooth it on the GPU, component by component
                 let near = MemRows::<u32>::new(h, w);
                 fill_nearest(&near)?;
                 let (planes, summary) = crate::backend::cuda::vd::vd_score_cuda(
-                    &gpu(k)?,
+                    g,
                     &scores,
                     r,
                     &near.into_vec(),

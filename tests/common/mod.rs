@@ -58,3 +58,21 @@ pub fn assert_clean_error(o: &Output, file: &str, field: &str) {
     assert!(lines[0].contains(file), "error does not name {file}: {e}");
     assert!(lines[0].contains(field), "error does not name {field}: {e}");
 }
+
+/// `n` uniform values in [lo, hi) from `seed` (fresh inputs for the kernel tests).
+pub fn rnd(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(lo..hi)).collect()
+}
+
+/// ‖a − b‖ / ‖b‖; a non-finite value in `a` (an output never written over its NaN poison) or
+/// an all-zero reference fails at once.
+pub fn rel(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|v| v.is_finite()), "non-finite value on the GPU (unwritten output?)");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    assert!(den > 0.0, "reference is all zeros");
+    (num / den).sqrt()
+}

@@ -338,6 +338,14 @@ impl Cuda {
     }
 }
 
+/// A convolution's geometry as the kernels take it: n, h, w, cin, cout, k, stride, pad.
+type ConvGeom = (i32, i32, i32, i32, i32, i32, i32, i32);
+
+fn conv_geom(xs: Shape, spec: &ConvSpec) -> ConvGeom {
+    let c = |v: usize| v as i32;
+    (c(xs.n), c(xs.h), c(xs.w), c(spec.cin), c(spec.cout), c(spec.k), c(spec.stride), c(spec.pad))
+}
+
 pub(super) fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (m.div_ceil(64).max(1) as u32, n.div_ceil(64).max(1) as u32, z.max(1) as u32),
@@ -427,6 +435,7 @@ impl Backend for Cuda {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let cfg = gemm_grid(xs.n * oh * ow, spec.cout, 1);
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         launch!(
             self,
             self.pick("conv2d_fwd_f32", "conv2d_fwd_tf32"),
@@ -437,14 +446,14 @@ impl Backend for Cuda {
             rp,
             yp,
             epi.leaky as i32,
-            xs.n as i32,
-            xs.h as i32,
-            xs.w as i32,
-            spec.cin as i32,
-            spec.cout as i32,
-            spec.k as i32,
-            spec.stride as i32,
-            spec.pad as i32
+            n,
+            h,
+            wd,
+            cin,
+            cout,
+            k,
+            st,
+            pd
         );
     }
     fn conv2d_backward(
@@ -459,17 +468,7 @@ impl Backend for Cuda {
         db: Option<&mut DBuf>,
     ) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
-        let geom = (
-            xs.n as i32,
-            xs.h as i32,
-            xs.w as i32,
-            spec.cin as i32,
-            spec.cout as i32,
-            spec.k as i32,
-            spec.stride as i32,
-            spec.pad as i32,
-        );
-        let (n, h, wd, cin, cout, k, st, pd) = geom;
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         if let Some(dx) = dx {
             let cfg = gemm_grid(xs.n * xs.h * xs.w, spec.cin, 1);
             launch!(
