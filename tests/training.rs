@@ -252,6 +252,7 @@ fn check_gene_outputs(sec: &Path, out: &Path, cache: &Path) {
         let mut c = bin();
         c.args(["run", "--visium", s(sec), "--out", s(out), "--scale-rate", "2", "--n-top-genes", "40", "--rank", "4"]);
         c.args(["--preset", "quick", "--split-size", "64", "--from", "downstream", "--genes", genes]);
+        c.args(["--figure-format", "both"]);
         c.env("SPAHDMAP_CACHE_DIR", cache);
         c.output().unwrap()
     };
@@ -266,6 +267,17 @@ fn check_gene_outputs(sec: &Path, out: &Path, cache: &Path) {
     let got: f64 = rec.lines().nth(1).unwrap().split(',').nth(1).unwrap().parse().unwrap();
     assert!((got - want).abs() < 1e-4 * want.abs().max(1e-3), "{got} vs {want}");
     assert!(out.join(format!("section/figures/gene_{gene}.png")).exists());
+    // PDF figures beside the PNGs, each with its title and key (their layout: io::pdf's tests)
+    for (f, title) in [
+        (format!("gene_{gene}.pdf"), format!("({gene} \\(recovered\\) - section) Tj")),
+        ("clusters.pdf".into(), "(Clusters - section) Tj".into()),
+        ("SpaHDmap_4.pdf".into(), "(SpaHDmap embedding 4 - section) Tj".into()),
+        ("gray/SpaHDmap_1.pdf".into(), "/DeviceGray".into()),
+    ] {
+        let pdf = std::fs::read(out.join("section/figures").join(&f)).unwrap();
+        assert!(pdf.starts_with(b"%PDF-") && pdf.ends_with(b"%%EOF\n"), "{f}");
+        assert!(String::from_utf8_lossy(&pdf).contains(&title), "{f}: no {title}");
+    }
     let markers = std::fs::read_to_string(out.join("cluster_markers.csv")).unwrap();
     assert!(markers.starts_with("cluster,gene,z,log2_fold_change,p,p_adj\n") && markers.lines().count() > 1);
     let top = std::fs::read_to_string(out.join("metagene_top_genes.csv")).unwrap();

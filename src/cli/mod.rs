@@ -80,6 +80,9 @@ struct RunArgs {
     /// Spots above this spot score are listed per component (SECTION/component_spots.csv).
     #[arg(long, default_value_t = 0.05)]
     threshold: f64,
+    /// Figures (SECTION/figures/) as PNG, PDF (with a title and a colour bar or legend) or both.
+    #[arg(long, value_enum, default_value = "png")]
+    figure_format: crate::io::figures::FigureFormat,
     /// Iteration counts: `reference` = the published defaults, `quick` = a CPU demo.
     #[arg(long, value_enum, default_value = "reference")]
     preset: Preset,
@@ -423,6 +426,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         neighbors: a.n_neighbors,
         genes: a.genes.clone(),
         threshold: a.threshold,
+        figure_format: a.figure_format,
         ..Default::default()
     };
     let score = crate::stages::score::ScoreSettings {

@@ -1,10 +1,56 @@
-//! Figures as PNG (SPEC §11): score maps through a blue→red colour map and in gray, label
-//! maps in a qualitative palette, the background in mid gray. Written atomically.
+//! Figures (SPEC §11): score maps through a blue→red colour map and in gray, label maps in a
+//! qualitative palette, the background in mid gray. PNG holds the map pixel for pixel; PDF adds
+//! a title and the key (colour bar or legend). Written atomically.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::util::write_atomically;
+use crate::io::pdf::{figure_pdf, Key};
+use crate::util::{atomic_write, write_atomically};
+
+/// Which files a figure is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FigureFormat {
+    Png,
+    Pdf,
+    Both,
+}
+
+/// One map to draw: `channels` is 3 (RGB) or 1 (gray), rows top to bottom.
+pub struct Figure<'a> {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub pixels: &'a [u8],
+    pub title: &'a str,
+    pub key: Key<'a>,
+}
+
+/// Write `fig` as `STEM.png` and/or `STEM.pdf` (the stem may contain dots: gene names do).
+pub fn write_figure(stem: &Path, fig: &Figure, format: FigureFormat) -> Result<()> {
+    let with = |ext: &str| {
+        let mut s = stem.as_os_str().to_owned();
+        s.push(ext);
+        std::path::PathBuf::from(s)
+    };
+    if format != FigureFormat::Pdf {
+        write_png(&with(".png"), fig.width, fig.height, fig.channels, fig.pixels)?;
+    }
+    if format != FigureFormat::Png {
+        let p = with(".pdf");
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        atomic_write(&p, &figure_pdf(fig.width, fig.height, fig.channels, fig.pixels, fig.title, &fig.key))?;
+    }
+    Ok(())
+}
+
+/// The gray ramp of the gray figures' colour bar.
+pub fn gray(v: f32) -> [u8; 3] {
+    [(v.clamp(0.0, 1.0) * 255.0) as u8; 3]
+}
 
 /// Anchors of our blue→red map (deep blue, cyan-blue, pale yellow, orange, deep red),
 /// interpolated linearly in RGB over 256 entries.
@@ -83,5 +129,20 @@ mod tests {
         let info = r.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (3, 2));
         assert_eq!(&buf[..18], &px[..]);
+    }
+
+    #[test]
+    fn figure_formats_write_the_files_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let px = [9u8; 12];
+        let fig = Figure { width: 2, height: 2, channels: 3, pixels: &px, title: "t", key: Key::None };
+        write_figure(&dir.path().join("a/gene_RP11-1.2"), &fig, FigureFormat::Both).unwrap();
+        assert!(dir.path().join("a/gene_RP11-1.2.png").exists());
+        let pdf = std::fs::read(dir.path().join("a/gene_RP11-1.2.pdf")).unwrap();
+        assert!(pdf.starts_with(b"%PDF-"));
+        write_figure(&dir.path().join("b"), &fig, FigureFormat::Pdf).unwrap();
+        assert!(dir.path().join("b.pdf").exists() && !dir.path().join("b.png").exists());
+        write_figure(&dir.path().join("c"), &fig, FigureFormat::Png).unwrap();
+        assert!(dir.path().join("c.png").exists() && !dir.path().join("c.pdf").exists());
     }
 }

@@ -7,6 +7,7 @@ pub mod image;
 pub mod mtx;
 pub mod npy;
 pub mod ome_tiff;
+pub mod pdf;
 pub mod positions;
 pub mod sparse;
 pub mod spots;

@@ -3,15 +3,17 @@
 //!
 //! Per section it writes `clusters.csv` (barcode, cluster), `clusters_pixel.npy` (int32 label
 //! map at 1/4 of the score map, −1 outside the mask) and `figures/` (`clusters.png`,
-//! `SpaHDmap_K.png` through the blue→red map and `gray/SpaHDmap_K.png`, cropped to the tissue).
+//! `SpaHDmap_K.png` through the blue→red map and `gray/SpaHDmap_K.png`, cropped to the tissue;
+//! as PDF with a title and a colour bar or legend too, or instead, with `--figure-format`).
 
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::io::figures::{blue_red, label_colour, write_png, BACKGROUND};
+use crate::io::figures::{blue_red, gray, label_colour, write_figure, Figure, FigureFormat, BACKGROUND};
 use crate::io::npy::{read_npy, write_npy};
+use crate::io::pdf::Key;
 use crate::stages::cluster::{cluster_means, cluster_spots, kmeans, resize_linear, resize_linear_with};
 use crate::stages::genes::{cluster_markers, markers_csv, recover, top_genes_csv};
 use crate::stages::results::{csv_field, read_metagenes, ScoreMap, SectionDir};
@@ -30,6 +32,7 @@ pub struct DownstreamSettings {
     /// embedding-associated genes kept per component, marker genes per cluster
     pub top_genes: usize,
     pub markers: usize,
+    pub figure_format: FigureFormat,
 }
 
 impl Default for DownstreamSettings {
@@ -42,6 +45,7 @@ impl Default for DownstreamSettings {
             threshold: 0.05,
             top_genes: 20,
             markers: 50,
+            figure_format: FigureFormat::Png,
         }
     }
 }
@@ -96,10 +100,11 @@ fn shrink(sd: &SectionDir, rank: usize, factor: f64) -> Result<Shrunk> {
 }
 
 /// Figures of one section: its bounding box of tissue in the shrunk frame.
-fn figures(sd: &SectionDir, s: &Shrunk, labels: &[i32], rank: usize) -> Result<()> {
+fn figures(sd: &SectionDir, s: &Shrunk, labels: &[i32], rank: usize, format: FigureFormat) -> Result<()> {
     let (r0, r1, c0, c1) = tissue_box(s);
     let (fh, fw) = (r1 - r0, c1 - c0);
     let dir = sd.path("figures");
+    let name = &sd.meta.section;
     let mut rgb = vec![0u8; fh * fw * 3];
     for y in 0..fh {
         for x in 0..fw {
@@ -108,8 +113,14 @@ fn figures(sd: &SectionDir, s: &Shrunk, labels: &[i32], rank: usize) -> Result<(
             rgb[(y * fw + x) * 3..(y * fw + x + 1) * 3].copy_from_slice(&c);
         }
     }
-    write_png(&dir.join("clusters.png"), fw, fh, 3, &rgb)?;
-    let mut gray = vec![0u8; fh * fw];
+    let mut present: Vec<i32> = labels.iter().copied().filter(|&l| l >= 0).collect();
+    present.sort_unstable();
+    present.dedup();
+    let legend = present.iter().map(|&l| (label_colour(l as usize), format!("cluster {l}"))).collect();
+    let title = format!("Clusters - {name}");
+    let fig = Figure { width: fw, height: fh, channels: 3, pixels: &rgb, title: &title, key: Key::Legend(legend) };
+    write_figure(&dir.join("clusters"), &fig, format)?;
+    let mut grays = vec![0u8; fh * fw];
     for k in 0..rank {
         let plane = &s.score[k * s.h * s.w..(k + 1) * s.h * s.w];
         for y in 0..fh {
@@ -118,11 +129,15 @@ fn figures(sd: &SectionDir, s: &Shrunk, labels: &[i32], rank: usize) -> Result<(
                 let v = if s.mask[i] { plane[i] } else { 0.0 };
                 let c = if s.mask[i] { blue_red(v) } else { BACKGROUND };
                 rgb[(y * fw + x) * 3..(y * fw + x + 1) * 3].copy_from_slice(&c);
-                gray[y * fw + x] = (v.clamp(0.0, 1.0) * 255.0) as u8;
+                grays[y * fw + x] = (v.clamp(0.0, 1.0) * 255.0) as u8;
             }
         }
-        write_png(&dir.join(format!("SpaHDmap_{}.png", k + 1)), fw, fh, 3, &rgb)?;
-        write_png(&dir.join(format!("gray/SpaHDmap_{}.png", k + 1)), fw, fh, 1, &gray)?;
+        let title = format!("SpaHDmap embedding {} - {name}", k + 1);
+        let bar = |colour: &'static dyn Fn(f32) -> [u8; 3]| Key::Bar { colour, low: "0".into(), high: "1".into() };
+        let fig = Figure { width: fw, height: fh, channels: 3, pixels: &rgb, title: &title, key: bar(&blue_red) };
+        write_figure(&dir.join(format!("SpaHDmap_{}", k + 1)), &fig, format)?;
+        let fig = Figure { width: fw, height: fh, channels: 1, pixels: &grays, title: &title, key: bar(&gray) };
+        write_figure(&dir.join(format!("gray/SpaHDmap_{}", k + 1)), &fig, format)?;
     }
     Ok(())
 }
@@ -191,7 +206,9 @@ fn gene_outputs(
         let norm: Vec<f32> = v.iter().map(|&x| if max > 0.0 { x / max } else { 0.0 }).collect();
         let safe: String =
             name.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
-        colour_map(&sd.path(&format!("figures/gene_{safe}.png")), sh, &norm)?;
+        let title = format!("{name} (recovered) - {}", sd.meta.section);
+        let key = Key::Bar { colour: &blue_red, low: "0".into(), high: format!("{max:.3}") };
+        colour_map(&sd.path(&format!("figures/gene_{safe}")), sh, &norm, &title, key, s.figure_format)?;
     }
     let mut csv = String::from("component,barcode,score\n");
     for k in 0..rank {
@@ -220,7 +237,7 @@ fn tissue_box(sh: &Shrunk) -> (usize, usize, usize, usize) {
 }
 
 /// A [0, 1] map through the blue→red colour map, background gray, cropped to the tissue.
-fn colour_map(path: &Path, sh: &Shrunk, v: &[f32]) -> Result<()> {
+fn colour_map(stem: &Path, sh: &Shrunk, v: &[f32], title: &str, key: Key, format: FigureFormat) -> Result<()> {
     let (r0, r1, c0, c1) = tissue_box(sh);
     let (fh, fw) = (r1 - r0, c1 - c0);
     let mut rgb = vec![0u8; fh * fw * 3];
@@ -231,7 +248,7 @@ fn colour_map(path: &Path, sh: &Shrunk, v: &[f32]) -> Result<()> {
             rgb[(y * fw + x) * 3..(y * fw + x + 1) * 3].copy_from_slice(&c);
         }
     }
-    write_png(path, fw, fh, 3, &rgb)
+    write_figure(stem, &Figure { width: fw, height: fh, channels: 3, pixels: &rgb, title, key }, format)
 }
 
 pub fn run_downstream(out: &Path, sections: &[SectionDir], s: &DownstreamSettings) -> Result<DownstreamReport> {
@@ -295,7 +312,7 @@ pub fn run_downstream(out: &Path, sections: &[SectionDir], s: &DownstreamSetting
             inside += 1;
         }
         write_npy(&sd.path("clusters_pixel.npy"), &[sh.h as u64, sh.w as u64], map.iter().copied())?;
-        figures(sd, sh, &map, rank)?;
+        figures(sd, sh, &map, rank, s.figure_format)?;
         let first = at_spot - cnt;
         gene_outputs(sd, sh, &all[first * rank..at_spot * rank], rank, &metagene, &gene_idx, s)?;
         reports.push(SectionClusters {
