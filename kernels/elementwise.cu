@@ -72,3 +72,15 @@ extern "C" __global__ void adam_f32(float* p, const float* g, float* m, float* v
         p[i] -= step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
     }
 }
+
+// g *= inv_scale; *found = 1 if any result is inf or NaN (loss scaling: src/optim/scaler.rs).
+// Every thread that sees one writes the same value, so no atomic is needed.
+extern "C" __global__ void unscale_check_f32(float* g, int64_t n, float inv_scale, unsigned int* found) {
+    bool bad = false;
+    GRID_STRIDE(i, n) {
+        float v = g[i] * inv_scale;
+        g[i] = v;
+        bad |= !isfinite(v);
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) *found = 1u;
+}

@@ -239,6 +239,73 @@ fn losses_and_adam() {
     check("adam second moments", &g, &gv, &cv, 1e-6);
 }
 
+/// Loss scaling's unscale on the GPU: the same values as the CPU, every inf and NaN found in
+/// any tensor (one flag over all of them), a clean set reports none after a dirty one.
+#[test]
+fn unscale_grads_match_the_cpu_and_find_non_finite_values() {
+    let Some(g) = gpu() else { return };
+    let cpu = Cpu::new();
+    let base = vec![rnd(100_003, 1, -4.0, 4.0), rnd(77, 2, -1.0, 1.0), rnd(4096, 3, -9.0, 9.0)];
+    let mut c = base.clone();
+    let mut d: Vec<DBuf> = base.iter().map(|v| g.upload(v)).collect();
+    assert!(!cpu.unscale_grads(&mut c, 1.0 / 65536.0));
+    assert!(!g.unscale_grads(&mut d, 1.0 / 65536.0));
+    for (k, (a, b)) in d.iter().zip(&c).enumerate() {
+        assert!(g.download(a) == *b, "tensor {k}");
+    }
+    for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        for (t, at) in [(0, 0), (0, 100_002), (1, 40), (2, 4095)] {
+            let mut host = base.clone();
+            host[t][at] = bad;
+            let mut d: Vec<DBuf> = host.iter().map(|v| g.upload(v)).collect();
+            assert!(g.unscale_grads(&mut d, 0.5), "{bad} in tensor {t} at {at}");
+            assert!(!g.unscale_grads(&mut d[t + 1..], 0.5), "flag not cleared");
+        }
+    }
+    let mut d = vec![g.upload(&[3e38f32, 1.0])];
+    assert!(g.unscale_grads(&mut d, 2.0), "overflow by the unscale itself");
+}
+
+/// Pre-training steps behind a loss scaler on the GPU follow the CPU's, skipped steps included.
+#[test]
+fn scaled_pretraining_steps_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = Cpu::new();
+    let (net, mut pc) = UNet::new(3, 5);
+    let mut pg = pc.upload(&g);
+    let sizes: Vec<usize> = pc.data.iter().map(|d| d.len()).collect();
+    let cfg = AdamConfig { weight_decay: 1e-5, ..Default::default() };
+    let mut oc = Adam::new(cfg, &sizes);
+    let mut og = Adam::with(cfg, &sizes, |n| g.zeros(n));
+    let all: Vec<usize> = (0..sizes.len()).collect();
+    let lrs = vec![4e-4; all.len()];
+    let is = Shape { n: 2, h: 64, w: 64, c: 3 };
+    let image = rnd(is.len(), 9, 0.0, 1.0);
+    let mut bad = image.clone();
+    bad[5] = f32::NAN;
+    let (mut sc, mut sg) = (spahdmap::optim::LossScaler::default(), spahdmap::optim::LossScaler::default());
+    for (step, im) in [&image, &bad, &image].into_iter().enumerate() {
+        let lc = spahdmap::stages::pretrain::pretrain_step_scaled(&cpu, &net, &mut pc, im, is, sc.scale);
+        let gi = g.upload(im);
+        let lg = spahdmap::stages::pretrain::pretrain_step_scaled(&g, &net, &mut pg, &gi, is, sg.scale);
+        let (tc, tg) = (
+            pc.scaled_adam_step(&cpu, &mut oc, &mut sc, &all, &lrs),
+            pg.scaled_adam_step(&g, &mut og, &mut sg, &all, &lrs),
+        );
+        assert_eq!((tc, tg), (step != 1, step != 1), "step {step}");
+        if step != 1 {
+            assert!(((lg - lc) / lc).abs() < 1e-6, "loss {lg} vs {lc}");
+        }
+    }
+    assert_eq!((sc, oc.step), (sg, og.step));
+    // the whole parameter vector, as in the unscaled steps' test (Adam amplifies rounding noise)
+    let (a, b): (Vec<f32>, Vec<f32>) =
+        (pg.data.iter().flat_map(|d| g.download(d)).collect(), pc.data.iter().flat_map(|d| d.clone()).collect());
+    let e = rel(&a, &b);
+    eprintln!("parameters after scaled steps: relative error {e:.3e}");
+    assert!(e < 5e-3, "parameters {e}");
+}
+
 /// Three pre-training + joint-training + Adam steps of the real network on both backends: the
 /// losses and every parameter agree, and after the first step the GPU allocates nothing.
 #[test]

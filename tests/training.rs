@@ -12,6 +12,16 @@ fn s(p: &Path) -> &str {
 }
 
 fn pretrain(sec: &Path, out: &Path, cache: &Path, fail_after: Option<usize>) -> std::process::Output {
+    pretrain_with(sec, out, cache, fail_after, &[])
+}
+
+fn pretrain_with(
+    sec: &Path,
+    out: &Path,
+    cache: &Path,
+    fail_after: Option<usize>,
+    extra: &[&str],
+) -> std::process::Output {
     let mut c = bin();
     c.args([
         "run",
@@ -27,6 +37,7 @@ fn pretrain(sec: &Path, out: &Path, cache: &Path, fail_after: Option<usize>) -> 
         "pretrain",
     ]);
     c.args(["--pretrain-iterations", "4", "--batch-size", "1", "--checkpoint-every", "2", "--preset", "quick"]);
+    c.args(extra);
     c.env("SPAHDMAP_CACHE_DIR", cache);
     if let Some(n) = fail_after {
         c.env("SPAHDMAP_PRETRAIN_FAIL_AFTER", n.to_string());
@@ -62,13 +73,15 @@ fn interrupted_pretraining_resumes_bit_identical() {
     let o = pretrain(&sec, &a, &cache, None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("pretrain: "), "{}", stderr(&o));
-    // killed after iteration 3 (the last checkpoint was at 2), then the same command again
-    let o = pretrain(&sec, &b, &cache, Some(3));
+    // killed after iteration 3 (the last checkpoint was at 2), then the same command again;
+    // this run scales its loss (a power of two changes no value, so the models still agree)
+    let scaled = ["--loss-scale", "65536"];
+    let o = pretrain_with(&sec, &b, &cache, Some(3), &scaled);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("stopped after iteration 3"), "{}", stderr(&o));
     assert!(b.join("models/pretrain.partial.safetensors").exists());
     assert!(!b.join("models/pretrained.safetensors").exists(), "no finished model from a failed run");
-    let o = pretrain(&sec, &b, &cache, None);
+    let o = pretrain_with(&sec, &b, &cache, None, &scaled);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming at iteration 2"), "{}", stderr(&o));
     assert!(!b.join("models/pretrain.partial.safetensors").exists());
@@ -90,7 +103,14 @@ fn interrupted_pretraining_resumes_bit_identical() {
         );
     }
     let meta = |b: &[u8]| safetensors::SafeTensors::read_metadata(b).unwrap().1.metadata().clone().unwrap();
-    assert_eq!(meta(&ma), meta(&mb));
+    let mut mb_meta = meta(&mb);
+    // the scaler's state survived the restart: four clean steps since the scale last changed
+    let sc: serde_json::Value = serde_json::from_str(&mb_meta.remove("loss_scaler").unwrap()).unwrap();
+    assert_eq!(
+        (sc["scale"].as_f64(), sc["growth_tracker"].as_u64(), sc["skipped"].as_u64()),
+        (Some(65536.0), Some(4), Some(0))
+    );
+    assert_eq!(meta(&ma), mb_meta);
     let st = sa;
     assert_eq!(st.tensor("conv_init.weight").unwrap().shape(), &[32, 3, 3, 3]);
     assert_eq!(st.tensor("down_path.3.conv_2.weight").unwrap().shape(), &[256, 256, 3, 3]);

@@ -312,4 +312,7 @@ pub trait Backend: Sync {
     // --- optimiser ----------------------------------------------------------------------
     /// One Adam update of `p` from `g` with moments `m`, `v` (PyTorch's single-tensor Adam).
     fn adam(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, s: &AdamScalars);
+    /// Multiply every gradient by `inv_scale` (undoing a loss scale); true when any value
+    /// is then inf or NaN (PyTorch's `_amp_foreach_non_finite_check_and_unscale_`).
+    fn unscale_grads(&self, grads: &mut [Self::Buf], inv_scale: f32) -> bool;
 }

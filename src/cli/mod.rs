@@ -101,6 +101,10 @@ struct RunArgs {
     train_iterations: Option<usize>,
     #[arg(long)]
     fix_iterations: Option<usize>,
+    /// Pre-train with dynamic loss scaling from this initial scale (PyTorch's GradScaler, e.g.
+    /// 65536): gradients unscaled before Adam, steps with inf/NaN gradients skipped.
+    #[arg(long)]
+    loss_scale: Option<f32>,
     /// Tiles per pre-training and training batch (default: from the preset).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -397,6 +401,7 @@ fn run_pipeline(a: RunArgs) -> Result<()> {
         whole_epochs: a.preset == Preset::Reference && a.pretrain_iterations.is_none(),
         import: a.pretrained_model.clone(),
         device,
+        loss_scale: a.loss_scale,
         fail_after: std::env::var("SPAHDMAP_PRETRAIN_FAIL_AFTER").ok().and_then(|v| v.parse().ok()),
         ..Default::default()
     };

@@ -124,6 +124,25 @@ impl<T> Params<T> {
         }
     }
 
+    /// `adam_step` behind a loss scaler (`GradScaler.step` + `update`): the gradients are
+    /// unscaled, and the step is skipped — the optimiser's step count too — when any is inf or
+    /// NaN. True when the step was taken.
+    pub fn scaled_adam_step<B: Backend<Buf = T>>(
+        &mut self,
+        b: &B,
+        opt: &mut Adam<T>,
+        scaler: &mut crate::optim::LossScaler,
+        tensors: &[usize],
+        lrs: &[f64],
+    ) -> bool {
+        let found_inf = b.unscale_grads(&mut self.grads, scaler.inv_scale());
+        if !found_inf {
+            self.adam_step(b, opt, tensors, lrs);
+        }
+        scaler.update(found_inf);
+        !found_inf
+    }
+
     /// The host copy of a backend's parameters (gradients are not copied: zeros).
     pub fn download<B: Backend<Buf = T>>(&self, b: &B) -> Params {
         Params {

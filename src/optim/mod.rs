@@ -5,6 +5,9 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+mod scaler;
+pub use scaler::LossScaler;
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct AdamConfig {
     pub beta1: f32,

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
 use crate::model::checkpoint;
 use crate::model::unet::{Params, UNet};
-use crate::optim::{cosine_lr, Adam, AdamConfig};
+use crate::optim::{cosine_lr, Adam, AdamConfig, LossScaler};
 use crate::stages::results::SectionDir;
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +45,10 @@ pub struct PretrainSettings {
     /// stop with an error after this many iterations (tests of resuming)
     #[serde(skip)]
     pub fail_after: Option<usize>,
+    /// dynamic loss scaling (PyTorch's GradScaler, which the reference runs with its fp16
+    /// autocast on a GPU): the initial scale, or none. With f32 storage a power-of-two scale
+    /// changes no value unless a gradient overflows; it is for half-precision storage.
+    pub loss_scale: Option<f32>,
     /// take the network from this model file (ours, or the package's converted by
     /// tools/import_pth.py) instead of training it: transfer to a new section
     pub import: Option<std::path::PathBuf>,
@@ -65,6 +69,7 @@ impl Default for PretrainSettings {
             split_size: 256,
             whole_epochs: true,
             fail_after: None,
+            loss_scale: None,
             import: None,
         }
     }
@@ -81,6 +86,8 @@ pub struct PretrainReport {
     pub losses: Vec<f64>,
     pub last_batch_loss: f64,
     pub imported_from: Option<String>,
+    /// the loss scaler at the end (scale, steps skipped for overflow), when scaling
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// The loop's position, kept in the checkpoint's metadata (floats as their bits).
@@ -93,11 +100,13 @@ struct Progress {
     rec_loss: f64,
     last_loss: f64,
     losses: Vec<f64>,
+    /// the loss scaler's state, when scaling
+    scaler: Option<LossScaler>,
 }
 
 impl Progress {
     fn to_meta(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut m = HashMap::from([
             ("iteration".into(), self.iteration.to_string()),
             ("epoch".into(), self.epoch.to_string()),
             ("batch_in_epoch".into(), self.batch_in_epoch.to_string()),
@@ -107,7 +116,11 @@ impl Progress {
                 "losses_bits".into(),
                 serde_json::to_string(&self.losses.iter().map(|v| v.to_bits()).collect::<Vec<_>>()).unwrap(),
             ),
-        ])
+        ]);
+        if let Some(sc) = &self.scaler {
+            m.insert("loss_scaler".into(), serde_json::to_string(sc).unwrap());
+        }
+        m
     }
 
     fn from_meta(path: &Path, m: &HashMap<String, String>) -> Result<Progress> {
@@ -125,6 +138,12 @@ impl Progress {
             rec_loss: f64::from_bits(num("rec_loss_bits")?),
             last_loss: f64::from_bits(num("last_loss_bits")?),
             losses: losses.into_iter().map(f64::from_bits).collect(),
+            scaler: match m.get("loss_scaler") {
+                None => None,
+                Some(v) => {
+                    Some(serde_json::from_str(v).map_err(|e| Error::format(path, "loss_scaler", e.to_string()))?)
+                }
+            },
         })
     }
 }
@@ -142,10 +161,24 @@ pub(crate) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 /// Forward, MSE over the batch, backward: the gradients land in `p.grads`; returns the loss.
 pub fn pretrain_step<B: Backend>(b: &B, net: &UNet, p: &mut Params<B::Buf>, batch: &B::Buf, is: Shape) -> f64 {
+    pretrain_step_scaled(b, net, p, batch, is, 1.0)
+}
+
+/// `pretrain_step` with the loss's gradient multiplied by `loss_scale` (the gradients come out
+/// scaled; the returned loss is not).
+pub fn pretrain_step_scaled<B: Backend>(
+    b: &B,
+    net: &UNet,
+    p: &mut Params<B::Buf>,
+    batch: &B::Buf,
+    is: Shape,
+    loss_scale: f32,
+) -> f64 {
     let a = net.forward(b, p, batch, is);
     let mut d = b.alloc(is.len());
     // the mean over the whole batch = the mean of per-image means (equal sizes)
-    let loss = b.mse_per_image(a.pred.as_ref().unwrap(), batch, is, 1.0 / is.n as f64, &mut d) / is.n as f64;
+    let grad = loss_scale as f64 / is.n as f64;
+    let loss = b.mse_per_image(a.pred.as_ref().unwrap(), batch, is, grad, &mut d) / is.n as f64;
     net.backward(b, p, &a, batch, d);
     a.release(b);
     loss
@@ -190,6 +223,7 @@ pub fn pretrain_on<B: Backend>(
             losses: Vec::new(),
             last_batch_loss: f64::NAN,
             imported_from: Some(src.display().to_string()),
+            loss_scaler: None,
         });
     }
     let ss = s.split_size;
@@ -201,7 +235,8 @@ pub fn pretrain_on<B: Backend>(
     let mut opt = Adam::with(AdamConfig { weight_decay: s.weight_decay, ..Default::default() }, &sizes, |n| b.zeros(n));
     let models = out.join("models");
     let partial = models.join("pretrain.partial.safetensors");
-    let mut pr = Progress { last_loss: 1000.0, ..Default::default() };
+    let mut pr =
+        Progress { last_loss: 1000.0, scaler: s.loss_scale.map(|v| LossScaler::new(v, 2000)), ..Default::default() };
     let mut resumed_from = None;
     if partial.exists() {
         let meta = checkpoint::load(b, &partial, &mut p, Some((&mut opt, &all)))?;
@@ -227,9 +262,20 @@ pub fn pretrain_on<B: Backend>(
             }
             let batch = b.upload(&host);
             let lr = cosine_lr(s.lr, s.eta_min, pr.iteration, s.iterations);
-            let loss = pretrain_step(b, &net, &mut p, &batch, is);
+            let lrs = vec![lr; all.len()];
+            let loss = match &mut pr.scaler {
+                None => {
+                    let loss = pretrain_step(b, &net, &mut p, &batch, is);
+                    p.adam_step(b, &mut opt, &all, &lrs);
+                    loss
+                }
+                Some(sc) => {
+                    let loss = pretrain_step_scaled(b, &net, &mut p, &batch, is, sc.scale);
+                    p.scaled_adam_step(b, &mut opt, sc, &all, &lrs);
+                    loss
+                }
+            };
             b.release(batch);
-            p.adam_step(b, &mut opt, &all, &vec![lr; all.len()]);
             pr.iteration += 1;
             pr.batch_in_epoch += 1;
             pr.rec_loss += loss;
@@ -277,5 +323,6 @@ pub fn pretrain_on<B: Backend>(
         losses: pr.losses,
         last_batch_loss,
         imported_from: None,
+        loss_scaler: pr.scaler,
     })
 }

@@ -211,4 +211,21 @@ impl Backend for Cpu {
     fn adam(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, s: &AdamScalars) {
         adam_update(p, g, m, v, s);
     }
+    fn unscale_grads(&self, grads: &mut [Vec<f32>], inv_scale: f32) -> bool {
+        use rayon::prelude::*;
+        grads.iter_mut().fold(false, |found, g| {
+            let bad = g
+                .par_chunks_mut(4096)
+                .map(|c| {
+                    let mut bad = false;
+                    for v in c {
+                        *v *= inv_scale;
+                        bad |= !v.is_finite();
+                    }
+                    bad
+                })
+                .reduce(|| false, |a, b| a | b);
+            found | bad
+        })
+    }
 }

@@ -861,4 +861,14 @@ impl Backend for Cuda {
             s.weight_decay
         );
     }
+    fn unscale_grads(&self, grads: &mut [DBuf], inv_scale: f32) -> bool {
+        // every tensor ORs into one flag; one 4-byte read-back per step, as PyTorch's
+        // GradScaler reads its found-inf flag once
+        let flag = self.scratch(&self.u32s, 1);
+        self.zero_bytes(flag, 4);
+        for g in grads.iter() {
+            launch!(self, "unscale_check_f32", cfg_elems(g.len), self.ptr(g), g.len as i64, inv_scale, flag);
+        }
+        self.dtoh::<u32>(flag, 1)[0] != 0
+    }
 }
