@@ -18,6 +18,9 @@ ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--repeat", type=int, default=3)
 ap.add_argument("--embed-spots", type=int, default=0,
                 help="time the package's embedding pass (eval, whole network, skip feature mean) instead")
+ap.add_argument("--infer", action="store_true",
+                help="time high-definition inference instead: encode_only with a VD prior, no grad, as "
+                     "Mapper._extract_embedding runs it (fp32 on the CPU), megapixels of tiles per second")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 models = refpkg.load_file(refpkg.find_wheel(), "SpaHDmap/model/models.py", "spahdmap_ref_models")
@@ -25,6 +28,22 @@ torch.manual_seed(0)
 m = models.SpaHDmapUnet(rank=20, num_genes=2000, num_channels=3)
 m.train()
 x = torch.rand(a.batch, 3, a.size, a.size)
+if a.infer:
+    m.eval()
+    m.training_mode = True
+    vd = torch.rand(a.batch, 20, a.size, a.size) * 0.9 + 0.05
+    ts = []
+    for _ in range(a.repeat + 1):
+        t = time.perf_counter()
+        with torch.no_grad():
+            m(image=x, vd_score=vd, encode_only=True)
+        ts.append(time.perf_counter() - t)
+    ts = ts[1:]
+    med = sorted(ts)[len(ts) // 2]
+    mpx = a.batch * a.size * a.size / 1e6
+    print(json.dumps({"bench": "unet_hd_inference_torch", "median_s": med, "repeat": a.repeat, "threads": a.threads,
+                      "detail": {"batch": a.batch, "size": a.size, "megapixel_per_s": mpx / med}}))
+    sys.exit(0)
 if a.embed_spots:
     m.eval()
     ts = []

@@ -91,6 +91,11 @@ enum BenchWhat {
         /// radius 45 per tile, heads + body + decoder, Adam), as the reference's train loop.
         #[arg(long)]
         joint: bool,
+        /// Time high-definition inference instead (rank 20: body without its training
+        /// activations, low-rank head, VD prior), in megapixels of tiles per second — the
+        /// reference bench's `hd_inference`.
+        #[arg(long)]
+        infer: bool,
     },
     /// NMF and the Voronoi score on generated data at the medulloblastoma scale (spots ×
     /// genes at about a third non-zero; a side × side crop of hexagonally spaced spots), on the
@@ -150,6 +155,7 @@ fn unet_bench<B: crate::backend::Backend>(
     repeat: usize,
     embed_spots: Option<usize>,
     joint: bool,
+    infer: bool,
 ) -> serde_json::Value {
     use crate::backend::Shape;
     use crate::model::unet::UNet;
@@ -157,6 +163,9 @@ fn unet_bench<B: crate::backend::Backend>(
     let (net, mut host) = UNet::new(3, 0);
     if joint {
         return joint_bench(b, &net, &mut host, batch, size, repeat);
+    }
+    if infer {
+        return infer_bench(b, &net, &mut host, batch, size, repeat);
     }
     let mut p = host.upload(b);
     let is = Shape { n: batch, h: size, w: size, c: 3 };
@@ -211,6 +220,43 @@ fn unet_bench<B: crate::backend::Backend>(
     serde_json::json!({"bench": "unet_pretrain_iteration", "device": b.name(), "median_s": f + bw + ad, "repeat": repeat,
         "threads": threads,
         "detail": {"batch": batch, "size": size, "forward_s": f, "backward_s": bw, "adam_s": ad,
+            "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
+}
+
+/// High-definition inference: a batch of tiles to rank-20 scores, as the score stage runs it.
+fn infer_bench<B: crate::backend::Backend>(
+    b: &B,
+    net: &crate::model::unet::UNet,
+    host: &mut crate::model::unet::Params,
+    batch: usize,
+    size: usize,
+    repeat: usize,
+) -> serde_json::Value {
+    use crate::backend::Shape;
+    use crate::model::joint::JointHead;
+    let rank = 20usize;
+    let head = JointHead::new(host, 3, rank, 100, 0, 0);
+    let p = host.upload(b);
+    let is = Shape { n: batch, h: size, w: size, c: 3 };
+    let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let vd: Vec<f32> =
+        (0..batch * size * size * rank).map(|i| 0.05 + 0.9 * ((i * 104729) % 997) as f32 / 997.0).collect();
+    let (im, v) = (b.upload(&image), b.upload(&vd));
+    let mut times = Vec::new();
+    for _ in 0..repeat.max(1) + 1 {
+        b.synchronize();
+        let t = Instant::now();
+        let hr = head.hr_scores(b, net, &p, &im, is, &v);
+        b.synchronize();
+        times.push(t.elapsed().as_secs_f64());
+        b.release(hr);
+    }
+    times.remove(0); // warm-up: module load, pool fill
+    let t = median(times);
+    let mpx = (batch * size * size) as f64 / 1e6;
+    serde_json::json!({"bench": "unet_hd_inference", "device": b.name(), "median_s": t, "repeat": repeat,
+        "threads": rayon::current_num_threads(),
+        "detail": {"batch": batch, "size": size, "rank": rank, "megapixel_per_s": mpx / t,
             "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
 }
 
@@ -553,11 +599,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let a = crate::simulate::evaluate::evaluate(&results, &truth, &section)?;
             println!("{}", serde_json::json!({"bench": "accuracy", "detail": a}));
         }
-        BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, joint } => {
+        BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, joint, infer } => {
             use crate::backend::cuda::Precision;
             let v = match bench_gpu(&device, if exact { Precision::Exact } else { Precision::Tf32 })? {
-                None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots, joint),
-                Some(g) => unet_bench(&g, batch, size, repeat, embed_spots, joint),
+                None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots, joint, infer),
+                Some(g) => unet_bench(&g, batch, size, repeat, embed_spots, joint, infer),
             };
             println!("{v}");
         }

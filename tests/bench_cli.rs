@@ -1,0 +1,33 @@
+//! `spahdmap bench unet`'s modes on the CPU at toy sizes: each prints one JSON line with its
+//! timing and the measure the benchmarks table quotes.
+mod common;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let o = common::bin().args(["bench", "unet", "--batch", "2", "--repeat", "1"]).args(args).output().unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn unet_bench_modes_report_their_measures() {
+    let v = bench(&["--size", "32"]);
+    assert_eq!(v["bench"], "unet_pretrain_iteration");
+    let d = &v["detail"];
+    let parts = d["forward_s"].as_f64().unwrap() + d["backward_s"].as_f64().unwrap() + d["adam_s"].as_f64().unwrap();
+    assert!((v["median_s"].as_f64().unwrap() - parts).abs() < 1e-9 && parts > 0.0);
+
+    let v = bench(&["--size", "32", "--infer"]);
+    assert_eq!(v["bench"], "unet_hd_inference");
+    let (t, mpx) = (v["median_s"].as_f64().unwrap(), v["detail"]["megapixel_per_s"].as_f64().unwrap());
+    assert!(t > 0.0 && (mpx * t - 2.0 * 32.0 * 32.0 / 1e6).abs() < 1e-12, "{v}");
+
+    let v = bench(&["--size", "32", "--embed-spots", "3"]);
+    assert_eq!(v["bench"], "unet_spot_embedding");
+    assert_eq!(v["detail"]["spots"], 4, "whole batches");
+
+    let v = bench(&["--size", "96", "--joint"]);
+    assert_eq!(v["bench"], "unet_joint_iteration");
+    assert_eq!(v["detail"]["spots_per_tile"], 1);
+    assert!(v["detail"]["loss"].as_f64().unwrap().is_finite());
+}
