@@ -646,8 +646,8 @@ fn bilinear_resize_matches_the_cpu() {
 /// tiles each, frames and padding columns included.
 #[test]
 fn tile_accumulation_matches_the_cpu() {
+    use spahdmap::backend::cpu::band::BandAverager;
     use spahdmap::backend::cuda::tiles::DeviceBandAverager;
-    use spahdmap::stages::score::BandAverager;
     let Some(g) = gpu() else { return };
     let (rank, split, bound, wp) = (3usize, 16usize, 2usize, 40usize);
     let cols = [0usize, 12, 24];
@@ -701,4 +701,67 @@ fn out_of_memory_says_what_was_asked_and_what_was_free() {
     // the device still works afterwards
     let v = rnd(1000, 50, -1.0, 1.0);
     assert_eq!(g.download(&g.upload(&v)), v);
+}
+
+/// The score stage's tiling through the backend: a "network" that returns its VD input,
+/// averaged on the device, gives the CPU's rows exactly (batches of 3 tiles, a crop wider and
+/// taller than a tile, padding on every side).
+#[test]
+fn streamed_tile_averaging_matches_the_cpu() {
+    use spahdmap::stages::score::{average_tiles, ScoreSettings};
+    let Some(g) = gpu() else { return };
+    let (h, w, rank, ss) = (150usize, 97usize, 3usize, 32usize);
+    let s = ScoreSettings { split_size: ss, batch: 3, ..Default::default() };
+    let map = rnd(h * w * rank, 43, 0.0, 1.0);
+    let tile = |r: i64, c: i64| -> spahdmap::Result<(Vec<f32>, Vec<f32>)> {
+        let mut v = vec![0f32; ss * ss * rank];
+        for y in 0..ss {
+            for x in 0..ss {
+                let (yy, xx) = (r + y as i64, c + x as i64);
+                if yy >= 0 && xx >= 0 && yy < h as i64 && xx < w as i64 {
+                    let at = (yy as usize * w + xx as usize) * rank;
+                    v[(y * ss + x) * rank..(y * ss + x + 1) * rank].copy_from_slice(&map[at..at + rank]);
+                }
+            }
+        }
+        Ok((vec![0.0; ss * ss * 3], v))
+    };
+    let mut want = Vec::new();
+    let nc = average_tiles(
+        &Cpu::new(),
+        h,
+        w,
+        rank,
+        &s,
+        tile,
+        |_, vd, _| vd.to_vec(),
+        |y, row| {
+            want.push((y, row.to_vec()));
+            Ok(())
+        },
+        |_| {},
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let ng = average_tiles(
+        &g,
+        h,
+        w,
+        rank,
+        &s,
+        tile,
+        |_, vd, _| g.upload(vd),
+        |y, row| {
+            got.push((y, row.to_vec()));
+            Ok(())
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(nc, ng);
+    assert_eq!(got.len(), h);
+    for ((yc, rc), (yg, rg)) in want.iter().zip(&got) {
+        assert_eq!(yc, yg);
+        assert!(rel(rg, rc) < 1e-6, "row {yc}: {}", rel(rg, rc));
+    }
 }

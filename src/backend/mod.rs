@@ -185,6 +185,9 @@ pub struct Decoder<'a, T> {
 pub trait Backend: Sync {
     /// A buffer of f32 values on the device.
     type Buf: Send + Sync;
+    /// The score stage's band of overlapping inference tiles, where the tiles are (host or
+    /// device), so a batch's scores never travel before they are averaged.
+    type Band: Send;
 
     fn name(&self) -> String;
     /// Wait until every queued operation has finished (for timing; the CPU is synchronous).
@@ -312,6 +315,22 @@ pub trait Backend: Sync {
     // --- optimiser ----------------------------------------------------------------------
     /// One Adam update of `p` from `g` with moments `m`, `v` (PyTorch's single-tensor Adam).
     fn adam(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, s: &AdamScalars);
+    // --- whole-slide inference -----------------------------------------------------------
+    /// A band of `split` padded rows × `wp` columns × `rank` components (frame `bound`).
+    fn band(&self, rank: usize, split: usize, bound: usize, wp: usize) -> Self::Band;
+    /// Add tile `index` of the batch `hr` (split × split × rank, channels last) at padded
+    /// column `c0` of the band's rows, weighted by its frame.
+    fn band_add(&self, band: &mut Self::Band, c0: usize, hr: &Self::Buf, index: usize);
+    /// Hand the band's finished padded rows [top, until) to `emit` (frame-weighted averages,
+    /// channels last, padding columns removed), then move the band down to start at `until`.
+    fn band_advance(
+        &self,
+        band: &mut Self::Band,
+        until: usize,
+        emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
+    ) -> crate::Result<()>;
+
+    // --- optimiser, continued -------------------------------------------------------------
     /// Multiply every gradient by `inv_scale` (undoing a loss scale); true when any value
     /// is then inf or NaN (PyTorch's `_amp_foreach_non_finite_check_and_unscale_`).
     fn unscale_grads(&self, grads: &mut [Self::Buf], inv_scale: f32) -> bool;

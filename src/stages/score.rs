@@ -68,99 +68,21 @@ pub fn tile_starts(len: usize, split: usize, overlap: usize) -> Vec<usize> {
     (0..n).map(|i| if i + 1 == n { len - split } else { i * step }).collect()
 }
 
-/// The frame-weighted average over overlapping tiles, streamed by rows of tiles: holds the
-/// padded rows [top, top + split) of every component and their summed frame weights.
-pub struct BandAverager {
-    rank: usize,
-    split: usize,
-    bound: usize,
-    /// padded width
-    wp: usize,
-    top: usize,
-    acc: Vec<f32>,
-    weight: Vec<f32>,
-}
-
-impl BandAverager {
-    pub fn new(rank: usize, split: usize, bound: usize, wp: usize) -> BandAverager {
-        BandAverager {
-            rank,
-            split,
-            bound,
-            wp,
-            top: 0,
-            acc: vec![0.0; split * wp * rank],
-            weight: vec![0.0; split * wp],
-        }
-    }
-
-    fn frame(&self, v: usize) -> f32 {
-        if v >= self.bound && v + self.bound < self.split {
-            1.0
-        } else {
-            0.0
-        }
-    }
-
-    /// Add one tile's HR (split × split × R, channels last) at padded (row top, col c0).
-    pub fn add(&mut self, c0: usize, hr: &[f32]) {
-        let (r, s, wp) = (self.rank, self.split, self.wp);
-        for y in 0..s {
-            let fy = self.frame(y);
-            for x in 0..s.min(wp - c0) {
-                let f = fy * self.frame(x);
-                if f == 0.0 {
-                    continue;
-                }
-                let at = y * wp + c0 + x;
-                self.weight[at] += f;
-                let src = &hr[(y * s + x) * r..(y * s + x + 1) * r];
-                for (a, v) in self.acc[at * r..(at + 1) * r].iter_mut().zip(src) {
-                    *a += f * v;
-                }
-            }
-        }
-    }
-
-    /// Hand padded rows [top, until) to `emit` (padded row, R × width values averaged, channels
-    /// last, padding columns removed), then move the band down so that it starts at `until`.
-    pub fn advance(&mut self, until: usize, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
-        let (r, wp, b) = (self.rank, self.wp, self.bound);
-        let done = until.saturating_sub(self.top).min(self.split);
-        let w = wp - 2 * b;
-        let mut row = vec![0f32; w * r];
-        for y in 0..done {
-            for x in 0..w {
-                let at = y * wp + b + x;
-                let wt = self.weight[at];
-                let inv = if wt == 0.0 { 1.0 } else { 1.0 / wt };
-                for k in 0..r {
-                    row[x * r + k] = self.acc[at * r + k] * inv;
-                }
-            }
-            emit(self.top + y, &row)?;
-        }
-        self.acc.copy_within(done * wp * r.., 0);
-        self.weight.copy_within(done * wp.., 0);
-        let keep = self.split - done;
-        self.acc[keep * wp * r..].fill(0.0);
-        self.weight[keep * wp..].fill(0.0);
-        self.top = until;
-        Ok(())
-    }
-}
-
 /// The tiled, frame-averaged HR map of a crop of `h` × `w`: `tile(r0, c0)` gives the image and
 /// VD windows of a tile at crop coordinates (possibly negative: the padding), `infer` the HR
-/// of a batch of them, `emit` each finished crop row (channels last). Returns the tile count.
+/// of a batch of them on the backend, `emit` each finished crop row (channels last). Tiles are
+/// averaged where the backend keeps them (on a GPU: on the device), and nothing waits for the
+/// network between batches except the band's finished rows, so on a GPU the next batch's
+/// tiles are read while the previous one computes. Returns the tile count.
 #[allow(clippy::too_many_arguments)]
-pub fn average_tiles(
+pub fn average_tiles<B: Backend>(
+    b: &B,
     h: usize,
     w: usize,
     rank: usize,
     s: &ScoreSettings,
     tile: impl Fn(i64, i64) -> Result<(Vec<f32>, Vec<f32>)> + Sync,
-    mut infer: impl FnMut(&[f32], &[f32], usize) -> Vec<f32>,
+    mut infer: impl FnMut(&[f32], &[f32], usize) -> B::Buf,
     mut emit: impl FnMut(usize, &[f32]) -> Result<()>,
     mut progress: impl FnMut(usize),
 ) -> Result<usize> {
@@ -171,7 +93,7 @@ pub fn average_tiles(
     let rows = tile_starts(hp, ss, overlap);
     let cols = tile_starts(wp, ss, overlap);
     // a crop narrower than a tile: the band is one tile wide, the rest is padding
-    let mut band = BandAverager::new(rank, ss, bound, wp.max(ss));
+    let mut band = b.band(rank, ss, bound, wp.max(ss));
     let mut emit_crop = |prow: usize, vals: &[f32]| -> Result<()> {
         if prow >= bound && prow < bound + h {
             emit(prow - bound, &vals[..w * rank])?;
@@ -180,26 +102,28 @@ pub fn average_tiles(
     };
     let mut count = 0;
     for &r0 in &rows {
-        band.advance(r0, &mut emit_crop)?;
+        b.band_advance(&mut band, r0, &mut emit_crop)?;
         for chunk in cols.chunks(s.batch.max(1)) {
             let parts: Vec<(Vec<f32>, Vec<f32>)> = chunk
                 .par_iter()
                 .map(|&c0| tile(r0 as i64 - bound as i64, c0 as i64 - bound as i64))
                 .collect::<Result<_>>()?;
             let (mut img, mut vd) = (Vec::new(), Vec::new());
-            for (a, b) in parts {
+            for (a, v) in parts {
                 img.extend(a);
-                vd.extend(b);
+                vd.extend(v);
             }
             let hr = infer(&img, &vd, chunk.len());
             for (i, &c0) in chunk.iter().enumerate() {
-                band.add(c0, &hr[i * ss * ss * rank..(i + 1) * ss * ss * rank]);
+                b.band_add(&mut band, c0, &hr, i);
             }
+            b.release(hr);
             count += chunk.len();
             progress(chunk.len());
         }
     }
-    band.advance(hp.max(band.top + ss), &mut emit_crop)?;
+    let last = *rows.last().unwrap();
+    b.band_advance(&mut band, hp.max(last + ss), &mut emit_crop)?;
     Ok(count)
 }
 
@@ -347,14 +271,12 @@ pub fn score_on<B: Backend>(
             }
             Ok((img, vd.window(r, c, ss, ss)))
         };
-        let infer = |img: &[f32], v: &[f32], n: usize| -> Vec<f32> {
+        let infer = |img: &[f32], v: &[f32], n: usize| -> B::Buf {
             let (ib, vb) = (b.upload(img), b.upload(v));
             let hr = head.hr_scores(b, &net, &p, &ib, Shape { n, h: ss, w: ss, c: channels }, &vb);
-            let host = b.download(&hr);
-            for t in [ib, vb, hr] {
-                b.release(t);
-            }
-            host
+            b.release(ib);
+            b.release(vb);
+            hr
         };
         let mut mask = sd.mask()?;
         let before = mask.count();
@@ -389,7 +311,7 @@ pub fn score_on<B: Backend>(
                 }
                 Ok(())
             };
-            average_tiles(h, w, rank, s, tile, infer, emit, |n| pb.inc(n as u64))
+            average_tiles(b, h, w, rank, s, tile, infer, emit, |n| pb.inc(n as u64))
         })?;
         pb.finish_and_clear();
         let (spots, n) = sd.all_spots()?;
@@ -482,6 +404,7 @@ mod tests {
         };
         let mut rows = Vec::new();
         let n = average_tiles(
+            &Cpu::new(),
             h,
             w,
             rank,

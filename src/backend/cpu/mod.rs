@@ -3,6 +3,7 @@
 //! the thread count's scheduling. The reference the CUDA backend is tested against.
 
 pub mod act;
+pub mod band;
 pub mod conv;
 pub mod loss;
 pub mod norm;
@@ -31,6 +32,7 @@ impl Cpu {
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
+    type Band = band::BandAverager;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -210,6 +212,21 @@ impl Backend for Cpu {
 
     fn adam(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, s: &AdamScalars) {
         adam_update(p, g, m, v, s);
+    }
+    fn band(&self, rank: usize, split: usize, bound: usize, wp: usize) -> band::BandAverager {
+        band::BandAverager::new(rank, split, bound, wp)
+    }
+    fn band_add(&self, band: &mut band::BandAverager, c0: usize, hr: &Vec<f32>, index: usize) {
+        let per = band.tile_len();
+        band.add(c0, &hr[index * per..(index + 1) * per]);
+    }
+    fn band_advance(
+        &self,
+        band: &mut band::BandAverager,
+        until: usize,
+        emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
+    ) -> crate::Result<()> {
+        band.advance(until, emit)
     }
     fn unscale_grads(&self, grads: &mut [Vec<f32>], inv_scale: f32) -> bool {
         use rayon::prelude::*;

@@ -16,6 +16,7 @@ use cudarc::driver::{
     LaunchConfig, PinnedHostSlice,
 };
 
+use super::tiles::DeviceBandAverager;
 use crate::backend::{Backend, ConvSpec, Decoder, Epilogue, Shape, TileSpots};
 use crate::optim::AdamScalars;
 
@@ -356,6 +357,7 @@ pub(super) fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
 
 impl Backend for Cuda {
     type Buf = DBuf;
+    type Band = DeviceBandAverager;
 
     fn name(&self) -> String {
         self.label.clone()
@@ -860,6 +862,20 @@ impl Backend for Cuda {
             s.eps,
             s.weight_decay
         );
+    }
+    fn band(&self, rank: usize, split: usize, bound: usize, wp: usize) -> DeviceBandAverager {
+        DeviceBandAverager::new(self, rank, split, bound, wp)
+    }
+    fn band_add(&self, band: &mut DeviceBandAverager, c0: usize, hr: &DBuf, index: usize) {
+        band.add(self, c0, hr, index)
+    }
+    fn band_advance(
+        &self,
+        band: &mut DeviceBandAverager,
+        until: usize,
+        emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
+    ) -> crate::Result<()> {
+        band.advance(self, until, emit)
     }
     fn unscale_grads(&self, grads: &mut [DBuf], inv_scale: f32) -> bool {
         // every tensor ORs into one flag; one 4-byte read-back per step, as PyTorch's
