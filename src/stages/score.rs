@@ -70,10 +70,14 @@ pub fn tile_starts(len: usize, split: usize, overlap: usize) -> Vec<usize> {
 
 /// The tiled, frame-averaged HR map of a crop of `h` × `w`: `tile(r0, c0)` gives the image and
 /// VD windows of a tile at crop coordinates (possibly negative: the padding), `infer` the HR
-/// of a batch of them on the backend, `emit` each finished crop row (channels last). Tiles are
-/// averaged where the backend keeps them (on a GPU: on the device), and nothing waits for the
-/// network between batches except the band's finished rows, so on a GPU the next batch's
-/// tiles are read while the previous one computes. Returns the tile count.
+/// of a batch of them on the backend, `emit` each finished crop row (channels last). Returns
+/// the tile count.
+///
+/// Three stages run at once so that the network never waits on the disk: a reader thread
+/// prepares the next batch of tiles while this thread runs the network and averages the tiles
+/// where the backend keeps them (on a GPU: on the device; only finished rows come back), and a
+/// writer thread takes the finished rows. Queues are short (one batch, 64 rows), so memory
+/// stays bounded by the batch and the band, not the slide.
 #[allow(clippy::too_many_arguments)]
 pub fn average_tiles<B: Backend>(
     b: &B,
@@ -83,7 +87,7 @@ pub fn average_tiles<B: Backend>(
     s: &ScoreSettings,
     tile: impl Fn(i64, i64) -> Result<(Vec<f32>, Vec<f32>)> + Sync,
     mut infer: impl FnMut(&[f32], &[f32], usize) -> B::Buf,
-    mut emit: impl FnMut(usize, &[f32]) -> Result<()>,
+    emit: impl FnMut(usize, &[f32]) -> Result<()> + Send,
     mut progress: impl FnMut(usize),
 ) -> Result<usize> {
     let ss = s.split_size;
@@ -92,39 +96,78 @@ pub fn average_tiles<B: Backend>(
     let (hp, wp) = (h + 2 * bound, w + 2 * bound);
     let rows = tile_starts(hp, ss, overlap);
     let cols = tile_starts(wp, ss, overlap);
+    let batch = s.batch.max(1);
     // a crop narrower than a tile: the band is one tile wide, the rest is padding
     let mut band = b.band(rank, ss, bound, wp.max(ss));
-    let mut emit_crop = |prow: usize, vals: &[f32]| -> Result<()> {
-        if prow >= bound && prow < bound + h {
-            emit(prow - bound, &vals[..w * rank])?;
-        }
-        Ok(())
-    };
-    let mut count = 0;
-    for &r0 in &rows {
-        b.band_advance(&mut band, r0, &mut emit_crop)?;
-        for chunk in cols.chunks(s.batch.max(1)) {
-            let parts: Vec<(Vec<f32>, Vec<f32>)> = chunk
-                .par_iter()
-                .map(|&c0| tile(r0 as i64 - bound as i64, c0 as i64 - bound as i64))
-                .collect::<Result<_>>()?;
-            let (mut img, mut vd) = (Vec::new(), Vec::new());
-            for (a, v) in parts {
-                img.extend(a);
-                vd.extend(v);
+    std::thread::scope(|scope| {
+        type Batch = (usize, Vec<usize>, Vec<f32>, Vec<f32>);
+        let (tiles_tx, tiles_rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(1);
+        let (rows, cols, tile) = (&rows, &cols, &tile);
+        scope.spawn(move || {
+            for &r0 in rows {
+                for chunk in cols.chunks(batch) {
+                    let parts: Result<Vec<(Vec<f32>, Vec<f32>)>> =
+                        chunk.par_iter().map(|&c0| tile(r0 as i64 - bound as i64, c0 as i64 - bound as i64)).collect();
+                    let item = parts.map(|parts| {
+                        let (mut img, mut vd) = (Vec::new(), Vec::new());
+                        for (a, v) in parts {
+                            img.extend(a);
+                            vd.extend(v);
+                        }
+                        (r0, chunk.to_vec(), img, vd)
+                    });
+                    let failed = item.is_err();
+                    // a closed queue: the consumer stopped on an error of its own
+                    if tiles_tx.send(item).is_err() || failed {
+                        return;
+                    }
+                }
             }
-            let hr = infer(&img, &vd, chunk.len());
-            for (i, &c0) in chunk.iter().enumerate() {
-                b.band_add(&mut band, c0, &hr, i);
+        });
+        let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(64);
+        let writer = scope.spawn(move || -> Result<()> {
+            let mut emit = emit;
+            for (y, row) in rows_rx {
+                emit(y, &row)?;
             }
-            b.release(hr);
-            count += chunk.len();
-            progress(chunk.len());
-        }
-    }
-    let last = *rows.last().unwrap();
-    b.band_advance(&mut band, hp.max(last + ss), &mut emit_crop)?;
-    Ok(count)
+            Ok(())
+        });
+        // rows of the crop go to the writer; an error once it has stopped (its own error wins)
+        let mut emit_crop = |prow: usize, vals: &[f32]| -> Result<()> {
+            if prow >= bound && prow < bound + h && rows_tx.send((prow - bound, vals[..w * rank].to_vec())).is_err() {
+                return Err(Error::Other("score: the row writer stopped".into()));
+            }
+            Ok(())
+        };
+        let mut run = || -> Result<usize> {
+            let mut count = 0;
+            let mut top = None;
+            for item in tiles_rx.iter() {
+                let (r0, chunk, img, vd) = item?;
+                if top != Some(r0) {
+                    b.band_advance(&mut band, r0, &mut emit_crop)?;
+                    top = Some(r0);
+                }
+                let hr = infer(&img, &vd, chunk.len());
+                for (i, &c0) in chunk.iter().enumerate() {
+                    b.band_add(&mut band, c0, &hr, i);
+                }
+                b.release(hr);
+                count += chunk.len();
+                progress(chunk.len());
+            }
+            let last = *rows.last().unwrap();
+            b.band_advance(&mut band, hp.max(last + ss), &mut emit_crop)?;
+            Ok(count)
+        };
+        let result = run();
+        drop(tiles_rx);
+        drop(rows_tx);
+        let written = writer.join().expect("the row writer panicked");
+        // the writer's own error explains a stop better than the closed queue it caused
+        written?;
+        result
+    })
 }
 
 /// np.quantile(values, 0.5) of half floats: the middle value, or the two middles' mean
@@ -429,6 +472,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A failing tile read and a failing row write each stop the stage with their own error,
+    /// whichever thread they happen on, and nothing hangs.
+    #[test]
+    fn reader_and_writer_errors_stop_the_tiling() {
+        let s = ScoreSettings { split_size: 32, batch: 2, ..Default::default() };
+        let (h, w, rank) = (200usize, 150usize, 2usize);
+        let ok = |_: i64, _: i64| -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((vec![0.0; 32 * 32 * 3], vec![0.5; 32 * 32 * rank]))
+        };
+        let bad_tile = |r: i64, _: i64| -> Result<(Vec<f32>, Vec<f32>)> {
+            if r > 60 {
+                Err(Error::Other("tile read failed".into()))
+            } else {
+                ok(r, 0)
+            }
+        };
+        let cpu = Cpu::new();
+        let mut emitted = 0;
+        let e = average_tiles(
+            &cpu,
+            h,
+            w,
+            rank,
+            &s,
+            bad_tile,
+            |_, vd, _| vd.to_vec(),
+            |_, _| {
+                emitted += 1;
+                Ok(())
+            },
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tile read failed"), "{e}");
+        assert!(emitted > 0 && emitted < h, "rows above the failure were written: {emitted}");
+        let e = average_tiles(
+            &cpu,
+            h,
+            w,
+            rank,
+            &s,
+            ok,
+            |_, vd, _| vd.to_vec(),
+            |y, _| {
+                if y == 40 {
+                    return Err(Error::Other("disk full".into()));
+                }
+                Ok(())
+            },
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
     }
 
     #[test]
