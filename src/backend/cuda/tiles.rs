@@ -46,6 +46,8 @@ pub struct DeviceBandAverager {
     spare_acc: DBuf,
     spare_weight: DBuf,
     rows: DBuf,
+    /// rows per download block
+    copy_rows: usize,
 }
 
 impl DeviceBandAverager {
@@ -60,8 +62,14 @@ impl DeviceBandAverager {
             weight: g.zeros(split * wp),
             spare_acc: g.alloc(split * wp * rank),
             spare_weight: g.alloc(split * wp),
-            rows: g.alloc(split * (wp - 2 * bound) * rank),
+            rows: g.alloc(rows_per_copy(split, (wp - 2 * bound) * rank) * (wp - 2 * bound) * rank),
+            copy_rows: rows_per_copy(split, (wp - 2 * bound) * rank),
         }
+    }
+
+    /// Download finished rows in blocks of at most `n` (tests of the block loop; ≥ 1).
+    pub fn limit_copy_rows(&mut self, n: usize) {
+        self.copy_rows = self.copy_rows.min(n.max(1));
     }
 
     /// Add tile `index` of the batch `hr` (tiles of split × split × R) at padded column c0.
@@ -89,23 +97,29 @@ impl DeviceBandAverager {
         let (r, wp, b) = (self.rank, self.wp, self.bound);
         let done = until.saturating_sub(self.top).min(self.split);
         let w = wp - 2 * b;
-        if done > 0 {
+        // finished rows come back in blocks (about 64 MiB each): the device buffer and the
+        // host's copy stay small however wide the slide
+        let per = self.copy_rows;
+        let mut y0 = 0;
+        while y0 < done {
+            let n = per.min(done - y0);
             launch!(
                 g,
                 "band_average_f32",
-                cfg_elems(done * w * r),
-                g.ptr(&self.acc),
-                g.ptr(&self.weight),
-                done as i32,
+                cfg_elems(n * w * r),
+                g.ptr(&self.acc) + (y0 * wp * r * 4) as u64,
+                g.ptr(&self.weight) + (y0 * wp * 4) as u64,
+                n as i32,
                 wp as i32,
                 b as i32,
                 r as i32,
                 g.ptr(&self.rows)
             );
-            let rows = g.dtoh::<f32>(g.ptr(&self.rows), done * w * r);
+            let rows = g.dtoh::<f32>(g.ptr(&self.rows), n * w * r);
             for (y, row) in rows.chunks(w * r).enumerate() {
-                emit(self.top + y, row)?;
+                emit(self.top + y0 + y, row)?;
             }
+            y0 += n;
         }
         let keep = self.split - done;
         for (src, dst, per) in [(&self.acc, &self.spare_acc, wp * r), (&self.weight, &self.spare_weight, wp)] {
@@ -126,4 +140,9 @@ impl DeviceBandAverager {
         self.top = until;
         Ok(())
     }
+}
+
+/// Rows of `row_len` floats per block of the band's download: about 64 MiB, at least one.
+fn rows_per_copy(split: usize, row_len: usize) -> usize {
+    ((64 << 20) / (4 * row_len.max(1))).clamp(1, split)
 }
