@@ -2,11 +2,12 @@
 // CPU backend's conv.rs is their reference. Layouts as there: activations NHWC, conv weights
 // [ky][kx][ci][co], transposed-conv weights [ci][ky][kx][co].
 //
-// Two GEMM bodies take the operand policies of conv_ops.cuh (gathers and epilogues: bias,
+// Three GEMM bodies take the operand policies of conv_ops.cuh (gathers and epilogues: bias,
 // LeakyReLU, residual; the transposed conv's scatter; atomic adds of split-K weight
-// gradients): f32 SIMT (the CPU's arithmetic up to summation order) and TF32 tensor cores
-// (mma.sync m16n8k8, f32 accumulation). Each block first decomposes its 64 rows and 64
-// columns, and each K step its K indices, into shared memory.
+// gradients): f32 SIMT (the CPU's arithmetic up to summation order), TF32 tensor cores
+// (mma.sync m16n8k8, f32 accumulation), and the same with each K step's loads issued before
+// the previous step's MMAs (double-buffered shared memory). Each block first decomposes its 64
+// rows and 64 columns, and each K step its K indices, into shared memory.
 
 #include <cstdint>
 
@@ -25,49 +26,68 @@ __device__ __forceinline__ void tile_infos(const Op& op, int64_t M, int N, typen
     __syncthreads();
 }
 
-// Gather one K step (KS wide) of A (BM × KS) and B (KS × BN) through put_a(m, k, v) and
-// put_b(n, k, v). With 256 threads and KS, BM, BN dividing 256, each thread's index along the
-// contiguous dimension is the same in every load of the step: its decomposition is read once
-// from shared memory, and the varying one is the same across a warp (a broadcast read).
-template <int KS, class Op, class PutA, class PutB>
-__device__ __forceinline__ void gather_step(const Op& op, const typename Op::MI* mi, const typename Op::KI* ki,
-                                            const typename Op::NI* ni, PutA put_a, PutB put_b) {
+// One K step (KS wide) of A (BM × KS) and B (KS × BN) in one thread's registers. With 256
+// threads and KS, BM, BN dividing 256, each thread's index along the contiguous dimension is the
+// same in every load of the step: its decomposition is read once from shared memory, and the
+// varying one is the same across a warp (a broadcast read).
+template <int KS>
+struct Staged {
+    static constexpr int NA = BM * KS / THREADS, NB = BN * KS / THREADS;
+    float a[NA], b[NB];
+};
+
+// Load a step's elements into registers (the loads are issued here and waited for only where
+// the values are used: by store_step).
+template <int KS, class Op>
+__device__ __forceinline__ void load_step(const Op& op, const typename Op::MI* mi, const typename Op::KI* ki,
+                                          const typename Op::NI* ni, Staged<KS>& st) {
     const int tid = threadIdx.x;
-    constexpr int NA = BM * KS / THREADS, NB = BN * KS / THREADS;
+    constexpr int NA = Staged<KS>::NA, NB = Staged<KS>::NB;
     if constexpr (Op::A_K_FAST) {
         const int kk = tid % KS;
         const typename Op::KI k = ki[kk];
 #pragma unroll
-        for (int i = 0; i < NA; ++i) {
-            const int mm = (tid + THREADS * i) / KS;
-            put_a(mm, kk, op.a(mi[mm], k));
-        }
+        for (int i = 0; i < NA; ++i) st.a[i] = op.a(mi[(tid + THREADS * i) / KS], k);
     } else {
-        const int mm = tid % BM;
-        const typename Op::MI m = mi[mm];
+        const typename Op::MI m = mi[tid % BM];
 #pragma unroll
-        for (int i = 0; i < NA; ++i) {
-            const int kk = (tid + THREADS * i) / BM;
-            put_a(mm, kk, op.a(m, ki[kk]));
-        }
+        for (int i = 0; i < NA; ++i) st.a[i] = op.a(m, ki[(tid + THREADS * i) / BM]);
     }
     if constexpr (Op::B_N_FAST) {
-        const int nn = tid % BN;
-        const typename Op::NI n = ni[nn];
+        const typename Op::NI n = ni[tid % BN];
 #pragma unroll
-        for (int i = 0; i < NB; ++i) {
-            const int kk = (tid + THREADS * i) / BN;
-            put_b(nn, kk, op.b(ki[kk], n));
-        }
+        for (int i = 0; i < NB; ++i) st.b[i] = op.b(ki[(tid + THREADS * i) / BN], n);
     } else {
-        const int kk = tid % KS;
-        const typename Op::KI k = ki[kk];
+        const typename Op::KI k = ki[tid % KS];
 #pragma unroll
-        for (int i = 0; i < NB; ++i) {
-            const int nn = (tid + THREADS * i) / KS;
-            put_b(nn, kk, op.b(k, ni[nn]));
-        }
+        for (int i = 0; i < NB; ++i) st.b[i] = op.b(k, ni[(tid + THREADS * i) / KS]);
     }
+}
+
+// Hand a step's registers to put_a(m, k, v) and put_b(n, k, v): load_step's element mapping.
+template <int KS, class Op, class PutA, class PutB>
+__device__ __forceinline__ void store_step(const Staged<KS>& st, PutA put_a, PutB put_b) {
+    const int tid = threadIdx.x;
+    constexpr int NA = Staged<KS>::NA, NB = Staged<KS>::NB;
+#pragma unroll
+    for (int i = 0; i < NA; ++i) {
+        if constexpr (Op::A_K_FAST) put_a((tid + THREADS * i) / KS, tid % KS, st.a[i]);
+        else put_a(tid % BM, (tid + THREADS * i) / BM, st.a[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+        if constexpr (Op::B_N_FAST) put_b(tid % BN, (tid + THREADS * i) / BN, st.b[i]);
+        else put_b((tid + THREADS * i) / KS, tid % KS, st.b[i]);
+    }
+}
+
+// Gather one K step straight into shared memory through put_a and put_b.
+template <int KS, class Op, class PutA, class PutB>
+__device__ __forceinline__ void gather_step(const Op& op, const typename Op::MI* mi, const typename Op::KI* ki,
+                                            const typename Op::NI* ni, PutA put_a, PutB put_b) {
+    Staged<KS> st;
+    load_step<KS>(op, mi, ki, ni, st);
+    store_step<KS, Op>(st, put_a, put_b);
 }
 
 // C[m][n] = Σ_k A(m, k) B(k, n) over k in [k0, k1) for the block's 64 × 64 tile, f32 FMAs.
@@ -195,10 +215,93 @@ __device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int
             }
 }
 
-// Either body: f32 SIMT (exact path) or TF32 tensor cores.
-template <bool TC, class Op>
+// The tensor-core GEMM with its loads one K step ahead: step s + 1's elements are loaded into
+// registers before step s's MMAs and stored into the other half of double-buffered shared
+// memory after them, so global-memory latency hides behind the tensor cores and each step
+// costs one barrier. Same tiles, fragments and epilogue as gemm_tile_tc.
+template <class Op>
+__device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
+    __shared__ uint32_t As[2][BM][TS];  // [buffer][m][k]
+    __shared__ uint32_t Bs[2][BN][TS];  // [buffer][n][k]
+    __shared__ typename Op::MI mi[BM];
+    __shared__ typename Op::NI ni[BN];
+    __shared__ typename Op::KI ki[2][TK];
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    tile_infos(op, M, N, mi, ni);
+    const int g = lane / 4, t = lane % 4;
+    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+    float acc[2][2][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    const int64_t steps = k1 > k0 ? (k1 - k0 + TK - 1) / TK : 0;
+    Staged<TK> st;
+    auto put = [&](int buf) {
+        store_step<TK, Op>(
+            st, [&](int m, int k, float v) { As[buf][m][k] = to_tf32(v); },
+            [&](int n, int k, float v) { Bs[buf][n][k] = to_tf32(v); });
+    };
+    if (steps > 0) {
+        if (tid < TK) ki[0][tid] = op.ki(k0 + tid, k1);
+        __syncthreads();
+        load_step<TK>(op, mi, ki[0], ni, st);
+        put(0);
+        if (steps > 1 && tid < TK) ki[1][tid] = op.ki(k0 + TK + tid, k1);
+        __syncthreads();
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+        const int cur = (int)(s & 1), nxt = cur ^ 1;
+        const bool more = s + 1 < steps;
+        if (more) load_step<TK>(op, mi, ki[nxt], ni, st);
+#pragma unroll
+        for (int ks = 0; ks < TK; ks += 8) {
+            uint32_t a[2][4], b[2][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = wm + 16 * i + g;
+                a[i][0] = As[cur][r][ks + t];
+                a[i][1] = As[cur][r + 8][ks + t];
+                a[i][2] = As[cur][r][ks + t + 4];
+                a[i][3] = As[cur][r + 8][ks + t + 4];
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int c = wn + 8 * j + g;
+                b[j][0] = Bs[cur][c][ks + t];
+                b[j][1] = Bs[cur][c][ks + t + 4];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) mma_tf32(acc[i][j], a[i], b[j]);
+        }
+        if (more) {
+            // the other buffers were last read before the previous barrier
+            put(nxt);
+            if (s + 2 < steps && tid < TK) ki[cur][tid] = op.ki(k0 + (s + 2) * TK + tid, k1);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int r = wm + 16 * i + g + (q >= 2 ? 8 : 0), c = wn + 8 * j + 2 * t + (q & 1);
+                if (mi[r].ok && ni[c].ok) op.store(mi[r], ni[c], acc[i][j][q]);
+            }
+}
+
+// The GEMM bodies by mode: 0 f32 SIMT (the exact path), 1 TF32 tensor cores, 2 TF32 tensor
+// cores with loads one step ahead.
+template <int MODE, class Op>
 __device__ __forceinline__ void gemm(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
-    if constexpr (TC) gemm_tile_tc(op, M, N, k0, k1);
+    if constexpr (MODE == 2) gemm_tile_tc_pipelined(op, M, N, k0, k1);
+    else if constexpr (MODE == 1) gemm_tile_tc(op, M, N, k0, k1);
     else gemm_tile(op, M, N, k0, k1);
 }
 
@@ -218,78 +321,80 @@ __device__ __forceinline__ void split_range(int64_t K, int64_t* k0, int64_t* k1)
 
 namespace conv {
 // y = conv: grid (⌈N·OH·OW / 64⌉, ⌈Cout / 64⌉)
-template <bool TC>
+template <int MODE>
 __device__ void fwd(const float* x, const float* wt, const float* bias, const float* res, float* y, int leaky,
                     CONV_GEOM_ARGS) {
     Fwd op{x, wt, bias, res, y, CONV_GEOM, leaky};
-    gemm<TC>(op, (int64_t)n * op.g.oh * op.g.ow, cout, 0, (int64_t)k * k * cin);
+    gemm<MODE>(op, (int64_t)n * op.g.oh * op.g.ow, cout, 0, (int64_t)k * k * cin);
 }
 // dX: grid (⌈N·H·W / 64⌉, ⌈Cin / 64⌉)
-template <bool TC>
+template <int MODE>
 __device__ void bwd_data(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {
     BwdData op{dy, wt, dx, CONV_GEOM};
-    gemm<TC>(op, (int64_t)n * h * w, cin, 0, (int64_t)k * k * cout);
+    gemm<MODE>(op, (int64_t)n * h * w, cin, 0, (int64_t)k * k * cout);
 }
 // dW: grid (⌈k·k·Cin / 64⌉, ⌈Cout / 64⌉, splits); dw zeroed first
-template <bool TC>
+template <int MODE>
 __device__ void bwd_weight(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {
     BwdWeight op{x, dy, dw, CONV_GEOM};
     int64_t k0, k1;
     split_range((int64_t)n * op.g.oh * op.g.ow, &k0, &k1);
-    gemm<TC>(op, (int64_t)k * k * cin, cout, k0, k1);
+    gemm<MODE>(op, (int64_t)k * k * cin, cout, k0, k1);
 }
 // transposed conv: grid (⌈N·H·W / 64⌉, ⌈4·Cout / 64⌉)
-template <bool TC>
+template <int MODE>
 __device__ void up_fwd(const float* x, const float* wt, const float* bias, float* y, UP_ARGS) {
     UpFwd op{x, wt, bias, y, UP_GEOM};
-    gemm<TC>(op, (int64_t)n * h * w, 4 * cout, 0, cin);
+    gemm<MODE>(op, (int64_t)n * h * w, 4 * cout, 0, cin);
 }
 // its dX: grid (⌈N·H·W / 64⌉, ⌈Cin / 64⌉)
-template <bool TC>
+template <int MODE>
 __device__ void up_bwd_data(const float* dy, const float* wt, float* dx, UP_ARGS) {
     UpBwdData op{dy, wt, dx, UP_GEOM};
-    gemm<TC>(op, (int64_t)n * h * w, cin, 0, 4 * cout);
+    gemm<MODE>(op, (int64_t)n * h * w, cin, 0, 4 * cout);
 }
 // its dW: grid (⌈Cin / 64⌉, ⌈4·Cout / 64⌉, splits); dw zeroed first
-template <bool TC>
+template <int MODE>
 __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARGS) {
     UpBwdWeight op{x, dy, dw, UP_GEOM};
     int64_t k0, k1;
     split_range((int64_t)n * h * w, &k0, &k1);
-    gemm<TC>(op, cin, 4 * cout, k0, k1);
+    gemm<MODE>(op, cin, 4 * cout, k0, k1);
 }
 }  // namespace conv
 
-// Each convolution twice: _f32 (SIMT, the CPU-exact path) and _tf32 (tensor cores).
-#define CONV_KERNELS(SUFFIX, TC)                                                                                     \
+// Each convolution three times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores) and
+// _tf32p (tensor cores, loads one step ahead).
+#define CONV_KERNELS(SUFFIX, MODE)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256)                                                                 \
         conv2d_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, const float* res, float* y,          \
                             int leaky, CONV_GEOM_ARGS) {                                                              \
-        conv::fwd<TC>(x, wt, bias, res, y, leaky, n, h, w, cin, cout, k, stride, pad);                                \
+        conv::fwd<MODE>(x, wt, bias, res, y, leaky, n, h, w, cin, cout, k, stride, pad);                                \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                                                 \
         conv2d_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {                      \
-        conv::bwd_data<TC>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad);                                           \
+        conv::bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad);                                           \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                                                 \
         conv2d_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {                     \
-        conv::bwd_weight<TC>(x, dy, dw, n, h, w, cin, cout, k, stride, pad);                                          \
+        conv::bwd_weight<MODE>(x, dy, dw, n, h, w, cin, cout, k, stride, pad);                                          \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                                                 \
         up2_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, float* y, UP_ARGS) {                    \
-        conv::up_fwd<TC>(x, wt, bias, y, n, h, w, cin, cout);                                                         \
+        conv::up_fwd<MODE>(x, wt, bias, y, n, h, w, cin, cout);                                                         \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                                                 \
         up2_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, UP_ARGS) {                                \
-        conv::up_bwd_data<TC>(dy, wt, dx, n, h, w, cin, cout);                                                        \
+        conv::up_bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout);                                                        \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                                                 \
         up2_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, UP_ARGS) {                               \
-        conv::up_bwd_weight<TC>(x, dy, dw, n, h, w, cin, cout);                                                       \
+        conv::up_bwd_weight<MODE>(x, dy, dw, n, h, w, cin, cout);                                                       \
     }
 
-CONV_KERNELS(f32, false)
-CONV_KERNELS(tf32, true)
+CONV_KERNELS(f32, 0)
+CONV_KERNELS(tf32, 1)
+CONV_KERNELS(tf32p, 2)
 
 // grid (⌈M / 64⌉, ⌈N / 64⌉, splits); f32 SIMT (the GCN's layers are small and launch-bound)
 extern "C" __global__ void __launch_bounds__(256)

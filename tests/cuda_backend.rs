@@ -49,6 +49,15 @@ fn tensor_core_convolutions_within_tf32_rounding() {
     convolutions_within(&g, 5e-3);
 }
 
+/// The pipelined tensor-core kernels (loads one step ahead, double-buffered shared memory):
+/// the same arithmetic as `Tf32`, so the same bound.
+#[test]
+fn pipelined_tensor_core_convolutions_within_tf32_rounding() {
+    let Some(g) = gpu_with(Precision::Tf32Pipelined) else { return };
+    convolutions_within(&g, 5e-3);
+    transposed_within(&g, 5e-3);
+}
+
 fn convolutions_within(g: &Cuda, tol: f64) {
     let cpu = Cpu::new();
     let cases = [
@@ -56,6 +65,8 @@ fn convolutions_within(g: &Cuda, tol: f64) {
         (Shape { n: 3, h: 10, w: 14, c: 6 }, ConvSpec { cin: 6, cout: 70, k: 4, stride: 2, pad: 1 }),
         (Shape { n: 1, h: 13, w: 7, c: 67 }, ConvSpec { cin: 67, cout: 33, k: 1, stride: 1, pad: 0 }),
         (Shape { n: 2, h: 32, w: 32, c: 32 }, ConvSpec { cin: 32, cout: 64, k: 3, stride: 1, pad: 1 }),
+        // the first layer: 3 channels, K = 27 in a single step of the tensor-core kernels
+        (Shape { n: 1, h: 5, w: 6, c: 3 }, ConvSpec { cin: 3, cout: 9, k: 3, stride: 1, pad: 1 }),
     ];
     for (i, (xs, spec)) in cases.iter().enumerate() {
         let seed = 10 * i as u64;

@@ -82,14 +82,20 @@ pub fn resolve_device(spec: &str) -> crate::Result<Device> {
 }
 
 impl Device {
-    /// The GPU backend of `Cuda(n)` (None for the CPU), or an error naming `--device`.
+    /// The GPU backend of `Cuda(n)` (None for the CPU), or an error naming `--device`. Where
+    /// the speed path (`Tf32`) is asked for, `SPAHDMAP_GPU_CONV=f32|tf32|tf32p` picks the
+    /// convolution kernels instead (A/B runs of kernel variants through the whole pipeline).
     pub fn gpu(self, precision: cuda::Precision) -> crate::Result<Option<cuda::Cuda>> {
-        match self {
-            Device::Cpu => Ok(None),
-            Device::Cuda(n) => cuda::Cuda::new(n, precision)
-                .map(Some)
-                .map_err(|e| crate::Error::setting("--device", format!("cuda:{n}: {e}"))),
-        }
+        let Device::Cuda(n) = self else { return Ok(None) };
+        let precision = match (precision, std::env::var("SPAHDMAP_GPU_CONV").as_deref()) {
+            (cuda::Precision::Tf32, Ok("f32")) => cuda::Precision::Exact,
+            (cuda::Precision::Tf32, Ok("tf32p")) => cuda::Precision::Tf32Pipelined,
+            (cuda::Precision::Tf32, Ok(v)) if v != "tf32" => {
+                return Err(crate::Error::setting("SPAHDMAP_GPU_CONV", format!("{v}: expected f32, tf32 or tf32p")))
+            }
+            (p, _) => p,
+        };
+        cuda::Cuda::new(n, precision).map(Some).map_err(|e| crate::Error::setting("--device", format!("cuda:{n}: {e}")))
     }
 }
 
@@ -334,4 +340,21 @@ pub trait Backend: Sync {
     /// Multiply every gradient by `inv_scale` (undoing a loss scale); true when any value
     /// is then inf or NaN (PyTorch's `_amp_foreach_non_finite_check_and_unscale_`).
     fn unscale_grads(&self, grads: &mut [Self::Buf], inv_scale: f32) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel choice that is not one is refused before any GPU is touched, naming the variable.
+    #[test]
+    fn a_bad_convolution_kernel_choice_is_a_clear_error() {
+        std::env::set_var("SPAHDMAP_GPU_CONV", "tf16");
+        let e = Device::Cuda(0).gpu(cuda::Precision::Tf32).err().expect("an error");
+        // the CPU needs no kernels: the variable does not concern it
+        assert!(Device::Cpu.gpu(cuda::Precision::Tf32).unwrap().is_none());
+        std::env::remove_var("SPAHDMAP_GPU_CONV");
+        let msg = e.to_string();
+        assert!(msg.contains("SPAHDMAP_GPU_CONV") && msg.contains("tf16"), "{msg}");
+    }
 }

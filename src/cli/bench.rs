@@ -87,6 +87,9 @@ enum BenchWhat {
         /// On a GPU: f32 FMAs instead of TF32 tensor cores in the convolutions.
         #[arg(long)]
         exact: bool,
+        /// On a GPU: the TF32 kernels that load each step ahead of the previous step's MMAs.
+        #[arg(long, conflicts_with = "exact")]
+        pipelined: bool,
         /// Time the joint-training iteration instead (rank 20, 3,000 genes, four disk spots of
         /// radius 45 per tile, heads + body + decoder, Adam), as the reference's train loop.
         #[arg(long)]
@@ -599,9 +602,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let a = crate::simulate::evaluate::evaluate(&results, &truth, &section)?;
             println!("{}", serde_json::json!({"bench": "accuracy", "detail": a}));
         }
-        BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, joint, infer } => {
+        BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, pipelined, joint, infer } => {
             use crate::backend::cuda::Precision;
-            let v = match bench_gpu(&device, if exact { Precision::Exact } else { Precision::Tf32 })? {
+            let precision = match (exact, pipelined) {
+                (true, _) => Precision::Exact,
+                (_, true) => Precision::Tf32Pipelined,
+                _ => Precision::Tf32,
+            };
+            let v = match bench_gpu(&device, precision)? {
                 None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots, joint, infer),
                 Some(g) => unet_bench(&g, batch, size, repeat, embed_spots, joint, infer),
             };

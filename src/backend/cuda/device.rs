@@ -31,11 +31,15 @@ type Grow<T> = Mutex<Option<CudaSlice<T>>>;
 
 /// How the convolutions multiply: `Exact` runs f32 FMAs (the CPU backend's arithmetic up to
 /// summation order: tests hold it to 1e-5), `Tf32` runs the tensor cores on TF32 operands
-/// with f32 accumulation (≈1e-3 relative, the speed path; PyTorch's `allow_tf32`).
+/// with f32 accumulation (≈1e-3 relative, the speed path; PyTorch's `allow_tf32`), and
+/// `Tf32Pipelined` the same arithmetic with each step's loads issued before the previous
+/// step's MMAs (kernels `*_tf32p`; compiled, not yet run on a GPU: the default stays `Tf32`
+/// until it has been measured against it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     Exact,
     Tf32,
+    Tf32Pipelined,
 }
 
 pub struct Cuda {
@@ -125,7 +129,11 @@ impl Cuda {
             label: format!(
                 "cuda:{ordinal} ({}, {})",
                 info.name,
-                if precision == Precision::Tf32 { "tf32 tensor cores" } else { "f32" }
+                match precision {
+                    Precision::Exact => "f32",
+                    Precision::Tf32 => "tf32 tensor cores",
+                    Precision::Tf32Pipelined => "tf32 tensor cores, pipelined loads",
+                }
             ),
             sms,
         })
@@ -144,12 +152,12 @@ impl Cuda {
             .clone()
     }
 
-    /// The convolution kernel of this precision.
-    fn pick(&self, exact: &'static str, tf32: &'static str) -> &'static str {
-        if self.precision == Precision::Tf32 {
-            tf32
-        } else {
-            exact
+    /// The convolution kernel of this precision: `name` + `_f32`, `_tf32` or `_tf32p`.
+    fn pick(&self, [exact, tf32, pipelined]: [&'static str; 3]) -> &'static str {
+        match self.precision {
+            Precision::Exact => exact,
+            Precision::Tf32 => tf32,
+            Precision::Tf32Pipelined => pipelined,
         }
     }
 
@@ -440,7 +448,7 @@ impl Backend for Cuda {
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         launch!(
             self,
-            self.pick("conv2d_fwd_f32", "conv2d_fwd_tf32"),
+            self.pick(["conv2d_fwd_f32", "conv2d_fwd_tf32", "conv2d_fwd_tf32p"]),
             cfg,
             xp,
             wp,
@@ -475,7 +483,7 @@ impl Backend for Cuda {
             let cfg = gemm_grid(xs.n * xs.h * xs.w, spec.cin, 1);
             launch!(
                 self,
-                self.pick("conv2d_bwd_data_f32", "conv2d_bwd_data_tf32"),
+                self.pick(["conv2d_bwd_data_f32", "conv2d_bwd_data_tf32", "conv2d_bwd_data_tf32p"]),
                 cfg,
                 self.ptr(dy),
                 self.ptr(w),
@@ -496,7 +504,7 @@ impl Backend for Cuda {
         let cfg = gemm_grid(kw, spec.cout, splits);
         launch!(
             self,
-            self.pick("conv2d_bwd_weight_f32", "conv2d_bwd_weight_tf32"),
+            self.pick(["conv2d_bwd_weight_f32", "conv2d_bwd_weight_tf32", "conv2d_bwd_weight_tf32p"]),
             cfg,
             self.ptr(x),
             self.ptr(dy),
@@ -518,7 +526,7 @@ impl Backend for Cuda {
         let cfg = gemm_grid(xs.n * xs.h * xs.w, 4 * cout, 1);
         launch!(
             self,
-            self.pick("up2_fwd_f32", "up2_fwd_tf32"),
+            self.pick(["up2_fwd_f32", "up2_fwd_tf32", "up2_fwd_tf32p"]),
             cfg,
             self.ptr(x),
             self.ptr(w),
@@ -547,7 +555,7 @@ impl Backend for Cuda {
         if let Some(dx) = dx {
             launch!(
                 self,
-                self.pick("up2_bwd_data_f32", "up2_bwd_data_tf32"),
+                self.pick(["up2_bwd_data_f32", "up2_bwd_data_tf32", "up2_bwd_data_tf32p"]),
                 gemm_grid(p, xs.c, 1),
                 self.ptr(dy),
                 self.ptr(w),
@@ -563,7 +571,7 @@ impl Backend for Cuda {
         let splits = self.splits(xs.c.div_ceil(64) * (4 * cout).div_ceil(64), p);
         launch!(
             self,
-            self.pick("up2_bwd_weight_f32", "up2_bwd_weight_tf32"),
+            self.pick(["up2_bwd_weight_f32", "up2_bwd_weight_tf32", "up2_bwd_weight_tf32p"]),
             gemm_grid(xs.c, 4 * cout, splits),
             self.ptr(x),
             self.ptr(dy),
