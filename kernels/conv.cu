@@ -366,28 +366,28 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
 // Each convolution three times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores) and
 // _tf32p (tensor cores, loads one step ahead).
 #define CONV_KERNELS(SUFFIX, MODE)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
         conv2d_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, const float* res, float* y,          \
                             int leaky, CONV_GEOM_ARGS) {                                                              \
         conv::fwd<MODE>(x, wt, bias, res, y, leaky, n, h, w, cin, cout, k, stride, pad);                                \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
         conv2d_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {                      \
         conv::bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad);                                           \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
         conv2d_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {                     \
         conv::bwd_weight<MODE>(x, dy, dw, n, h, w, cin, cout, k, stride, pad);                                          \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
         up2_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, float* y, UP_ARGS) {                    \
         conv::up_fwd<MODE>(x, wt, bias, y, n, h, w, cin, cout);                                                         \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
         up2_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, UP_ARGS) {                                \
         conv::up_bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout);                                                        \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
         up2_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, UP_ARGS) {                               \
         conv::up_bwd_weight<MODE>(x, dy, dw, n, h, w, cin, cout);                                                       \
     }

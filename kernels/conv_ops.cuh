@@ -41,16 +41,58 @@ struct Plain {
 };
 HD Plain plain(int64_t i, int64_t end) { return Plain{i, i < end}; }
 
-// An output pixel p of a convolution: its image and the input corner its window starts at.
+// Convolution windows are gathered as base + offset under a validity mask: a row (an output
+// pixel of the forward pass, an input pixel of the data gradient) holds the element offset its
+// window starts at and one bit per tap that lands inside the tensor it reads; a (tap, channel)
+// index holds the offset it adds and its tap's bit. A gathered element then costs a shift, an
+// add and a predicated load instead of two coordinates, four bounds tests and an address
+// computed from scratch.
+
+// An output pixel p of a convolution: its window's base offset in x (possibly negative: the
+// padding) and the taps whose input pixel lies inside the image.
 struct OutPixel {
-    int64_t p;
-    int img, iy0, ix0;
+    int64_t p, base;
+    uint32_t valid;
     bool ok;
 };
 HD OutPixel out_pixel(const Geom& g, int64_t p, int64_t end) {
     const int64_t ohw = (int64_t)g.oh * g.ow;
     const int img = (int)(p / ohw), r = (int)(p % ohw);
-    return OutPixel{p, img, (r / g.ow) * g.stride - g.pad, (r % g.ow) * g.stride - g.pad, p < end};
+    const int iy0 = (r / g.ow) * g.stride - g.pad, ix0 = (r % g.ow) * g.stride - g.pad;
+    uint32_t cols = 0, valid = 0;
+    for (int kx = 0; kx < g.k; ++kx)
+        if (ix0 + kx >= 0 && ix0 + kx < g.w) cols |= 1u << kx;
+    for (int ky = 0; ky < g.k; ++ky)
+        if (iy0 + ky >= 0 && iy0 + ky < g.h) valid |= cols << (ky * g.k);
+    const bool ok = p < end;
+    return OutPixel{p, (((int64_t)img * g.h + iy0) * g.w + ix0) * g.cin, ok ? valid : 0u, ok};
+}
+
+// An input pixel p as the data gradient reads dY: tap (ky, kx) reaches output pixel
+// ((y + pad − ky) / s, (x + pad − kx) / s) when those divide exactly and land inside the
+// output. For such taps that is (⌊(y + pad) / s⌋ − ⌊ky / s⌋, ⌊(x + pad) / s⌋ − ⌊kx / s⌋), so
+// the base is the first pair's offset in dY and each tap subtracts its own.
+struct GradPixel {
+    int64_t p, base;
+    uint32_t valid;
+    bool ok;
+};
+HD GradPixel grad_pixel(const Geom& g, int64_t p, int64_t end) {
+    const int64_t hw = (int64_t)g.h * g.w;
+    const int img = (int)(p / hw), r = (int)(p % hw);
+    const int ty0 = r / g.w + g.pad, tx0 = r % g.w + g.pad;
+    uint32_t cols = 0, valid = 0;
+    for (int kx = 0; kx < g.k; ++kx) {
+        const int tx = tx0 - kx;
+        if (tx >= 0 && tx % g.stride == 0 && tx / g.stride < g.ow) cols |= 1u << kx;
+    }
+    for (int ky = 0; ky < g.k; ++ky) {
+        const int ty = ty0 - ky;
+        if (ty >= 0 && ty % g.stride == 0 && ty / g.stride < g.oh) valid |= cols << (ky * g.k);
+    }
+    const bool ok = p < end;
+    const int64_t base = (((int64_t)img * g.oh + ty0 / g.stride) * g.ow + tx0 / g.stride) * g.cout;
+    return GradPixel{p, base, ok ? valid : 0u, ok};
 }
 
 // A pixel of an H × W image.
@@ -65,22 +107,31 @@ HD Pixel pixel(int h, int w, int64_t p, int64_t end) {
     return Pixel{p, img, r / w, r % w, p < end};
 }
 
-// A (tap, channel) index t = (ky·k + kx)·c + ch of a k × k kernel over c channels.
+// A (tap, channel) index t = (ky·k + kx)·c + ch of a k × k kernel over c channels: `off` is
+// what it adds to a window's base, `bit` its tap's bit in the windows' masks (31, never set,
+// past the end; k ≤ 5).
 struct Tap {
     int64_t t;
-    int ky, kx, ch, tap;
+    int off, ch, tap, bit;
     bool ok;
 };
-HD Tap tap(int k, int c, int64_t t, int64_t end) {
-    const int ch = (int)(t % c), tp = (int)(t / c);
-    return Tap{t, tp / k, tp % k, ch, tp, t < end};
+// over x's cin channels, as the forward pass and the weight gradient read x
+HD Tap x_tap(const Geom& g, int64_t t, int64_t end) {
+    const int ch = (int)(t % g.cin), tp = (int)(t / g.cin), ky = tp / g.k, kx = tp % g.k;
+    const bool ok = t < end;
+    return Tap{t, (ky * g.w + kx) * g.cin + ch, ch, tp, ok ? tp : 31, ok};
+}
+// over dY's cout channels, as the data gradient reads dY (see GradPixel)
+HD Tap dy_tap(const Geom& g, int64_t t, int64_t end) {
+    const int ch = (int)(t % g.cout), tp = (int)(t / g.cout), ky = tp / g.k, kx = tp % g.k;
+    const bool ok = t < end;
+    return Tap{t, ch - ((ky / g.stride) * g.ow + kx / g.stride) * g.cout, ch, tp, ok ? tp : 31, ok};
 }
 
-// input value x[img, iy0 + ky, ix0 + kx, ci], zero off the image
-HD float window(const float* x, const Geom& g, const OutPixel& o, const Tap& t) {
-    const int iy = o.iy0 + t.ky, ix = o.ix0 + t.kx;
-    if (!o.ok || !t.ok || iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.0f;
-    return x[(((int64_t)o.img * g.h + iy) * g.w + ix) * g.cin + t.ch];
+// src[base + off] where the tap is inside the window's tensor, else zero
+template <class Row>
+HD float masked(const float* src, const Row& r, const Tap& t) {
+    return (r.valid >> t.bit) & 1u ? src[r.base + t.off] : 0.0f;
 }
 
 // y = leaky?(conv(x) + bias) + residual: M = output pixels, K = (tap, ci), N = Cout
@@ -94,9 +145,9 @@ struct Fwd {
     Geom g;
     int leaky;
     HD MI mi(int64_t m, int64_t end) const { return out_pixel(g, m, end); }
-    HD KI ki(int64_t k, int64_t end) const { return tap(g.k, g.cin, k, end); }
+    HD KI ki(int64_t k, int64_t end) const { return x_tap(g, k, end); }
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
-    HD float a(const MI& m, const KI& k) const { return window(x, g, m, k); }
+    HD float a(const MI& m, const KI& k) const { return masked(x, m, k); }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[k.t * g.cout + n.i] : 0.0f; }
     DEV void store(const MI& m, const NI& n, float v) const {
         if (bias) v += bias[n.i];
@@ -110,22 +161,16 @@ struct Fwd {
 // through tap (ky, kx) when iy + pad − ky is a multiple of the stride inside the output
 struct BwdData {
     static constexpr bool A_K_FAST = true, B_N_FAST = false;
-    using MI = Pixel;
+    using MI = GradPixel;
     using KI = Tap;
     using NI = Plain;
     const float *dy, *w;
     float* dx;
     Geom g;
-    HD MI mi(int64_t m, int64_t end) const { return pixel(g.h, g.w, m, end); }
-    HD KI ki(int64_t k, int64_t end) const { return tap(g.k, g.cout, k, end); }
+    HD MI mi(int64_t m, int64_t end) const { return grad_pixel(g, m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return dy_tap(g, k, end); }
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
-    HD float a(const MI& m, const KI& k) const {
-        const int ty = m.y + g.pad - k.ky, tx = m.x + g.pad - k.kx;
-        if (!m.ok || !k.ok || ty < 0 || tx < 0 || ty % g.stride || tx % g.stride) return 0.0f;
-        const int oy = ty / g.stride, ox = tx / g.stride;
-        if (oy >= g.oh || ox >= g.ow) return 0.0f;
-        return dy[(((int64_t)m.img * g.oh + oy) * g.ow + ox) * g.cout + k.ch];
-    }
+    HD float a(const MI& m, const KI& k) const { return masked(dy, m, k); }
     HD float b(const KI& k, const NI& n) const {
         return k.ok && n.ok ? w[((int64_t)k.tap * g.cin + n.i) * g.cout + k.ch] : 0.0f;
     }
@@ -141,10 +186,10 @@ struct BwdWeight {
     const float *x, *dy;
     float* dw;
     Geom g;
-    HD MI mi(int64_t m, int64_t end) const { return tap(g.k, g.cin, m, end); }
+    HD MI mi(int64_t m, int64_t end) const { return x_tap(g, m, end); }
     HD KI ki(int64_t k, int64_t end) const { return out_pixel(g, k, end); }
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
-    HD float a(const MI& m, const KI& k) const { return window(x, g, k, m); }
+    HD float a(const MI& m, const KI& k) const { return masked(x, k, m); }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? dy[k.p * g.cout + n.i] : 0.0f; }
     DEV void store(const MI& m, const NI& n, float v) const { atomicAdd(&dw[m.t * g.cout + n.i], v); }
 };

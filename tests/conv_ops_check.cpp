@@ -158,6 +158,9 @@ int main() {
     check_conv(3, 10, 14, 6, 9, 4, 2, 1);
     check_conv(1, 7, 5, 4, 3, 1, 1, 0);
     check_conv(2, 8, 8, 3, 4, 4, 2, 1);
+    check_conv(2, 9, 7, 3, 5, 4, 2, 1);  // odd sizes under stride 2: the parity masks
+    check_conv(1, 7, 9, 2, 3, 3, 2, 1);
+    check_conv(1, 6, 7, 2, 2, 5, 1, 2);  // the largest kernel the 25-bit masks hold
     check_up(2, 5, 7, 9, 6);
     check_up(1, 4, 3, 2, 5);
     check_dense(13, 7, 11);
