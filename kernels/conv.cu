@@ -81,6 +81,60 @@ __device__ __forceinline__ void store_step(const Staged<KS>& st, PutA put_a, Put
     }
 }
 
+// load_step with four-wide loads for the operands whose layout allows them (va, vb: the
+// policy's vec_a / vec_b), placed by vec_slot; the others as load_step.
+template <int KS, class Op>
+__device__ __forceinline__ void load_step_vec(const Op& op, bool va, bool vb, const typename Op::MI* mi,
+                                              const typename Op::KI* ki, const typename Op::NI* ni, Staged<KS>& st) {
+    const int tid = threadIdx.x;
+    constexpr int NA = Staged<KS>::NA, NB = Staged<KS>::NB;
+    if (va && vb) {
+#pragma unroll
+        for (int i = 0; i < NA / 4; ++i) {
+            const Slot q = vec_slot<BM, KS, THREADS>(Op::A_K_FAST, tid, i);
+            const F4 v = op.a4(mi[q.r], ki[q.c]);
+            st.a[4 * i] = v.x, st.a[4 * i + 1] = v.y, st.a[4 * i + 2] = v.z, st.a[4 * i + 3] = v.w;
+        }
+#pragma unroll
+        for (int i = 0; i < NB / 4; ++i) {
+            const Slot q = vec_slot<BN, KS, THREADS>(!Op::B_N_FAST, tid, i);
+            const F4 v = op.b4(ki[q.c], ni[q.r]);
+            st.b[4 * i] = v.x, st.b[4 * i + 1] = v.y, st.b[4 * i + 2] = v.z, st.b[4 * i + 3] = v.w;
+        }
+    } else {
+        load_step<KS>(op, mi, ki, ni, st);
+    }
+}
+
+// store_step for load_step_vec's placement.
+template <int KS, class Op, class PutA, class PutB>
+__device__ __forceinline__ void store_step_vec(bool vec, const Staged<KS>& st, PutA put_a, PutB put_b) {
+    const int tid = threadIdx.x;
+    constexpr int NA = Staged<KS>::NA, NB = Staged<KS>::NB;
+    if (!vec) {
+        store_step<KS, Op>(st, put_a, put_b);
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < NA / 4; ++i) {
+        const Slot q = vec_slot<BM, KS, THREADS>(Op::A_K_FAST, tid, i);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if constexpr (Op::A_K_FAST) put_a(q.r, q.c + j, st.a[4 * i + j]);
+            else put_a(q.r + j, q.c, st.a[4 * i + j]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NB / 4; ++i) {
+        const Slot q = vec_slot<BN, KS, THREADS>(!Op::B_N_FAST, tid, i);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if constexpr (Op::B_N_FAST) put_b(q.r + j, q.c, st.b[4 * i + j]);
+            else put_b(q.r, q.c + j, st.b[4 * i + j]);
+        }
+    }
+}
+
 // Gather one K step straight into shared memory through put_a and put_b.
 template <int KS, class Op, class PutA, class PutB>
 __device__ __forceinline__ void gather_step(const Op& op, const typename Op::MI* mi, const typename Op::KI* ki,
@@ -238,16 +292,19 @@ __device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, 
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     const int64_t steps = k1 > k0 ? (k1 - k0 + TK - 1) / TK : 0;
+    // four-wide loads where both operands' layouts allow them (every layer but the first);
+    // a K step starts at a multiple of 4, so runs never straddle a tile's edge
+    const bool vec = op.vec_a() && op.vec_b();
     Staged<TK> st;
     auto put = [&](int buf) {
-        store_step<TK, Op>(
-            st, [&](int m, int k, float v) { As[buf][m][k] = to_tf32(v); },
+        store_step_vec<TK, Op>(
+            vec, st, [&](int m, int k, float v) { As[buf][m][k] = to_tf32(v); },
             [&](int n, int k, float v) { Bs[buf][n][k] = to_tf32(v); });
     };
     if (steps > 0) {
         if (tid < TK) ki[0][tid] = op.ki(k0 + tid, k1);
         __syncthreads();
-        load_step<TK>(op, mi, ki[0], ni, st);
+        load_step_vec<TK>(op, vec, vec, mi, ki[0], ni, st);
         put(0);
         if (steps > 1 && tid < TK) ki[1][tid] = op.ki(k0 + TK + tid, k1);
         __syncthreads();
@@ -255,7 +312,7 @@ __device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, 
     for (int64_t s = 0; s < steps; ++s) {
         const int cur = (int)(s & 1), nxt = cur ^ 1;
         const bool more = s + 1 < steps;
-        if (more) load_step<TK>(op, mi, ki[nxt], ni, st);
+        if (more) load_step_vec<TK>(op, vec, vec, mi, ki[nxt], ni, st);
 #pragma unroll
         for (int ks = 0; ks < TK; ks += 8) {
             uint32_t a[2][4], b[2][2];

@@ -25,6 +25,36 @@ namespace conv {
 
 constexpr float SLOPE = 0.2f;
 
+// Four consecutive floats: one 16-byte load where a layout keeps runs of four channels
+// together and aligned (channel counts divisible by 4, buffers 16-byte aligned). Each policy's
+// a4 / b4 read the 4 elements along the operand's contiguous index — k for A when A_K_FAST,
+// else m; n for B when B_N_FAST, else k — starting at a multiple of 4, given that first
+// index's decomposition; vec_a / vec_b say whether this layer's layout allows it.
+#ifdef __CUDACC__
+using F4 = float4;
+#else
+struct F4 {
+    float x, y, z, w;
+};
+#endif
+HD F4 load4(const float* p) { return *reinterpret_cast<const F4*>(p); }
+
+// Where the i-th four-wide load of thread `tid` (of THREADS) sits in an operand tile of ROWS ×
+// KS (rows m of A or n of B, K step columns k): with `k_fast` the run lies along k — row r,
+// columns c..c+3 — else along the rows — rows r..r+3, column c. Consecutive threads take
+// consecutive runs, so a warp's loads stay coalesced. (The host check proves that the runs
+// cover the tile once.)
+struct Slot {
+    int r, c;
+};
+template <int ROWS, int KS, int THREADS>
+HD Slot vec_slot(bool k_fast, int tid, int i) {
+    if (k_fast) return Slot{(tid + THREADS * i) / (KS / 4), (tid % (KS / 4)) * 4};
+    return Slot{(tid % (ROWS / 4)) * 4, (tid + THREADS * i) / (ROWS / 4)};
+}
+HD F4 zero4() { return F4{0.0f, 0.0f, 0.0f, 0.0f}; }
+HD bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
 struct Geom {
     int n, h, w, cin, cout, k, stride, pad, oh, ow;
 };
@@ -149,6 +179,10 @@ struct Fwd {
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
     HD float a(const MI& m, const KI& k) const { return masked(x, m, k); }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[k.t * g.cout + n.i] : 0.0f; }
+    HD bool vec_a() const { return g.cin % 4 == 0 && aligned16(x); }
+    HD bool vec_b() const { return g.cout % 4 == 0 && aligned16(w); }
+    HD F4 a4(const MI& m, const KI& k) const { return (m.valid >> k.bit) & 1u ? load4(x + m.base + k.off) : zero4(); }
+    HD F4 b4(const KI& k, const NI& n) const { return k.ok && n.ok ? load4(w + k.t * g.cout + n.i) : zero4(); }
     DEV void store(const MI& m, const NI& n, float v) const {
         if (bias) v += bias[n.i];
         if (leaky) v = v > 0.0f ? v : SLOPE * v;
@@ -174,6 +208,13 @@ struct BwdData {
     HD float b(const KI& k, const NI& n) const {
         return k.ok && n.ok ? w[((int64_t)k.tap * g.cin + n.i) * g.cout + k.ch] : 0.0f;
     }
+    HD bool vec_a() const { return g.cout % 4 == 0 && aligned16(dy); }
+    HD bool vec_b() const { return g.cout % 4 == 0 && aligned16(w); }
+    HD F4 a4(const MI& m, const KI& k) const { return (m.valid >> k.bit) & 1u ? load4(dy + m.base + k.off) : zero4(); }
+    // along k: the channels of one tap
+    HD F4 b4(const KI& k, const NI& n) const {
+        return k.ok && n.ok ? load4(w + ((int64_t)k.tap * g.cin + n.i) * g.cout + k.ch) : zero4();
+    }
     DEV void store(const MI& m, const NI& n, float v) const { dx[m.p * g.cin + n.i] = v; }
 };
 
@@ -191,6 +232,11 @@ struct BwdWeight {
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
     HD float a(const MI& m, const KI& k) const { return masked(x, k, m); }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? dy[k.p * g.cout + n.i] : 0.0f; }
+    HD bool vec_a() const { return g.cin % 4 == 0 && aligned16(x); }
+    HD bool vec_b() const { return g.cout % 4 == 0 && aligned16(dy); }
+    // along m: four channels of one tap
+    HD F4 a4(const MI& m, const KI& k) const { return (k.valid >> m.bit) & 1u ? load4(x + k.base + m.off) : zero4(); }
+    HD F4 b4(const KI& k, const NI& n) const { return k.ok && n.ok ? load4(dy + k.p * g.cout + n.i) : zero4(); }
     DEV void store(const MI& m, const NI& n, float v) const { atomicAdd(&dw[m.t * g.cout + n.i], v); }
 };
 
@@ -224,6 +270,10 @@ struct UpFwd {
     HD NI ni(int64_t n, int64_t end) const { return up_col(g.cout, n, end); }
     HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? x[m.p * g.cin + k.i] : 0.0f; }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[k.i * 4 * g.cout + n.n] : 0.0f; }
+    HD bool vec_a() const { return g.cin % 4 == 0 && aligned16(x); }
+    HD bool vec_b() const { return g.cout % 4 == 0 && aligned16(w); }
+    HD F4 a4(const MI& m, const KI& k) const { return m.ok && k.ok ? load4(x + m.p * g.cin + k.i) : zero4(); }
+    HD F4 b4(const KI& k, const NI& n) const { return k.ok && n.ok ? load4(w + k.i * 4 * g.cout + n.n) : zero4(); }
     DEV void store(const MI& m, const NI& n, float v) const { y[up_index(g, m, n.ky, n.kx, n.co)] = v + bias[n.co]; }
 };
 
@@ -241,6 +291,13 @@ struct UpBwdData {
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
     HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? dy[up_index(g, m, k.ky, k.kx, k.co)] : 0.0f; }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[n.i * 4 * g.cout + k.n] : 0.0f; }
+    HD bool vec_a() const { return g.cout % 4 == 0 && aligned16(dy); }
+    HD bool vec_b() const { return g.cout % 4 == 0 && aligned16(w); }
+    HD F4 a4(const MI& m, const KI& k) const {
+        return m.ok && k.ok ? load4(dy + up_index(g, m, k.ky, k.kx, k.co)) : zero4();
+    }
+    // along k
+    HD F4 b4(const KI& k, const NI& n) const { return k.ok && n.ok ? load4(w + n.i * 4 * g.cout + k.n) : zero4(); }
     DEV void store(const MI& m, const NI& n, float v) const { dx[m.p * g.cin + n.i] = v; }
 };
 
@@ -258,6 +315,13 @@ struct UpBwdWeight {
     HD NI ni(int64_t n, int64_t end) const { return up_col(g.cout, n, end); }
     HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? x[k.p * g.cin + m.i] : 0.0f; }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? dy[up_index(g, k, n.ky, n.kx, n.co)] : 0.0f; }
+    HD bool vec_a() const { return g.cin % 4 == 0 && aligned16(x); }
+    HD bool vec_b() const { return g.cout % 4 == 0 && aligned16(dy); }
+    // along m
+    HD F4 a4(const MI& m, const KI& k) const { return m.ok && k.ok ? load4(x + k.p * g.cin + m.i) : zero4(); }
+    HD F4 b4(const KI& k, const NI& n) const {
+        return k.ok && n.ok ? load4(dy + up_index(g, k, n.ky, n.kx, n.co)) : zero4();
+    }
     DEV void store(const MI& m, const NI& n, float v) const { atomicAdd(&dw[m.i * 4 * g.cout + n.n], v); }
 };
 
@@ -278,6 +342,10 @@ struct Dense {
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
     HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? A[m.i * sam + k.i * sak] : 0.0f; }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? B[k.i * sbk + n.i * sbn] : 0.0f; }
+    HD bool vec_a() const { return false; }
+    HD bool vec_b() const { return false; }
+    HD F4 a4(const MI&, const KI&) const { return zero4(); }
+    HD F4 b4(const KI&, const NI&) const { return zero4(); }
     DEV void store(const MI& m, const NI& n, float v) const {
         if (bias && SPLIT_INDEX == 0) v += bias[n.i];
         if (atomic) atomicAdd(&C[m.i * ldc + n.i], v);

@@ -58,6 +58,70 @@ static void host_gemm(const Op& op, int64_t M, int64_t N, int64_t K) {
     }
 }
 
+static bool same4(const F4& v, float a, float b, float c, float d) { return v.x == a && v.y == b && v.z == c && v.w == d; }
+
+// The four-wide gathers against four scalar ones, at every run start inside and one past the
+// end (zeros), where the layer's layout allows them.
+template <class Op>
+static void check_vec(const char* what, const Op& op, int64_t M, int64_t N, int64_t K) {
+    if (!op.vec_a() || !op.vec_b()) {
+        std::printf("FAIL %s: a layout with channel counts divisible by 4 refused four-wide loads\n", what);
+        ++failures;
+        return;
+    }
+    int bad = 0;
+    for (int64_t m = 0; m <= M; m += Op::A_K_FAST ? 1 : 4)
+        for (int64_t k = 0; k <= K; k += Op::A_K_FAST ? 4 : 1) {
+            const F4 v = op.a4(op.mi(m, M), op.ki(k, K));
+            if (Op::A_K_FAST)
+                bad += !same4(v, op.a(op.mi(m, M), op.ki(k, K)), op.a(op.mi(m, M), op.ki(k + 1, K)),
+                              op.a(op.mi(m, M), op.ki(k + 2, K)), op.a(op.mi(m, M), op.ki(k + 3, K)));
+            else
+                bad += !same4(v, op.a(op.mi(m, M), op.ki(k, K)), op.a(op.mi(m + 1, M), op.ki(k, K)),
+                              op.a(op.mi(m + 2, M), op.ki(k, K)), op.a(op.mi(m + 3, M), op.ki(k, K)));
+        }
+    for (int64_t k = 0; k <= K; k += Op::B_N_FAST ? 1 : 4)
+        for (int64_t n = 0; n <= N; n += Op::B_N_FAST ? 4 : 1) {
+            const F4 v = op.b4(op.ki(k, K), op.ni(n, N));
+            if (Op::B_N_FAST)
+                bad += !same4(v, op.b(op.ki(k, K), op.ni(n, N)), op.b(op.ki(k, K), op.ni(n + 1, N)),
+                              op.b(op.ki(k, K), op.ni(n + 2, N)), op.b(op.ki(k, K), op.ni(n + 3, N)));
+            else
+                bad += !same4(v, op.b(op.ki(k, K), op.ni(n, N)), op.b(op.ki(k + 1, K), op.ni(n, N)),
+                              op.b(op.ki(k + 2, K), op.ni(n, N)), op.b(op.ki(k + 3, K), op.ni(n, N)));
+        }
+    if (bad) {
+        std::printf("FAIL %s: %d four-wide gathers differ from the scalar ones\n", what, bad);
+        ++failures;
+    }
+}
+
+// The kernels' four-wide load placement covers a 64 × 32 operand tile exactly once.
+static void check_vec_slots() {
+    for (bool k_fast : {true, false}) {
+        std::vector<int> hits(64 * 32, 0);
+        for (int tid = 0; tid < 256; ++tid)
+            for (int i = 0; i < 2; ++i) {
+                const Slot q = vec_slot<64, 32, 256>(k_fast, tid, i);
+                for (int j = 0; j < 4; ++j) {
+                    const int r = q.r + (k_fast ? 0 : j), c = q.c + (k_fast ? j : 0);
+                    if (r < 0 || r >= 64 || c < 0 || c >= 32) {
+                        std::printf("FAIL vec_slot: (%d, %d) outside the tile\n", r, c);
+                        ++failures;
+                        return;
+                    }
+                    ++hits[r * 32 + c];
+                }
+            }
+        for (int h : hits)
+            if (h != 1) {
+                std::printf("FAIL vec_slot (k_fast %d): an element loaded %d times\n", k_fast, h);
+                ++failures;
+                return;
+            }
+    }
+}
+
 static void check_conv(int n, int h, int w, int cin, int cout, int k, int stride, int pad) {
     Geom g = geom(n, h, w, cin, cout, k, stride, pad);
     auto x = rnd((size_t)n * h * w * cin), wt = rnd((size_t)k * k * cin * cout), bias = rnd(cout);
@@ -98,6 +162,11 @@ static void check_conv(int n, int h, int w, int cin, int cout, int k, int stride
     BwdWeight bw{x.data(), dy.data(), gdw.data(), g};
     host_gemm(bw, (int64_t)k * k * cin, cout, (int64_t)n * g.oh * g.ow);
     expect_equal("conv weight gradient", gdw, dw);
+    if (cin % 4 == 0 && cout % 4 == 0) {
+        check_vec("conv forward", f, (int64_t)n * g.oh * g.ow, cout, (int64_t)k * k * cin);
+        check_vec("conv data gradient", bd, (int64_t)n * h * w, cin, (int64_t)k * k * cout);
+        check_vec("conv weight gradient", bw, (int64_t)k * k * cin, cout, (int64_t)n * g.oh * g.ow);
+    }
 }
 
 static void check_up(int n, int h, int w, int cin, int cout) {
@@ -135,6 +204,11 @@ static void check_up(int n, int h, int w, int cin, int cout) {
     UpBwdWeight bw{x.data(), dy.data(), gdw.data(), g};
     host_gemm(bw, cin, 4 * cout, (int64_t)n * h * w);
     expect_equal("transposed conv weight gradient", gdw, dw);
+    if (cin % 4 == 0 && cout % 4 == 0) {
+        check_vec("transposed conv forward", f, (int64_t)n * h * w, 4 * cout, cin);
+        check_vec("transposed conv data gradient", bd, (int64_t)n * h * w, cin, 4 * cout);
+        check_vec("transposed conv weight gradient", bw, cin, 4 * cout, (int64_t)n * h * w);
+    }
 }
 
 static void check_dense(int M, int N, int K) {
@@ -161,8 +235,14 @@ int main() {
     check_conv(2, 9, 7, 3, 5, 4, 2, 1);  // odd sizes under stride 2: the parity masks
     check_conv(1, 7, 9, 2, 3, 3, 2, 1);
     check_conv(1, 6, 7, 2, 2, 5, 1, 2);  // the largest kernel the 25-bit masks hold
+    // channel counts divisible by 4: the four-wide gathers too
+    check_conv(2, 9, 11, 8, 12, 3, 1, 1);
+    check_conv(2, 9, 7, 4, 8, 4, 2, 1);
+    check_conv(1, 7, 5, 12, 4, 1, 1, 0);
     check_up(2, 5, 7, 9, 6);
     check_up(1, 4, 3, 2, 5);
+    check_up(2, 3, 5, 8, 4);
+    check_vec_slots();
     check_dense(13, 7, 11);
     if (failures) return 1;
     std::printf("conv_ops: every policy reproduces its layer exactly\n");

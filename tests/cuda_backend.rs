@@ -49,8 +49,9 @@ fn tensor_core_convolutions_within_tf32_rounding() {
     convolutions_within(&g, 5e-3);
 }
 
-/// The pipelined tensor-core kernels (loads one step ahead, double-buffered shared memory):
-/// the same arithmetic as `Tf32`, so the same bound.
+/// The pipelined tensor-core kernels (loads one step ahead, double-buffered shared memory,
+/// four-wide loads where channel counts divide by 4): the same arithmetic as `Tf32`, so the
+/// same bound.
 #[test]
 fn pipelined_tensor_core_convolutions_within_tf32_rounding() {
     let Some(g) = gpu_with(Precision::Tf32Pipelined) else { return };
@@ -67,6 +68,9 @@ fn convolutions_within(g: &Cuda, tol: f64) {
         (Shape { n: 2, h: 32, w: 32, c: 32 }, ConvSpec { cin: 32, cout: 64, k: 3, stride: 1, pad: 1 }),
         // the first layer: 3 channels, K = 27 in a single step of the tensor-core kernels
         (Shape { n: 1, h: 5, w: 6, c: 3 }, ConvSpec { cin: 3, cout: 9, k: 3, stride: 1, pad: 1 }),
+        // channel counts divisible by 4 (the pipelined kernels' four-wide loads), odd sizes
+        (Shape { n: 2, h: 11, w: 9, c: 8 }, ConvSpec { cin: 8, cout: 12, k: 4, stride: 2, pad: 1 }),
+        (Shape { n: 1, h: 13, w: 7, c: 68 }, ConvSpec { cin: 68, cout: 36, k: 1, stride: 1, pad: 0 }),
     ];
     for (i, (xs, spec)) in cases.iter().enumerate() {
         let seed = 10 * i as u64;
@@ -107,8 +111,13 @@ fn transposed_convolution_and_its_gradients() {
 
 fn transposed_within(g: &Cuda, tol: f64) {
     let cpu = Cpu::new();
-    for (i, (xs, cout)) in
-        [(Shape { n: 2, h: 5, w: 7, c: 9 }, 6), (Shape { n: 3, h: 8, w: 8, c: 128 }, 64)].into_iter().enumerate()
+    for (i, (xs, cout)) in [
+        (Shape { n: 2, h: 5, w: 7, c: 9 }, 6),
+        (Shape { n: 3, h: 8, w: 8, c: 128 }, 64),
+        (Shape { n: 1, h: 7, w: 5, c: 12 }, 8),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let seed = 100 + 10 * i as u64;
         let ys = Shape { n: xs.n, h: 2 * xs.h, w: 2 * xs.w, c: cout };
