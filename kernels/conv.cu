@@ -18,11 +18,12 @@ namespace conv {
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
 
 // The rows' and columns' decompositions of this block, in shared memory.
-template <class Op>
+template <int TBM = BM, int TBN = BN, class Op>
 __device__ __forceinline__ void tile_infos(const Op& op, int64_t M, int N, typename Op::MI* mi, typename Op::NI* ni) {
+    static_assert(TBM + TBN <= THREADS, "one thread per row and column");
     const int tid = threadIdx.x;
-    if (tid < BM) mi[tid] = op.mi((int64_t)blockIdx.x * BM + tid, M);
-    else if (tid < BM + BN) ni[tid - BM] = op.ni((int64_t)blockIdx.y * BN + tid - BM, N);
+    if (tid < TBM) mi[tid] = op.mi((int64_t)blockIdx.x * TBM + tid, M);
+    else if (tid < TBM + TBN) ni[tid - TBM] = op.ni((int64_t)blockIdx.y * TBN + tid - TBM, N);
     __syncthreads();
 }
 
@@ -30,33 +31,33 @@ __device__ __forceinline__ void tile_infos(const Op& op, int64_t M, int N, typen
 // threads and KS, BM, BN dividing 256, each thread's index along the contiguous dimension is the
 // same in every load of the step: its decomposition is read once from shared memory, and the
 // varying one is the same across a warp (a broadcast read).
-template <int KS>
+template <int KS, int TBM = BM, int TBN = BN>
 struct Staged {
-    static constexpr int NA = BM * KS / THREADS, NB = BN * KS / THREADS;
+    static constexpr int NA = TBM * KS / THREADS, NB = TBN * KS / THREADS;
     float a[NA], b[NB];
 };
 
 // Load a step's elements into registers (the loads are issued here and waited for only where
 // the values are used: by store_step).
-template <int KS, class Op>
+template <int KS, int TBM = BM, int TBN = BN, class Op>
 __device__ __forceinline__ void load_step(const Op& op, const typename Op::MI* mi, const typename Op::KI* ki,
-                                          const typename Op::NI* ni, Staged<KS>& st) {
+                                          const typename Op::NI* ni, Staged<KS, TBM, TBN>& st) {
     const int tid = threadIdx.x;
-    constexpr int NA = Staged<KS>::NA, NB = Staged<KS>::NB;
+    constexpr int NA = Staged<KS, TBM, TBN>::NA, NB = Staged<KS, TBM, TBN>::NB;
     if constexpr (Op::A_K_FAST) {
         const int kk = tid % KS;
         const typename Op::KI k = ki[kk];
 #pragma unroll
         for (int i = 0; i < NA; ++i) st.a[i] = op.a(mi[(tid + THREADS * i) / KS], k);
     } else {
-        const typename Op::MI m = mi[tid % BM];
+        const typename Op::MI m = mi[tid % TBM];
 #pragma unroll
-        for (int i = 0; i < NA; ++i) st.a[i] = op.a(m, ki[(tid + THREADS * i) / BM]);
+        for (int i = 0; i < NA; ++i) st.a[i] = op.a(m, ki[(tid + THREADS * i) / TBM]);
     }
     if constexpr (Op::B_N_FAST) {
-        const typename Op::NI n = ni[tid % BN];
+        const typename Op::NI n = ni[tid % TBN];
 #pragma unroll
-        for (int i = 0; i < NB; ++i) st.b[i] = op.b(ki[(tid + THREADS * i) / BN], n);
+        for (int i = 0; i < NB; ++i) st.b[i] = op.b(ki[(tid + THREADS * i) / TBN], n);
     } else {
         const typename Op::KI k = ki[tid % KS];
 #pragma unroll
@@ -65,59 +66,60 @@ __device__ __forceinline__ void load_step(const Op& op, const typename Op::MI* m
 }
 
 // Hand a step's registers to put_a(m, k, v) and put_b(n, k, v): load_step's element mapping.
-template <int KS, class Op, class PutA, class PutB>
-__device__ __forceinline__ void store_step(const Staged<KS>& st, PutA put_a, PutB put_b) {
+template <int KS, class Op, int TBM = BM, int TBN = BN, class PutA, class PutB>
+__device__ __forceinline__ void store_step(const Staged<KS, TBM, TBN>& st, PutA put_a, PutB put_b) {
     const int tid = threadIdx.x;
-    constexpr int NA = Staged<KS>::NA, NB = Staged<KS>::NB;
+    constexpr int NA = Staged<KS, TBM, TBN>::NA, NB = Staged<KS, TBM, TBN>::NB;
 #pragma unroll
     for (int i = 0; i < NA; ++i) {
         if constexpr (Op::A_K_FAST) put_a((tid + THREADS * i) / KS, tid % KS, st.a[i]);
-        else put_a(tid % BM, (tid + THREADS * i) / BM, st.a[i]);
+        else put_a(tid % TBM, (tid + THREADS * i) / TBM, st.a[i]);
     }
 #pragma unroll
     for (int i = 0; i < NB; ++i) {
-        if constexpr (Op::B_N_FAST) put_b(tid % BN, (tid + THREADS * i) / BN, st.b[i]);
+        if constexpr (Op::B_N_FAST) put_b(tid % TBN, (tid + THREADS * i) / TBN, st.b[i]);
         else put_b((tid + THREADS * i) / KS, tid % KS, st.b[i]);
     }
 }
 
 // load_step with four-wide loads for the operands whose layout allows them (va, vb: the
 // policy's vec_a / vec_b), placed by vec_slot; the others as load_step.
-template <int KS, class Op>
+template <int KS, int TBM = BM, int TBN = BN, class Op>
 __device__ __forceinline__ void load_step_vec(const Op& op, bool va, bool vb, const typename Op::MI* mi,
-                                              const typename Op::KI* ki, const typename Op::NI* ni, Staged<KS>& st) {
+                                              const typename Op::KI* ki, const typename Op::NI* ni,
+                                              Staged<KS, TBM, TBN>& st) {
     const int tid = threadIdx.x;
-    constexpr int NA = Staged<KS>::NA, NB = Staged<KS>::NB;
+    constexpr int NA = Staged<KS, TBM, TBN>::NA, NB = Staged<KS, TBM, TBN>::NB;
     if (va && vb) {
 #pragma unroll
         for (int i = 0; i < NA / 4; ++i) {
-            const Slot q = vec_slot<BM, KS, THREADS>(Op::A_K_FAST, tid, i);
+            const Slot q = vec_slot<TBM, KS, THREADS>(Op::A_K_FAST, tid, i);
             const F4 v = op.a4(mi[q.r], ki[q.c]);
             st.a[4 * i] = v.x, st.a[4 * i + 1] = v.y, st.a[4 * i + 2] = v.z, st.a[4 * i + 3] = v.w;
         }
 #pragma unroll
         for (int i = 0; i < NB / 4; ++i) {
-            const Slot q = vec_slot<BN, KS, THREADS>(!Op::B_N_FAST, tid, i);
+            const Slot q = vec_slot<TBN, KS, THREADS>(!Op::B_N_FAST, tid, i);
             const F4 v = op.b4(ki[q.c], ni[q.r]);
             st.b[4 * i] = v.x, st.b[4 * i + 1] = v.y, st.b[4 * i + 2] = v.z, st.b[4 * i + 3] = v.w;
         }
     } else {
-        load_step<KS>(op, mi, ki, ni, st);
+        load_step<KS, TBM, TBN>(op, mi, ki, ni, st);
     }
 }
 
 // store_step for load_step_vec's placement.
-template <int KS, class Op, class PutA, class PutB>
-__device__ __forceinline__ void store_step_vec(bool vec, const Staged<KS>& st, PutA put_a, PutB put_b) {
+template <int KS, class Op, int TBM = BM, int TBN = BN, class PutA, class PutB>
+__device__ __forceinline__ void store_step_vec(bool vec, const Staged<KS, TBM, TBN>& st, PutA put_a, PutB put_b) {
     const int tid = threadIdx.x;
-    constexpr int NA = Staged<KS>::NA, NB = Staged<KS>::NB;
+    constexpr int NA = Staged<KS, TBM, TBN>::NA, NB = Staged<KS, TBM, TBN>::NB;
     if (!vec) {
-        store_step<KS, Op>(st, put_a, put_b);
+        store_step<KS, Op, TBM, TBN>(st, put_a, put_b);
         return;
     }
 #pragma unroll
     for (int i = 0; i < NA / 4; ++i) {
-        const Slot q = vec_slot<BM, KS, THREADS>(Op::A_K_FAST, tid, i);
+        const Slot q = vec_slot<TBM, KS, THREADS>(Op::A_K_FAST, tid, i);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             if constexpr (Op::A_K_FAST) put_a(q.r, q.c + j, st.a[4 * i + j]);
@@ -126,7 +128,7 @@ __device__ __forceinline__ void store_step_vec(bool vec, const Staged<KS>& st, P
     }
 #pragma unroll
     for (int i = 0; i < NB / 4; ++i) {
-        const Slot q = vec_slot<BN, KS, THREADS>(!Op::B_N_FAST, tid, i);
+        const Slot q = vec_slot<TBN, KS, THREADS>(!Op::B_N_FAST, tid, i);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             if constexpr (Op::B_N_FAST) put_b(q.r + j, q.c, st.b[4 * i + j]);
@@ -353,11 +355,95 @@ __device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, 
             }
 }
 
+// The wide tensor-core GEMM: block tile 128 × 64 × 32, 8 warps as 4 (m) × 2 (n), each warp
+// 32 × 32 = 2 × 4 MMA tiles, so every fragment read feeds twice the MMAs of the 64 × 64 kernels
+// and every gathered element a quarter more. Loads run one step ahead in registers (four-wide
+// only: see below); shared memory is single-buffered to stay within the 48 KB a kernel gets
+// without opting in, so a step takes two barriers.
+constexpr int WBM = 128, WBN = 64;
+
+template <class Op>
+__device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
+    __shared__ uint32_t As[WBM][TS];  // [m][k]
+    __shared__ uint32_t Bs[WBN][TS];  // [n][k]
+    __shared__ typename Op::MI mi[WBM];
+    __shared__ typename Op::NI ni[WBN];
+    __shared__ typename Op::KI ki[TK];
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    tile_infos<WBM, WBN>(op, M, N, mi, ni);
+    const int g = lane / 4, t = lane % 4;
+    const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    const int64_t steps = k1 > k0 ? (k1 - k0 + TK - 1) / TK : 0;
+    // four-wide loads only: the host launches these kernels where both operands allow them
+    // (channel counts divisible by 4) and the 64 × 64 pipelined ones elsewhere; without the
+    // scalar path's registers the tile fits in 128 per thread
+    if (!(op.vec_a() && op.vec_b())) __trap();
+    constexpr bool vec = true;
+    Staged<TK, WBM, WBN> st;
+    if (steps > 0) {
+        if (tid < TK) ki[tid] = op.ki(k0 + tid, k1);
+        __syncthreads();
+        load_step_vec<TK, WBM, WBN>(op, vec, vec, mi, ki, ni, st);
+        // the first step's decompositions are read before the loop writes the next ones
+        __syncthreads();
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+        // every warp is past the previous step's MMAs and loads (the barrier closing it)
+        store_step_vec<TK, Op, WBM, WBN>(
+            vec, st, [&](int m, int k, float v) { As[m][k] = to_tf32(v); },
+            [&](int n, int k, float v) { Bs[n][k] = to_tf32(v); });
+        const bool more = s + 1 < steps;
+        if (more && tid < TK) ki[tid] = op.ki(k0 + (s + 1) * TK + tid, k1);
+        __syncthreads();
+        if (more) load_step_vec<TK, WBM, WBN>(op, vec, vec, mi, ki, ni, st);
+#pragma unroll
+        for (int ks = 0; ks < TK; ks += 8) {
+            uint32_t a[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = wm + 16 * i + g;
+                a[i][0] = As[r][ks + t];
+                a[i][1] = As[r + 8][ks + t];
+                a[i][2] = As[r][ks + t + 4];
+                a[i][3] = As[r + 8][ks + t + 4];
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = wn + 8 * j + g;
+                b[j][0] = Bs[c][ks + t];
+                b[j][1] = Bs[c][ks + t + 4];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_tf32(acc[i][j], a[i], b[j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int r = wm + 16 * i + g + (q >= 2 ? 8 : 0), c = wn + 8 * j + 2 * t + (q & 1);
+                if (mi[r].ok && ni[c].ok) op.store(mi[r], ni[c], acc[i][j][q]);
+            }
+}
+
 // The GEMM bodies by mode: 0 f32 SIMT (the exact path), 1 TF32 tensor cores, 2 TF32 tensor
-// cores with loads one step ahead.
+// cores with loads one step ahead, 3 the same on 128 × 64 tiles.
 template <int MODE, class Op>
 __device__ __forceinline__ void gemm(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
-    if constexpr (MODE == 2) gemm_tile_tc_pipelined(op, M, N, k0, k1);
+    if constexpr (MODE == 3) gemm_tile_tc_wide(op, M, N, k0, k1);
+    else if constexpr (MODE == 2) gemm_tile_tc_pipelined(op, M, N, k0, k1);
     else if constexpr (MODE == 1) gemm_tile_tc(op, M, N, k0, k1);
     else gemm_tile(op, M, N, k0, k1);
 }
@@ -420,38 +506,42 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
 }
 }  // namespace conv
 
-// Each convolution three times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores) and
-// _tf32p (tensor cores, loads one step ahead).
-#define CONV_KERNELS(SUFFIX, MODE)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
+// Each convolution four times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores), _tf32p
+// (tensor cores, loads one step ahead) and _tf32w (the same on 128 × 64 tiles: grids of
+// ⌈M / 128⌉ × ⌈N / 64⌉ blocks).
+#define CONV_KERNELS(SUFFIX, MODE, MIN_BLOCKS)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         conv2d_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, const float* res, float* y,          \
                             int leaky, CONV_GEOM_ARGS) {                                                              \
         conv::fwd<MODE>(x, wt, bias, res, y, leaky, n, h, w, cin, cout, k, stride, pad);                                \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         conv2d_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {                      \
         conv::bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad);                                           \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         conv2d_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {                     \
         conv::bwd_weight<MODE>(x, dy, dw, n, h, w, cin, cout, k, stride, pad);                                          \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         up2_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, float* y, UP_ARGS) {                    \
         conv::up_fwd<MODE>(x, wt, bias, y, n, h, w, cin, cout);                                                         \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         up2_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, UP_ARGS) {                                \
         conv::up_bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout);                                                        \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 3)                                                              \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         up2_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, UP_ARGS) {                               \
         conv::up_bwd_weight<MODE>(x, dy, dw, n, h, w, cin, cout);                                                       \
     }
 
-CONV_KERNELS(f32, 0)
-CONV_KERNELS(tf32, 1)
-CONV_KERNELS(tf32p, 2)
+// three blocks of 256 per SM (80 registers) for the 64 × 64 tiles; two (128) for the wide ones,
+// whose 32 accumulators and 24 staged values per thread would spill at 80
+CONV_KERNELS(f32, 0, 3)
+CONV_KERNELS(tf32, 1, 3)
+CONV_KERNELS(tf32p, 2, 3)
+CONV_KERNELS(tf32w, 3, 2)
 
 // grid (⌈M / 64⌉, ⌈N / 64⌉, splits); f32 SIMT (the GCN's layers are small and launch-bound)
 extern "C" __global__ void __launch_bounds__(256)

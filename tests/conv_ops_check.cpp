@@ -96,17 +96,20 @@ static void check_vec(const char* what, const Op& op, int64_t M, int64_t N, int6
     }
 }
 
-// The kernels' four-wide load placement covers a 64 × 32 operand tile exactly once.
+// The kernels' four-wide load placement covers a ROWS × 32 operand tile exactly once (64: the
+// 64 × 64 kernels' A and B, and the wide kernels' B; 128: the wide kernels' A).
+template <int ROWS>
 static void check_vec_slots() {
+    constexpr int LOADS = ROWS * 32 / 4 / 256;
     for (bool k_fast : {true, false}) {
-        std::vector<int> hits(64 * 32, 0);
+        std::vector<int> hits(ROWS * 32, 0);
         for (int tid = 0; tid < 256; ++tid)
-            for (int i = 0; i < 2; ++i) {
-                const Slot q = vec_slot<64, 32, 256>(k_fast, tid, i);
+            for (int i = 0; i < LOADS; ++i) {
+                const Slot q = vec_slot<ROWS, 32, 256>(k_fast, tid, i);
                 for (int j = 0; j < 4; ++j) {
                     const int r = q.r + (k_fast ? 0 : j), c = q.c + (k_fast ? j : 0);
-                    if (r < 0 || r >= 64 || c < 0 || c >= 32) {
-                        std::printf("FAIL vec_slot: (%d, %d) outside the tile\n", r, c);
+                    if (r < 0 || r >= ROWS || c < 0 || c >= 32) {
+                        std::printf("FAIL vec_slot<%d>: (%d, %d) outside the tile\n", ROWS, r, c);
                         ++failures;
                         return;
                     }
@@ -115,7 +118,7 @@ static void check_vec_slots() {
             }
         for (int h : hits)
             if (h != 1) {
-                std::printf("FAIL vec_slot (k_fast %d): an element loaded %d times\n", k_fast, h);
+                std::printf("FAIL vec_slot<%d> (k_fast %d): an element loaded %d times\n", ROWS, k_fast, h);
                 ++failures;
                 return;
             }
@@ -242,7 +245,8 @@ int main() {
     check_up(2, 5, 7, 9, 6);
     check_up(1, 4, 3, 2, 5);
     check_up(2, 3, 5, 8, 4);
-    check_vec_slots();
+    check_vec_slots<64>();
+    check_vec_slots<128>();
     check_dense(13, 7, 11);
     if (failures) return 1;
     std::printf("conv_ops: every policy reproduces its layer exactly\n");

@@ -59,6 +59,15 @@ fn pipelined_tensor_core_convolutions_within_tf32_rounding() {
     transposed_within(&g, 5e-3);
 }
 
+/// The wide pipelined kernels (128 × 64 tiles where channel counts divide by 4, the
+/// pipelined 64 × 64 ones elsewhere): the same arithmetic as `Tf32`, so the same bound.
+#[test]
+fn wide_tensor_core_convolutions_within_tf32_rounding() {
+    let Some(g) = gpu_with(Precision::Tf32Wide) else { return };
+    convolutions_within(&g, 5e-3);
+    transposed_within(&g, 5e-3);
+}
+
 fn convolutions_within(g: &Cuda, tol: f64) {
     let cpu = Cpu::new();
     let cases = [

@@ -83,15 +83,19 @@ pub fn resolve_device(spec: &str) -> crate::Result<Device> {
 
 impl Device {
     /// The GPU backend of `Cuda(n)` (None for the CPU), or an error naming `--device`. Where
-    /// the speed path (`Tf32`) is asked for, `SPAHDMAP_GPU_CONV=f32|tf32|tf32p` picks the
+    /// the speed path (`Tf32`) is asked for, `SPAHDMAP_GPU_CONV=f32|tf32|tf32p|tf32w` picks the
     /// convolution kernels instead (A/B runs of kernel variants through the whole pipeline).
     pub fn gpu(self, precision: cuda::Precision) -> crate::Result<Option<cuda::Cuda>> {
         let Device::Cuda(n) = self else { return Ok(None) };
         let precision = match (precision, std::env::var("SPAHDMAP_GPU_CONV").as_deref()) {
             (cuda::Precision::Tf32, Ok("f32")) => cuda::Precision::Exact,
             (cuda::Precision::Tf32, Ok("tf32p")) => cuda::Precision::Tf32Pipelined,
+            (cuda::Precision::Tf32, Ok("tf32w")) => cuda::Precision::Tf32Wide,
             (cuda::Precision::Tf32, Ok(v)) if v != "tf32" => {
-                return Err(crate::Error::setting("SPAHDMAP_GPU_CONV", format!("{v}: expected f32, tf32 or tf32p")))
+                return Err(crate::Error::setting(
+                    "SPAHDMAP_GPU_CONV",
+                    format!("{v}: expected f32, tf32, tf32p or tf32w"),
+                ))
             }
             (p, _) => p,
         };

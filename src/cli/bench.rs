@@ -90,6 +90,9 @@ enum BenchWhat {
         /// On a GPU: the TF32 kernels that load each step ahead of the previous step's MMAs.
         #[arg(long, conflicts_with = "exact")]
         pipelined: bool,
+        /// On a GPU: the pipelined kernels on 128 × 64 tiles (where channel counts divide by 4).
+        #[arg(long, conflicts_with_all = ["exact", "pipelined"])]
+        wide: bool,
         /// Time the joint-training iteration instead (rank 20, 3,000 genes, four disk spots of
         /// radius 45 per tile, heads + body + decoder, Adam), as the reference's train loop.
         #[arg(long)]
@@ -602,11 +605,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let a = crate::simulate::evaluate::evaluate(&results, &truth, &section)?;
             println!("{}", serde_json::json!({"bench": "accuracy", "detail": a}));
         }
-        BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, pipelined, joint, infer } => {
+        BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, pipelined, wide, joint, infer } => {
             use crate::backend::cuda::Precision;
-            let precision = match (exact, pipelined) {
-                (true, _) => Precision::Exact,
-                (_, true) => Precision::Tf32Pipelined,
+            let precision = match (exact, pipelined, wide) {
+                (true, _, _) => Precision::Exact,
+                (_, true, _) => Precision::Tf32Pipelined,
+                (_, _, true) => Precision::Tf32Wide,
                 _ => Precision::Tf32,
             };
             let v = match bench_gpu(&device, precision)? {

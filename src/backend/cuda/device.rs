@@ -33,13 +33,15 @@ type Grow<T> = Mutex<Option<CudaSlice<T>>>;
 /// summation order: tests hold it to 1e-5), `Tf32` runs the tensor cores on TF32 operands
 /// with f32 accumulation (≈1e-3 relative, the speed path; PyTorch's `allow_tf32`), and
 /// `Tf32Pipelined` the same arithmetic with each step's loads issued before the previous
-/// step's MMAs (kernels `*_tf32p`; compiled, not yet run on a GPU: the default stays `Tf32`
-/// until it has been measured against it).
+/// step's MMAs (kernels `*_tf32p`), `Tf32Wide` that on 128 × 64 tiles where channel counts
+/// divide by 4 (`*_tf32w`, the pipelined ones elsewhere). The last two are compiled, not yet
+/// run on a GPU: the default stays `Tf32` until they have been measured against it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     Exact,
     Tf32,
     Tf32Pipelined,
+    Tf32Wide,
 }
 
 pub struct Cuda {
@@ -133,6 +135,7 @@ impl Cuda {
                     Precision::Exact => "f32",
                     Precision::Tf32 => "tf32 tensor cores",
                     Precision::Tf32Pipelined => "tf32 tensor cores, pipelined loads",
+                    Precision::Tf32Wide => "tf32 tensor cores, pipelined loads, 128x64 tiles",
                 }
             ),
             sms,
@@ -152,12 +155,15 @@ impl Cuda {
             .clone()
     }
 
-    /// The convolution kernel of this precision: `name` + `_f32`, `_tf32` or `_tf32p`.
-    fn pick(&self, [exact, tf32, pipelined]: [&'static str; 3]) -> &'static str {
+    /// The convolution kernel of this precision (`name` + `_f32`, `_tf32`, `_tf32p` or
+    /// `_tf32w`) for `cin` → `cout` channels, with its block tile (rows, columns): the wide
+    /// kernels load only four channels at a time, so they run where both counts divide by 4.
+    fn conv_kernel(&self, names: [&'static str; 4], cin: usize, cout: usize) -> (&'static str, usize, usize) {
         match self.precision {
-            Precision::Exact => exact,
-            Precision::Tf32 => tf32,
-            Precision::Tf32Pipelined => pipelined,
+            Precision::Exact => (names[0], 64, 64),
+            Precision::Tf32 => (names[1], 64, 64),
+            Precision::Tf32Wide if cin % 4 == 0 && cout % 4 == 0 => (names[3], 128, 64),
+            Precision::Tf32Pipelined | Precision::Tf32Wide => (names[2], 64, 64),
         }
     }
 
@@ -356,8 +362,13 @@ fn conv_geom(xs: Shape, spec: &ConvSpec) -> ConvGeom {
 }
 
 pub(super) fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
+    tiled_grid(m, n, z, (64, 64))
+}
+
+/// Blocks of `bm` × `bn` over an m × n result, `z` K splits.
+fn tiled_grid(m: usize, n: usize, z: usize, (bm, bn): (usize, usize)) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (m.div_ceil(64).max(1) as u32, n.div_ceil(64).max(1) as u32, z.max(1) as u32),
+        grid_dim: (m.div_ceil(bm).max(1) as u32, n.div_ceil(bn).max(1) as u32, z.max(1) as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -443,28 +454,12 @@ impl Backend for Cuda {
         y: &mut DBuf,
     ) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
-        let cfg = gemm_grid(xs.n * oh * ow, spec.cout, 1);
+        let names = ["conv2d_fwd_f32", "conv2d_fwd_tf32", "conv2d_fwd_tf32p", "conv2d_fwd_tf32w"];
+        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout);
+        let cfg = tiled_grid(xs.n * oh * ow, spec.cout, 1, (bm, bn));
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
-        launch!(
-            self,
-            self.pick(["conv2d_fwd_f32", "conv2d_fwd_tf32", "conv2d_fwd_tf32p"]),
-            cfg,
-            xp,
-            wp,
-            bp,
-            rp,
-            yp,
-            epi.leaky as i32,
-            n,
-            h,
-            wd,
-            cin,
-            cout,
-            k,
-            st,
-            pd
-        );
+        launch!(self, kernel, cfg, xp, wp, bp, rp, yp, epi.leaky as i32, n, h, wd, cin, cout, k, st, pd);
     }
     fn conv2d_backward(
         &self,
@@ -480,53 +475,31 @@ impl Backend for Cuda {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         if let Some(dx) = dx {
-            let cfg = gemm_grid(xs.n * xs.h * xs.w, spec.cin, 1);
-            launch!(
-                self,
-                self.pick(["conv2d_bwd_data_f32", "conv2d_bwd_data_tf32", "conv2d_bwd_data_tf32p"]),
-                cfg,
-                self.ptr(dy),
-                self.ptr(w),
-                self.ptr(dx),
-                n,
-                h,
-                wd,
-                cin,
-                cout,
-                k,
-                st,
-                pd
-            );
+            let names =
+                ["conv2d_bwd_data_f32", "conv2d_bwd_data_tf32", "conv2d_bwd_data_tf32p", "conv2d_bwd_data_tf32w"];
+            let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout);
+            let cfg = tiled_grid(xs.n * xs.h * xs.w, spec.cin, 1, (bm, bn));
+            launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, cout, k, st, pd);
         }
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
         self.zero_bytes(self.ptr(dw), dw.len * 4);
-        let splits = self.splits(kw.div_ceil(64) * spec.cout.div_ceil(64), p);
-        let cfg = gemm_grid(kw, spec.cout, splits);
-        launch!(
-            self,
-            self.pick(["conv2d_bwd_weight_f32", "conv2d_bwd_weight_tf32", "conv2d_bwd_weight_tf32p"]),
-            cfg,
-            self.ptr(x),
-            self.ptr(dy),
-            self.ptr(dw),
-            n,
-            h,
-            wd,
-            cin,
-            cout,
-            k,
-            st,
-            pd
-        );
+        let names =
+            ["conv2d_bwd_weight_f32", "conv2d_bwd_weight_tf32", "conv2d_bwd_weight_tf32p", "conv2d_bwd_weight_tf32w"];
+        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout);
+        let splits = self.splits(kw.div_ceil(bm) * spec.cout.div_ceil(bn), p);
+        let cfg = tiled_grid(kw, spec.cout, splits, (bm, bn));
+        launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd);
         if let Some(db) = db {
             self.colsum(self.ptr(dy), p, spec.cout, self.ptr(db));
         }
     }
     fn conv_transpose2(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
-        let cfg = gemm_grid(xs.n * xs.h * xs.w, 4 * cout, 1);
+        let (kernel, bm, bn) =
+            self.conv_kernel(["up2_fwd_f32", "up2_fwd_tf32", "up2_fwd_tf32p", "up2_fwd_tf32w"], xs.c, cout);
+        let cfg = tiled_grid(xs.n * xs.h * xs.w, 4 * cout, 1, (bm, bn));
         launch!(
             self,
-            self.pick(["up2_fwd_f32", "up2_fwd_tf32", "up2_fwd_tf32p"]),
+            kernel,
             cfg,
             self.ptr(x),
             self.ptr(w),
@@ -553,10 +526,12 @@ impl Backend for Cuda {
         let (n, h, wd, cin, co) = (xs.n as i32, xs.h as i32, xs.w as i32, xs.c as i32, cout as i32);
         let p = xs.n * xs.h * xs.w;
         if let Some(dx) = dx {
+            let names = ["up2_bwd_data_f32", "up2_bwd_data_tf32", "up2_bwd_data_tf32p", "up2_bwd_data_tf32w"];
+            let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout);
             launch!(
                 self,
-                self.pick(["up2_bwd_data_f32", "up2_bwd_data_tf32", "up2_bwd_data_tf32p"]),
-                gemm_grid(p, xs.c, 1),
+                kernel,
+                tiled_grid(p, xs.c, 1, (bm, bn)),
                 self.ptr(dy),
                 self.ptr(w),
                 self.ptr(dx),
@@ -568,11 +543,13 @@ impl Backend for Cuda {
             );
         }
         self.zero_bytes(self.ptr(dw), dw.len * 4);
-        let splits = self.splits(xs.c.div_ceil(64) * (4 * cout).div_ceil(64), p);
+        let names = ["up2_bwd_weight_f32", "up2_bwd_weight_tf32", "up2_bwd_weight_tf32p", "up2_bwd_weight_tf32w"];
+        let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout);
+        let splits = self.splits(xs.c.div_ceil(bm) * (4 * cout).div_ceil(bn), p);
         launch!(
             self,
-            self.pick(["up2_bwd_weight_f32", "up2_bwd_weight_tf32", "up2_bwd_weight_tf32p"]),
-            gemm_grid(xs.c, 4 * cout, splits),
+            kernel,
+            tiled_grid(xs.c, 4 * cout, splits, (bm, bn)),
             self.ptr(x),
             self.ptr(dy),
             self.ptr(dw),
