@@ -197,6 +197,7 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int64_t M, int N, int64_
 // Shared rows are 36 words apart so the fragment reads (rows g, columns t) hit 32 banks.
 constexpr int TK = 32, TS = TK + 4;
 
+#ifdef __CUDACC__
 __device__ __forceinline__ uint32_t to_tf32(float v) {
     uint32_t r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
@@ -210,6 +211,7 @@ __device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+#endif  // on the host, tests/conv_kernels_emu.cpp defines both before including this file
 
 template <class Op>
 __device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
@@ -506,6 +508,7 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
 }
 }  // namespace conv
 
+#ifdef __CUDACC__  // the entry points (tests/conv_kernels_emu.cpp calls conv::fwd<MODE> etc. on the host)
 // Each convolution four times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores), _tf32p
 // (tensor cores, loads one step ahead) and _tf32w (the same on 128 × 64 tiles: grids of
 // ⌈M / 128⌉ × ⌈N / 64⌉ blocks).
@@ -569,3 +572,4 @@ extern "C" __global__ void colsum_f32(const float* x, int64_t rows, int cols, in
         atomicAdd(&out[c], s);
     }
 }
+#endif  // __CUDACC__

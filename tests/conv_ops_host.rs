@@ -1,31 +1,49 @@
-//! The GPU convolutions' index arithmetic (kernels/conv_ops.cuh) checked on the CPU: the C++
-//! checker drives each operand policy through a plain GEMM and compares with the layer
-//! written out directly (exact, on small integers). Runs wherever a C++ compiler is found
-//! (CXX, c++, g++, clang++), so CI checks the gathers of every kernel without a GPU.
+//! The GPU convolutions checked on the CPU, wherever a C++ compiler is found (CXX, c++, g++,
+//! clang++), so CI checks them without a GPU:
+//! - `conv_ops_check.cpp` drives each operand policy of kernels/conv_ops.cuh (gathers, scalar
+//!   and four-wide, and epilogues) through a plain GEMM against the layer written out directly;
+//! - `conv_kernels_emu.cpp` runs kernels/conv.cu itself — every GEMM body, 256 threads per
+//!   block, barriers and warp-collective MMAs emulated — against the same plain GEMM.
+//!
+//! Both compare exactly, on small integers.
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+fn compiler() -> Option<String> {
+    let candidates: Vec<String> =
+        std::env::var("CXX").into_iter().chain(["c++", "g++", "clang++"].map(String::from)).collect();
+    candidates.into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// Compile `tests/SOURCE` with `flags` and run it; its output on success.
+fn build_and_run(source: &str, flags: &[&str]) -> Option<String> {
+    let Some(cxx) = compiler() else {
+        eprintln!("skipped: no C++ compiler");
+        return None;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let exe: PathBuf = dir.path().join("check");
+    let o = Command::new(&cxx).args(flags).arg("-o").arg(&exe).arg(root.join("tests").join(source)).output().unwrap();
+    assert!(o.status.success(), "compiling {source}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(&exe).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("{out}");
+    assert!(o.status.success(), "{out}");
+    Some(out)
+}
 
 #[test]
 fn every_convolution_policy_reproduces_its_layer() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates: Vec<String> =
-        std::env::var("CXX").into_iter().chain(["c++", "g++", "clang++"].map(String::from)).collect();
-    let Some(cxx) =
-        candidates.iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-    else {
-        eprintln!("skipped: no C++ compiler");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("conv_ops_check");
-    let o = Command::new(cxx)
-        .args(["-std=c++17", "-O1", "-Wall", "-o"])
-        .arg(&exe)
-        .arg(root.join("tests/conv_ops_check.cpp"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "compiling the checker: {}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(&exe).output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    eprintln!("{out}");
-    assert!(o.status.success(), "{out}");
+    if let Some(out) = build_and_run("conv_ops_check.cpp", &["-std=c++17", "-O1", "-Wall"]) {
+        assert!(out.contains("every policy reproduces its layer exactly"), "{out}");
+    }
+}
+
+#[test]
+fn every_convolution_kernel_body_reproduces_its_layer_on_emulated_threads() {
+    let flags = ["-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-pthread"];
+    if let Some(out) = build_and_run("conv_kernels_emu.cpp", &flags) {
+        assert!(out.contains("reproduce every operation exactly"), "{out}");
+    }
 }
