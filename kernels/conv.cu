@@ -384,8 +384,9 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     const int64_t steps = k1 > k0 ? (k1 - k0 + TK - 1) / TK : 0;
     // four-wide loads only: the host launches these kernels where both operands allow them
-    // (channel counts divisible by 4) and the 64 × 64 pipelined ones elsewhere; without the
-    // scalar path's registers the tile fits in 128 per thread
+    // (channel counts divisible by 4, 16-byte aligned; conv_kernel in device.rs) and the 64 × 64
+    // pipelined ones elsewhere; without the scalar path's registers the tile fits in 128 per
+    // thread
     if (!(op.vec_a() && op.vec_b())) __trap();
     constexpr bool vec = true;
     Staged<TK, WBM, WBN> st;

@@ -156,13 +156,21 @@ impl Cuda {
     }
 
     /// The convolution kernel of this precision (`name` + `_f32`, `_tf32`, `_tf32p` or
-    /// `_tf32w`) for `cin` → `cout` channels, with its block tile (rows, columns): the wide
-    /// kernels load only four channels at a time, so they run where both counts divide by 4.
-    fn conv_kernel(&self, names: [&'static str; 4], cin: usize, cout: usize) -> (&'static str, usize, usize) {
+    /// `_tf32w`) for `cin` → `cout` channels reading the operands at `operands`, with its block
+    /// tile (rows, columns): the wide kernels load only four channels at a time (16 bytes), so
+    /// they run where both counts divide by 4 and both operands are 16-byte aligned.
+    fn conv_kernel(
+        &self,
+        names: [&'static str; 4],
+        cin: usize,
+        cout: usize,
+        operands: [u64; 2],
+    ) -> (&'static str, usize, usize) {
+        let four_wide = cin % 4 == 0 && cout % 4 == 0 && operands.iter().all(|p| p % 16 == 0);
         match self.precision {
             Precision::Exact => (names[0], 64, 64),
             Precision::Tf32 => (names[1], 64, 64),
-            Precision::Tf32Wide if cin % 4 == 0 && cout % 4 == 0 => (names[3], 128, 64),
+            Precision::Tf32Wide if four_wide => (names[3], 128, 64),
             Precision::Tf32Pipelined | Precision::Tf32Wide => (names[2], 64, 64),
         }
     }
@@ -455,7 +463,7 @@ impl Backend for Cuda {
     ) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let names = ["conv2d_fwd_f32", "conv2d_fwd_tf32", "conv2d_fwd_tf32p", "conv2d_fwd_tf32w"];
-        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout);
+        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(x), self.ptr(w)]);
         let cfg = tiled_grid(xs.n * oh * ow, spec.cout, 1, (bm, bn));
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
@@ -477,7 +485,7 @@ impl Backend for Cuda {
         if let Some(dx) = dx {
             let names =
                 ["conv2d_bwd_data_f32", "conv2d_bwd_data_tf32", "conv2d_bwd_data_tf32p", "conv2d_bwd_data_tf32w"];
-            let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout);
+            let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(dy), self.ptr(w)]);
             let cfg = tiled_grid(xs.n * xs.h * xs.w, spec.cin, 1, (bm, bn));
             launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, cout, k, st, pd);
         }
@@ -485,7 +493,7 @@ impl Backend for Cuda {
         self.zero_bytes(self.ptr(dw), dw.len * 4);
         let names =
             ["conv2d_bwd_weight_f32", "conv2d_bwd_weight_tf32", "conv2d_bwd_weight_tf32p", "conv2d_bwd_weight_tf32w"];
-        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout);
+        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(x), self.ptr(dy)]);
         let splits = self.splits(kw.div_ceil(bm) * spec.cout.div_ceil(bn), p);
         let cfg = tiled_grid(kw, spec.cout, splits, (bm, bn));
         launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd);
@@ -494,8 +502,12 @@ impl Backend for Cuda {
         }
     }
     fn conv_transpose2(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
-        let (kernel, bm, bn) =
-            self.conv_kernel(["up2_fwd_f32", "up2_fwd_tf32", "up2_fwd_tf32p", "up2_fwd_tf32w"], xs.c, cout);
+        let (kernel, bm, bn) = self.conv_kernel(
+            ["up2_fwd_f32", "up2_fwd_tf32", "up2_fwd_tf32p", "up2_fwd_tf32w"],
+            xs.c,
+            cout,
+            [self.ptr(x), self.ptr(w)],
+        );
         let cfg = tiled_grid(xs.n * xs.h * xs.w, 4 * cout, 1, (bm, bn));
         launch!(
             self,
@@ -527,7 +539,7 @@ impl Backend for Cuda {
         let p = xs.n * xs.h * xs.w;
         if let Some(dx) = dx {
             let names = ["up2_bwd_data_f32", "up2_bwd_data_tf32", "up2_bwd_data_tf32p", "up2_bwd_data_tf32w"];
-            let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout);
+            let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout, [self.ptr(dy), self.ptr(w)]);
             launch!(
                 self,
                 kernel,
@@ -544,7 +556,7 @@ impl Backend for Cuda {
         }
         self.zero_bytes(self.ptr(dw), dw.len * 4);
         let names = ["up2_bwd_weight_f32", "up2_bwd_weight_tf32", "up2_bwd_weight_tf32p", "up2_bwd_weight_tf32w"];
-        let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout);
+        let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout, [self.ptr(x), self.ptr(dy)]);
         let splits = self.splits(xs.c.div_ceil(bm) * (4 * cout).div_ceil(bn), p);
         launch!(
             self,
