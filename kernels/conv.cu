@@ -357,15 +357,18 @@ __device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, 
             }
 }
 
-// The wide tensor-core GEMM: block tile 128 × 64 × 32, 8 warps as 4 (m) × 2 (n), each warp
-// 32 × 32 = 2 × 4 MMA tiles, so every fragment read feeds twice the MMAs of the 64 × 64 kernels
-// and every gathered element a quarter more. Loads run one step ahead in registers (four-wide
+// The wide tensor-core GEMM: block tile 128 × WBN × 32, 8 warps as 4 (m) × 2 (n), each warp
+// 32 × WBN/2 = 2 × WBN/16 MMA tiles; at WBN = 64 every fragment read feeds twice the MMAs of
+// the 64 × 64 kernels and every gathered element a quarter more. Loads run one step ahead in registers (four-wide
 // only: see below); shared memory is single-buffered to stay within the 48 KB a kernel gets
 // without opting in, so a step takes two barriers.
-constexpr int WBM = 128, WBN = 64;
+constexpr int WBM = 128;
 
-template <class Op>
+// WBN = 64 (8 warps of 32 × 32), or 32 for layers of at most 32 columns (32 × 16 warp tiles),
+// which half-empty 64-column tiles would waste
+template <int WBN, class Op>
 __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
+    constexpr int JN = WBN / 16;  // n8 MMA tiles per warp
     __shared__ uint32_t As[WBM][TS];  // [m][k]
     __shared__ uint32_t Bs[WBN][TS];  // [n][k]
     __shared__ typename Op::MI mi[WBM];
@@ -374,12 +377,12 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     tile_infos<WBM, WBN>(op, M, N, mi, ni);
     const int g = lane / 4, t = lane % 4;
-    const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-    float acc[2][4][4];
+    const int wm = (warp / 2) * 32, wn = (warp % 2) * (WBN / 2);
+    float acc[2][JN][4];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < JN; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     const int64_t steps = k1 > k0 ? (k1 - k0 + TK - 1) / TK : 0;
@@ -408,7 +411,7 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
         if (more) load_step_vec<TK, WBM, WBN>(op, vec, vec, mi, ki, ni, st);
 #pragma unroll
         for (int ks = 0; ks < TK; ks += 8) {
-            uint32_t a[2][4], b[4][2];
+            uint32_t a[2][4], b[JN][2];
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int r = wm + 16 * i + g;
@@ -418,7 +421,7 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
                 a[i][3] = As[r + 8][ks + t + 4];
             }
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < JN; ++j) {
                 const int c = wn + 8 * j + g;
                 b[j][0] = Bs[c][ks + t];
                 b[j][1] = Bs[c][ks + t + 4];
@@ -426,14 +429,14 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) mma_tf32(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < JN; ++j) mma_tf32(acc[i][j], a[i], b[j]);
         }
         __syncthreads();
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < JN; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
                 const int r = wm + 16 * i + g + (q >= 2 ? 8 : 0), c = wn + 8 * j + 2 * t + (q & 1);
@@ -442,10 +445,11 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
 }
 
 // The GEMM bodies by mode: 0 f32 SIMT (the exact path), 1 TF32 tensor cores, 2 TF32 tensor
-// cores with loads one step ahead, 3 the same on 128 × 64 tiles.
+// cores with loads one step ahead, 3 the same on 128 × 64 tiles, 4 on 128 × 32 tiles.
 template <int MODE, class Op>
 __device__ __forceinline__ void gemm(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
-    if constexpr (MODE == 3) gemm_tile_tc_wide(op, M, N, k0, k1);
+    if constexpr (MODE == 4) gemm_tile_tc_wide<32>(op, M, N, k0, k1);
+    else if constexpr (MODE == 3) gemm_tile_tc_wide<64>(op, M, N, k0, k1);
     else if constexpr (MODE == 2) gemm_tile_tc_pipelined(op, M, N, k0, k1);
     else if constexpr (MODE == 1) gemm_tile_tc(op, M, N, k0, k1);
     else gemm_tile(op, M, N, k0, k1);
@@ -510,9 +514,9 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
 }  // namespace conv
 
 #ifdef __CUDACC__  // the entry points (tests/conv_kernels_emu.cpp calls conv::fwd<MODE> etc. on the host)
-// Each convolution four times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores), _tf32p
-// (tensor cores, loads one step ahead) and _tf32w (the same on 128 × 64 tiles: grids of
-// ⌈M / 128⌉ × ⌈N / 64⌉ blocks).
+// Each convolution five times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores), _tf32p
+// (tensor cores, loads one step ahead), _tf32w (the same on 128 × 64 tiles: grids of
+// ⌈M / 128⌉ × ⌈N / 64⌉ blocks) and _tf32n (128 × 32 tiles, for at most 32 columns).
 #define CONV_KERNELS(SUFFIX, MODE, MIN_BLOCKS)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         conv2d_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, const float* res, float* y,          \
@@ -546,6 +550,7 @@ CONV_KERNELS(f32, 0, 3)
 CONV_KERNELS(tf32, 1, 3)
 CONV_KERNELS(tf32p, 2, 3)
 CONV_KERNELS(tf32w, 3, 2)
+CONV_KERNELS(tf32n, 4, 3)
 
 // grid (⌈M / 64⌉, ⌈N / 64⌉, splits); f32 SIMT (the GCN's layers are small and launch-bound)
 extern "C" __global__ void __launch_bounds__(256)

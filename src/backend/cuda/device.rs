@@ -34,7 +34,8 @@ type Grow<T> = Mutex<Option<CudaSlice<T>>>;
 /// with f32 accumulation (≈1e-3 relative, the speed path; PyTorch's `allow_tf32`), and
 /// `Tf32Pipelined` the same arithmetic with each step's loads issued before the previous
 /// step's MMAs (kernels `*_tf32p`), `Tf32Wide` that on 128 × 64 tiles where channel counts
-/// divide by 4 (`*_tf32w`, the pipelined ones elsewhere). The last two are compiled, not yet
+/// divide by 4 (`*_tf32w`; 128 × 32, `*_tf32n`, for results of at most 32 columns; the
+/// pipelined ones elsewhere). The last two are compiled, not yet
 /// run on a GPU: the default stays `Tf32` until they have been measured against it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
@@ -159,17 +160,20 @@ impl Cuda {
     /// `_tf32w`) for `cin` → `cout` channels reading the operands at `operands`, with its block
     /// tile (rows, columns): the wide kernels load only four channels at a time (16 bytes), so
     /// they run where both counts divide by 4 and both operands are 16-byte aligned.
+    /// A result of at most 32 columns gets the 128 × 32 tiles (`_tf32n`) instead.
     fn conv_kernel(
         &self,
-        names: [&'static str; 4],
+        names: [&'static str; 5],
         cin: usize,
         cout: usize,
         operands: [u64; 2],
+        columns: usize,
     ) -> (&'static str, usize, usize) {
         let four_wide = cin % 4 == 0 && cout % 4 == 0 && operands.iter().all(|p| p % 16 == 0);
         match self.precision {
             Precision::Exact => (names[0], 64, 64),
             Precision::Tf32 => (names[1], 64, 64),
+            Precision::Tf32Wide if four_wide && columns <= 32 => (names[4], 128, 32),
             Precision::Tf32Wide if four_wide => (names[3], 128, 64),
             Precision::Tf32Pipelined | Precision::Tf32Wide => (names[2], 64, 64),
         }
@@ -462,8 +466,8 @@ impl Backend for Cuda {
         y: &mut DBuf,
     ) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
-        let names = ["conv2d_fwd_f32", "conv2d_fwd_tf32", "conv2d_fwd_tf32p", "conv2d_fwd_tf32w"];
-        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(x), self.ptr(w)]);
+        let names = ["conv2d_fwd_f32", "conv2d_fwd_tf32", "conv2d_fwd_tf32p", "conv2d_fwd_tf32w", "conv2d_fwd_tf32n"];
+        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(x), self.ptr(w)], spec.cout);
         let cfg = tiled_grid(xs.n * oh * ow, spec.cout, 1, (bm, bn));
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
@@ -483,17 +487,27 @@ impl Backend for Cuda {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         if let Some(dx) = dx {
-            let names =
-                ["conv2d_bwd_data_f32", "conv2d_bwd_data_tf32", "conv2d_bwd_data_tf32p", "conv2d_bwd_data_tf32w"];
-            let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(dy), self.ptr(w)]);
+            let names = [
+                "conv2d_bwd_data_f32",
+                "conv2d_bwd_data_tf32",
+                "conv2d_bwd_data_tf32p",
+                "conv2d_bwd_data_tf32w",
+                "conv2d_bwd_data_tf32n",
+            ];
+            let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(dy), self.ptr(w)], spec.cin);
             let cfg = tiled_grid(xs.n * xs.h * xs.w, spec.cin, 1, (bm, bn));
             launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, cout, k, st, pd);
         }
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
         self.zero_bytes(self.ptr(dw), dw.len * 4);
-        let names =
-            ["conv2d_bwd_weight_f32", "conv2d_bwd_weight_tf32", "conv2d_bwd_weight_tf32p", "conv2d_bwd_weight_tf32w"];
-        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(x), self.ptr(dy)]);
+        let names = [
+            "conv2d_bwd_weight_f32",
+            "conv2d_bwd_weight_tf32",
+            "conv2d_bwd_weight_tf32p",
+            "conv2d_bwd_weight_tf32w",
+            "conv2d_bwd_weight_tf32n",
+        ];
+        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(x), self.ptr(dy)], spec.cout);
         let splits = self.splits(kw.div_ceil(bm) * spec.cout.div_ceil(bn), p);
         let cfg = tiled_grid(kw, spec.cout, splits, (bm, bn));
         launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd);
@@ -503,10 +517,11 @@ impl Backend for Cuda {
     }
     fn conv_transpose2(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
         let (kernel, bm, bn) = self.conv_kernel(
-            ["up2_fwd_f32", "up2_fwd_tf32", "up2_fwd_tf32p", "up2_fwd_tf32w"],
+            ["up2_fwd_f32", "up2_fwd_tf32", "up2_fwd_tf32p", "up2_fwd_tf32w", "up2_fwd_tf32n"],
             xs.c,
             cout,
             [self.ptr(x), self.ptr(w)],
+            4 * cout,
         );
         let cfg = tiled_grid(xs.n * xs.h * xs.w, 4 * cout, 1, (bm, bn));
         launch!(
@@ -538,8 +553,14 @@ impl Backend for Cuda {
         let (n, h, wd, cin, co) = (xs.n as i32, xs.h as i32, xs.w as i32, xs.c as i32, cout as i32);
         let p = xs.n * xs.h * xs.w;
         if let Some(dx) = dx {
-            let names = ["up2_bwd_data_f32", "up2_bwd_data_tf32", "up2_bwd_data_tf32p", "up2_bwd_data_tf32w"];
-            let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout, [self.ptr(dy), self.ptr(w)]);
+            let names = [
+                "up2_bwd_data_f32",
+                "up2_bwd_data_tf32",
+                "up2_bwd_data_tf32p",
+                "up2_bwd_data_tf32w",
+                "up2_bwd_data_tf32n",
+            ];
+            let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout, [self.ptr(dy), self.ptr(w)], xs.c);
             launch!(
                 self,
                 kernel,
@@ -555,8 +576,14 @@ impl Backend for Cuda {
             );
         }
         self.zero_bytes(self.ptr(dw), dw.len * 4);
-        let names = ["up2_bwd_weight_f32", "up2_bwd_weight_tf32", "up2_bwd_weight_tf32p", "up2_bwd_weight_tf32w"];
-        let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout, [self.ptr(x), self.ptr(dy)]);
+        let names = [
+            "up2_bwd_weight_f32",
+            "up2_bwd_weight_tf32",
+            "up2_bwd_weight_tf32p",
+            "up2_bwd_weight_tf32w",
+            "up2_bwd_weight_tf32n",
+        ];
+        let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout, [self.ptr(x), self.ptr(dy)], 4 * cout);
         let splits = self.splits(xs.c.div_ceil(bm) * (4 * cout).div_ceil(bn), p);
         launch!(
             self,
