@@ -433,14 +433,17 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
         }
         __syncthreads();
     }
+    // columns 2t and 2t + 1 of a row together (channel counts are even here: multiples of 4)
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int j = 0; j < JN; ++j)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int r = wm + 16 * i + g + (q >= 2 ? 8 : 0), c = wn + 8 * j + 2 * t + (q & 1);
-                if (mi[r].ok && ni[c].ok) op.store(mi[r], ni[c], acc[i][j][q]);
+            for (int h = 0; h < 2; ++h) {
+                const int r = wm + 16 * i + g + 8 * h, c = wn + 8 * j + 2 * t;
+                if (!mi[r].ok) continue;
+                if (ni[c + 1].ok) op.store2(mi[r], ni[c], ni[c + 1], acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                else if (ni[c].ok) op.store(mi[r], ni[c], acc[i][j][2 * h]);
             }
 }
 

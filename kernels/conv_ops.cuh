@@ -39,6 +39,18 @@ struct F4 {
 #endif
 HD F4 load4(const float* p) { return *reinterpret_cast<const F4*>(p); }
 
+// Two consecutive floats (8 bytes): the wide kernels' epilogues store columns n, n + 1 of a row
+// together through `store2(m, n0, n1, v0, v1)` (layouts with even channel counts).
+#ifdef __CUDACC__
+using F2 = float2;
+#else
+struct F2 {
+    float x, y;
+};
+#endif
+HD F2 load2(const float* p) { return *reinterpret_cast<const F2*>(p); }
+HD void put2(float* p, float a, float b) { *reinterpret_cast<F2*>(p) = F2{a, b}; }
+
 // Where the i-th four-wide load of thread `tid` (of THREADS) sits in an operand tile of ROWS ×
 // KS (rows m of A or n of B, K step columns k): with `k_fast` the run lies along k — row r,
 // columns c..c+3 — else along the rows — rows r..r+3, column c. Consecutive threads take
@@ -189,6 +201,19 @@ struct Fwd {
         if (res) v += res[m.p * g.cout + n.i];
         y[m.p * g.cout + n.i] = v;
     }
+    DEV void store2(const MI& m, const NI& n, const NI&, float v0, float v1) const {
+        if (bias) {
+            const F2 b = load2(bias + n.i);
+            v0 += b.x, v1 += b.y;
+        }
+        if (leaky) v0 = v0 > 0.0f ? v0 : SLOPE * v0, v1 = v1 > 0.0f ? v1 : SLOPE * v1;
+        const int64_t at = m.p * g.cout + n.i;
+        if (res) {
+            const F2 r = load2(res + at);
+            v0 += r.x, v1 += r.y;
+        }
+        put2(y + at, v0, v1);
+    }
 };
 
 // dX: M = input pixels, K = (tap, co), N = Cin; a dY element is read by input pixel (iy, ix)
@@ -216,6 +241,9 @@ struct BwdData {
         return k.ok && n.ok ? load4(w + ((int64_t)k.tap * g.cin + n.i) * g.cout + k.ch) : zero4();
     }
     DEV void store(const MI& m, const NI& n, float v) const { dx[m.p * g.cin + n.i] = v; }
+    DEV void store2(const MI& m, const NI& n, const NI&, float v0, float v1) const {
+        put2(dx + m.p * g.cin + n.i, v0, v1);
+    }
 };
 
 // dW += windowᵀ · dY over this split's output pixels: M = (tap, ci), K = output pixels, N = Cout
@@ -238,6 +266,10 @@ struct BwdWeight {
     HD F4 a4(const MI& m, const KI& k) const { return (k.valid >> m.bit) & 1u ? load4(x + k.base + m.off) : zero4(); }
     HD F4 b4(const KI& k, const NI& n) const { return k.ok && n.ok ? load4(dy + k.p * g.cout + n.i) : zero4(); }
     DEV void store(const MI& m, const NI& n, float v) const { atomicAdd(&dw[m.t * g.cout + n.i], v); }
+    DEV void store2(const MI& m, const NI& n0, const NI& n1, float v0, float v1) const {
+        store(m, n0, v0);
+        store(m, n1, v1);
+    }
 };
 
 // A column (q, co) of the transposed conv's GEMM, q = ky·2 + kx.
@@ -275,6 +307,11 @@ struct UpFwd {
     HD F4 a4(const MI& m, const KI& k) const { return m.ok && k.ok ? load4(x + m.p * g.cin + k.i) : zero4(); }
     HD F4 b4(const KI& k, const NI& n) const { return k.ok && n.ok ? load4(w + k.i * 4 * g.cout + n.n) : zero4(); }
     DEV void store(const MI& m, const NI& n, float v) const { y[up_index(g, m, n.ky, n.kx, n.co)] = v + bias[n.co]; }
+    // columns (q, co), (q, co + 1): one q when cout is even
+    DEV void store2(const MI& m, const NI& n, const NI&, float v0, float v1) const {
+        const F2 b = load2(bias + n.co);
+        put2(y + up_index(g, m, n.ky, n.kx, n.co), v0 + b.x, v1 + b.y);
+    }
 };
 
 // its dX: M = input pixels, K = (q, Cout) gathered from dY, N = Cin
@@ -299,6 +336,9 @@ struct UpBwdData {
     // along k
     HD F4 b4(const KI& k, const NI& n) const { return k.ok && n.ok ? load4(w + n.i * 4 * g.cout + k.n) : zero4(); }
     DEV void store(const MI& m, const NI& n, float v) const { dx[m.p * g.cin + n.i] = v; }
+    DEV void store2(const MI& m, const NI& n, const NI&, float v0, float v1) const {
+        put2(dx + m.p * g.cin + n.i, v0, v1);
+    }
 };
 
 // its dW += Xᵀ · gathered dY: M = Cin, K = input pixels, N = (q, Cout)
@@ -323,6 +363,10 @@ struct UpBwdWeight {
         return k.ok && n.ok ? load4(dy + up_index(g, k, n.ky, n.kx, n.co)) : zero4();
     }
     DEV void store(const MI& m, const NI& n, float v) const { atomicAdd(&dw[m.i * 4 * g.cout + n.n], v); }
+    DEV void store2(const MI& m, const NI& n0, const NI& n1, float v0, float v1) const {
+        store(m, n0, v0);
+        store(m, n1, v1);
+    }
 };
 
 // C = A · B (+ bias) for small dense operands given by strides (the GCN's layers):
