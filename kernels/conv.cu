@@ -213,36 +213,30 @@ __device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint
 }
 #endif  // on the host, tests/conv_kernels_emu.cpp defines both before including this file
 
-template <class Op>
-__device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
-    __shared__ uint32_t As[BM][TS];  // [m][k]
-    __shared__ uint32_t Bs[BN][TS];  // [n][k]
-    __shared__ typename Op::MI mi[BM];
-    __shared__ typename Op::NI ni[BN];
-    __shared__ typename Op::KI ki[TK];
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    tile_infos(op, M, N, mi, ni);
-    const int g = lane / 4, t = lane % 4;
-    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
-    float acc[2][2][4];
+// A warp's share of a tensor-core tile: JM × JN MMA tiles of 16 × 8 starting at row wm and
+// column wn of the block tile, accumulated in f32.
+template <int JM, int JN>
+struct WarpTile {
+    float acc[JM][JN][4];
+    int wm, wn, g, t;  // g = lane / 4, t = lane % 4: the fragment coordinates of mma.m16n8k8
+
+    __device__ __forceinline__ WarpTile(int wm_, int wn_) : wm(wm_), wn(wn_), g(threadIdx.x % 32 / 4), t(threadIdx.x % 4) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+        for (int i = 0; i < JM; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
+            for (int j = 0; j < JN; ++j)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-    for (int64_t kt = k0; kt < k1; kt += TK) {
-        if (tid < TK) ki[tid] = op.ki(kt + tid, k1);
-        __syncthreads();
-        gather_step<TK>(
-            op, mi, ki, ni, [&](int m, int k, float v) { As[m][k] = to_tf32(v); },
-            [&](int n, int k, float v) { Bs[n][k] = to_tf32(v); });
-        __syncthreads();
+                for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    }
+
+    // The MMAs of one K step from [row][k] shared tiles of TF32 words (rows TS words apart, so
+    // the fragment reads — rows g, columns t — hit 32 banks).
+    __device__ __forceinline__ void step(const uint32_t (*As)[TS], const uint32_t (*Bs)[TS]) {
 #pragma unroll
         for (int ks = 0; ks < TK; ks += 8) {
-            uint32_t a[2][4], b[2][2];
+            uint32_t a[JM][4], b[JN][2];
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
+            for (int i = 0; i < JM; ++i) {
                 const int r = wm + 16 * i + g;
                 a[i][0] = As[r][ks + t];
                 a[i][1] = As[r + 8][ks + t];
@@ -250,27 +244,71 @@ __device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int
                 a[i][3] = As[r + 8][ks + t + 4];
             }
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < JN; ++j) {
                 const int c = wn + 8 * j + g;
                 b[j][0] = Bs[c][ks + t];
                 b[j][1] = Bs[c][ks + t + 4];
             }
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+            for (int i = 0; i < JM; ++i)
 #pragma unroll
-                for (int j = 0; j < 2; ++j) mma_tf32(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < JN; ++j) mma_tf32(acc[i][j], a[i], b[j]);
         }
+    }
+
+    // Hand each in-range result to the policy's epilogue, one element at a time.
+    template <class Op>
+    __device__ __forceinline__ void store(const Op& op, const typename Op::MI* mi, const typename Op::NI* ni) const {
+#pragma unroll
+        for (int i = 0; i < JM; ++i)
+#pragma unroll
+            for (int j = 0; j < JN; ++j)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int r = wm + 16 * i + g + (q >= 2 ? 8 : 0), c = wn + 8 * j + 2 * t + (q & 1);
+                    if (mi[r].ok && ni[c].ok) op.store(mi[r], ni[c], acc[i][j][q]);
+                }
+    }
+
+    // The same two adjacent columns at a time (`store2`), for layouts with even channel counts.
+    template <class Op>
+    __device__ __forceinline__ void store_pairs(const Op& op, const typename Op::MI* mi,
+                                                const typename Op::NI* ni) const {
+#pragma unroll
+        for (int i = 0; i < JM; ++i)
+#pragma unroll
+            for (int j = 0; j < JN; ++j)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int r = wm + 16 * i + g + 8 * h, c = wn + 8 * j + 2 * t;
+                    if (!mi[r].ok) continue;
+                    if (ni[c + 1].ok) op.store2(mi[r], ni[c], ni[c + 1], acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                    else if (ni[c].ok) op.store(mi[r], ni[c], acc[i][j][2 * h]);
+                }
+    }
+};
+
+template <class Op>
+__device__ __forceinline__ void gemm_tile_tc(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
+    __shared__ uint32_t As[BM][TS];  // [m][k]
+    __shared__ uint32_t Bs[BN][TS];  // [n][k]
+    __shared__ typename Op::MI mi[BM];
+    __shared__ typename Op::NI ni[BN];
+    __shared__ typename Op::KI ki[TK];
+    const int tid = threadIdx.x, warp = tid / 32;
+    tile_infos(op, M, N, mi, ni);
+    WarpTile<2, 2> wt((warp / 4) * 32, (warp % 4) * 16);
+    for (int64_t kt = k0; kt < k1; kt += TK) {
+        if (tid < TK) ki[tid] = op.ki(kt + tid, k1);
+        __syncthreads();
+        gather_step<TK>(
+            op, mi, ki, ni, [&](int m, int k, float v) { As[m][k] = to_tf32(v); },
+            [&](int n, int k, float v) { Bs[n][k] = to_tf32(v); });
+        __syncthreads();
+        wt.step(As, Bs);
         __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int r = wm + 16 * i + g + (q >= 2 ? 8 : 0), c = wn + 8 * j + 2 * t + (q & 1);
-                if (mi[r].ok && ni[c].ok) op.store(mi[r], ni[c], acc[i][j][q]);
-            }
+    wt.store(op, mi, ni);
 }
 
 // The tensor-core GEMM with its loads one K step ahead: step s + 1's elements are loaded into
@@ -284,17 +322,9 @@ __device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, 
     __shared__ typename Op::MI mi[BM];
     __shared__ typename Op::NI ni[BN];
     __shared__ typename Op::KI ki[2][TK];
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int tid = threadIdx.x, warp = tid / 32;
     tile_infos(op, M, N, mi, ni);
-    const int g = lane / 4, t = lane % 4;
-    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
-    float acc[2][2][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    WarpTile<2, 2> wt((warp / 4) * 32, (warp % 4) * 16);
     const int64_t steps = k1 > k0 ? (k1 - k0 + TK - 1) / TK : 0;
     // four-wide loads where both operands' layouts allow them (every layer but the first);
     // a K step starts at a multiple of 4, so runs never straddle a tile's edge
@@ -317,28 +347,7 @@ __device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, 
         const int cur = (int)(s & 1), nxt = cur ^ 1;
         const bool more = s + 1 < steps;
         if (more) load_step_vec<TK>(op, vec, vec, mi, ki[nxt], ni, st);
-#pragma unroll
-        for (int ks = 0; ks < TK; ks += 8) {
-            uint32_t a[2][4], b[2][2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int r = wm + 16 * i + g;
-                a[i][0] = As[cur][r][ks + t];
-                a[i][1] = As[cur][r + 8][ks + t];
-                a[i][2] = As[cur][r][ks + t + 4];
-                a[i][3] = As[cur][r + 8][ks + t + 4];
-            }
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                const int c = wn + 8 * j + g;
-                b[j][0] = Bs[cur][c][ks + t];
-                b[j][1] = Bs[cur][c][ks + t + 4];
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) mma_tf32(acc[i][j], a[i], b[j]);
-        }
+        wt.step(As[cur], Bs[cur]);
         if (more) {
             // the other buffers were last read before the previous barrier
             put(nxt);
@@ -346,15 +355,7 @@ __device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, 
         }
         __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int r = wm + 16 * i + g + (q >= 2 ? 8 : 0), c = wn + 8 * j + 2 * t + (q & 1);
-                if (mi[r].ok && ni[c].ok) op.store(mi[r], ni[c], acc[i][j][q]);
-            }
+    wt.store(op, mi, ni);
 }
 
 // The wide tensor-core GEMM: block tile 128 × WBN × 32, 8 warps as 4 (m) × 2 (n), each warp
@@ -368,23 +369,14 @@ constexpr int WBM = 128;
 // which half-empty 64-column tiles would waste
 template <int WBN, class Op>
 __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
-    constexpr int JN = WBN / 16;  // n8 MMA tiles per warp
     __shared__ uint32_t As[WBM][TS];  // [m][k]
     __shared__ uint32_t Bs[WBN][TS];  // [n][k]
     __shared__ typename Op::MI mi[WBM];
     __shared__ typename Op::NI ni[WBN];
     __shared__ typename Op::KI ki[TK];
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int tid = threadIdx.x, warp = tid / 32;
     tile_infos<WBM, WBN>(op, M, N, mi, ni);
-    const int g = lane / 4, t = lane % 4;
-    const int wm = (warp / 2) * 32, wn = (warp % 2) * (WBN / 2);
-    float acc[2][JN][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < JN; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    WarpTile<2, WBN / 16> wt((warp / 2) * 32, (warp % 2) * (WBN / 2));
     const int64_t steps = k1 > k0 ? (k1 - k0 + TK - 1) / TK : 0;
     // four-wide loads only: the host launches these kernels where both operands allow them
     // (channel counts divisible by 4, 16-byte aligned; conv_kernel in device.rs) and the 64 × 64
@@ -409,42 +401,11 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
         if (more && tid < TK) ki[tid] = op.ki(k0 + (s + 1) * TK + tid, k1);
         __syncthreads();
         if (more) load_step_vec<TK, WBM, WBN>(op, vec, vec, mi, ki, ni, st);
-#pragma unroll
-        for (int ks = 0; ks < TK; ks += 8) {
-            uint32_t a[2][4], b[JN][2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int r = wm + 16 * i + g;
-                a[i][0] = As[r][ks + t];
-                a[i][1] = As[r + 8][ks + t];
-                a[i][2] = As[r][ks + t + 4];
-                a[i][3] = As[r + 8][ks + t + 4];
-            }
-#pragma unroll
-            for (int j = 0; j < JN; ++j) {
-                const int c = wn + 8 * j + g;
-                b[j][0] = Bs[c][ks + t];
-                b[j][1] = Bs[c][ks + t + 4];
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < JN; ++j) mma_tf32(acc[i][j], a[i], b[j]);
-        }
+        wt.step(As, Bs);
         __syncthreads();
     }
-    // columns 2t and 2t + 1 of a row together (channel counts are even here: multiples of 4)
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < JN; ++j)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = wm + 16 * i + g + 8 * h, c = wn + 8 * j + 2 * t;
-                if (!mi[r].ok) continue;
-                if (ni[c + 1].ok) op.store2(mi[r], ni[c], ni[c + 1], acc[i][j][2 * h], acc[i][j][2 * h + 1]);
-                else if (ni[c].ok) op.store(mi[r], ni[c], acc[i][j][2 * h]);
-            }
+    // channel counts are multiples of 4 here: columns go out in pairs
+    wt.store_pairs(op, mi, ni);
 }
 
 // The GEMM bodies by mode: 0 f32 SIMT (the exact path), 1 TF32 tensor cores, 2 TF32 tensor
