@@ -156,27 +156,33 @@ impl Cuda {
             .clone()
     }
 
-    /// The convolution kernel of this precision (`name` + `_f32`, `_tf32`, `_tf32p` or
-    /// `_tf32w`) for `cin` → `cout` channels reading the operands at `operands`, with its block
-    /// tile (rows, columns): the wide kernels load only four channels at a time (16 bytes), so
-    /// they run where both counts divide by 4 and both operands are 16-byte aligned.
-    /// A result of at most 32 columns gets the 128 × 32 tiles (`_tf32n`) instead.
-    fn conv_kernel(
+    /// The convolution kernel of this precision (one of `variants!(base)`) for a GEMM of
+    /// `m` × `n` results over `cin` → `cout` channels reading the operands at `operands`, and
+    /// its grid; `reduction` (the weight gradients' K) is split across blocks when given. The
+    /// wide kernels load only four channels at a time (16 bytes), so they run where both counts
+    /// divide by 4 and both operands are 16-byte aligned; results of at most 32 columns get
+    /// their 128 × 32 tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_launch(
         &self,
         names: [&'static str; 5],
         cin: usize,
         cout: usize,
         operands: [u64; 2],
-        columns: usize,
-    ) -> (&'static str, usize, usize) {
+        m: usize,
+        n: usize,
+        reduction: Option<usize>,
+    ) -> (&'static str, LaunchConfig) {
         let four_wide = cin % 4 == 0 && cout % 4 == 0 && operands.iter().all(|p| p % 16 == 0);
-        match self.precision {
+        let (kernel, bm, bn) = match self.precision {
             Precision::Exact => (names[0], 64, 64),
             Precision::Tf32 => (names[1], 64, 64),
-            Precision::Tf32Wide if four_wide && columns <= 32 => (names[4], 128, 32),
+            Precision::Tf32Wide if four_wide && n <= 32 => (names[4], 128, 32),
             Precision::Tf32Wide if four_wide => (names[3], 128, 64),
             Precision::Tf32Pipelined | Precision::Tf32Wide => (names[2], 64, 64),
-        }
+        };
+        let splits = reduction.map_or(1, |k| self.splits(m.div_ceil(bm) * n.div_ceil(bn), k));
+        (kernel, tiled_grid(m, n, splits, (bm, bn)))
     }
 
     pub(super) fn ptr(&self, b: &DBuf) -> u64 {
@@ -365,6 +371,20 @@ impl Cuda {
     }
 }
 
+/// The five kernels of a convolution operation (kernels/conv.cu's CONV_KERNELS): f32, TF32,
+/// pipelined, wide and narrow, in `Cuda::conv_launch`'s order.
+macro_rules! variants {
+    ($base:literal) => {
+        [
+            concat!($base, "_f32"),
+            concat!($base, "_tf32"),
+            concat!($base, "_tf32p"),
+            concat!($base, "_tf32w"),
+            concat!($base, "_tf32n"),
+        ]
+    };
+}
+
 /// A convolution's geometry as the kernels take it: n, h, w, cin, cout, k, stride, pad.
 type ConvGeom = (i32, i32, i32, i32, i32, i32, i32, i32);
 
@@ -466,9 +486,9 @@ impl Backend for Cuda {
         y: &mut DBuf,
     ) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
-        let names = ["conv2d_fwd_f32", "conv2d_fwd_tf32", "conv2d_fwd_tf32p", "conv2d_fwd_tf32w", "conv2d_fwd_tf32n"];
-        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(x), self.ptr(w)], spec.cout);
-        let cfg = tiled_grid(xs.n * oh * ow, spec.cout, 1, (bm, bn));
+        let operands = [self.ptr(x), self.ptr(w)];
+        let (kernel, cfg) =
+            self.conv_launch(variants!("conv2d_fwd"), spec.cin, spec.cout, operands, xs.n * oh * ow, spec.cout, None);
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         launch!(self, kernel, cfg, xp, wp, bp, rp, yp, epi.leaky as i32, n, h, wd, cin, cout, k, st, pd);
@@ -487,43 +507,26 @@ impl Backend for Cuda {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         if let Some(dx) = dx {
-            let names = [
-                "conv2d_bwd_data_f32",
-                "conv2d_bwd_data_tf32",
-                "conv2d_bwd_data_tf32p",
-                "conv2d_bwd_data_tf32w",
-                "conv2d_bwd_data_tf32n",
-            ];
-            let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(dy), self.ptr(w)], spec.cin);
-            let cfg = tiled_grid(xs.n * xs.h * xs.w, spec.cin, 1, (bm, bn));
+            let operands = [self.ptr(dy), self.ptr(w)];
+            let m = xs.n * xs.h * xs.w;
+            let (kernel, cfg) =
+                self.conv_launch(variants!("conv2d_bwd_data"), spec.cin, spec.cout, operands, m, spec.cin, None);
             launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, cout, k, st, pd);
         }
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
         self.zero_bytes(self.ptr(dw), dw.len * 4);
-        let names = [
-            "conv2d_bwd_weight_f32",
-            "conv2d_bwd_weight_tf32",
-            "conv2d_bwd_weight_tf32p",
-            "conv2d_bwd_weight_tf32w",
-            "conv2d_bwd_weight_tf32n",
-        ];
-        let (kernel, bm, bn) = self.conv_kernel(names, spec.cin, spec.cout, [self.ptr(x), self.ptr(dy)], spec.cout);
-        let splits = self.splits(kw.div_ceil(bm) * spec.cout.div_ceil(bn), p);
-        let cfg = tiled_grid(kw, spec.cout, splits, (bm, bn));
+        let operands = [self.ptr(x), self.ptr(dy)];
+        let (kernel, cfg) =
+            self.conv_launch(variants!("conv2d_bwd_weight"), spec.cin, spec.cout, operands, kw, spec.cout, Some(p));
         launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd);
         if let Some(db) = db {
             self.colsum(self.ptr(dy), p, spec.cout, self.ptr(db));
         }
     }
     fn conv_transpose2(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
-        let (kernel, bm, bn) = self.conv_kernel(
-            ["up2_fwd_f32", "up2_fwd_tf32", "up2_fwd_tf32p", "up2_fwd_tf32w", "up2_fwd_tf32n"],
-            xs.c,
-            cout,
-            [self.ptr(x), self.ptr(w)],
-            4 * cout,
-        );
-        let cfg = tiled_grid(xs.n * xs.h * xs.w, 4 * cout, 1, (bm, bn));
+        let operands = [self.ptr(x), self.ptr(w)];
+        let (kernel, cfg) =
+            self.conv_launch(variants!("up2_fwd"), xs.c, cout, operands, xs.n * xs.h * xs.w, 4 * cout, None);
         launch!(
             self,
             kernel,
@@ -553,51 +556,15 @@ impl Backend for Cuda {
         let (n, h, wd, cin, co) = (xs.n as i32, xs.h as i32, xs.w as i32, xs.c as i32, cout as i32);
         let p = xs.n * xs.h * xs.w;
         if let Some(dx) = dx {
-            let names = [
-                "up2_bwd_data_f32",
-                "up2_bwd_data_tf32",
-                "up2_bwd_data_tf32p",
-                "up2_bwd_data_tf32w",
-                "up2_bwd_data_tf32n",
-            ];
-            let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout, [self.ptr(dy), self.ptr(w)], xs.c);
-            launch!(
-                self,
-                kernel,
-                tiled_grid(p, xs.c, 1, (bm, bn)),
-                self.ptr(dy),
-                self.ptr(w),
-                self.ptr(dx),
-                n,
-                h,
-                wd,
-                cin,
-                co
-            );
+            let operands = [self.ptr(dy), self.ptr(w)];
+            let (kernel, cfg) = self.conv_launch(variants!("up2_bwd_data"), xs.c, cout, operands, p, xs.c, None);
+            launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, co);
         }
         self.zero_bytes(self.ptr(dw), dw.len * 4);
-        let names = [
-            "up2_bwd_weight_f32",
-            "up2_bwd_weight_tf32",
-            "up2_bwd_weight_tf32p",
-            "up2_bwd_weight_tf32w",
-            "up2_bwd_weight_tf32n",
-        ];
-        let (kernel, bm, bn) = self.conv_kernel(names, xs.c, cout, [self.ptr(x), self.ptr(dy)], 4 * cout);
-        let splits = self.splits(xs.c.div_ceil(bm) * (4 * cout).div_ceil(bn), p);
-        launch!(
-            self,
-            kernel,
-            tiled_grid(xs.c, 4 * cout, splits, (bm, bn)),
-            self.ptr(x),
-            self.ptr(dy),
-            self.ptr(dw),
-            n,
-            h,
-            wd,
-            cin,
-            co
-        );
+        let operands = [self.ptr(x), self.ptr(dy)];
+        let (kernel, cfg) =
+            self.conv_launch(variants!("up2_bwd_weight"), xs.c, cout, operands, xs.c, 4 * cout, Some(p));
+        launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, co);
         self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
     }
     fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {
