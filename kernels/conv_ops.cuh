@@ -90,51 +90,55 @@ HD Plain plain(int64_t i, int64_t end) { return Plain{i, i < end}; }
 // add and a predicated load instead of two coordinates, four bounds tests and an address
 // computed from scratch.
 
-// An output pixel p of a convolution: its window's base offset in x (possibly negative: the
-// padding) and the taps whose input pixel lies inside the image.
-struct OutPixel {
+// A row whose window is gathered under a tap mask: its index p, the window's base offset
+// (possibly negative: the padding) and one bit per tap of the k × k kernel that lands inside
+// the tensor the window reads (bit ky·k + kx; none past the end).
+struct Window {
     int64_t p, base;
     uint32_t valid;
     bool ok;
 };
-HD OutPixel out_pixel(const Geom& g, int64_t p, int64_t end) {
+
+// The tap mask of a k × k kernel from the taps whose row (bit ky of `rows`) and column (bit kx
+// of `cols`) are inside.
+HD uint32_t tap_mask(int k, uint32_t rows, uint32_t cols) {
+    uint32_t valid = 0;
+    for (int ky = 0; ky < k; ++ky)
+        if ((rows >> ky) & 1u) valid |= cols << (ky * k);
+    return valid;
+}
+
+// Output pixel p of a convolution, as the forward pass and the weight gradient read x.
+HD Window out_pixel(const Geom& g, int64_t p, int64_t end) {
     const int64_t ohw = (int64_t)g.oh * g.ow;
     const int img = (int)(p / ohw), r = (int)(p % ohw);
     const int iy0 = (r / g.ow) * g.stride - g.pad, ix0 = (r % g.ow) * g.stride - g.pad;
-    uint32_t cols = 0, valid = 0;
-    for (int kx = 0; kx < g.k; ++kx)
-        if (ix0 + kx >= 0 && ix0 + kx < g.w) cols |= 1u << kx;
-    for (int ky = 0; ky < g.k; ++ky)
-        if (iy0 + ky >= 0 && iy0 + ky < g.h) valid |= cols << (ky * g.k);
+    uint32_t rows = 0, cols = 0;
+    for (int kk = 0; kk < g.k; ++kk) {
+        if (iy0 + kk >= 0 && iy0 + kk < g.h) rows |= 1u << kk;
+        if (ix0 + kk >= 0 && ix0 + kk < g.w) cols |= 1u << kk;
+    }
     const bool ok = p < end;
-    return OutPixel{p, (((int64_t)img * g.h + iy0) * g.w + ix0) * g.cin, ok ? valid : 0u, ok};
+    return Window{p, (((int64_t)img * g.h + iy0) * g.w + ix0) * g.cin, ok ? tap_mask(g.k, rows, cols) : 0u, ok};
 }
 
-// An input pixel p as the data gradient reads dY: tap (ky, kx) reaches output pixel
+// Input pixel p as the data gradient reads dY: tap (ky, kx) reaches output pixel
 // ((y + pad − ky) / s, (x + pad − kx) / s) when those divide exactly and land inside the
 // output. For such taps that is (⌊(y + pad) / s⌋ − ⌊ky / s⌋, ⌊(x + pad) / s⌋ − ⌊kx / s⌋), so
 // the base is the first pair's offset in dY and each tap subtracts its own.
-struct GradPixel {
-    int64_t p, base;
-    uint32_t valid;
-    bool ok;
-};
-HD GradPixel grad_pixel(const Geom& g, int64_t p, int64_t end) {
+HD Window grad_pixel(const Geom& g, int64_t p, int64_t end) {
     const int64_t hw = (int64_t)g.h * g.w;
     const int img = (int)(p / hw), r = (int)(p % hw);
     const int ty0 = r / g.w + g.pad, tx0 = r % g.w + g.pad;
-    uint32_t cols = 0, valid = 0;
-    for (int kx = 0; kx < g.k; ++kx) {
-        const int tx = tx0 - kx;
-        if (tx >= 0 && tx % g.stride == 0 && tx / g.stride < g.ow) cols |= 1u << kx;
-    }
-    for (int ky = 0; ky < g.k; ++ky) {
-        const int ty = ty0 - ky;
-        if (ty >= 0 && ty % g.stride == 0 && ty / g.stride < g.oh) valid |= cols << (ky * g.k);
+    auto reaches = [&](int t, int out) { return t >= 0 && t % g.stride == 0 && t / g.stride < out; };
+    uint32_t rows = 0, cols = 0;
+    for (int kk = 0; kk < g.k; ++kk) {
+        if (reaches(ty0 - kk, g.oh)) rows |= 1u << kk;
+        if (reaches(tx0 - kk, g.ow)) cols |= 1u << kk;
     }
     const bool ok = p < end;
     const int64_t base = (((int64_t)img * g.oh + ty0 / g.stride) * g.ow + tx0 / g.stride) * g.cout;
-    return GradPixel{p, base, ok ? valid : 0u, ok};
+    return Window{p, base, ok ? tap_mask(g.k, rows, cols) : 0u, ok};
 }
 
 // A pixel of an H × W image.
@@ -163,7 +167,7 @@ HD Tap x_tap(const Geom& g, int64_t t, int64_t end) {
     const bool ok = t < end;
     return Tap{t, (ky * g.w + kx) * g.cin + ch, ch, tp, ok ? tp : 31, ok};
 }
-// over dY's cout channels, as the data gradient reads dY (see GradPixel)
+// over dY's cout channels, as the data gradient reads dY (see grad_pixel)
 HD Tap dy_tap(const Geom& g, int64_t t, int64_t end) {
     const int ch = (int)(t % g.cout), tp = (int)(t / g.cout), ky = tp / g.k, kx = tp % g.k;
     const bool ok = t < end;
@@ -179,7 +183,7 @@ HD float masked(const float* src, const Row& r, const Tap& t) {
 // y = leaky?(conv(x) + bias) + residual: M = output pixels, K = (tap, ci), N = Cout
 struct Fwd {
     static constexpr bool A_K_FAST = true, B_N_FAST = true;
-    using MI = OutPixel;
+    using MI = Window;
     using KI = Tap;
     using NI = Plain;
     const float *x, *w, *bias, *res;
@@ -220,7 +224,7 @@ struct Fwd {
 // through tap (ky, kx) when iy + pad − ky is a multiple of the stride inside the output
 struct BwdData {
     static constexpr bool A_K_FAST = true, B_N_FAST = false;
-    using MI = GradPixel;
+    using MI = Window;
     using KI = Tap;
     using NI = Plain;
     const float *dy, *w;
@@ -250,7 +254,7 @@ struct BwdData {
 struct BwdWeight {
     static constexpr bool A_K_FAST = false, B_N_FAST = true;
     using MI = Tap;
-    using KI = OutPixel;
+    using KI = Window;
     using NI = Plain;
     const float *x, *dy;
     float* dw;
