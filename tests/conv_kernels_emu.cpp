@@ -78,6 +78,7 @@ inline void mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
 }  // namespace conv
 
 #include "../kernels/conv.cu"
+#include "conv_check.h"
 
 using namespace conv;
 
@@ -105,43 +106,8 @@ static void launch(unsigned gx, unsigned gy, unsigned gz, const std::function<vo
     for (auto& w : warp_barrier) delete w;
 }
 
-static unsigned long long state = 88172645463325252ull;
-static std::vector<float> small_ints(size_t n) {  // integers in [-3, 3]
-    std::vector<float> v(n);
-    for (auto& x : v) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        x = (float)((int)(state % 7) - 3);
-    }
-    return v;
-}
-
-static int failures = 0;
 static void compare(const char* what, int mode, const std::vector<float>& got, const std::vector<float>& want) {
-    size_t bad = 0, first = 0;
-    for (size_t i = 0; i < want.size(); ++i)
-        if (got[i] != want[i] && !bad++) first = i;
-    if (bad) {
-        std::printf("FAIL %s, mode %d: %zu of %zu differ, first %zu: %g, want %g\n", what, mode, bad, want.size(),
-                    first, got[first], want[first]);
-        ++failures;
-    }
-}
-
-template <class Op>
-static void reference(const Op& op, int64_t M, int64_t N, int64_t K) {
-    for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) {
-            auto mi = op.mi(m, M);
-            auto ni = op.ni(n, N);
-            float acc = 0.0f;
-            for (int64_t k = 0; k < K; ++k) {
-                auto ki = op.ki(k, K);
-                acc += op.a(mi, ki) * op.b(ki, ni);
-            }
-            op.store(mi, ni, acc);
-        }
+    expect_equal(std::string(what) + ", mode " + std::to_string(mode), got, want);
 }
 
 // A mode's block tile, as the host's tiled_grid uses it: 128 rows for the wide kernels, 32
@@ -166,17 +132,17 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
     std::vector<float> y(P * cout, -99.0f), want(P * cout, -99.0f);
     launch(blocks(P, R), blocks(cout, C), 1,
            [&] { fwd<MODE>(x.data(), wt.data(), bias.data(), res.data(), y.data(), 1, n, h, w, cin, cout, k, s, p); });
-    reference(Fwd{x.data(), wt.data(), bias.data(), res.data(), want.data(), g, 1}, P, cout, kk * cin);
+    plain_gemm(Fwd{x.data(), wt.data(), bias.data(), res.data(), want.data(), g, 1}, P, cout, kk * cin);
     compare("conv forward", MODE, y, want);
     std::vector<float> dx(x.size(), -99.0f), dx_want(x.size(), -99.0f);
     launch(blocks((int64_t)n * h * w, R), blocks(cin, C), 1,
            [&] { bwd_data<MODE>(dy.data(), wt.data(), dx.data(), n, h, w, cin, cout, k, s, p); });
-    reference(BwdData{dy.data(), wt.data(), dx_want.data(), g}, (int64_t)n * h * w, cin, kk * cout);
+    plain_gemm(BwdData{dy.data(), wt.data(), dx_want.data(), g}, (int64_t)n * h * w, cin, kk * cout);
     compare("conv data gradient", MODE, dx, dx_want);
     std::vector<float> dw(wt.size(), 0.0f), dw_want(wt.size(), 0.0f);
     launch(blocks(kk * cin, R), blocks(cout, C), splits,
            [&] { bwd_weight<MODE>(x.data(), dy.data(), dw.data(), n, h, w, cin, cout, k, s, p); });
-    reference(BwdWeight{x.data(), dy.data(), dw_want.data(), g}, kk * cin, cout, P);
+    plain_gemm(BwdWeight{x.data(), dy.data(), dw_want.data(), g}, kk * cin, cout, P);
     compare("conv weight gradient", MODE, dw, dw_want);
 }
 
@@ -190,17 +156,17 @@ static void up_case(int n, int h, int w, int cin, int cout, unsigned splits) {
     std::vector<float> y(4 * P * cout, -99.0f), want(4 * P * cout, -99.0f);
     launch(blocks(P, R), blocks(4 * cout, C), 1,
            [&] { up_fwd<MODE>(x.data(), wt.data(), bias.data(), y.data(), n, h, w, cin, cout); });
-    reference(UpFwd{x.data(), wt.data(), bias.data(), want.data(), g}, P, 4 * cout, cin);
+    plain_gemm(UpFwd{x.data(), wt.data(), bias.data(), want.data(), g}, P, 4 * cout, cin);
     compare("transposed conv forward", MODE, y, want);
     std::vector<float> dx(x.size(), -99.0f), dx_want(x.size(), -99.0f);
     launch(blocks(P, R), blocks(cin, C), 1,
            [&] { up_bwd_data<MODE>(dy.data(), wt.data(), dx.data(), n, h, w, cin, cout); });
-    reference(UpBwdData{dy.data(), wt.data(), dx_want.data(), g}, P, cin, 4 * cout);
+    plain_gemm(UpBwdData{dy.data(), wt.data(), dx_want.data(), g}, P, cin, 4 * cout);
     compare("transposed conv data gradient", MODE, dx, dx_want);
     std::vector<float> dw(wt.size(), 0.0f), dw_want(wt.size(), 0.0f);
     launch(blocks(cin, R), blocks(4 * cout, C), splits,
            [&] { up_bwd_weight<MODE>(x.data(), dy.data(), dw.data(), n, h, w, cin, cout); });
-    reference(UpBwdWeight{x.data(), dy.data(), dw_want.data(), g}, cin, 4 * cout, P);
+    plain_gemm(UpBwdWeight{x.data(), dy.data(), dw_want.data(), g}, cin, 4 * cout, P);
     compare("transposed conv weight gradient", MODE, dw, dw_want);
 }
 

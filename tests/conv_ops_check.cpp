@@ -8,45 +8,14 @@
 #include <vector>
 
 #include "../kernels/conv_ops.cuh"
+#include "conv_check.h"
 
 using namespace conv;
 
-static unsigned long long state = 88172645463325252ull;
-static float small() {  // integers in [-3, 3]
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return (float)((int)(state % 7) - 3);
-}
-static std::vector<float> rnd(size_t n) {
-    std::vector<float> v(n);
-    for (auto& x : v) x = small();
-    return v;
-}
-
-static int failures = 0;
-static void expect_equal(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
-    for (size_t i = 0; i < want.size(); ++i)
-        if (got[i] != want[i]) {
-            std::printf("FAIL %s: element %zu is %g, want %g\n", what, i, got[i], want[i]);
-            ++failures;
-            return;
-        }
-}
-
+// The plain GEMM, and out-of-range rows, K indices and columns reading as zero.
 template <class Op>
 static void host_gemm(const Op& op, int64_t M, int64_t N, int64_t K) {
-    for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) {
-            auto mi = op.mi(m, M);
-            auto ni = op.ni(n, N);
-            float acc = 0.0f;
-            for (int64_t k = 0; k < K; ++k) {
-                auto ki = op.ki(k, K);
-                acc += op.a(mi, ki) * op.b(ki, ni);
-            }
-            op.store(mi, ni, acc);
-        }
+    plain_gemm(op, M, N, K);
     // past the ends: zeros
     auto m_out = op.mi(M, M);
     auto k_out = op.ki(K, K);
@@ -127,8 +96,8 @@ static void check_vec_slots() {
 
 static void check_conv(int n, int h, int w, int cin, int cout, int k, int stride, int pad) {
     Geom g = geom(n, h, w, cin, cout, k, stride, pad);
-    auto x = rnd((size_t)n * h * w * cin), wt = rnd((size_t)k * k * cin * cout), bias = rnd(cout);
-    auto res = rnd((size_t)n * g.oh * g.ow * cout), dy = rnd((size_t)n * g.oh * g.ow * cout);
+    auto x = small_ints((size_t)n * h * w * cin), wt = small_ints((size_t)k * k * cin * cout), bias = small_ints(cout);
+    auto res = small_ints((size_t)n * g.oh * g.ow * cout), dy = small_ints((size_t)n * g.oh * g.ow * cout);
     auto X = [&](int i, int y, int xx, int c) { return x[(((size_t)i * h + y) * w + xx) * cin + c]; };
     auto W = [&](int ky, int kx, int ci, int co) { return wt[(((size_t)ky * k + kx) * cin + ci) * cout + co]; };
     // direct forward, its data gradient (scatter) and weight gradient
@@ -174,8 +143,8 @@ static void check_conv(int n, int h, int w, int cin, int cout, int k, int stride
 
 static void check_up(int n, int h, int w, int cin, int cout) {
     Geom g = geom(n, h, w, cin, cout, 2, 2, 0);
-    auto x = rnd((size_t)n * h * w * cin), wt = rnd((size_t)cin * 4 * cout), bias = rnd(cout);
-    auto dy = rnd((size_t)n * 4 * h * w * cout);
+    auto x = small_ints((size_t)n * h * w * cin), wt = small_ints((size_t)cin * 4 * cout), bias = small_ints(cout);
+    auto dy = small_ints((size_t)n * 4 * h * w * cout);
     auto Y = [&](int i, int oy, int ox, int co) { return (((size_t)i * 2 * h + oy) * 2 * w + ox) * cout + co; };
     std::vector<float> y(dy.size()), dx(x.size(), 0.0f), dw(wt.size(), 0.0f);
     for (int i = 0; i < n; ++i)
@@ -216,7 +185,7 @@ static void check_up(int n, int h, int w, int cin, int cout) {
 
 static void check_dense(int M, int N, int K) {
     // A stored transposed (column-major), B row-major, with a bias
-    auto A = rnd((size_t)M * K), B = rnd((size_t)K * N), bias = rnd(N);
+    auto A = small_ints((size_t)M * K), B = small_ints((size_t)K * N), bias = small_ints(N);
     std::vector<float> want((size_t)M * N);
     for (int m = 0; m < M; ++m)
         for (int n = 0; n < N; ++n) {
