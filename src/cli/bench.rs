@@ -153,6 +153,16 @@ fn bench_gpu(device: &str, precision: crate::backend::cuda::Precision) -> Result
     crate::backend::resolve_device(device)?.gpu(precision)
 }
 
+/// Deterministic image-like values in [0, 1) for the network benchmarks.
+fn bench_image(len: usize) -> Vec<f32> {
+    (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect()
+}
+
+/// Deterministic VD scores in [0.05, 0.95] (away from the logit's ends).
+fn bench_vd(len: usize) -> Vec<f32> {
+    (0..len).map(|i| 0.05 + 0.9 * ((i * 104729) % 997) as f32 / 997.0).collect()
+}
+
 /// The U-Net benchmarks on one backend: the pre-training iteration, or the spot-embedding pass.
 fn unet_bench<B: crate::backend::Backend>(
     b: &B,
@@ -175,7 +185,7 @@ fn unet_bench<B: crate::backend::Backend>(
     }
     let mut p = host.upload(b);
     let is = Shape { n: batch, h: size, w: size, c: 3 };
-    let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let image = bench_image(is.len());
     let image = b.upload(&image);
     let threads = rayon::current_num_threads();
     if let Some(spots) = embed_spots {
@@ -244,9 +254,8 @@ fn infer_bench<B: crate::backend::Backend>(
     let head = JointHead::new(host, 3, rank, 100, 0, 0);
     let p = host.upload(b);
     let is = Shape { n: batch, h: size, w: size, c: 3 };
-    let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-    let vd: Vec<f32> =
-        (0..batch * size * size * rank).map(|i| 0.05 + 0.9 * ((i * 104729) % 997) as f32 / 997.0).collect();
+    let image = bench_image(is.len());
+    let vd = bench_vd(batch * size * size * rank);
     let (im, v) = (b.upload(&image), b.upload(&vd));
     let mut times = Vec::new();
     for _ in 0..repeat.max(1) + 1 {
@@ -286,9 +295,8 @@ fn joint_bench<B: crate::backend::Backend>(
     let all: Vec<usize> = (0..sizes.len()).collect();
     let mut opt = Adam::with(AdamConfig::default(), &sizes, |n| b.zeros(n));
     let is = Shape { n: batch, h: size, w: size, c: 3 };
-    let image: Vec<f32> = (0..is.len()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-    let vd: Vec<f32> =
-        (0..batch * size * size * rank).map(|i| 0.05 + 0.9 * ((i * 104729) % 997) as f32 / 997.0).collect();
+    let image = bench_image(is.len());
+    let vd = bench_vd(batch * size * size * rank);
     // the reference bench's spot centres: every 3.6 r from r, disks of radius r
     let step = (3.6 * radius as f64) as i64;
     let centres: Vec<(i64, i64)> = (radius..size as i64 - radius)

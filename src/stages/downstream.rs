@@ -129,7 +129,7 @@ fn figures(sd: &SectionDir, s: &Shrunk, labels: &[i32], rank: usize, format: Fig
                 let v = if s.mask[i] { plane[i] } else { 0.0 };
                 let c = if s.mask[i] { blue_red(v) } else { BACKGROUND };
                 rgb[(y * fw + x) * 3..(y * fw + x + 1) * 3].copy_from_slice(&c);
-                grays[y * fw + x] = (v.clamp(0.0, 1.0) * 255.0) as u8;
+                grays[y * fw + x] = gray(v)[0];
             }
         }
         let title = format!("SpaHDmap embedding {} - {name}", k + 1);

@@ -235,8 +235,11 @@ pub fn pretrain_on<B: Backend>(
     let mut opt = Adam::with(AdamConfig { weight_decay: s.weight_decay, ..Default::default() }, &sizes, |n| b.zeros(n));
     let models = out.join("models");
     let partial = models.join("pretrain.partial.safetensors");
-    let mut pr =
-        Progress { last_loss: 1000.0, scaler: s.loss_scale.map(|v| LossScaler::new(v, 2000)), ..Default::default() };
+    let mut pr = Progress {
+        last_loss: 1000.0,
+        scaler: s.loss_scale.map(|scale| LossScaler { scale, ..Default::default() }),
+        ..Default::default()
+    };
     let mut resumed_from = None;
     if partial.exists() {
         let meta = checkpoint::load(b, &partial, &mut p, Some((&mut opt, &all)))?;
