@@ -244,3 +244,17 @@ fn simulate_into_unwritable_place_leaves_nothing() {
     );
     assert_clean_error(&o, "sec", "already exists");
 }
+
+/// A loss scale that is not a positive finite number is refused before anything is written.
+#[test]
+fn bad_loss_scale() {
+    let d = tmp();
+    let out = d.path().join("out");
+    for v in ["0", "-4", "inf"] {
+        // (checked before the input is read: the section need not exist)
+        let arg = format!("--loss-scale={v}");
+        let o = run(&["run", "--visium", s(&d.path().join("section")), "--out", s(&out), &arg], d.path());
+        assert_clean_error(&o, "--loss-scale", v);
+        assert!(!out.exists(), "nothing written for --loss-scale {v}");
+    }
+}

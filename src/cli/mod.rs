@@ -339,6 +339,10 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
 fn run_pipeline(a: RunArgs) -> Result<()> {
     use crate::stages::pipeline::Pipeline;
     use crate::stages::spot::SpotSettings;
+    if let Some(v) = a.loss_scale.filter(|v| !(v.is_finite() && *v > 0.0)) {
+        // a zero, negative or infinite scale would skip every step for overflow, silently
+        return Err(Error::setting("--loss-scale", format!("{v} is not a positive finite number")));
+    }
     let device = crate::backend::resolve_device(&a.device)?;
     eprintln!("device: {device}");
     let specs = a.input.sections()?;
