@@ -15,10 +15,10 @@ fn gpu() -> Option<Cuda> {
     gpu_with(Precision::Exact)
 }
 
-/// The speed path as the pipeline gets it: TF32, or the kernel variant SPAHDMAP_GPU_CONV names
+/// The speed path as the pipeline gets it: the wide TF32 kernels, or the kernel variant SPAHDMAP_GPU_CONV names
 /// (scripts/gpu-check runs the long tests once per variant).
 fn speed_gpu() -> Option<Cuda> {
-    match spahdmap::backend::Device::Cuda(0).gpu(Precision::Tf32) {
+    match spahdmap::backend::Device::Cuda(0).gpu(spahdmap::backend::cuda::SPEED) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("skipped: {e}");
@@ -726,6 +726,37 @@ fn tile_accumulation_matches_the_cpu() {
         assert!(worst < 1e-6, "row {gy}: {worst}");
     }
     eprintln!("tile accumulation: {} rows equal", got.len());
+}
+
+/// The kernel profile (`bench unet` with SPAHDMAP_GPU_PROFILE=1) counts each launch under its
+/// kernel's name with its device time, and records nothing while off.
+#[test]
+fn kernel_profile_counts_each_launch() {
+    let Some(g) = gpu_with(Precision::Tf32Wide) else { return };
+    let (xs, spec) = (Shape { n: 2, h: 64, w: 64, c: 32 }, ConvSpec { cin: 32, cout: 64, k: 3, stride: 1, pad: 1 });
+    let ys = Shape { n: 2, h: 64, w: 64, c: 64 };
+    let (x, w) = (g.upload(&rnd(xs.len(), 1, -1.0, 1.0)), g.upload(&rnd(spec.weight_len(), 2, -0.5, 0.5)));
+    let (dy, mut y, mut dw) = (g.upload(&rnd(ys.len(), 3, -1.0, 1.0)), nan(&g, ys.len()), nan(&g, spec.weight_len()));
+    g.conv2d(&x, xs, &spec, &w, None, Epilogue { leaky: false, residual: None }, &mut y);
+    assert!(g.take_profile().is_empty(), "recorded while off");
+    g.set_profiling(true);
+    for _ in 0..3 {
+        g.conv2d(&x, xs, &spec, &w, None, Epilogue { leaky: true, residual: None }, &mut y);
+    }
+    g.conv2d_backward(&x, xs, &spec, &w, &dy, None, &mut dw, None);
+    let p = g.take_profile();
+    eprintln!("{p:?}");
+    let find = |k: &str| p.iter().find(|t| t.kernel == k).unwrap_or_else(|| panic!("{k} missing from {p:?}"));
+    assert_eq!(find("conv2d_fwd_tf32w").launches, 3);
+    assert_eq!(find("conv2d_bwd_weight_tf32w").launches, 1);
+    assert_eq!(find("memset").launches, 1);
+    assert!(p.iter().all(|t| t.ms > 0.0 && t.ms.is_finite()), "{p:?}");
+    assert!(p.windows(2).all(|w| w[0].ms >= w[1].ms), "most expensive first: {p:?}");
+    // taken: recording goes on from empty
+    assert!(g.take_profile().is_empty());
+    g.set_profiling(false);
+    g.conv2d(&x, xs, &spec, &w, None, Epilogue { leaky: false, residual: None }, &mut y);
+    assert!(g.take_profile().is_empty());
 }
 
 /// A CUDA error is a readable message: running out of device memory says how much was asked

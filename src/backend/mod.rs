@@ -83,21 +83,25 @@ pub fn resolve_device(spec: &str) -> crate::Result<Device> {
 
 impl Device {
     /// The GPU backend of `Cuda(n)` (None for the CPU), or an error naming `--device`. Where
-    /// the speed path (`Tf32`) is asked for, `SPAHDMAP_GPU_CONV=f32|tf32|tf32p|tf32w` picks the
-    /// convolution kernels instead (A/B runs of kernel variants through the whole pipeline).
+    /// the speed path (`cuda::SPEED`) is asked for, `SPAHDMAP_GPU_CONV=f32|tf32|tf32p|tf32w`
+    /// picks the convolution kernels instead (A/B runs of kernel variants through the whole
+    /// pipeline).
     pub fn gpu(self, precision: cuda::Precision) -> crate::Result<Option<cuda::Cuda>> {
         let Device::Cuda(n) = self else { return Ok(None) };
-        let precision = match (precision, std::env::var("SPAHDMAP_GPU_CONV").as_deref()) {
-            (cuda::Precision::Tf32, Ok("f32")) => cuda::Precision::Exact,
-            (cuda::Precision::Tf32, Ok("tf32p")) => cuda::Precision::Tf32Pipelined,
-            (cuda::Precision::Tf32, Ok("tf32w")) => cuda::Precision::Tf32Wide,
-            (cuda::Precision::Tf32, Ok(v)) if v != "tf32" => {
-                return Err(crate::Error::setting(
-                    "SPAHDMAP_GPU_CONV",
-                    format!("{v}: expected f32, tf32, tf32p or tf32w"),
-                ))
-            }
-            (p, _) => p,
+        let precision = match std::env::var("SPAHDMAP_GPU_CONV") {
+            Ok(v) if precision == cuda::SPEED => match v.as_str() {
+                "f32" => cuda::Precision::Exact,
+                "tf32" => cuda::Precision::Tf32,
+                "tf32p" => cuda::Precision::Tf32Pipelined,
+                "tf32w" => cuda::Precision::Tf32Wide,
+                _ => {
+                    return Err(crate::Error::setting(
+                        "SPAHDMAP_GPU_CONV",
+                        format!("{v}: expected f32, tf32, tf32p or tf32w"),
+                    ))
+                }
+            },
+            _ => precision,
         };
         cuda::Cuda::new(n, precision).map(Some).map_err(|e| crate::Error::setting("--device", format!("cuda:{n}: {e}")))
     }
@@ -108,7 +112,7 @@ impl Device {
 #[macro_export]
 macro_rules! on_device {
     ($dev:expr, $b:ident => $body:expr) => {
-        match $dev.gpu($crate::backend::cuda::Precision::Tf32)? {
+        match $dev.gpu($crate::backend::cuda::SPEED)? {
             None => {
                 let $b = &$crate::backend::Cpu::new();
                 $body
@@ -354,9 +358,9 @@ mod tests {
     #[test]
     fn a_bad_convolution_kernel_choice_is_a_clear_error() {
         std::env::set_var("SPAHDMAP_GPU_CONV", "tf16");
-        let e = Device::Cuda(0).gpu(cuda::Precision::Tf32).err().expect("an error");
+        let e = Device::Cuda(0).gpu(cuda::SPEED).err().expect("an error");
         // the CPU needs no kernels: the variable does not concern it
-        assert!(Device::Cpu.gpu(cuda::Precision::Tf32).unwrap().is_none());
+        assert!(Device::Cpu.gpu(cuda::SPEED).unwrap().is_none());
         std::env::remove_var("SPAHDMAP_GPU_CONV");
         let msg = e.to_string();
         assert!(msg.contains("SPAHDMAP_GPU_CONV") && msg.contains("tf16"), "{msg}");

@@ -90,9 +90,13 @@ enum BenchWhat {
         /// On a GPU: the TF32 kernels that load each step ahead of the previous step's MMAs.
         #[arg(long, conflicts_with = "exact")]
         pipelined: bool,
-        /// On a GPU: the pipelined kernels on 128 × 64 tiles (where channel counts divide by 4).
-        #[arg(long, conflicts_with_all = ["exact", "pipelined"])]
+        /// On a GPU: the pipelined kernels on 128 × 64 tiles where channel counts divide by 4
+        /// (the default: the pipeline's speed path).
+        #[arg(long, conflicts_with_all = ["exact", "pipelined", "plain"])]
         wide: bool,
+        /// On a GPU: the first TF32 kernels (64 × 64 tiles, loads and MMAs in turn).
+        #[arg(long, conflicts_with_all = ["exact", "pipelined"])]
+        plain: bool,
         /// Time the joint-training iteration instead (rank 20, 3,000 genes, four disk spots of
         /// radius 45 per tile, heads + body + decoder, Adam), as the reference's train loop.
         #[arg(long)]
@@ -151,6 +155,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// The GPU of `--device` for a benchmark (None: the CPU backend).
 fn bench_gpu(device: &str, precision: crate::backend::cuda::Precision) -> Result<Option<crate::backend::cuda::Cuda>> {
     crate::backend::resolve_device(device)?.gpu(precision)
+}
+
+/// A kernel profile as JSON: milliseconds per iteration of each kernel, the most expensive
+/// first, and their total.
+fn profile_json(p: &[crate::backend::cuda::KernelTime], iterations: usize) -> serde_json::Value {
+    let it = iterations as f64;
+    let kernels: Vec<serde_json::Value> = p
+        .iter()
+        .map(|k| serde_json::json!({"kernel": k.kernel, "launches": k.launches / iterations, "ms": k.ms / it}))
+        .collect();
+    serde_json::json!({"iterations": iterations, "total_ms": p.iter().map(|k| k.ms).sum::<f64>() / it, "kernels": kernels})
 }
 
 /// Deterministic image-like values in [0, 1) for the network benchmarks.
@@ -613,17 +628,38 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let a = crate::simulate::evaluate::evaluate(&results, &truth, &section)?;
             println!("{}", serde_json::json!({"bench": "accuracy", "detail": a}));
         }
-        BenchWhat::Unet { batch, size, repeat, embed_spots, device, exact, pipelined, wide, joint, infer } => {
+        BenchWhat::Unet {
+            batch,
+            size,
+            repeat,
+            embed_spots,
+            device,
+            exact,
+            pipelined,
+            wide: _,
+            plain,
+            joint,
+            infer,
+        } => {
             use crate::backend::cuda::Precision;
-            let precision = match (exact, pipelined, wide) {
+            let precision = match (exact, pipelined, plain) {
                 (true, _, _) => Precision::Exact,
                 (_, true, _) => Precision::Tf32Pipelined,
-                (_, _, true) => Precision::Tf32Wide,
-                _ => Precision::Tf32,
+                (_, _, true) => Precision::Tf32,
+                _ => crate::backend::cuda::SPEED,
             };
             let v = match bench_gpu(&device, precision)? {
                 None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots, joint, infer),
-                Some(g) => unet_bench(&g, batch, size, repeat, embed_spots, joint, infer),
+                Some(g) => {
+                    // device time per kernel over every iteration, the warm-up one included
+                    let profiling = std::env::var_os("SPAHDMAP_GPU_PROFILE").is_some_and(|v| v != "0");
+                    g.set_profiling(profiling);
+                    let mut v = unet_bench(&g, batch, size, repeat, embed_spots, joint, infer);
+                    if profiling {
+                        v["profile"] = profile_json(&g.take_profile(), repeat.max(1) + 1);
+                    }
+                    v
+                }
             };
             println!("{v}");
         }

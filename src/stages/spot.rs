@@ -126,7 +126,7 @@ pub fn run_nmf(out: &Path, sections: &[SectionDir], refs: &[(String, String)], s
     } else {
         let pb = crate::util::progress_count(1, "NMF");
         let settings = NmfSettings { rank: r, ..s.nmf.clone() };
-        let mut f = match s.device.gpu(crate::backend::cuda::Precision::Tf32)? {
+        let mut f = match s.device.gpu(crate::backend::cuda::SPEED)? {
             None => nmf(&x, &settings),
             Some(g) => crate::backend::cuda::nmf::nmf_cuda(&g, &x, &settings),
         };
@@ -180,7 +180,7 @@ pub fn run_gcn(
     refs: &[(String, String)],
     s: &SpotSettings,
 ) -> Result<Vec<GcnReport>> {
-    match s.device.gpu(crate::backend::cuda::Precision::Tf32)? {
+    match s.device.gpu(crate::backend::cuda::SPEED)? {
         None => gcn_on(&crate::backend::Cpu::new(), None, out, sections, refs, s),
         Some(g) => gcn_on(&g, Some(&g), out, sections, refs, s),
     }
@@ -339,7 +339,7 @@ pub fn run_vd(sections: &[SectionDir], s: &SpotSettings) -> Result<Vec<VdReport>
         let kernel = m.radius / 2 * 2 + 1;
         let streamed = h * w > s.stream_above_pixels;
         // a crop that fits in memory is smoothed on the GPU when there is one
-        let gpu = if streamed { None } else { s.device.gpu(crate::backend::cuda::Precision::Tf32)? };
+        let gpu = if streamed { None } else { s.device.gpu(crate::backend::cuda::SPEED)? };
         let job =
             VdJob { scores: &scores, rank: r, height: h, width: w, kernel, threshold: s.smooth_threshold, mask: &mask };
         let index = SpotIndex::new(&spots);

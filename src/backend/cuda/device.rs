@@ -35,8 +35,7 @@ type Grow<T> = Mutex<Option<CudaSlice<T>>>;
 /// `Tf32Pipelined` the same arithmetic with each step's loads issued before the previous
 /// step's MMAs (kernels `*_tf32p`), `Tf32Wide` that on 128 × 64 tiles where channel counts
 /// divide by 4 (`*_tf32w`; 128 × 32, `*_tf32n`, for results of at most 32 columns; the
-/// pipelined ones elsewhere). The last two are compiled, not yet
-/// run on a GPU: the default stays `Tf32` until they have been measured against it.
+/// pipelined ones elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     Exact,
@@ -45,8 +44,13 @@ pub enum Precision {
     Tf32Wide,
 }
 
+/// The kernels the pipeline runs unless `SPAHDMAP_GPU_CONV` names others: the wide ones,
+/// measured fastest on an H200 (pre-training 113 vs 126 ms for `Tf32`, HD inference 89.6 vs
+/// 56.2 Mpx/s; BENCHMARKS.md).
+pub const SPEED: Precision = Precision::Tf32Wide;
+
 pub struct Cuda {
-    ctx: Arc<CudaContext>,
+    pub(super) ctx: Arc<CudaContext>,
     precision: Precision,
     pub(super) stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
@@ -61,6 +65,8 @@ pub struct Cuda {
     pinned: Mutex<Option<PinnedHostSlice<u8>>>,
     label: String,
     sms: usize,
+    /// Per-launch event pairs while profiling (`set_profiling`; src/backend/cuda/profile.rs).
+    pub(super) profile: Mutex<Option<Vec<super::profile::Launch>>>,
 }
 
 /// A CSR matrix on the device (u32 offsets: fewer than 4 G non-zeros).
@@ -140,6 +146,7 @@ impl Cuda {
                 }
             ),
             sms,
+            profile: Mutex::default(),
         })
     }
 
@@ -242,9 +249,11 @@ impl Cuda {
             return;
         }
         self.bind();
+        let start = self.profile_start();
         // SAFETY: ptr addresses at least `bytes` bytes of a live allocation of this context.
         unsafe { result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("CUDA memset: {e}"));
+        self.profile_end("memset", start);
     }
 
     pub(super) fn htod<T: DeviceRepr>(&self, ptr: u64, host: &[T]) {

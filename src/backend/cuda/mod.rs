@@ -8,18 +8,22 @@ macro_rules! launch {
         let f = $s.func($name);
         let mut b = $s.stream.launch_builder(&f);
         $( let a = $arg; cudarc::driver::PushKernelArg::arg(&mut b, &a); )*
+        let start = $s.profile_start();
         // SAFETY: argument lists match the kernels' signatures in kernels/*.cu (reviewed
         // together; every kernel is tested against the CPU backend).
         unsafe { b.launch($cfg) }.unwrap_or_else(|e| panic!("CUDA kernel {}: {e}", $name));
+        $s.profile_end($name, start);
     }};
 }
 
 mod device;
 pub mod gcn;
 pub mod nmf;
+mod profile;
 pub mod tiles;
 pub mod vd;
-pub use device::{Cuda, DBuf, Precision};
+pub use device::{Cuda, DBuf, Precision, SPEED};
+pub use profile::KernelTime;
 
 use serde::Serialize;
 
