@@ -67,12 +67,45 @@ HD Slot vec_slot(bool k_fast, int tid, int i) {
 HD F4 zero4() { return F4{0.0f, 0.0f, 0.0f, 0.0f}; }
 HD bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
+HD uint32_t umulhi(uint32_t a, uint32_t b) {
+#ifdef __CUDA_ARCH__
+    return __umulhi(a, b);
+#else
+    return (uint32_t)(((uint64_t)a * b) >> 32);
+#endif
+}
+
+// Division by a divisor fixed for the launch as a multiply-high, an add and a shift
+// (Granlund & Montgomery's round-up method). The GEMM bodies decompose each K step's indices
+// between storing one step and the barrier every warp waits at, and a plain integer division
+// there is a float reciprocal and two corrections (~20 dependent instructions, a 64-bit one
+// more). Exact for n < 2^31: the host keeps every GEMM index below that (conv_launch).
+struct FastDiv {
+    uint32_t d, mul;
+    int shift;
+    HD uint32_t div(uint32_t n) const { return (umulhi(n, mul) + n) >> shift; }
+    HD uint32_t mod(uint32_t n) const { return n - div(n) * d; }
+};
+HD FastDiv fast_div(uint32_t d) {
+    if (d == 0) return FastDiv{0, 0, 0};  // an empty output's extent: never divided by
+    int l = 0;
+    while (((uint64_t)1 << l) < d) ++l;  // ⌈log2 d⌉
+    const uint64_t mul = ((((uint64_t)1 << l) - d) << 32) / d + 1;
+    return FastDiv{d, (uint32_t)mul, l};
+}
+
+// A layer's geometry with the divisors its index decompositions use (unused ones are dead
+// code after inlining).
 struct Geom {
     int n, h, w, cin, cout, k, stride, pad, oh, ow;
+    FastDiv by_cin, by_cout, by_k, by_stride, by_w, by_hw, by_ow, by_ohw;
 };
 
 HD Geom geom(int n, int h, int w, int cin, int cout, int k, int stride, int pad) {
-    Geom g{n, h, w, cin, cout, k, stride, pad, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1};
+    const int oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
+    Geom g{n, h, w, cin, cout, k, stride, pad, oh, ow,
+           fast_div(cin), fast_div(cout), fast_div(k), fast_div(stride), fast_div(w), fast_div((uint32_t)h * w), fast_div(ow),
+           fast_div((uint32_t)oh * ow)};
     return g;
 }
 
@@ -110,9 +143,8 @@ HD uint32_t tap_mask(int k, uint32_t rows, uint32_t cols) {
 
 // Output pixel p of a convolution, as the forward pass and the weight gradient read x.
 HD Window out_pixel(const Geom& g, int64_t p, int64_t end) {
-    const int64_t ohw = (int64_t)g.oh * g.ow;
-    const int img = (int)(p / ohw), r = (int)(p % ohw);
-    const int iy0 = (r / g.ow) * g.stride - g.pad, ix0 = (r % g.ow) * g.stride - g.pad;
+    const uint32_t img = g.by_ohw.div((uint32_t)p), r = (uint32_t)p - img * g.by_ohw.d, oy = g.by_ow.div(r);
+    const int iy0 = (int)oy * g.stride - g.pad, ix0 = (int)(r - oy * g.ow) * g.stride - g.pad;
     uint32_t rows = 0, cols = 0;
     for (int kk = 0; kk < g.k; ++kk) {
         if (iy0 + kk >= 0 && iy0 + kk < g.h) rows |= 1u << kk;
@@ -127,9 +159,8 @@ HD Window out_pixel(const Geom& g, int64_t p, int64_t end) {
 // output. For such taps that is (⌊(y + pad) / s⌋ − ⌊ky / s⌋, ⌊(x + pad) / s⌋ − ⌊kx / s⌋), so
 // the base is the first pair's offset in dY and each tap subtracts its own.
 HD Window grad_pixel(const Geom& g, int64_t p, int64_t end) {
-    const int64_t hw = (int64_t)g.h * g.w;
-    const int img = (int)(p / hw), r = (int)(p % hw);
-    const int ty0 = r / g.w + g.pad, tx0 = r % g.w + g.pad;
+    const uint32_t img = g.by_hw.div((uint32_t)p), r = (uint32_t)p - img * g.by_hw.d, y = g.by_w.div(r);
+    const int ty0 = (int)y + g.pad, tx0 = (int)(r - y * g.w) + g.pad;
     auto reaches = [&](int t, int out) { return t >= 0 && t % g.stride == 0 && t / g.stride < out; };
     uint32_t rows = 0, cols = 0;
     for (int kk = 0; kk < g.k; ++kk) {
@@ -147,10 +178,9 @@ struct Pixel {
     int img, y, x;
     bool ok;
 };
-HD Pixel pixel(int h, int w, int64_t p, int64_t end) {
-    const int64_t hw = (int64_t)h * w;
-    const int img = (int)(p / hw), r = (int)(p % hw);
-    return Pixel{p, img, r / w, r % w, p < end};
+HD Pixel pixel(const Geom& g, int64_t p, int64_t end) {
+    const uint32_t img = g.by_hw.div((uint32_t)p), r = (uint32_t)p - img * g.by_hw.d, y = g.by_w.div(r);
+    return Pixel{p, (int)img, (int)y, (int)(r - y * g.w), p < end};
 }
 
 // A (tap, channel) index t = (ky·k + kx)·c + ch of a k × k kernel over c channels: `off` is
@@ -163,15 +193,18 @@ struct Tap {
 };
 // over x's cin channels, as the forward pass and the weight gradient read x
 HD Tap x_tap(const Geom& g, int64_t t, int64_t end) {
-    const int ch = (int)(t % g.cin), tp = (int)(t / g.cin), ky = tp / g.k, kx = tp % g.k;
+    const uint32_t tp = g.by_cin.div((uint32_t)t), ky = g.by_k.div(tp);
+    const int ch = (int)((uint32_t)t - tp * g.cin), kx = (int)(tp - ky * g.k);
     const bool ok = t < end;
-    return Tap{t, (ky * g.w + kx) * g.cin + ch, ch, tp, ok ? tp : 31, ok};
+    return Tap{t, ((int)ky * g.w + kx) * g.cin + ch, ch, (int)tp, ok ? (int)tp : 31, ok};
 }
 // over dY's cout channels, as the data gradient reads dY (see grad_pixel)
 HD Tap dy_tap(const Geom& g, int64_t t, int64_t end) {
-    const int ch = (int)(t % g.cout), tp = (int)(t / g.cout), ky = tp / g.k, kx = tp % g.k;
+    const uint32_t tp = g.by_cout.div((uint32_t)t), ky = g.by_k.div(tp);
+    const int ch = (int)((uint32_t)t - tp * g.cout), kx = (int)(tp - ky * g.k);
     const bool ok = t < end;
-    return Tap{t, ch - ((ky / g.stride) * g.ow + kx / g.stride) * g.cout, ch, tp, ok ? tp : 31, ok};
+    const int oy = (int)g.by_stride.div(ky), ox = (int)g.by_stride.div((uint32_t)kx);
+    return Tap{t, ch - (oy * g.ow + ox) * g.cout, ch, (int)tp, ok ? (int)tp : 31, ok};
 }
 
 // src[base + off] where the tap is inside the window's tensor, else zero
@@ -282,9 +315,9 @@ struct UpCol {
     int ky, kx, co;
     bool ok;
 };
-HD UpCol up_col(int cout, int64_t n, int64_t end) {
-    const int q = (int)(n / cout);
-    return UpCol{n, q / 2, q % 2, (int)(n % cout), n < end};
+HD UpCol up_col(const Geom& g, int64_t n, int64_t end) {
+    const uint32_t q = g.by_cout.div((uint32_t)n);
+    return UpCol{n, (int)(q / 2), (int)(q % 2), (int)((uint32_t)n - q * g.cout), n < end};
 }
 
 // the output element that input pixel p and column (q, co) of the transposed conv address
@@ -301,9 +334,9 @@ struct UpFwd {
     const float *x, *w, *bias;
     float* y;
     Geom g;
-    HD MI mi(int64_t m, int64_t end) const { return pixel(g.h, g.w, m, end); }
+    HD MI mi(int64_t m, int64_t end) const { return pixel(g, m, end); }
     HD KI ki(int64_t k, int64_t end) const { return plain(k, end); }
-    HD NI ni(int64_t n, int64_t end) const { return up_col(g.cout, n, end); }
+    HD NI ni(int64_t n, int64_t end) const { return up_col(g, n, end); }
     HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? x[m.p * g.cin + k.i] : 0.0f; }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[k.i * 4 * g.cout + n.n] : 0.0f; }
     HD bool vec_a() const { return g.cin % 4 == 0 && aligned16(x); }
@@ -327,8 +360,8 @@ struct UpBwdData {
     const float *dy, *w;
     float* dx;
     Geom g;
-    HD MI mi(int64_t m, int64_t end) const { return pixel(g.h, g.w, m, end); }
-    HD KI ki(int64_t k, int64_t end) const { return up_col(g.cout, k, end); }
+    HD MI mi(int64_t m, int64_t end) const { return pixel(g, m, end); }
+    HD KI ki(int64_t k, int64_t end) const { return up_col(g, k, end); }
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
     HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? dy[up_index(g, m, k.ky, k.kx, k.co)] : 0.0f; }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? w[n.i * 4 * g.cout + k.n] : 0.0f; }
@@ -355,8 +388,8 @@ struct UpBwdWeight {
     float* dw;
     Geom g;
     HD MI mi(int64_t m, int64_t end) const { return plain(m, end); }
-    HD KI ki(int64_t k, int64_t end) const { return pixel(g.h, g.w, k, end); }
-    HD NI ni(int64_t n, int64_t end) const { return up_col(g.cout, n, end); }
+    HD KI ki(int64_t k, int64_t end) const { return pixel(g, k, end); }
+    HD NI ni(int64_t n, int64_t end) const { return up_col(g, n, end); }
     HD float a(const MI& m, const KI& k) const { return m.ok && k.ok ? x[k.p * g.cin + m.i] : 0.0f; }
     HD float b(const KI& k, const NI& n) const { return k.ok && n.ok ? dy[up_index(g, k, n.ky, n.kx, n.co)] : 0.0f; }
     HD bool vec_a() const { return g.cin % 4 == 0 && aligned16(x); }

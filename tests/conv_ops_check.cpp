@@ -199,7 +199,44 @@ static void check_dense(int M, int N, int K) {
     expect_equal("dense", got, want);
 }
 
+// The multiply-high divisions against `/` and `%`: every divisor up to 3,000 and the powers
+// of two with their neighbours, dividends at and around multiples of the divisor, the ends of
+// the range and a pseudo-random spread below 2^31.
+static void check_fast_div() {
+    std::vector<uint32_t> ds;
+    for (uint32_t d = 1; d <= 3000; ++d) ds.push_back(d);
+    for (int b = 12; b < 31; ++b)
+        for (int e = -1; e <= 1; ++e) ds.push_back((1u << b) + e);
+    ds.push_back(0x7fffffffu);
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    auto next = [&] {
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        return (uint32_t)(state & 0x7fffffffu);
+    };
+    int64_t checked = 0;
+    for (uint32_t d : ds) {
+        const FastDiv f = fast_div(d);
+        std::vector<uint32_t> ns = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2 * d, 0x7ffffffeu, 0x7fffffffu};
+        for (int i = 0; i < 64; ++i) ns.push_back(next());
+        for (int i = 0; i < 16; ++i) {
+            const uint32_t q = next() / d;
+            for (int e = -1; e <= 1; ++e) ns.push_back(q * d + e);
+        }
+        for (uint32_t n : ns) {
+            if (n > 0x7fffffffu) continue;
+            ++checked;
+            if (f.div(n) != n / d || f.mod(n) != n % d) {
+                std::printf("FAIL fast_div(%u): %u / d gave %u (want %u)\n", d, n, f.div(n), n / d);
+                ++failures;
+                return;
+            }
+        }
+    }
+    std::printf("fast_div: %lld divisions exact\n", (long long)checked);
+}
+
 int main() {
+    check_fast_div();
     check_conv(2, 9, 11, 5, 7, 3, 1, 1);
     check_conv(3, 10, 14, 6, 9, 4, 2, 1);
     check_conv(1, 7, 5, 4, 3, 1, 1, 0);

@@ -180,6 +180,12 @@ impl Cuda {
         n: usize,
         reduction: Option<usize>,
     ) -> (&'static str, LaunchConfig) {
+        // the kernels decompose row and reduction indices in 32 bits (FastDiv in conv_ops.cuh)
+        let rows = m.max(reduction.unwrap_or(0));
+        assert!(
+            rows < (1 << 31) - 1024,
+            "a convolution over {rows} pixels at once is more than the kernels index: use smaller batches"
+        );
         let four_wide = cin % 4 == 0 && cout % 4 == 0 && operands.iter().all(|p| p % 16 == 0);
         let (kernel, bm, bn) = match self.precision {
             Precision::Exact => (names[0], 64, 64),
