@@ -447,6 +447,13 @@ __device__ void bwd_data(const float* dy, const float* wt, float* dx, CONV_GEOM_
     BwdData op{dy, wt, dx, CONV_GEOM};
     gemm<MODE>(op, (int64_t)n * h * w, cin, 0, (int64_t)k * k * cout);
 }
+// dX of a stride dividing the kernel, by phases: grid (⌈N·⌈H/s⌉·⌈W/s⌉ / 64⌉, ⌈Cin / 64⌉, s²)
+template <int MODE>
+__device__ void bwd_data_phased(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {
+    const Geom g = CONV_GEOM;
+    const BwdDataPhased op{{dy, wt, dx, g}, phase(g, (int)blockIdx.z)};
+    gemm<MODE>(op, (int64_t)n * op.ph.hy * op.ph.wx, cin, 0, (int64_t)op.ph.kk * op.ph.kk * cout);
+}
 // dW: grid (⌈k·k·Cin / 64⌉, ⌈Cout / 64⌉, splits); dw zeroed first
 template <int MODE>
 __device__ void bwd_weight(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {
@@ -490,6 +497,10 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         conv2d_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {                      \
         conv::bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad);                                           \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
+        conv2d_bwd_data_phased_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {               \
+        conv::bwd_data_phased<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad);                                    \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         conv2d_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {                     \

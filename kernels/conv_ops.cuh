@@ -283,6 +283,48 @@ struct BwdData {
     }
 };
 
+// The data gradient of a strided convolution whose kernel the stride divides (the 4 × 4 / 2
+// downsampling), one phase at a time: input pixels (y, x) with y ≡ py, x ≡ px (mod s) receive
+// dY only through taps ky ≡ py + pad, kx ≡ px + pad (mod s) — (k / s)² of the k² taps, which
+// BwdData runs all, masked. A phase's rows are its pixels, its K = (jy, jx, co) for taps
+// ky = ky0 + s·jy, kx = kx0 + s·jx; output row (y + pad − ky) / s = ty0 − jy.
+struct Phase {
+    int py, px, ky0, kx0, hy, wx, kk;
+    FastDiv by_kk, by_wx, by_hwx;
+};
+HD Phase phase(const Geom& g, int index) {
+    const int py = index / g.stride, px = index % g.stride, kk = g.k / g.stride;
+    const int hy = (g.h - py + g.stride - 1) / g.stride, wx = (g.w - px + g.stride - 1) / g.stride;
+    return Phase{py, px, (py + g.pad) % g.stride, (px + g.pad) % g.stride, hy, wx, kk,
+                 fast_div(kk), fast_div(wx), fast_div((uint32_t)hy * wx)};
+}
+
+struct BwdDataPhased : BwdData {
+    Phase ph;
+    // row r of the phase: its pixel (index p in dX), the window of dY it reads
+    HD MI mi(int64_t r, int64_t end) const {
+        const uint32_t img = ph.by_hwx.div((uint32_t)r), rr = (uint32_t)r - img * ph.by_hwx.d, yy = ph.by_wx.div(rr);
+        const int y = ph.py + g.stride * (int)yy, x = ph.px + g.stride * (int)(rr - yy * ph.wx);
+        const int ty0 = (y + g.pad - ph.ky0) / g.stride, tx0 = (x + g.pad - ph.kx0) / g.stride;
+        uint32_t rows = 0, cols = 0;
+        for (int j = 0; j < ph.kk; ++j) {
+            if (ty0 - j >= 0 && ty0 - j < g.oh) rows |= 1u << j;
+            if (tx0 - j >= 0 && tx0 - j < g.ow) cols |= 1u << j;
+        }
+        const bool ok = r < end;
+        const int64_t base = (((int64_t)img * g.oh + ty0) * g.ow + tx0) * g.cout;
+        return Window{((int64_t)img * g.h + y) * g.w + x, base, ok ? tap_mask(ph.kk, rows, cols) : 0u, ok};
+    }
+    // (jy, jx, co): `tap` the full kernel's tap (the weights' index), `bit` the phase's
+    HD KI ki(int64_t t, int64_t end) const {
+        const uint32_t tp = g.by_cout.div((uint32_t)t), jy = ph.by_kk.div(tp);
+        const int co = (int)((uint32_t)t - tp * g.cout), jx = (int)(tp - jy * ph.kk);
+        const int tap = (ph.ky0 + g.stride * (int)jy) * g.k + ph.kx0 + g.stride * jx;
+        const bool ok = t < end;
+        return Tap{t, co - ((int)jy * g.ow + jx) * g.cout, co, tap, ok ? (int)tp : 31, ok};
+    }
+};
+
 // dW += windowᵀ · dY over this split's output pixels: M = (tap, ci), K = output pixels, N = Cout
 struct BwdWeight {
     static constexpr bool A_K_FAST = false, B_N_FAST = true;

@@ -139,6 +139,13 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
            [&] { bwd_data<MODE>(dy.data(), wt.data(), dx.data(), n, h, w, cin, cout, k, s, p); });
     plain_gemm(BwdData{dy.data(), wt.data(), dx_want.data(), g}, (int64_t)n * h * w, cin, kk * cout);
     compare("conv data gradient", MODE, dx, dx_want);
+    if (s > 1 && k % s == 0) {
+        std::vector<float> pdx(x.size(), -99.0f);
+        const int64_t rows = (int64_t)n * ((h + s - 1) / s) * ((w + s - 1) / s);
+        launch(blocks(rows, R), blocks(cin, C), s * s,
+               [&] { bwd_data_phased<MODE>(dy.data(), wt.data(), pdx.data(), n, h, w, cin, cout, k, s, p); });
+        compare("conv data gradient by phases", MODE, pdx, dx_want);
+    }
     std::vector<float> dw(wt.size(), 0.0f), dw_want(wt.size(), 0.0f);
     launch(blocks(kk * cin, R), blocks(cout, C), splits,
            [&] { bwd_weight<MODE>(x.data(), dy.data(), dw.data(), n, h, w, cin, cout, k, s, p); });
@@ -176,6 +183,7 @@ static void every_operation() {
     conv_case<MODE>(1, 6, 7, 4, 68, 4, 2, 1, 1);    // stride 2, N = 68 > 64: two column tiles
     conv_case<MODE>(1, 5, 5, 4, 4, 1, 1, 0, 2);     // K = 4: a single step; an empty K split
     conv_case<MODE>(1, 12, 13, 20, 8, 3, 1, 1, 5);  // M = 156 > 128, many steps
+    conv_case<MODE>(2, 20, 17, 8, 12, 4, 2, 1, 2);  // stride 2: phases of 170 and 160 rows
     up_case<MODE>(2, 3, 5, 8, 4, 2);
     up_case<MODE>(1, 9, 16, 36, 20, 3);
     // channel counts not divisible by 4: scalar loads (the host never runs the wide kernels here)

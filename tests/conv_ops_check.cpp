@@ -130,6 +130,17 @@ static void check_conv(int n, int h, int w, int cin, int cout, int k, int stride
     BwdData bd{dy.data(), wt.data(), gdx.data(), g};
     host_gemm(bd, (int64_t)n * h * w, cin, (int64_t)k * k * cout);
     expect_equal("conv data gradient", gdx, dx);
+    if (stride > 1 && k % stride == 0) {
+        // by phases: each writes its own pixels, together all of them
+        std::vector<float> pdx(dx.size(), -99.0f);
+        for (int q = 0; q < stride * stride; ++q) {
+            const BwdDataPhased ph{{dy.data(), wt.data(), pdx.data(), g}, phase(g, q)};
+            const int64_t rows = (int64_t)n * ph.ph.hy * ph.ph.wx, kq = (int64_t)ph.ph.kk * ph.ph.kk * cout;
+            host_gemm(ph, rows, cin, kq);
+            if (cin % 4 == 0 && cout % 4 == 0) check_vec("conv data gradient by phases", ph, rows, cin, kq);
+        }
+        expect_equal("conv data gradient by phases", pdx, dx);
+    }
     std::vector<float> gdw(dw.size(), 0.0f);
     BwdWeight bw{x.data(), dy.data(), gdw.data(), g};
     host_gemm(bw, (int64_t)k * k * cin, cout, (int64_t)n * g.oh * g.ow);
@@ -247,6 +258,9 @@ int main() {
     // channel counts divisible by 4: the four-wide gathers too
     check_conv(2, 9, 11, 8, 12, 3, 1, 1);
     check_conv(2, 9, 7, 4, 8, 4, 2, 1);
+    check_conv(1, 10, 6, 8, 4, 4, 2, 1);  // even sizes: the U-Net's downsampling
+    check_conv(1, 9, 8, 4, 4, 4, 2, 2);   // another padding: other phases' first taps
+    check_conv(1, 11, 7, 3, 2, 2, 2, 0);  // a 2 × 2 / 2 kernel: one tap per phase
     check_conv(1, 7, 5, 12, 4, 1, 1, 0);
     check_up(2, 5, 7, 9, 6);
     check_up(1, 4, 3, 2, 5);

@@ -523,9 +523,19 @@ impl Backend for Cuda {
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         if let Some(dx) = dx {
             let operands = [self.ptr(dy), self.ptr(w)];
-            let m = xs.n * xs.h * xs.w;
-            let (kernel, cfg) =
-                self.conv_launch(variants!("conv2d_bwd_data"), spec.cin, spec.cout, operands, m, spec.cin, None);
+            let (kernel, cfg) = if spec.stride > 1 && spec.k % spec.stride == 0 {
+                // one phase of input pixels per grid layer: each reads only the (k / s)² taps
+                // that reach it instead of all k² masked (kernels/conv_ops.cuh, BwdDataPhased)
+                let s = spec.stride;
+                let m = xs.n * xs.h.div_ceil(s) * xs.w.div_ceil(s);
+                let names = variants!("conv2d_bwd_data_phased");
+                let (kernel, mut cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, m, spec.cin, None);
+                cfg.grid_dim.2 = (s * s) as u32;
+                (kernel, cfg)
+            } else {
+                let m = xs.n * xs.h * xs.w;
+                self.conv_launch(variants!("conv2d_bwd_data"), spec.cin, spec.cout, operands, m, spec.cin, None)
+            };
             launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, cout, k, st, pd);
         }
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
