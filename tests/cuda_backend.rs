@@ -751,6 +751,11 @@ fn kernel_profile_counts_each_launch() {
     assert_eq!(find("conv2d_bwd_weight_tf32w").launches, 1);
     assert_eq!(find("memset").launches, 1);
     assert!(p.iter().all(|t| t.ms > 0.0 && t.ms.is_finite()), "{p:?}");
+    // useful work: 2 · output pixels · taps · channels in and out, per launch
+    let flop = 2.0 * (2 * 64 * 64) as f64 * (9 * 32 * 64) as f64;
+    assert_eq!(find("conv2d_fwd_tf32w").flop, 3.0 * flop);
+    assert_eq!(find("conv2d_bwd_weight_tf32w").flop, flop);
+    assert_eq!(find("memset").flop, 0.0);
     assert!(p.windows(2).all(|w| w[0].ms >= w[1].ms), "most expensive first: {p:?}");
     // taken: recording goes on from empty
     assert!(g.take_profile().is_empty());

@@ -158,12 +158,18 @@ fn bench_gpu(device: &str, precision: crate::backend::cuda::Precision) -> Result
 }
 
 /// A kernel profile as JSON: milliseconds per iteration of each kernel, the most expensive
-/// first, and their total.
+/// first, achieved TFLOP/s where its work is counted (the convolutions), and the total.
 fn profile_json(p: &[crate::backend::cuda::KernelTime], iterations: usize) -> serde_json::Value {
     let it = iterations as f64;
     let kernels: Vec<serde_json::Value> = p
         .iter()
-        .map(|k| serde_json::json!({"kernel": k.kernel, "launches": k.launches / iterations, "ms": k.ms / it}))
+        .map(|k| {
+            let mut v = serde_json::json!({"kernel": k.kernel, "launches": k.launches / iterations, "ms": k.ms / it});
+            if k.flop > 0.0 {
+                v["tflop_per_s"] = serde_json::json!(k.flop / (k.ms * 1e9));
+            }
+            v
+        })
         .collect();
     serde_json::json!({"iterations": iterations, "total_ms": p.iter().map(|k| k.ms).sum::<f64>() / it, "kernels": kernels})
 }

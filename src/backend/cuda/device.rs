@@ -413,6 +413,12 @@ pub(super) fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
 }
 
 /// Blocks of `bm` × `bn` over an m × n result, `z` K splits.
+/// Useful floating-point operations of a convolution producing `pixels` output pixels (its
+/// forward pass; each gradient does as many).
+fn conv_flop(pixels: usize, spec: &ConvSpec) -> f64 {
+    2.0 * pixels as f64 * (spec.k * spec.k * spec.cin * spec.cout) as f64
+}
+
 fn tiled_grid(m: usize, n: usize, z: usize, (bm, bn): (usize, usize)) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (m.div_ceil(bm).max(1) as u32, n.div_ceil(bn).max(1) as u32, z.max(1) as u32),
@@ -507,6 +513,7 @@ impl Backend for Cuda {
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         launch!(self, kernel, cfg, xp, wp, bp, rp, yp, epi.leaky as i32, n, h, wd, cin, cout, k, st, pd);
+        self.profile_flop(conv_flop(xs.n * oh * ow, spec));
     }
     fn conv2d_backward(
         &self,
@@ -537,6 +544,7 @@ impl Backend for Cuda {
                 self.conv_launch(variants!("conv2d_bwd_data"), spec.cin, spec.cout, operands, m, spec.cin, None)
             };
             launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, cout, k, st, pd);
+            self.profile_flop(conv_flop(xs.n * oh * ow, spec));
         }
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
         self.zero_bytes(self.ptr(dw), dw.len * 4);
@@ -544,6 +552,7 @@ impl Backend for Cuda {
         let (kernel, cfg) =
             self.conv_launch(variants!("conv2d_bwd_weight"), spec.cin, spec.cout, operands, kw, spec.cout, Some(p));
         launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd);
+        self.profile_flop(conv_flop(p, spec));
         if let Some(db) = db {
             self.colsum(self.ptr(dy), p, spec.cout, self.ptr(db));
         }
@@ -566,6 +575,7 @@ impl Backend for Cuda {
             xs.c as i32,
             cout as i32
         );
+        self.profile_flop(2.0 * (xs.n * xs.h * xs.w * xs.c * 4 * cout) as f64);
     }
     fn conv_transpose2_backward(
         &self,
@@ -584,12 +594,14 @@ impl Backend for Cuda {
             let operands = [self.ptr(dy), self.ptr(w)];
             let (kernel, cfg) = self.conv_launch(variants!("up2_bwd_data"), xs.c, cout, operands, p, xs.c, None);
             launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, co);
+            self.profile_flop(2.0 * (p * xs.c * 4 * cout) as f64);
         }
         self.zero_bytes(self.ptr(dw), dw.len * 4);
         let operands = [self.ptr(x), self.ptr(dy)];
         let (kernel, cfg) =
             self.conv_launch(variants!("up2_bwd_weight"), xs.c, cout, operands, xs.c, 4 * cout, Some(p));
         launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, co);
+        self.profile_flop(2.0 * (p * xs.c * 4 * cout) as f64);
         self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
     }
     fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {

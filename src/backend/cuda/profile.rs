@@ -13,14 +13,18 @@ pub(crate) struct Launch {
     name: &'static str,
     start: CudaEvent,
     end: CudaEvent,
+    flop: f64,
 }
 
-/// One kernel's share of the profiled work: launches and summed device milliseconds.
+/// One kernel's share of the profiled work: launches, summed device milliseconds and the
+/// useful floating-point operations of its launches (convolutions: 2 · output elements ·
+/// taps · input channels for the forward pass and both gradients; 0 where not counted).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct KernelTime {
     pub kernel: String,
     pub launches: usize,
     pub ms: f64,
+    pub flop: f64,
 }
 
 impl Cuda {
@@ -48,7 +52,14 @@ impl Cuda {
         let Some(start) = start else { return };
         let end = self.event();
         if let Some(v) = self.profile.lock().unwrap().as_mut() {
-            v.push(Launch { name, start, end });
+            v.push(Launch { name, start, end, flop: 0.0 });
+        }
+    }
+
+    /// The useful work of the launch just recorded, when profiling.
+    pub(super) fn profile_flop(&self, flop: f64) {
+        if let Some(l) = self.profile.lock().unwrap().as_mut().and_then(|v| v.last_mut()) {
+            l.flop = flop;
         }
     }
 
@@ -59,16 +70,19 @@ impl Cuda {
             Some(v) => std::mem::take(v),
             None => return Vec::new(),
         };
-        let mut by: HashMap<&'static str, (usize, f64)> = HashMap::new();
+        let mut by: HashMap<&'static str, (usize, f64, f64)> = HashMap::new();
         for l in &launches {
             l.end.synchronize().unwrap_or_else(|e| panic!("CUDA event: {e}"));
             let ms = l.start.elapsed_ms(&l.end).unwrap_or_else(|e| panic!("CUDA event: {e}"));
             let t = by.entry(l.name).or_default();
             t.0 += 1;
             t.1 += ms as f64;
+            t.2 += l.flop;
         }
-        let mut out: Vec<KernelTime> =
-            by.into_iter().map(|(k, (launches, ms))| KernelTime { kernel: k.to_string(), launches, ms }).collect();
+        let mut out: Vec<KernelTime> = by
+            .into_iter()
+            .map(|(k, (launches, ms, flop))| KernelTime { kernel: k.to_string(), launches, ms, flop })
+            .collect();
         out.sort_by(|a, b| b.ms.total_cmp(&a.ms).then_with(|| a.kernel.cmp(&b.kernel)));
         out
     }
