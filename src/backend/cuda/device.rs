@@ -412,13 +412,18 @@ pub(super) fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
     tiled_grid(m, n, z, (64, 64))
 }
 
-/// Blocks of `bm` × `bn` over an m × n result, `z` K splits.
 /// Useful floating-point operations of a convolution producing `pixels` output pixels (its
 /// forward pass; each gradient does as many).
 fn conv_flop(pixels: usize, spec: &ConvSpec) -> f64 {
     2.0 * pixels as f64 * (spec.k * spec.k * spec.cin * spec.cout) as f64
 }
 
+/// The same for the 2 × 2 / 2 transposed convolution of `pixels` input pixels.
+fn up2_flop(pixels: usize, cin: usize, cout: usize) -> f64 {
+    2.0 * pixels as f64 * (cin * 4 * cout) as f64
+}
+
+/// Blocks of `bm` × `bn` over an m × n result, `z` K splits.
 fn tiled_grid(m: usize, n: usize, z: usize, (bm, bn): (usize, usize)) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (m.div_ceil(bm).max(1) as u32, n.div_ceil(bn).max(1) as u32, z.max(1) as u32),
@@ -575,7 +580,7 @@ impl Backend for Cuda {
             xs.c as i32,
             cout as i32
         );
-        self.profile_flop(2.0 * (xs.n * xs.h * xs.w * xs.c * 4 * cout) as f64);
+        self.profile_flop(up2_flop(xs.n * xs.h * xs.w, xs.c, cout));
     }
     fn conv_transpose2_backward(
         &self,
@@ -594,14 +599,14 @@ impl Backend for Cuda {
             let operands = [self.ptr(dy), self.ptr(w)];
             let (kernel, cfg) = self.conv_launch(variants!("up2_bwd_data"), xs.c, cout, operands, p, xs.c, None);
             launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, co);
-            self.profile_flop(2.0 * (p * xs.c * 4 * cout) as f64);
+            self.profile_flop(up2_flop(p, xs.c, cout));
         }
         self.zero_bytes(self.ptr(dw), dw.len * 4);
         let operands = [self.ptr(x), self.ptr(dy)];
         let (kernel, cfg) =
             self.conv_launch(variants!("up2_bwd_weight"), xs.c, cout, operands, xs.c, 4 * cout, Some(p));
         launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, co);
-        self.profile_flop(2.0 * (p * xs.c * 4 * cout) as f64);
+        self.profile_flop(up2_flop(p, xs.c, cout));
         self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
     }
     fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {
