@@ -91,7 +91,7 @@ enum BenchWhat {
         #[arg(long, conflicts_with = "exact")]
         pipelined: bool,
         /// On a GPU: the pipelined kernels on 128 × 64 tiles where channel counts divide by 4
-        /// (the default: the pipeline's speed path).
+        /// (the default, the pipeline's speed path: SPAHDMAP_GPU_CONV replaces it as in a run).
         #[arg(long, conflicts_with_all = ["exact", "pipelined", "plain"])]
         wide: bool,
         /// On a GPU: the first TF32 kernels (64 × 64 tiles, loads and MMAs in turn).
