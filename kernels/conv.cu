@@ -213,6 +213,24 @@ __device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint
 }
 #endif  // on the host, tests/conv_kernels_emu.cpp defines both before including this file
 
+// A shared tile of ROWS rows × TK of TF32 words: [row][k], rows TS words apart, where the
+// four-wide loads run along k (K_MAJOR false), or [k][row], k rows ROWS + 8 words apart, where
+// they run along the rows — so that each thread's four values land in one 16-byte store and a
+// quarter-warp's stores in 32 consecutive words, and the fragment reads (rows g, k t) still hit
+// 32 banks (8t + g: ROWS + 8 ≡ 8 mod 32). Stored the other way, four values along the rows
+// were four stores 4·TS words apart, 16 threads of a warp on the same bank.
+template <int ROWS, bool K_MAJOR>
+struct Smem {
+    static constexpr int LD = K_MAJOR ? ROWS + 8 : TS;
+    static constexpr int SIZE = K_MAJOR ? TK * LD : ROWS * LD;
+    static_assert(!K_MAJOR || LD % 32 == 8, "conflict-free fragment reads");
+    __device__ __forceinline__ static int at(int r, int k) { return K_MAJOR ? k * LD + r : r * LD + k; }
+};
+
+struct alignas(16) U4 {
+    uint32_t x, y, z, w;
+};
+
 // A warp's share of a tensor-core tile: JM × JN MMA tiles of 16 × 8 starting at row wm and
 // column wn of the block tile, accumulated in f32.
 template <int JM, int JN>
@@ -232,22 +250,28 @@ struct WarpTile {
     // The MMAs of one K step from [row][k] shared tiles of TF32 words (rows TS words apart, so
     // the fragment reads — rows g, columns t — hit 32 banks).
     __device__ __forceinline__ void step(const uint32_t (*As)[TS], const uint32_t (*Bs)[TS]) {
+        step<Smem<0, false>, Smem<0, false>>(&As[0][0], &Bs[0][0]);
+    }
+
+    // The same from tiles laid out as LA and LB (Smem: [row][k] or [k][row]).
+    template <class LA, class LB>
+    __device__ __forceinline__ void step(const uint32_t* As, const uint32_t* Bs) {
 #pragma unroll
         for (int ks = 0; ks < TK; ks += 8) {
             uint32_t a[JM][4], b[JN][2];
 #pragma unroll
             for (int i = 0; i < JM; ++i) {
                 const int r = wm + 16 * i + g;
-                a[i][0] = As[r][ks + t];
-                a[i][1] = As[r + 8][ks + t];
-                a[i][2] = As[r][ks + t + 4];
-                a[i][3] = As[r + 8][ks + t + 4];
+                a[i][0] = As[LA::at(r, ks + t)];
+                a[i][1] = As[LA::at(r + 8, ks + t)];
+                a[i][2] = As[LA::at(r, ks + t + 4)];
+                a[i][3] = As[LA::at(r + 8, ks + t + 4)];
             }
 #pragma unroll
             for (int j = 0; j < JN; ++j) {
                 const int c = wn + 8 * j + g;
-                b[j][0] = Bs[c][ks + t];
-                b[j][1] = Bs[c][ks + t + 4];
+                b[j][0] = Bs[LB::at(c, ks + t)];
+                b[j][1] = Bs[LB::at(c, ks + t + 4)];
             }
 #pragma unroll
             for (int i = 0; i < JM; ++i)
@@ -358,6 +382,27 @@ __device__ __forceinline__ void gemm_tile_tc_pipelined(const Op& op, int64_t M, 
     wt.store(op, mi, ni);
 }
 
+// store_step_vec's four-wide placement as one 16-byte store per four values, TF32-rounded,
+// into tiles laid out along the loads (Smem).
+template <class Op, int TBM, int TBN, class LA, class LB>
+__device__ __forceinline__ void store_step_smem(const Staged<TK, TBM, TBN>& st, uint32_t* As, uint32_t* Bs) {
+    const int tid = threadIdx.x;
+    constexpr int NA = Staged<TK, TBM, TBN>::NA, NB = Staged<TK, TBM, TBN>::NB;
+    static_assert(LA::SIZE > 0 && LB::SIZE > 0, "layouts");
+#pragma unroll
+    for (int i = 0; i < NA / 4; ++i) {
+        const Slot q = vec_slot<TBM, TK, THREADS>(Op::A_K_FAST, tid, i);
+        const float* v = &st.a[4 * i];
+        *reinterpret_cast<U4*>(&As[LA::at(q.r, q.c)]) = U4{to_tf32(v[0]), to_tf32(v[1]), to_tf32(v[2]), to_tf32(v[3])};
+    }
+#pragma unroll
+    for (int i = 0; i < NB / 4; ++i) {
+        const Slot q = vec_slot<TBN, TK, THREADS>(!Op::B_N_FAST, tid, i);
+        const float* v = &st.b[4 * i];
+        *reinterpret_cast<U4*>(&Bs[LB::at(q.r, q.c)]) = U4{to_tf32(v[0]), to_tf32(v[1]), to_tf32(v[2]), to_tf32(v[3])};
+    }
+}
+
 // The wide tensor-core GEMM: block tile 128 × WBN × 32, 8 warps as 4 (m) × 2 (n), each warp
 // 32 × WBN/2 = 2 × WBN/16 MMA tiles; at WBN = 64 every fragment read feeds twice the MMAs of
 // the 64 × 64 kernels and every gathered element a quarter more. Loads run one step ahead in registers (four-wide
@@ -369,8 +414,11 @@ constexpr int WBM = 128;
 // which half-empty 64-column tiles would waste
 template <int WBN, class Op>
 __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
-    __shared__ uint32_t As[WBM][TS];  // [m][k]
-    __shared__ uint32_t Bs[WBN][TS];  // [n][k]
+    // each operand laid out along its four-wide loads (Smem)
+    using LA = Smem<WBM, !Op::A_K_FAST>;
+    using LB = Smem<WBN, Op::B_N_FAST>;
+    alignas(16) __shared__ uint32_t As[LA::SIZE];
+    alignas(16) __shared__ uint32_t Bs[LB::SIZE];
     __shared__ typename Op::MI mi[WBM];
     __shared__ typename Op::NI ni[WBN];
     __shared__ typename Op::KI ki[TK];
@@ -394,14 +442,12 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
     }
     for (int64_t s = 0; s < steps; ++s) {
         // every warp is past the previous step's MMAs and loads (the barrier closing it)
-        store_step_vec<TK, Op, WBM, WBN>(
-            vec, st, [&](int m, int k, float v) { As[m][k] = to_tf32(v); },
-            [&](int n, int k, float v) { Bs[n][k] = to_tf32(v); });
+        store_step_smem<Op, WBM, WBN, LA, LB>(st, As, Bs);
         const bool more = s + 1 < steps;
         if (more && tid < TK) ki[tid] = op.ki(k0 + (s + 1) * TK + tid, k1);
         __syncthreads();
         if (more) load_step_vec<TK, WBM, WBN>(op, vec, vec, mi, ki, ni, st);
-        wt.step(As, Bs);
+        wt.template step<LA, LB>(As, Bs);
         __syncthreads();
     }
     // channel counts are multiples of 4 here: columns go out in pairs

@@ -55,6 +55,8 @@ pub struct Cuda {
     pub(super) stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// blocks of 256 threads each kernel keeps resident per SM (the driver's occupancy figure)
+    resident: Mutex<HashMap<&'static str, usize>>,
     pool: Mutex<HashMap<usize, Vec<DBuf>>>,
     fresh: AtomicU64,
     f64s: Grow<f64>,
@@ -128,6 +130,7 @@ impl Cuda {
             stream,
             module,
             funcs: Mutex::default(),
+            resident: Mutex::default(),
             pool: Mutex::default(),
             fresh: AtomicU64::new(0),
             f64s: Mutex::default(),
@@ -194,7 +197,7 @@ impl Cuda {
             Precision::Tf32Wide if four_wide => (names[3], 128, 64),
             Precision::Tf32Pipelined | Precision::Tf32Wide => (names[2], 64, 64),
         };
-        let splits = reduction.map_or(1, |k| self.splits(m.div_ceil(bm) * n.div_ceil(bn), k));
+        let splits = reduction.map_or(1, |k| self.wave_splits(kernel, m.div_ceil(bm) * n.div_ceil(bn), k));
         (kernel, tiled_grid(m, n, splits, (bm, bn)))
     }
 
@@ -371,6 +374,18 @@ impl Cuda {
     }
 
     /// Splits of a weight gradient's reduction so the grid fills the device.
+    /// K splits of a weight gradient's `tiles` result tiles for `kernel`: as many as fill the
+    /// card's resident blocks once. The blocks of a split GEMM do equal work, so a last wave
+    /// that is partly full idles the rest of the card for a whole block's time (4 blocks per SM
+    /// over 3 resident took two waves for 1.33 of work).
+    fn wave_splits(&self, kernel: &'static str, tiles: usize, reduction: usize) -> usize {
+        let per_sm = *self.resident.lock().unwrap().entry(kernel).or_insert_with(|| {
+            let f = self.func(kernel);
+            f.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None).map_or(1, |b| b.max(1) as usize)
+        });
+        (self.sms * per_sm / tiles.max(1)).clamp(1, reduction.div_ceil(256).max(1))
+    }
+
     pub(super) fn splits(&self, tiles: usize, reduction: usize) -> usize {
         (4 * self.sms).div_ceil(tiles).clamp(1, reduction.div_ceil(256).max(1))
     }
