@@ -530,6 +530,8 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
 }
 }  // namespace conv
 
+#include "conv_small.cuh"
+
 #ifdef __CUDACC__  // the entry points (tests/conv_kernels_emu.cpp calls conv::fwd<MODE> etc. on the host)
 // Each convolution five times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores), _tf32p
 // (tensor cores, loads one step ahead), _tf32w (the same on 128 × 64 tiles: grids of
@@ -572,6 +574,24 @@ CONV_KERNELS(tf32, 1, 3)
 CONV_KERNELS(tf32p, 2, 3)
 CONV_KERNELS(tf32w, 3, 2)
 CONV_KERNELS(tf32n, 4, 3)
+
+// The direct kernels for few channels (conv_small.cuh), by the small side's groups of four
+// (G: Cout of the forward pass; the data gradient runs direct into at most 4 channels only);
+// 1-D grids of 256-thread blocks.
+#define SMALL_FWD_KERNEL(G)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        conv2d_fwd_small##G(const float* x, const float* wt, const float* bias, const float* res, float* y,     \
+                            int leaky, CONV_GEOM_ARGS) {                                                         \
+        conv::small_fwd<G>(x, wt, bias, res, y, leaky, CONV_GEOM);                                               \
+    }
+SMALL_FWD_KERNEL(1)
+SMALL_FWD_KERNEL(2)
+SMALL_FWD_KERNEL(4)
+SMALL_FWD_KERNEL(8)
+extern "C" __global__ void __launch_bounds__(256)
+    conv2d_bwd_data_small1(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {
+    conv::small_bwd_data<1>(dy, wt, dx, CONV_GEOM);
+}
 
 // grid (⌈M / 64⌉, ⌈N / 64⌉, splits); f32 SIMT (the GCN's layers are small and launch-bound)
 extern "C" __global__ void __launch_bounds__(256)

@@ -18,7 +18,17 @@
 #define HD inline
 #define DEV inline
 #define SPLIT_INDEX 0
-inline void atomicAdd(float* p, float v) { *p += v; }
+// atomic on the host too: tests/conv_kernels_emu.cpp runs a block's threads at once
+inline void atomicAdd(float* p, float v) {
+    uint32_t* q = reinterpret_cast<uint32_t*>(p);
+    uint32_t cur = __atomic_load_n(q, __ATOMIC_RELAXED), next;
+    do {
+        float f;
+        __builtin_memcpy(&f, &cur, 4);
+        f += v;
+        __builtin_memcpy(&next, &f, 4);
+    } while (!__atomic_compare_exchange_n(q, &cur, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+}
 #endif
 
 namespace conv {

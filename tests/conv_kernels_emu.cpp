@@ -193,13 +193,47 @@ static void every_operation() {
     }
 }
 
+// The direct kernels for few channels (conv_small.cuh) against the same policies: G groups of
+// four on the small side, `blocks` grid-strided blocks.
+template <int G>
+static void small_case(int n, int h, int w, int cin, int cout, int k, int s, int p, unsigned blocks) {
+    const Geom g = geom(n, h, w, cin, cout, k, s, p);
+    const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
+    auto x = small_ints((size_t)n * h * w * cin), wt = small_ints(kk * cin * cout), dy = small_ints(P * cout);
+    auto bias = small_ints(cout), res = small_ints(P * cout);
+    const std::string shape = " " + std::to_string(cin) + " -> " + std::to_string(cout) + ", k " + std::to_string(k);
+    if (cout <= 4 * G) {
+        std::vector<float> y(P * cout, -99.0f), want(P * cout, -99.0f);
+        launch(blocks, 1, 1, [&] { small_fwd<G>(x.data(), wt.data(), bias.data(), res.data(), y.data(), 1, g); });
+        plain_gemm(Fwd{x.data(), wt.data(), bias.data(), res.data(), want.data(), g, 1}, P, cout, kk * cin);
+        expect_equal("small forward" + shape, y, want);
+    }
+    if (cin <= 4 * G) {
+        std::vector<float> dx(x.size(), -99.0f), want(x.size(), -99.0f);
+        launch(blocks, 1, 1, [&] { small_bwd_data<G>(dy.data(), wt.data(), dx.data(), g); });
+        plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g}, (int64_t)n * h * w, cin, kk * cout);
+        expect_equal("small data gradient" + shape, dx, want);
+    }
+}
+
+static void small_layers() {
+    small_case<8>(2, 9, 7, 3, 32, 3, 1, 1, 3);    // the U-Net's first layer (four-wide stores)
+    small_case<1>(2, 9, 7, 32, 3, 3, 1, 1, 4);    // its output block: four-wide x loads
+    small_case<1>(1, 8, 6, 3, 3, 3, 1, 1, 2);     // 3 -> 3
+    small_case<1>(2, 5, 9, 32, 3, 1, 1, 0, 5);    // 1 × 1
+    small_case<2>(1, 11, 10, 6, 7, 4, 2, 1, 3);   // stride 2: dX through the taps the stride divides
+    small_case<4>(1, 7, 9, 13, 2, 3, 2, 0, 40);   // more blocks than pixels need
+}
+
 int main() {
+    small_layers();
     every_operation<0>();
     every_operation<1>();
     every_operation<2>();
     every_operation<3>();
     every_operation<4>();
     if (failures) return 1;
-    std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies reproduce every operation exactly\n");
+    std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies and the direct kernels for few "
+                "channels reproduce every operation exactly\n");
     return 0;
 }

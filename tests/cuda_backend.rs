@@ -80,8 +80,25 @@ fn wide_tensor_core_convolutions_within_tf32_rounding() {
     transposed_within(&g, 5e-3);
 }
 
+/// The layers with 3 channels in or out run forward (and their data gradient into ≤ 4
+/// channels) on the direct f32 kernels of kernels/conv_small.cuh on the speed path: the
+/// U-Net's first layer and its output block at a small size, the 4 × 4 stride-2 shape; f32
+/// bound for those, TF32 for the GEMM-run gradients.
+#[test]
+fn few_channel_convolutions_run_direct_in_f32() {
+    let Some(g) = gpu_with(Precision::Tf32Wide) else { return };
+    let cases = [
+        (Shape { n: 3, h: 17, w: 19, c: 3 }, ConvSpec { cin: 3, cout: 32, k: 3, stride: 1, pad: 1 }),
+        (Shape { n: 3, h: 17, w: 19, c: 32 }, ConvSpec { cin: 32, cout: 3, k: 3, stride: 1, pad: 1 }),
+        (Shape { n: 3, h: 17, w: 19, c: 3 }, ConvSpec { cin: 3, cout: 3, k: 3, stride: 1, pad: 1 }),
+        (Shape { n: 3, h: 17, w: 19, c: 32 }, ConvSpec { cin: 32, cout: 3, k: 1, stride: 1, pad: 0 }),
+        (Shape { n: 2, h: 15, w: 13, c: 6 }, ConvSpec { cin: 6, cout: 7, k: 4, stride: 2, pad: 1 }),
+        (Shape { n: 1, h: 12, w: 9, c: 20 }, ConvSpec { cin: 20, cout: 7, k: 4, stride: 2, pad: 1 }),
+    ];
+    conv_cases_within(&g, &cases, [1e-5, 5e-3]);
+}
+
 fn convolutions_within(g: &Cuda, tol: f64) {
-    let cpu = Cpu::new();
     let cases = [
         (Shape { n: 2, h: 9, w: 11, c: 5 }, ConvSpec { cin: 5, cout: 7, k: 3, stride: 1, pad: 1 }),
         (Shape { n: 3, h: 10, w: 14, c: 6 }, ConvSpec { cin: 6, cout: 70, k: 4, stride: 2, pad: 1 }),
@@ -93,6 +110,13 @@ fn convolutions_within(g: &Cuda, tol: f64) {
         (Shape { n: 2, h: 11, w: 9, c: 8 }, ConvSpec { cin: 8, cout: 12, k: 4, stride: 2, pad: 1 }),
         (Shape { n: 1, h: 13, w: 7, c: 68 }, ConvSpec { cin: 68, cout: 36, k: 1, stride: 1, pad: 0 }),
     ];
+    conv_cases_within(g, &cases, [tol, tol]);
+}
+
+/// Each convolution against the CPU: forward without and with leaky + residual (within
+/// `tol[0]`), dX, dW, dB (`tol[1]`).
+fn conv_cases_within(g: &Cuda, cases: &[(Shape, ConvSpec)], [tol, grad_tol]: [f64; 2]) {
+    let cpu = Cpu::new();
     for (i, (xs, spec)) in cases.iter().enumerate() {
         let seed = 10 * i as u64;
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
@@ -116,9 +140,9 @@ fn convolutions_within(g: &Cuda, tol: f64) {
         cpu.conv2d_backward(&x, *xs, spec, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db));
         let (mut gdx, mut gdw, mut gdb) = (nan(g, xs.len()), nan(g, w.len()), nan(g, spec.cout));
         g.conv2d_backward(&gx, *xs, spec, &gw, &gdy, Some(&mut gdx), &mut gdw, Some(&mut gdb));
-        check(&format!("conv dX {spec:?}"), g, &gdx, &dx, tol);
-        check(&format!("conv dW {spec:?}"), g, &gdw, &dw, tol);
-        check(&format!("conv dB {spec:?}"), g, &gdb, &db, tol);
+        check(&format!("conv dX {spec:?}"), g, &gdx, &dx, grad_tol);
+        check(&format!("conv dW {spec:?}"), g, &gdw, &dw, grad_tol);
+        check(&format!("conv dB {spec:?}"), g, &gdb, &db, grad_tol);
     }
 }
 

@@ -92,6 +92,8 @@ impl DevCsr {
 }
 
 pub(super) const THREADS: u32 = 256;
+/// floats of weights a block of the direct few-channel kernels stages (conv_small.cuh)
+const SMALL_WEIGHTS: usize = 12288;
 /// Downloads at least this large go through page-locked staging.
 const PINNED_ABOVE: usize = 1 << 20;
 
@@ -199,6 +201,29 @@ impl Cuda {
         };
         let splits = reduction.map_or(1, |k| self.wave_splits(kernel, m.div_ceil(bm) * n.div_ceil(bn), k));
         (kernel, tiled_grid(m, n, splits, (bm, bn)))
+    }
+
+    /// The direct kernel (kernels/conv_small.cuh) the speed path runs a layer on whose channel
+    /// counts the wide kernels cannot load four at a time — the image's 3 channels in and out —
+    /// with its grid: `names` by 1, 2, 4, 8 groups of four channels on the small side (`small`
+    /// channels; weights of `per_group` values per group within the 48 KB a block stages), for
+    /// `pixels` pixels, one per thread. None: the GEMM kernels (other precisions, other layers).
+    fn small_conv(
+        &self,
+        spec: &ConvSpec,
+        names: &[&'static str],
+        small: usize,
+        per_group: usize,
+        pixels: usize,
+    ) -> Option<(&'static str, LaunchConfig)> {
+        if self.precision != Precision::Tf32Wide || (spec.cin % 4 == 0 && spec.cout % 4 == 0) {
+            return None;
+        }
+        let at = [1usize, 2, 4, 8][..names.len()].iter().position(|g| 4 * g >= small)?;
+        if 4 * [1, 2, 4, 8][at] * per_group > SMALL_WEIGHTS {
+            return None;
+        }
+        Some((names[at], cfg1(pixels.div_ceil(THREADS as usize).clamp(1, 16 * self.sms), THREADS)))
     }
 
     pub(super) fn ptr(&self, b: &DBuf) -> u64 {
@@ -528,8 +553,12 @@ impl Backend for Cuda {
     ) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let operands = [self.ptr(x), self.ptr(w)];
+        let pixels = xs.n * oh * ow;
+        let small = ["conv2d_fwd_small1", "conv2d_fwd_small2", "conv2d_fwd_small4", "conv2d_fwd_small8"];
         let (kernel, cfg) =
-            self.conv_launch(variants!("conv2d_fwd"), spec.cin, spec.cout, operands, xs.n * oh * ow, spec.cout, None);
+            self.small_conv(spec, &small, spec.cout, spec.k * spec.k * spec.cin, pixels).unwrap_or_else(|| {
+                self.conv_launch(variants!("conv2d_fwd"), spec.cin, spec.cout, operands, pixels, spec.cout, None)
+            });
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         launch!(self, kernel, cfg, xp, wp, bp, rp, yp, epi.leaky as i32, n, h, wd, cin, cout, k, st, pd);
@@ -550,7 +579,12 @@ impl Backend for Cuda {
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         if let Some(dx) = dx {
             let operands = [self.ptr(dy), self.ptr(w)];
-            let (kernel, cfg) = if spec.stride > 1 && spec.k % spec.stride == 0 {
+            // into at most 4 channels only: wider, the GEMM wins (conv_small.cuh)
+            let small = ["conv2d_bwd_data_small1"];
+            let direct = self.small_conv(spec, &small, spec.cin, spec.k * spec.k * spec.cout, xs.n * xs.h * xs.w);
+            let (kernel, cfg) = if let Some(d) = direct {
+                d
+            } else if spec.stride > 1 && spec.k % spec.stride == 0 {
                 // one phase of input pixels per grid layer: each reads only the (k / s)² taps
                 // that reach it instead of all k² masked (kernels/conv_ops.cuh, BwdDataPhased)
                 let s = spec.stride;
