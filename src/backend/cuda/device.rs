@@ -185,12 +185,7 @@ impl Cuda {
         n: usize,
         reduction: Option<usize>,
     ) -> (&'static str, LaunchConfig) {
-        // the kernels decompose row and reduction indices in 32 bits (FastDiv in conv_ops.cuh)
-        let rows = m.max(reduction.unwrap_or(0));
-        assert!(
-            rows < (1 << 31) - 1024,
-            "a convolution over {rows} pixels at once is more than the kernels index: use smaller batches"
-        );
+        within_fast_div(m.max(reduction.unwrap_or(0)));
         let four_wide = cin % 4 == 0 && cout % 4 == 0 && operands.iter().all(|p| p % 16 == 0);
         let (kernel, bm, bn) = match self.precision {
             Precision::Exact => (names[0], 64, 64),
@@ -206,23 +201,25 @@ impl Cuda {
     /// The direct kernel (kernels/conv_small.cuh) the speed path runs a layer on whose channel
     /// counts the wide kernels cannot load four at a time — the image's 3 channels in and out —
     /// with its grid: `names` by 1, 2, 4, 8 groups of four channels on the small side (`small`
-    /// channels; weights of `per_group` values per group within the 48 KB a block stages), for
-    /// `pixels` pixels, one per thread. None: the GEMM kernels (other precisions, other layers).
+    /// channels, each with `per_channel` weights; all of them within the 48 KB a block stages),
+    /// for `pixels` pixels, one per thread. None: the GEMM kernels (other precisions, other
+    /// layers).
     fn small_conv(
         &self,
         spec: &ConvSpec,
         names: &[&'static str],
         small: usize,
-        per_group: usize,
+        per_channel: usize,
         pixels: usize,
     ) -> Option<(&'static str, LaunchConfig)> {
         if self.precision != Precision::Tf32Wide || (spec.cin % 4 == 0 && spec.cout % 4 == 0) {
             return None;
         }
         let at = [1usize, 2, 4, 8][..names.len()].iter().position(|g| 4 * g >= small)?;
-        if 4 * [1, 2, 4, 8][at] * per_group > SMALL_WEIGHTS {
+        if 4 * [1, 2, 4, 8][at] * per_channel > SMALL_WEIGHTS {
             return None;
         }
+        within_fast_div(pixels);
         Some((names[at], cfg1(pixels.div_ceil(THREADS as usize).clamp(1, 16 * self.sms), THREADS)))
     }
 
@@ -398,7 +395,6 @@ impl Cuda {
         launch!(self, "colsum_f32", cfg, x, rows as i64, cols as i32, chunk as i64, out);
     }
 
-    /// Splits of a weight gradient's reduction so the grid fills the device.
     /// K splits of a weight gradient's `tiles` result tiles for `kernel`: as many as fill the
     /// card's resident blocks once. The blocks of a split GEMM do equal work, so a last wave
     /// that is partly full idles the rest of the card for a whole block's time (4 blocks per SM
@@ -411,6 +407,7 @@ impl Cuda {
         (self.sms * per_sm / tiles.max(1)).clamp(1, reduction.div_ceil(256).max(1))
     }
 
+    /// Splits of a GEMM's reduction so the grid fills the device (NMF, GCN).
     pub(super) fn splits(&self, tiles: usize, reduction: usize) -> usize {
         (4 * self.sms).div_ceil(tiles).clamp(1, reduction.div_ceil(256).max(1))
     }
@@ -442,6 +439,15 @@ macro_rules! variants {
 
 /// A convolution's geometry as the kernels take it: n, h, w, cin, cout, k, stride, pad.
 type ConvGeom = (i32, i32, i32, i32, i32, i32, i32, i32);
+
+/// The convolution kernels decompose pixel and reduction indices in 32 bits (FastDiv in
+/// conv_ops.cuh).
+fn within_fast_div(rows: usize) {
+    assert!(
+        rows < (1 << 31) - 1024,
+        "a convolution over {rows} pixels at once is more than the kernels index: use smaller batches"
+    );
+}
 
 fn conv_geom(xs: Shape, spec: &ConvSpec) -> ConvGeom {
     let c = |v: usize| v as i32;
