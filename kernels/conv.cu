@@ -217,8 +217,9 @@ __device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint
 // four-wide loads run along k (K_MAJOR false), or [k][row], k rows ROWS + 8 words apart, where
 // they run along the rows — so that each thread's four values land in one 16-byte store and a
 // quarter-warp's stores in 32 consecutive words, and the fragment reads (rows g, k t) still hit
-// 32 banks (8t + g: ROWS + 8 ≡ 8 mod 32). Stored the other way, four values along the rows
-// were four stores 4·TS words apart, 16 threads of a warp on the same bank.
+// 32 banks (8t + g: ROWS + 8 ≡ 8 mod 32). Stored the other way, a thread's four values along
+// the rows were four stores TS words apart and neighbouring threads 4·TS apart: 16 threads of a
+// warp on the same bank.
 template <int ROWS, bool K_MAJOR>
 struct Smem {
     static constexpr int LD = K_MAJOR ? ROWS + 8 : TS;

@@ -16,6 +16,7 @@
 namespace conv {
 
 // weights a block stages in shared memory (48 KB): the host sends larger layers elsewhere
+// (SMALL_WEIGHTS in src/backend/cuda/device.rs; the kernels trap if the two ever disagree)
 constexpr int SMALL_WEIGHTS = 12288;
 
 // A pixel index as (image, row, column) of a rows × cols plane.
@@ -35,6 +36,7 @@ __device__ __forceinline__ void small_fwd(const float* x, const float* w, const 
     alignas(16) __shared__ float ws[SMALL_WEIGHTS];
     constexpr int C4 = 4 * G;
     const int tc = g.k * g.k * g.cin;
+    if (tc * C4 > SMALL_WEIGHTS) __trap();  // the host sends such layers to the GEMMs
     for (int i = threadIdx.x; i < tc * C4; i += THREADS) {
         const int co = i % C4, t = i / C4;
         ws[i] = co < g.cout ? w[t * g.cout + co] : 0.0f;
@@ -113,6 +115,7 @@ __device__ __forceinline__ void small_bwd_data(const float* dy, const float* w, 
     alignas(16) __shared__ float ws[SMALL_WEIGHTS];
     constexpr int C4 = 4 * G;
     const int kk = g.k * g.k;
+    if (kk * g.cout * C4 > SMALL_WEIGHTS) __trap();
     for (int i = threadIdx.x; i < kk * g.cout * C4; i += THREADS) {
         const int ci = i % C4, r = i / C4, co = r % g.cout, t = r / g.cout;
         ws[i] = ci < g.cin ? w[(t * g.cin + ci) * g.cout + co] : 0.0f;

@@ -196,7 +196,8 @@ static void every_operation() {
 // The direct kernels for few channels (conv_small.cuh) against the same policies: G groups of
 // four on the small side, `blocks` grid-strided blocks.
 template <int G>
-static void small_case(int n, int h, int w, int cin, int cout, int k, int s, int p, unsigned blocks) {
+static void small_case(int n, int h, int w, int cin, int cout, int k, int s, int p, unsigned blocks,
+                       bool epilogue = true) {
     const Geom g = geom(n, h, w, cin, cout, k, s, p);
     const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
     auto x = small_ints((size_t)n * h * w * cin), wt = small_ints(kk * cin * cout), dy = small_ints(P * cout);
@@ -204,8 +205,12 @@ static void small_case(int n, int h, int w, int cin, int cout, int k, int s, int
     const std::string shape = " " + std::to_string(cin) + " -> " + std::to_string(cout) + ", k " + std::to_string(k);
     if (cout <= 4 * G) {
         std::vector<float> y(P * cout, -99.0f), want(P * cout, -99.0f);
-        launch(blocks, 1, 1, [&] { small_fwd<G>(x.data(), wt.data(), bias.data(), res.data(), y.data(), 1, g); });
-        plain_gemm(Fwd{x.data(), wt.data(), bias.data(), res.data(), want.data(), g, 1}, P, cout, kk * cin);
+        // bias, LeakyReLU and residual, or none of them
+        const float* b = epilogue ? bias.data() : nullptr;
+        const float* r = epilogue ? res.data() : nullptr;
+        const int leaky = epilogue ? 1 : 0;
+        launch(blocks, 1, 1, [&] { small_fwd<G>(x.data(), wt.data(), b, r, y.data(), leaky, g); });
+        plain_gemm(Fwd{x.data(), wt.data(), b, r, want.data(), g, leaky}, P, cout, kk * cin);
         expect_equal("small forward" + shape, y, want);
     }
     if (cin <= 4 * G) {
@@ -223,6 +228,8 @@ static void small_layers() {
     small_case<1>(2, 5, 9, 32, 3, 1, 1, 0, 5);    // 1 × 1
     small_case<2>(1, 11, 10, 6, 7, 4, 2, 1, 3);   // stride 2: dX through the taps the stride divides
     small_case<4>(1, 7, 9, 13, 2, 3, 2, 0, 40);   // more blocks than pixels need
+    small_case<4>(2, 13, 11, 3, 16, 3, 1, 1, 1);  // one block: each thread walks two pixels; four-wide stores
+    small_case<1>(1, 11, 10, 3, 4, 4, 2, 1, 1, false);  // stride-2 dX into 3 channels; no epilogue
 }
 
 int main() {

@@ -94,6 +94,9 @@ fn few_channel_convolutions_run_direct_in_f32() {
         (Shape { n: 3, h: 17, w: 19, c: 32 }, ConvSpec { cin: 32, cout: 3, k: 1, stride: 1, pad: 0 }),
         (Shape { n: 2, h: 15, w: 13, c: 6 }, ConvSpec { cin: 6, cout: 7, k: 4, stride: 2, pad: 1 }),
         (Shape { n: 1, h: 12, w: 9, c: 20 }, ConvSpec { cin: 20, cout: 7, k: 4, stride: 2, pad: 1 }),
+        // four-wide output stores at 16 channels; the stride-2 data gradient into 3 channels
+        (Shape { n: 2, h: 13, w: 11, c: 3 }, ConvSpec { cin: 3, cout: 16, k: 3, stride: 1, pad: 1 }),
+        (Shape { n: 2, h: 11, w: 10, c: 3 }, ConvSpec { cin: 3, cout: 7, k: 4, stride: 2, pad: 1 }),
     ];
     conv_cases_within(&g, &cases, [1e-5, 5e-3]);
 }
