@@ -28,6 +28,17 @@ HD Rc rc(const FastDiv& by_plane, const FastDiv& by_cols, int64_t p) {
     return Rc{(int)img, (int)y, (int)(r - y * by_cols.d)};
 }
 
+// acc[0 .. 4G) += s · w[0 .. G) (four weights per 16-byte shared read)
+template <int G>
+__device__ __forceinline__ void add_scaled(float (&acc)[4 * G], float s, const F4* w) {
+#pragma unroll
+    for (int q = 0; q < G; ++q) {
+        const F4 wv = w[q];
+        acc[4 * q] += s * wv.x, acc[4 * q + 1] += s * wv.y;
+        acc[4 * q + 2] += s * wv.z, acc[4 * q + 3] += s * wv.w;
+    }
+}
+
 // y = leaky?(conv(x) + bias) + residual for Cout ≤ 4·G: one output pixel per thread.
 // Shared weights [tap][ci][4G] (Cout zero-padded to 4G).
 template <int G>
@@ -58,21 +69,14 @@ __device__ __forceinline__ void small_fwd(const float* x, const float* w, const 
                 if (ix < 0 || ix >= g.w) continue;
                 const float* xp = x + (((int64_t)o.img * g.h + iy) * g.w + ix) * g.cin;
                 const F4* wp = reinterpret_cast<const F4*>(ws + (ky * g.k + kx) * g.cin * C4);
-                auto madd = [&](float xv, int ci) {
-#pragma unroll
-                    for (int q = 0; q < G; ++q) {
-                        const F4 wv = wp[ci * G + q];
-                        acc[4 * q] += xv * wv.x, acc[4 * q + 1] += xv * wv.y;
-                        acc[4 * q + 2] += xv * wv.z, acc[4 * q + 3] += xv * wv.w;
-                    }
-                };
                 if (vec) {
                     for (int ci = 0; ci < g.cin; ci += 4) {
                         const F4 v = load4(xp + ci);
-                        madd(v.x, ci), madd(v.y, ci + 1), madd(v.z, ci + 2), madd(v.w, ci + 3);
+                        add_scaled<G>(acc, v.x, wp + ci * G), add_scaled<G>(acc, v.y, wp + (ci + 1) * G);
+                        add_scaled<G>(acc, v.z, wp + (ci + 2) * G), add_scaled<G>(acc, v.w, wp + (ci + 3) * G);
                     }
                 } else {
-                    for (int ci = 0; ci < g.cin; ++ci) madd(xp[ci], ci);
+                    for (int ci = 0; ci < g.cin; ++ci) add_scaled<G>(acc, xp[ci], wp + ci * G);
                 }
             }
         }
@@ -139,15 +143,7 @@ __device__ __forceinline__ void small_bwd_data(const float* dy, const float* w, 
                 if (ox * g.stride != tx || ox >= g.ow) continue;
                 const float* dp = dy + (((int64_t)i.img * g.oh + oy) * g.ow + ox) * g.cout;
                 const F4* wp = reinterpret_cast<const F4*>(ws + (ky * g.k + kx) * g.cout * C4);
-                for (int co = 0; co < g.cout; ++co) {
-                    const float d = dp[co];
-#pragma unroll
-                    for (int q = 0; q < G; ++q) {
-                        const F4 wv = wp[co * G + q];
-                        acc[4 * q] += d * wv.x, acc[4 * q + 1] += d * wv.y;
-                        acc[4 * q + 2] += d * wv.z, acc[4 * q + 3] += d * wv.w;
-                    }
-                }
+                for (int co = 0; co < g.cout; ++co) add_scaled<G>(acc, dp[co], wp + co * G);
             }
         }
 #pragma unroll

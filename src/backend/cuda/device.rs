@@ -215,8 +215,9 @@ impl Cuda {
         if self.precision != Precision::Tf32Wide || (spec.cin % 4 == 0 && spec.cout % 4 == 0) {
             return None;
         }
-        let at = [1usize, 2, 4, 8][..names.len()].iter().position(|g| 4 * g >= small)?;
-        if 4 * [1, 2, 4, 8][at] * per_channel > SMALL_WEIGHTS {
+        let groups = &[1usize, 2, 4, 8][..names.len()];
+        let at = groups.iter().position(|g| 4 * g >= small)?;
+        if 4 * groups[at] * per_channel > SMALL_WEIGHTS {
             return None;
         }
         within_fast_div(pixels);
@@ -568,7 +569,7 @@ impl Backend for Cuda {
         let (xp, wp, bp, rp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.optr(epi.residual), self.ptr(y));
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         launch!(self, kernel, cfg, xp, wp, bp, rp, yp, epi.leaky as i32, n, h, wd, cin, cout, k, st, pd);
-        self.profile_flop(conv_flop(xs.n * oh * ow, spec));
+        self.profile_flop(conv_flop(pixels, spec));
     }
     fn conv2d_backward(
         &self,
