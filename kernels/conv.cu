@@ -211,25 +211,47 @@ __device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-#endif  // on the host, tests/conv_kernels_emu.cpp defines both before including this file
 
-// A shared tile of ROWS rows × TK of TF32 words: [row][k], rows TS words apart, where the
-// four-wide loads run along k (K_MAJOR false), or [k][row], k rows ROWS + 8 words apart, where
-// they run along the rows — so that each thread's four values land in one 16-byte store and a
-// quarter-warp's stores in 32 consecutive words, and the fragment reads (rows g, k t) still hit
-// 32 banks (8t + g: ROWS + 8 ≡ 8 mod 32). Stored the other way, a thread's four values along
+// Two values rounded to half precision (nearest even) in one word, `lo` in the low half: the
+// element of the lower k in an mma.m16n8k16 fragment register.
+__device__ __forceinline__ uint32_t pack_f16(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// D = A·B + C on a 16 × 8 × 16 tile: f16 operands (k in pairs per register), f32 accumulation.
+__device__ __forceinline__ void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif  // on the host, tests/conv_kernels_emu.cpp defines these before including this file
+
+// A shared tile of ROWS rows × KW words along k (TK TF32 words, or TK/2 words of two f16 —
+// k pairs): [row][k], rows KW + 4 words apart, where the four-wide loads run along k (K_MAJOR
+// false), or [k][row], k rows ROWS + 8 words apart, where they run along the rows — so that
+// each thread's four values land in one 16-byte store and a quarter-warp's stores in 32
+// consecutive words, and the fragment reads (rows g, k t) still hit 32 banks (8t + g: ROWS + 8
+// ≡ 8 mod 32; 4·odd·g + t the other way). Stored the other way, a thread's four values along
 // the rows were four stores TS words apart and neighbouring threads 4·TS apart: 16 threads of a
 // warp on the same bank.
-template <int ROWS, bool K_MAJOR>
+template <int ROWS, bool K_MAJOR, int KW = TK>
 struct Smem {
-    static constexpr int LD = K_MAJOR ? ROWS + 8 : TS;
-    static constexpr int SIZE = K_MAJOR ? TK * LD : ROWS * LD;
-    static_assert(!K_MAJOR || LD % 32 == 8, "conflict-free fragment reads");
+    static constexpr int LD = K_MAJOR ? ROWS + 8 : KW + 4;
+    static constexpr int SIZE = K_MAJOR ? KW * LD : ROWS * LD;
+    static constexpr int WORDS = KW;
+    static_assert(K_MAJOR ? LD % 32 == 8 : LD % 8 == 4, "conflict-free fragment reads");
     __device__ __forceinline__ static int at(int r, int k) { return K_MAJOR ? k * LD + r : r * LD + k; }
 };
 
 struct alignas(16) U4 {
     uint32_t x, y, z, w;
+};
+struct alignas(8) U2 {
+    uint32_t x, y;
 };
 
 // A warp's share of a tensor-core tile: JM × JN MMA tiles of 16 × 8 starting at row wm and
@@ -254,11 +276,15 @@ struct WarpTile {
         step<Smem<0, false>, Smem<0, false>>(&As[0][0], &Bs[0][0]);
     }
 
-    // The same from tiles laid out as LA and LB (Smem: [row][k] or [k][row]).
-    template <class LA, class LB>
+    // The same from tiles laid out as LA and LB (Smem: [row][k] or [k][row]) of TF32 words or,
+    // with F16, of f16 pairs (mma.m16n8k16: A's registers hold rows g, g + 8 at k pairs t,
+    // t + 4 of 8, B's k pairs t, t + 4 at column g — the TF32 fragments' word pattern, so the
+    // reads are the same and each covers twice the k).
+    template <class LA, class LB, bool F16 = false>
     __device__ __forceinline__ void step(const uint32_t* As, const uint32_t* Bs) {
+        static_assert(LA::WORDS == (F16 ? TK / 2 : TK) && LB::WORDS == LA::WORDS, "tile words per K step");
 #pragma unroll
-        for (int ks = 0; ks < TK; ks += 8) {
+        for (int ks = 0; ks < LA::WORDS; ks += 8) {
             uint32_t a[JM][4], b[JN][2];
 #pragma unroll
             for (int i = 0; i < JM; ++i) {
@@ -277,7 +303,10 @@ struct WarpTile {
 #pragma unroll
             for (int i = 0; i < JM; ++i)
 #pragma unroll
-                for (int j = 0; j < JN; ++j) mma_tf32(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < JN; ++j) {
+                    if constexpr (F16) mma_f16(acc[i][j], a[i], b[j]);
+                    else mma_tf32(acc[i][j], a[i], b[j]);
+                }
         }
     }
 
@@ -404,6 +433,85 @@ __device__ __forceinline__ void store_step_smem(const Staged<TK, TBM, TBN>& st, 
     }
 }
 
+// The wide kernels' staging of a K step, TF32: load_step_vec's registers, stored by
+// store_step_smem into [row][k] / [k][row] tiles of TF32 words.
+template <class Op, int TBM, int TBN>
+struct StageTf32 {
+    using LA = Smem<TBM, !Op::A_K_FAST>;
+    using LB = Smem<TBN, Op::B_N_FAST>;
+    static constexpr bool F16 = false;
+    Staged<TK, TBM, TBN> st;
+    __device__ __forceinline__ void load(const Op& op, const typename Op::MI* mi, const typename Op::KI* ki,
+                                         const typename Op::NI* ni) {
+        load_step_vec<TK, TBM, TBN>(op, true, true, mi, ki, ni, st);
+    }
+    __device__ __forceinline__ void store(uint32_t* As, uint32_t* Bs) const {
+        store_step_smem<Op, TBM, TBN, LA, LB>(st, As, Bs);
+    }
+};
+
+// One operand's share of a half-precision K step in a thread's registers (ROWS rows of the
+// tile): four-wide loads placed by vec_slot where they run along k (K_FAST), by pair_slot where
+// they run along the rows, so that every store writes whole words of k pairs.
+template <int ROWS, bool K_FAST>
+struct HalfOperand {
+    using L = Smem<ROWS, !K_FAST, TK / 2>;
+    static constexpr int LOADS = K_FAST ? ROWS * TK / 4 / THREADS : pair_loads<ROWS, TK, THREADS>();
+    F4 v[LOADS];
+    __device__ __forceinline__ static Slot slot(int i) {
+        return K_FAST ? vec_slot<ROWS, TK, THREADS>(true, threadIdx.x, i) : pair_slot<ROWS, TK, THREADS>(threadIdx.x, i);
+    }
+    __device__ __forceinline__ static bool active(int i) {
+        return K_FAST || pair_active<ROWS, TK, THREADS>(threadIdx.x, i);
+    }
+    // Along k: four k of a row as two words (an 8-byte store). Along the rows: loads 2p and 2p + 1
+    // (k even, odd) of the same four rows as four words (a 16-byte store).
+    __device__ __forceinline__ void store(uint32_t* S) const {
+#pragma unroll
+        for (int i = 0; i < LOADS; i += K_FAST ? 1 : 2) {
+            if (!active(i)) continue;
+            const Slot q = slot(i);
+            const F4& e = v[i];
+            if constexpr (K_FAST) {
+                *reinterpret_cast<U2*>(&S[L::at(q.r, q.c / 2)]) = U2{pack_f16(e.x, e.y), pack_f16(e.z, e.w)};
+            } else {
+                const F4& o = v[i + 1];
+                *reinterpret_cast<U4*>(&S[L::at(q.r, q.c / 2)]) =
+                    U4{pack_f16(e.x, o.x), pack_f16(e.y, o.y), pack_f16(e.z, o.z), pack_f16(e.w, o.w)};
+            }
+        }
+    }
+};
+
+// The wide kernels' staging of a K step in half precision (A and B as HalfOperand).
+template <class Op, int TBM, int TBN>
+struct StageF16 {
+    using SA = HalfOperand<TBM, Op::A_K_FAST>;
+    using SB = HalfOperand<TBN, !Op::B_N_FAST>;
+    using LA = typename SA::L;
+    using LB = typename SB::L;
+    static constexpr bool F16 = true;
+    SA a;
+    SB b;
+    __device__ __forceinline__ void load(const Op& op, const typename Op::MI* mi, const typename Op::KI* ki,
+                                         const typename Op::NI* ni) {
+#pragma unroll
+        for (int i = 0; i < SA::LOADS; ++i) {
+            const Slot q = SA::slot(i);
+            if (SA::active(i)) a.v[i] = op.a4(mi[q.r], ki[q.c]);
+        }
+#pragma unroll
+        for (int i = 0; i < SB::LOADS; ++i) {
+            const Slot q = SB::slot(i);
+            if (SB::active(i)) b.v[i] = op.b4(ki[q.c], ni[q.r]);
+        }
+    }
+    __device__ __forceinline__ void store(uint32_t* As, uint32_t* Bs) const {
+        a.store(As);
+        b.store(Bs);
+    }
+};
+
 // The wide tensor-core GEMM: block tile 128 × WBN × 32, 8 warps as 4 (m) × 2 (n), each warp
 // 32 × WBN/2 = 2 × WBN/16 MMA tiles; at WBN = 64 every fragment read feeds twice the MMAs of
 // the 64 × 64 kernels and every gathered element a quarter more. Loads run one step ahead in registers (four-wide
@@ -413,11 +521,14 @@ constexpr int WBM = 128;
 
 // WBN = 64 (8 warps of 32 × 32), or 32 for layers of at most 32 columns (32 × 16 warp tiles),
 // which half-empty 64-column tiles would waste
-template <int WBN, class Op>
+// Stage: StageTf32 (TF32 words, mma.m16n8k8) or StageF16 (f16 pairs, mma.m16n8k16: half the
+// shared bytes and fragment reads, half the MMA instructions per K step)
+template <int WBN, class Op, template <class, int, int> class Stage = StageTf32>
 __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
+    using St = Stage<Op, WBM, WBN>;
     // each operand laid out along its four-wide loads (Smem)
-    using LA = Smem<WBM, !Op::A_K_FAST>;
-    using LB = Smem<WBN, Op::B_N_FAST>;
+    using LA = typename St::LA;
+    using LB = typename St::LB;
     alignas(16) __shared__ uint32_t As[LA::SIZE];
     alignas(16) __shared__ uint32_t Bs[LB::SIZE];
     __shared__ typename Op::MI mi[WBM];
@@ -432,23 +543,22 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
     // pipelined ones elsewhere; without the scalar path's registers the tile fits in 128 per
     // thread
     if (!(op.vec_a() && op.vec_b())) __trap();
-    constexpr bool vec = true;
-    Staged<TK, WBM, WBN> st;
+    St st;
     if (steps > 0) {
         if (tid < TK) ki[tid] = op.ki(k0 + tid, k1);
         __syncthreads();
-        load_step_vec<TK, WBM, WBN>(op, vec, vec, mi, ki, ni, st);
+        st.load(op, mi, ki, ni);
         // the first step's decompositions are read before the loop writes the next ones
         __syncthreads();
     }
     for (int64_t s = 0; s < steps; ++s) {
         // every warp is past the previous step's MMAs and loads (the barrier closing it)
-        store_step_smem<Op, WBM, WBN, LA, LB>(st, As, Bs);
+        st.store(As, Bs);
         const bool more = s + 1 < steps;
         if (more && tid < TK) ki[tid] = op.ki(k0 + (s + 1) * TK + tid, k1);
         __syncthreads();
-        if (more) load_step_vec<TK, WBM, WBN>(op, vec, vec, mi, ki, ni, st);
-        wt.template step<LA, LB>(As, Bs);
+        if (more) st.load(op, mi, ki, ni);
+        wt.template step<LA, LB, St::F16>(As, Bs);
         __syncthreads();
     }
     // channel counts are multiples of 4 here: columns go out in pairs
@@ -456,10 +566,13 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
 }
 
 // The GEMM bodies by mode: 0 f32 SIMT (the exact path), 1 TF32 tensor cores, 2 TF32 tensor
-// cores with loads one step ahead, 3 the same on 128 × 64 tiles, 4 on 128 × 32 tiles.
+// cores with loads one step ahead, 3 the same on 128 × 64 tiles, 4 on 128 × 32 tiles; 5 and 6
+// the wide and narrow tiles with f16 operands (f32 storage and accumulation).
 template <int MODE, class Op>
 __device__ __forceinline__ void gemm(const Op& op, int64_t M, int N, int64_t k0, int64_t k1) {
-    if constexpr (MODE == 4) gemm_tile_tc_wide<32>(op, M, N, k0, k1);
+    if constexpr (MODE == 6) gemm_tile_tc_wide<32, Op, StageF16>(op, M, N, k0, k1);
+    else if constexpr (MODE == 5) gemm_tile_tc_wide<64, Op, StageF16>(op, M, N, k0, k1);
+    else if constexpr (MODE == 4) gemm_tile_tc_wide<32>(op, M, N, k0, k1);
     else if constexpr (MODE == 3) gemm_tile_tc_wide<64>(op, M, N, k0, k1);
     else if constexpr (MODE == 2) gemm_tile_tc_pipelined(op, M, N, k0, k1);
     else if constexpr (MODE == 1) gemm_tile_tc(op, M, N, k0, k1);
@@ -534,9 +647,10 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
 #include "conv_small.cuh"
 
 #ifdef __CUDACC__  // the entry points (tests/conv_kernels_emu.cpp calls conv::fwd<MODE> etc. on the host)
-// Each convolution five times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores), _tf32p
+// Each convolution seven times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores), _tf32p
 // (tensor cores, loads one step ahead), _tf32w (the same on 128 × 64 tiles: grids of
-// ⌈M / 128⌉ × ⌈N / 64⌉ blocks) and _tf32n (128 × 32 tiles, for at most 32 columns).
+// ⌈M / 128⌉ × ⌈N / 64⌉ blocks), _tf32n (128 × 32 tiles, for at most 32 columns), and _f16w,
+// _f16n: the wide and narrow tiles with half-precision operands.
 #define CONV_KERNELS(SUFFIX, MODE, MIN_BLOCKS)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         conv2d_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, const float* res, float* y,          \
@@ -575,6 +689,8 @@ CONV_KERNELS(tf32, 1, 3)
 CONV_KERNELS(tf32p, 2, 3)
 CONV_KERNELS(tf32w, 3, 2)
 CONV_KERNELS(tf32n, 4, 3)
+CONV_KERNELS(f16w, 5, 2)
+CONV_KERNELS(f16n, 6, 3)
 
 // The direct kernels for few channels (conv_small.cuh), by the small side's groups of four
 // (G: Cout of the forward pass; the data gradient runs direct into at most 4 channels only);

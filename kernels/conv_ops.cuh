@@ -74,6 +74,24 @@ HD Slot vec_slot(bool k_fast, int tid, int i) {
     if (k_fast) return Slot{(tid + THREADS * i) / (KS / 4), (tid % (KS / 4)) * 4};
     return Slot{(tid % (ROWS / 4)) * 4, (tid + THREADS * i) / (ROWS / 4)};
 }
+// The half-precision kernels' placement of four-wide loads that run along the rows:
+// mma.m16n8k16 takes k in pairs (2j, 2j + 1) packed into one 32-bit word, so a thread loads the
+// same four rows at both k of a pair (its loads 2p and 2p + 1) and stores the four packed words
+// at once. Pair f = tid + THREADS·p of the tile's ROWS·KS/8; where a tile has fewer pairs than
+// threads (ROWS·KS < 8·THREADS) the threads past them load nothing (pair_active).
+template <int ROWS, int KS, int THREADS>
+HD Slot pair_slot(int tid, int i) {
+    const int f = tid + THREADS * (i / 2);
+    return Slot{(f % (ROWS / 4)) * 4, 2 * (f / (ROWS / 4)) + (i & 1)};
+}
+template <int ROWS, int KS, int THREADS>
+constexpr int pair_loads() {
+    return 2 * ((ROWS * KS / 8 + THREADS - 1) / THREADS);
+}
+template <int ROWS, int KS, int THREADS>
+HD bool pair_active(int tid, int i) {
+    return tid + THREADS * (i / 2) < ROWS * KS / 8;
+}
 HD F4 zero4() { return F4{0.0f, 0.0f, 0.0f, 0.0f}; }
 HD bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 

@@ -75,6 +75,54 @@ inline void mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
         c[q] += s;
     }
 }
+
+// Two f32 values rounded to half precision (nearest even: _Float16's conversion), `lo` in the
+// low 16 bits, as cvt.rn.f16x2.f32 packs them.
+inline uint32_t pack_f16(float lo, float hi) {
+    const _Float16 l = (_Float16)lo, h = (_Float16)hi;
+    uint16_t a, b;
+    std::memcpy(&a, &l, 2);
+    std::memcpy(&b, &h, 2);
+    return (uint32_t)a | (uint32_t)b << 16;
+}
+inline float half_lo(uint32_t u) {
+    const uint16_t a = (uint16_t)u;
+    _Float16 h;
+    std::memcpy(&h, &a, 2);
+    return (float)h;
+}
+inline float half_hi(uint32_t u) { return half_lo(u >> 16); }
+
+// mma.m16n8k16 with f16 operands: A 16 × 16 row-major (a0: row g, k 2t, 2t + 1 in its low and
+// high halves; a1: row g + 8; a2, a3: the same at k + 8), B 16 × 8 column-major (b0: k 2t,
+// 2t + 1 at column g; b1: k + 8), C / D as m16n8k8's.
+static uint32_t frag_ha[8][32][4], frag_hb[8][32][2];
+inline void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) frag_ha[w][lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) frag_hb[w][lane][i] = b[i];
+    warp_barrier[w]->arrive_and_wait();
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const int lg = l / 4, lt = l % 4;
+        for (int i = 0; i < 4; ++i) {
+            const int r = lg + (i & 1) * 8, k = 2 * lt + (i >> 1) * 8;
+            A[r][k] = half_lo(frag_ha[w][l][i]);
+            A[r][k + 1] = half_hi(frag_ha[w][l][i]);
+        }
+        for (int i = 0; i < 2; ++i) {
+            B[2 * lt + 8 * i][lg] = half_lo(frag_hb[w][l][i]);
+            B[2 * lt + 8 * i + 1][lg] = half_hi(frag_hb[w][l][i]);
+        }
+    }
+    warp_barrier[w]->arrive_and_wait();
+    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int q = 0; q < 4; ++q) {
+        float s = 0.0f;
+        for (int k = 0; k < 16; ++k) s += A[rows[q]][k] * B[k][cols[q]];
+        c[q] += s;
+    }
+}
 }  // namespace conv
 
 #include "../kernels/conv.cu"
@@ -118,7 +166,7 @@ constexpr unsigned rows_per_block() {
 }
 template <int MODE>
 constexpr unsigned cols_per_block() {
-    return MODE == 4 ? 32 : 64;
+    return MODE == 4 || MODE == 6 ? 32 : 64;
 }
 static unsigned blocks(int64_t n, unsigned per) { return (unsigned)((n + per - 1) / per); }
 
@@ -232,6 +280,35 @@ static void small_layers() {
     small_case<1>(1, 11, 10, 3, 4, 4, 2, 1, 1, false);  // stride-2 dX into 3 channels; no epilogue
 }
 
+// What the f16 kernels round: away from small integers an operand is rounded to 11 significant
+// bits, so the wide f16 forward differs from the exact sum by at most its operands' rounding —
+// and is not the exact sum (the packing is not an identity).
+static void half_rounding() {
+    const Geom g = geom(1, 9, 10, 8, 16, 3, 1, 1);
+    const int64_t P = 90, K = 72;
+    auto x = small_ints(P * 8), wt = small_ints(K * 16);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = x[i] * 0.3f + 0.01f * (float)(i % 13);
+    for (size_t i = 0; i < wt.size(); ++i) wt[i] = wt[i] * 0.07f + 0.003f * (float)(i % 11);
+    std::vector<float> y(P * 16, -99.0f), want(P * 16, -99.0f), rx(x), rw(wt), want_h(P * 16, -99.0f);
+    for (auto& v : rx) v = half_lo(pack_f16(v, 0.0f));
+    for (auto& v : rw) v = half_lo(pack_f16(v, 0.0f));
+    launch(1, 1, 1, [&] { fwd<5>(x.data(), wt.data(), nullptr, nullptr, y.data(), 0, 1, 9, 10, 8, 16, 3, 1, 1); });
+    plain_gemm(Fwd{x.data(), wt.data(), nullptr, nullptr, want.data(), g, 0}, P, 16, K);
+    plain_gemm(Fwd{rx.data(), rw.data(), nullptr, nullptr, want_h.data(), g, 0}, P, 16, K);
+    double d = 0, dh = 0, n = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+        d += (y[i] - want[i]) * (y[i] - want[i]);
+        dh += (y[i] - want_h[i]) * (y[i] - want_h[i]);
+        n += want[i] * want[i];
+    }
+    d = std::sqrt(d / n), dh = std::sqrt(dh / n);
+    // against the sums of the rounded operands only summation order differs
+    if (!(d > 1e-5 && d < 1e-2 && dh < 1e-6)) {
+        std::printf("FAIL half rounding: relative error %g vs exact, %g vs the rounded operands' sum\n", d, dh);
+        ++failures;
+    }
+}
+
 int main() {
     small_layers();
     every_operation<0>();
@@ -239,8 +316,11 @@ int main() {
     every_operation<2>();
     every_operation<3>();
     every_operation<4>();
+    every_operation<5>();
+    every_operation<6>();
+    half_rounding();
     if (failures) return 1;
-    std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies and the direct kernels for few "
-                "channels reproduce every operation exactly\n");
+    std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies (TF32 and f16 operands) and the "
+                "direct kernels for few channels reproduce every operation exactly\n");
     return 0;
 }

@@ -94,6 +94,32 @@ static void check_vec_slots() {
     }
 }
 
+// The half-precision kernels' placement along the rows (pair_slot) covers a ROWS × 32 tile
+// exactly once, each thread's loads 2p and 2p + 1 at the same rows and at k 2j, 2j + 1 (one
+// packed word each); 32 rows: only the first 128 threads load.
+template <int ROWS>
+static void check_pair_slots() {
+    constexpr int LOADS = pair_loads<ROWS, 32, 256>();
+    std::vector<int> hits(ROWS * 32, 0);
+    for (int tid = 0; tid < 256; ++tid)
+        for (int i = 0; i < LOADS; ++i) {
+            if (!pair_active<ROWS, 32, 256>(tid, i)) continue;
+            const Slot q = pair_slot<ROWS, 32, 256>(tid, i), e = pair_slot<ROWS, 32, 256>(tid, i & ~1);
+            if (q.r != e.r || q.c != e.c + (i & 1) || e.c % 2 || q.r % 4 || q.r >= ROWS || q.c >= 32) {
+                std::printf("FAIL pair_slot<%d>: thread %d load %d at (%d, %d)\n", ROWS, tid, i, q.r, q.c);
+                ++failures;
+                return;
+            }
+            for (int j = 0; j < 4; ++j) ++hits[(q.r + j) * 32 + q.c];
+        }
+    for (int h : hits)
+        if (h != 1) {
+            std::printf("FAIL pair_slot<%d>: an element loaded %d times\n", ROWS, h);
+            ++failures;
+            return;
+        }
+}
+
 static void check_conv(int n, int h, int w, int cin, int cout, int k, int stride, int pad) {
     Geom g = geom(n, h, w, cin, cout, k, stride, pad);
     auto x = small_ints((size_t)n * h * w * cin), wt = small_ints((size_t)k * k * cin * cout), bias = small_ints(cout);
@@ -267,6 +293,9 @@ int main() {
     check_up(2, 3, 5, 8, 4);
     check_vec_slots<64>();
     check_vec_slots<128>();
+    check_pair_slots<32>();
+    check_pair_slots<64>();
+    check_pair_slots<128>();
     check_dense(13, 7, 11);
     if (failures) return 1;
     std::printf("conv_ops: every policy reproduces its layer exactly\n");

@@ -26,7 +26,9 @@ pub mod cuda;
 
 pub use cpu::Cpu;
 
-/// Where the network runs (`--device`). On a GPU the convolutions use TF32 tensor cores.
+/// Where the network runs (`--device`). On a GPU the convolutions use TF32 tensor cores (f16
+/// ones where `SPAHDMAP_GPU_CONV=f16w` asks: pre-training then scales its loss, joint training
+/// stays on TF32 as the reference keeps it in f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
     #[default]
@@ -83,36 +85,56 @@ pub fn resolve_device(spec: &str) -> crate::Result<Device> {
 
 impl Device {
     /// The GPU backend of `Cuda(n)` (None for the CPU), or an error naming `--device`. Where
-    /// the speed path (`cuda::SPEED`) is asked for, `SPAHDMAP_GPU_CONV=f32|tf32|tf32p|tf32w`
+    /// the speed path (`cuda::SPEED`) is asked for, `SPAHDMAP_GPU_CONV=f32|tf32|tf32p|tf32w|f16w`
     /// picks the convolution kernels instead (A/B runs of kernel variants through the whole
     /// pipeline).
     pub fn gpu(self, precision: cuda::Precision) -> crate::Result<Option<cuda::Cuda>> {
         let Device::Cuda(n) = self else { return Ok(None) };
-        let precision = match std::env::var("SPAHDMAP_GPU_CONV") {
-            Ok(v) if precision == cuda::SPEED => match v.as_str() {
-                "f32" => cuda::Precision::Exact,
-                "tf32" => cuda::Precision::Tf32,
-                "tf32p" => cuda::Precision::Tf32Pipelined,
-                "tf32w" => cuda::Precision::Tf32Wide,
-                _ => {
-                    return Err(crate::Error::setting(
-                        "SPAHDMAP_GPU_CONV",
-                        format!("{v}: expected f32, tf32, tf32p or tf32w"),
-                    ))
-                }
-            },
-            _ => precision,
-        };
+        let precision = if precision == cuda::SPEED { speed_precision()? } else { precision };
         cuda::Cuda::new(n, precision).map(Some).map_err(|e| crate::Error::setting("--device", format!("cuda:{n}: {e}")))
+    }
+
+    /// The speed path for a stage that trains without a loss scale (joint training, which the
+    /// reference runs in f32): as `gpu(cuda::SPEED)`, but f16 operands become TF32 ones.
+    pub fn gpu_unscaled(self) -> crate::Result<Option<cuda::Cuda>> {
+        match speed_precision()? {
+            cuda::Precision::F16Wide => self.gpu(cuda::Precision::Tf32Wide),
+            p => self.gpu(p),
+        }
     }
 }
 
+/// `cuda::SPEED`, or the kernels `SPAHDMAP_GPU_CONV` names.
+fn speed_precision() -> crate::Result<cuda::Precision> {
+    let Ok(v) = std::env::var("SPAHDMAP_GPU_CONV") else { return Ok(cuda::SPEED) };
+    Ok(match v.as_str() {
+        "f32" => cuda::Precision::Exact,
+        "tf32" => cuda::Precision::Tf32,
+        "tf32p" => cuda::Precision::Tf32Pipelined,
+        "tf32w" => cuda::Precision::Tf32Wide,
+        "f16w" => cuda::Precision::F16Wide,
+        _ => {
+            return Err(crate::Error::setting(
+                "SPAHDMAP_GPU_CONV",
+                format!("{v}: expected f32, tf32, tf32p, tf32w or f16w"),
+            ))
+        }
+    })
+}
+
 /// Run `$body` with `$b` bound to the backend of `$dev` (a `Device`); `?` inside works on
-/// `crate::Result`. The one place a stage turns a device choice into a concrete backend.
+/// `crate::Result`. The one place a stage turns a device choice into a concrete backend;
+/// `unscaled` for a stage that trains without a loss scale (`Device::gpu_unscaled`).
 #[macro_export]
 macro_rules! on_device {
+    (unscaled $dev:expr, $b:ident => $body:expr) => {
+        $crate::on_device!(@with $dev.gpu_unscaled()?, $b => $body)
+    };
     ($dev:expr, $b:ident => $body:expr) => {
-        match $dev.gpu($crate::backend::cuda::SPEED)? {
+        $crate::on_device!(@with $dev.gpu($crate::backend::cuda::SPEED)?, $b => $body)
+    };
+    (@with $gpu:expr, $b:ident => $body:expr) => {
+        match $gpu {
             None => {
                 let $b = &$crate::backend::Cpu::new();
                 $body
@@ -348,6 +370,11 @@ pub trait Backend: Sync {
     /// Multiply every gradient by `inv_scale` (undoing a loss scale); true when any value
     /// is then inf or NaN (PyTorch's `_amp_foreach_non_finite_check_and_unscale_`).
     fn unscale_grads(&self, grads: &mut [Self::Buf], inv_scale: f32) -> bool;
+    /// Whether the convolutions round their operands to half precision (then gradients below
+    /// its range vanish unless the loss is scaled: training turns a loss scaler on).
+    fn half_operands(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -97,6 +97,10 @@ enum BenchWhat {
         /// On a GPU: the first TF32 kernels (64 × 64 tiles, loads and MMAs in turn).
         #[arg(long, conflicts_with_all = ["exact", "pipelined"])]
         plain: bool,
+        /// On a GPU: the wide kernels on f16 operands (f32 accumulation; pre-training steps
+        /// then run behind a loss scaler, as autocast + GradScaler do).
+        #[arg(long, conflicts_with_all = ["exact", "pipelined", "plain", "wide"])]
+        f16: bool,
         /// Time the joint-training iteration instead (rank 20, 3,000 genes, four disk spots of
         /// radius 45 per tile, heads + body + decoder, Adam), as the reference's train loop.
         #[arg(long)]
@@ -231,6 +235,8 @@ fn unet_bench<B: crate::backend::Backend>(
     let all: Vec<usize> = (0..sizes.len()).collect();
     let mut opt = Adam::with(AdamConfig::default(), &sizes, |n| b.zeros(n));
     let (mut tf, mut tb, mut ta) = (Vec::new(), Vec::new(), Vec::new());
+    // half-precision operands train behind a loss scaler (its unscale pass is timed with Adam)
+    let mut scaler = b.half_operands().then(crate::optim::LossScaler::default);
     for _ in 0..repeat.max(1) + 1 {
         b.synchronize();
         let t = Instant::now();
@@ -239,13 +245,19 @@ fn unet_bench<B: crate::backend::Backend>(
         tf.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let mut d = b.alloc(is.len());
-        b.mse_per_image(a.pred.as_ref().unwrap(), &image, is, 1.0 / is.n as f64, &mut d);
+        let scale = scaler.as_ref().map_or(1.0, |s| s.scale as f64);
+        b.mse_per_image(a.pred.as_ref().unwrap(), &image, is, scale / is.n as f64, &mut d);
         net.backward(b, &mut p, &a, &image, d);
         a.release(b);
         b.synchronize();
         tb.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        p.adam_step(b, &mut opt, &all, &vec![4e-4; all.len()]);
+        match &mut scaler {
+            None => p.adam_step(b, &mut opt, &all, &vec![4e-4; all.len()]),
+            Some(s) => {
+                p.scaled_adam_step(b, &mut opt, s, &all, &vec![4e-4; all.len()]);
+            }
+        }
         b.synchronize();
         ta.push(t.elapsed().as_secs_f64());
     }
@@ -644,14 +656,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
             pipelined,
             wide: _,
             plain,
+            f16,
             joint,
             infer,
         } => {
             use crate::backend::cuda::Precision;
-            let precision = match (exact, pipelined, plain) {
-                (true, _, _) => Precision::Exact,
-                (_, true, _) => Precision::Tf32Pipelined,
-                (_, _, true) => Precision::Tf32,
+            let precision = match (exact, pipelined, plain, f16) {
+                (true, ..) => Precision::Exact,
+                (_, true, ..) => Precision::Tf32Pipelined,
+                (_, _, true, _) => Precision::Tf32,
+                (.., true) => Precision::F16Wide,
                 _ => crate::backend::cuda::SPEED,
             };
             let v = match bench_gpu(&device, precision)? {

@@ -46,8 +46,9 @@ pub struct PretrainSettings {
     #[serde(skip)]
     pub fail_after: Option<usize>,
     /// dynamic loss scaling (PyTorch's GradScaler, which the reference runs with its fp16
-    /// autocast on a GPU): the initial scale, or none. With f32 storage a power-of-two scale
-    /// changes no value unless a gradient overflows; it is for half-precision storage.
+    /// autocast on a GPU): the initial scale, or none — then 2^16 where the backend's
+    /// convolutions take f16 operands (`Backend::half_operands`), no scaling elsewhere. With
+    /// f32 operands a power-of-two scale changes no value unless a gradient overflows.
     pub loss_scale: Option<f32>,
     /// take the network from this model file (ours, or the package's converted by
     /// tools/import_pth.py) instead of training it: transfer to a new section
@@ -237,7 +238,11 @@ pub fn pretrain_on<B: Backend>(
     let partial = models.join("pretrain.partial.safetensors");
     let mut pr = Progress {
         last_loss: 1000.0,
-        scaler: s.loss_scale.map(|scale| LossScaler { scale, ..Default::default() }),
+        // half-precision operands want a loss scale (autocast + GradScaler's 2^16 to start)
+        scaler: s
+            .loss_scale
+            .or(b.half_operands().then_some(LossScaler::default().scale))
+            .map(|scale| LossScaler { scale, ..Default::default() }),
         ..Default::default()
     };
     let mut resumed_from = None;

@@ -115,7 +115,7 @@ pub fn run_train(
     refs: &[(String, String)],
     s: &TrainSettings,
 ) -> Result<TrainReport> {
-    crate::on_device!(s.device, b => train_on(b, out, sections, refs, s))
+    crate::on_device!(unscaled s.device, b => train_on(b, out, sections, refs, s))
 }
 
 /// `run_train` on a given backend.

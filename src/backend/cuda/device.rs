@@ -35,13 +35,16 @@ type Grow<T> = Mutex<Option<CudaSlice<T>>>;
 /// `Tf32Pipelined` the same arithmetic with each step's loads issued before the previous
 /// step's MMAs (kernels `*_tf32p`), `Tf32Wide` that on 128 × 64 tiles where channel counts
 /// divide by 4 (`*_tf32w`; 128 × 32, `*_tf32n`, for results of at most 32 columns; the
-/// pipelined ones elsewhere).
+/// pipelined ones elsewhere). `F16Wide` runs those tiles on f16 operands (mma.m16n8k16, f32
+/// accumulation and storage: `*_f16w`, `*_f16n`) — PyTorch autocast's arithmetic, which wants a
+/// loss scale in training (`Backend::half_operands`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     Exact,
     Tf32,
     Tf32Pipelined,
     Tf32Wide,
+    F16Wide,
 }
 
 /// The kernels the pipeline runs unless `SPAHDMAP_GPU_CONV` names others: the wide ones,
@@ -148,6 +151,7 @@ impl Cuda {
                     Precision::Tf32 => "tf32 tensor cores",
                     Precision::Tf32Pipelined => "tf32 tensor cores, pipelined loads",
                     Precision::Tf32Wide => "tf32 tensor cores, pipelined loads, 128x64 tiles",
+                    Precision::F16Wide => "f16 tensor cores, f32 accumulation, 128x64 tiles",
                 }
             ),
             sms,
@@ -177,7 +181,7 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     fn conv_launch(
         &self,
-        names: [&'static str; 5],
+        names: [&'static str; 7],
         cin: usize,
         cout: usize,
         operands: [u64; 2],
@@ -192,7 +196,9 @@ impl Cuda {
             Precision::Tf32 => (names[1], 64, 64),
             Precision::Tf32Wide if four_wide && n <= 32 => (names[4], 128, 32),
             Precision::Tf32Wide if four_wide => (names[3], 128, 64),
-            Precision::Tf32Pipelined | Precision::Tf32Wide => (names[2], 64, 64),
+            Precision::F16Wide if four_wide && n <= 32 => (names[6], 128, 32),
+            Precision::F16Wide if four_wide => (names[5], 128, 64),
+            Precision::Tf32Pipelined | Precision::Tf32Wide | Precision::F16Wide => (names[2], 64, 64),
         };
         let splits = reduction.map_or(1, |k| self.wave_splits(kernel, m.div_ceil(bm) * n.div_ceil(bn), k));
         (kernel, tiled_grid(m, n, splits, (bm, bn)))
@@ -212,7 +218,8 @@ impl Cuda {
         per_channel: usize,
         pixels: usize,
     ) -> Option<(&'static str, LaunchConfig)> {
-        if self.precision != Precision::Tf32Wide || (spec.cin % 4 == 0 && spec.cout % 4 == 0) {
+        let wide = matches!(self.precision, Precision::Tf32Wide | Precision::F16Wide);
+        if !wide || (spec.cin % 4 == 0 && spec.cout % 4 == 0) {
             return None;
         }
         let groups = &[1usize, 2, 4, 8][..names.len()];
@@ -424,8 +431,8 @@ impl Cuda {
     }
 }
 
-/// The five kernels of a convolution operation (kernels/conv.cu's CONV_KERNELS): f32, TF32,
-/// pipelined, wide and narrow, in `Cuda::conv_launch`'s order.
+/// The seven kernels of a convolution operation (kernels/conv.cu's CONV_KERNELS): f32, TF32,
+/// pipelined, wide and narrow, wide and narrow on f16 operands, in `Cuda::conv_launch`'s order.
 macro_rules! variants {
     ($base:literal) => {
         [
@@ -434,6 +441,8 @@ macro_rules! variants {
             concat!($base, "_tf32p"),
             concat!($base, "_tf32w"),
             concat!($base, "_tf32n"),
+            concat!($base, "_f16w"),
+            concat!($base, "_f16n"),
         ]
     };
 }
@@ -965,6 +974,9 @@ impl Backend for Cuda {
         emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
     ) -> crate::Result<()> {
         band.advance(self, until, emit)
+    }
+    fn half_operands(&self) -> bool {
+        self.precision == Precision::F16Wide
     }
     fn unscale_grads(&self, grads: &mut [DBuf], inv_scale: f32) -> bool {
         // every tensor ORs into one flag; one 4-byte read-back per step, as PyTorch's
