@@ -21,6 +21,11 @@ fn unet_bench_modes_report_their_measures() {
     assert_eq!(v["bench"], "unet_hd_inference");
     let (t, mpx) = (v["median_s"].as_f64().unwrap(), v["detail"]["megapixel_per_s"].as_f64().unwrap());
     assert!(t > 0.0 && (mpx * t - 2.0 * 32.0 * 32.0 / 1e6).abs() < 1e-12, "{v}");
+    // with the inputs uploaded each batch, in turn and overlapped (double-buffered)
+    let up = &v["detail"]["with_uploads"];
+    for k in ["serial_megapixel_per_s", "overlapped_megapixel_per_s"] {
+        assert!(up[k].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{k}: {v}");
+    }
 
     let v = bench(&["--size", "32", "--embed-spots", "3"]);
     assert_eq!(v["bench"], "unet_spot_embedding");

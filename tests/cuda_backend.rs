@@ -907,3 +907,45 @@ fn streamed_tile_averaging_matches_the_cpu() {
         assert!(rel(rg, rc) < 1e-6, "row {yc}: {}", rel(rg, rc));
     }
 }
+
+/// Streamed inference's double-buffered inputs (`InputRing`, `upload_overlapped`): eight
+/// batches queued without a synchronisation, each upload on the copy stream waiting only for
+/// the batch that last read its slot. Each batch's result must come from its own inputs: a
+/// copy that overtook the work still reading its slot, or work that did not wait for its copy,
+/// shows as another batch's values. Large inputs and a chain of kernels per batch give the
+/// copies time to race; a fresh (pooled) buffer is covered by a short last batch.
+#[test]
+fn overlapped_uploads_keep_each_batch_its_own_inputs() {
+    use spahdmap::backend::streamed::InputRing;
+    let Some(g) = gpu() else { return };
+    let n = 1 << 22;
+    let hosts: Vec<Vec<f32>> = (0..8).map(|k| rnd(if k == 7 { n / 2 } else { n }, 60 + k, -2.0, 2.0)).collect();
+    let mut ring = InputRing::<Cuda>::default();
+    let mut outs = Vec::new();
+    for h in &hosts {
+        let bufs = ring.fill(&g, &[h]);
+        // sigmoid, then ten leaky-ReLU backward passes against itself: reads the input late
+        let mut y = g.alloc(h.len());
+        g.sigmoid(&bufs[0], &mut y);
+        for _ in 0..10 {
+            g.leaky_relu_backward(&bufs[0], &mut y);
+        }
+        ring.done(&g);
+        outs.push(y);
+    }
+    for (k, (h, y)) in hosts.iter().zip(&outs).enumerate() {
+        let (cpu, mut want) = (Cpu::new(), vec![0f32; h.len()]);
+        cpu.sigmoid(h, &mut want);
+        for _ in 0..10 {
+            cpu.leaky_relu_backward(h, &mut want);
+        }
+        let e = rel(&g.download(y), &want);
+        assert!(e < 1e-5, "batch {k}: relative error {e}");
+    }
+    eprintln!("8 overlapped batches of {n} values: each computed on its own inputs");
+    ring.release(&g);
+    // the plain path agrees
+    let mut d = g.alloc(hosts[0].len());
+    g.upload_overlapped(&hosts[0], &mut d, None);
+    assert_eq!(g.download(&d), hosts[0]);
+}

@@ -23,6 +23,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod streamed;
 
 pub use cpu::Cpu;
 
@@ -224,6 +225,8 @@ pub trait Backend: Sync {
     /// The score stage's band of overlapping inference tiles, where the tiles are (host or
     /// device), so a batch's scores never travel before they are averaged.
     type Band: Send;
+    /// A point in the queued work (`fence`), which an overlapped upload can wait for.
+    type Fence: Send;
 
     fn name(&self) -> String;
     /// Wait until every queued operation has finished (for timing; the CPU is synchronous).
@@ -241,6 +244,14 @@ pub trait Backend: Sync {
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     fn len(&self, buf: &Self::Buf) -> usize;
     fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf);
+    /// The work queued so far.
+    fn fence(&self) -> Self::Fence;
+    /// Fill `dst` (as long as `host`) for the work queued after this call, waiting not for the
+    /// work already queued but only for `after`: the fence taken after the last work that read
+    /// `dst`, or none when nothing queued reads it. On a GPU the copy runs from page-locked
+    /// memory on a second stream, so a batch's upload overlaps the previous batch's network
+    /// (`streamed::InputRing`).
+    fn upload_overlapped(&self, host: &[f32], dst: &mut Self::Buf, after: Option<&Self::Fence>);
 
     // --- element-wise -------------------------------------------------------------------
     /// y += x

@@ -18,6 +18,7 @@ use half::f16;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::backend::streamed::InputRing;
 use crate::backend::{Backend, Cpu, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
@@ -314,11 +315,12 @@ pub fn score_on<B: Backend>(
             }
             Ok((img, vd.window(r, c, ss, ss)))
         };
+        // a batch's tiles go up while the batch before it computes (double-buffered inputs)
+        let mut inputs = InputRing::<B>::default();
         let infer = |img: &[f32], v: &[f32], n: usize| -> B::Buf {
-            let (ib, vb) = (b.upload(img), b.upload(v));
-            let hr = head.hr_scores(b, &net, &p, &ib, Shape { n, h: ss, w: ss, c: channels }, &vb);
-            b.release(ib);
-            b.release(vb);
+            let bufs = inputs.fill(b, &[img, v]);
+            let hr = head.hr_scores(b, &net, &p, &bufs[0], Shape { n, h: ss, w: ss, c: channels }, &bufs[1]);
+            inputs.done(b);
             hr
         };
         let mut mask = sd.mask()?;
@@ -356,6 +358,7 @@ pub fn score_on<B: Backend>(
             };
             average_tiles(b, h, w, rank, s, tile, infer, emit, |n| pb.inc(n as u64))
         })?;
+        inputs.release(b);
         pb.finish_and_clear();
         let (spots, n) = sd.all_spots()?;
         let crop: Vec<[f64; 2]> = spots[..n].iter().map(|q| [q[0] - m.row0 as f64, q[1] - m.col0 as f64]).collect();

@@ -33,6 +33,7 @@ impl Cpu {
 impl Backend for Cpu {
     type Buf = Vec<f32>;
     type Band = band::BandAverager;
+    type Fence = ();
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -55,6 +56,10 @@ impl Backend for Cpu {
     }
     fn fresh_allocations(&self) -> u64 {
         self.fresh.load(Ordering::Relaxed)
+    }
+    fn fence(&self) {}
+    fn upload_overlapped(&self, host: &[f32], dst: &mut Vec<f32>, _after: Option<&()>) {
+        dst.copy_from_slice(host);
     }
     fn upload(&self, host: &[f32]) -> Vec<f32> {
         let mut b = self.alloc(host.len());

@@ -2,8 +2,9 @@
 //! embedded fatbin (kernels/*.cu). Buffers hold f32 (the exact path the CPU backend is the
 //! reference of; fp16 storage is issue 8's mixed-precision path).
 //!
-//! Everything runs in order on one stream, so cudarc's per-buffer event tracking is switched
-//! off and kernels take raw device pointers: no event is recorded per launch. Released
+//! Everything runs in order on one stream (streamed inference's uploads on a second one,
+//! ordered by explicit events: `upload_overlapped`), so cudarc's per-buffer event tracking is
+//! switched off and kernels take raw device pointers: no event is recorded per launch. Released
 //! buffers go back to a pool keyed by length; reduction and index scratch lives in growable
 //! buffers owned by the backend, so a training loop allocates nothing after its first step.
 
@@ -12,9 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PinnedHostSlice,
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, LaunchConfig, PinnedHostSlice,
 };
+use rayon::prelude::*;
 
 use super::tiles::DeviceBandAverager;
 use crate::backend::{Backend, ConvSpec, Decoder, Epilogue, Shape, TileSpots};
@@ -68,11 +70,24 @@ pub struct Cuda {
     u64s: Grow<u64>,
     /// page-locked staging for large downloads (DMA straight from the device)
     pinned: Mutex<Option<PinnedHostSlice<u8>>>,
+    /// overlapped uploads' second stream and page-locked staging (`upload_overlapped`)
+    uploads: Mutex<UploadRing>,
     label: String,
     sms: usize,
     /// Per-launch event pairs while profiling (`set_profiling`; src/backend/cuda/profile.rs).
     pub(super) profile: Mutex<Option<Vec<super::profile::Launch>>>,
 }
+
+/// The copy stream of overlapped uploads and their page-locked staging: a ring of buffers,
+/// each written again only once the copy recorded in its event has left it.
+#[derive(Default)]
+struct UploadRing {
+    stream: Option<Arc<CudaStream>>,
+    slots: Vec<(Option<PinnedHostSlice<u8>>, Option<CudaEvent>)>,
+    next: usize,
+}
+/// staging buffers of the ring: two batches of two inputs (image and VD windows) in flight
+const UPLOAD_SLOTS: usize = 4;
 
 /// A CSR matrix on the device (u32 offsets: fewer than 4 G non-zeros).
 pub(super) struct DevCsr {
@@ -120,7 +135,8 @@ impl Cuda {
             return Err("this binary was built without CUDA kernels (no nvcc at build time)".into());
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("cuda:{ordinal}: {e}"))?;
-        // SAFETY: one stream only, so the ordering events cudarc records per buffer are moot.
+        // SAFETY: work runs in order on one stream (overlapped uploads' copy stream is ordered
+        // against it by explicit events), so the events cudarc records per buffer are moot.
         unsafe { ctx.disable_event_tracking() };
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(super::FATBIN.to_vec()))
@@ -143,6 +159,7 @@ impl Cuda {
             f32s: Mutex::default(),
             u64s: Mutex::default(),
             pinned: Mutex::default(),
+            uploads: Mutex::default(),
             label: format!(
                 "cuda:{ordinal} ({}, {})",
                 info.name,
@@ -490,6 +507,7 @@ fn tiled_grid(m: usize, n: usize, z: usize, (bm, bn): (usize, usize)) -> LaunchC
 
 impl Backend for Cuda {
     type Buf = DBuf;
+    type Fence = CudaEvent;
     type Band = DeviceBandAverager;
 
     fn name(&self) -> String {
@@ -529,6 +547,59 @@ impl Backend for Cuda {
     }
     fn len(&self, buf: &DBuf) -> usize {
         buf.len
+    }
+    fn fence(&self) -> CudaEvent {
+        self.bind();
+        self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"))
+    }
+    fn upload_overlapped(&self, host: &[f32], dst: &mut DBuf, after: Option<&CudaEvent>) {
+        assert_eq!(host.len(), dst.len, "upload into a buffer of another length");
+        if host.is_empty() {
+            return;
+        }
+        self.bind();
+        let bytes = std::mem::size_of_val(host);
+        let mut ring = self.uploads.lock().unwrap();
+        let copy = match &ring.stream {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.ctx.new_stream().unwrap_or_else(|e| panic!("CUDA copy stream: {e}"));
+                ring.slots.resize_with(UPLOAD_SLOTS, Default::default);
+                ring.stream = Some(s.clone());
+                s
+            }
+        };
+        let i = ring.next;
+        ring.next = (i + 1) % UPLOAD_SLOTS;
+        let (pinned, copied) = &mut ring.slots[i];
+        if let Some(e) = copied.take() {
+            e.synchronize().unwrap_or_else(|e| panic!("CUDA event: {e}"));
+        }
+        if pinned.as_ref().is_none_or(|p| p.len() < bytes) {
+            // SAFETY: written below before the copy reads it; flags 0 = cacheable
+            let p = unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes.next_power_of_two(), 0) }
+                .unwrap_or_else(|e| panic!("CUDA: cannot page-lock {} MiB of host memory: {e}", bytes >> 20));
+            *pinned = Some(p);
+        }
+        let p = pinned.as_mut().unwrap().as_mut_ptr().unwrap_or_else(|e| panic!("CUDA: {e}"));
+        // SAFETY: the staging buffer holds at least `bytes` and no copy reads it any more (its
+        // event was waited for); f32 has no padding.
+        let (staging, src) = unsafe {
+            (std::slice::from_raw_parts_mut(p, bytes), std::slice::from_raw_parts(host.as_ptr() as *const u8, bytes))
+        };
+        // a batch is ~100 MB: the host copy in parallel, while the GPU computes the last batch
+        staging.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
+        if let Some(f) = after {
+            copy.wait(f).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
+        }
+        // SAFETY: dst holds bytes; the staging buffer stays untouched until the event recorded
+        // after this copy has completed (checked above before the next write).
+        unsafe { result::memcpy_htod_async(self.ptr(dst), &*staging, copy.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA upload: {e}"));
+        let done = copy.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
+        // the work queued from now on reads dst after the copy; the work queued before does not wait
+        self.stream.wait(&done).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
+        *copied = Some(done);
     }
     fn copy(&self, src: &DBuf, dst: &mut DBuf) {
         assert_eq!(src.len, dst.len, "copy between buffers of different lengths");
