@@ -601,17 +601,17 @@ __device__ void fwd(const float* x, const float* wt, const float* bias, const fl
     Fwd op{x, wt, bias, res, y, CONV_GEOM, leaky};
     gemm<MODE>(op, (int64_t)n * op.g.oh * op.g.ow, cout, 0, (int64_t)k * k * cin);
 }
-// dX: grid (⌈N·H·W / 64⌉, ⌈Cin / 64⌉)
+// dX: grid (⌈N·H·W / 64⌉, ⌈Cin / 64⌉); `out`: the epilogue (DxOut)
 template <int MODE>
-__device__ void bwd_data(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {
-    BwdData op{dy, wt, dx, CONV_GEOM};
+__device__ void bwd_data(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS, DxOut out = {}) {
+    BwdData op{dy, wt, dx, CONV_GEOM, out};
     gemm<MODE>(op, (int64_t)n * h * w, cin, 0, (int64_t)k * k * cout);
 }
 // dX of a stride dividing the kernel, by phases: grid (⌈N·⌈H/s⌉·⌈W/s⌉ / 64⌉, ⌈Cin / 64⌉, s²)
 template <int MODE>
-__device__ void bwd_data_phased(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {
+__device__ void bwd_data_phased(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS, DxOut out = {}) {
     const Geom g = CONV_GEOM;
-    const BwdDataPhased op{{dy, wt, dx, g}, phase(g, (int)blockIdx.z)};
+    const BwdDataPhased op{{dy, wt, dx, g, out}, phase(g, (int)blockIdx.z)};
     gemm<MODE>(op, (int64_t)n * op.ph.hy * op.ph.wx, cin, 0, (int64_t)op.ph.kk * op.ph.kk * cout);
 }
 // dW: grid (⌈k·k·Cin / 64⌉, ⌈Cout / 64⌉, splits); dw zeroed first
@@ -658,12 +658,14 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
         conv::fwd<MODE>(x, wt, bias, res, y, leaky, n, h, w, cin, cout, k, stride, pad);                                \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
-        conv2d_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {                      \
-        conv::bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad);                                           \
+        conv2d_bwd_data_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS, const float* xin,      \
+                                 int accumulate) {                                                                    \
+        conv::bwd_data<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad, conv::DxOut{xin, accumulate});            \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
-        conv2d_bwd_data_phased_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {               \
-        conv::bwd_data_phased<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad);                                    \
+        conv2d_bwd_data_phased_##SUFFIX(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS,                 \
+                                        const float* xin, int accumulate) {                                           \
+        conv::bwd_data_phased<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad, conv::DxOut{xin, accumulate});     \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         conv2d_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {                     \
@@ -706,8 +708,9 @@ SMALL_FWD_KERNEL(2)
 SMALL_FWD_KERNEL(4)
 SMALL_FWD_KERNEL(8)
 extern "C" __global__ void __launch_bounds__(256)
-    conv2d_bwd_data_small1(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS) {
-    conv::small_bwd_data<1>(dy, wt, dx, CONV_GEOM);
+    conv2d_bwd_data_small1(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS, const float* xin,
+                           int accumulate) {
+    conv::small_bwd_data<1>(dy, wt, dx, CONV_GEOM, conv::DxOut{xin, accumulate});
 }
 
 // grid (⌈M / 64⌉, ⌈N / 64⌉, splits); f32 SIMT (the GCN's layers are small and launch-bound)

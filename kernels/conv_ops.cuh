@@ -281,6 +281,19 @@ struct Fwd {
     }
 };
 
+// What a data gradient does on its way out: dx = [dx +] leaky'(x) · Σ, with x the forward
+// input — a LeakyReLU output, whose sign is its input's — where `x` is set, and the old dx
+// added where `accumulate` is: the activation's backward pass and a residual branch's sum
+// fused into the GEMM's epilogue (the same multiply and add as the separate passes).
+struct DxOut {
+    const float* x;
+    int accumulate;
+    HD float finish(const float* dx, int64_t at, float v) const {
+        if (x && !(x[at] > 0.0f)) v *= SLOPE;
+        return accumulate ? dx[at] + v : v;
+    }
+};
+
 // dX: M = input pixels, K = (tap, co), N = Cin; a dY element is read by input pixel (iy, ix)
 // through tap (ky, kx) when iy + pad − ky is a multiple of the stride inside the output
 struct BwdData {
@@ -291,6 +304,7 @@ struct BwdData {
     const float *dy, *w;
     float* dx;
     Geom g;
+    DxOut out;
     HD MI mi(int64_t m, int64_t end) const { return grad_pixel(g, m, end); }
     HD KI ki(int64_t k, int64_t end) const { return dy_tap(g, k, end); }
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
@@ -305,9 +319,14 @@ struct BwdData {
     HD F4 b4(const KI& k, const NI& n) const {
         return k.ok && n.ok ? load4(w + ((int64_t)k.tap * g.cin + n.i) * g.cout + k.ch) : zero4();
     }
-    DEV void store(const MI& m, const NI& n, float v) const { dx[m.p * g.cin + n.i] = v; }
+    DEV void store(const MI& m, const NI& n, float v) const {
+        const int64_t at = m.p * g.cin + n.i;
+        dx[at] = out.finish(dx, at, v);
+    }
     DEV void store2(const MI& m, const NI& n, const NI&, float v0, float v1) const {
-        put2(dx + m.p * g.cin + n.i, v0, v1);
+        const int64_t at = m.p * g.cin + n.i;
+        if (out.x || out.accumulate) v0 = out.finish(dx, at, v0), v1 = out.finish(dx, at + 1, v1);
+        put2(dx + at, v0, v1);
     }
 };
 

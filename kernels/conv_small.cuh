@@ -115,7 +115,8 @@ __device__ __forceinline__ void small_fwd(const float* x, const float* w, const 
 // ((iy + pad − ky) / s, (ix + pad − kx) / s) through tap (ky, kx) where that divides.
 // Shared weights [tap][co][4G] (Cin zero-padded to 4G).
 template <int G>
-__device__ __forceinline__ void small_bwd_data(const float* dy, const float* w, float* dx, const Geom g) {
+__device__ __forceinline__ void small_bwd_data(const float* dy, const float* w, float* dx, const Geom g,
+                                               const DxOut out = {}) {
     alignas(16) __shared__ float ws[SMALL_WEIGHTS];
     constexpr int C4 = 4 * G;
     const int kk = g.k * g.k;
@@ -149,7 +150,7 @@ __device__ __forceinline__ void small_bwd_data(const float* dy, const float* w, 
 #pragma unroll
         for (int c = 0; c < C4; ++c) {
             if (c >= g.cin) break;
-            dx[p * g.cin + c] = acc[c];
+            dx[p * g.cin + c] = out.finish(dx, p * g.cin + c, acc[c]);
         }
     }
 }

@@ -158,6 +158,15 @@ static void compare(const char* what, int mode, const std::vector<float>& got, c
     expect_equal(std::string(what) + ", mode " + std::to_string(mode), got, want);
 }
 
+// What a data gradient with the fused epilogue (DxOut{x, 1}) must give: old + leaky'(x) · dX,
+// the multiply and the add in that order (as the separate passes do them)
+static std::vector<float> fused_dx(const std::vector<float>& old, const std::vector<float>& x,
+                                   const std::vector<float>& dx) {
+    std::vector<float> r(dx.size());
+    for (size_t i = 0; i < dx.size(); ++i) r[i] = old[i] + (x[i] > 0.0f ? dx[i] : dx[i] * SLOPE);
+    return r;
+}
+
 // A mode's block tile, as the host's tiled_grid uses it: 128 rows for the wide kernels, 32
 // columns for the narrow ones.
 template <int MODE>
@@ -187,12 +196,23 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
            [&] { bwd_data<MODE>(dy.data(), wt.data(), dx.data(), n, h, w, cin, cout, k, s, p); });
     plain_gemm(BwdData{dy.data(), wt.data(), dx_want.data(), g}, (int64_t)n * h * w, cin, kk * cout);
     compare("conv data gradient", MODE, dx, dx_want);
+    const auto old = small_ints(x.size()), fused_want = fused_dx(old, x, dx_want);
+    std::vector<float> fdx = old;
+    launch(blocks((int64_t)n * h * w, R), blocks(cin, C), 1, [&] {
+        bwd_data<MODE>(dy.data(), wt.data(), fdx.data(), n, h, w, cin, cout, k, s, p, DxOut{x.data(), 1});
+    });
+    compare("conv data gradient, LeakyReLU's backward and the old dx fused", MODE, fdx, fused_want);
     if (s > 1 && k % s == 0) {
         std::vector<float> pdx(x.size(), -99.0f);
         const int64_t rows = (int64_t)n * ((h + s - 1) / s) * ((w + s - 1) / s);
         launch(blocks(rows, R), blocks(cin, C), s * s,
                [&] { bwd_data_phased<MODE>(dy.data(), wt.data(), pdx.data(), n, h, w, cin, cout, k, s, p); });
         compare("conv data gradient by phases", MODE, pdx, dx_want);
+        pdx = old;
+        launch(blocks(rows, R), blocks(cin, C), s * s, [&] {
+            bwd_data_phased<MODE>(dy.data(), wt.data(), pdx.data(), n, h, w, cin, cout, k, s, p, DxOut{x.data(), 1});
+        });
+        compare("conv data gradient by phases, fused epilogue", MODE, pdx, fused_want);
     }
     std::vector<float> dw(wt.size(), 0.0f), dw_want(wt.size(), 0.0f);
     launch(blocks(kk * cin, R), blocks(cout, C), splits,
@@ -266,6 +286,10 @@ static void small_case(int n, int h, int w, int cin, int cout, int k, int s, int
         launch(blocks, 1, 1, [&] { small_bwd_data<G>(dy.data(), wt.data(), dx.data(), g); });
         plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g}, (int64_t)n * h * w, cin, kk * cout);
         expect_equal("small data gradient" + shape, dx, want);
+        const auto old = small_ints(x.size());
+        dx = old;
+        launch(blocks, 1, 1, [&] { small_bwd_data<G>(dy.data(), wt.data(), dx.data(), g, DxOut{x.data(), 1}); });
+        expect_equal("small data gradient, fused epilogue" + shape, dx, fused_dx(old, x, want));
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use common::{rel, rnd};
 use rand::{Rng, SeedableRng};
 use spahdmap::backend::cuda::{Cuda, DBuf, Precision};
-use spahdmap::backend::{Backend, ConvSpec, Cpu, Decoder, Epilogue, Shape, TileSpots};
+use spahdmap::backend::{Backend, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Shape, TileSpots};
 use spahdmap::model::joint::{JointBatch, JointHead, LossWeights};
 use spahdmap::model::unet::UNet;
 use spahdmap::optim::{Adam, AdamConfig};
@@ -160,12 +160,21 @@ fn conv_cases_within(g: &Cuda, cases: &[(Shape, ConvSpec)], [tol, grad_tol]: [f6
             check(&format!("conv {spec:?} leaky {leaky} residual {residual}"), g, &got, &want, tol);
         }
         let (mut dx, mut dw, mut db) = (vec![0f32; xs.len()], vec![0f32; w.len()], vec![0f32; spec.cout]);
-        cpu.conv2d_backward(&x, *xs, spec, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db));
+        cpu.conv2d_backward(&x, *xs, spec, &w, &dy, Some(&mut dx), DxEpilogue::NONE, &mut dw, Some(&mut db));
         let (mut gdx, mut gdw, mut gdb) = (nan(g, xs.len()), nan(g, w.len()), nan(g, spec.cout));
-        g.conv2d_backward(&gx, *xs, spec, &gw, &gdy, Some(&mut gdx), &mut gdw, Some(&mut gdb));
+        g.conv2d_backward(&gx, *xs, spec, &gw, &gdy, Some(&mut gdx), DxEpilogue::NONE, &mut gdw, Some(&mut gdb));
         check(&format!("conv dX {spec:?}"), g, &gdx, &dx, grad_tol);
         check(&format!("conv dW {spec:?}"), g, &gdw, &dw, grad_tol);
         check(&format!("conv dB {spec:?}"), g, &gdb, &db, grad_tol);
+        // dX through LeakyReLU's backward at x (x has both signs), and added to a given dx
+        for dxe in [DxEpilogue::LEAKY, DxEpilogue::ACCUMULATE] {
+            let old = rnd(xs.len(), seed + 5, -1.0, 1.0);
+            let mut want = old.clone();
+            cpu.conv2d_backward(&x, *xs, spec, &w, &dy, Some(&mut want), dxe, &mut dw, None);
+            let mut got = g.upload(&old);
+            g.conv2d_backward(&gx, *xs, spec, &gw, &gdy, Some(&mut got), dxe, &mut gdw, None);
+            check(&format!("conv dX {dxe:?} {spec:?}"), g, &got, &want, grad_tol);
+        }
     }
 }
 
@@ -806,7 +815,7 @@ fn kernel_profile_counts_each_launch() {
     for _ in 0..3 {
         g.conv2d(&x, xs, &spec, &w, None, Epilogue { leaky: true, residual: None }, &mut y);
     }
-    g.conv2d_backward(&x, xs, &spec, &w, &dy, None, &mut dw, None);
+    g.conv2d_backward(&x, xs, &spec, &w, &dy, None, DxEpilogue::NONE, &mut dw, None);
     let p = g.take_profile();
     eprintln!("{p:?}");
     let find = |k: &str| p.iter().find(|t| t.kernel == k).unwrap_or_else(|| panic!("{k} missing from {p:?}"));

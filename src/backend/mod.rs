@@ -90,18 +90,28 @@ impl Device {
     /// picks the convolution kernels instead (A/B runs of kernel variants through the whole
     /// pipeline).
     pub fn gpu(self, precision: cuda::Precision) -> crate::Result<Option<cuda::Cuda>> {
-        let Device::Cuda(n) = self else { return Ok(None) };
-        let precision = if precision == cuda::SPEED { speed_precision()? } else { precision };
-        cuda::Cuda::new(n, precision).map(Some).map_err(|e| crate::Error::setting("--device", format!("cuda:{n}: {e}")))
+        if !matches!(self, Device::Cuda(_)) {
+            return Ok(None);
+        }
+        self.gpu_exactly(if precision == cuda::SPEED { speed_precision()? } else { precision })
     }
 
     /// The speed path for a stage that trains without a loss scale (joint training, which the
     /// reference runs in f32): as `gpu(cuda::SPEED)`, but f16 operands become TF32 ones.
     pub fn gpu_unscaled(self) -> crate::Result<Option<cuda::Cuda>> {
-        match speed_precision()? {
-            cuda::Precision::F16Wide => self.gpu(cuda::Precision::Tf32Wide),
-            p => self.gpu(p),
+        if !matches!(self, Device::Cuda(_)) {
+            return Ok(None);
         }
+        match speed_precision()? {
+            cuda::Precision::F16Wide => self.gpu_exactly(cuda::Precision::Tf32Wide),
+            p => self.gpu_exactly(p),
+        }
+    }
+
+    /// The GPU backend with these kernels, whatever SPAHDMAP_GPU_CONV says.
+    fn gpu_exactly(self, precision: cuda::Precision) -> crate::Result<Option<cuda::Cuda>> {
+        let Device::Cuda(n) = self else { return Ok(None) };
+        cuda::Cuda::new(n, precision).map(Some).map_err(|e| crate::Error::setting("--device", format!("cuda:{n}: {e}")))
     }
 }
 
@@ -202,6 +212,23 @@ impl<T> Epilogue<'_, T> {
     pub const LEAKY: Self = Epilogue { leaky: true, residual: None };
 }
 
+/// What a data gradient does on its way out (`conv2d_backward`): dx = [dx +] leaky'(x) ⊙ dX,
+/// where x, the convolution's input, is a LeakyReLU output (same sign as its input) when
+/// `leaky`, and the old dx is added when `accumulate`. The activation's backward pass and a
+/// residual branch's sum, fused into the data gradient so a GPU writes dX once; the same
+/// multiply and add as `leaky_relu_backward` and `add_assign` after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DxEpilogue {
+    pub leaky: bool,
+    pub accumulate: bool,
+}
+
+impl DxEpilogue {
+    pub const NONE: Self = DxEpilogue { leaky: false, accumulate: false };
+    pub const LEAKY: Self = DxEpilogue { leaky: true, accumulate: false };
+    pub const ACCUMULATE: Self = DxEpilogue { leaky: false, accumulate: true };
+}
+
 /// One tile's spots for the expression loss: each spot's pixel set (flat y·W + x in the tile),
 /// their expression (spots × genes) and, for a query section, its row of gamma.
 pub struct TileSpots<'a> {
@@ -248,7 +275,8 @@ pub trait Backend: Sync {
     fn fence(&self) -> Self::Fence;
     /// Fill `dst` (as long as `host`) for the work queued after this call, waiting not for the
     /// work already queued but only for `after`: the fence taken after the last work that read
-    /// `dst`, or none when nothing queued reads it. On a GPU the copy runs from page-locked
+    /// `dst` (none: all work queued so far, which a buffer fresh from `alloc` needs — the pool
+    /// hands out buffers queued work may still read). On a GPU the copy runs from page-locked
     /// memory on a second stream, so a batch's upload overlaps the previous batch's network
     /// (`streamed::InputRing`).
     fn upload_overlapped(&self, host: &[f32], dst: &mut Self::Buf, after: Option<&Self::Fence>);
@@ -278,8 +306,8 @@ pub trait Backend: Sync {
         epi: Epilogue<Self::Buf>,
         y: &mut Self::Buf,
     );
-    /// dX (when asked), dW, dB (when asked) from dY at the convolution's output (before any
-    /// epilogue: the caller applies the activation's backward first)
+    /// dX (when asked, through `dxe`), dW, dB (when asked) from dY at the convolution's output
+    /// (before any epilogue: the caller applies the activation's backward first)
     #[allow(clippy::too_many_arguments)]
     fn conv2d_backward(
         &self,
@@ -289,6 +317,7 @@ pub trait Backend: Sync {
         w: &Self::Buf,
         dy: &Self::Buf,
         dx: Option<&mut Self::Buf>,
+        dxe: DxEpilogue,
         dw: &mut Self::Buf,
         db: Option<&mut Self::Buf>,
     );

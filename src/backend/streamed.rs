@@ -1,45 +1,57 @@
-//! Double-buffered device inputs for streamed inference: batch k is uploaded into slot k mod 2
-//! while batch k − 1 computes, each upload waiting only for the work that last read its slot
-//! (batch k − 2), never for the batch in flight (`Backend::upload_overlapped`).
+//! Double-buffered device inputs for streamed inference: batch k is uploaded into one of two
+//! slots while batch k − 1 computes, each upload waiting only for the work that last read its
+//! slot (two batches of that shape before), never for the batch in flight
+//! (`Backend::upload_overlapped`).
 
 use super::Backend;
 
 /// One slot: a device buffer per input of a batch, and the fence after the batch that last
-/// read them.
+/// read them (none: never read yet, so the first upload waits for all queued work).
 struct Slot<B: Backend> {
     bufs: Vec<B::Buf>,
     read_until: Option<B::Fence>,
 }
 
-pub struct InputRing<B: Backend> {
+/// The two slots of one batch shape (its inputs' lengths), taken in turn.
+struct Pair<B: Backend> {
+    lens: Vec<usize>,
     slots: [Option<Slot<B>>; 2],
     next: usize,
 }
 
+/// Two slots per batch shape: the score stage's rows of tiles end in a shorter batch, and
+/// alternating shapes must not cost fresh buffers — whose first upload waits for everything
+/// queued — at every row.
+pub struct InputRing<B: Backend> {
+    shapes: Vec<Pair<B>>,
+    /// (shape, slot) of the last fill, for `done`
+    last: Option<(usize, usize)>,
+}
+
 impl<B: Backend> Default for InputRing<B> {
     fn default() -> Self {
-        InputRing { slots: [None, None], next: 0 }
+        InputRing { shapes: Vec::new(), last: None }
     }
 }
 
 impl<B: Backend> InputRing<B> {
-    /// Upload a batch's inputs (one host slice per device buffer) into the next slot; the
-    /// buffers are for the work queued before `done`.
+    /// Upload a batch's inputs (one host slice per device buffer) into the next slot of their
+    /// shape; the buffers are for the work queued before `done`, which must follow.
     pub fn fill(&mut self, b: &B, hosts: &[&[f32]]) -> &[B::Buf] {
-        let i = self.next;
-        self.next ^= 1;
-        let fits = self.slots[i]
-            .as_ref()
-            .is_some_and(|s| s.bufs.len() == hosts.len() && s.bufs.iter().zip(hosts).all(|(d, h)| b.len(d) == h.len()));
-        if !fits {
-            if let Some(s) = self.slots[i].take() {
-                s.bufs.into_iter().for_each(|d| b.release(d));
+        let lens: Vec<usize> = hosts.iter().map(|h| h.len()).collect();
+        let si = match self.shapes.iter().position(|p| p.lens == lens) {
+            Some(i) => i,
+            None => {
+                self.shapes.push(Pair { lens, slots: [None, None], next: 0 });
+                self.shapes.len() - 1
             }
-            // pooled buffers may still be read by queued work: a fresh slot waits for all of it
-            let bufs = hosts.iter().map(|h| b.alloc(h.len())).collect();
-            self.slots[i] = Some(Slot { bufs, read_until: Some(b.fence()) });
-        }
-        let s = self.slots[i].as_mut().unwrap();
+        };
+        let pair = &mut self.shapes[si];
+        let i = pair.next;
+        pair.next ^= 1;
+        self.last = Some((si, i));
+        let s = pair.slots[i]
+            .get_or_insert_with(|| Slot { bufs: hosts.iter().map(|h| b.alloc(h.len())).collect(), read_until: None });
         for (d, h) in s.bufs.iter_mut().zip(hosts) {
             b.upload_overlapped(h, d, s.read_until.as_ref());
         }
@@ -48,15 +60,19 @@ impl<B: Backend> InputRing<B> {
 
     /// Mark the slot just filled as read by the work queued so far.
     pub fn done(&mut self, b: &B) {
-        if let Some(s) = self.slots[self.next ^ 1].as_mut() {
-            s.read_until = Some(b.fence());
+        if let Some((si, i)) = self.last.take() {
+            if let Some(s) = self.shapes[si].slots[i].as_mut() {
+                s.read_until = Some(b.fence());
+            }
         }
     }
 
     /// Give the buffers back to the backend.
     pub fn release(self, b: &B) {
-        for s in self.slots.into_iter().flatten() {
-            s.bufs.into_iter().for_each(|d| b.release(d));
+        for pair in self.shapes {
+            for s in pair.slots.into_iter().flatten() {
+                s.bufs.into_iter().for_each(|d| b.release(d));
+            }
         }
     }
 }
@@ -66,26 +82,33 @@ mod tests {
     use super::*;
     use crate::backend::Cpu;
 
-    /// Slots alternate, keep their buffers while the batch shape holds, and take new ones
-    /// (for a short last batch) when it changes.
+    /// Slots alternate within a shape and keep their buffers; a second shape (a row's short
+    /// last batch) gets slots of its own, so alternating shapes allocate nothing after the
+    /// first two batches of each.
     #[test]
-    fn batches_alternate_between_two_slots() {
+    fn batches_alternate_between_two_slots_per_shape() {
         let b = Cpu::new();
         let mut ring = InputRing::<Cpu>::default();
-        let (a, c) = (vec![1.0f32; 6], vec![2.0f32; 4]);
-        let first = ring.fill(&b, &[&a, &c]).to_vec();
-        ring.done(&b);
-        assert_eq!(first, vec![a.clone(), c.clone()]);
-        let second = ring.fill(&b, &[&c, &a]).to_vec();
-        ring.done(&b);
-        assert_eq!(second, vec![c.clone(), a.clone()]);
-        let fresh = b.fresh_allocations();
-        let third = ring.fill(&b, &[&[3.0; 6], &[4.0; 4]]).to_vec();
-        ring.done(&b);
-        assert_eq!(third, vec![vec![3.0; 6], vec![4.0; 4]]);
-        assert_eq!(b.fresh_allocations(), fresh, "the first slot's buffers are reused");
-        let last = ring.fill(&b, &[&[5.0; 2], &[6.0; 1]]).to_vec();
-        assert_eq!(last, vec![vec![5.0; 2], vec![6.0; 1]]);
+        let run = |ring: &mut InputRing<Cpu>, k: f32, n: usize| {
+            let (a, c) = (vec![k; n], vec![-k; n / 2]);
+            let got = ring.fill(&b, &[&a, &c]).to_vec();
+            ring.done(&b);
+            assert_eq!(got, vec![a, c]);
+        };
+        for row in 0..3 {
+            for k in 0..3 {
+                run(&mut ring, (10 * row + k) as f32, 8);
+            }
+            run(&mut ring, -1.0 - row as f32, 4);
+            if row == 1 {
+                // full and short slots exist: nothing new from here on
+                let fresh = b.fresh_allocations();
+                run(&mut ring, 99.0, 8);
+                run(&mut ring, 98.0, 4);
+                assert_eq!(b.fresh_allocations(), fresh);
+            }
+        }
+        assert_eq!(b.fresh_allocations(), 8, "two slots of two buffers for each of two shapes");
         ring.release(&b);
     }
 }

@@ -8,7 +8,7 @@
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
-use crate::backend::{Backend, ConvSpec, Epilogue, Shape};
+use crate::backend::{Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
 use crate::optim::Adam;
 
 pub const WIDTH: usize = 32;
@@ -227,15 +227,31 @@ impl Conv {
         want_dx: bool,
     ) -> Option<B::Buf> {
         let mut dx = want_dx.then(|| b.alloc(xs.len()));
+        self.backward_into(b, p, x, xs, dy, dx.as_mut(), DxEpilogue::NONE);
+        dx
+    }
+
+    /// Writes this layer's gradients and, when given, dX into `dx` through `dxe`
+    /// (LeakyReLU's backward at x, or added to what dx holds).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_into<B: Backend>(
+        &self,
+        b: &B,
+        p: &mut Params<B::Buf>,
+        x: &B::Buf,
+        xs: Shape,
+        dy: &B::Buf,
+        dx: Option<&mut B::Buf>,
+        dxe: DxEpilogue,
+    ) {
         let w = &p.data[self.w];
         match self.b {
             Some(bi) => {
                 let (dw, db) = pair_mut(&mut p.grads, self.w, bi);
-                b.conv2d_backward(x, xs, &self.spec, w, dy, dx.as_mut(), dw, Some(db));
+                b.conv2d_backward(x, xs, &self.spec, w, dy, dx, dxe, dw, Some(db));
             }
-            None => b.conv2d_backward(x, xs, &self.spec, w, dy, dx.as_mut(), &mut p.grads[self.w], None),
+            None => b.conv2d_backward(x, xs, &self.spec, w, dy, dx, dxe, &mut p.grads[self.w], None),
         }
-        dx
     }
 }
 
@@ -376,16 +392,16 @@ impl Block {
         d_down: Option<&B::Buf>,
         want_dx: bool,
     ) -> Option<B::Buf> {
+        // the downsampling's dX adds into d_out, conv2's passes LeakyReLU's backward at a1, and
+        // conv1's adds into the identity branch's: each written once (DxEpilogue)
         if let (Some(d), Some(dd)) = (self.down, d_down) {
-            let g = d.backward(b, p, &c.out, c.os, dd, true).unwrap();
-            b.add_assign(&mut d_out, &g);
-            b.release(g);
+            d.backward_into(b, p, &c.out, c.os, dd, Some(&mut d_out), DxEpilogue::ACCUMULATE);
         }
         let mut dx = self.identity.backward(b, p, x, c.xs, &d_out, want_dx);
         b.leaky_relu_backward(&c.a2, &mut d_out);
-        let mut d1 = self.conv2.backward(b, p, &c.a1, c.os, &d_out, true).unwrap();
+        let mut d1 = b.alloc(c.os.len());
+        self.conv2.backward_into(b, p, &c.a1, c.os, &d_out, Some(&mut d1), DxEpilogue::LEAKY);
         b.release(d_out);
-        b.leaky_relu_backward(&c.a1, &mut d1);
         let dc1 = match (self.hin, &c.c1, &c.stats) {
             (Some((g, bt)), Some(c1), Some(stats)) => {
                 let mut dc = b.alloc(c.os.len());
@@ -397,12 +413,8 @@ impl Block {
             }
             _ => d1,
         };
-        let g1 = self.conv1.backward(b, p, x, c.xs, &dc1, want_dx);
+        self.conv1.backward_into(b, p, x, c.xs, &dc1, dx.as_mut(), DxEpilogue::ACCUMULATE);
         b.release(dc1);
-        if let (Some(dx), Some(g1)) = (dx.as_mut(), g1) {
-            b.add_assign(dx, &g1);
-            b.release(g1);
-        }
         dx
     }
 }

@@ -19,6 +19,15 @@ pub fn leaky_relu_serial(x: &mut [f32]) {
     }
 }
 
+/// dx = [dx +] leaky'(x) · g (`DxEpilogue`): leaky_relu_backward's multiply and add_assign's
+/// add, in that order.
+pub fn finish_dx(x: &[f32], e: crate::backend::DxEpilogue, g: &[f32], dx: &mut [f32]) {
+    dx.par_iter_mut().zip(g.par_iter().zip(x.par_iter())).for_each(|(d, (&g, &x))| {
+        let v = if e.leaky && x <= 0.0 { g * LEAKY_SLOPE } else { g };
+        *d = if e.accumulate { *d + v } else { v };
+    });
+}
+
 /// dx = dy · (y > 0 ? 1 : slope), from the activation's output (same sign as its input).
 pub fn leaky_relu_backward(y: &[f32], dy: &mut [f32]) {
     dy.par_iter_mut().zip(y.par_iter()).for_each(|(d, &v)| {

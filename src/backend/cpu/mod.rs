@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::{Backend, ConvSpec, Decoder, Epilogue, Shape, TileSpots};
+use super::{Backend, ConvSpec, Decoder, DxEpilogue, Epilogue, Shape, TileSpots};
 use crate::optim::{adam_update, AdamScalars};
 
 /// Released buffers are kept by length and handed out again.
@@ -114,10 +114,19 @@ impl Backend for Cpu {
         w: &Vec<f32>,
         dy: &Vec<f32>,
         dx: Option<&mut Vec<f32>>,
+        dxe: DxEpilogue,
         dw: &mut Vec<f32>,
         db: Option<&mut Vec<f32>>,
     ) {
-        conv::conv2d_backward(x, xs, spec, w, dy, dx.map(|d| &mut d[..]), dw, db.map(|d| &mut d[..]));
+        match dx {
+            Some(d) if dxe != DxEpilogue::NONE => {
+                let mut g = self.alloc(d.len());
+                conv::conv2d_backward(x, xs, spec, w, dy, Some(&mut g[..]), dw, db.map(|d| &mut d[..]));
+                act::finish_dx(x, dxe, &g, d);
+                self.release(g);
+            }
+            dx => conv::conv2d_backward(x, xs, spec, w, dy, dx.map(|d| &mut d[..]), dw, db.map(|d| &mut d[..])),
+        }
     }
     fn conv_transpose2(&self, x: &Vec<f32>, xs: Shape, cout: usize, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) {
         conv::conv_transpose2(x, xs, cout, w, b, y);
@@ -249,5 +258,38 @@ impl Backend for Cpu {
                 .reduce(|| false, |a, b| a | b);
             found | bad
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused data-gradient epilogues are the separate passes they replace, bit for bit:
+    /// LEAKY = dX then leaky_relu_backward at x; ACCUMULATE = add_assign of dX to the old dx.
+    #[test]
+    fn dx_epilogues_equal_the_passes_they_fuse() {
+        let b = Cpu::new();
+        let spec = ConvSpec { cin: 6, cout: 5, k: 3, stride: 1, pad: 1 };
+        let xs = Shape { n: 2, h: 7, w: 5, c: 6 };
+        let r = |n: usize, seed: u64| conv::tests::rnd(n, seed);
+        let (x, w) = (r(xs.len(), 1), r(spec.weight_len(), 2));
+        let dy = r(xs.n * xs.h * xs.w * spec.cout, 3);
+        let old = r(xs.len(), 4);
+        assert!(x.iter().any(|&v| v < 0.0) && x.iter().any(|&v| v > 0.0));
+        let mut dw = vec![0f32; w.len()];
+        let mut plain = vec![0f32; xs.len()];
+        b.conv2d_backward(&x, xs, &spec, &w, &dy, Some(&mut plain), DxEpilogue::NONE, &mut dw, None);
+        let mut leaky = vec![0f32; xs.len()];
+        b.conv2d_backward(&x, xs, &spec, &w, &dy, Some(&mut leaky), DxEpilogue::LEAKY, &mut dw, None);
+        let mut want = plain.clone();
+        b.leaky_relu_backward(&x, &mut want);
+        assert_eq!(leaky, want);
+        assert_ne!(leaky, plain);
+        let mut acc = old.clone();
+        b.conv2d_backward(&x, xs, &spec, &w, &dy, Some(&mut acc), DxEpilogue::ACCUMULATE, &mut dw, None);
+        let mut want = old.clone();
+        b.add_assign(&mut want, &plain);
+        assert_eq!(acc, want);
     }
 }

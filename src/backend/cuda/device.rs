@@ -19,7 +19,7 @@ use cudarc::driver::{
 use rayon::prelude::*;
 
 use super::tiles::DeviceBandAverager;
-use crate::backend::{Backend, ConvSpec, Decoder, Epilogue, Shape, TileSpots};
+use crate::backend::{Backend, ConvSpec, Decoder, DxEpilogue, Epilogue, Shape, TileSpots};
 use crate::optim::AdamScalars;
 
 /// A device buffer of `len` f32 values (the allocation holds at least one, so empty buffers
@@ -88,6 +88,15 @@ struct UploadRing {
 }
 /// staging buffers of the ring: two batches of two inputs (image and VD windows) in flight
 const UPLOAD_SLOTS: usize = 4;
+
+impl Drop for UploadRing {
+    /// No page-locked buffer is freed under a copy still reading it.
+    fn drop(&mut self) {
+        for e in self.slots.iter().filter_map(|(_, e)| e.as_ref()) {
+            let _ = e.synchronize();
+        }
+    }
+}
 
 /// A CSR matrix on the device (u32 offsets: fewer than 4 G non-zeros).
 pub(super) struct DevCsr {
@@ -589,9 +598,11 @@ impl Backend for Cuda {
         };
         // a batch is ~100 MB: the host copy in parallel, while the GPU computes the last batch
         staging.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
-        if let Some(f) = after {
-            copy.wait(f).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
+        match after {
+            Some(f) => copy.wait(f),
+            None => copy.join(&self.stream),
         }
+        .unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
         // SAFETY: dst holds bytes; the staging buffer stays untouched until the event recorded
         // after this copy has completed (checked above before the next write).
         unsafe { result::memcpy_htod_async(self.ptr(dst), &*staging, copy.cu_stream()) }
@@ -659,6 +670,7 @@ impl Backend for Cuda {
         w: &DBuf,
         dy: &DBuf,
         dx: Option<&mut DBuf>,
+        dxe: DxEpilogue,
         dw: &mut DBuf,
         db: Option<&mut DBuf>,
     ) {
@@ -684,7 +696,27 @@ impl Backend for Cuda {
                 let m = xs.n * xs.h * xs.w;
                 self.conv_launch(variants!("conv2d_bwd_data"), spec.cin, spec.cout, operands, m, spec.cin, None)
             };
-            launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, cout, k, st, pd);
+            // the epilogue (conv_ops.cuh DxOut): x for LeakyReLU's derivative, the old dx added
+            let xin = if dxe.leaky { self.ptr(x) } else { 0 };
+            let acc = dxe.accumulate as i32;
+            launch!(
+                self,
+                kernel,
+                cfg,
+                self.ptr(dy),
+                self.ptr(w),
+                self.ptr(dx),
+                n,
+                h,
+                wd,
+                cin,
+                cout,
+                k,
+                st,
+                pd,
+                xin,
+                acc
+            );
             self.profile_flop(conv_flop(xs.n * oh * ow, spec));
         }
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
