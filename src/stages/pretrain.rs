@@ -236,19 +236,18 @@ pub fn pretrain_on<B: Backend>(
     let mut opt = Adam::with(AdamConfig { weight_decay: s.weight_decay, ..Default::default() }, &sizes, |n| b.zeros(n));
     let models = out.join("models");
     let partial = models.join("pretrain.partial.safetensors");
-    let mut pr = Progress {
-        last_loss: 1000.0,
-        // half-precision operands want a loss scale (autocast + GradScaler's 2^16 to start)
-        scaler: s
-            .loss_scale
-            .or(b.half_operands().then_some(LossScaler::default().scale))
-            .map(|scale| LossScaler { scale, ..Default::default() }),
-        ..Default::default()
-    };
+    // half-precision operands want a loss scale (autocast + GradScaler's 2^16 to start)
+    let scaler = s
+        .loss_scale
+        .or(b.half_operands().then_some(LossScaler::default().scale))
+        .map(|scale| LossScaler { scale, ..Default::default() });
+    let mut pr = Progress { last_loss: 1000.0, scaler, ..Default::default() };
     let mut resumed_from = None;
     if partial.exists() {
         let meta = checkpoint::load(b, &partial, &mut p, Some((&mut opt, &all)))?;
         pr = Progress::from_meta(&partial, &meta)?;
+        // a run begun without scaling and resumed on f16 operands starts scaling here
+        pr.scaler = pr.scaler.or(scaler);
         resumed_from = Some(pr.iteration);
         eprintln!("pretrain: resuming at iteration {}", pr.iteration);
     }
