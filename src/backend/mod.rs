@@ -403,11 +403,19 @@ pub trait Backend: Sync {
     /// column `c0` of the band's rows, weighted by its frame.
     fn band_add(&self, band: &mut Self::Band, c0: usize, hr: &Self::Buf, index: usize);
     /// Hand the band's finished padded rows [top, until) to `emit` (frame-weighted averages,
-    /// channels last, padding columns removed), then move the band down to start at `until`.
+    /// channels last, padding columns removed, in order), then move the band down to start at
+    /// `until`. A GPU copies them back while it goes on computing and hands the last two
+    /// blocks over at later calls or at `band_flush`.
     fn band_advance(
         &self,
         band: &mut Self::Band,
         until: usize,
+        emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
+    ) -> crate::Result<()>;
+    /// Hand every finished row still on its way to `emit` (after the last `band_advance`).
+    fn band_flush(
+        &self,
+        band: &mut Self::Band,
         emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
     ) -> crate::Result<()>;
 

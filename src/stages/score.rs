@@ -159,6 +159,7 @@ pub fn average_tiles<B: Backend>(
             }
             let last = *rows.last().unwrap();
             b.band_advance(&mut band, hp.max(last + ss), &mut emit_crop)?;
+            b.band_flush(&mut band, &mut emit_crop)?;
             Ok(count)
         };
         let result = run();

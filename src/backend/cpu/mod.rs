@@ -242,6 +242,13 @@ impl Backend for Cpu {
     ) -> crate::Result<()> {
         band.advance(until, emit)
     }
+    fn band_flush(
+        &self,
+        _band: &mut band::BandAverager,
+        _emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
+    ) -> crate::Result<()> {
+        Ok(()) // rows leave at `band_advance` here
+    }
     fn unscale_grads(&self, grads: &mut [Vec<f32>], inv_scale: f32) -> bool {
         use rayon::prelude::*;
         grads.iter_mut().fold(false, |found, g| {

@@ -1078,6 +1078,13 @@ impl Backend for Cuda {
     ) -> crate::Result<()> {
         band.advance(self, until, emit)
     }
+    fn band_flush(
+        &self,
+        band: &mut DeviceBandAverager,
+        emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
+    ) -> crate::Result<()> {
+        band.flush(emit)
+    }
     fn half_operands(&self) -> bool {
         self.precision == Precision::F16Wide
     }

@@ -2,6 +2,10 @@
 //! frame-weighted band of overlapping inference tiles (`stages::score::BandAverager`'s
 //! semantics) held on the device, so tiles never travel back before they are averaged.
 
+use std::sync::Arc;
+
+use cudarc::driver::{result, CudaEvent, CudaStream, PinnedHostSlice};
+
 use super::device::{cfg_elems, Cuda, DBuf};
 use crate::backend::Backend;
 use crate::error::Result;
@@ -35,6 +39,10 @@ pub fn resize_bilinear_ac(
 }
 
 /// The padded rows [top, top + split) of every component and their summed frame weights.
+/// Finished rows go back to the host while the GPU computes the next tiles: each block is
+/// averaged into one of two device buffers on the compute stream and copied into page-locked
+/// memory on the band's own stream; it is handed to `emit` when its buffer comes round again
+/// (two blocks later) or at `flush`, so rows leave in order, up to two blocks behind.
 pub struct DeviceBandAverager {
     rank: usize,
     split: usize,
@@ -45,13 +53,33 @@ pub struct DeviceBandAverager {
     weight: DBuf,
     spare_acc: DBuf,
     spare_weight: DBuf,
-    rows: DBuf,
     /// rows per download block
     copy_rows: usize,
+    downloads: [Download; 2],
+    /// the download buffer the next block takes (the other holds the newer block in flight)
+    next: usize,
+    stream: Arc<CudaStream>,
+}
+
+/// One download buffer: averaged rows on the device, their page-locked copy, and the block in
+/// flight (its first padded row, its row count, the event after its copy).
+struct Download {
+    dev: DBuf,
+    host: PinnedHostSlice<f32>,
+    inflight: Option<(usize, usize, CudaEvent)>,
 }
 
 impl DeviceBandAverager {
     pub fn new(g: &Cuda, rank: usize, split: usize, bound: usize, wp: usize) -> DeviceBandAverager {
+        let copy_rows = rows_per_copy(split, (wp - 2 * bound) * rank);
+        let block = copy_rows * (wp - 2 * bound) * rank;
+        let download = || Download {
+            dev: g.alloc(block),
+            // SAFETY: written by the copies before it is read; flags 0 = cacheable (read here)
+            host: unsafe { g.ctx.alloc_pinned_with_flags::<f32>(block.max(1), 0) }
+                .unwrap_or_else(|e| panic!("CUDA: cannot page-lock {} MiB of host memory: {e}", block >> 18)),
+            inflight: None,
+        };
         DeviceBandAverager {
             rank,
             split,
@@ -62,9 +90,31 @@ impl DeviceBandAverager {
             weight: g.zeros(split * wp),
             spare_acc: g.alloc(split * wp * rank),
             spare_weight: g.alloc(split * wp),
-            rows: g.alloc(rows_per_copy(split, (wp - 2 * bound) * rank) * (wp - 2 * bound) * rank),
-            copy_rows: rows_per_copy(split, (wp - 2 * bound) * rank),
+            copy_rows,
+            downloads: [download(), download()],
+            next: 0,
+            stream: g.ctx.new_stream().unwrap_or_else(|e| panic!("CUDA stream: {e}")),
         }
+    }
+
+    /// Hand download buffer `i`'s block in flight, if any, to `emit` once its copy is done.
+    fn drain(&mut self, i: usize, emit: &mut impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+        let d = &mut self.downloads[i];
+        let Some((first, n, done)) = d.inflight.take() else { return Ok(()) };
+        done.synchronize().unwrap_or_else(|e| panic!("CUDA event: {e}"));
+        let row = (self.wp - 2 * self.bound) * self.rank;
+        let host = d.host.as_slice().unwrap_or_else(|e| panic!("CUDA: {e}"));
+        for (y, vals) in host[..n * row].chunks(row).enumerate() {
+            emit(first + y, vals)?;
+        }
+        Ok(())
+    }
+
+    /// Hand every block still on its way to `emit`, oldest first.
+    pub fn flush(&mut self, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+        let older = self.next;
+        self.drain(older, &mut emit)?;
+        self.drain(older ^ 1, &mut emit)
     }
 
     /// Download finished rows in blocks of at most `n` (tests of the block loop; ≥ 1).
@@ -92,7 +142,8 @@ impl DeviceBandAverager {
     }
 
     /// Hand padded rows [top, until) to `emit` (averaged, channels last, padding columns
-    /// removed), then move the band down to start at `until`.
+    /// removed) — the last two blocks of them at later calls or at `flush` — then move the
+    /// band down to start at `until`.
     pub fn advance(&mut self, g: &Cuda, until: usize, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
         let (r, wp, b) = (self.rank, self.wp, self.bound);
         let done = until.saturating_sub(self.top).min(self.split);
@@ -103,6 +154,11 @@ impl DeviceBandAverager {
         let mut y0 = 0;
         while y0 < done {
             let n = per.min(done - y0);
+            let i = self.next;
+            self.next ^= 1;
+            // the block two back leaves first: rows stay in order, and its buffers are free
+            self.drain(i, &mut emit)?;
+            let d = &mut self.downloads[i];
             launch!(
                 g,
                 "band_average_f32",
@@ -113,12 +169,18 @@ impl DeviceBandAverager {
                 wp as i32,
                 b as i32,
                 r as i32,
-                g.ptr(&self.rows)
+                g.ptr(&d.dev)
             );
-            let rows = g.dtoh::<f32>(g.ptr(&self.rows), n * w * r);
-            for (y, row) in rows.chunks(w * r).enumerate() {
-                emit(self.top + y0 + y, row)?;
-            }
+            // copied on the band's stream once the compute stream has averaged the block
+            let averaged = g.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
+            self.stream.wait(&averaged).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
+            let host = d.host.as_mut_slice().unwrap_or_else(|e| panic!("CUDA: {e}"));
+            // SAFETY: dev holds at least n·w·r values; the host buffer is not read or written
+            // again before the event recorded after this copy has completed (drain)
+            unsafe { result::memcpy_dtoh_async(&mut host[..n * w * r], g.ptr(&d.dev), self.stream.cu_stream()) }
+                .unwrap_or_else(|e| panic!("CUDA download: {e}"));
+            let copied = self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
+            d.inflight = Some((self.top + y0, n, copied));
             y0 += n;
         }
         let keep = self.split - done;
@@ -139,6 +201,17 @@ impl DeviceBandAverager {
         std::mem::swap(&mut self.weight, &mut self.spare_weight);
         self.top = until;
         Ok(())
+    }
+}
+
+impl Drop for DeviceBandAverager {
+    /// No buffer is freed under a copy still reading or writing it (a run stopped early).
+    fn drop(&mut self) {
+        for d in &self.downloads {
+            if let Some((_, _, e)) = &d.inflight {
+                let _ = e.synchronize();
+            }
+        }
     }
 }
 
