@@ -404,8 +404,8 @@ pub trait Backend: Sync {
     fn band_add(&self, band: &mut Self::Band, c0: usize, hr: &Self::Buf, index: usize);
     /// Hand the band's finished padded rows [top, until) to `emit` (frame-weighted averages,
     /// channels last, padding columns removed, in order), then move the band down to start at
-    /// `until`. A GPU copies them back while it goes on computing and hands the last two
-    /// blocks over at later calls or at `band_flush`.
+    /// `until`. A GPU copies them back while it computes the next tiles and hands them over
+    /// at the next call or at `band_flush`.
     fn band_advance(
         &self,
         band: &mut Self::Band,

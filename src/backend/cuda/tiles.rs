@@ -39,10 +39,11 @@ pub fn resize_bilinear_ac(
 }
 
 /// The padded rows [top, top + split) of every component and their summed frame weights.
-/// Finished rows go back to the host while the GPU computes the next tiles: each block is
-/// averaged into one of two device buffers on the compute stream and copied into page-locked
-/// memory on the band's own stream; it is handed to `emit` when its buffer comes round again
-/// (two blocks later) or at `flush`, so rows leave in order, up to two blocks behind.
+/// Finished rows go back to the host while the GPU computes the next row of tiles: each block
+/// of an `advance` is averaged into a device buffer of its own on the compute stream and
+/// copied into page-locked memory on the band's own stream, and all of them are handed to
+/// `emit` at the next `advance` (or `flush`), by when their copies have run beside that row's
+/// tiles. Buffers: one row of tiles' finished rows, on the device and on the host.
 pub struct DeviceBandAverager {
     rank: usize,
     split: usize,
@@ -55,9 +56,10 @@ pub struct DeviceBandAverager {
     spare_weight: DBuf,
     /// rows per download block
     copy_rows: usize,
-    downloads: [Download; 2],
-    /// the download buffer the next block takes (the other holds the newer block in flight)
-    next: usize,
+    /// download buffers, grown to the blocks of one advance
+    downloads: Vec<Download>,
+    /// the blocks in flight: their buffers in row order
+    inflight: Vec<usize>,
     stream: Arc<CudaStream>,
 }
 
@@ -69,17 +71,21 @@ struct Download {
     inflight: Option<(usize, usize, CudaEvent)>,
 }
 
-impl DeviceBandAverager {
-    pub fn new(g: &Cuda, rank: usize, split: usize, bound: usize, wp: usize) -> DeviceBandAverager {
-        let copy_rows = rows_per_copy(split, (wp - 2 * bound) * rank);
-        let block = copy_rows * (wp - 2 * bound) * rank;
-        let download = || Download {
+impl Download {
+    fn new(g: &Cuda, block: usize) -> Download {
+        Download {
             dev: g.alloc(block),
             // SAFETY: written by the copies before it is read; flags 0 = cacheable (read here)
             host: unsafe { g.ctx.alloc_pinned_with_flags::<f32>(block.max(1), 0) }
                 .unwrap_or_else(|e| panic!("CUDA: cannot page-lock {} MiB of host memory: {e}", block >> 18)),
             inflight: None,
-        };
+        }
+    }
+}
+
+impl DeviceBandAverager {
+    pub fn new(g: &Cuda, rank: usize, split: usize, bound: usize, wp: usize) -> DeviceBandAverager {
+        let copy_rows = rows_per_copy(split, (wp - 2 * bound) * rank);
         DeviceBandAverager {
             rank,
             split,
@@ -91,8 +97,8 @@ impl DeviceBandAverager {
             spare_acc: g.alloc(split * wp * rank),
             spare_weight: g.alloc(split * wp),
             copy_rows,
-            downloads: [download(), download()],
-            next: 0,
+            downloads: Vec::new(),
+            inflight: Vec::new(),
             stream: g.ctx.new_stream().unwrap_or_else(|e| panic!("CUDA stream: {e}")),
         }
     }
@@ -110,11 +116,12 @@ impl DeviceBandAverager {
         Ok(())
     }
 
-    /// Hand every block still on its way to `emit`, oldest first.
+    /// Hand every block still on its way to `emit`, in row order.
     pub fn flush(&mut self, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
-        let older = self.next;
-        self.drain(older, &mut emit)?;
-        self.drain(older ^ 1, &mut emit)
+        for i in std::mem::take(&mut self.inflight) {
+            self.drain(i, &mut emit)?;
+        }
+        Ok(())
     }
 
     /// Download finished rows in blocks of at most `n` (tests of the block loop; ≥ 1).
@@ -142,9 +149,10 @@ impl DeviceBandAverager {
     }
 
     /// Hand padded rows [top, until) to `emit` (averaged, channels last, padding columns
-    /// removed) — the last two blocks of them at later calls or at `flush` — then move the
-    /// band down to start at `until`.
+    /// removed) at the next call or at `flush`, then move the band down to start at `until`.
     pub fn advance(&mut self, g: &Cuda, until: usize, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+        // the last advance's rows travelled while this row of tiles computed
+        self.flush(&mut emit)?;
         let (r, wp, b) = (self.rank, self.wp, self.bound);
         let done = until.saturating_sub(self.top).min(self.split);
         let w = wp - 2 * b;
@@ -154,10 +162,11 @@ impl DeviceBandAverager {
         let mut y0 = 0;
         while y0 < done {
             let n = per.min(done - y0);
-            let i = self.next;
-            self.next ^= 1;
-            // the block two back leaves first: rows stay in order, and its buffers are free
-            self.drain(i, &mut emit)?;
+            // every buffer is free (flushed above): block j takes buffer j
+            let i = self.inflight.len();
+            if i == self.downloads.len() {
+                self.downloads.push(Download::new(g, per * w * r));
+            }
             let d = &mut self.downloads[i];
             launch!(
                 g,
@@ -181,6 +190,7 @@ impl DeviceBandAverager {
                 .unwrap_or_else(|e| panic!("CUDA download: {e}"));
             let copied = self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
             d.inflight = Some((self.top + y0, n, copied));
+            self.inflight.push(i);
             y0 += n;
         }
         let keep = self.split - done;
@@ -207,11 +217,7 @@ impl DeviceBandAverager {
 impl Drop for DeviceBandAverager {
     /// No buffer is freed under a copy still reading or writing it (a run stopped early).
     fn drop(&mut self) {
-        for d in &self.downloads {
-            if let Some((_, _, e)) = &d.inflight {
-                let _ = e.synchronize();
-            }
-        }
+        let _ = self.stream.synchronize();
     }
 }
 
