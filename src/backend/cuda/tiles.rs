@@ -39,11 +39,13 @@ pub fn resize_bilinear_ac(
 }
 
 /// The padded rows [top, top + split) of every component and their summed frame weights.
-/// Finished rows go back to the host while the GPU computes the next row of tiles: each block
-/// of an `advance` is averaged into a device buffer of its own on the compute stream and
-/// copied into page-locked memory on the band's own stream, and all of them are handed to
+/// Finished rows go back to the host while the GPU computes the next row of tiles: the blocks
+/// of an `advance` are averaged in turn into two device buffers on the compute stream (which
+/// waits, on the device, for a buffer's last copy out before refilling it) and copied into
+/// page-locked host buffers of their own on the band's stream; all of them are handed to
 /// `emit` at the next `advance` (or `flush`), by when their copies have run beside that row's
-/// tiles. Buffers: one row of tiles' finished rows, on the device and on the host.
+/// tiles. Device memory: two blocks (≤ 128 MiB) beyond the band; host: one row of tiles'
+/// finished rows.
 pub struct DeviceBandAverager {
     rank: usize,
     split: usize,
@@ -56,36 +58,20 @@ pub struct DeviceBandAverager {
     spare_weight: DBuf,
     /// rows per download block
     copy_rows: usize,
-    /// download buffers, grown to the blocks of one advance
-    downloads: Vec<Download>,
-    /// the blocks in flight: their buffers in row order
-    inflight: Vec<usize>,
+    /// averaged blocks on the device, taken in turn, and the event after each one's last copy out
+    dev: [DBuf; 2],
+    dev_copied: [Option<CudaEvent>; 2],
+    /// page-locked copies, block j of an advance in buffer j (grown to the blocks of one)
+    hosts: Vec<PinnedHostSlice<f32>>,
+    /// the blocks in flight, in row order: first padded row, rows, the event after the copy
+    inflight: Vec<(usize, usize, CudaEvent)>,
     stream: Arc<CudaStream>,
-}
-
-/// One download buffer: averaged rows on the device, their page-locked copy, and the block in
-/// flight (its first padded row, its row count, the event after its copy).
-struct Download {
-    dev: DBuf,
-    host: PinnedHostSlice<f32>,
-    inflight: Option<(usize, usize, CudaEvent)>,
-}
-
-impl Download {
-    fn new(g: &Cuda, block: usize) -> Download {
-        Download {
-            dev: g.alloc(block),
-            // SAFETY: written by the copies before it is read; flags 0 = cacheable (read here)
-            host: unsafe { g.ctx.alloc_pinned_with_flags::<f32>(block.max(1), 0) }
-                .unwrap_or_else(|e| panic!("CUDA: cannot page-lock {} MiB of host memory: {e}", block >> 18)),
-            inflight: None,
-        }
-    }
 }
 
 impl DeviceBandAverager {
     pub fn new(g: &Cuda, rank: usize, split: usize, bound: usize, wp: usize) -> DeviceBandAverager {
         let copy_rows = rows_per_copy(split, (wp - 2 * bound) * rank);
+        let block = copy_rows * (wp - 2 * bound) * rank;
         DeviceBandAverager {
             rank,
             split,
@@ -97,29 +83,23 @@ impl DeviceBandAverager {
             spare_acc: g.alloc(split * wp * rank),
             spare_weight: g.alloc(split * wp),
             copy_rows,
-            downloads: Vec::new(),
+            dev: [g.alloc(block), g.alloc(block)],
+            dev_copied: [None, None],
+            hosts: Vec::new(),
             inflight: Vec::new(),
             stream: g.ctx.new_stream().unwrap_or_else(|e| panic!("CUDA stream: {e}")),
         }
     }
 
-    /// Hand download buffer `i`'s block in flight, if any, to `emit` once its copy is done.
-    fn drain(&mut self, i: usize, emit: &mut impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
-        let d = &mut self.downloads[i];
-        let Some((first, n, done)) = d.inflight.take() else { return Ok(()) };
-        done.synchronize().unwrap_or_else(|e| panic!("CUDA event: {e}"));
-        let row = (self.wp - 2 * self.bound) * self.rank;
-        let host = d.host.as_slice().unwrap_or_else(|e| panic!("CUDA: {e}"));
-        for (y, vals) in host[..n * row].chunks(row).enumerate() {
-            emit(first + y, vals)?;
-        }
-        Ok(())
-    }
-
-    /// Hand every block still on its way to `emit`, in row order.
+    /// Hand every block still on its way to `emit`, in row order, each once its copy is done.
     pub fn flush(&mut self, mut emit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
-        for i in std::mem::take(&mut self.inflight) {
-            self.drain(i, &mut emit)?;
+        let row = (self.wp - 2 * self.bound) * self.rank;
+        for (j, (first, n, copied)) in std::mem::take(&mut self.inflight).into_iter().enumerate() {
+            copied.synchronize().unwrap_or_else(|e| panic!("CUDA event: {e}"));
+            let host = self.hosts[j].as_slice().unwrap_or_else(|e| panic!("CUDA: {e}"));
+            for (y, vals) in host[..n * row].chunks(row).enumerate() {
+                emit(first + y, vals)?;
+            }
         }
         Ok(())
     }
@@ -162,12 +142,19 @@ impl DeviceBandAverager {
         let mut y0 = 0;
         while y0 < done {
             let n = per.min(done - y0);
-            // every buffer is free (flushed above): block j takes buffer j
-            let i = self.inflight.len();
-            if i == self.downloads.len() {
-                self.downloads.push(Download::new(g, per * w * r));
+            // block j: device buffer j mod 2, host buffer j (all free: flushed above)
+            let (j, k) = (self.inflight.len(), self.inflight.len() % 2);
+            if j == self.hosts.len() {
+                // SAFETY: written by the copies before it is read; flags 0 = cacheable (read here)
+                let h = unsafe { g.ctx.alloc_pinned_with_flags::<f32>((per * w * r).max(1), 0) }.unwrap_or_else(|e| {
+                    panic!("CUDA: cannot page-lock {} MiB of host memory: {e}", (per * w * r) >> 18)
+                });
+                self.hosts.push(h);
             }
-            let d = &mut self.downloads[i];
+            if let Some(e) = &self.dev_copied[k] {
+                // on the device: the buffer's last block has left it
+                g.stream.wait(e).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
+            }
             launch!(
                 g,
                 "band_average_f32",
@@ -178,19 +165,20 @@ impl DeviceBandAverager {
                 wp as i32,
                 b as i32,
                 r as i32,
-                g.ptr(&d.dev)
+                g.ptr(&self.dev[k])
             );
             // copied on the band's stream once the compute stream has averaged the block
             let averaged = g.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
             self.stream.wait(&averaged).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
-            let host = d.host.as_mut_slice().unwrap_or_else(|e| panic!("CUDA: {e}"));
-            // SAFETY: dev holds at least n·w·r values; the host buffer is not read or written
-            // again before the event recorded after this copy has completed (drain)
-            unsafe { result::memcpy_dtoh_async(&mut host[..n * w * r], g.ptr(&d.dev), self.stream.cu_stream()) }
+            let host = self.hosts[j].as_mut_slice().unwrap_or_else(|e| panic!("CUDA: {e}"));
+            // SAFETY: the device buffer holds at least n·w·r values and is not refilled before
+            // this copy's event (dev_copied); the host buffer is not read before it (flush) nor
+            // written again before a flush
+            unsafe { result::memcpy_dtoh_async(&mut host[..n * w * r], g.ptr(&self.dev[k]), self.stream.cu_stream()) }
                 .unwrap_or_else(|e| panic!("CUDA download: {e}"));
-            let copied = self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
-            d.inflight = Some((self.top + y0, n, copied));
-            self.inflight.push(i);
+            let event = || self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
+            self.dev_copied[k] = Some(event());
+            self.inflight.push((self.top + y0, n, event()));
             y0 += n;
         }
         let keep = self.split - done;
