@@ -448,6 +448,13 @@ struct StageTf32 {
     __device__ __forceinline__ void store(uint32_t* As, uint32_t* Bs) const {
         store_step_smem<Op, TBM, TBN, LA, LB>(st, As, Bs);
     }
+    // B loaded along its rows (columns n): a thread's loads all cover columns b_col0() + 0..3
+    __device__ __forceinline__ static int b_col0() { return (threadIdx.x % (TBN / 4)) * 4; }
+    __device__ __forceinline__ void add_b(float* s) const {
+        static_assert(Op::B_N_FAST, "column sums of B loaded along its columns");
+#pragma unroll
+        for (int i = 0; i < Staged<TK, TBM, TBN>::NB; ++i) s[i % 4] += st.b[i];
+    }
 };
 
 // One operand's share of a half-precision K step in a thread's registers (ROWS rows of the
@@ -510,6 +517,16 @@ struct StageF16 {
         a.store(As);
         b.store(Bs);
     }
+    // as StageTf32's: pair_slot keeps a thread's columns too (THREADS is a multiple of TBN / 4)
+    __device__ __forceinline__ static int b_col0() { return (threadIdx.x % (TBN / 4)) * 4; }
+    __device__ __forceinline__ void add_b(float* s) const {
+        static_assert(Op::B_N_FAST, "column sums of B loaded along its columns");
+#pragma unroll
+        for (int i = 0; i < SB::LOADS; ++i) {
+            if (!SB::active(i)) continue;
+            s[0] += b.v[i].x, s[1] += b.v[i].y, s[2] += b.v[i].z, s[3] += b.v[i].w;
+        }
+    }
 };
 
 // The wide tensor-core GEMM: block tile 128 × WBN × 32, 8 warps as 4 (m) × 2 (n), each warp
@@ -544,6 +561,11 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
     // thread
     if (!(op.vec_a() && op.vec_b())) __trap();
     St st;
+    // B's column sums (SumsB: the bias gradient), by the first row of blocks, from the staged
+    // values before they are rounded
+    float bsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    bool sum_b = false;
+    if constexpr (SumsB<Op>::value) sum_b = op.db != nullptr && blockIdx.x == 0;
     if (steps > 0) {
         if (tid < TK) ki[tid] = op.ki(k0 + tid, k1);
         __syncthreads();
@@ -553,6 +575,9 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
     }
     for (int64_t s = 0; s < steps; ++s) {
         // every warp is past the previous step's MMAs and loads (the barrier closing it)
+        if constexpr (SumsB<Op>::value) {
+            if (sum_b) st.add_b(bsum);
+        }
         st.store(As, Bs);
         const bool more = s + 1 < steps;
         if (more && tid < TK) ki[tid] = op.ki(k0 + (s + 1) * TK + tid, k1);
@@ -563,6 +588,19 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
     }
     // channel counts are multiples of 4 here: columns go out in pairs
     wt.store_pairs(op, mi, ni);
+    if constexpr (SumsB<Op>::value) {
+        if (sum_b) {  // the same for the whole block
+            __shared__ float bs[WBN];
+            if (tid < WBN) bs[tid] = 0.0f;
+            __syncthreads();
+            const int c0 = St::b_col0();
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                if (bsum[j] != 0.0f) atomicAdd(&bs[c0 + j], bsum[j]);
+            __syncthreads();
+            if (tid < WBN && ni[tid].ok) atomicAdd(&op.db[ni[tid].i], bs[tid]);
+        }
+    }
 }
 
 // The GEMM bodies by mode: 0 f32 SIMT (the exact path), 1 TF32 tensor cores, 2 TF32 tensor
@@ -614,10 +652,11 @@ __device__ void bwd_data_phased(const float* dy, const float* wt, float* dx, CON
     const BwdDataPhased op{{dy, wt, dx, g, out}, phase(g, (int)blockIdx.z)};
     gemm<MODE>(op, (int64_t)n * op.ph.hy * op.ph.wx, cin, 0, (int64_t)op.ph.kk * op.ph.kk * cout);
 }
-// dW: grid (⌈k·k·Cin / 64⌉, ⌈Cout / 64⌉, splits); dw zeroed first
+// dW: grid (⌈k·k·Cin / 64⌉, ⌈Cout / 64⌉, splits); dw zeroed first; db (zeroed first, or
+// null) summed by the wide bodies only (modes ≥ 3)
 template <int MODE>
-__device__ void bwd_weight(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {
-    BwdWeight op{x, dy, dw, CONV_GEOM};
+__device__ void bwd_weight(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS, float* db = nullptr) {
+    BwdWeight op{x, dy, dw, CONV_GEOM, MODE >= 3 ? db : nullptr};
     int64_t k0, k1;
     split_range((int64_t)n * op.g.oh * op.g.ow, &k0, &k1);
     gemm<MODE>(op, (int64_t)k * k * cin, cout, k0, k1);
@@ -668,8 +707,8 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
         conv::bwd_data_phased<MODE>(dy, wt, dx, n, h, w, cin, cout, k, stride, pad, conv::DxOut{xin, accumulate});     \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
-        conv2d_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS) {                     \
-        conv::bwd_weight<MODE>(x, dy, dw, n, h, w, cin, cout, k, stride, pad);                                          \
+        conv2d_bwd_weight_##SUFFIX(const float* x, const float* dy, float* dw, CONV_GEOM_ARGS, float* db) {          \
+        conv::bwd_weight<MODE>(x, dy, dw, n, h, w, cin, cout, k, stride, pad, db);                                      \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                                     \
         up2_fwd_##SUFFIX(const float* x, const float* wt, const float* bias, float* y, UP_ARGS) {                    \

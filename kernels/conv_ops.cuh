@@ -381,6 +381,9 @@ struct BwdWeight {
     const float *x, *dy;
     float* dw;
     Geom g;
+    // the bias gradient Σ_k B[k][n] (dY's column sums), added by the wide bodies' first row
+    // of blocks from the B values they stage anyway (null: not asked; zeroed first)
+    float* db;
     HD MI mi(int64_t m, int64_t end) const { return x_tap(g, m, end); }
     HD KI ki(int64_t k, int64_t end) const { return out_pixel(g, k, end); }
     HD NI ni(int64_t n, int64_t end) const { return plain(n, end); }
@@ -396,6 +399,16 @@ struct BwdWeight {
         store(m, n0, v0);
         store(m, n1, v1);
     }
+};
+
+// Policies whose B column sums are a result too (BwdWeight's db).
+template <class Op>
+struct SumsB {
+    static constexpr bool value = false;
+};
+template <>
+struct SumsB<BwdWeight> {
+    static constexpr bool value = true;
 };
 
 // A column (q, co) of the transposed conv's GEMM, q = ky·2 + kx.

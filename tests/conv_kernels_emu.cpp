@@ -215,10 +215,17 @@ static void conv_case(int n, int h, int w, int cin, int cout, int k, int s, int 
         compare("conv data gradient by phases, fused epilogue", MODE, pdx, fused_want);
     }
     std::vector<float> dw(wt.size(), 0.0f), dw_want(wt.size(), 0.0f);
+    // the bias gradient: summed by the wide bodies (modes ≥ 3) from their B loads, untouched
+    // by the others
+    std::vector<float> db(cout, 0.0f), db_want(cout, 0.0f);
+    if (MODE >= 3)
+        for (int64_t q = 0; q < P; ++q)
+            for (int c = 0; c < cout; ++c) db_want[c] += dy[q * cout + c];
     launch(blocks(kk * cin, R), blocks(cout, C), splits,
-           [&] { bwd_weight<MODE>(x.data(), dy.data(), dw.data(), n, h, w, cin, cout, k, s, p); });
+           [&] { bwd_weight<MODE>(x.data(), dy.data(), dw.data(), n, h, w, cin, cout, k, s, p, db.data()); });
     plain_gemm(BwdWeight{x.data(), dy.data(), dw_want.data(), g}, kk * cin, cout, P);
     compare("conv weight gradient", MODE, dw, dw_want);
+    compare("conv bias gradient", MODE, db, db_want);
 }
 
 template <int MODE>

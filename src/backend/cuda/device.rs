@@ -721,12 +721,22 @@ impl Backend for Cuda {
         }
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
         self.zero_bytes(self.ptr(dw), dw.len * 4);
+        let names = variants!("conv2d_bwd_weight");
         let operands = [self.ptr(x), self.ptr(dy)];
-        let (kernel, cfg) =
-            self.conv_launch(variants!("conv2d_bwd_weight"), spec.cin, spec.cout, operands, kw, spec.cout, Some(p));
-        launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd);
+        let (kernel, cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, kw, spec.cout, Some(p));
+        // the wide bodies sum dY's columns (the bias gradient) from the values they load for
+        // dW; the others leave it to colsum
+        let fused_db = match &db {
+            Some(db) if names[3..].contains(&kernel) => {
+                self.zero_bytes(self.ptr(db), db.len * 4);
+                Some(self.ptr(db))
+            }
+            _ => None,
+        };
+        let dbp = fused_db.unwrap_or(0);
+        launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd, dbp);
         self.profile_flop(conv_flop(p, spec));
-        if let Some(db) = db {
+        if let (Some(db), None) = (db, fused_db) {
             self.colsum(self.ptr(dy), p, spec.cout, self.ptr(db));
         }
     }
