@@ -842,6 +842,14 @@ fn kernel_profile_counts_each_launch() {
     g.set_profiling(false);
     g.conv2d(&x, xs, &spec, &w, None, Epilogue { leaky: false, residual: None }, &mut y);
     assert!(g.take_profile().is_empty());
+    // the wide weight gradient sums the bias gradient itself: no colsum pass
+    g.set_profiling(true);
+    let mut db = nan(&g, spec.cout);
+    g.conv2d_backward(&x, xs, &spec, &w, &dy, None, DxEpilogue::NONE, &mut dw, Some(&mut db));
+    let p = g.take_profile();
+    g.set_profiling(false);
+    assert!(p.iter().all(|t| t.kernel != "colsum_f32"), "{p:?}");
+    assert!(g.download(&db).iter().all(|v| v.is_finite()), "bias gradient written");
 }
 
 /// A CUDA error is a readable message: running out of device memory says how much was asked
