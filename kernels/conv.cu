@@ -448,8 +448,7 @@ struct StageTf32 {
     __device__ __forceinline__ void store(uint32_t* As, uint32_t* Bs) const {
         store_step_smem<Op, TBM, TBN, LA, LB>(st, As, Bs);
     }
-    // B loaded along its rows (columns n): a thread's loads all cover columns b_col0() + 0..3
-    __device__ __forceinline__ static int b_col0() { return (threadIdx.x % (TBN / 4)) * 4; }
+    // B loaded along its rows (columns n): a thread's loads all cover the same four columns
     __device__ __forceinline__ void add_b(float* s) const {
         static_assert(Op::B_N_FAST, "column sums of B loaded along its columns");
 #pragma unroll
@@ -518,7 +517,6 @@ struct StageF16 {
         b.store(Bs);
     }
     // as StageTf32's: pair_slot keeps a thread's columns too (THREADS is a multiple of TBN / 4)
-    __device__ __forceinline__ static int b_col0() { return (threadIdx.x % (TBN / 4)) * 4; }
     __device__ __forceinline__ void add_b(float* s) const {
         static_assert(Op::B_N_FAST, "column sums of B loaded along its columns");
 #pragma unroll
@@ -593,7 +591,7 @@ __device__ __forceinline__ void gemm_tile_tc_wide(const Op& op, int64_t M, int N
             __shared__ float bs[WBN];
             if (tid < WBN) bs[tid] = 0.0f;
             __syncthreads();
-            const int c0 = St::b_col0();
+            const int c0 = (tid % (WBN / 4)) * 4;  // the columns of the thread's B loads (add_b)
 #pragma unroll
             for (int j = 0; j < 4; ++j)
                 if (bsum[j] != 0.0f) atomicAdd(&bs[c0 + j], bsum[j]);

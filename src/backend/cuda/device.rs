@@ -92,8 +92,8 @@ const UPLOAD_SLOTS: usize = 4;
 impl Drop for UploadRing {
     /// No page-locked buffer is freed under a copy still reading it.
     fn drop(&mut self) {
-        for e in self.slots.iter().filter_map(|(_, e)| e.as_ref()) {
-            let _ = e.synchronize();
+        if let Some(s) = &self.stream {
+            let _ = s.synchronize();
         }
     }
 }

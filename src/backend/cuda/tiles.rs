@@ -58,9 +58,8 @@ pub struct DeviceBandAverager {
     spare_weight: DBuf,
     /// rows per download block
     copy_rows: usize,
-    /// averaged blocks on the device, taken in turn, and the event after each one's last copy out
+    /// averaged blocks on the device: block j of an advance in buffer j mod 2
     dev: [DBuf; 2],
-    dev_copied: [Option<CudaEvent>; 2],
     /// page-locked copies, block j of an advance in buffer j (grown to the blocks of one)
     hosts: Vec<PinnedHostSlice<f32>>,
     /// the blocks in flight, in row order: first padded row, rows, the event after the copy
@@ -84,7 +83,6 @@ impl DeviceBandAverager {
             spare_weight: g.alloc(split * wp),
             copy_rows,
             dev: [g.alloc(block), g.alloc(block)],
-            dev_copied: [None, None],
             hosts: Vec::new(),
             inflight: Vec::new(),
             stream: g.ctx.new_stream().unwrap_or_else(|e| panic!("CUDA stream: {e}")),
@@ -151,9 +149,10 @@ impl DeviceBandAverager {
                 });
                 self.hosts.push(h);
             }
-            if let Some(e) = &self.dev_copied[k] {
-                // on the device: the buffer's last block has left it
-                g.stream.wait(e).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
+            if j >= 2 {
+                // on the device: block j − 2 has left the buffer (earlier advances' blocks were
+                // waited for by the flush)
+                g.stream.wait(&self.inflight[j - 2].2).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
             }
             launch!(
                 g,
@@ -172,13 +171,12 @@ impl DeviceBandAverager {
             self.stream.wait(&averaged).unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
             let host = self.hosts[j].as_mut_slice().unwrap_or_else(|e| panic!("CUDA: {e}"));
             // SAFETY: the device buffer holds at least n·w·r values and is not refilled before
-            // this copy's event (dev_copied); the host buffer is not read before it (flush) nor
-            // written again before a flush
+            // this copy's event (block j + 2 waits for it); the host buffer is not read before
+            // it (flush) nor written again before a flush
             unsafe { result::memcpy_dtoh_async(&mut host[..n * w * r], g.ptr(&self.dev[k]), self.stream.cu_stream()) }
                 .unwrap_or_else(|e| panic!("CUDA download: {e}"));
-            let event = || self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
-            self.dev_copied[k] = Some(event());
-            self.inflight.push((self.top + y0, n, event()));
+            let copied = self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
+            self.inflight.push((self.top + y0, n, copied));
             y0 += n;
         }
         let keep = self.split - done;
