@@ -901,7 +901,7 @@ fn streamed_tile_averaging_matches_the_cpu() {
         rank,
         &s,
         tile,
-        |_, vd, _| vd.to_vec(),
+        |_, vd, _, use_hr| use_hr(&vd.to_vec()),
         |y, row| {
             want.push((y, row.to_vec()));
             Ok(())
@@ -917,7 +917,11 @@ fn streamed_tile_averaging_matches_the_cpu() {
         rank,
         &s,
         tile,
-        |_, vd, _| g.upload(vd),
+        |_, vd, _, use_hr| {
+            let x = g.upload(vd);
+            use_hr(&x);
+            g.release(x);
+        },
         |y, row| {
             got.push((y, row.to_vec()));
             Ok(())
@@ -973,4 +977,123 @@ fn overlapped_uploads_keep_each_batch_its_own_inputs() {
     let mut d = g.alloc(hosts[0].len());
     g.upload_overlapped(&hosts[0], &mut d, None);
     assert_eq!(g.download(&d), hosts[0]);
+}
+
+/// Issue 8 item 4: the pre-training step (forward, loss, backward) recorded as a CUDA graph
+/// and replayed. Each step's gradients and loss equal those of the same step run eagerly on the
+/// same parameters, so a replay reads the current parameters (Adam moves them between steps)
+/// and the batch loaded that step; the schedule is eager, recorded, then replays, and a new
+/// batch size is recorded anew.
+#[test]
+fn recorded_pretraining_steps_replay_the_eager_ones() {
+    use spahdmap::backend::graphs::Ran;
+    use spahdmap::stages::pretrain::{pretrain_step, RecordedStep};
+    let Some(g) = gpu() else { return };
+    g.use_graphs(true);
+    let (net, host) = UNet::new(3, 11);
+    let mut p = host.upload(&g);
+    let sizes: Vec<usize> = host.data.iter().map(|d| d.len()).collect();
+    let all: Vec<usize> = (0..sizes.len()).collect();
+    let mut opt = Adam::with(AdamConfig::default(), &sizes, |n| g.zeros(n));
+    let mut step = RecordedStep::<Cuda>::default();
+    let mut hows = Vec::new();
+    let mut fresh = Vec::new();
+    for (k, is) in [(0u64, 2usize), (1, 2), (2, 2), (3, 2), (4, 2), (5, 1), (6, 1), (7, 1)] {
+        let is = Shape { n: is, h: 64, w: 48, c: 3 };
+        let image = rnd(is.len(), 100 + k, 0.0, 1.0);
+        step.load(&g, &image, is);
+        let (lr, how) = step.step(&g, &net, &mut p, 1.0);
+        hows.push(how);
+        let gr: Vec<f32> = p.grads.iter().flat_map(|d| g.download(d)).collect();
+        let x = g.upload(&image);
+        let le = pretrain_step(&g, &net, &mut p, &x, is);
+        g.release(x);
+        let ge: Vec<f32> = p.grads.iter().flat_map(|d| g.download(d)).collect();
+        let e = rel(&gr, &ge);
+        eprintln!("step {k} ({how:?}): loss {lr} vs eager {le}, gradients relative error {e:.3e}");
+        assert!(((lr - le) / le).abs() < 1e-12, "step {k}: loss {lr} vs {le}");
+        assert!(e < 1e-6, "step {k}: gradients {e}");
+        p.adam_step(&g, &mut opt, &all, &vec![1e-3; all.len()]);
+        fresh.push(g.fresh_allocations());
+    }
+    use Ran::*;
+    assert_eq!(hows, [Eager, Recorded, Replayed, Replayed, Replayed, Eager, Recorded, Replayed]);
+    assert_eq!(fresh[3], fresh[4], "a replayed step allocated");
+    step.release(&g);
+}
+
+/// A body that cannot be recorded (a read-back, a buffer the pool lacks) gives no recording
+/// and leaves the stream and the pool fine; one that can replays on the values its buffers
+/// hold at replay time.
+#[test]
+fn a_step_that_cannot_be_recorded_runs_eagerly_and_leaves_the_backend_usable() {
+    let Some(g) = gpu() else { return };
+    g.use_graphs(true);
+    let n = 1000;
+    let mut x = g.upload(&rnd(n, 1, -3.0, 3.0));
+    let mut y = g.alloc(n);
+    assert!(g
+        .capture(&mut || {
+            g.sigmoid(&x, &mut y);
+            let _ = g.download(&y);
+        })
+        .is_none());
+    assert!(g
+        .capture(&mut || {
+            let z = g.alloc(12345);
+            g.release(z);
+        })
+        .is_none());
+    // the placeholder never reached the pool: this length gets real memory
+    let z = g.upload(&vec![2.0; 12345]);
+    assert_eq!(g.download(&z)[12344], 2.0);
+    let rec = g.capture(&mut || g.sigmoid(&x, &mut y)).expect("a sigmoid records");
+    for k in 0..3 {
+        let host = rnd(n, 10 + k, -3.0, 3.0);
+        g.upload_overlapped(&host, &mut x, None);
+        assert!(g.replay(&rec));
+        let mut want = vec![0f32; n];
+        Cpu::new().sigmoid(&host, &mut want);
+        let e = rel(&g.download(&y), &want);
+        assert!(e < 1e-6, "replay {k}: {e}");
+    }
+}
+
+/// The score stage's recorded batch (`RecordedOut`): inputs from alternating slots are copied
+/// into the recording's own, and every batch's output follows its own inputs.
+#[test]
+fn recorded_batches_follow_their_inputs() {
+    use spahdmap::backend::graphs::RecordedOut;
+    let Some(g) = gpu() else { return };
+    g.use_graphs(true);
+    let n = 1 << 16;
+    let mut rec = RecordedOut::<Cuda>::default();
+    let body = |x: &[&DBuf]| {
+        let mut t = g.alloc(n);
+        g.sigmoid(x[0], &mut t);
+        let mut y = g.alloc(n);
+        g.copy(x[1], &mut y);
+        g.leaky_relu_backward(&t, &mut y);
+        g.add_assign(&mut y, &t);
+        g.release(t);
+        y
+    };
+    let cpu = Cpu::new();
+    let slots: Vec<[DBuf; 2]> = (0..2).map(|_| [g.alloc(n), g.alloc(n)]).collect();
+    let mut slots = slots;
+    for k in 0..6u64 {
+        let (a, b) = (rnd(n, 200 + k, -3.0, 3.0), rnd(n, 300 + k, -1.0, 1.0));
+        let s = &mut slots[k as usize % 2];
+        g.upload_overlapped(&a, &mut s[0], None);
+        g.upload_overlapped(&b, &mut s[1], None);
+        let got = g.download(rec.run(&g, 0, &[&s[0], &s[1]], &body));
+        let mut t = vec![0f32; n];
+        cpu.sigmoid(&a, &mut t);
+        let mut want = b.clone();
+        cpu.leaky_relu_backward(&t, &mut want);
+        cpu.add_assign(&mut want, &t);
+        let e = rel(&got, &want);
+        assert!(e < 1e-6, "batch {k}: {e}");
+    }
+    rec.release(&g);
 }

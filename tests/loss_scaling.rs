@@ -97,3 +97,33 @@ fn unscale_finds_every_non_finite_value() {
     let mut g = vec![vec![3e38f32, 1.0]];
     assert!(cpu.unscale_grads(&mut g, 2.0));
 }
+
+/// The stage's step (`RecordedStep`: its own input buffer, loss sums left where the kernel
+/// wrote them) is `pretrain_step_scaled` bit for bit, scaled or not, across a batch-size
+/// change; on the CPU it always runs eagerly.
+#[test]
+fn the_recordable_step_is_the_plain_step() {
+    use spahdmap::backend::graphs::Ran;
+    use spahdmap::stages::pretrain::RecordedStep;
+    let cpu = Cpu::new();
+    let (net, mut p, mut opt, image, is) = setup();
+    let (_, mut q, mut qopt, _, _) = setup();
+    let all: Vec<usize> = (0..p.names.len()).collect();
+    let lrs = vec![4e-4; all.len()];
+    let mut step = RecordedStep::<Cpu>::default();
+    let small = Shape { n: 1, ..is };
+    for (k, (s, scale)) in [(is, 1.0), (is, 1024.0), (small, 1024.0)].into_iter().enumerate() {
+        let im = &image[..s.len()];
+        let a = pretrain_step_scaled(&cpu, &net, &mut p, &im.to_vec(), s, scale);
+        step.load(&cpu, im, s);
+        let (b, how) = step.step(&cpu, &net, &mut q, scale);
+        assert_eq!(how, Ran::Eager);
+        assert_eq!(a.to_bits(), b.to_bits(), "loss at step {k}");
+        let gb =
+            |p: &Params| -> Vec<Vec<u32>> { p.grads.iter().map(|d| d.iter().map(|v| v.to_bits()).collect()).collect() };
+        assert!(gb(&p) == gb(&q), "gradients differ at step {k}");
+        p.adam_step(&cpu, &mut opt, &all, &lrs);
+        q.adam_step(&cpu, &mut qopt, &all, &lrs);
+    }
+    step.release(&cpu);
+}

@@ -23,6 +23,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod graphs;
 pub mod streamed;
 
 pub use cpu::Cpu;
@@ -259,6 +260,12 @@ pub trait Backend: Sync {
     type Band: Send;
     /// A point in the queued work (`fence`), which an overlapped upload can wait for.
     type Fence: Send;
+    /// Per-image loss sums (f64) left where the loss kernel wrote them (`mse_sums`), so a
+    /// recorded step reads them after its replay instead of inside it.
+    type Sums: Send;
+    /// The work of a closure recorded once and replayed with one launch (CUDA graphs:
+    /// `capture`); the CPU has none.
+    type Graph: Send;
 
     fn name(&self) -> String;
     /// Wait until every queued operation has finished (for timing; the CPU is synchronous).
@@ -377,6 +384,20 @@ pub trait Backend: Sync {
     // --- losses (values summed in f64; gradients scaled by `scale`) -----------------------
     /// Σ over images of mean((pred − target)²); d_pred = scale · 2(pred − target)/(H·W·C)
     fn mse_per_image(&self, pred: &Self::Buf, target: &Self::Buf, s: Shape, scale: f64, d_pred: &mut Self::Buf) -> f64;
+    /// Zeroed per-image sums for `n` images.
+    fn sums(&self, n: usize) -> Self::Sums;
+    /// `mse_per_image`'s work with each image's sum of squared errors (not yet divided by
+    /// H·W·C) left in `sums` (overwritten), not read back.
+    fn mse_sums(
+        &self,
+        pred: &Self::Buf,
+        target: &Self::Buf,
+        s: Shape,
+        scale: f64,
+        d_pred: &mut Self::Buf,
+        sums: &mut Self::Sums,
+    );
+    fn read_sums(&self, sums: &Self::Sums) -> Vec<f64>;
     /// Σ over images of the mean over pixels with HR > 0.95 of ((1−vd)²·(hr − vd))²;
     /// d_hr += scale · its gradient (accumulates)
     fn hr_regulariser(&self, hr: &Self::Buf, vd: &Self::Buf, s: Shape, scale: f64, d_hr: &mut Self::Buf) -> f64;
@@ -428,6 +449,24 @@ pub trait Backend: Sync {
     fn half_operands(&self) -> bool {
         false
     }
+
+    // --- recorded work (`graphs::Replayed`) ----------------------------------------------
+    /// Whether `capture` records work (CUDA with `SPAHDMAP_GPU_GRAPHS=1`).
+    fn graphs(&self) -> bool {
+        false
+    }
+    /// Record the work `body` queues, without running it, for `replay`. The body must read
+    /// nothing back to the host, upload nothing, and allocate only buffers the pool holds (a
+    /// step run once eagerly before leaves them there); the buffers it takes and gives back
+    /// become the recording's own. None when it could not be recorded (the body's work has
+    /// then not run: run it again eagerly).
+    fn capture(&self, body: &mut dyn FnMut()) -> Option<Self::Graph> {
+        let _ = body;
+        None
+    }
+    /// Queue a recording's work again, on the buffers it was recorded on; false (nothing
+    /// queued) when it may no longer run: a scratch buffer it uses has been reallocated since.
+    fn replay(&self, g: &Self::Graph) -> bool;
 }
 
 #[cfg(test)]

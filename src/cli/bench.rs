@@ -237,6 +237,9 @@ fn unet_bench<B: crate::backend::Backend>(
     let (mut tf, mut tb, mut ta) = (Vec::new(), Vec::new(), Vec::new());
     // half-precision operands train behind a loss scaler (its unscale pass is timed with Adam)
     let mut scaler = b.half_operands().then(crate::optim::LossScaler::default);
+    if b.graphs() {
+        return recorded_pretrain_bench(b, &net, &mut p, &mut opt, scaler, is, repeat);
+    }
     for _ in 0..repeat.max(1) + 1 {
         b.synchronize();
         let t = Instant::now();
@@ -272,6 +275,54 @@ fn unet_bench<B: crate::backend::Backend>(
             "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
 }
 
+/// The pre-training iteration as the stage runs it with recordings on: forward, loss and
+/// backward replayed as one CUDA graph (timed together: nothing separates them any more),
+/// then Adam. The first two iterations (eager, then recorded) are not timed.
+fn recorded_pretrain_bench<B: crate::backend::Backend>(
+    b: &B,
+    net: &crate::model::unet::UNet,
+    p: &mut crate::model::unet::Params<B::Buf>,
+    opt: &mut crate::optim::Adam<B::Buf>,
+    mut scaler: Option<crate::optim::LossScaler>,
+    is: crate::backend::Shape,
+    repeat: usize,
+) -> serde_json::Value {
+    use crate::backend::graphs::Ran;
+    let all: Vec<usize> = (0..p.data.len()).collect();
+    let mut step = crate::stages::pretrain::RecordedStep::<B>::default();
+    step.load(b, &bench_image(is.len()), is);
+    let (mut tfb, mut ta, mut ran) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeat.max(1) + 2 {
+        b.synchronize();
+        let t = Instant::now();
+        let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
+        let (_, how) = step.step(b, net, p, scale);
+        b.synchronize();
+        tfb.push(t.elapsed().as_secs_f64());
+        ran.push(how);
+        let t = Instant::now();
+        match &mut scaler {
+            None => p.adam_step(b, opt, &all, &vec![4e-4; all.len()]),
+            Some(s) => {
+                p.scaled_adam_step(b, opt, s, &all, &vec![4e-4; all.len()]);
+            }
+        }
+        b.synchronize();
+        ta.push(t.elapsed().as_secs_f64());
+    }
+    let replayed = ran.iter().filter(|&&r| r == Ran::Replayed).count();
+    for v in [&mut tfb, &mut ta] {
+        v.drain(..2);
+    }
+    step.release(b);
+    let (fb, ad) = (median(tfb), median(ta));
+    serde_json::json!({"bench": "unet_pretrain_iteration", "device": b.name(), "median_s": fb + ad, "repeat": repeat,
+        "threads": rayon::current_num_threads(),
+        "detail": {"batch": is.n, "size": is.h, "recorded": true, "replayed_steps": replayed,
+            "forward_backward_s": fb, "adam_s": ad, "input": "uploaded once, read from the step's own buffer",
+            "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
+}
+
 /// High-definition inference: a batch of tiles to rank-20 scores, as the score stage runs it.
 fn infer_bench<B: crate::backend::Backend>(
     b: &B,
@@ -291,15 +342,17 @@ fn infer_bench<B: crate::backend::Backend>(
     let vd = bench_vd(batch * size * size * rank);
     let (im, v) = (b.upload(&image), b.upload(&vd));
     let mut times = Vec::new();
-    for _ in 0..repeat.max(1) + 1 {
+    // as the score stage runs a batch: one recorded launch where recordings are on
+    let mut rec = crate::backend::graphs::RecordedOut::<B>::default();
+    let net_batch = |x: &[&B::Buf]| head.hr_scores(b, net, &p, x[0], is, x[1]);
+    for _ in 0..repeat.max(1) + 2 {
         b.synchronize();
         let t = Instant::now();
-        let hr = head.hr_scores(b, net, &p, &im, is, &v);
+        rec.run(b, 0, &[&im, &v], &net_batch);
         b.synchronize();
         times.push(t.elapsed().as_secs_f64());
-        b.release(hr);
     }
-    times.remove(0); // warm-up: module load, pool fill
+    times.drain(..2); // warm-up: module load, pool fill (and the recording)
     let t = median(times);
     let mpx = (batch * size * size) as f64 / 1e6;
     b.release(im);
@@ -324,18 +377,18 @@ fn infer_bench<B: crate::backend::Backend>(
         let t0 = Instant::now();
         for _ in 0..batches {
             let bufs = ring.fill(b, &[&image, &vd]);
-            let hr = head.hr_scores(b, net, &p, &bufs[0], is, &bufs[1]);
+            rec.run(b, 0, &[&bufs[0], &bufs[1]], &net_batch);
             ring.done(b);
-            b.release(hr);
         }
         b.synchronize();
         let t = t0.elapsed().as_secs_f64() / batches as f64;
         ring.release(b);
         t
     };
+    rec.release(b);
     serde_json::json!({"bench": "unet_hd_inference", "device": b.name(), "median_s": t, "repeat": repeat,
         "threads": rayon::current_num_threads(),
-        "detail": {"batch": batch, "size": size, "rank": rank, "megapixel_per_s": mpx / t,
+        "detail": {"batch": batch, "size": size, "rank": rank, "megapixel_per_s": mpx / t, "recorded": b.graphs(),
             "input_mb_per_batch": ((image.len() + vd.len()) * 4) as f64 / 1e6,
             "with_uploads": {"batches": batches, "serial_megapixel_per_s": mpx / serial,
                 "overlapped_megapixel_per_s": mpx / overlapped},

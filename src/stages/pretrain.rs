@@ -16,6 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::backend::graphs::{Ran, Replayed};
 use crate::backend::{Backend, Cpu, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
@@ -185,6 +186,65 @@ pub fn pretrain_step_scaled<B: Backend>(
     loss
 }
 
+/// A pre-training step's forward, loss and backward on an input buffer and loss sums of its
+/// own, so the step can be recorded once and replayed (`graphs::Replayed`; CUDA graphs where
+/// `SPAHDMAP_GPU_GRAPHS=1`, eager elsewhere, with the same arithmetic as `pretrain_step_scaled`).
+/// Adam stays outside: its learning rate changes every step, and behind a loss scaler it
+/// waits for the host's look at the found-inf flag.
+pub struct RecordedStep<B: Backend> {
+    io: Option<(Shape, B::Buf, B::Sums)>,
+    rec: Replayed<B>,
+}
+
+impl<B: Backend> Default for RecordedStep<B> {
+    fn default() -> Self {
+        RecordedStep { io: None, rec: Replayed::default() }
+    }
+}
+
+impl<B: Backend> RecordedStep<B> {
+    /// Upload the batch (`is` images) into the step's input buffer.
+    pub fn load(&mut self, b: &B, host: &[f32], is: Shape) {
+        assert_eq!(host.len(), is.len(), "a batch of another shape");
+        if self.io.as_ref().is_none_or(|(s, ..)| *s != is) {
+            // the old recording, baked on the old buffer, goes at the next step (its key changes)
+            if let Some((_, buf, _)) = self.io.take() {
+                b.release(buf);
+            }
+            self.io = Some((is, b.alloc(is.len()), b.sums(is.n)));
+        }
+        let (_, input, _) = self.io.as_mut().unwrap();
+        b.upload_overlapped(host, input, None);
+    }
+
+    /// The step on the loaded batch: gradients into `p.grads` (times `loss_scale`); returns the
+    /// batch's mean loss and how the work was queued.
+    pub fn step(&mut self, b: &B, net: &UNet, p: &mut Params<B::Buf>, loss_scale: f32) -> (f64, Ran) {
+        let (is, input, sums) = self.io.as_mut().expect("RecordedStep::load first");
+        let is = *is;
+        let grad = loss_scale as f64 / is.n as f64;
+        let key = [is.n, is.h, is.w, is.c, loss_scale.to_bits() as usize]
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &v| (h ^ v as u64).wrapping_mul(0x100_0000_01b3));
+        let ran = self.rec.run(b, key, &mut || {
+            let a = net.forward(b, p, input, is);
+            let mut d = b.alloc(is.len());
+            b.mse_sums(a.pred.as_ref().unwrap(), input, is, grad, &mut d, sums);
+            net.backward(b, p, &a, input, d);
+            a.release(b);
+        });
+        let per = (is.h * is.w * is.c) as f64;
+        let loss: f64 = b.read_sums(sums).iter().take(is.n).map(|v| v / per).sum();
+        (loss / is.n as f64, ran)
+    }
+
+    pub fn release(mut self, b: &B) {
+        if let Some((_, buf, _)) = self.io.take() {
+            b.release(buf);
+        }
+    }
+}
+
 pub fn run_pretrain(out: &Path, sections: &[SectionDir], s: &PretrainSettings) -> Result<PretrainReport> {
     crate::on_device!(s.device, b => pretrain_on(b, out, sections, s))
 }
@@ -256,6 +316,7 @@ pub fn pretrain_on<B: Backend>(
     let mut stopped_early = false;
     let mut last_batch_loss = f64::NAN;
     let per_epoch = tiles.len().div_ceil(s.batch);
+    let mut step = RecordedStep::<B>::default();
     'outer: while pr.iteration <= s.iterations {
         let order = epoch_order(tiles.len(), s.seed, pr.epoch);
         while pr.batch_in_epoch < per_epoch {
@@ -267,22 +328,21 @@ pub fn pretrain_on<B: Backend>(
                 let (k, r0, c0) = tiles[t];
                 host.extend(images[k].read_region_unit(r0, c0, ss, ss)?);
             }
-            let batch = b.upload(&host);
+            step.load(b, &host, is);
             let lr = cosine_lr(s.lr, s.eta_min, pr.iteration, s.iterations);
             let lrs = vec![lr; all.len()];
             let loss = match &mut pr.scaler {
                 None => {
-                    let loss = pretrain_step(b, &net, &mut p, &batch, is);
+                    let (loss, _) = step.step(b, &net, &mut p, 1.0);
                     p.adam_step(b, &mut opt, &all, &lrs);
                     loss
                 }
                 Some(sc) => {
-                    let loss = pretrain_step_scaled(b, &net, &mut p, &batch, is, sc.scale);
+                    let (loss, _) = step.step(b, &net, &mut p, sc.scale);
                     p.scaled_adam_step(b, &mut opt, sc, &all, &lrs);
                     loss
                 }
             };
-            b.release(batch);
             pr.iteration += 1;
             pr.batch_in_epoch += 1;
             pr.rec_loss += loss;
@@ -317,6 +377,7 @@ pub fn pretrain_on<B: Backend>(
         pr.batch_in_epoch = 0;
     }
     pb.finish_and_clear();
+    step.release(b);
     let mut meta = pr.to_meta();
     meta.insert("stage".into(), "pretrain".into());
     checkpoint::save(b, &models.join("pretrained.safetensors"), &p, None, meta)?;

@@ -18,6 +18,7 @@ use half::f16;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::backend::graphs::RecordedOut;
 use crate::backend::streamed::InputRing;
 use crate::backend::{Backend, Cpu, Shape};
 use crate::error::{Error, Result};
@@ -87,7 +88,7 @@ pub fn average_tiles<B: Backend>(
     rank: usize,
     s: &ScoreSettings,
     tile: impl Fn(i64, i64) -> Result<(Vec<f32>, Vec<f32>)> + Sync,
-    mut infer: impl FnMut(&[f32], &[f32], usize) -> B::Buf,
+    mut infer: impl FnMut(&[f32], &[f32], usize, &mut dyn FnMut(&B::Buf)),
     emit: impl FnMut(usize, &[f32]) -> Result<()> + Send,
     mut progress: impl FnMut(usize),
 ) -> Result<usize> {
@@ -149,11 +150,11 @@ pub fn average_tiles<B: Backend>(
                     b.band_advance(&mut band, r0, &mut emit_crop)?;
                     top = Some(r0);
                 }
-                let hr = infer(&img, &vd, chunk.len());
-                for (i, &c0) in chunk.iter().enumerate() {
-                    b.band_add(&mut band, c0, &hr, i);
-                }
-                b.release(hr);
+                infer(&img, &vd, chunk.len(), &mut |hr| {
+                    for (i, &c0) in chunk.iter().enumerate() {
+                        b.band_add(&mut band, c0, hr, i);
+                    }
+                });
                 count += chunk.len();
                 progress(chunk.len());
             }
@@ -318,11 +319,14 @@ pub fn score_on<B: Backend>(
         };
         // a batch's tiles go up while the batch before it computes (double-buffered inputs)
         let mut inputs = InputRing::<B>::default();
-        let infer = |img: &[f32], v: &[f32], n: usize| -> B::Buf {
+        // the network's batch as one recorded launch where recordings are on
+        let mut batch = RecordedOut::<B>::default();
+        let infer = |img: &[f32], v: &[f32], n: usize, use_hr: &mut dyn FnMut(&B::Buf)| {
             let bufs = inputs.fill(b, &[img, v]);
-            let hr = head.hr_scores(b, &net, &p, &bufs[0], Shape { n, h: ss, w: ss, c: channels }, &bufs[1]);
+            let is = Shape { n, h: ss, w: ss, c: channels };
+            let hr = batch.run(b, n as u64, &[&bufs[0], &bufs[1]], &|x| head.hr_scores(b, &net, &p, x[0], is, x[1]));
+            use_hr(hr);
             inputs.done(b);
-            hr
         };
         let mut mask = sd.mask()?;
         let before = mask.count();
@@ -360,6 +364,7 @@ pub fn score_on<B: Backend>(
             average_tiles(b, h, w, rank, s, tile, infer, emit, |n| pb.inc(n as u64))
         })?;
         inputs.release(b);
+        batch.release(b);
         pb.finish_and_clear();
         let (spots, n) = sd.all_spots()?;
         let crop: Vec<[f64; 2]> = spots[..n].iter().map(|q| [q[0] - m.row0 as f64, q[1] - m.col0 as f64]).collect();
@@ -457,7 +462,7 @@ mod tests {
             rank,
             &s,
             tile,
-            |_, vd, _| vd.to_vec(),
+            |_, vd, _, use_hr| use_hr(&vd.to_vec()),
             |y, row| {
                 rows.push((y, row.to_vec()));
                 Ok(())
@@ -503,7 +508,7 @@ mod tests {
             rank,
             &s,
             bad_tile,
-            |_, vd, _| vd.to_vec(),
+            |_, vd, _, use_hr| use_hr(&vd.to_vec()),
             |_, _| {
                 emitted += 1;
                 Ok(())
@@ -520,7 +525,7 @@ mod tests {
             rank,
             &s,
             ok,
-            |_, vd, _| vd.to_vec(),
+            |_, vd, _, use_hr| use_hr(&vd.to_vec()),
             |y, _| {
                 if y == 40 {
                     return Err(Error::Other("disk full".into()));

@@ -11,9 +11,14 @@ pub const POISSON_EPS: f32 = 1e-8;
 pub const REG_THRESHOLD: f32 = 0.95;
 
 pub fn mse_per_image(pred: &[f32], target: &[f32], s: Shape, scale: f64, d: &mut [f32]) -> f64 {
+    let per = (s.h * s.w * s.c) as f64;
+    mse_sums(pred, target, s, scale, d).iter().map(|v| v / per).sum()
+}
+
+/// Each image's sum of squared errors (not yet divided by H·W·C); d as `mse_per_image`.
+pub fn mse_sums(pred: &[f32], target: &[f32], s: Shape, scale: f64, d: &mut [f32]) -> Vec<f64> {
     let per = s.h * s.w * s.c;
-    let sums: Vec<f64> = d
-        .par_chunks_mut(per)
+    d.par_chunks_mut(per)
         .zip(pred.par_chunks(per).zip(target.par_chunks(per)))
         .map(|(d, (p, t))| {
             let mut sum = 0f64;
@@ -22,10 +27,9 @@ pub fn mse_per_image(pred: &[f32], target: &[f32], s: Shape, scale: f64, d: &mut
                 sum += e * e;
                 d[i] = (scale * 2.0 * e / per as f64) as f32;
             }
-            sum / per as f64
+            sum
         })
-        .collect();
-    sums.iter().sum()
+        .collect()
 }
 
 pub fn hr_regulariser(hr: &[f32], vd: &[f32], s: Shape, scale: f64, d_hr: &mut [f32]) -> f64 {

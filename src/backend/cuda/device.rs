@@ -9,7 +9,7 @@
 //! buffers owned by the backend, so a training loop allocates nothing after its first step.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -27,6 +27,13 @@ use crate::optim::AdamScalars;
 pub struct DBuf {
     mem: CudaSlice<f32>,
     len: usize,
+}
+
+impl DBuf {
+    /// Drop the handle without freeing: a capture's placeholder, which points nowhere.
+    pub(super) fn forget(self) {
+        self.mem.leak();
+    }
 }
 
 type Grow<T> = Mutex<Option<CudaSlice<T>>>;
@@ -62,8 +69,14 @@ pub struct Cuda {
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     /// blocks of 256 threads each kernel keeps resident per SM (the driver's occupancy figure)
     resident: Mutex<HashMap<&'static str, usize>>,
-    pool: Mutex<HashMap<usize, Vec<DBuf>>>,
+    pub(super) pool: Mutex<HashMap<usize, Vec<DBuf>>>,
     fresh: AtomicU64,
+    /// whether `capture` records (SPAHDMAP_GPU_GRAPHS; `use_graphs`)
+    graphs: AtomicBool,
+    /// what the body being captured did (src/backend/cuda/graph.rs); None when not capturing
+    pub(super) capture: Mutex<Option<super::graph::CaptureLog>>,
+    /// bumped whenever a scratch buffer is reallocated: recordings made before are stale
+    pub(super) scratch_generation: AtomicU64,
     f64s: Grow<f64>,
     u32s: Grow<u32>,
     f32s: Grow<f32>,
@@ -163,6 +176,9 @@ impl Cuda {
             resident: Mutex::default(),
             pool: Mutex::default(),
             fresh: AtomicU64::new(0),
+            graphs: AtomicBool::new(graphs_from_env()),
+            capture: Mutex::default(),
+            scratch_generation: AtomicU64::new(0),
             f64s: Mutex::default(),
             u32s: Mutex::default(),
             f32s: Mutex::default(),
@@ -187,6 +203,14 @@ impl Cuda {
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Record steps as CUDA graphs (`Backend::capture`) or not, whatever the environment says.
+    pub fn use_graphs(&self, on: bool) {
+        self.graphs.store(on, Ordering::Relaxed);
+    }
+    pub fn graphs_on(&self) -> bool {
+        self.graphs.load(Ordering::Relaxed)
     }
 
     pub(super) fn func(&self, name: &'static str) -> CudaFunction {
@@ -295,6 +319,10 @@ impl Cuda {
     pub(super) fn scratch<T: DeviceRepr>(&self, cell: &Grow<T>, len: usize) -> u64 {
         let mut g = cell.lock().unwrap();
         if g.as_ref().is_none_or(|s| s.len() < len) {
+            if self.capture_refuses("a scratch buffer would grow") {
+                return g.as_ref().map_or(0, |s| s.device_ptr(&self.stream).0);
+            }
+            self.scratch_generation.fetch_add(1, Ordering::Relaxed);
             let n = len.max(1).next_power_of_two();
             // SAFETY: scratch is written by a kernel or a copy before it is read.
             let s = unsafe { self.stream.alloc::<T>(n) }
@@ -322,7 +350,7 @@ impl Cuda {
     }
 
     pub(super) fn htod<T: DeviceRepr>(&self, ptr: u64, host: &[T]) {
-        if host.is_empty() {
+        if host.is_empty() || self.capture_refuses("an upload") {
             return;
         }
         self.bind();
@@ -335,7 +363,7 @@ impl Cuda {
     pub(super) fn dtoh<T: DeviceRepr + Default + Clone>(&self, ptr: u64, len: usize) -> Vec<T> {
         let mut v = vec![T::default(); len];
         let bytes = std::mem::size_of_val(&v[..]);
-        if bytes == 0 {
+        if bytes == 0 || self.capture_refuses("a read-back") {
             return v;
         }
         self.bind();
@@ -514,20 +542,68 @@ fn tiled_grid(m: usize, n: usize, z: usize, (bm, bn): (usize, usize)) -> LaunchC
     }
 }
 
+/// `SPAHDMAP_GPU_GRAPHS=1` (or `on`, `true`) records training steps and inference batches as
+/// CUDA graphs; off by default until a card has measured it.
+fn graphs_from_env() -> bool {
+    std::env::var("SPAHDMAP_GPU_GRAPHS").is_ok_and(|v| matches!(v.trim(), "1" | "on" | "true"))
+}
+
+impl Cuda {
+    /// The MSE kernel: d = scale·2(pred − target)/(H·W·C), per-image squared-error sums into
+    /// the f64s at `sums` (zeroed first).
+    fn mse_into(&self, pred: &DBuf, target: &DBuf, s: Shape, scale: f64, d: &mut DBuf, sums: u64) {
+        let per = s.h * s.w * s.c;
+        self.zero_bytes(sums, s.n * 8);
+        launch!(
+            self,
+            "mse_f32",
+            self.loss_grid(per, s.n),
+            self.ptr(pred),
+            self.ptr(target),
+            per as i64,
+            scale,
+            self.ptr(d),
+            sums
+        );
+    }
+}
+
 impl Backend for Cuda {
     type Buf = DBuf;
     type Fence = CudaEvent;
     type Band = DeviceBandAverager;
+    type Sums = CudaSlice<f64>;
+    type Graph = super::graph::CudaGraphRun;
 
     fn name(&self) -> String {
         self.label.clone()
     }
     fn synchronize(&self) {
+        if self.capture_refuses("a synchronisation") {
+            return;
+        }
         self.stream.synchronize().unwrap_or_else(|e| panic!("CUDA: {e}"));
     }
 
     fn alloc(&self, len: usize) -> DBuf {
-        if let Some(b) = self.pool.lock().unwrap().get_mut(&len).and_then(|v| v.pop()) {
+        let hit = self.pool.lock().unwrap().get_mut(&len).and_then(|v| v.pop());
+        if let Some(log) = self.capture.lock().unwrap().as_mut() {
+            return match hit {
+                Some(b) => {
+                    log.taken.insert(self.ptr(&b));
+                    b
+                }
+                None => {
+                    // allocating now would put an allocation into the graph: a placeholder
+                    // instead, and the recording is thrown away
+                    log.fail("a buffer the pool did not hold");
+                    // SAFETY: never dereferenced: the capture's kernels are discarded unrun,
+                    // and the handle is forgotten, not freed (`release`, `record`).
+                    DBuf { mem: unsafe { self.stream.upgrade_device_ptr::<f32>(0, len.max(1)) }, len }
+                }
+            };
+        }
+        if let Some(b) = hit {
             return b;
         }
         self.fresh.fetch_add(1, Ordering::Relaxed);
@@ -541,6 +617,9 @@ impl Backend for Cuda {
         b
     }
     fn release(&self, buf: DBuf) {
+        if self.ptr(&buf) == 0 {
+            return buf.forget();
+        }
         self.pool.lock().unwrap().entry(buf.len).or_default().push(buf);
     }
     fn fresh_allocations(&self) -> u64 {
@@ -902,19 +981,18 @@ impl Backend for Cuda {
     fn mse_per_image(&self, pred: &DBuf, target: &DBuf, s: Shape, scale: f64, d: &mut DBuf) -> f64 {
         let per = s.h * s.w * s.c;
         let sums = self.scratch(&self.f64s, s.n.max(1));
-        self.zero_bytes(sums, s.n * 8);
-        launch!(
-            self,
-            "mse_f32",
-            self.loss_grid(per, s.n),
-            self.ptr(pred),
-            self.ptr(target),
-            per as i64,
-            scale,
-            self.ptr(d),
-            sums
-        );
+        self.mse_into(pred, target, s, scale, d, sums);
         self.dtoh::<f64>(sums, s.n).iter().map(|v| v / per as f64).sum()
+    }
+    fn sums(&self, n: usize) -> CudaSlice<f64> {
+        self.upload_raw(&vec![0f64; n.max(1)])
+    }
+    fn mse_sums(&self, pred: &DBuf, target: &DBuf, s: Shape, scale: f64, d: &mut DBuf, sums: &mut CudaSlice<f64>) {
+        assert!(sums.len() >= s.n, "loss sums for {} images, batch of {}", sums.len(), s.n);
+        self.mse_into(pred, target, s, scale, d, self.raw(sums));
+    }
+    fn read_sums(&self, sums: &CudaSlice<f64>) -> Vec<f64> {
+        self.dtoh::<f64>(self.raw(sums), sums.len())
     }
     fn hr_regulariser(&self, hr: &DBuf, vd: &DBuf, s: Shape, scale: f64, d_hr: &mut DBuf) -> f64 {
         let per = s.h * s.w * s.c;
@@ -1097,6 +1175,15 @@ impl Backend for Cuda {
     }
     fn half_operands(&self) -> bool {
         self.precision == Precision::F16Wide
+    }
+    fn graphs(&self) -> bool {
+        self.graphs_on()
+    }
+    fn capture(&self, body: &mut dyn FnMut()) -> Option<super::graph::CudaGraphRun> {
+        self.record(body)
+    }
+    fn replay(&self, g: &super::graph::CudaGraphRun) -> bool {
+        self.launch_recording(g)
     }
     fn unscale_grads(&self, grads: &mut [DBuf], inv_scale: f32) -> bool {
         // every tensor ORs into one flag; one 4-byte read-back per step, as PyTorch's

@@ -18,11 +18,13 @@ macro_rules! launch {
 
 mod device;
 pub mod gcn;
+mod graph;
 pub mod nmf;
 mod profile;
 pub mod tiles;
 pub mod vd;
 pub use device::{Cuda, DBuf, Precision, SPEED};
+pub use graph::CudaGraphRun;
 pub use profile::KernelTime;
 
 use serde::Serialize;
