@@ -1,6 +1,6 @@
 // Half instance norm (HINet) and per-image channel means, NHWC f32: the CPU backend's
 // norm.rs is the reference. Statistics are sums over each image's pixels in f64 (as there),
-// computed by one reduction kernel in three modes, then finished by small element-wise kernels.
+// computed by one reduction kernel in four modes, then finished by small element-wise kernels.
 
 #include <cstdint>
 
@@ -13,6 +13,9 @@ constexpr double EPS = 1e-5;
 //   mode 0: s0 += x
 //   mode 1: s0 += (x − mean)²
 //   mode 2: s0 += dy, s1 += dy · x̂ with x̂ = (x − mean) · rstd computed in f32
+//   mode 3: s0 += x − p, s1 += (x − p)² with p the image's first pixel of the channel: the mean
+//           and variance in one pass over x (finish_moments_f32), shifted by a value of the
+//           same channel so the f64 difference s1/hw − (s0/hw)² does not cancel
 // block (32, 8), grid (⌈hw / chunk⌉, ⌈cn / 32⌉, images); s0, s1 (images × cn) zeroed first.
 extern "C" __global__ void pixel_sums_f64(const float* x, const float* dy, const float* mean, const float* rstd,
                                           int mode, int64_t hw, int c, int cn, int64_t chunk, double* s0,
@@ -23,7 +26,8 @@ extern "C" __global__ void pixel_sums_f64(const float* x, const float* dy, const
     double a0 = 0.0, a1 = 0.0;
     if (ch < cn) {
         const int64_t at = (int64_t)img * cn + ch;
-        const float m = mode ? mean[at] : 0.0f, r = mode == 2 ? rstd[at] : 0.0f;
+        const float m = mode == 3 ? x[(int64_t)img * hw * c + ch] : mode ? mean[at] : 0.0f;
+        const float r = mode == 2 ? rstd[at] : 0.0f;
         for (int64_t p = p0 + threadIdx.y; p < p1; p += 8) {
             const int64_t i = ((int64_t)img * hw + p) * c + ch;
             const float v = x[i];
@@ -32,6 +36,10 @@ extern "C" __global__ void pixel_sums_f64(const float* x, const float* dy, const
             } else if (mode == 1) {
                 const double d = (double)v - m;
                 a0 += d * d;
+            } else if (mode == 3) {
+                const double d = (double)v - m;
+                a0 += d;
+                a1 += d * d;
             } else {
                 const double g = dy[i];
                 a0 += g;
@@ -49,15 +57,26 @@ extern "C" __global__ void pixel_sums_f64(const float* x, const float* dy, const
         }
         const int64_t at = (int64_t)img * cn + ch;
         atomicAdd(&s0[at], a0);
-        if (mode == 2) atomicAdd(&s1[at], a1);
+        if (mode >= 2) atomicAdd(&s1[at], a1);
     }
 }
 
-// out[i] = s[i] / hw (means); with rstd set: out[i] = 1 / sqrt(s[i] / hw + eps)
-extern "C" __global__ void finish_stats_f32(const double* s, int64_t n, int64_t hw, int rstd, float* out) {
+// out[i] = s[i] / hw (means)
+extern "C" __global__ void finish_means_f32(const double* s, int64_t n, int64_t hw, float* out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
+        out[i] = (float)(s[i] / (double)hw);
+}
+
+// Means and 1/σ (biased variance + eps) of each (image, channel < cn) from mode 3's shifted
+// sums; n = images × cn entries.
+extern "C" __global__ void finish_moments_f32(const double* s0, const double* s1, const float* x, int64_t n,
+                                              int cn, int64_t hw, int c, float* mean, float* rstd) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
-        const double v = s[i] / (double)hw;
-        out[i] = rstd ? (float)(1.0 / sqrt(v + hin::EPS)) : (float)v;
+        const int64_t img = i / cn, ch = i % cn;
+        const double d = s0[i] / (double)hw;
+        const double var = fmax(s1[i] / (double)hw - d * d, 0.0);
+        mean[i] = (float)((double)x[img * hw * c + ch] + d);
+        rstd[i] = (float)(1.0 / sqrt(var + hin::EPS));
     }
 }
 

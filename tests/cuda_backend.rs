@@ -243,6 +243,16 @@ fn half_instance_norm_means_and_channel_moves() {
         check("HIN dgamma", &g, &gdgm, &dgm, 1e-5);
         check("HIN dbeta", &g, &gdbt, &dbt, 1e-5);
     }
+    // one pass for mean and variance (shifted sums): channels far from zero with a small
+    // spread, where unshifted f64 sums of squares would lose digits
+    let far: Vec<f32> = rnd(s.len(), 5, -1.0, 1.0).iter().map(|v| 300.0 + 0.01 * v).collect();
+    let (mut y, mut st) = (vec![0f32; s.len()], vec![0f32; 2 * s.n * half]);
+    cpu.hin_forward(&far, s, &gamma, &beta, false, &mut y, &mut st);
+    let gf = g.upload(&far);
+    let (mut gy, mut gst) = (nan(&g, s.len()), nan(&g, st.len()));
+    g.hin_forward(&gf, s, &gg, &gbeta, false, &mut gy, &mut gst);
+    check("HIN statistics, offset channels", &g, &gst, &st, 1e-5);
+    check("HIN, offset channels", &g, &gy, &y, 1e-4);
     let mut m = vec![0f32; s.n * s.c];
     cpu.spatial_mean(&x, s, &mut m);
     let mut gm = nan(&g, m.len());
@@ -982,8 +992,8 @@ fn overlapped_uploads_keep_each_batch_its_own_inputs() {
 /// Issue 8 item 4: the pre-training step (forward, loss, backward) recorded as a CUDA graph
 /// and replayed. Each step's gradients and loss equal those of the same step run eagerly on the
 /// same parameters, so a replay reads the current parameters (Adam moves them between steps)
-/// and the batch loaded that step; the schedule is eager, recorded, then replays, and a new
-/// batch size is recorded anew.
+/// and the batch loaded that step; the schedule is eager, recorded, then replays, a new batch
+/// size is recorded anew, and the first size's recording is still there when it comes back.
 #[test]
 fn recorded_pretraining_steps_replay_the_eager_ones() {
     use spahdmap::backend::graphs::Ran;
@@ -998,7 +1008,7 @@ fn recorded_pretraining_steps_replay_the_eager_ones() {
     let mut step = RecordedStep::<Cuda>::default();
     let mut hows = Vec::new();
     let mut fresh = Vec::new();
-    for (k, is) in [(0u64, 2usize), (1, 2), (2, 2), (3, 2), (4, 2), (5, 1), (6, 1), (7, 1)] {
+    for (k, is) in [(0u64, 2usize), (1, 2), (2, 2), (3, 2), (4, 2), (5, 1), (6, 1), (7, 1), (8, 2)] {
         let is = Shape { n: is, h: 64, w: 48, c: 3 };
         let image = rnd(is.len(), 100 + k, 0.0, 1.0);
         step.load(&g, &image, is);
@@ -1017,7 +1027,8 @@ fn recorded_pretraining_steps_replay_the_eager_ones() {
         fresh.push(g.fresh_allocations());
     }
     use Ran::*;
-    assert_eq!(hows, [Eager, Recorded, Replayed, Replayed, Replayed, Eager, Recorded, Replayed]);
+    // the full batch's recording was kept beside the short one's
+    assert_eq!(hows, [Eager, Recorded, Replayed, Replayed, Replayed, Eager, Recorded, Replayed, Replayed]);
     assert_eq!(fresh[3], fresh[4], "a replayed step allocated");
     step.release(&g);
 }
@@ -1038,12 +1049,25 @@ fn a_step_that_cannot_be_recorded_runs_eagerly_and_leaves_the_backend_usable() {
             let _ = g.download(&y);
         })
         .is_none());
+    // zeroed and copied placeholders: nothing may be queued on them
     assert!(g
         .capture(&mut || {
-            let z = g.alloc(12345);
+            let z = g.zeros(12345);
+            let mut w = g.zeros(12345);
+            g.copy(&z, &mut w);
+            g.sigmoid(&z, &mut w);
             g.release(z);
+            g.release(w);
         })
         .is_none());
+    // a panic inside the body ends the capture on its way out
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        g.capture(&mut || {
+            g.sigmoid(&x, &mut y);
+            panic!("inside the body");
+        })
+    }));
+    assert!(caught.is_err());
     // the placeholder never reached the pool: this length gets real memory
     let z = g.upload(&vec![2.0; 12345]);
     assert_eq!(g.download(&z)[12344], 2.0);

@@ -1,17 +1,25 @@
 //! Steps recorded once and replayed with one launch (CUDA graphs, `Backend::capture`): a loop
 //! hands `Replayed::run` the same body every iteration. The first run of a key is eager — it
 //! fills the buffer pool, so the recording allocates nothing — the second records the body and
-//! replays it, later ones replay. A recording that cannot be made leaves the key eager; one
-//! that went stale (a scratch buffer it reads was reallocated) is dropped and made again.
+//! replays it, later ones replay. A recording that cannot be made is tried again after another
+//! eager run (a buffer the pool lacked may be back), at most `TRIES` times per key; one that
+//! went stale (a scratch buffer it reads was reallocated) is discarded and made again.
+//!
+//! A recording bakes in the addresses of every buffer its body touches: the body must see the
+//! same buffers on every run — inputs written into them beforehand, outputs read after, and
+//! parameters updated in place, never replaced (`RecordedStep`, `RecordedOut` keep their own
+//! inputs and outputs per shape).
 
 use super::Backend;
 
-/// What `Backend::capture` / `replay` offer, apart so the schedule is testable without a GPU.
+/// What `Backend::capture` / `replay` / `discard` offer, apart so the schedule is testable
+/// without a GPU.
 pub trait Recorder {
     type Graph;
     fn graphs(&self) -> bool;
     fn capture(&self, body: &mut dyn FnMut()) -> Option<Self::Graph>;
     fn replay(&self, g: &Self::Graph) -> bool;
+    fn discard(&self, g: Self::Graph);
 }
 
 impl<B: Backend> Recorder for B {
@@ -25,6 +33,9 @@ impl<B: Backend> Recorder for B {
     fn replay(&self, g: &B::Graph) -> bool {
         Backend::replay(self, g)
     }
+    fn discard(&self, g: B::Graph) {
+        Backend::discard(self, g)
+    }
 }
 
 /// How a run's work was queued.
@@ -36,14 +47,17 @@ pub enum Ran {
     Replayed,
 }
 
-/// A body's recording for one key (the shapes and constants it bakes in: change the key and
-/// it is recorded anew).
+/// Recording attempts per key before it stays eager.
+pub const TRIES: u32 = 3;
+
+/// A body's recording for one key (the constants it bakes in: change the key and it is
+/// recorded anew).
 pub struct Replayed<R: Recorder> {
     key: Option<u64>,
-    /// the key's body has run eagerly once since its buffers were last given up
+    /// the key's body has run eagerly since its recording was last discarded
     warm: bool,
-    /// recording failed for this key: it stays eager
-    eager: bool,
+    /// failed recordings of this key
+    tries: u32,
     graph: Option<R::Graph>,
     pub recorded: u64,
     pub replayed: u64,
@@ -52,37 +66,32 @@ pub struct Replayed<R: Recorder> {
 
 impl<R: Recorder> Default for Replayed<R> {
     fn default() -> Self {
-        Replayed { key: None, warm: false, eager: false, graph: None, recorded: 0, replayed: 0, failed: 0 }
+        Replayed { key: None, warm: false, tries: 0, graph: None, recorded: 0, replayed: 0, failed: 0 }
     }
 }
 
 impl<R: Recorder> Replayed<R> {
-    /// Queue `body`'s work once: eagerly, or from its recording. The body sees the same
-    /// buffers every run (inputs written into them beforehand, outputs read after).
+    /// Queue `body`'s work once: eagerly, or from its recording.
     pub fn run(&mut self, r: &R, key: u64, body: &mut dyn FnMut()) -> Ran {
         if !r.graphs() {
+            // recordings switched off: one made before must not outlive its buffers' users
+            self.discard(r);
             body();
             return Ran::Eager;
         }
         if self.key != Some(key) {
-            // the old recording's buffers go with it
-            *self = Replayed {
-                recorded: self.recorded,
-                replayed: self.replayed,
-                failed: self.failed,
-                ..Default::default()
-            };
+            self.discard(r);
             self.key = Some(key);
+            self.tries = 0;
         }
         if let Some(g) = &self.graph {
             if r.replay(g) {
                 self.replayed += 1;
                 return Ran::Replayed;
             }
-            self.graph = None;
-            self.warm = false;
+            self.discard(r);
         }
-        if self.eager || !self.warm {
+        if self.tries >= TRIES || !self.warm {
             body();
             self.warm = true;
             return Ran::Eager;
@@ -93,21 +102,59 @@ impl<R: Recorder> Replayed<R> {
                 self.recorded += 1;
                 Ran::Recorded
             }
-            _ => {
+            other => {
+                if let Some(g) = other {
+                    r.discard(g);
+                }
                 self.failed += 1;
-                self.eager = true;
+                self.tries += 1;
                 body();
                 Ran::Eager
             }
         }
     }
+
+    /// Drop the recording (its buffers go back for reuse); the next run is eager.
+    pub fn discard(&mut self, r: &R) {
+        if let Some(g) = self.graph.take() {
+            r.discard(g);
+        }
+        self.warm = false;
+    }
 }
 
-/// A body from input buffers to one output buffer, recorded per key (the inference batch):
-/// with recordings on, the inputs are first copied into buffers of its own (a graph bakes in
-/// their addresses, and streamed inputs alternate between slots) and the output is its own,
-/// overwritten by the next run.
+/// Recordings kept per user: a full batch and the short one that ends an epoch or a row of
+/// tiles, so alternating between them replays instead of recording again.
+const KEEP: usize = 2;
+
+/// The most recently used `KEEP` entries by key; `make` builds a missing one, `evict` takes the
+/// one it pushes out.
+pub(crate) fn lru<T>(v: &mut Vec<(u64, T)>, key: u64, make: impl FnOnce() -> T, evict: impl FnOnce(T)) -> &mut T {
+    match v.iter().position(|(k, _)| *k == key) {
+        Some(i) => {
+            let e = v.remove(i);
+            v.insert(0, e);
+        }
+        None => {
+            if v.len() == KEEP {
+                evict(v.pop().unwrap().1);
+            }
+            v.insert(0, (key, make()));
+        }
+    }
+    &mut v[0].1
+}
+
+/// A body from input buffers to one output buffer, recorded per input shape (the inference
+/// batch): with recordings on, the inputs are first copied into buffers of its own (a graph
+/// bakes in their addresses, and streamed inputs alternate between slots) and the output is its
+/// own, overwritten by the next run of that shape.
 pub struct RecordedOut<B: Backend> {
+    out: Option<B::Buf>,
+    shapes: Vec<(u64, OutSlot<B>)>,
+}
+
+struct OutSlot<B: Backend> {
     inputs: Vec<B::Buf>,
     out: Option<B::Buf>,
     rec: Replayed<B>,
@@ -115,33 +162,44 @@ pub struct RecordedOut<B: Backend> {
 
 impl<B: Backend> Default for RecordedOut<B> {
     fn default() -> Self {
-        RecordedOut { inputs: Vec::new(), out: None, rec: Replayed::default() }
+        RecordedOut { out: None, shapes: Vec::new() }
+    }
+}
+
+impl<B: Backend> OutSlot<B> {
+    fn release(mut self, b: &B) {
+        self.rec.discard(b);
+        for x in self.inputs.drain(..).chain(self.out.take()) {
+            b.release(x);
+        }
     }
 }
 
 impl<B: Backend> RecordedOut<B> {
     /// `body(srcs)`, queued eagerly or replayed; the output stays valid until the next run.
     pub fn run(&mut self, b: &B, key: u64, srcs: &[&B::Buf], body: &dyn Fn(&[&B::Buf]) -> B::Buf) -> &B::Buf {
+        if let Some(o) = self.out.take() {
+            b.release(o);
+        }
         if !b.graphs() {
-            if let Some(o) = self.out.take() {
-                b.release(o);
+            for (_, slot) in self.shapes.drain(..) {
+                slot.release(b);
             }
-            self.out = Some(body(srcs));
-            return self.out.as_ref().unwrap();
+            return self.out.insert(body(srcs));
         }
         let lens: Vec<usize> = srcs.iter().map(|x| b.len(x)).collect();
-        if self.inputs.iter().map(|x| b.len(x)).ne(lens.iter().copied()) {
-            for x in self.inputs.drain(..) {
-                b.release(x);
-            }
-            self.inputs = lens.iter().map(|&n| b.alloc(n)).collect();
-        }
-        for (src, dst) in srcs.iter().zip(self.inputs.iter_mut()) {
+        let shape = lens.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &n| (h ^ n as u64).wrapping_mul(0x100_0000_01b3));
+        let slot = lru(
+            &mut self.shapes,
+            shape,
+            || OutSlot { inputs: lens.iter().map(|&n| b.alloc(n)).collect(), out: None, rec: Replayed::default() },
+            |old| old.release(b),
+        );
+        for (src, dst) in srcs.iter().zip(slot.inputs.iter_mut()) {
             b.copy(src, dst);
         }
-        let key = lens.iter().fold(key, |h, &n| (h ^ n as u64).wrapping_mul(0x100_0000_01b3));
-        let (inputs, out) = (&self.inputs, &mut self.out);
-        self.rec.run(b, key, &mut || {
+        let (inputs, out) = (&slot.inputs, &mut slot.out);
+        slot.rec.run(b, key, &mut || {
             let refs: Vec<&B::Buf> = inputs.iter().collect();
             // the old output first, so a recording finds its buffer in the pool (a replay
             // writes into the output it was recorded with: the one kept here)
@@ -150,12 +208,15 @@ impl<B: Backend> RecordedOut<B> {
             }
             *out = Some(body(&refs));
         });
-        self.out.as_ref().expect("the body ran or was replayed")
+        slot.out.as_ref().expect("the body ran or was replayed")
     }
 
     pub fn release(mut self, b: &B) {
-        for x in self.inputs.drain(..).chain(self.out.take()) {
-            b.release(x);
+        if let Some(o) = self.out.take() {
+            b.release(o);
+        }
+        for (_, slot) in self.shapes.drain(..) {
+            slot.release(b);
         }
     }
 }
@@ -186,6 +247,7 @@ mod tests {
             self.replays.set(self.replays.get() + ok as u32);
             ok
         }
+        fn discard(&self, _g: u32) {}
     }
 
     fn mock(on: bool) -> Mock {
@@ -219,13 +281,30 @@ mod tests {
         assert_eq!(run(&mut r, 8), Ran::Eager);
         assert_eq!(run(&mut r, 8), Ran::Recorded);
         assert_eq!(run(&mut r, 8), Ran::Replayed);
-        // a recording refused: that key stays eager
+        // a recording refused: tried again after each eager run, TRIES times, then eager
         m.refuse.set(true);
-        assert_eq!(run(&mut r, 9), Ran::Eager);
-        assert_eq!(run(&mut r, 9), Ran::Eager);
-        assert_eq!(run(&mut r, 9), Ran::Eager);
-        assert_eq!((r.recorded, r.failed), (3, 1));
+        for _ in 0..2 * TRIES + 3 {
+            assert_eq!(run(&mut r, 9), Ran::Eager);
+        }
+        assert_eq!((r.recorded, r.failed), (3, TRIES as u64));
+        // a refusal that passes (a buffer back in the pool) records at the next try
+        assert_eq!(run(&mut r, 10), Ran::Eager);
+        assert_eq!(run(&mut r, 10), Ran::Eager);
+        m.refuse.set(false);
+        assert_eq!(run(&mut r, 10), Ran::Recorded);
         assert_eq!(r.replayed, 3);
+    }
+
+    /// The least recently used entry goes once more than two are kept.
+    #[test]
+    fn two_recordings_are_kept() {
+        let mut v: Vec<(u64, u32)> = Vec::new();
+        let mut gone = Vec::new();
+        for k in [1, 2, 1, 3, 1, 2] {
+            *lru(&mut v, k, || 0, |e| gone.push(e)) += 1;
+        }
+        assert_eq!(v, [(2, 1), (1, 3)]);
+        assert_eq!(gone, [1, 1]);
     }
 
     #[test]

@@ -467,6 +467,10 @@ pub trait Backend: Sync {
     /// Queue a recording's work again, on the buffers it was recorded on; false (nothing
     /// queued) when it may no longer run: a scratch buffer it uses has been reallocated since.
     fn replay(&self, g: &Self::Graph) -> bool;
+    /// Drop a recording; the buffers it owned go back for reuse by work queued after.
+    fn discard(&self, g: Self::Graph) {
+        drop(g);
+    }
 }
 
 #[cfg(test)]

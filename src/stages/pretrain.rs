@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::backend::graphs::{Ran, Replayed};
+use crate::backend::graphs::{lru, Ran, Replayed};
 use crate::backend::{Backend, Cpu, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
@@ -189,44 +189,55 @@ pub fn pretrain_step_scaled<B: Backend>(
 /// A pre-training step's forward, loss and backward on an input buffer and loss sums of its
 /// own, so the step can be recorded once and replayed (`graphs::Replayed`; CUDA graphs where
 /// `SPAHDMAP_GPU_GRAPHS=1`, eager elsewhere, with the same arithmetic as `pretrain_step_scaled`).
-/// Adam stays outside: its learning rate changes every step, and behind a loss scaler it
-/// waits for the host's look at the found-inf flag.
+/// One recording per batch shape, two shapes kept (an epoch's short last batch). Adam stays
+/// outside: its learning rate changes every step, and behind a loss scaler it waits for the
+/// host's look at the found-inf flag. The parameters must be updated in place between steps,
+/// never replaced (a recording reads them where they were).
 pub struct RecordedStep<B: Backend> {
-    io: Option<(Shape, B::Buf, B::Sums)>,
+    shapes: Vec<(u64, StepSlot<B>)>,
+}
+
+struct StepSlot<B: Backend> {
+    is: Shape,
+    input: B::Buf,
+    sums: B::Sums,
     rec: Replayed<B>,
 }
 
 impl<B: Backend> Default for RecordedStep<B> {
     fn default() -> Self {
-        RecordedStep { io: None, rec: Replayed::default() }
+        RecordedStep { shapes: Vec::new() }
     }
 }
 
+fn mix(v: &[usize]) -> u64 {
+    v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &v| (h ^ v as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 impl<B: Backend> RecordedStep<B> {
-    /// Upload the batch (`is` images) into the step's input buffer.
+    /// Upload the batch (`is` images) into the input buffer of its shape; `step` runs on it.
     pub fn load(&mut self, b: &B, host: &[f32], is: Shape) {
         assert_eq!(host.len(), is.len(), "a batch of another shape");
-        if self.io.as_ref().is_none_or(|(s, ..)| *s != is) {
-            // the old recording, baked on the old buffer, goes at the next step (its key changes)
-            if let Some((_, buf, _)) = self.io.take() {
-                b.release(buf);
-            }
-            self.io = Some((is, b.alloc(is.len()), b.sums(is.n)));
-        }
-        let (_, input, _) = self.io.as_mut().unwrap();
-        b.upload_overlapped(host, input, None);
+        let slot = lru(
+            &mut self.shapes,
+            mix(&[is.n, is.h, is.w, is.c]),
+            || StepSlot { is, input: b.alloc(is.len()), sums: b.sums(is.n), rec: Replayed::default() },
+            |mut old| {
+                old.rec.discard(b);
+                b.release(old.input);
+            },
+        );
+        b.upload_overlapped(host, &mut slot.input, None);
     }
 
-    /// The step on the loaded batch: gradients into `p.grads` (times `loss_scale`); returns the
-    /// batch's mean loss and how the work was queued.
+    /// The step on the batch loaded last: gradients into `p.grads` (times `loss_scale`);
+    /// returns the batch's mean loss and how the work was queued.
     pub fn step(&mut self, b: &B, net: &UNet, p: &mut Params<B::Buf>, loss_scale: f32) -> (f64, Ran) {
-        let (is, input, sums) = self.io.as_mut().expect("RecordedStep::load first");
+        let (_, slot) = self.shapes.first_mut().expect("RecordedStep::load first");
+        let StepSlot { is, input, sums, rec } = slot;
         let is = *is;
         let grad = loss_scale as f64 / is.n as f64;
-        let key = [is.n, is.h, is.w, is.c, loss_scale.to_bits() as usize]
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &v| (h ^ v as u64).wrapping_mul(0x100_0000_01b3));
-        let ran = self.rec.run(b, key, &mut || {
+        let ran = rec.run(b, loss_scale.to_bits() as u64, &mut || {
             let a = net.forward(b, p, input, is);
             let mut d = b.alloc(is.len());
             b.mse_sums(a.pred.as_ref().unwrap(), input, is, grad, &mut d, sums);
@@ -239,8 +250,9 @@ impl<B: Backend> RecordedStep<B> {
     }
 
     pub fn release(mut self, b: &B) {
-        if let Some((_, buf, _)) = self.io.take() {
-            b.release(buf);
+        for (_, mut slot) in self.shapes.drain(..) {
+            slot.rec.discard(b);
+            b.release(slot.input);
         }
     }
 }

@@ -34,6 +34,9 @@ impl DBuf {
     pub(super) fn forget(self) {
         self.mem.leak();
     }
+    pub(super) fn values(&self) -> usize {
+        self.len
+    }
 }
 
 type Grow<T> = Mutex<Option<CudaSlice<T>>>;
@@ -75,6 +78,8 @@ pub struct Cuda {
     graphs: AtomicBool,
     /// what the body being captured did (src/backend/cuda/graph.rs); None when not capturing
     pub(super) capture: Mutex<Option<super::graph::CaptureLog>>,
+    /// the capture under way has failed: launches, memsets and copies are skipped
+    pub(super) doomed: AtomicBool,
     /// bumped whenever a scratch buffer is reallocated: recordings made before are stale
     pub(super) scratch_generation: AtomicU64,
     f64s: Grow<f64>,
@@ -178,6 +183,7 @@ impl Cuda {
             fresh: AtomicU64::new(0),
             graphs: AtomicBool::new(graphs_from_env()),
             capture: Mutex::default(),
+            doomed: AtomicBool::new(false),
             scratch_generation: AtomicU64::new(0),
             f64s: Mutex::default(),
             u32s: Mutex::default(),
@@ -287,6 +293,8 @@ impl Cuda {
     }
     /// A device copy of host values in its own allocation (index arrays, setup data).
     pub(super) fn upload_raw<T: DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
+        // an allocation here would become a node of the graph being captured
+        assert!(self.capture.lock().unwrap().is_none(), "CUDA: setup upload during a graph capture");
         let mut s = unsafe { self.stream.alloc::<T>(host.len().max(1)) }
             .unwrap_or_else(|e| self.oom("an index array", std::mem::size_of_val(host), e));
         let p = {
@@ -338,7 +346,7 @@ impl Cuda {
     }
 
     pub(super) fn zero_bytes(&self, ptr: u64, bytes: usize) {
-        if bytes == 0 {
+        if bytes == 0 || self.skipping() {
             return;
         }
         self.bind();
@@ -415,7 +423,7 @@ impl Cuda {
     fn pixel_sums(&self, x: u64, dy: u64, mean: u64, rstd: u64, mode: i32, s: Shape, cn: usize, s0: u64, s1: u64) {
         let at = s.n * cn;
         self.zero_bytes(s0, at * 8);
-        if mode == 2 {
+        if mode >= 2 {
             self.zero_bytes(s1, at * 8);
         }
         let hw = s.h * s.w;
@@ -587,21 +595,22 @@ impl Backend for Cuda {
 
     fn alloc(&self, len: usize) -> DBuf {
         let hit = self.pool.lock().unwrap().get_mut(&len).and_then(|v| v.pop());
-        if let Some(log) = self.capture.lock().unwrap().as_mut() {
-            return match hit {
-                Some(b) => {
-                    log.taken.insert(self.ptr(&b));
-                    b
+        let capturing = match self.capture.lock().unwrap().as_mut() {
+            Some(log) => {
+                if let Some(b) = &hit {
+                    log.taken.insert(self.ptr(b));
                 }
-                None => {
-                    // allocating now would put an allocation into the graph: a placeholder
-                    // instead, and the recording is thrown away
-                    log.fail("a buffer the pool did not hold");
-                    // SAFETY: never dereferenced: the capture's kernels are discarded unrun,
-                    // and the handle is forgotten, not freed (`release`, `record`).
-                    DBuf { mem: unsafe { self.stream.upgrade_device_ptr::<f32>(0, len.max(1)) }, len }
-                }
-            };
+                true
+            }
+            None => false,
+        };
+        if capturing && hit.is_none() {
+            // allocating now would put an allocation into the graph: a placeholder instead,
+            // and the recording is thrown away
+            self.capture_refuses("a buffer the pool did not hold");
+            // SAFETY: never dereferenced: a failed capture queues nothing more and its graph is
+            // destroyed unrun; the handle is forgotten, not freed (`release`).
+            return DBuf { mem: unsafe { self.stream.upgrade_device_ptr::<f32>(0, len.max(1)) }, len };
         }
         if let Some(b) = hit {
             return b;
@@ -638,11 +647,14 @@ impl Backend for Cuda {
     }
     fn fence(&self) -> CudaEvent {
         self.bind();
+        if self.capture_refuses("a fence") {
+            return self.ctx.new_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
+        }
         self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"))
     }
     fn upload_overlapped(&self, host: &[f32], dst: &mut DBuf, after: Option<&CudaEvent>) {
         assert_eq!(host.len(), dst.len, "upload into a buffer of another length");
-        if host.is_empty() {
+        if host.is_empty() || self.capture_refuses("an upload") {
             return;
         }
         self.bind();
@@ -693,7 +705,7 @@ impl Backend for Cuda {
     }
     fn copy(&self, src: &DBuf, dst: &mut DBuf) {
         assert_eq!(src.len, dst.len, "copy between buffers of different lengths");
-        if src.len == 0 {
+        if src.len == 0 || self.skipping() {
             return;
         }
         self.bind();
@@ -870,14 +882,27 @@ impl Backend for Cuda {
         let half = s.c / 2;
         let at = s.n * half;
         let hw = s.h * s.w;
-        let s0 = self.scratch(&self.f64s, at.max(1));
         let (xp, st) = (self.ptr(x), self.ptr(stats));
         let rstd = st + (at * 4) as u64;
         if half > 0 {
-            self.pixel_sums(xp, 0, 0, 0, 0, s, half, s0, 0);
-            launch!(self, "finish_stats_f32", cfg_elems(at), s0, at as i64, hw as i64, 0i32, st);
-            self.pixel_sums(xp, 0, st, 0, 1, s, half, s0, 0);
-            launch!(self, "finish_stats_f32", cfg_elems(at), s0, at as i64, hw as i64, 1i32, rstd);
+            // mean and variance in one pass over x (shifted sums: mode 3)
+            let s0 = self.scratch(&self.f64s, 2 * at);
+            let s1 = s0 + (at * 8) as u64;
+            self.pixel_sums(xp, 0, 0, 0, 3, s, half, s0, s1);
+            launch!(
+                self,
+                "finish_moments_f32",
+                cfg_elems(at),
+                s0,
+                s1,
+                xp,
+                at as i64,
+                half as i32,
+                hw as i64,
+                s.c as i32,
+                st,
+                rstd
+            );
         }
         launch!(
             self,
@@ -975,7 +1000,7 @@ impl Backend for Cuda {
         let at = s.n * s.c;
         let s0 = self.scratch(&self.f64s, at.max(1));
         self.pixel_sums(self.ptr(x), 0, 0, 0, 0, s, s.c, s0, 0);
-        launch!(self, "finish_stats_f32", cfg_elems(at), s0, at as i64, (s.h * s.w) as i64, 0i32, self.ptr(out));
+        launch!(self, "finish_means_f32", cfg_elems(at), s0, at as i64, (s.h * s.w) as i64, self.ptr(out));
     }
 
     fn mse_per_image(&self, pred: &DBuf, target: &DBuf, s: Shape, scale: f64, d: &mut DBuf) -> f64 {
@@ -1184,6 +1209,9 @@ impl Backend for Cuda {
     }
     fn replay(&self, g: &super::graph::CudaGraphRun) -> bool {
         self.launch_recording(g)
+    }
+    fn discard(&self, g: super::graph::CudaGraphRun) {
+        self.discard_recording(g)
     }
     fn unscale_grads(&self, grads: &mut [DBuf], inv_scale: f32) -> bool {
         // every tensor ORs into one flag; one 4-byte read-back per step, as PyTorch's

@@ -5,14 +5,17 @@
 /// Launch kernel `$name` of the embedded module with scalar arguments (device pointers as u64).
 macro_rules! launch {
     ($s:expr, $name:expr, $cfg:expr $(, $arg:expr)* $(,)?) => {{
-        let f = $s.func($name);
-        let mut b = $s.stream.launch_builder(&f);
-        $( let a = $arg; cudarc::driver::PushKernelArg::arg(&mut b, &a); )*
-        let start = $s.profile_start();
-        // SAFETY: argument lists match the kernels' signatures in kernels/*.cu (reviewed
-        // together; every kernel is tested against the CPU backend).
-        unsafe { b.launch($cfg) }.unwrap_or_else(|e| panic!("CUDA kernel {}: {e}", $name));
-        $s.profile_end($name, start);
+        // a failed graph capture queues nothing more (src/backend/cuda/graph.rs)
+        if !$s.skipping() {
+            let f = $s.func($name);
+            let mut b = $s.stream.launch_builder(&f);
+            $( let a = $arg; cudarc::driver::PushKernelArg::arg(&mut b, &a); )*
+            let start = $s.profile_start();
+            // SAFETY: argument lists match the kernels' signatures in kernels/*.cu (reviewed
+            // together; every kernel is tested against the CPU backend).
+            unsafe { b.launch($cfg) }.unwrap_or_else(|e| panic!("CUDA kernel {}: {e}", $name));
+            $s.profile_end($name, start);
+        }
     }};
 }
 
