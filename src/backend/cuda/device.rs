@@ -25,17 +25,38 @@ use crate::optim::AdamScalars;
 /// A device buffer of `len` f32 values (the allocation holds at least one, so empty buffers
 /// exist too).
 pub struct DBuf {
-    mem: CudaSlice<f32>,
+    /// dropped by hand (`Drop`): a graph capture's placeholder points nowhere, and memory
+    /// freed while its stream is capturing would become a node of the graph
+    mem: std::mem::ManuallyDrop<CudaSlice<f32>>,
     len: usize,
 }
 
 impl DBuf {
-    /// Drop the handle without freeing: a capture's placeholder, which points nowhere.
-    pub(super) fn forget(self) {
-        self.mem.leak();
+    fn new(mem: CudaSlice<f32>, len: usize) -> DBuf {
+        DBuf { mem: std::mem::ManuallyDrop::new(mem), len }
     }
     pub(super) fn values(&self) -> usize {
         self.len
+    }
+}
+
+impl Drop for DBuf {
+    fn drop(&mut self) {
+        // SAFETY: `mem` is taken once, here, and not used after.
+        let mem = unsafe { std::mem::ManuallyDrop::take(&mut self.mem) };
+        let stream = mem.stream().cu_stream();
+        // SAFETY: a stream of this buffer's context, alive while `mem` holds it.
+        let capturing = unsafe { result::stream::is_capturing(stream) }
+            .is_ok_and(|s| s != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+        let placeholder = {
+            let (p, _sync) = mem.device_ptr(mem.stream());
+            p == 0
+        };
+        if placeholder || capturing {
+            // a placeholder has nothing to free; a real buffer dropped mid-capture (a panic
+            // unwinding through the body) is leaked rather than freed into the graph
+            mem.leak();
+        }
     }
 }
 
@@ -610,7 +631,7 @@ impl Backend for Cuda {
             self.capture_refuses("a buffer the pool did not hold");
             // SAFETY: never dereferenced: a failed capture queues nothing more and its graph is
             // destroyed unrun; the handle is forgotten, not freed (`release`).
-            return DBuf { mem: unsafe { self.stream.upgrade_device_ptr::<f32>(0, len.max(1)) }, len };
+            return DBuf::new(unsafe { self.stream.upgrade_device_ptr::<f32>(0, len.max(1)) }, len);
         }
         if let Some(b) = hit {
             return b;
@@ -618,7 +639,7 @@ impl Backend for Cuda {
         self.fresh.fetch_add(1, Ordering::Relaxed);
         // SAFETY: every operation writes its outputs before they are read (trait contract).
         let mem = unsafe { self.stream.alloc::<f32>(len.max(1)) }.unwrap_or_else(|e| self.oom("a buffer", len * 4, e));
-        DBuf { mem, len }
+        DBuf::new(mem, len)
     }
     fn zeros(&self, len: usize) -> DBuf {
         let b = self.alloc(len);
@@ -627,7 +648,7 @@ impl Backend for Cuda {
     }
     fn release(&self, buf: DBuf) {
         if self.ptr(&buf) == 0 {
-            return buf.forget();
+            return; // a capture's placeholder: dropping it frees nothing
         }
         self.pool.lock().unwrap().entry(buf.len).or_default().push(buf);
     }
@@ -1202,7 +1223,8 @@ impl Backend for Cuda {
         self.precision == Precision::F16Wide
     }
     fn graphs(&self) -> bool {
-        self.graphs_on()
+        // per-launch profiling events cannot be recorded: profiled runs stay eager
+        self.graphs_on() && self.profile.lock().unwrap().is_none()
     }
     fn capture(&self, body: &mut dyn FnMut()) -> Option<super::graph::CudaGraphRun> {
         self.record(body)

@@ -9,7 +9,8 @@
 //! lacks, a scratch buffer that would grow — is not done but fails the recording, and from then
 //! on the body's launches, memsets and copies are skipped (a placeholder buffer points nowhere);
 //! the caller runs the body eagerly (nothing it queued has run). A panic inside the body ends
-//! the capture on the way out, so the stream is usable again.
+//! the capture on the way out, so the stream is usable again (buffers dropped while unwinding
+//! are leaked, not freed into the graph: `DBuf`'s `Drop`).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -112,9 +113,17 @@ impl Cuda {
         }
         self.bind();
         let generation = self.scratch_generation.load(Ordering::Relaxed);
-        *self.capture.lock().unwrap() = Some(CaptureLog::default());
-        // SAFETY: the backend's own stream, not capturing (captures do not nest: `body` runs
-        // on this thread and `record` is not reentrant through it).
+        {
+            let mut log = self.capture.lock().unwrap();
+            if let Some(outer) = log.as_mut() {
+                // captures do not nest: the outer one fails, this one is not made
+                outer.failed.get_or_insert("a capture inside a capture");
+                self.doomed.store(true, Ordering::Relaxed);
+                return None;
+            }
+            *log = Some(CaptureLog::default());
+        }
+        // SAFETY: the backend's own stream, not capturing (a nested call was refused above).
         let begun = unsafe {
             result::stream::begin_capture(
                 self.stream.cu_stream(),
