@@ -73,6 +73,23 @@ extern "C" __global__ void adam_f32(float* p, const float* g, float* m, float* v
     }
 }
 
+// adam_f32 with its scalars read from the device (s: step_size, bc2_sqrt, beta1, beta2, eps,
+// weight_decay) and nothing done when *skip is set: the optimiser inside a recorded step
+// (CUDA graph), whose scalars change every step and whose found-inf flag is set on the device.
+extern "C" __global__ void adam_dev_f32(float* p, const float* g, float* m, float* v, int64_t n, const float* s,
+                                        const unsigned int* skip) {
+    if (skip && *skip) return;
+    const float step_size = s[0], bc2_sqrt = s[1], beta1 = s[2], beta2 = s[3], eps = s[4], weight_decay = s[5];
+    GRID_STRIDE(i, n) {
+        float gi = g[i] + weight_decay * p[i];
+        float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
+        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+    }
+}
+
 // g *= inv_scale; *found = 1 if any result is inf or NaN (loss scaling: src/optim/scaler.rs).
 // Every thread that sees one writes the same value, so no atomic is needed.
 extern "C" __global__ void unscale_check_f32(float* g, int64_t n, float inv_scale, unsigned int* found) {

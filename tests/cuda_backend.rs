@@ -989,46 +989,102 @@ fn overlapped_uploads_keep_each_batch_its_own_inputs() {
     assert_eq!(g.download(&d), hosts[0]);
 }
 
-/// Issue 8 item 4: the pre-training step (forward, loss, backward) recorded as a CUDA graph
-/// and replayed. Each step's gradients and loss equal those of the same step run eagerly on the
-/// same parameters, so a replay reads the current parameters (Adam moves them between steps)
-/// and the batch loaded that step; the schedule is eager, recorded, then replays, a new batch
-/// size is recorded anew, and the first size's recording is still there when it comes back.
+/// Issue 8 item 4: the pre-training iteration (forward, loss, backward, unscale, Adam)
+/// recorded as a CUDA graph and replayed, against the same iteration run eagerly on a twin of
+/// the parameters and Adam state copied in before each step: the loss (1e-12), the gradients
+/// (1e-6) and, after Adam, the parameters (5e-3: Adam turns gradients of pure rounding noise
+/// into ±lr steps on either side) agree, so a replay reads the batch loaded that step, the
+/// current parameters and that step's learning rate. The schedule is eager, recorded, then
+/// replays; a new batch size is recorded anew and the first size's recording is still there
+/// when it comes back; under a loss scaler an overflowing batch is skipped on the device.
 #[test]
 fn recorded_pretraining_steps_replay_the_eager_ones() {
     use spahdmap::backend::graphs::Ran;
-    use spahdmap::stages::pretrain::{pretrain_step, RecordedStep};
+    use spahdmap::optim::LossScaler;
+    use spahdmap::stages::pretrain::{pretrain_step_scaled, RecordedStep};
     let Some(g) = gpu() else { return };
     g.use_graphs(true);
     let (net, host) = UNet::new(3, 11);
-    let mut p = host.upload(&g);
+    let (mut p, mut q) = (host.upload(&g), host.upload(&g));
     let sizes: Vec<usize> = host.data.iter().map(|d| d.len()).collect();
     let all: Vec<usize> = (0..sizes.len()).collect();
-    let mut opt = Adam::with(AdamConfig::default(), &sizes, |n| g.zeros(n));
+    let (mut op, mut oq) = (
+        Adam::with(AdamConfig::default(), &sizes, |n| g.zeros(n)),
+        Adam::with(AdamConfig::default(), &sizes, |n| g.zeros(n)),
+    );
     let mut step = RecordedStep::<Cuda>::default();
-    let mut hows = Vec::new();
-    let mut fresh = Vec::new();
-    for (k, is) in [(0u64, 2usize), (1, 2), (2, 2), (3, 2), (4, 2), (5, 1), (6, 1), (7, 1), (8, 2)] {
-        let is = Shape { n: is, h: 64, w: 48, c: 3 };
-        let image = rnd(is.len(), 100 + k, 0.0, 1.0);
+    let (mut hows, mut fresh, mut stepped) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sp, mut sq) = (LossScaler::new(1024.0, 1000), LossScaler::new(1024.0, 1000));
+    let plan = [
+        (2usize, false),
+        (2, false),
+        (2, false),
+        (2, false),
+        (2, false),
+        (1, false),
+        (1, false),
+        (1, false),
+        (2, false),
+    ]
+    .into_iter()
+    .chain([(2, true), (2, true), (2, true), (2, true)]);
+    for (k, (n, scaled)) in plan.enumerate() {
+        let is = Shape { n, h: 64, w: 48, c: 3 };
+        let mut image = rnd(is.len(), 100 + k as u64, 0.0, 1.0);
+        if k == 11 {
+            image[3] = f32::NAN; // a recorded step whose gradients overflow
+        }
+        // the twin starts this step where the recorded side is
+        for i in 0..sizes.len() {
+            g.copy(&p.data[i], &mut q.data[i]);
+            g.copy(&op.m[i], &mut oq.m[i]);
+            g.copy(&op.v[i], &mut oq.v[i]);
+        }
+        oq.step = op.step;
+        let lrs: Vec<f64> = vec![1e-3 * (1.0 + k as f64 / 10.0); all.len()];
         step.load(&g, &image, is);
-        let (lr, how) = step.step(&g, &net, &mut p, 1.0);
+        let (lr, how, did) = step.step(&g, &net, &mut p, &mut op, &all, &lrs, scaled.then_some(&mut sp));
         hows.push(how);
+        stepped.push(did);
         let gr: Vec<f32> = p.grads.iter().flat_map(|d| g.download(d)).collect();
         let x = g.upload(&image);
-        let le = pretrain_step(&g, &net, &mut p, &x, is);
+        let le = pretrain_step_scaled(&g, &net, &mut q, &x, is, if scaled { sq.scale } else { 1.0 });
         g.release(x);
-        let ge: Vec<f32> = p.grads.iter().flat_map(|d| g.download(d)).collect();
-        let e = rel(&gr, &ge);
-        eprintln!("step {k} ({how:?}): loss {lr} vs eager {le}, gradients relative error {e:.3e}");
-        assert!(((lr - le) / le).abs() < 1e-12, "step {k}: loss {lr} vs {le}");
-        assert!(e < 1e-6, "step {k}: gradients {e}");
-        p.adam_step(&g, &mut opt, &all, &vec![1e-3; all.len()]);
+        let twin_stepped = if scaled {
+            q.scaled_adam_step(&g, &mut oq, &mut sq, &all, &lrs)
+        } else {
+            q.adam_step(&g, &mut oq, &all, &lrs);
+            true
+        };
+        assert_eq!(did, twin_stepped, "step {k}");
+        assert_eq!(op.step, oq.step, "step {k}: Adam's count");
+        if did {
+            let ge: Vec<f32> = q.grads.iter().flat_map(|d| g.download(d)).collect();
+            let e = rel(&gr, &ge);
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                p.data.iter().flat_map(|d| g.download(d)).collect(),
+                q.data.iter().flat_map(|d| g.download(d)).collect(),
+            );
+            let ep = rel(&a, &b);
+            eprintln!("step {k} ({how:?}): loss {lr} vs eager {le}, gradients {e:.3e}, parameters {ep:.3e}");
+            assert!(((lr - le) / le).abs() < 1e-12, "step {k}: loss {lr} vs {le}");
+            assert!(e < 1e-6, "step {k}: gradients {e}");
+            assert!(ep < 5e-3, "step {k}: parameters {ep}");
+        }
         fresh.push(g.fresh_allocations());
     }
+    assert_eq!((sp, op.step), (sq, oq.step));
     use Ran::*;
-    // the full batch's recording was kept beside the short one's
-    assert_eq!(hows, [Eager, Recorded, Replayed, Replayed, Replayed, Eager, Recorded, Replayed, Replayed]);
+    assert_eq!(
+        hows,
+        // the full batch's recording is kept beside the short one's; scaling is a new key, and
+        // so is the scale the overflow halved
+        [
+            Eager, Recorded, Replayed, Replayed, Replayed, Eager, Recorded, Replayed, Replayed, Eager, Recorded,
+            Replayed, Eager
+        ]
+    );
+    assert_eq!(stepped, [true, true, true, true, true, true, true, true, true, true, true, false, true]);
     assert_eq!(fresh[3], fresh[4], "a replayed step allocated");
     step.release(&g);
 }
@@ -1122,4 +1178,44 @@ fn recorded_batches_follow_their_inputs() {
         assert!(e < 1e-6, "batch {k}: {e}");
     }
     rec.release(&g);
+}
+
+/// `adam_at` (scalars read from the device, skipped on a set flag: Adam inside a recorded
+/// step) against the CPU's `adam`; `unscale_grads_into` leaves the found-inf flag on the device.
+#[test]
+fn adam_with_device_scalars_matches_the_cpu_and_skips_on_the_flag() {
+    use spahdmap::optim::AdamScalars;
+    let Some(g) = gpu() else { return };
+    let cpu = Cpu::new();
+    let n = 10_007;
+    let (p0, gr, m0, v0) = (rnd(n, 1, -1.0, 1.0), rnd(n, 2, -0.1, 0.1), rnd(n, 3, -0.01, 0.01), rnd(n, 4, 0.0, 1e-4));
+    let s = [
+        AdamScalars { step_size: 1e-3, bc2_sqrt: 0.3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        AdamScalars { step_size: 4e-4, bc2_sqrt: 0.7, beta1: 0.8, beta2: 0.99, eps: 1e-7, weight_decay: 1e-5 },
+    ];
+    let flat: Vec<f32> = s.iter().flat_map(|x| x.to_array()).collect();
+    let sb = g.upload(&flat);
+    let mut flag = g.zeros(1);
+    let mut grads = vec![g.upload(&gr)];
+    g.unscale_grads_into(&mut grads, 0.5, &mut flag);
+    assert!(!g.flag_set(&flag));
+    let gh: Vec<f32> = gr.iter().map(|v| v * 0.5).collect();
+    for (at, sc) in s.iter().enumerate() {
+        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+        cpu.adam(&mut p, &gh, &mut m, &mut v, sc);
+        let (mut gp, mut gm, mut gv) = (g.upload(&p0), g.upload(&m0), g.upload(&v0));
+        g.adam_at(&mut gp, &grads[0], &mut gm, &mut gv, &sb, at, Some(&flag));
+        check(&format!("adam_at {at}: p"), &g, &gp, &p, 1e-6);
+        check(&format!("adam_at {at}: m"), &g, &gm, &m, 1e-6);
+        check(&format!("adam_at {at}: v"), &g, &gv, &v, 1e-6);
+    }
+    // an inf among the gradients: the flag is set, and Adam leaves everything as it was
+    let mut bad = gr.clone();
+    bad[17] = f32::INFINITY;
+    let mut grads = vec![g.upload(&bad)];
+    g.unscale_grads_into(&mut grads, 0.5, &mut flag);
+    assert!(g.flag_set(&flag));
+    let (mut gp, mut gm, mut gv) = (g.upload(&p0), g.upload(&m0), g.upload(&v0));
+    g.adam_at(&mut gp, &grads[0], &mut gm, &mut gv, &sb, 1, Some(&flag));
+    assert_eq!((g.download(&gp), g.download(&gm), g.download(&gv)), (p0, m0, v0));
 }

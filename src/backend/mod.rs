@@ -444,6 +444,24 @@ pub trait Backend: Sync {
     /// Multiply every gradient by `inv_scale` (undoing a loss scale); true when any value
     /// is then inf or NaN (PyTorch's `_amp_foreach_non_finite_check_and_unscale_`).
     fn unscale_grads(&self, grads: &mut [Self::Buf], inv_scale: f32) -> bool;
+    /// `unscale_grads` with the found-inf flag left in `flag` (one value, non-zero when found;
+    /// overwritten), not read back: for a recorded step, read after its replay (`flag_set`).
+    fn unscale_grads_into(&self, grads: &mut [Self::Buf], inv_scale: f32, flag: &mut Self::Buf);
+    fn flag_set(&self, flag: &Self::Buf) -> bool;
+    /// `adam` with its scalars read from the device — `AdamScalars`' six fields in order at
+    /// `scalars[6·at..]` — and skipped when `skip` holds a set flag (`unscale_grads_into`):
+    /// the optimiser's step inside a recording, whose scalars change every step.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_at(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        scalars: &Self::Buf,
+        at: usize,
+        skip: Option<&Self::Buf>,
+    );
     /// Whether the convolutions round their operands to half precision (then gradients below
     /// its range vanish unless the loss is scaled: training turns a loss scaler on).
     fn half_operands(&self) -> bool {

@@ -275,9 +275,9 @@ fn unet_bench<B: crate::backend::Backend>(
             "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
 }
 
-/// The pre-training iteration as the stage runs it with recordings on: forward, loss and
-/// backward replayed as one CUDA graph (timed together: nothing separates them any more),
-/// then Adam. The first two iterations (eager, then recorded) are not timed.
+/// The pre-training iteration as the stage runs it with recordings on: forward, loss,
+/// backward, unscale and Adam replayed as one CUDA graph (the loss and the found-inf flag read
+/// after it). The first two iterations (eager, then recorded) are not timed.
 fn recorded_pretrain_bench<B: crate::backend::Backend>(
     b: &B,
     net: &crate::model::unet::UNet,
@@ -289,37 +289,26 @@ fn recorded_pretrain_bench<B: crate::backend::Backend>(
 ) -> serde_json::Value {
     use crate::backend::graphs::Ran;
     let all: Vec<usize> = (0..p.data.len()).collect();
+    let lrs = vec![4e-4; all.len()];
     let mut step = crate::stages::pretrain::RecordedStep::<B>::default();
     step.load(b, &bench_image(is.len()), is);
-    let (mut tfb, mut ta, mut ran) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut times, mut ran) = (Vec::new(), Vec::new());
     for _ in 0..repeat.max(1) + 2 {
         b.synchronize();
         let t = Instant::now();
-        let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
-        let (_, how) = step.step(b, net, p, scale);
+        let (_, how, _) = step.step(b, net, p, opt, &all, &lrs, scaler.as_mut());
         b.synchronize();
-        tfb.push(t.elapsed().as_secs_f64());
+        times.push(t.elapsed().as_secs_f64());
         ran.push(how);
-        let t = Instant::now();
-        match &mut scaler {
-            None => p.adam_step(b, opt, &all, &vec![4e-4; all.len()]),
-            Some(s) => {
-                p.scaled_adam_step(b, opt, s, &all, &vec![4e-4; all.len()]);
-            }
-        }
-        b.synchronize();
-        ta.push(t.elapsed().as_secs_f64());
     }
     let replayed = ran.iter().filter(|&&r| r == Ran::Replayed).count();
-    for v in [&mut tfb, &mut ta] {
-        v.drain(..2);
-    }
+    times.drain(..2);
     step.release(b);
-    let (fb, ad) = (median(tfb), median(ta));
-    serde_json::json!({"bench": "unet_pretrain_iteration", "device": b.name(), "median_s": fb + ad, "repeat": repeat,
+    let t = median(times);
+    serde_json::json!({"bench": "unet_pretrain_iteration", "device": b.name(), "median_s": t, "repeat": repeat,
         "threads": rayon::current_num_threads(),
         "detail": {"batch": is.n, "size": is.h, "recorded": true, "replayed_steps": replayed,
-            "forward_backward_s": fb, "adam_s": ad, "input": "uploaded once, read from the step's own buffer",
+            "input": "uploaded once, read from the step's own buffer",
             "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
 }
 

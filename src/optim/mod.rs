@@ -43,6 +43,16 @@ pub struct AdamScalars {
     pub weight_decay: f32,
 }
 
+impl AdamScalars {
+    /// The six fields in order, as `Backend::adam_at` reads them.
+    pub fn to_array(&self) -> [f32; 6] {
+        [self.step_size, self.bc2_sqrt, self.beta1, self.beta2, self.eps, self.weight_decay]
+    }
+    pub fn from_slice(s: &[f32]) -> AdamScalars {
+        AdamScalars { step_size: s[0], bc2_sqrt: s[1], beta1: s[2], beta2: s[3], eps: s[4], weight_decay: s[5] }
+    }
+}
+
 impl<T> Adam<T> {
     /// Moments of zeros made by `zeros(len)` (a backend's buffers, or host vectors).
     pub fn with(cfg: AdamConfig, sizes: &[usize], mut zeros: impl FnMut(usize) -> T) -> Adam<T> {

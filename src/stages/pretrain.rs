@@ -186,13 +186,14 @@ pub fn pretrain_step_scaled<B: Backend>(
     loss
 }
 
-/// A pre-training step's forward, loss and backward on an input buffer and loss sums of its
-/// own, so the step can be recorded once and replayed (`graphs::Replayed`; CUDA graphs where
-/// `SPAHDMAP_GPU_GRAPHS=1`, eager elsewhere, with the same arithmetic as `pretrain_step_scaled`).
-/// One recording per batch shape, two shapes kept (an epoch's short last batch). Adam stays
-/// outside: its learning rate changes every step, and behind a loss scaler it waits for the
-/// host's look at the found-inf flag. The parameters must be updated in place between steps,
-/// never replaced (a recording reads them where they were).
+/// A whole pre-training iteration — forward, loss, backward, the loss scaler's unscale and
+/// Adam — on an input buffer, loss sums, Adam scalars and a found-inf flag of its own, so it can
+/// be recorded once and replayed (`graphs::Replayed`; CUDA graphs where
+/// `SPAHDMAP_GPU_GRAPHS=1`, eager elsewhere). The arithmetic is `pretrain_step_scaled` followed
+/// by `adam_step` / `scaled_adam_step`; the learning rate and bias corrections go up as a small
+/// buffer each step, the loss and the found-inf flag come back after it. One recording per
+/// batch shape, two shapes kept (an epoch's short last batch). The parameters and Adam's
+/// moments must be updated in place, never replaced (a recording reads them where they were).
 pub struct RecordedStep<B: Backend> {
     shapes: Vec<(u64, StepSlot<B>)>,
 }
@@ -201,7 +202,19 @@ struct StepSlot<B: Backend> {
     is: Shape,
     input: B::Buf,
     sums: B::Sums,
+    /// Adam's six scalars per tensor, uploaded each step (allocated at the first)
+    scalars: Option<B::Buf>,
+    flag: B::Buf,
     rec: Replayed<B>,
+}
+
+impl<B: Backend> StepSlot<B> {
+    fn release(mut self, b: &B) {
+        self.rec.discard(b);
+        for x in [Some(self.input), self.scalars, Some(self.flag)].into_iter().flatten() {
+            b.release(x);
+        }
+    }
 }
 
 impl<B: Backend> Default for RecordedStep<B> {
@@ -221,38 +234,87 @@ impl<B: Backend> RecordedStep<B> {
         let slot = lru(
             &mut self.shapes,
             mix(&[is.n, is.h, is.w, is.c]),
-            || StepSlot { is, input: b.alloc(is.len()), sums: b.sums(is.n), rec: Replayed::default() },
-            |mut old| {
-                old.rec.discard(b);
-                b.release(old.input);
+            || StepSlot {
+                is,
+                input: b.alloc(is.len()),
+                sums: b.sums(is.n),
+                scalars: None,
+                flag: b.zeros(1),
+                rec: Replayed::default(),
             },
+            |old| old.release(b),
         );
         b.upload_overlapped(host, &mut slot.input, None);
     }
 
-    /// The step on the batch loaded last: gradients into `p.grads` (times `loss_scale`);
-    /// returns the batch's mean loss and how the work was queued.
-    pub fn step(&mut self, b: &B, net: &UNet, p: &mut Params<B::Buf>, loss_scale: f32) -> (f64, Ran) {
+    /// The iteration on the batch loaded last: gradients (times the scaler's scale, then
+    /// unscaled), and Adam at `lrs` over `tensors` unless the scaler finds an inf or NaN (then
+    /// the step is skipped, Adam's step count too, and the scaler backs off). Returns the
+    /// batch's mean loss, how the work was queued, and whether Adam stepped.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        b: &B,
+        net: &UNet,
+        p: &mut Params<B::Buf>,
+        opt: &mut Adam<B::Buf>,
+        tensors: &[usize],
+        lrs: &[f64],
+        scaler: Option<&mut LossScaler>,
+    ) -> (f64, Ran, bool) {
         let (_, slot) = self.shapes.first_mut().expect("RecordedStep::load first");
-        let StepSlot { is, input, sums, rec } = slot;
+        let need = 6 * tensors.len();
+        if slot.scalars.as_ref().is_none_or(|x| b.len(x) != need) {
+            // a recording made on the old buffer may not run again
+            slot.rec.discard(b);
+            if let Some(x) = slot.scalars.replace(b.alloc(need)) {
+                b.release(x);
+            }
+        }
+        let host: Vec<f32> = opt.next_step(lrs).iter().flat_map(|s| s.to_array()).collect();
+        b.upload_overlapped(&host, slot.scalars.as_mut().unwrap(), None);
+        let (scale, inv) = match &scaler {
+            Some(s) => (s.scale, Some(s.inv_scale())),
+            None => (1.0, None),
+        };
+        let StepSlot { is, input, sums, scalars, flag, rec } = slot;
         let is = *is;
-        let grad = loss_scale as f64 / is.n as f64;
-        let ran = rec.run(b, loss_scale.to_bits() as u64, &mut || {
+        let scalars = scalars.as_ref().unwrap();
+        let grad = scale as f64 / is.n as f64;
+        let key = mix(&[scale.to_bits() as usize, inv.is_some() as usize, tensors.len()]);
+        let ran = rec.run(b, key, &mut || {
             let a = net.forward(b, p, input, is);
             let mut d = b.alloc(is.len());
             b.mse_sums(a.pred.as_ref().unwrap(), input, is, grad, &mut d, sums);
             net.backward(b, p, &a, input, d);
             a.release(b);
+            if let Some(inv) = inv {
+                b.unscale_grads_into(&mut p.grads, inv, flag);
+            }
+            let skip = inv.is_some().then_some(&*flag);
+            for (k, &i) in tensors.iter().enumerate() {
+                b.adam_at(&mut p.data[i], &p.grads[i], &mut opt.m[k], &mut opt.v[k], scalars, k, skip);
+            }
         });
         let per = (is.h * is.w * is.c) as f64;
         let loss: f64 = b.read_sums(sums).iter().take(is.n).map(|v| v / per).sum();
-        (loss / is.n as f64, ran)
+        let stepped = match scaler {
+            None => true,
+            Some(sc) => {
+                let found = b.flag_set(flag);
+                if found {
+                    opt.step -= 1;
+                }
+                sc.update(found);
+                !found
+            }
+        };
+        (loss / is.n as f64, ran, stepped)
     }
 
     pub fn release(mut self, b: &B) {
-        for (_, mut slot) in self.shapes.drain(..) {
-            slot.rec.discard(b);
-            b.release(slot.input);
+        for (_, slot) in self.shapes.drain(..) {
+            slot.release(b);
         }
     }
 }
@@ -343,18 +405,7 @@ pub fn pretrain_on<B: Backend>(
             step.load(b, &host, is);
             let lr = cosine_lr(s.lr, s.eta_min, pr.iteration, s.iterations);
             let lrs = vec![lr; all.len()];
-            let loss = match &mut pr.scaler {
-                None => {
-                    let (loss, _) = step.step(b, &net, &mut p, 1.0);
-                    p.adam_step(b, &mut opt, &all, &lrs);
-                    loss
-                }
-                Some(sc) => {
-                    let (loss, _) = step.step(b, &net, &mut p, sc.scale);
-                    p.scaled_adam_step(b, &mut opt, sc, &all, &lrs);
-                    loss
-                }
-            };
+            let (loss, _, _) = step.step(b, &net, &mut p, &mut opt, &all, &lrs, pr.scaler.as_mut());
             pr.iteration += 1;
             pr.batch_in_epoch += 1;
             pr.rec_loss += loss;

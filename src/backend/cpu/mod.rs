@@ -246,6 +246,21 @@ impl Backend for Cpu {
     fn adam(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, s: &AdamScalars) {
         adam_update(p, g, m, v, s);
     }
+    fn adam_at(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        scalars: &Vec<f32>,
+        at: usize,
+        skip: Option<&Vec<f32>>,
+    ) {
+        if skip.is_some_and(|f| self.flag_set(f)) {
+            return;
+        }
+        adam_update(p, g, m, v, &AdamScalars::from_slice(&scalars[6 * at..6 * at + 6]));
+    }
     fn band(&self, rank: usize, split: usize, bound: usize, wp: usize) -> band::BandAverager {
         band::BandAverager::new(rank, split, bound, wp)
     }
@@ -284,6 +299,12 @@ impl Backend for Cpu {
                 .reduce(|| false, |a, b| a | b);
             found | bad
         })
+    }
+    fn unscale_grads_into(&self, grads: &mut [Vec<f32>], inv_scale: f32, flag: &mut Vec<f32>) {
+        flag[0] = self.unscale_grads(grads, inv_scale) as u8 as f32;
+    }
+    fn flag_set(&self, flag: &Vec<f32>) -> bool {
+        flag[0] != 0.0
     }
     fn replay(&self, g: &std::convert::Infallible) -> bool {
         match *g {}

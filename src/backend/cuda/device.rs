@@ -1235,6 +1235,41 @@ impl Backend for Cuda {
     fn discard(&self, g: super::graph::CudaGraphRun) {
         self.discard_recording(g)
     }
+    fn unscale_grads_into(&self, grads: &mut [DBuf], inv_scale: f32, flag: &mut DBuf) {
+        // the flag's word holds a u32 (1 when found): `flag_set` reads its bits
+        let f = self.ptr(flag);
+        self.zero_bytes(f, 4);
+        for g in grads.iter() {
+            launch!(self, "unscale_check_f32", cfg_elems(g.len), self.ptr(g), g.len as i64, inv_scale, f);
+        }
+    }
+    fn flag_set(&self, flag: &DBuf) -> bool {
+        self.dtoh::<u32>(self.ptr(flag), 1)[0] != 0
+    }
+    fn adam_at(
+        &self,
+        p: &mut DBuf,
+        g: &DBuf,
+        m: &mut DBuf,
+        v: &mut DBuf,
+        scalars: &DBuf,
+        at: usize,
+        skip: Option<&DBuf>,
+    ) {
+        assert!(scalars.len >= 6 * (at + 1), "Adam scalars for tensor {at} missing");
+        launch!(
+            self,
+            "adam_dev_f32",
+            cfg_elems(p.len),
+            self.ptr(p),
+            self.ptr(g),
+            self.ptr(m),
+            self.ptr(v),
+            p.len as i64,
+            self.ptr(scalars) + (24 * at) as u64,
+            self.optr(skip)
+        );
+    }
     fn unscale_grads(&self, grads: &mut [DBuf], inv_scale: f32) -> bool {
         // every tensor ORs into one flag; one 4-byte read-back per step, as PyTorch's
         // GradScaler reads its found-inf flag once
