@@ -262,6 +262,7 @@ impl<B: Backend> RecordedStep<B> {
         lrs: &[f64],
         scaler: Option<&mut LossScaler>,
     ) -> (f64, Ran, bool) {
+        assert_eq!(tensors.len(), opt.m.len(), "one set of Adam moments per tensor");
         let (_, slot) = self.shapes.first_mut().expect("RecordedStep::load first");
         let need = 6 * tensors.len();
         if slot.scalars.as_ref().is_none_or(|x| b.len(x) != need) {
@@ -281,7 +282,7 @@ impl<B: Backend> RecordedStep<B> {
         let is = *is;
         let scalars = scalars.as_ref().unwrap();
         let grad = scale as f64 / is.n as f64;
-        let key = mix(&[scale.to_bits() as usize, inv.is_some() as usize, tensors.len()]);
+        let key = mix(&[&[scale.to_bits() as usize, inv.is_some() as usize], tensors].concat());
         let ran = rec.run(b, key, &mut || {
             let a = net.forward(b, p, input, is);
             let mut d = b.alloc(is.len());
