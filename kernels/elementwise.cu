@@ -61,8 +61,9 @@ extern "C" __global__ void split_channels_f32(const float* d, int ca, int cb, fl
 
 // torch.optim.Adam's single-tensor update (L2 weight decay in the gradient, eps outside the
 // square root), scalars precomputed on the host as optim::AdamScalars
-extern "C" __global__ void adam_f32(float* p, const float* g, float* m, float* v, int64_t n, float step_size,
-                                    float bc2_sqrt, float beta1, float beta2, float eps, float weight_decay) {
+__device__ __forceinline__ void adam_update(float* p, const float* g, float* m, float* v, int64_t n,
+                                            float step_size, float bc2_sqrt, float beta1, float beta2, float eps,
+                                            float weight_decay) {
     GRID_STRIDE(i, n) {
         float gi = g[i] + weight_decay * p[i];
         float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
@@ -73,21 +74,18 @@ extern "C" __global__ void adam_f32(float* p, const float* g, float* m, float* v
     }
 }
 
+extern "C" __global__ void adam_f32(float* p, const float* g, float* m, float* v, int64_t n, float step_size,
+                                    float bc2_sqrt, float beta1, float beta2, float eps, float weight_decay) {
+    adam_update(p, g, m, v, n, step_size, bc2_sqrt, beta1, beta2, eps, weight_decay);
+}
+
 // adam_f32 with its scalars read from the device (s: step_size, bc2_sqrt, beta1, beta2, eps,
 // weight_decay) and nothing done when *skip is set: the optimiser inside a recorded step
 // (CUDA graph), whose scalars change every step and whose found-inf flag is set on the device.
 extern "C" __global__ void adam_dev_f32(float* p, const float* g, float* m, float* v, int64_t n, const float* s,
                                         const unsigned int* skip) {
     if (skip && *skip) return;
-    const float step_size = s[0], bc2_sqrt = s[1], beta1 = s[2], beta2 = s[3], eps = s[4], weight_decay = s[5];
-    GRID_STRIDE(i, n) {
-        float gi = g[i] + weight_decay * p[i];
-        float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
-        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
-    }
+    adam_update(p, g, m, v, n, s[0], s[1], s[2], s[3], s[4], s[5]);
 }
 
 // g *= inv_scale; *found = 1 if any result is inf or NaN (loss scaling: src/optim/scaler.rs).

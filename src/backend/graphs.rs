@@ -123,6 +123,11 @@ impl<R: Recorder> Replayed<R> {
     }
 }
 
+/// A key from the sizes and constants a recording bakes in (FNV-1a over the values).
+pub(crate) fn mix(v: &[usize]) -> u64 {
+    v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &v| (h ^ v as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// Recordings kept per user: a full batch and the short one that ends an epoch or a row of
 /// tiles, so alternating between them replays instead of recording again.
 const KEEP: usize = 2;
@@ -188,7 +193,7 @@ impl<B: Backend> RecordedOut<B> {
             return self.out.insert(body(srcs));
         }
         let lens: Vec<usize> = srcs.iter().map(|x| b.len(x)).collect();
-        let shape = lens.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &n| (h ^ n as u64).wrapping_mul(0x100_0000_01b3));
+        let shape = mix(&lens);
         let slot = lru(
             &mut self.shapes,
             shape,

@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::backend::graphs::{lru, Ran, Replayed};
+use crate::backend::graphs::{lru, mix, Ran, Replayed};
 use crate::backend::{Backend, Cpu, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
@@ -221,10 +221,6 @@ impl<B: Backend> Default for RecordedStep<B> {
     fn default() -> Self {
         RecordedStep { shapes: Vec::new() }
     }
-}
-
-fn mix(v: &[usize]) -> u64 {
-    v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &v| (h ^ v as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 impl<B: Backend> RecordedStep<B> {

@@ -35,9 +35,6 @@ impl DBuf {
     fn new(mem: CudaSlice<f32>, len: usize) -> DBuf {
         DBuf { mem: std::mem::ManuallyDrop::new(mem), len }
     }
-    pub(super) fn values(&self) -> usize {
-        self.len
-    }
 }
 
 impl Drop for DBuf {
@@ -578,6 +575,14 @@ fn graphs_from_env() -> bool {
 }
 
 impl Cuda {
+    /// Every gradient times `inv_scale`; the u32 at `flag` zeroed, then set where one is inf/NaN.
+    fn unscale_flagging(&self, grads: &[DBuf], inv_scale: f32, flag: u64) {
+        self.zero_bytes(flag, 4);
+        for g in grads {
+            launch!(self, "unscale_check_f32", cfg_elems(g.len), self.ptr(g), g.len as i64, inv_scale, flag);
+        }
+    }
+
     /// The MSE kernel: d = scale·2(pred − target)/(H·W·C), per-image squared-error sums into
     /// the f64s at `sums` (zeroed first).
     fn mse_into(&self, pred: &DBuf, target: &DBuf, s: Shape, scale: f64, d: &mut DBuf, sums: u64) {
@@ -1237,11 +1242,7 @@ impl Backend for Cuda {
     }
     fn unscale_grads_into(&self, grads: &mut [DBuf], inv_scale: f32, flag: &mut DBuf) {
         // the flag's word holds a u32 (1 when found): `flag_set` reads its bits
-        let f = self.ptr(flag);
-        self.zero_bytes(f, 4);
-        for g in grads.iter() {
-            launch!(self, "unscale_check_f32", cfg_elems(g.len), self.ptr(g), g.len as i64, inv_scale, f);
-        }
+        self.unscale_flagging(grads, inv_scale, self.ptr(flag));
     }
     fn flag_set(&self, flag: &DBuf) -> bool {
         self.dtoh::<u32>(self.ptr(flag), 1)[0] != 0
@@ -1274,10 +1275,7 @@ impl Backend for Cuda {
         // every tensor ORs into one flag; one 4-byte read-back per step, as PyTorch's
         // GradScaler reads its found-inf flag once
         let flag = self.scratch(&self.u32s, 1);
-        self.zero_bytes(flag, 4);
-        for g in grads.iter() {
-            launch!(self, "unscale_check_f32", cfg_elems(g.len), self.ptr(g), g.len as i64, inv_scale, flag);
-        }
+        self.unscale_flagging(grads, inv_scale, flag);
         self.dtoh::<u32>(flag, 1)[0] != 0
     }
 }

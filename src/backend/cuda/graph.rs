@@ -198,7 +198,7 @@ impl Cuda {
     pub(super) fn discard_recording(&self, mut g: CudaGraphRun) {
         let mut pool = self.pool.lock().unwrap();
         for b in g.owned.drain(..) {
-            pool.entry(b.values()).or_default().push(b);
+            pool.entry(crate::backend::Backend::len(self, &b)).or_default().push(b);
         }
     }
 }
