@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "conv_ops.cuh"
+#include "mma.cuh"
 
 namespace conv {
 
@@ -197,38 +198,7 @@ __device__ __forceinline__ void gemm_tile(const Op& op, int64_t M, int N, int64_
 // Shared rows are 36 words apart so the fragment reads (rows g, columns t) hit 32 banks.
 constexpr int TK = 32, TS = TK + 4;
 
-#ifdef __CUDACC__
-__device__ __forceinline__ uint32_t to_tf32(float v) {
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
-    return r;
-}
-
-__device__ __forceinline__ void mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// Two values rounded to half precision (nearest even) in one word, `lo` in the low half: the
-// element of the lower k in an mma.m16n8k16 fragment register.
-__device__ __forceinline__ uint32_t pack_f16(float lo, float hi) {
-    uint32_t r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-// D = A·B + C on a 16 × 8 × 16 tile: f16 operands (k in pairs per register), f32 accumulation.
-__device__ __forceinline__ void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-#endif  // on the host, tests/conv_kernels_emu.cpp defines these before including this file
+// to_tf32, mma_tf32, pack_f16, mma_f16: mma.cuh
 
 // A shared tile of ROWS rows × KW words along k (TK TF32 words, or TK/2 words of two f16 —
 // k pairs): [row][k], rows KW + 4 words apart, where the four-wide loads run along k (K_MAJOR

@@ -126,6 +126,47 @@ inline void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
 }  // namespace conv
 
 #include "../kernels/conv.cu"
+
+// What conv_h16.cu takes from the hardware: cp.async is a plain 16-byte copy (done when issued,
+// so the commit and wait are no-ops: a wait placed too late is not seen here, a barrier missing
+// before a slot is overwritten is), ldmatrix is warp-collective as the PTX ISA describes it.
+namespace h16 {
+inline void cp_async16(void* dst, const void* src, bool full) {
+    if (full) std::memcpy(dst, src, 16);
+    else std::memset(dst, 0, 16);
+}
+inline void cp_commit() {}
+template <int N>
+inline void cp_wait() {}
+static const uint16_t* ldsm_rows[8][32];
+// four 8 × 8 matrices of 16-bit values, row j of matrix i at the address lane 8i + j gave
+inline void ldsm(uint32_t* r, const void* p, bool trans) {
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    ldsm_rows[w][lane] = static_cast<const uint16_t*>(p);
+    warp_barrier[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const uint16_t* const* m = &ldsm_rows[w][8 * i];
+        const int a = lane / 4, b = 2 * (lane % 4);
+        const uint16_t lo = trans ? m[b][a] : m[a][b], hi = trans ? m[b + 1][a] : m[a][b + 1];
+        r[i] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+    warp_barrier[w]->arrive_and_wait();
+}
+inline void ldsm_x4(uint32_t* r, const void* p) { ldsm(r, p, false); }
+inline void ldsm_x4_t(uint32_t* r, const void* p) { ldsm(r, p, true); }
+inline float h2f(uint16_t h) {
+    _Float16 v;
+    std::memcpy(&v, &h, 2);
+    return (float)v;
+}
+inline uint16_t f2h(float f) {
+    const _Float16 v = (_Float16)f;
+    uint16_t h;
+    std::memcpy(&h, &v, 2);
+    return h;
+}
+}  // namespace h16
+#include "../kernels/conv_h16.cu"
 #include "conv_check.h"
 
 using namespace conv;
@@ -340,6 +381,76 @@ static void half_rounding() {
     }
 }
 
+// The f16-storage kernels (conv_h16.cu) against the same policies: operands small integers
+// (exact in f16), so the kernel's result must be the policy's f32 result rounded to f16 once.
+static std::vector<uint16_t> to_half(const std::vector<float>& v) {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = h16::f2h(v[i]);
+    return h;
+}
+static std::vector<float> from_half(const std::vector<uint16_t>& h) {
+    std::vector<float> v(h.size());
+    for (size_t i = 0; i < h.size(); ++i) v[i] = h16::h2f(h[i]);
+    return v;
+}
+static void round_half(std::vector<float>& v) {
+    for (auto& x : v) x = h16::h2f(h16::f2h(x));
+}
+// pack_weights_h16: [rows][cols] → f16 rows np apart, zero past cols
+static std::vector<uint16_t> pack_half(const std::vector<float>& w, int64_t rows, int cols, int np) {
+    std::vector<uint16_t> out(rows * np, 0);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) out[r * np + c] = h16::f2h(w[r * cols + c]);
+    return out;
+}
+static constexpr uint16_t HALF_NAN = 0x7e00;
+
+static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s, int p, bool epilogue) {
+    const Geom g = geom(n, h, w, cin, cout, k, s, p);
+    const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
+    const int np = (cout + 7) / 8 * 8;
+    auto x = small_ints((size_t)n * h * w * cin), wt = small_ints(kk * cin * cout);
+    auto bias = small_ints(cout), res = small_ints(P * cout);
+    const auto xh = to_half(x), wh = pack_half(wt, kk * cin, cout, np), rh = to_half(res);
+    const float* b = epilogue ? bias.data() : nullptr;
+    const int leaky = epilogue ? 1 : 0;
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    launch(blocks(P, h16::BM), blocks(cout, h16::BN), 1,
+           [&] { h16::conv_fwd(xh.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, g); });
+    std::vector<float> want(P * cout, -99.0f);
+    plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, leaky}, P, cout, kk * cin);
+    round_half(want);
+    expect_equal("f16 storage conv forward " + std::to_string(cin) + " -> " + std::to_string(cout) + ", k " +
+                     std::to_string(k) + (epilogue ? ", bias + LeakyReLU + residual" : ""),
+                 from_half(y), want);
+}
+
+static void half_up_case(int n, int h, int w, int cin, int cout) {
+    const Geom g = geom(n, h, w, cin, cout, 2, 2, 0);
+    const int64_t P = (int64_t)n * h * w;
+    const int np = (4 * cout + 7) / 8 * 8;
+    auto x = small_ints(P * cin), wt = small_ints((size_t)cin * 4 * cout), bias = small_ints(cout);
+    const auto xh = to_half(x), wh = pack_half(wt, cin, 4 * cout, np);
+    std::vector<uint16_t> y(4 * P * cout, HALF_NAN);
+    launch(blocks(P, h16::BM), blocks(4 * cout, h16::BN), 1,
+           [&] { h16::up_fwd(xh.data(), wh.data(), np, bias.data(), y.data(), n, h, w, cin, cout); });
+    std::vector<float> want(4 * P * cout, -99.0f);
+    plain_gemm(UpFwd{x.data(), wt.data(), bias.data(), want.data(), g}, P, 4 * cout, cin);
+    round_half(want);
+    expect_equal("f16 storage transposed conv forward " + std::to_string(cin) + " -> " + std::to_string(cout),
+                 from_half(y), want);
+}
+
+static void half_storage() {
+    half_conv_case(2, 9, 11, 32, 64, 3, 1, 1, true);   // M = 198: two row tiles; 9 steps, 3 in flight
+    half_conv_case(1, 7, 6, 64, 20, 3, 1, 1, true);    // N = 20 of a 64-column tile (B zero past np = 24)
+    half_conv_case(2, 10, 9, 32, 32, 4, 2, 1, false);  // the downsampling: stride 2, padding, no epilogue
+    half_conv_case(1, 5, 13, 32, 72, 1, 1, 0, true);   // 1 × 1, one step; two column tiles
+    half_conv_case(1, 6, 5, 96, 5, 3, 1, 1, true);     // odd cout: the last column alone
+    half_up_case(2, 3, 5, 32, 16);
+    half_up_case(1, 9, 16, 64, 20);  // 4·cout = 80: two column tiles, a pair at each tap's edge
+}
+
 int main() {
     small_layers();
     every_operation<0>();
@@ -350,8 +461,10 @@ int main() {
     every_operation<5>();
     every_operation<6>();
     half_rounding();
+    half_storage();
     if (failures) return 1;
     std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies (TF32 and f16 operands) and the "
-                "direct kernels for few channels reproduce every operation exactly\n");
+                "direct kernels for few channels reproduce every operation exactly, and the f16-storage forward "
+                "kernels its rounding to f16\n");
     return 0;
 }

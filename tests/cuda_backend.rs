@@ -1226,3 +1226,130 @@ fn adam_with_device_scalars_matches_the_cpu_and_skips_on_the_flag() {
     g.adam_at(&mut gp, &grads[0], &mut gm, &mut gv, &sb, 1, Some(&flag));
     assert_eq!((g.download(&gp), g.download(&gm), g.download(&gv)), (p0, m0, v0));
 }
+
+/// Values as f16 storage holds them (nearest even).
+fn f16_rounded(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// An f16 buffer of NaN: a layer that leaves an element unwritten shows.
+fn nan_half(g: &Cuda, n: usize) -> DBuf {
+    g.upload_half(&vec![f32::NAN; n])
+}
+
+/// f16 activation storage (inference, `Backend::half_activations`): the layers the f16 kernels
+/// run (convolutions reading a multiple of 32 channels, the transposed convolution, the
+/// concatenation) and the ones an f16 buffer reaches through f32 copies (the image's 3
+/// channels, 20 channels in, the half instance norm), against the CPU on the same f16-rounded
+/// inputs and weights: what differs is the output's rounding to f16 (≤ 2⁻¹¹ relative) and the
+/// summation order.
+#[test]
+fn f16_storage_layers_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = Cpu::new();
+    let spec = |cin, cout, k, stride, pad| ConvSpec { cin, cout, k, stride, pad };
+    let cases = [
+        (Shape { n: 2, h: 19, w: 21, c: 32 }, spec(32, 64, 3, 1, 1), true, true),
+        (Shape { n: 1, h: 16, w: 17, c: 64 }, spec(64, 64, 4, 2, 1), false, false),
+        (Shape { n: 2, h: 9, w: 13, c: 32 }, spec(32, 20, 1, 1, 0), false, true),
+        (Shape { n: 1, h: 12, w: 10, c: 96 }, spec(96, 5, 3, 1, 1), true, true),
+        (Shape { n: 1, h: 17, w: 11, c: 20 }, spec(20, 20, 3, 1, 1), true, true),
+        (Shape { n: 2, h: 15, w: 14, c: 3 }, spec(3, 32, 3, 1, 1), false, false),
+    ];
+    for (i, (xs, sp, leaky, with_res)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let (oh, ow) = sp.out_hw(xs.h, xs.w);
+        let ys = Shape { n: xs.n, h: oh, w: ow, c: sp.cout };
+        let x = f16_rounded(rnd(xs.len(), 10 + i, -1.0, 1.0));
+        let w = f16_rounded(rnd(sp.weight_len(), 20 + i, -0.2, 0.2));
+        let b = rnd(sp.cout, 30 + i, -0.5, 0.5);
+        let res = with_res.then(|| f16_rounded(rnd(ys.len(), 40 + i, -1.0, 1.0)));
+        let mut want = vec![0f32; ys.len()];
+        cpu.conv2d(&x, xs, &sp, &w, Some(&b), Epilogue { leaky, residual: res.as_ref() }, &mut want);
+        // the image arrives in f32; every activation after it is f16
+        let xg = if xs.c == 3 { g.upload(&x) } else { g.upload_half(&x) };
+        let (wg, bg, rg) = (g.upload(&w), g.upload(&b), res.as_ref().map(|r| g.upload_half(r)));
+        let mut y = nan_half(&g, ys.len());
+        g.conv2d(&xg, xs, &sp, &wg, Some(&bg), Epilogue { leaky, residual: rg.as_ref() }, &mut y);
+        assert!(y.is_half());
+        check(&format!("f16 storage conv {} -> {}, k {}", sp.cin, sp.cout, sp.k), &g, &y, &want, 2e-3);
+    }
+    for (i, (xs, cout)) in
+        [(Shape { n: 2, h: 5, w: 7, c: 64 }, 32), (Shape { n: 1, h: 9, w: 6, c: 32 }, 20)].into_iter().enumerate()
+    {
+        let i = i as u64;
+        let x = f16_rounded(rnd(xs.len(), 50 + i, -1.0, 1.0));
+        let w = f16_rounded(rnd(xs.c * 4 * cout, 60 + i, -0.2, 0.2));
+        let b = rnd(cout, 70 + i, -0.5, 0.5);
+        let mut want = vec![0f32; 4 * xs.n * xs.h * xs.w * cout];
+        cpu.conv_transpose2(&x, xs, cout, &w, &b, &mut want);
+        let mut y = nan_half(&g, want.len());
+        g.conv_transpose2(&g.upload_half(&x), xs, cout, &g.upload(&w), &g.upload(&b), &mut y);
+        check(&format!("f16 storage transposed conv {} -> {cout}", xs.c), &g, &y, &want, 2e-3);
+    }
+    let (pa, pb) = (rnd(7 * 32, 80, -1.0, 1.0), rnd(7 * 32, 81, -1.0, 1.0));
+    let (pa, pb) = (f16_rounded(pa), f16_rounded(pb));
+    let mut want = vec![0f32; 7 * 64];
+    cpu.concat_channels(&pa, 32, &pb, 32, &mut want);
+    let mut cat = nan_half(&g, want.len());
+    g.concat_channels(&g.upload_half(&pa), 32, &g.upload_half(&pb), 32, &mut cat);
+    check("f16 storage concatenation", &g, &cat, &want, 1e-7);
+    // the half instance norm through f32 copies, statistics included
+    let s = Shape { n: 2, h: 11, w: 9, c: 64 };
+    let x = f16_rounded(rnd(s.len(), 90, -2.0, 3.0));
+    let (gamma, beta) = (rnd(32, 91, 0.5, 1.5), rnd(32, 92, -0.5, 0.5));
+    let (mut want, mut stats) = (vec![0f32; s.len()], vec![0f32; 2 * s.n * 32]);
+    cpu.hin_forward(&x, s, &gamma, &beta, true, &mut want, &mut stats);
+    let (mut y, mut st) = (nan_half(&g, s.len()), nan_half(&g, stats.len()));
+    g.hin_forward(&g.upload_half(&x), s, &g.upload(&gamma), &g.upload(&beta), true, &mut y, &mut st);
+    check("f16 storage half instance norm", &g, &y, &want, 2e-3);
+    check("f16 storage half instance norm statistics", &g, &st, &stats, 2e-3);
+}
+
+/// Inference with f16 activations (SPAHDMAP_GPU_HALF) against the CPU's f32 scores: the
+/// reference's autocast inference rounds the same way, so 1e-2 bounds it; the scores come back
+/// in f32 and `alloc` hands out f32 again after the network.
+#[test]
+fn half_inference_scores_match_the_cpu() {
+    let Some(g) = speed_gpu() else { return };
+    g.use_half_storage(true);
+    let cpu = Cpu::new();
+    let (net, mut host) = UNet::new(3, 5);
+    let head = JointHead::new(&mut host, 3, 20, 50, 0, 6);
+    let is = Shape { n: 2, h: 64, w: 64, c: 3 };
+    let image = rnd(is.len(), 1, 0.0, 1.0);
+    let vd = rnd(is.n * is.h * is.w * 20, 2, 0.05, 0.95);
+    let (pc, pg) = (host.upload(&cpu), host.upload(&g));
+    let want = head.hr_scores(&cpu, &net, &pc, &image, is, &vd);
+    let (im, v) = (g.upload(&image), g.upload(&vd));
+    for round in 0..2 {
+        let hr = head.hr_scores(&g, &net, &pg, &im, is, &v);
+        assert!(!hr.is_half(), "scores in f32");
+        check(&format!("f16-storage inference, pass {round}"), &g, &hr, &want, 1e-2);
+        g.release(hr);
+    }
+    let after = g.alloc(16);
+    assert!(!after.is_half(), "f16 allocation ends with the network");
+    // off, the same call keeps f32 activations
+    g.use_half_storage(false);
+    let hr = head.hr_scores(&g, &net, &pg, &im, is, &v);
+    check("f32-storage inference", &g, &hr, &want, 5e-3);
+}
+
+/// An f16 buffer handed to a kernel that reads f32 is refused before anything runs, and the
+/// backend stays usable.
+#[test]
+fn an_f16_buffer_never_reaches_an_f32_kernel() {
+    let Some(g) = gpu() else { return };
+    let x = g.upload_half(&[0.5; 64]);
+    let mut y = g.alloc(64);
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.sigmoid(&x, &mut y)));
+    assert!(refused.is_err(), "an f16 buffer went into sigmoid_f32");
+    // the f32 copy goes through
+    let back = g.download(&x);
+    assert_eq!(back, vec![0.5; 64]);
+    let z = g.upload(&back);
+    g.sigmoid(&z, &mut y);
+    let got = g.download(&y);
+    assert!((got[0] - 1.0 / (1.0 + (-0.5f32).exp())).abs() < 1e-6);
+}

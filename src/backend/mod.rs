@@ -206,6 +206,26 @@ impl Shape {
     }
 }
 
+/// `Backend::half_activations` on for a scope: the previous setting comes back when it ends,
+/// a panic included.
+pub struct HalfActivations<'a, B: Backend> {
+    b: &'a B,
+    before: bool,
+}
+
+impl<'a, B: Backend> HalfActivations<'a, B> {
+    pub fn on(b: &'a B) -> Self {
+        let before = b.half_activations(true);
+        HalfActivations { b, before }
+    }
+}
+
+impl<B: Backend> Drop for HalfActivations<'_, B> {
+    fn drop(&mut self) {
+        self.b.half_activations(self.before);
+    }
+}
+
 /// What a convolution does to its result before storing it: y = act(conv(x) + bias) + residual.
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a, T> {
@@ -462,6 +482,14 @@ pub trait Backend: Sync {
         at: usize,
         skip: Option<&Self::Buf>,
     );
+    /// Hand out f16 buffers from `alloc` and `zeros` (`on`) or f32 ones again, where the backend
+    /// stores activations in half precision (CUDA with `SPAHDMAP_GPU_HALF=1`; inference only:
+    /// the layers of a forward pass take them, gradients and losses do not). The previous
+    /// setting, to restore after.
+    fn half_activations(&self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
     /// Whether the convolutions round their operands to half precision (then gradients below
     /// its range vanish unless the loss is scaled: training turns a loss scaler on).
     fn half_operands(&self) -> bool {

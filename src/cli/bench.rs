@@ -110,6 +110,10 @@ enum BenchWhat {
         /// reference bench's `hd_inference`.
         #[arg(long)]
         infer: bool,
+        /// On a GPU, with --infer: the network's activations in f16 (kernels/conv_h16.cu;
+        /// what SPAHDMAP_GPU_HALF=1 turns on in the score stage).
+        #[arg(long, requires = "infer")]
+        half: bool,
     },
     /// NMF and the Voronoi score on generated data at the medulloblastoma scale (spots ×
     /// genes at about a third non-zero; a side × side crop of hexagonally spaced spots), on the
@@ -325,6 +329,12 @@ fn infer_bench<B: crate::backend::Backend>(
     use crate::model::joint::JointHead;
     let rank = 20usize;
     let head = JointHead::new(host, 3, rank, 100, 0, 0);
+    // whether the backend takes f16 activations: turned on inside the scope, the answer is the
+    // setting it had there
+    let half = {
+        let _on = crate::backend::HalfActivations::on(b);
+        b.half_activations(true)
+    };
     let p = host.upload(b);
     let is = Shape { n: batch, h: size, w: size, c: 3 };
     let image = bench_image(is.len());
@@ -378,6 +388,7 @@ fn infer_bench<B: crate::backend::Backend>(
     serde_json::json!({"bench": "unet_hd_inference", "device": b.name(), "median_s": t, "repeat": repeat,
         "threads": rayon::current_num_threads(),
         "detail": {"batch": batch, "size": size, "rank": rank, "megapixel_per_s": mpx / t, "recorded": b.graphs(),
+            "half_activations": half,
             "input_mb_per_batch": ((image.len() + vd.len()) * 4) as f64 / 1e6,
             "with_uploads": {"batches": batches, "serial_megapixel_per_s": mpx / serial,
                 "overlapped_megapixel_per_s": mpx / overlapped},
@@ -735,6 +746,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             f16,
             joint,
             infer,
+            half,
         } => {
             use crate::backend::cuda::Precision;
             let precision = match (exact, pipelined, plain, f16) {
@@ -747,6 +759,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let v = match bench_gpu(&device, precision)? {
                 None => unet_bench(&crate::backend::Cpu::new(), batch, size, repeat, embed_spots, joint, infer),
                 Some(g) => {
+                    if half {
+                        g.use_half_storage(true);
+                    }
                     // device time per kernel over every iteration, the warm-up one included
                     let profiling = std::env::var_os("SPAHDMAP_GPU_PROFILE").is_some_and(|v| v != "0");
                     g.set_profiling(profiling);

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
 pub use crate::backend::TileSpots;
-use crate::backend::{Backend, Decoder, Shape};
+use crate::backend::{Backend, Decoder, HalfActivations, Shape};
 
 use super::unet::{pair_mut, Activations, Block, BlockCache, Init, Kind, Params, UNet};
 
@@ -168,8 +168,16 @@ impl JointHead {
         is: Shape,
         vd: &B::Buf,
     ) -> B::Buf {
-        let (x, xs) = net.forward_body_infer(b, p, image, is);
-        let (lr, hr) = self.low_rank_hr(b, p, &x, xs, vd);
+        // the network's activations in f16 where the backend stores them so (the reference's
+        // autocast inference); the scores after the VD prior in f32
+        let (x, xs, lr) = {
+            let _half = HalfActivations::on(b);
+            let (x, xs) = net.forward_body_infer(b, p, image, is);
+            let lr = self.low_rank.forward(b, p, &x, xs);
+            (x, xs, lr)
+        };
+        let mut hr = b.alloc(xs.with_c(self.rank).len());
+        b.prior_sigmoid(&lr.out, vd, &mut hr);
         lr.release(b);
         b.release(x);
         hr

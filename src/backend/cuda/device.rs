@@ -1,6 +1,8 @@
 //! The CUDA backend: the `Backend` trait on one device and one stream, kernels from the
 //! embedded fatbin (kernels/*.cu). Buffers hold f32 (the exact path the CPU backend is the
-//! reference of; fp16 storage is issue 8's mixed-precision path).
+//! reference of), or f16 while `Backend::half_activations` is on: inference's activations
+//! (kernels/conv_h16.cu; f32-only kernels get widened copies, and a half buffer handed to one
+//! directly panics rather than being read as f32).
 //!
 //! Everything runs in order on one stream (streamed inference's uploads on a second one,
 //! ordered by explicit events: `upload_overlapped`), so cudarc's per-buffer event tracking is
@@ -18,23 +20,41 @@ use cudarc::driver::{
 };
 use rayon::prelude::*;
 
+use super::half::half_from_env;
 use super::tiles::DeviceBandAverager;
 use crate::backend::{Backend, ConvSpec, Decoder, DxEpilogue, Epilogue, Shape, TileSpots};
 use crate::optim::AdamScalars;
 
-/// A device buffer of `len` f32 values (the allocation holds at least one, so empty buffers
-/// exist too).
+/// A device buffer of `len` values, f32 or (`half`) f16 (the allocation holds at least one, so
+/// empty buffers exist too).
 pub struct DBuf {
     /// dropped by hand (`Drop`): a graph capture's placeholder points nowhere, and memory
     /// freed while its stream is capturing would become a node of the graph
     mem: std::mem::ManuallyDrop<CudaSlice<f32>>,
     len: usize,
+    half: bool,
 }
 
 impl DBuf {
-    fn new(mem: CudaSlice<f32>, len: usize) -> DBuf {
-        DBuf { mem: std::mem::ManuallyDrop::new(mem), len }
+    fn new(mem: CudaSlice<f32>, len: usize, half: bool) -> DBuf {
+        DBuf { mem: std::mem::ManuallyDrop::new(mem), len, half }
     }
+    /// Whether the values are stored as f16.
+    pub fn is_half(&self) -> bool {
+        self.half
+    }
+    /// where the pool keeps it when released
+    pub(super) fn pool_key(&self) -> (usize, bool) {
+        (self.len, self.half)
+    }
+    fn bytes(&self) -> usize {
+        self.len * if self.half { 2 } else { 4 }
+    }
+}
+
+/// f32 slots an allocation of `len` values takes (two f16 values a slot).
+fn slots(len: usize, half: bool) -> usize {
+    if half { len.div_ceil(2) } else { len }.max(1)
 }
 
 impl Drop for DBuf {
@@ -90,7 +110,12 @@ pub struct Cuda {
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     /// blocks of 256 threads each kernel keeps resident per SM (the driver's occupancy figure)
     resident: Mutex<HashMap<&'static str, usize>>,
-    pub(super) pool: Mutex<HashMap<usize, Vec<DBuf>>>,
+    /// released buffers by (length, f16)
+    pub(super) pool: Mutex<HashMap<(usize, bool), Vec<DBuf>>>,
+    /// `alloc` hands out f16 buffers (`Backend::half_activations`)
+    pub(super) half_acts: AtomicBool,
+    /// whether `half_activations` may turn f16 storage on (SPAHDMAP_GPU_HALF; `use_half_storage`)
+    pub(super) half_storage: AtomicBool,
     fresh: AtomicU64,
     /// whether `capture` records (SPAHDMAP_GPU_GRAPHS; `use_graphs`)
     graphs: AtomicBool,
@@ -198,6 +223,8 @@ impl Cuda {
             funcs: Mutex::default(),
             resident: Mutex::default(),
             pool: Mutex::default(),
+            half_acts: AtomicBool::new(false),
+            half_storage: AtomicBool::new(half_from_env()),
             fresh: AtomicU64::new(0),
             graphs: AtomicBool::new(graphs_from_env()),
             capture: Mutex::default(),
@@ -235,6 +262,11 @@ impl Cuda {
     }
     pub fn graphs_on(&self) -> bool {
         self.graphs.load(Ordering::Relaxed)
+    }
+    /// Let inference keep its activations in f16 (`Backend::half_activations`) or not, whatever
+    /// the environment says.
+    pub fn use_half_storage(&self, on: bool) {
+        self.half_storage.store(on, Ordering::Relaxed);
     }
 
     pub(super) fn func(&self, name: &'static str) -> CudaFunction {
@@ -305,7 +337,19 @@ impl Cuda {
         Some((names[at], cfg1(pixels.div_ceil(THREADS as usize).clamp(1, 16 * self.sms), THREADS)))
     }
 
+    /// The device address of an f32 buffer, for a kernel that reads or writes f32: an f16
+    /// buffer here is a bug (its bytes would be read as other numbers), so it panics.
     pub(super) fn ptr(&self, b: &DBuf) -> u64 {
+        assert!(!b.half, "CUDA: an f16 buffer reached a kernel that takes f32 (half activations are inference-only)");
+        self.addr(b)
+    }
+    /// The same for kernels that take f16 (kernels/conv_h16.cu).
+    pub(super) fn hptr(&self, b: &DBuf) -> u64 {
+        assert!(b.half, "CUDA: an f32 buffer reached a kernel that takes f16");
+        self.addr(b)
+    }
+    /// The address of a buffer of either kind (copies, the pool, recordings).
+    pub(super) fn addr(&self, b: &DBuf) -> u64 {
         let (p, _sync) = b.mem.device_ptr(&self.stream);
         p
     }
@@ -532,14 +576,14 @@ type ConvGeom = (i32, i32, i32, i32, i32, i32, i32, i32);
 
 /// The convolution kernels decompose pixel and reduction indices in 32 bits (FastDiv in
 /// conv_ops.cuh).
-fn within_fast_div(rows: usize) {
+pub(super) fn within_fast_div(rows: usize) {
     assert!(
         rows < (1 << 31) - 1024,
         "a convolution over {rows} pixels at once is more than the kernels index: use smaller batches"
     );
 }
 
-fn conv_geom(xs: Shape, spec: &ConvSpec) -> ConvGeom {
+pub(super) fn conv_geom(xs: Shape, spec: &ConvSpec) -> ConvGeom {
     let c = |v: usize| v as i32;
     (c(xs.n), c(xs.h), c(xs.w), c(spec.cin), c(spec.cout), c(spec.k), c(spec.stride), c(spec.pad))
 }
@@ -550,17 +594,17 @@ pub(super) fn gemm_grid(m: usize, n: usize, z: usize) -> LaunchConfig {
 
 /// Useful floating-point operations of a convolution producing `pixels` output pixels (its
 /// forward pass; each gradient does as many).
-fn conv_flop(pixels: usize, spec: &ConvSpec) -> f64 {
+pub(super) fn conv_flop(pixels: usize, spec: &ConvSpec) -> f64 {
     2.0 * pixels as f64 * (spec.k * spec.k * spec.cin * spec.cout) as f64
 }
 
 /// The same for the 2 × 2 / 2 transposed convolution of `pixels` input pixels.
-fn up2_flop(pixels: usize, cin: usize, cout: usize) -> f64 {
+pub(super) fn up2_flop(pixels: usize, cin: usize, cout: usize) -> f64 {
     2.0 * pixels as f64 * (cin * 4 * cout) as f64
 }
 
 /// Blocks of `bm` × `bn` over an m × n result, `z` K splits.
-fn tiled_grid(m: usize, n: usize, z: usize, (bm, bn): (usize, usize)) -> LaunchConfig {
+pub(super) fn tiled_grid(m: usize, n: usize, z: usize, (bm, bn): (usize, usize)) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (m.div_ceil(bm).max(1) as u32, n.div_ceil(bn).max(1) as u32, z.max(1) as u32),
         block_dim: (THREADS, 1, 1),
@@ -602,6 +646,38 @@ impl Cuda {
     }
 }
 
+impl Cuda {
+    /// A buffer of `len` values, f16 where `half`: from the pool, or fresh.
+    pub(super) fn alloc_as(&self, len: usize, half: bool) -> DBuf {
+        let hit = self.pool.lock().unwrap().get_mut(&(len, half)).and_then(|v| v.pop());
+        let capturing = match self.capture.lock().unwrap().as_mut() {
+            Some(log) => {
+                if let Some(b) = &hit {
+                    log.taken.insert(self.addr(b));
+                }
+                true
+            }
+            None => false,
+        };
+        if capturing && hit.is_none() {
+            // allocating now would put an allocation into the graph: a placeholder instead,
+            // and the recording is thrown away
+            self.capture_refuses("a buffer the pool did not hold");
+            // SAFETY: never dereferenced: a failed capture queues nothing more and its graph is
+            // destroyed unrun; the handle is forgotten, not freed (`release`).
+            return DBuf::new(unsafe { self.stream.upgrade_device_ptr::<f32>(0, slots(len, half)) }, len, half);
+        }
+        if let Some(b) = hit {
+            return b;
+        }
+        self.fresh.fetch_add(1, Ordering::Relaxed);
+        let n = slots(len, half);
+        // SAFETY: every operation writes its outputs before they are read (trait contract).
+        let mem = unsafe { self.stream.alloc::<f32>(n) }.unwrap_or_else(|e| self.oom("a buffer", n * 4, e));
+        DBuf::new(mem, len, half)
+    }
+}
+
 impl Backend for Cuda {
     type Buf = DBuf;
     type Fence = CudaEvent;
@@ -620,53 +696,36 @@ impl Backend for Cuda {
     }
 
     fn alloc(&self, len: usize) -> DBuf {
-        let hit = self.pool.lock().unwrap().get_mut(&len).and_then(|v| v.pop());
-        let capturing = match self.capture.lock().unwrap().as_mut() {
-            Some(log) => {
-                if let Some(b) = &hit {
-                    log.taken.insert(self.ptr(b));
-                }
-                true
-            }
-            None => false,
-        };
-        if capturing && hit.is_none() {
-            // allocating now would put an allocation into the graph: a placeholder instead,
-            // and the recording is thrown away
-            self.capture_refuses("a buffer the pool did not hold");
-            // SAFETY: never dereferenced: a failed capture queues nothing more and its graph is
-            // destroyed unrun; the handle is forgotten, not freed (`release`).
-            return DBuf::new(unsafe { self.stream.upgrade_device_ptr::<f32>(0, len.max(1)) }, len);
-        }
-        if let Some(b) = hit {
-            return b;
-        }
-        self.fresh.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: every operation writes its outputs before they are read (trait contract).
-        let mem = unsafe { self.stream.alloc::<f32>(len.max(1)) }.unwrap_or_else(|e| self.oom("a buffer", len * 4, e));
-        DBuf::new(mem, len)
+        self.alloc_as(len, self.half_acts.load(Ordering::Relaxed))
     }
     fn zeros(&self, len: usize) -> DBuf {
         let b = self.alloc(len);
-        self.zero_bytes(self.ptr(&b), len * 4);
+        self.zero_bytes(self.addr(&b), b.bytes());
         b
     }
     fn release(&self, buf: DBuf) {
-        if self.ptr(&buf) == 0 {
+        if self.addr(&buf) == 0 {
             return; // a capture's placeholder: dropping it frees nothing
         }
-        self.pool.lock().unwrap().entry(buf.len).or_default().push(buf);
+        self.pool.lock().unwrap().entry(buf.pool_key()).or_default().push(buf);
     }
     fn fresh_allocations(&self) -> u64 {
         self.fresh.load(Ordering::Relaxed)
     }
     fn upload(&self, host: &[f32]) -> DBuf {
-        let b = self.alloc(host.len());
+        let b = self.alloc_as(host.len(), false);
         self.htod(self.ptr(&b), host);
         b
     }
     fn download(&self, buf: &DBuf) -> Vec<f32> {
-        self.dtoh(self.ptr(buf), buf.len)
+        match self.widened(buf) {
+            Some(w) => {
+                let v = self.dtoh(self.ptr(&w), w.len);
+                self.release(w);
+                v
+            }
+            None => self.dtoh(self.ptr(buf), buf.len),
+        }
     }
     fn len(&self, buf: &DBuf) -> usize {
         buf.len
@@ -731,12 +790,13 @@ impl Backend for Cuda {
     }
     fn copy(&self, src: &DBuf, dst: &mut DBuf) {
         assert_eq!(src.len, dst.len, "copy between buffers of different lengths");
+        assert_eq!(src.half, dst.half, "copy between f16 and f32 buffers");
         if src.len == 0 || self.skipping() {
             return;
         }
         self.bind();
-        // SAFETY: both buffers hold len values.
-        unsafe { result::memcpy_dtod_async(self.ptr(dst), self.ptr(src), src.len * 4, self.stream.cu_stream()) }
+        // SAFETY: both buffers hold len values of the same kind.
+        unsafe { result::memcpy_dtod_async(self.addr(dst), self.addr(src), src.bytes(), self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("CUDA copy: {e}"));
     }
 
@@ -753,6 +813,12 @@ impl Backend for Cuda {
         launch!(self, "sigmoid_backward_f32", cfg_elems(y.len), self.ptr(y), self.ptr(dy), y.len as i64);
     }
     fn prior_sigmoid(&self, l: &DBuf, vd: &DBuf, hr: &mut DBuf) {
+        if l.is_half() || vd.is_half() || hr.is_half() {
+            let (lw, vw, mut hw) = (self.widened(l), self.widened(vd), self.f32_out(hr));
+            self.prior_sigmoid(lw.as_ref().unwrap_or(l), vw.as_ref().unwrap_or(vd), hw.as_mut().unwrap_or(&mut *hr));
+            self.narrowed(hw, hr);
+            return self.release_all([lw, vw]);
+        }
         launch!(self, "prior_sigmoid_f32", cfg_elems(l.len), self.ptr(l), self.ptr(vd), self.ptr(hr), l.len as i64);
     }
 
@@ -766,6 +832,16 @@ impl Backend for Cuda {
         epi: Epilogue<DBuf>,
         y: &mut DBuf,
     ) {
+        if x.is_half() || y.is_half() || epi.residual.is_some_and(DBuf::is_half) {
+            if self.h16_runs(x, y, spec.cin, epi.residual) {
+                return self.conv2d_h16(x, xs, spec, w, bias, epi, y);
+            }
+            let (xw, rw, mut yw) = (self.widened(x), epi.residual.and_then(|r| self.widened(r)), self.f32_out(y));
+            let epi32 = Epilogue { leaky: epi.leaky, residual: rw.as_ref().or(epi.residual) };
+            self.conv2d(xw.as_ref().unwrap_or(x), xs, spec, w, bias, epi32, yw.as_mut().unwrap_or(&mut *y));
+            self.narrowed(yw, y);
+            return self.release_all([xw, rw]);
+        }
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let operands = [self.ptr(x), self.ptr(w)];
         let pixels = xs.n * oh * ow;
@@ -858,6 +934,15 @@ impl Backend for Cuda {
         }
     }
     fn conv_transpose2(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
+        if x.is_half() || y.is_half() {
+            if self.h16_runs(x, y, xs.c, None) {
+                return self.up2_h16(x, xs, cout, w, b, y);
+            }
+            let (xw, mut yw) = (self.widened(x), self.f32_out(y));
+            self.conv_transpose2(xw.as_ref().unwrap_or(x), xs, cout, w, b, yw.as_mut().unwrap_or(&mut *y));
+            self.narrowed(yw, y);
+            return self.release_all([xw]);
+        }
         let operands = [self.ptr(x), self.ptr(w)];
         let (kernel, cfg) =
             self.conv_launch(variants!("up2_fwd"), xs.c, cout, operands, xs.n * xs.h * xs.w, 4 * cout, None);
@@ -905,6 +990,14 @@ impl Backend for Cuda {
         self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
     }
     fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {
+        if x.is_half() || y.is_half() || stats.is_half() {
+            let (xw, mut yw, mut sw) = (self.widened(x), self.f32_out(y), self.f32_out(stats));
+            let (y32, s32) = (yw.as_mut().unwrap_or(&mut *y), sw.as_mut().unwrap_or(&mut *stats));
+            self.hin_forward(xw.as_ref().unwrap_or(x), s, gamma, beta, leaky, y32, s32);
+            self.narrowed(yw, y);
+            self.narrowed(sw, stats);
+            return self.release_all([xw]);
+        }
         let half = s.c / 2;
         let at = s.n * half;
         let hw = s.h * s.w;
@@ -995,6 +1088,21 @@ impl Backend for Cuda {
         }
     }
     fn concat_channels(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize, out: &mut DBuf) {
+        if a.is_half() && b.is_half() && out.is_half() {
+            return self.concat_h16(a, ca, b, cb, out);
+        }
+        if a.is_half() || b.is_half() || out.is_half() {
+            let (aw, bw, mut ow) = (self.widened(a), self.widened(b), self.f32_out(out));
+            self.concat_channels(
+                aw.as_ref().unwrap_or(a),
+                ca,
+                bw.as_ref().unwrap_or(b),
+                cb,
+                ow.as_mut().unwrap_or(&mut *out),
+            );
+            self.narrowed(ow, out);
+            return self.release_all([aw, bw]);
+        }
         let px = out.len / (ca + cb);
         launch!(
             self,
@@ -1223,6 +1331,9 @@ impl Backend for Cuda {
         emit: &mut dyn FnMut(usize, &[f32]) -> crate::Result<()>,
     ) -> crate::Result<()> {
         band.flush(emit)
+    }
+    fn half_activations(&self, on: bool) -> bool {
+        self.set_half_activations(on)
     }
     fn half_operands(&self) -> bool {
         self.precision == Precision::F16Wide

@@ -170,7 +170,7 @@ impl Cuda {
         let mut pool = self.pool.lock().unwrap();
         for v in pool.values_mut() {
             for b in std::mem::take(v) {
-                if log.taken.contains(&self.ptr(&b)) {
+                if log.taken.contains(&self.addr(&b)) {
                     owned.push(b);
                 } else {
                     v.push(b);
@@ -198,7 +198,7 @@ impl Cuda {
     pub(super) fn discard_recording(&self, mut g: CudaGraphRun) {
         let mut pool = self.pool.lock().unwrap();
         for b in g.owned.drain(..) {
-            pool.entry(crate::backend::Backend::len(self, &b)).or_default().push(b);
+            pool.entry(b.pool_key()).or_default().push(b);
         }
     }
 }

@@ -22,6 +22,7 @@ macro_rules! launch {
 mod device;
 pub mod gcn;
 mod graph;
+mod half;
 pub mod nmf;
 mod profile;
 pub mod tiles;

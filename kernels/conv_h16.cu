@@ -1,0 +1,277 @@
+// Convolutions on half-precision storage (inference: the network's activations in f16, as the
+// reference's autocast keeps them): x, the residual and y are f16 NHWC, the weights a f16 copy
+// packed for the layer ([K][np] with np the columns rounded up to 8, zero past N), bias f32,
+// accumulation f32 (mma.sync m16n8k16).
+//
+// Where the f32-storage kernels (conv.cu) load each element into registers, round it and store
+// it into shared memory, f16 storage lets the copy go straight from global to shared memory in
+// 16-byte pieces (cp.async, zero-filled where a tap falls into the padding), three K steps in
+// flight, and the fragments come out of shared memory with ldmatrix. A K step is one tap × 32
+// channels, so layers run here where cin divides by 32 (every layer of the U-Net but the
+// image's); the host converts around the f32 kernels elsewhere.
+//
+// Block tile 128 × 64 × 32, 8 warps as 4 (m) × 2 (n), each warp 32 × 32 = 2 × 4 MMA tiles.
+// Shared rows are XOR-swizzled by 16-byte chunk so that the eight rows an ldmatrix reads at
+// once sit in eight different bank groups.
+
+#include <cstdint>
+
+#include "conv_ops.cuh"
+#include "mma.cuh"
+
+namespace h16 {
+
+constexpr int BM = 128, BN = 64, BK = 32, STAGES = 3, THREADS = 256;
+
+#ifdef __CUDACC__
+DEV uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// 16 bytes global → shared, bypassing L1; `full` false: 16 zero bytes, nothing read
+DEV void cp_async16(void* dst, const void* src, bool full) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(full ? 16 : 0));
+}
+DEV void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// wait until at most N of this thread's committed groups are still in flight
+template <int N>
+DEV void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// four 8 × 8 b16 matrices, rows addressed by lanes 8i..8i+7 for matrix i; lane l receives
+// row l / 4, columns 2(l % 4), +1 of each (transposed: column l / 4, rows 2(l % 4), +1)
+DEV void ldsm_x4(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+DEV void ldsm_x4_t(uint32_t* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+DEV float h2f(uint16_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+DEV uint16_t f2h(float f) {
+    uint16_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+#endif  // on the host, tests/conv_kernels_emu.cpp defines these before including this file
+
+// Element (r, chunk c) of a shared tile of rows `w` chunks wide: the chunk XOR-ed with bits of
+// the row so that the 8 consecutive rows an ldmatrix reads at one logical chunk land in 8
+// different 16-byte bank groups (A: 4 chunks a row, two rows per 128 bytes; B: 8 chunks).
+DEV int a_at(int r, int c) { return r * BK + 8 * (c ^ ((r >> 1) & 3)); }
+DEV int b_at(int k, int c) { return k * BN + 8 * (c ^ (k & 7)); }
+
+// Epilogue of the convolution: y = leaky?(acc + bias) + residual, rounded to f16.
+struct FwdOut {
+    const float* bias;
+    const uint16_t* res;
+    uint16_t* y;
+    int cout, leaky;
+    DEV float finish(int64_t at, int n, float v) const {
+        if (bias) v += bias[n];
+        if (leaky) v = v > 0.0f ? v : conv::SLOPE * v;
+        if (res) v += h2f(res[at]);
+        return v;
+    }
+    // columns n and n + 1 (n + 1 < N where `pair`) of GEMM row m: one 32-bit store where the
+    // pair is aligned (even cout)
+    DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
+        const int64_t at = m * cout + n;
+        const uint16_t h0 = f2h(finish(at, n, v0));
+        if (pair && (at & 1) == 0) {
+            *reinterpret_cast<uint32_t*>(y + at) = (uint32_t)h0 | (uint32_t)f2h(finish(at + 1, n + 1, v1)) << 16;
+            return;
+        }
+        y[at] = h0;
+        if (pair) y[at + 1] = f2h(finish(at + 1, n + 1, v1));
+    }
+};
+
+// Epilogue of the 2 × 2 / 2 transposed convolution: GEMM row m is input pixel (img, y, x),
+// column n = (ky·2 + kx)·cout + co lands on output pixel (2y + ky, 2x + kx), channel co.
+struct UpOut {
+    const float* bias;
+    uint16_t* y;
+    int h, w, cout;
+    conv::FastDiv by_cout, by_w, by_hw;
+    DEV int64_t at(int64_t m, int n) const {
+        const uint32_t img = by_hw.div((uint32_t)m), r = (uint32_t)m - img * by_hw.d, yy = by_w.div(r);
+        const uint32_t tap = by_cout.div((uint32_t)n), co = (uint32_t)n - tap * by_cout.d;
+        const int64_t oy = 2 * yy + (tap >> 1), ox = 2 * (r - yy * w) + (tap & 1);
+        return (((int64_t)img * 2 * h + oy) * 2 * w + ox) * cout + co;
+    }
+    DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
+        const int co = n % cout;
+        y[at(m, n)] = f2h(v0 + (bias ? bias[co] : 0.0f));
+        if (pair) y[at(m, n + 1)] = f2h(v1 + (bias ? bias[(n + 1) % cout] : 0.0f));
+    }
+};
+
+// C = im2col(x) · W over the layer's geometry `g` (M = output pixels, K = k²·cin, N columns of
+// `wt`, np apart), each result through `out`.
+template <class Out>
+DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g, int64_t M, int N, const Out& out) {
+    alignas(128) __shared__ uint16_t As[STAGES][BM * BK];
+    alignas(128) __shared__ uint16_t Bs[STAGES][BK * BN];
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int64_t m0 = (int64_t)blockIdx.x * BM;
+    const int n0 = blockIdx.y * BN;
+
+    // This thread copies 16 bytes of A rows tid / 4 and tid / 4 + 64 (chunk tid % 4) and of
+    // B row tid / 8 (chunk tid % 8) in every step: their windows decomposed once.
+    const int ac = tid % 4, bk = tid / 8, bc = tid % 8;
+    conv::Window rows[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) rows[i] = conv::out_pixel(g, m0 + tid / 4 + 64 * i, M);
+    const bool b_ok = n0 + 8 * bc < np;
+    const int steps = g.k * g.k * (g.cin / BK);
+    int lky = 0, lkx = 0, lc = 0;  // tap and first channel of the next step to copy
+    auto copy_step = [&](int slot) {
+        const int tap = lky * g.k + lkx, off = (lky * g.w + lkx) * g.cin + lc + 8 * ac;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = tid / 4 + 64 * i;
+            const bool ok = (rows[i].valid >> tap) & 1u;
+            cp_async16(&As[slot][a_at(r, ac)], ok ? x + rows[i].base + off : x, ok);
+        }
+        const uint16_t* src = wt + ((int64_t)tap * g.cin + lc + bk) * np + n0 + 8 * bc;
+        cp_async16(&Bs[slot][b_at(bk, bc)], b_ok ? src : wt, b_ok);
+        lc += BK;
+        if (lc == g.cin) {
+            lc = 0;
+            if (++lkx == g.k) lkx = 0, ++lky;
+        }
+    };
+
+    const int wm = (warp % 4) * 32, wn = (warp / 4) * 32;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) copy_step(s);
+        cp_commit();
+    }
+    for (int s = 0; s < steps; ++s) {
+        // step s has landed (at most STAGES − 2 later groups in flight) for every thread, and
+        // every warp is done with step s − 1, whose slot takes step s + STAGES − 1
+        cp_wait<STAGES - 2>();
+        __syncthreads();
+        if (s + STAGES - 1 < steps) copy_step((s + STAGES - 1) % STAGES);
+        cp_commit();
+        const uint16_t* as = As[s % STAGES];
+        const uint16_t* bs = Bs[s % STAGES];
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            uint32_t a[2][4], b[4][2];
+            // A 16 × 16: lanes 0–15 address rows 0–15 at k chunk kk/8, lanes 16–31 the next
+            // chunk: registers a0..a3 = (rows 0–7, 8–15) × (k 0–7, 8–15), mma's A fragment
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = wm + 16 * i + lane % 16;
+                ldsm_x4(a[i], as + a_at(r, kk / 8 + lane / 16));
+            }
+            // B 16 × 16 ([k][n] rows, transposed): k rows 0–7, 8–15 at n chunk j, then j + 1:
+            // b0, b1 of two 8-column MMA tiles
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int k = kk + lane % 8 + 8 * ((lane / 8) & 1);
+                uint32_t r[4];
+                ldsm_x4_t(r, bs + b_at(k, (wn + 16 * j) / 8 + lane / 16));
+                b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
+        }
+    }
+    cp_wait<0>();
+
+    // C fragments: c0, c1 at (row g, columns 2t, 2t + 1), c2, c3 at row g + 8
+    const int gq = lane / 4, tq = lane % 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int64_t m = m0 + wm + 16 * i + gq + 8 * h;
+                const int n = n0 + wn + 8 * j + 2 * tq;
+                if (m < M && n < N) out.store(m, n, n + 1 < N, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+            }
+}
+
+// The layers' entry bodies (the emulator on the host calls these).
+DEV void conv_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
+                  int leaky, const conv::Geom& g) {
+    gemm(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
+}
+// the 2 × 2 / 2 transposed convolution as a 1 × 1 GEMM into 4·cout columns, scattered
+DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, uint16_t* y, int n, int h, int w,
+                int cin, int cout) {
+    const UpOut out{bias, y, h, w, cout, conv::fast_div(cout), conv::fast_div(w), conv::fast_div((uint32_t)h * w)};
+    gemm(x, wt, np, conv::geom(n, h, w, cin, 4 * cout, 1, 1, 0), (int64_t)n * h * w, 4 * cout, out);
+}
+
+}  // namespace h16
+
+#ifdef __CUDACC__
+#define H16_LOOP(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+// y = leaky?(conv(x) + bias) + res, f16 in and out; grid (⌈pixels / 128⌉, ⌈cout / 64⌉)
+extern "C" __global__ void __launch_bounds__(256) conv2d_fwd_h16(const uint16_t* x, const uint16_t* wt, int np,
+                                                                 const float* bias, const uint16_t* res, uint16_t* y,
+                                                                 int leaky, int n, int h, int w, int cin, int cout,
+                                                                 int k, int stride, int pad) {
+    h16::conv_fwd(x, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad));
+}
+
+// grid (⌈pixels / 128⌉, ⌈4·cout / 64⌉)
+extern "C" __global__ void __launch_bounds__(256) up2_fwd_h16(const uint16_t* x, const uint16_t* wt, int np,
+                                                              const float* bias, uint16_t* y, int n, int h, int w,
+                                                              int cin, int cout) {
+    h16::up_fwd(x, wt, np, bias, y, n, h, w, cin, cout);
+}
+
+// The layer's weights ([K][N] f32) as the kernels above read them: f16, rows np ≥ N apart,
+// zero past N.
+extern "C" __global__ void pack_weights_h16(const float* w, int64_t rows, int cols, int np, uint16_t* out) {
+    H16_LOOP(i, rows * np) {
+        const int64_t r = i / np;
+        const int c = (int)(i - r * np);
+        out[i] = c < cols ? h16::f2h(w[r * cols + c]) : (uint16_t)0;
+    }
+}
+
+// f32 ↔ f16 storage (round to nearest even), where a layer's kernel takes the other
+extern "C" __global__ void f32_to_h16(const float* x, uint16_t* y, int64_t n) {
+    H16_LOOP(i, n) y[i] = h16::f2h(x[i]);
+}
+extern "C" __global__ void h16_to_f32(const uint16_t* x, float* y, int64_t n) {
+    H16_LOOP(i, n) y[i] = h16::h2f(x[i]);
+}
+
+// out = [a | b] along channels, px pixels, f16 (16-bit moves)
+extern "C" __global__ void concat_channels_h16(const uint16_t* a, int ca, const uint16_t* b, int cb, uint16_t* out,
+                                               int64_t px) {
+    const int64_t c = ca + cb;
+    H16_LOOP(i, px * c) {
+        const int64_t p = i / c, k = i % c;
+        out[i] = k < ca ? a[p * ca + k] : b[p * cb + (k - ca)];
+    }
+}
+#endif

@@ -1,0 +1,174 @@
+//! f16 activation storage (inference; `Backend::half_activations`): the layers kernels/conv_h16.cu
+//! runs on f16 directly — convolutions and the transposed convolution whose input channels
+//! divide by 32, the channel concatenation — and, for every other layer an f16 buffer reaches
+//! (the image's 3 channels, the half instance norm, the VD prior, a rank not divisible by 32),
+//! f32 copies around the f32 kernel. The weights stay f32 parameters; each layer packs an f16
+//! copy of its own when it runs (a few MB per forward pass against hundreds of MB of
+//! activations).
+
+use std::sync::atomic::Ordering;
+
+use super::device::{cfg_elems, conv_flop, conv_geom, tiled_grid, up2_flop, within_fast_div, Cuda, DBuf};
+use crate::backend::{Backend, ConvSpec, Epilogue, Shape};
+
+/// The f16 GEMM's block tile (kernels/conv_h16.cu BM × BN) and its K step.
+const TILE: (usize, usize) = (128, 64);
+const K_STEP: usize = 32;
+
+/// `SPAHDMAP_GPU_HALF=1` (or `on`, `true`) lets inference keep activations in f16; off by
+/// default until a card has measured it.
+pub(super) fn half_from_env() -> bool {
+    std::env::var("SPAHDMAP_GPU_HALF").is_ok_and(|v| matches!(v.trim(), "1" | "on" | "true"))
+}
+
+impl Cuda {
+    /// Turn f16 allocation on or off where f16 storage is allowed; the previous setting.
+    pub(super) fn set_half_activations(&self, on: bool) -> bool {
+        let on = on && self.half_storage.load(Ordering::Relaxed);
+        self.half_acts.swap(on, Ordering::Relaxed)
+    }
+
+    /// A device buffer of f16 values rounded from `host` (nearest even).
+    pub fn upload_half(&self, host: &[f32]) -> DBuf {
+        let f = self.upload(host);
+        let h = self.alloc_as(host.len(), true);
+        launch!(self, "f32_to_h16", cfg_elems(host.len()), self.ptr(&f), self.hptr(&h), host.len() as i64);
+        self.release(f);
+        h
+    }
+
+    /// An f32 copy of `b` where it is stored as f16 (give it back with `release`).
+    pub(super) fn widened(&self, b: &DBuf) -> Option<DBuf> {
+        if !b.is_half() {
+            return None;
+        }
+        let w = self.alloc_as(self.len(b), false);
+        launch!(self, "h16_to_f32", cfg_elems(self.len(b)), self.hptr(b), self.ptr(&w), self.len(b) as i64);
+        Some(w)
+    }
+
+    /// An f32 stand-in for an output `y` stored as f16 (None: `y` is f32 and written itself);
+    /// `narrowed` puts its values into `y` once written.
+    pub(super) fn f32_out(&self, y: &DBuf) -> Option<DBuf> {
+        y.is_half().then(|| self.alloc_as(self.len(y), false))
+    }
+    pub(super) fn narrowed(&self, stand_in: Option<DBuf>, y: &mut DBuf) {
+        if let Some(t) = stand_in {
+            launch!(self, "f32_to_h16", cfg_elems(self.len(y)), self.ptr(&t), self.hptr(y), self.len(y) as i64);
+            self.release(t);
+        }
+    }
+    /// Give back widened copies.
+    pub(super) fn release_all(&self, bufs: impl IntoIterator<Item = Option<DBuf>>) {
+        for b in bufs.into_iter().flatten() {
+            self.release(b);
+        }
+    }
+
+    /// Whether the f16 GEMM runs a layer reading `cin` channels from `x` into `y`: both f16,
+    /// whole K steps of one tap (cin a multiple of 32), the indices within its 32-bit divisions.
+    pub(super) fn h16_runs(&self, x: &DBuf, y: &DBuf, cin: usize, residual: Option<&DBuf>) -> bool {
+        x.is_half() && y.is_half() && cin % K_STEP == 0 && cin > 0 && residual.is_none_or(|r| r.is_half())
+    }
+
+    /// The f16 copy of f32 weights [rows][cols] the f16 GEMM reads: rows `np` apart (cols
+    /// rounded up to 8, zero past them), so each 16-byte copy of a row stays aligned.
+    fn packed_weights(&self, w: &DBuf, rows: usize, cols: usize) -> (DBuf, usize) {
+        assert_eq!(self.len(w), rows * cols, "weights of another shape");
+        let np = cols.next_multiple_of(8);
+        let p = self.alloc_as(rows * np, true);
+        launch!(
+            self,
+            "pack_weights_h16",
+            cfg_elems(rows * np),
+            self.ptr(w),
+            rows as i64,
+            cols as i32,
+            np as i32,
+            self.hptr(&p)
+        );
+        (p, np)
+    }
+
+    /// `Backend::conv2d` on f16 x, residual and y (`h16_runs`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv2d_h16(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        bias: Option<&DBuf>,
+        epi: Epilogue<DBuf>,
+        y: &mut DBuf,
+    ) {
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let pixels = xs.n * oh * ow;
+        within_fast_div(pixels);
+        let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        let res = epi.residual.map_or(0, |r| self.hptr(r));
+        launch!(
+            self,
+            "conv2d_fwd_h16",
+            tiled_grid(pixels, spec.cout, 1, TILE),
+            self.hptr(x),
+            self.hptr(&wh),
+            np as i32,
+            self.optr(bias),
+            res,
+            self.hptr(y),
+            epi.leaky as i32,
+            n,
+            h,
+            wd,
+            cin,
+            cout,
+            k,
+            st,
+            pd
+        );
+        self.release(wh);
+        self.profile_flop(conv_flop(pixels, spec));
+    }
+
+    /// `Backend::conv_transpose2` on f16 x and y (`h16_runs`).
+    pub(super) fn up2_h16(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
+        let pixels = xs.n * xs.h * xs.w;
+        within_fast_div(pixels);
+        let (wh, np) = self.packed_weights(w, xs.c, 4 * cout);
+        launch!(
+            self,
+            "up2_fwd_h16",
+            tiled_grid(pixels, 4 * cout, 1, TILE),
+            self.hptr(x),
+            self.hptr(&wh),
+            np as i32,
+            self.ptr(b),
+            self.hptr(y),
+            xs.n as i32,
+            xs.h as i32,
+            xs.w as i32,
+            xs.c as i32,
+            cout as i32
+        );
+        self.release(wh);
+        self.profile_flop(up2_flop(pixels, xs.c, cout));
+    }
+
+    /// `Backend::concat_channels` on f16 buffers.
+    pub(super) fn concat_h16(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize, out: &mut DBuf) {
+        let px = self.len(out) / (ca + cb);
+        launch!(
+            self,
+            "concat_channels_h16",
+            cfg_elems(self.len(out)),
+            self.hptr(a),
+            ca as i32,
+            self.hptr(b),
+            cb as i32,
+            self.hptr(out),
+            px as i64
+        );
+    }
+}
