@@ -10,13 +10,16 @@
 // channels, so layers run here where cin divides by 32 (every layer of the U-Net but the
 // image's); the host converts around the f32 kernels elsewhere.
 //
-// Block tile 128 × 64 × 32, 8 warps as 4 (m) × 2 (n), each warp 32 × 32 = 2 × 4 MMA tiles.
+// Block tile 128 × 64 × 32 (or 128 × 32 × 32 for layers of at most 32 output channels, where
+// the 64-column tile would multiply zeros for half its MMAs), 8 warps as 4 (m) × 2 (n), each
+// warp 32 × 32 (32 × 16) = 2 × 4 (2 × 2) MMA tiles.
 // Shared rows are XOR-swizzled by 16-byte chunk so that the eight rows an ldmatrix reads at
 // once sit in eight different bank groups.
 
 #include <cstdint>
 
 #include "conv_ops.cuh"
+#include "half.cuh"
 #include "mma.cuh"
 
 namespace h16 {
@@ -29,13 +32,14 @@ DEV uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_share
 // 16 bytes global → shared, bypassing L1; `full` false: 16 zero bytes, nothing read
 DEV void cp_async16(void* dst, const void* src, bool full) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(full ? 16 : 0));
+                 "r"(full ? 16 : 0)
+                 : "memory");
 }
-DEV void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+DEV void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // wait until at most N of this thread's committed groups are still in flight
 template <int N>
 DEV void cp_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // four 8 × 8 b16 matrices, rows addressed by lanes 8i..8i+7 for matrix i; lane l receives
@@ -43,31 +47,28 @@ DEV void cp_wait() {
 DEV void ldsm_x4(uint32_t* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
+                 : "r"(smem_addr(p))
+                 : "memory");
 }
 DEV void ldsm_x4_t(uint32_t* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
+                 : "r"(smem_addr(p))
+                 : "memory");
 }
 
-DEV float h2f(uint16_t h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-DEV uint16_t f2h(float f) {
-    uint16_t h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
 #endif  // on the host, tests/conv_kernels_emu.cpp defines these before including this file
 
-// Element (r, chunk c) of a shared tile of rows `w` chunks wide: the chunk XOR-ed with bits of
-// the row so that the 8 consecutive rows an ldmatrix reads at one logical chunk land in 8
-// different 16-byte bank groups (A: 4 chunks a row, two rows per 128 bytes; B: 8 chunks).
-DEV int a_at(int r, int c) { return r * BK + 8 * (c ^ ((r >> 1) & 3)); }
-DEV int b_at(int k, int c) { return k * BN + 8 * (c ^ (k & 7)); }
+// Element (r, chunk c) of a shared tile of 16-byte chunks: the chunk XOR-ed with bits of the
+// row so that the 8 consecutive rows an ldmatrix reads at one logical chunk land in 8 different
+// 16-byte bank groups (rows of 4 chunks, two to 128 bytes: bits 1–2 of the row; rows of 8
+// chunks: bits 0–2).
+template <int CHUNKS>
+DEV int swizzled(int r, int c) {
+    static_assert(CHUNKS == 4 || CHUNKS == 8, "rows of 64 or 128 bytes");
+    return (r * CHUNKS + (CHUNKS == 8 ? c ^ (r & 7) : c ^ ((r >> 1) & 3))) * 8;
+}
+DEV int a_at(int r, int c) { return swizzled<BK / 8>(r, c); }
 
 // Epilogue of the convolution: y = leaky?(acc + bias) + residual, rounded to f16.
 struct FwdOut {
@@ -108,30 +109,42 @@ struct UpOut {
         const int64_t oy = 2 * yy + (tap >> 1), ox = 2 * (r - yy * w) + (tap & 1);
         return (((int64_t)img * 2 * h + oy) * 2 * w + ox) * cout + co;
     }
+    // with an even cout, n and n + 1 (n even) are channels co, co + 1 of one output pixel: one
+    // aligned 32-bit store
     DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
         const int co = n % cout;
-        y[at(m, n)] = f2h(v0 + (bias ? bias[co] : 0.0f));
+        const int64_t a = at(m, n);
+        const uint16_t h0 = f2h(v0 + (bias ? bias[co] : 0.0f));
+        if (pair && cout % 2 == 0) {
+            const uint16_t h1 = f2h(v1 + (bias ? bias[co + 1] : 0.0f));
+            *reinterpret_cast<uint32_t*>(y + a) = (uint32_t)h0 | (uint32_t)h1 << 16;
+            return;
+        }
+        y[a] = h0;
         if (pair) y[at(m, n + 1)] = f2h(v1 + (bias ? bias[(n + 1) % cout] : 0.0f));
     }
 };
 
 // C = im2col(x) · W over the layer's geometry `g` (M = output pixels, K = k²·cin, N columns of
-// `wt`, np apart), each result through `out`.
-template <class Out>
+// `wt`, np apart), each result through `out`; blocks of BM × TBN.
+template <int TBN, class Out>
 DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g, int64_t M, int N, const Out& out) {
+    static_assert(TBN == 64 || TBN == 32, "64- or 32-column tiles");
+    constexpr int BCH = TBN / 8, JN = TBN / 16;  // B's chunks per row; a warp's 8-column MMA tiles
     alignas(128) __shared__ uint16_t As[STAGES][BM * BK];
-    alignas(128) __shared__ uint16_t Bs[STAGES][BK * BN];
+    alignas(128) __shared__ uint16_t Bs[STAGES][BK * TBN];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int64_t m0 = (int64_t)blockIdx.x * BM;
-    const int n0 = blockIdx.y * BN;
+    const int n0 = blockIdx.y * TBN;
 
     // This thread copies 16 bytes of A rows tid / 4 and tid / 4 + 64 (chunk tid % 4) and of
-    // B row tid / 8 (chunk tid % 8) in every step: their windows decomposed once.
-    const int ac = tid % 4, bk = tid / 8, bc = tid % 8;
+    // B row tid / BCH (chunk tid % BCH; the first BK·BCH threads) in every step: their windows
+    // decomposed once.
+    const int ac = tid % 4, bk = tid / BCH, bc = tid % BCH;
     conv::Window rows[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) rows[i] = conv::out_pixel(g, m0 + tid / 4 + 64 * i, M);
-    const bool b_ok = n0 + 8 * bc < np;
+    const bool b_copies = tid < BK * BCH, b_ok = n0 + 8 * bc < np;
     const int steps = g.k * g.k * (g.cin / BK);
     int lky = 0, lkx = 0, lc = 0;  // tap and first channel of the next step to copy
     auto copy_step = [&](int slot) {
@@ -142,8 +155,10 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
             const bool ok = (rows[i].valid >> tap) & 1u;
             cp_async16(&As[slot][a_at(r, ac)], ok ? x + rows[i].base + off : x, ok);
         }
-        const uint16_t* src = wt + ((int64_t)tap * g.cin + lc + bk) * np + n0 + 8 * bc;
-        cp_async16(&Bs[slot][b_at(bk, bc)], b_ok ? src : wt, b_ok);
+        if (b_copies) {
+            const uint16_t* src = wt + ((int64_t)tap * g.cin + lc + bk) * np + n0 + 8 * bc;
+            cp_async16(&Bs[slot][swizzled<BCH>(bk, bc)], b_ok ? src : wt, b_ok);
+        }
         lc += BK;
         if (lc == g.cin) {
             lc = 0;
@@ -151,12 +166,12 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
         }
     };
 
-    const int wm = (warp % 4) * 32, wn = (warp / 4) * 32;
-    float acc[2][4][4];
+    const int wm = (warp % 4) * 32, wn = (warp / 4) * (TBN / 2);
+    float acc[2][JN][4];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < JN; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
@@ -176,7 +191,7 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
         const uint16_t* bs = Bs[s % STAGES];
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
-            uint32_t a[2][4], b[4][2];
+            uint32_t a[2][4], b[JN][2];
             // A 16 × 16: lanes 0–15 address rows 0–15 at k chunk kk/8, lanes 16–31 the next
             // chunk: registers a0..a3 = (rows 0–7, 8–15) × (k 0–7, 8–15), mma's A fragment
 #pragma unroll
@@ -187,16 +202,16 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
             // B 16 × 16 ([k][n] rows, transposed): k rows 0–7, 8–15 at n chunk j, then j + 1:
             // b0, b1 of two 8-column MMA tiles
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
+            for (int j = 0; j < JN / 2; ++j) {
                 const int k = kk + lane % 8 + 8 * ((lane / 8) & 1);
                 uint32_t r[4];
-                ldsm_x4_t(r, bs + b_at(k, (wn + 16 * j) / 8 + lane / 16));
+                ldsm_x4_t(r, bs + swizzled<BCH>(k, (wn + 16 * j) / 8 + lane / 16));
                 b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
             }
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < JN; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
         }
     }
     cp_wait<0>();
@@ -206,7 +221,7 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < JN; ++j)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int64_t m = m0 + wm + 16 * i + gq + 8 * h;
@@ -215,16 +230,17 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
             }
 }
 
-// The layers' entry bodies (the emulator on the host calls these).
+// The layers' entry bodies (the emulator on the host calls these), on TBN-column tiles.
+template <int TBN>
 DEV void conv_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
                   int leaky, const conv::Geom& g) {
-    gemm(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
+    gemm<TBN>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
 }
 // the 2 × 2 / 2 transposed convolution as a 1 × 1 GEMM into 4·cout columns, scattered
 DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, uint16_t* y, int n, int h, int w,
                 int cin, int cout) {
     const UpOut out{bias, y, h, w, cout, conv::fast_div(cout), conv::fast_div(w), conv::fast_div((uint32_t)h * w)};
-    gemm(x, wt, np, conv::geom(n, h, w, cin, 4 * cout, 1, 1, 0), (int64_t)n * h * w, 4 * cout, out);
+    gemm<BN>(x, wt, np, conv::geom(n, h, w, cin, 4 * cout, 1, 1, 0), (int64_t)n * h * w, 4 * cout, out);
 }
 
 }  // namespace h16
@@ -232,13 +248,16 @@ DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias
 #ifdef __CUDACC__
 #define H16_LOOP(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
-// y = leaky?(conv(x) + bias) + res, f16 in and out; grid (⌈pixels / 128⌉, ⌈cout / 64⌉)
-extern "C" __global__ void __launch_bounds__(256) conv2d_fwd_h16(const uint16_t* x, const uint16_t* wt, int np,
-                                                                 const float* bias, const uint16_t* res, uint16_t* y,
-                                                                 int leaky, int n, int h, int w, int cin, int cout,
-                                                                 int k, int stride, int pad) {
-    h16::conv_fwd(x, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad));
-}
+// y = leaky?(conv(x) + bias) + res, f16 in and out; grid (⌈pixels / 128⌉, ⌈cout / 64⌉), or
+// ⌈cout / 32⌉ for the narrow tile (`_h16n`, layers of at most 32 output channels)
+#define H16_CONV(NAME, TBN)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
+        NAME(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,   \
+             int leaky, int n, int h, int w, int cin, int cout, int k, int stride, int pad) {                       \
+        h16::conv_fwd<TBN>(x, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad));       \
+    }
+H16_CONV(conv2d_fwd_h16, 64)
+H16_CONV(conv2d_fwd_h16n, 32)
 
 // grid (⌈pixels / 128⌉, ⌈4·cout / 64⌉)
 extern "C" __global__ void __launch_bounds__(256) up2_fwd_h16(const uint16_t* x, const uint16_t* wt, int np,

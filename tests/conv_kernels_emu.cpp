@@ -405,6 +405,7 @@ static std::vector<uint16_t> pack_half(const std::vector<float>& w, int64_t rows
 }
 static constexpr uint16_t HALF_NAN = 0x7e00;
 
+template <int TBN>
 static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s, int p, bool epilogue) {
     const Geom g = geom(n, h, w, cin, cout, k, s, p);
     const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
@@ -415,12 +416,13 @@ static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s,
     const float* b = epilogue ? bias.data() : nullptr;
     const int leaky = epilogue ? 1 : 0;
     std::vector<uint16_t> y(P * cout, HALF_NAN);
-    launch(blocks(P, h16::BM), blocks(cout, h16::BN), 1,
-           [&] { h16::conv_fwd(xh.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, g); });
+    launch(blocks(P, h16::BM), blocks(cout, TBN), 1, [&] {
+        h16::conv_fwd<TBN>(xh.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, g);
+    });
     std::vector<float> want(P * cout, -99.0f);
     plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, leaky}, P, cout, kk * cin);
     round_half(want);
-    expect_equal("f16 storage conv forward " + std::to_string(cin) + " -> " + std::to_string(cout) + ", k " +
+    expect_equal("f16 storage conv forward, " + std::to_string(TBN) + "-column tiles, " + std::to_string(cin) + " -> " + std::to_string(cout) + ", k " +
                      std::to_string(k) + (epilogue ? ", bias + LeakyReLU + residual" : ""),
                  from_half(y), want);
 }
@@ -442,13 +444,19 @@ static void half_up_case(int n, int h, int w, int cin, int cout) {
 }
 
 static void half_storage() {
-    half_conv_case(2, 9, 11, 32, 64, 3, 1, 1, true);   // M = 198: two row tiles; 9 steps, 3 in flight
-    half_conv_case(1, 7, 6, 64, 20, 3, 1, 1, true);    // N = 20 of a 64-column tile (B zero past np = 24)
-    half_conv_case(2, 10, 9, 32, 32, 4, 2, 1, false);  // the downsampling: stride 2, padding, no epilogue
-    half_conv_case(1, 5, 13, 32, 72, 1, 1, 0, true);   // 1 × 1, one step; two column tiles
-    half_conv_case(1, 6, 5, 96, 5, 3, 1, 1, true);     // odd cout: the last column alone
+    half_conv_case<64>(2, 9, 11, 32, 64, 3, 1, 1, true);   // M = 198: two row tiles; 9 steps, 3 in flight
+    half_conv_case<64>(1, 7, 6, 64, 20, 3, 1, 1, true);    // N = 20 of a 64-column tile (B zero past np = 24)
+    half_conv_case<64>(2, 10, 9, 32, 32, 4, 2, 1, false);  // the downsampling: stride 2, padding, no epilogue
+    half_conv_case<64>(1, 5, 13, 32, 72, 1, 1, 0, true);   // 1 × 1, one step; two column tiles
+    half_conv_case<64>(1, 6, 5, 96, 5, 3, 1, 1, true);     // odd cout: the last column alone
+    half_conv_case<32>(2, 9, 11, 32, 32, 3, 1, 1, true);   // the narrow tile: 32 columns, all used
+    half_conv_case<32>(1, 7, 6, 64, 20, 3, 1, 1, true);    // N = 20 of 32
+    half_conv_case<32>(2, 10, 9, 32, 32, 4, 2, 1, false);  // stride 2
+    half_conv_case<32>(1, 5, 13, 32, 72, 1, 1, 0, true);   // three column tiles, the last 8 wide
+    half_conv_case<32>(1, 6, 5, 96, 5, 3, 1, 1, true);     // odd cout
     half_up_case(2, 3, 5, 32, 16);
     half_up_case(1, 9, 16, 64, 20);  // 4·cout = 80: two column tiles, a pair at each tap's edge
+    half_up_case(1, 4, 6, 32, 5);    // odd cout: pairs cross from one tap to the next
 }
 
 int main() {

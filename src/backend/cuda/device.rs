@@ -125,9 +125,9 @@ pub struct Cuda {
     pub(super) doomed: AtomicBool,
     /// bumped whenever a scratch buffer is reallocated: recordings made before are stale
     pub(super) scratch_generation: AtomicU64,
-    f64s: Grow<f64>,
+    pub(super) f64s: Grow<f64>,
     u32s: Grow<u32>,
-    f32s: Grow<f32>,
+    pub(super) f32s: Grow<f32>,
     u64s: Grow<u64>,
     /// page-locked staging for large downloads (DMA straight from the device)
     pinned: Mutex<Option<PinnedHostSlice<u8>>>,
@@ -483,6 +483,23 @@ impl Cuda {
     /// into s0 (and s1), zeroed here.
     #[allow(clippy::too_many_arguments)]
     fn pixel_sums(&self, x: u64, dy: u64, mean: u64, rstd: u64, mode: i32, s: Shape, cn: usize, s0: u64, s1: u64) {
+        self.pixel_sums_of("pixel_sums_f64", x, dy, mean, rstd, mode, s, cn, s0, s1);
+    }
+    /// The same by `kernel`: `pixel_sums_f64`, or `pixel_sums_f64_h16` where x is f16.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pixel_sums_of(
+        &self,
+        kernel: &'static str,
+        x: u64,
+        dy: u64,
+        mean: u64,
+        rstd: u64,
+        mode: i32,
+        s: Shape,
+        cn: usize,
+        s0: u64,
+        s1: u64,
+    ) {
         let at = s.n * cn;
         self.zero_bytes(s0, at * 8);
         if mode >= 2 {
@@ -497,22 +514,7 @@ impl Cuda {
             block_dim: (32, 8, 1),
             shared_mem_bytes: 0,
         };
-        launch!(
-            self,
-            "pixel_sums_f64",
-            cfg,
-            x,
-            dy,
-            mean,
-            rstd,
-            mode,
-            hw as i64,
-            s.c as i32,
-            cn as i32,
-            chunk as i64,
-            s0,
-            s1
-        );
+        launch!(self, kernel, cfg, x, dy, mean, rstd, mode, hw as i64, s.c as i32, cn as i32, chunk as i64, s0, s1);
     }
 
     /// Column sums (the bias gradients): out (zeroed here) = Σ over rows of x.
@@ -990,6 +992,9 @@ impl Backend for Cuda {
         self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
     }
     fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {
+        if x.is_half() && y.is_half() {
+            return self.hin_forward_h16(x, s, gamma, beta, leaky, y, stats);
+        }
         if x.is_half() || y.is_half() || stats.is_half() {
             let (xw, mut yw, mut sw) = (self.widened(x), self.f32_out(y), self.f32_out(stats));
             let (y32, s32) = (yw.as_mut().unwrap_or(&mut *y), sw.as_mut().unwrap_or(&mut *stats));

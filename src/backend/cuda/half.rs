@@ -1,8 +1,8 @@
-//! f16 activation storage (inference; `Backend::half_activations`): the layers kernels/conv_h16.cu
-//! runs on f16 directly — convolutions and the transposed convolution whose input channels
-//! divide by 32, the channel concatenation — and, for every other layer an f16 buffer reaches
-//! (the image's 3 channels, the half instance norm, the VD prior, a rank not divisible by 32),
-//! f32 copies around the f32 kernel. The weights stay f32 parameters; each layer packs an f16
+//! f16 activation storage (inference; `Backend::half_activations`): the layers run on f16
+//! directly — convolutions and the transposed convolution whose input channels divide by 32,
+//! the channel concatenation (kernels/conv_h16.cu), the half instance norm (kernels/norm.cu
+//! `*_h16`) — and, for every other layer an f16 buffer reaches (the image's 3 channels, the VD
+//! prior, a rank not divisible by 32), f32 copies around the f32 kernel. The weights stay f32 parameters; each layer packs an f16
 //! copy of its own when it runs (a few MB per forward pass against hundreds of MB of
 //! activations).
 
@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 use super::device::{cfg_elems, conv_flop, conv_geom, tiled_grid, up2_flop, within_fast_div, Cuda, DBuf};
 use crate::backend::{Backend, ConvSpec, Epilogue, Shape};
 
-/// The f16 GEMM's block tile (kernels/conv_h16.cu BM × BN) and its K step.
+/// The f16 GEMM's block tiles (kernels/conv_h16.cu: 128 × 64, and 128 × 32 for at most 32
+/// columns, `_h16n`) and its K step.
 const TILE: (usize, usize) = (128, 64);
+const NARROW: (usize, usize) = (128, 32);
 const K_STEP: usize = 32;
 
 /// `SPAHDMAP_GPU_HALF=1` (or `on`, `true`) lets inference keep activations in f16; off by
@@ -108,10 +110,11 @@ impl Cuda {
         let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let res = epi.residual.map_or(0, |r| self.hptr(r));
+        let (kernel, tile) = if spec.cout <= 32 { ("conv2d_fwd_h16n", NARROW) } else { ("conv2d_fwd_h16", TILE) };
         launch!(
             self,
-            "conv2d_fwd_h16",
-            tiled_grid(pixels, spec.cout, 1, TILE),
+            kernel,
+            tiled_grid(pixels, spec.cout, 1, tile),
             self.hptr(x),
             self.hptr(&wh),
             np as i32,
@@ -154,6 +157,65 @@ impl Cuda {
         );
         self.release(wh);
         self.profile_flop(up2_flop(pixels, xs.c, cout));
+    }
+
+    /// `Backend::hin_forward` on f16 x and y (statistics computed in f32, then stored in
+    /// `stats` as whichever kind it is).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn hin_forward_h16(
+        &self,
+        x: &DBuf,
+        s: Shape,
+        gamma: &DBuf,
+        beta: &DBuf,
+        leaky: bool,
+        y: &mut DBuf,
+        stats: &mut DBuf,
+    ) {
+        let half = s.c / 2;
+        let at = s.n * half;
+        let hw = s.h * s.w;
+        assert_eq!(self.len(stats), 2 * at, "statistics of another shape");
+        let st = if stats.is_half() { self.scratch(&self.f32s, 2 * at) } else { self.ptr(stats) };
+        let xp = self.hptr(x);
+        if half > 0 {
+            // mean and variance in one pass over x (shifted sums: mode 3)
+            let s0 = self.scratch(&self.f64s, 2 * at);
+            let s1 = s0 + (at * 8) as u64;
+            self.pixel_sums_of("pixel_sums_f64_h16", xp, 0, 0, 0, 3, s, half, s0, s1);
+            let rstd = st + (at * 4) as u64;
+            launch!(
+                self,
+                "finish_moments_h16",
+                cfg_elems(at),
+                s0,
+                s1,
+                xp,
+                at as i64,
+                half as i32,
+                hw as i64,
+                s.c as i32,
+                st,
+                rstd
+            );
+        }
+        launch!(
+            self,
+            "hin_apply_h16",
+            cfg_elems(s.len()),
+            xp,
+            st,
+            self.ptr(gamma),
+            self.ptr(beta),
+            leaky as i32,
+            s.n as i64,
+            hw as i64,
+            s.c as i32,
+            self.hptr(y)
+        );
+        if stats.is_half() {
+            launch!(self, "f32_to_h16", cfg_elems(2 * at), st, self.hptr(stats), (2 * at) as i64);
+        }
     }
 
     /// `Backend::concat_channels` on f16 buffers.
