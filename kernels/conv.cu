@@ -714,6 +714,17 @@ SMALL_FWD_KERNEL(1)
 SMALL_FWD_KERNEL(2)
 SMALL_FWD_KERNEL(4)
 SMALL_FWD_KERNEL(8)
+// the same writing f16 (inference's first layer: the f32 image into f16 activations)
+#define SMALL_FWD_H16_KERNEL(G)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        conv2d_fwd_small##G##_h16(const float* x, const float* wt, const float* bias, const uint16_t* res,       \
+                                  uint16_t* y, int leaky, CONV_GEOM_ARGS) {                                      \
+        conv::small_fwd<G, uint16_t>(x, wt, bias, res, y, leaky, CONV_GEOM);                                     \
+    }
+SMALL_FWD_H16_KERNEL(1)
+SMALL_FWD_H16_KERNEL(2)
+SMALL_FWD_H16_KERNEL(4)
+SMALL_FWD_H16_KERNEL(8)
 extern "C" __global__ void __launch_bounds__(256)
     conv2d_bwd_data_small1(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS, const float* xin,
                            int accumulate) {

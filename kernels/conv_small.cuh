@@ -12,6 +12,7 @@
 // faster than the GEMM: one thread per output walking a run of pixels waits on its loads)
 // lost, so the host runs those as GEMMs.
 #pragma once
+#include "half.cuh"
 
 namespace conv {
 
@@ -39,11 +40,29 @@ __device__ __forceinline__ void add_scaled(float (&acc)[4 * G], float s, const F
     }
 }
 
-// y = leaky?(conv(x) + bias) + residual for Cout ≤ 4·G: one output pixel per thread.
-// Shared weights [tap][ci][4G] (Cout zero-padded to 4G).
-template <int G>
-__device__ __forceinline__ void small_fwd(const float* x, const float* w, const float* bias, const float* res,
-                                          float* y, int leaky, const Geom g) {
+// Four results plus four residuals (none where r is null) stored at p: one 16-byte store of f32,
+// or one 8-byte store of f16 (p then 8-byte aligned).
+__device__ __forceinline__ void store4(float* p, F4 v, const float* r) {
+    if (r) {
+        const F4 q = load4(r);
+        v.x += q.x, v.y += q.y, v.z += q.z, v.w += q.w;
+    }
+    *reinterpret_cast<F4*>(p) = v;
+}
+__device__ __forceinline__ void store4(uint16_t* p, F4 v, const uint16_t* r) {
+    if (r) v.x += h16::h2f(r[0]), v.y += h16::h2f(r[1]), v.z += h16::h2f(r[2]), v.w += h16::h2f(r[3]);
+    const uint32_t lo = (uint32_t)h16::f2h(v.x) | (uint32_t)h16::f2h(v.y) << 16;
+    const uint32_t hi = (uint32_t)h16::f2h(v.z) | (uint32_t)h16::f2h(v.w) << 16;
+    uint32_t* q = reinterpret_cast<uint32_t*>(p);
+    q[0] = lo, q[1] = hi;
+}
+
+// y = leaky?(conv(x) + bias) + residual for Cout ≤ 4·G: one output pixel per thread. Shared
+// weights [tap][ci][4G] (Cout zero-padded to 4G). Y: the storage of the residual and y — f32,
+// or f16 where the image's layer feeds f16 activations (inference).
+template <int G, class Y = float>
+__device__ __forceinline__ void small_fwd(const float* x, const float* w, const float* bias, const Y* res, Y* y,
+                                          int leaky, const Geom g) {
     alignas(16) __shared__ float ws[SMALL_WEIGHTS];
     constexpr int C4 = 4 * G;
     const int tc = g.k * g.k * g.cin;
@@ -54,7 +73,7 @@ __device__ __forceinline__ void small_fwd(const float* x, const float* w, const 
     }
     __syncthreads();
     const bool vec = g.cin % 4 == 0 && aligned16(x);
-    const bool vec_out = g.cout == C4 && aligned16(y) && (!res || aligned16(res));
+    const bool vec_out = g.cout == C4 && aligned16(y) && (!res || aligned16(res));  // (f16: 8-byte runs)
     const int64_t P = (int64_t)g.n * g.oh * g.ow;
     for (int64_t p = (int64_t)blockIdx.x * THREADS + threadIdx.x; p < P; p += (int64_t)gridDim.x * THREADS) {
         const Rc o = rc(g.by_ohw, g.by_ow, p);
@@ -87,25 +106,19 @@ __device__ __forceinline__ void small_fwd(const float* x, const float* w, const 
             if (leaky) v = v > 0.0f ? v : SLOPE * v;
             acc[c] = v;
         }
-        float* yp = y + p * g.cout;
-        const float* rp = res ? res + p * g.cout : nullptr;
+        Y* yp = y + p * g.cout;
+        const Y* rp = res ? res + p * g.cout : nullptr;
         if (vec_out) {
             // four channels per 16-byte store: a warp's 32 pixels × Cout floats are 32 · Cout / 4
             // store sectors instead of 32 · Cout scattered words
 #pragma unroll
-            for (int q = 0; q < G; ++q) {
-                F4 v{acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]};
-                if (rp) {
-                    const F4 r = load4(rp + 4 * q);
-                    v.x += r.x, v.y += r.y, v.z += r.z, v.w += r.w;
-                }
-                *reinterpret_cast<F4*>(yp + 4 * q) = v;
-            }
+            for (int q = 0; q < G; ++q)
+                store4(yp + 4 * q, F4{acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]}, rp ? rp + 4 * q : rp);
         } else {
 #pragma unroll
             for (int c = 0; c < C4; ++c) {
                 if (c >= g.cout) break;
-                yp[c] = acc[c] + (rp ? rp[c] : 0.0f);
+                h16::st(yp + c, acc[c] + (rp ? h16::ld(rp + c) : 0.0f));
             }
         }
     }

@@ -16,9 +16,12 @@ __device__ __forceinline__ uint16_t f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const uint16_t* p) { return h2f(*p); }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(uint16_t* p, float v) { *p = f2h(v); }
+#define H16_FN __device__ __forceinline__
+#else
+#define H16_FN inline
 #endif
+H16_FN float ld(const float* p) { return *p; }
+H16_FN float ld(const uint16_t* p) { return h2f(*p); }
+H16_FN void st(float* p, float v) { *p = v; }
+H16_FN void st(uint16_t* p, float v) { *p = f2h(v); }
 }  // namespace h16

@@ -125,9 +125,7 @@ inline void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
 }
 }  // namespace conv
 
-#include "../kernels/conv.cu"
-
-// What conv_h16.cu takes from the hardware: cp.async is a plain 16-byte copy (done when issued,
+// What conv_h16.cu (and the f16 stores of conv_small.cuh) take from the hardware: cp.async is a plain 16-byte copy (done when issued,
 // so the commit and wait are no-ops: a wait placed too late is not seen here, a barrier missing
 // before a slot is overwritten is), ldmatrix is warp-collective as the PTX ISA describes it.
 namespace h16 {
@@ -166,6 +164,8 @@ inline uint16_t f2h(float f) {
     return h;
 }
 }  // namespace h16
+#include "../kernels/conv.cu"
+
 #include "../kernels/conv_h16.cu"
 #include "conv_check.h"
 
@@ -443,7 +443,29 @@ static void half_up_case(int n, int h, int w, int cin, int cout) {
                  from_half(y), want);
 }
 
+// The image's layer writing f16 (small_fwd<G, uint16_t>): the f32 kernel's sums, rounded once
+// (four-wide 8-byte stores where cout = 4G, scalar ones elsewhere)
+template <int G>
+static void half_small_case(int n, int h, int w, int cout, bool epilogue) {
+    const Geom g = geom(n, h, w, 3, cout, 3, 1, 1);
+    const int64_t P = (int64_t)n * h * w;
+    auto x = small_ints(P * 3), wt = small_ints(27 * cout), bias = small_ints(cout), res = small_ints(P * cout);
+    const auto rh = to_half(res);
+    const float* b = epilogue ? bias.data() : nullptr;
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    launch(3, 1, 1, [&] {
+        small_fwd<G, uint16_t>(x.data(), wt.data(), b, epilogue ? rh.data() : nullptr, y.data(), epilogue, g);
+    });
+    std::vector<float> want(P * cout, -99.0f);
+    plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, epilogue}, P, cout, 27);
+    round_half(want);
+    expect_equal("small forward into f16, 3 -> " + std::to_string(cout), from_half(y), want);
+}
+
 static void half_storage() {
+    half_small_case<8>(2, 9, 7, 32, true);
+    half_small_case<8>(1, 6, 11, 32, false);
+    half_small_case<2>(1, 7, 5, 6, true);
     half_conv_case<64>(2, 9, 11, 32, 64, 3, 1, 1, true);   // M = 198: two row tiles; 9 steps, 3 in flight
     half_conv_case<64>(1, 7, 6, 64, 20, 3, 1, 1, true);    // N = 20 of a 64-column tile (B zero past np = 24)
     half_conv_case<64>(2, 10, 9, 32, 32, 4, 2, 1, false);  // the downsampling: stride 2, padding, no epilogue

@@ -1256,7 +1256,11 @@ fn f16_storage_layers_match_the_cpu() {
         (Shape { n: 1, h: 17, w: 11, c: 20 }, spec(20, 20, 3, 1, 1), true, true),
         (Shape { n: 2, h: 15, w: 14, c: 3 }, spec(3, 32, 3, 1, 1), false, false),
     ];
-    for (i, (xs, sp, leaky, with_res)) in cases.into_iter().enumerate() {
+    // the image's layer once more on the speed path, where the direct kernel writes f16 itself
+    let wide = gpu_with(Precision::Tf32Wide).expect("a second backend on the same device");
+    let image_layer = (Shape { n: 2, h: 15, w: 14, c: 3 }, spec(3, 32, 3, 1, 1), true, true);
+    for (i, (xs, sp, leaky, with_res)) in cases.into_iter().chain([image_layer]).enumerate() {
+        let g = if i == cases.len() { &wide } else { &g };
         let i = i as u64;
         let (oh, ow) = sp.out_hw(xs.h, xs.w);
         let ys = Shape { n: xs.n, h: oh, w: ow, c: sp.cout };
@@ -1269,10 +1273,10 @@ fn f16_storage_layers_match_the_cpu() {
         // the image arrives in f32; every activation after it is f16
         let xg = if xs.c == 3 { g.upload(&x) } else { g.upload_half(&x) };
         let (wg, bg, rg) = (g.upload(&w), g.upload(&b), res.as_ref().map(|r| g.upload_half(r)));
-        let mut y = nan_half(&g, ys.len());
+        let mut y = nan_half(g, ys.len());
         g.conv2d(&xg, xs, &sp, &wg, Some(&bg), Epilogue { leaky, residual: rg.as_ref() }, &mut y);
         assert!(y.is_half());
-        check(&format!("f16 storage conv {} -> {}, k {}", sp.cin, sp.cout, sp.k), &g, &y, &want, 2e-3);
+        check(&format!("f16 storage conv {} -> {}, k {} ({})", sp.cin, sp.cout, sp.k, g.name()), g, &y, &want, 2e-3);
     }
     for (i, (xs, cout)) in
         [(Shape { n: 2, h: 5, w: 7, c: 64 }, 32), (Shape { n: 1, h: 9, w: 6, c: 32 }, 20)].into_iter().enumerate()

@@ -316,7 +316,7 @@ impl Cuda {
     /// channels, each with `per_channel` weights; all of them within the 48 KB a block stages),
     /// for `pixels` pixels, one per thread. None: the GEMM kernels (other precisions, other
     /// layers).
-    fn small_conv(
+    pub(super) fn small_conv(
         &self,
         spec: &ConvSpec,
         names: &[&'static str],
@@ -837,6 +837,9 @@ impl Backend for Cuda {
         if x.is_half() || y.is_half() || epi.residual.is_some_and(DBuf::is_half) {
             if self.h16_runs(x, y, spec.cin, epi.residual) {
                 return self.conv2d_h16(x, xs, spec, w, bias, epi, y);
+            }
+            if self.image_into_h16(x, xs, spec, w, bias, Epilogue { leaky: epi.leaky, residual: epi.residual }, y) {
+                return;
             }
             let (xw, rw, mut yw) = (self.widened(x), epi.residual.and_then(|r| self.widened(r)), self.f32_out(y));
             let epi32 = Epilogue { leaky: epi.leaky, residual: rw.as_ref().or(epi.residual) };

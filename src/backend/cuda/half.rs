@@ -135,6 +135,54 @@ impl Cuda {
         self.profile_flop(conv_flop(pixels, spec));
     }
 
+    /// The image's layer (f32 x, few channels) into f16 y on the direct kernel
+    /// (`conv2d_fwd_small*_h16`): false where that kernel does not take the layer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn image_into_h16(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        bias: Option<&DBuf>,
+        epi: Epilogue<DBuf>,
+        y: &mut DBuf,
+    ) -> bool {
+        if x.is_half() || !y.is_half() || epi.residual.is_some_and(|r| !r.is_half()) {
+            return false;
+        }
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let names =
+            ["conv2d_fwd_small1_h16", "conv2d_fwd_small2_h16", "conv2d_fwd_small4_h16", "conv2d_fwd_small8_h16"];
+        let pixels = xs.n * oh * ow;
+        let Some((kernel, cfg)) = self.small_conv(spec, &names, spec.cout, spec.k * spec.k * spec.cin, pixels) else {
+            return false;
+        };
+        let res = epi.residual.map_or(0, |r| self.hptr(r));
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        launch!(
+            self,
+            kernel,
+            cfg,
+            self.ptr(x),
+            self.ptr(w),
+            self.optr(bias),
+            res,
+            self.hptr(y),
+            epi.leaky as i32,
+            n,
+            h,
+            wd,
+            cin,
+            cout,
+            k,
+            st,
+            pd
+        );
+        self.profile_flop(conv_flop(pixels, spec));
+        true
+    }
+
     /// `Backend::conv_transpose2` on f16 x and y (`h16_runs`).
     pub(super) fn up2_h16(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
         let pixels = xs.n * xs.h * xs.w;
