@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "half.cuh"
+
 #define GRID_STRIDE(i, n) \
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)blockDim.x * gridDim.x)
 
@@ -31,13 +33,21 @@ extern "C" __global__ void sigmoid_backward_f32(const float* y, float* dy, int64
     GRID_STRIDE(i, n) { dy[i] *= y[i] * (1.0f - y[i]); }
 }
 
-// hr = sigmoid(logit(clamp(vd, eps, 1 - eps)) + l): the VD prior of the joint network
-extern "C" __global__ void prior_sigmoid_f32(const float* l, const float* vd, float* hr, int64_t n) {
+// hr = sigmoid(logit(clamp(vd, eps, 1 - eps)) + l): the VD prior of the joint network; l in
+// f32, or f16 where inference keeps the network's activations so (`_h16`; vd and hr f32)
+template <class L>
+__device__ void prior_sigmoid(const L* l, const float* vd, float* hr, int64_t n) {
     GRID_STRIDE(i, n) {
         float q = fminf(fmaxf(vd[i], LOGIT_EPS), 1.0f - LOGIT_EPS);
-        float z = logf(q / (1.0f - q)) + l[i];
+        float z = logf(q / (1.0f - q)) + h16::ld(l + i);
         hr[i] = 1.0f / (1.0f + expf(-z));
     }
+}
+extern "C" __global__ void prior_sigmoid_f32(const float* l, const float* vd, float* hr, int64_t n) {
+    prior_sigmoid(l, vd, hr, n);
+}
+extern "C" __global__ void prior_sigmoid_h16(const uint16_t* l, const float* vd, float* hr, int64_t n) {
+    prior_sigmoid(l, vd, hr, n);
 }
 
 // out = [a | b] along channels, px pixels

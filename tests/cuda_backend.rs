@@ -1308,6 +1308,15 @@ fn f16_storage_layers_match_the_cpu() {
     g.hin_forward(&g.upload_half(&x), s, &g.upload(&gamma), &g.upload(&beta), true, &mut y, &mut st);
     check("f16 storage half instance norm", &g, &y, &want, 2e-3);
     check("f16 storage half instance norm statistics", &g, &st, &stats, 2e-3);
+    // the VD prior on the f16 low-rank head, into f32 scores
+    let l = f16_rounded(rnd(999, 93, -4.0, 4.0));
+    let vd = rnd(999, 94, 0.0, 1.0);
+    let mut want = vec![0f32; 999];
+    cpu.prior_sigmoid(&l, &vd, &mut want);
+    let mut hr = nan(&g, 999);
+    g.prior_sigmoid(&g.upload_half(&l), &g.upload(&vd), &mut hr);
+    assert!(!hr.is_half());
+    check("VD prior on f16 logits", &g, &hr, &want, 1e-6);
 }
 
 /// Inference with f16 activations (SPAHDMAP_GPU_HALF) against the CPU's f32 scores: the

@@ -815,6 +815,11 @@ impl Backend for Cuda {
         launch!(self, "sigmoid_backward_f32", cfg_elems(y.len), self.ptr(y), self.ptr(dy), y.len as i64);
     }
     fn prior_sigmoid(&self, l: &DBuf, vd: &DBuf, hr: &mut DBuf) {
+        if l.is_half() && !vd.is_half() && !hr.is_half() {
+            let n = self.len(l);
+            launch!(self, "prior_sigmoid_h16", cfg_elems(n), self.hptr(l), self.ptr(vd), self.ptr(hr), n as i64);
+            return;
+        }
         if l.is_half() || vd.is_half() || hr.is_half() {
             let (lw, vw, mut hw) = (self.widened(l), self.widened(vd), self.f32_out(hr));
             self.prior_sigmoid(lw.as_ref().unwrap_or(l), vw.as_ref().unwrap_or(vd), hw.as_mut().unwrap_or(&mut *hr));
