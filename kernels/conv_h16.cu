@@ -61,12 +61,12 @@ DEV void ldsm_x4_t(uint32_t* r, const void* p) {
 
 // Element (r, chunk c) of a shared tile of 16-byte chunks: the chunk XOR-ed with bits of the
 // row so that the 8 consecutive rows an ldmatrix reads at one logical chunk land in 8 different
-// 16-byte bank groups (rows of 4 chunks, two to 128 bytes: bits 1–2 of the row; rows of 8
-// chunks: bits 0–2).
+// 16-byte bank groups (rows of 4 chunks, two to 128 bytes: bits 1–2 of the row; rows of 8 or
+// 16 chunks: bits 0–2).
 template <int CHUNKS>
 DEV int swizzled(int r, int c) {
-    static_assert(CHUNKS == 4 || CHUNKS == 8, "rows of 64 or 128 bytes");
-    return (r * CHUNKS + (CHUNKS == 8 ? c ^ (r & 7) : c ^ ((r >> 1) & 3))) * 8;
+    static_assert(CHUNKS == 4 || CHUNKS == 8 || CHUNKS == 16, "rows of 64, 128 or 256 bytes");
+    return (r * CHUNKS + (CHUNKS >= 8 ? c ^ (r & 7) : c ^ ((r >> 1) & 3))) * 8;
 }
 DEV int a_at(int r, int c) { return swizzled<BK / 8>(r, c); }
 
@@ -125,9 +125,35 @@ struct UpOut {
     }
 };
 
+// Epilogue of the data gradient: dx = [dx +] leaky'(x) · Σ (x the LeakyReLU output the layer
+// read, where set; the old dx added where `accumulate`), rounded to f16 — conv_ops.cuh DxOut's
+// arithmetic.
+struct DxOutH {
+    const uint16_t* x;
+    uint16_t* dx;
+    int cin, accumulate;
+    DEV float finish(int64_t at, float v) const {
+        if (x && !(h2f(x[at]) > 0.0f)) v *= conv::SLOPE;
+        return accumulate ? h2f(dx[at]) + v : v;
+    }
+    DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
+        const int64_t at = m * cin + n;
+        const uint16_t h0 = f2h(finish(at, v0));
+        if (pair && (at & 1) == 0) {
+            *reinterpret_cast<uint32_t*>(dx + at) = (uint32_t)h0 | (uint32_t)f2h(finish(at + 1, v1)) << 16;
+            return;
+        }
+        dx[at] = h0;
+        if (pair) dx[at + 1] = f2h(finish(at + 1, v1));
+    }
+};
+
 // C = im2col(x) · W over the layer's geometry `g` (M = output pixels, K = k²·cin, N columns of
-// `wt`, np apart), each result through `out`; blocks of BM × TBN.
-template <int TBN, class Out>
+// `wt`, np apart), each result through `out`; blocks of BM × TBN. With DX, the data gradient of
+// a stride-1 convolution instead: x is dY, M = input pixels, K = k²·cout (a tap's row of dY
+// starts (ky·ow + kx)·cout before the pixel's window base: conv_ops.cuh grad_pixel), `wt` the
+// weights packed [tap][co][ci].
+template <int TBN, bool DX = false, class Out>
 DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g, int64_t M, int N, const Out& out) {
     static_assert(TBN == 64 || TBN == 32, "64- or 32-column tiles");
     constexpr int BCH = TBN / 8, JN = TBN / 16;  // B's chunks per row; a warp's 8-column MMA tiles
@@ -143,12 +169,14 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
     const int ac = tid % 4, bk = tid / BCH, bc = tid % BCH;
     conv::Window rows[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) rows[i] = conv::out_pixel(g, m0 + tid / 4 + 64 * i, M);
+    for (int i = 0; i < 2; ++i)
+        rows[i] = DX ? conv::grad_pixel(g, m0 + tid / 4 + 64 * i, M) : conv::out_pixel(g, m0 + tid / 4 + 64 * i, M);
+    const int C = DX ? g.cout : g.cin;  // channels of the gathered tensor
     const bool b_copies = tid < BK * BCH, b_ok = n0 + 8 * bc < np;
-    const int steps = g.k * g.k * (g.cin / BK);
+    const int steps = g.k * g.k * (C / BK);
     int lky = 0, lkx = 0, lc = 0;  // tap and first channel of the next step to copy
     auto copy_step = [&](int slot) {
-        const int tap = lky * g.k + lkx, off = (lky * g.w + lkx) * g.cin + lc + 8 * ac;
+        const int tap = lky * g.k + lkx, off = (DX ? -(lky * g.ow + lkx) : lky * g.w + lkx) * C + lc + 8 * ac;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int r = tid / 4 + 64 * i;
@@ -156,11 +184,11 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
             cp_async16(&As[slot][a_at(r, ac)], ok ? x + rows[i].base + off : x, ok);
         }
         if (b_copies) {
-            const uint16_t* src = wt + ((int64_t)tap * g.cin + lc + bk) * np + n0 + 8 * bc;
+            const uint16_t* src = wt + ((int64_t)tap * C + lc + bk) * np + n0 + 8 * bc;
             cp_async16(&Bs[slot][swizzled<BCH>(bk, bc)], b_ok ? src : wt, b_ok);
         }
         lc += BK;
-        if (lc == g.cin) {
+        if (lc == C) {
             lc = 0;
             if (++lkx == g.k) lkx = 0, ++lky;
         }
@@ -230,11 +258,120 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
             }
 }
 
+// dW += im2col(x)ᵀ · dY over output pixels [k0, k1) (a K split; f32 atomics into dw, zeroed
+// by the host): M = (tap, ci) rows of dW, K = output pixels, N = cout. Both operands are f16
+// rows along their contiguous index — A's along m (a pixel's channels at one tap), B's along n
+// — so both tiles are stored [k][·] and both fragments come out of ldmatrix transposed. A K
+// step is 32 output pixels; each thread decomposes its two pixels' windows per step (A rows
+// tid / 16 and + 16, chunk tid % 16: eight channels of one tap, cin a multiple of 8).
+template <int TBN>
+DEV void gemm_dw(const uint16_t* x, const uint16_t* dy, float* dw, const conv::Geom& g, int64_t k0, int64_t k1) {
+    static_assert(TBN == 64 || TBN == 32, "64- or 32-column tiles");
+    constexpr int BCH = TBN / 8, JN = TBN / 16, ACH = BM / 8;
+    alignas(128) __shared__ uint16_t As[STAGES][BK * BM];
+    alignas(128) __shared__ uint16_t Bs[STAGES][BK * TBN];
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int M = g.k * g.k * g.cin, N = g.cout;
+    const int64_t P = (int64_t)g.n * g.oh * g.ow;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * TBN;
+
+    // this thread's A chunk: rows (tap, ci .. ci + 7) of dW, fixed for the whole reduction
+    const int ac = tid % ACH, ak = tid / ACH;
+    const conv::Tap t = conv::x_tap(g, m0 + 8 * ac, M);
+    const int bk = tid / BCH, bc = tid % BCH;
+    const bool b_copies = tid < BK * BCH, b_ok = n0 + 8 * bc < N;
+    const int steps = (int)((k1 - k0 + BK - 1) / BK);
+    int64_t lk = k0;  // first pixel of the next step to copy
+    auto copy_step = [&](int slot) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = ak + (THREADS / ACH) * i;
+            const conv::Window px = conv::out_pixel(g, lk + r, k1);
+            const bool ok = (px.valid >> t.bit) & 1u;
+            cp_async16(&As[slot][swizzled<ACH>(r, ac)], ok ? x + px.base + t.off : x, ok);
+        }
+        if (b_copies) {
+            const bool ok = b_ok && lk + bk < k1;
+            cp_async16(&Bs[slot][swizzled<BCH>(bk, bc)], ok ? dy + (lk + bk) * N + n0 + 8 * bc : dy, ok);
+        }
+        lk += BK;
+    };
+
+    const int wm = (warp % 4) * 32, wn = (warp / 4) * (TBN / 2);
+    float acc[2][JN][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < JN; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) copy_step(s);
+        cp_commit();
+    }
+    for (int s = 0; s < steps; ++s) {
+        cp_wait<STAGES - 2>();
+        __syncthreads();
+        if (s + STAGES - 1 < steps) copy_step((s + STAGES - 1) % STAGES);
+        cp_commit();
+        const uint16_t* as = As[s % STAGES];
+        const uint16_t* bs = Bs[s % STAGES];
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            uint32_t a[2][4], b[JN][2];
+            // A 16 × 16 from [k][m] rows, transposed: matrices (m 0–7, k 0–7), (m 8–15, k 0–7),
+            // (m 0–7, k 8–15), (m 8–15, k 8–15) — lane l addresses k row l % 8 (+ 8 for the
+            // last two) at m chunk + (l / 8) % 2: registers a0..a3, mma's A fragment
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int k = kk + lane % 8 + 8 * (lane / 16);
+                ldsm_x4_t(a[i], as + swizzled<ACH>(k, (wm + 16 * i) / 8 + (lane / 8) % 2));
+            }
+#pragma unroll
+            for (int j = 0; j < JN / 2; ++j) {
+                const int k = kk + lane % 8 + 8 * ((lane / 8) & 1);
+                uint32_t r[4];
+                ldsm_x4_t(r, bs + swizzled<BCH>(k, (wn + 16 * j) / 8 + lane / 16));
+                b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < JN; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
+        }
+    }
+    cp_wait<0>();
+    const int gq = lane / 4, tq = lane % 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < JN; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int m = m0 + wm + 16 * i + gq + (q >= 2 ? 8 : 0), n = n0 + wn + 8 * j + 2 * tq + (q & 1);
+                if (m < M && n < N) atomicAdd(&dw[(int64_t)m * N + n], acc[i][j][q]);
+            }
+}
+
+// The split of the reduction over `P` pixels that block z of `splits` takes: whole K steps.
+DEV void dw_split(int64_t P, int splits, int z, int64_t* k0, int64_t* k1) {
+    const int64_t steps = (P + BK - 1) / BK, per = (steps + splits - 1) / splits;
+    *k0 = min(P, (int64_t)z * per * BK);
+    *k1 = min(P, *k0 + per * BK);
+}
+
 // The layers' entry bodies (the emulator on the host calls these), on TBN-column tiles.
 template <int TBN>
 DEV void conv_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
                   int leaky, const conv::Geom& g) {
     gemm<TBN>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
+}
+// the data gradient of a stride-1 convolution from f16 dY and weights packed [tap][co][ci]
+template <int TBN>
+DEV void conv_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
+                 const conv::Geom& g) {
+    gemm<TBN, true>(dy, wt, np, g, (int64_t)g.n * g.h * g.w, g.cin, DxOutH{x, dx, g.cin, accumulate});
 }
 // the 2 × 2 / 2 transposed convolution as a 1 × 1 GEMM into 4·cout columns, scattered
 DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, uint16_t* y, int n, int h, int w,
@@ -258,6 +395,58 @@ DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias
     }
 H16_CONV(conv2d_fwd_h16, 64)
 H16_CONV(conv2d_fwd_h16n, 32)
+
+// dW (f32, zeroed, rows (tap, ci) × cout) += the weight gradient from f16 x and dY; grid
+// (⌈k²·cin / 128⌉, ⌈cout / TBN⌉, K splits); cin and cout multiples of 8
+#define H16_DW(NAME, TBN)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const uint16_t* x, const uint16_t* dy, float* dw, int n, \
+                                                           int h, int w, int cin, int cout, int k, int stride,      \
+                                                           int pad) {                                               \
+        const conv::Geom g = conv::geom(n, h, w, cin, cout, k, stride, pad);                                        \
+        int64_t k0, k1;                                                                                              \
+        h16::dw_split((int64_t)n * g.oh * g.ow, gridDim.z, blockIdx.z, &k0, &k1);                                   \
+        h16::gemm_dw<TBN>(x, dy, dw, g, k0, k1);                                                                     \
+    }
+H16_DW(conv2d_bwd_weight_h16, 64)
+H16_DW(conv2d_bwd_weight_h16n, 32)
+
+// dX (f16) = [dX +] leaky'(x) · the data gradient of a stride-1 convolution (x null: no
+// LeakyReLU); grid (⌈input pixels / 128⌉, ⌈cin / TBN⌉); cout a multiple of 32
+#define H16_DX(NAME, TBN)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
+        NAME(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,  \
+             int h, int w, int cin, int cout, int k, int stride, int pad) {                                         \
+        h16::conv_dx<TBN>(dy, wt, np, x, dx, accumulate, conv::geom(n, h, w, cin, cout, k, stride, pad));           \
+    }
+H16_DX(conv2d_bwd_data_h16, 64)
+H16_DX(conv2d_bwd_data_h16n, 32)
+
+// The data gradient's weights: f32 [tap][ci][co] → f16 [tap][co][ci] with rows np ≥ cin apart,
+// zero past cin.
+extern "C" __global__ void pack_weights_t_h16(const float* w, int taps, int cin, int cout, int np, uint16_t* out) {
+    H16_LOOP(i, (int64_t)taps * cout * np) {
+        const int64_t r = i / np;  // (tap, co)
+        const int ci = (int)(i - r * np), tap = (int)(r / cout), co = (int)(r - (int64_t)tap * cout);
+        out[i] = ci < cin ? h16::f2h(w[((int64_t)tap * cin + ci) * cout + co]) : (uint16_t)0;
+    }
+}
+
+// column sums of an f16 matrix into f32 (the bias gradient from f16 dY); out zeroed first;
+// block (32, 8), grid (⌈cols / 32⌉, ⌈rows / chunk⌉)
+extern "C" __global__ void colsum_h16(const uint16_t* x, int64_t rows, int cols, int64_t chunk, float* out) {
+    __shared__ float part[8][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    const int64_t r0 = (int64_t)blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    float s = 0.0f;
+    if (c < cols)
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) s += h16::h2f(x[r * cols + c]);
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        for (int i = 1; i < 8; ++i) s += part[i][threadIdx.x];
+        atomicAdd(&out[c], s);
+    }
+}
 
 // grid (⌈pixels / 128⌉, ⌈4·cout / 64⌉)
 extern "C" __global__ void __launch_bounds__(256) up2_fwd_h16(const uint16_t* x, const uint16_t* wt, int np,

@@ -11,27 +11,46 @@
 constexpr float LEAKY_SLOPE = 0.2f;
 constexpr float LOGIT_EPS = 1.388794e-11f;
 
+// Each kernel of this group once for f32 storage and once (`_h16`) for f16: the same f32
+// arithmetic, f16 values widened on load and rounded on store (h16::ld, h16::st).
+#define F32_AND_H16(NAME, PARAMS, ARGS)                                                  \
+    extern "C" __global__ void NAME##_f32(PARAMS(float)) { NAME<float> ARGS; }           \
+    extern "C" __global__ void NAME##_h16(PARAMS(uint16_t)) { NAME<uint16_t> ARGS; }
+
 // y += x
-extern "C" __global__ void add_assign_f32(float* y, const float* x, int64_t n) {
-    GRID_STRIDE(i, n) { y[i] += x[i]; }
+template <class T>
+__device__ void add_assign(const T* x, T* y, int64_t n) {
+    GRID_STRIDE(i, n) { h16::st(y + i, h16::ld(y + i) + h16::ld(x + i)); }
 }
+#define X_Y_PARAMS(T) const T *x, T *y, int64_t n
+F32_AND_H16(add_assign, X_Y_PARAMS, (x, y, n))
 
 // dy *= (y > 0 ? 1 : slope), from the activation's output
-extern "C" __global__ void leaky_relu_backward_f32(const float* y, float* dy, int64_t n) {
+template <class T>
+__device__ void leaky_relu_backward(const T* y, T* dy, int64_t n) {
     GRID_STRIDE(i, n) {
-        if (y[i] <= 0.0f) dy[i] *= LEAKY_SLOPE;
+        if (h16::ld(y + i) <= 0.0f) h16::st(dy + i, h16::ld(dy + i) * LEAKY_SLOPE);
     }
 }
+#define Y_DY_PARAMS(T) const T *y, T *dy, int64_t n
+F32_AND_H16(leaky_relu_backward, Y_DY_PARAMS, (y, dy, n))
 
 // y = sigmoid(x)
-extern "C" __global__ void sigmoid_f32(const float* x, float* y, int64_t n) {
-    GRID_STRIDE(i, n) { y[i] = 1.0f / (1.0f + expf(-x[i])); }
+template <class T>
+__device__ void sigmoid(const T* x, T* y, int64_t n) {
+    GRID_STRIDE(i, n) { h16::st(y + i, 1.0f / (1.0f + expf(-h16::ld(x + i)))); }
 }
+F32_AND_H16(sigmoid, X_Y_PARAMS, (x, y, n))
 
 // dy *= y (1 - y)
-extern "C" __global__ void sigmoid_backward_f32(const float* y, float* dy, int64_t n) {
-    GRID_STRIDE(i, n) { dy[i] *= y[i] * (1.0f - y[i]); }
+template <class T>
+__device__ void sigmoid_backward(const T* y, T* dy, int64_t n) {
+    GRID_STRIDE(i, n) {
+        const float v = h16::ld(y + i);
+        h16::st(dy + i, h16::ld(dy + i) * (v * (1.0f - v)));
+    }
 }
+F32_AND_H16(sigmoid_backward, Y_DY_PARAMS, (y, dy, n))
 
 // hr = sigmoid(logit(clamp(vd, eps, 1 - eps)) + l): the VD prior of the joint network; l in
 // f32, or f16 where inference keeps the network's activations so (`_h16`; vd and hr f32)
@@ -60,7 +79,8 @@ extern "C" __global__ void concat_channels_f32(const float* a, int ca, const flo
 }
 
 // the inverse of concat_channels
-extern "C" __global__ void split_channels_f32(const float* d, int ca, int cb, float* a, float* b, int64_t px) {
+template <class T>
+__device__ void split_channels(const T* d, int ca, int cb, T* a, T* b, int64_t px) {
     int64_t c = ca + cb;
     GRID_STRIDE(i, px * c) {
         int64_t p = i / c, k = i % c;
@@ -68,6 +88,8 @@ extern "C" __global__ void split_channels_f32(const float* d, int ca, int cb, fl
         else b[p * cb + (k - ca)] = d[i];
     }
 }
+#define SPLIT_PARAMS(T) const T *d, int ca, int cb, T *a, T *b, int64_t px
+F32_AND_H16(split_channels, SPLIT_PARAMS, (d, ca, cb, a, b, px))
 
 // torch.optim.Adam's single-tensor update (L2 weight decay in the gradient, eps outside the
 // square root), scalars precomputed on the host as optim::AdamScalars

@@ -462,7 +462,65 @@ static void half_small_case(int n, int h, int w, int cout, bool epilogue) {
     expect_equal("small forward into f16, 3 -> " + std::to_string(cout), from_half(y), want);
 }
 
+// The f16 weight gradient: dW (f32) over K splits, against the policy's plain GEMM on the same
+// (exact) values — integer products summed in f32, so equal whatever the order.
+template <int TBN>
+static void half_dw_case(int n, int h, int w, int cin, int cout, int k, int s, int p, int splits) {
+    const Geom g = geom(n, h, w, cin, cout, k, s, p);
+    const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
+    auto x = small_ints((size_t)n * h * w * cin), dy = small_ints(P * cout);
+    const auto xh = to_half(x), dyh = to_half(dy);
+    std::vector<float> dw(kk * cin * cout, 0.0f), want(kk * cin * cout, 0.0f);
+    launch(blocks(kk * cin, h16::BM), blocks(cout, TBN), splits, [&] {
+        int64_t k0, k1;
+        h16::dw_split(P, splits, blockIdx.z, &k0, &k1);
+        h16::gemm_dw<TBN>(xh.data(), dyh.data(), dw.data(), g, k0, k1);
+    });
+    plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, kk * cin, cout, P);
+    expect_equal("f16 storage conv weight gradient, " + std::to_string(TBN) + "-column tiles, " + std::to_string(cin) +
+                     " -> " + std::to_string(cout) + ", k " + std::to_string(k) + ", " + std::to_string(splits) +
+                     " splits",
+                 dw, want);
+}
+
+// The f16 data gradient of a stride-1 convolution with the fused epilogue (LeakyReLU's backward
+// at x, the old dx added) or without, against BwdData's plain GEMM and DxOut, rounded once.
+template <int TBN>
+static void half_dx_case(int n, int h, int w, int cin, int cout, int k, int p, bool fused) {
+    const Geom g = geom(n, h, w, cin, cout, k, 1, p);
+    const int64_t P = (int64_t)n * g.oh * g.ow, X = (int64_t)n * h * w, kk = (int64_t)k * k;
+    const int np = (cin + 7) / 8 * 8;
+    auto dy = small_ints(P * cout), wt = small_ints(kk * cin * cout), x = small_ints(X * cin), old = small_ints(X * cin);
+    // [tap][ci][co] → [tap][co][ci], rows np apart (pack_weights_t_h16)
+    std::vector<uint16_t> wp(kk * cout * np, 0);
+    for (int64_t t = 0; t < kk; ++t)
+        for (int co = 0; co < cout; ++co)
+            for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
+    const auto dyh = to_half(dy), xh = to_half(x);
+    std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
+    launch(blocks(X, h16::BM), blocks(cin, TBN), 1, [&] {
+        h16::conv_dx<TBN>(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, g);
+    });
+    std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
+    plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin, kk * cout);
+    round_half(want);
+    expect_equal("f16 storage conv data gradient, " + std::to_string(TBN) + "-column tiles, " + std::to_string(cin) +
+                     " <- " + std::to_string(cout) + ", k " + std::to_string(k) + (fused ? ", fused epilogue" : ""),
+                 from_half(dx), want);
+}
+
 static void half_storage() {
+    half_dx_case<64>(2, 9, 11, 64, 32, 3, 1, true);   // M = 198, 9 steps
+    half_dx_case<64>(1, 7, 6, 20, 64, 3, 1, false);   // N = cin = 20 (np = 24)
+    half_dx_case<64>(1, 5, 13, 72, 32, 1, 0, true);   // 1 × 1; two column tiles
+    half_dx_case<64>(1, 6, 5, 5, 96, 3, 1, true);     // odd cin
+    half_dx_case<32>(2, 9, 11, 32, 32, 3, 1, true);
+    half_dx_case<32>(1, 8, 7, 3, 32, 3, 1, false);    // into the image's 3 channels
+    half_dw_case<64>(2, 9, 11, 32, 64, 3, 1, 1, 3);  // P = 198: partial last step; three splits
+    half_dw_case<64>(1, 10, 9, 8, 72, 4, 2, 1, 2);   // stride 2, cin 8: M = 128 exactly; two column tiles
+    half_dw_case<64>(1, 7, 6, 24, 16, 3, 1, 1, 5);   // M = 216: two row tiles, tap-straddling rows; an empty split
+    half_dw_case<32>(2, 9, 11, 32, 32, 3, 1, 1, 2);
+    half_dw_case<32>(1, 5, 13, 40, 24, 1, 1, 0, 1);  // 1 × 1, N = 24 of 32
     half_small_case<8>(2, 9, 7, 32, true);
     half_small_case<8>(1, 6, 11, 32, false);
     half_small_case<2>(1, 7, 5, 6, true);

@@ -1366,3 +1366,87 @@ fn an_f16_buffer_never_reaches_an_f32_kernel() {
     let got = g.download(&y);
     assert!((got[0] - 1.0 / (1.0 + (-0.5f32).exp())).abs() < 1e-6);
 }
+
+/// Gradients on f16 storage (`conv2d_backward` with f16 x, dY and dX): the data gradient of
+/// stride-1 layers and the weight gradient on the f16 kernels, the rest (stride 2 dX, channel
+/// counts they do not take, the f32 image as x) on f32 copies; against the CPU on the same
+/// f16-rounded values. dX is rounded to f16 (bound 2e-3); dW and dB are f32 sums of exact
+/// products (bound 1e-4).
+#[test]
+fn f16_storage_gradients_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = Cpu::new();
+    let spec = |cin, cout, k, stride, pad| ConvSpec { cin, cout, k, stride, pad };
+    let both = DxEpilogue { leaky: true, accumulate: true };
+    let cases = [
+        (Shape { n: 2, h: 19, w: 21, c: 32 }, spec(32, 64, 3, 1, 1), both),
+        (Shape { n: 1, h: 16, w: 17, c: 64 }, spec(64, 32, 3, 1, 1), DxEpilogue::NONE),
+        (Shape { n: 2, h: 9, w: 13, c: 32 }, spec(32, 32, 1, 1, 0), DxEpilogue::ACCUMULATE),
+        (Shape { n: 1, h: 16, w: 18, c: 32 }, spec(32, 32, 4, 2, 1), DxEpilogue::ACCUMULATE),
+        (Shape { n: 1, h: 12, w: 10, c: 32 }, spec(32, 20, 3, 1, 1), DxEpilogue::LEAKY),
+        (Shape { n: 2, h: 15, w: 14, c: 3 }, spec(3, 32, 3, 1, 1), DxEpilogue::NONE),
+    ];
+    for (i, (xs, sp, dxe)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let (oh, ow) = sp.out_hw(xs.h, xs.w);
+        let ys = Shape { n: xs.n, h: oh, w: ow, c: sp.cout };
+        let image = xs.c == 3;
+        let x = f16_rounded(rnd(xs.len(), 110 + i, -1.0, 1.0));
+        let w = f16_rounded(rnd(sp.weight_len(), 120 + i, -0.2, 0.2));
+        let dy = f16_rounded(rnd(ys.len(), 130 + i, -1.0, 1.0));
+        let old = f16_rounded(rnd(xs.len(), 140 + i, -1.0, 1.0));
+        let (mut dx, mut dw, mut db) = (old.clone(), vec![0f32; sp.weight_len()], vec![0f32; sp.cout]);
+        let want_dx = (!image).then_some(&mut dx);
+        cpu.conv2d_backward(&x, xs, &sp, &w, &dy, want_dx, dxe, &mut dw, Some(&mut db));
+        let xg = if image { g.upload(&x) } else { g.upload_half(&x) };
+        let (wg, dyg) = (g.upload(&w), g.upload_half(&dy));
+        let mut dxg = g.upload_half(&old);
+        let (mut dwg, mut dbg) = (nan(&g, sp.weight_len()), nan(&g, sp.cout));
+        let got_dx = (!image).then_some(&mut dxg);
+        g.conv2d_backward(&xg, xs, &sp, &wg, &dyg, got_dx, dxe, &mut dwg, Some(&mut dbg));
+        let what = format!("f16 storage gradients {} -> {}, k {} / {}", sp.cin, sp.cout, sp.k, sp.stride);
+        if !image {
+            assert!(dxg.is_half());
+            check(&format!("{what}: dX"), &g, &dxg, &dx, 2e-3);
+        }
+        check(&format!("{what}: dW"), &g, &dwg, &dw, 1e-4);
+        check(&format!("{what}: dB"), &g, &dbg, &db, 1e-5);
+    }
+}
+
+/// Pre-training with f16 activations and activation gradients (SPAHDMAP_GPU_HALF=train) against
+/// the CPU's f32 step from the same parameters: forward in f16 (every layer's output rounded),
+/// the loss within 1e-2, the gradients — both scaled by 1024, as a loss scaler would keep f16
+/// activation gradients above their range's floor — within 5e-2 over the whole vector (f16
+/// activation gradients carry 11 bits); the parameters' gradients stay f32, and from the second
+/// step on nothing is allocated.
+#[test]
+fn half_storage_pretraining_steps_follow_the_cpu() {
+    let Some(g) = speed_gpu() else { return };
+    g.use_half_training(true);
+    let cpu = Cpu::new();
+    let (net, host) = UNet::new(3, 7);
+    let (mut pc, mut pg) = (host.upload(&cpu), host.upload(&g));
+    let is = Shape { n: 2, h: 64, w: 64, c: 3 };
+    let image = rnd(is.len(), 11, 0.0, 1.0);
+    let scale = 1024.0f32;
+    let lc = spahdmap::stages::pretrain::pretrain_step_scaled(&cpu, &net, &mut pc, &image, is, scale);
+    let gi = g.upload(&image);
+    let mut fresh = 0;
+    for step in 0..3 {
+        let lg = spahdmap::stages::pretrain::pretrain_step_scaled(&g, &net, &mut pg, &gi, is, scale);
+        eprintln!("f16-storage pre-training step {step}: loss {lg} vs CPU {lc}");
+        assert!(((lg - lc) / lc).abs() < 1e-2, "loss {lg} vs {lc}");
+        assert!(pg.grads.iter().all(|d| !d.is_half()), "parameter gradients in f32");
+        let got: Vec<f32> = pg.grads.iter().flat_map(|d| g.download(d)).collect();
+        let want: Vec<f32> = pc.grads.iter().flat_map(|d| d.clone()).collect();
+        let e = rel(&got, &want);
+        eprintln!("f16-storage gradients: relative error {e:.3e}");
+        assert!(e < 5e-2, "gradients {e}");
+        if step == 1 {
+            fresh = g.fresh_allocations();
+        }
+    }
+    assert_eq!(g.fresh_allocations(), fresh, "allocations after the first step");
+    assert!(!g.alloc(8).is_half(), "f16 allocation ends with the step");
+}

@@ -88,7 +88,7 @@ fn elementwise_kernels_match_the_cpu_backend() {
     assert!(e < 1e-6, "sigmoid backward {e}");
     let f = m.load_function("add_assign_f32").unwrap();
     let mut b = s.launch_builder(&f);
-    b.arg(&mut dg).arg(&dx).arg(&n64);
+    b.arg(&dx).arg(&mut dg).arg(&n64);
     unsafe { b.launch(cfg) }.unwrap();
     cpu.add_assign(&mut want, &x);
     let e = rel(&s.clone_dtoh(&dg).unwrap(), &want);

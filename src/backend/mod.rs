@@ -210,19 +210,25 @@ impl Shape {
 /// a panic included.
 pub struct HalfActivations<'a, B: Backend> {
     b: &'a B,
-    before: bool,
+    /// the setting before; None: nothing was changed
+    before: Option<bool>,
 }
 
 impl<'a, B: Backend> HalfActivations<'a, B> {
     pub fn on(b: &'a B) -> Self {
-        let before = b.half_activations(true);
-        HalfActivations { b, before }
+        Self::set(b, true)
+    }
+    /// On where `on`, else nothing changes.
+    pub fn set(b: &'a B, on: bool) -> Self {
+        HalfActivations { b, before: on.then(|| b.half_activations(true)) }
     }
 }
 
 impl<B: Backend> Drop for HalfActivations<'_, B> {
     fn drop(&mut self) {
-        self.b.half_activations(self.before);
+        if let Some(before) = self.before {
+            self.b.half_activations(before);
+        }
     }
 }
 
@@ -488,6 +494,12 @@ pub trait Backend: Sync {
     /// setting, to restore after.
     fn half_activations(&self, on: bool) -> bool {
         let _ = on;
+        false
+    }
+    /// Whether pre-training keeps its activations in f16 (`half_activations` around each step;
+    /// CUDA with `SPAHDMAP_GPU_HALF=train`): gradients then want a loss scale, as with
+    /// `half_operands`.
+    fn half_training(&self) -> bool {
         false
     }
     /// Whether the convolutions round their operands to half precision (then gradients below

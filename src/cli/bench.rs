@@ -110,9 +110,10 @@ enum BenchWhat {
         /// reference bench's `hd_inference`.
         #[arg(long)]
         infer: bool,
-        /// On a GPU, with --infer: the network's activations in f16 (kernels/conv_h16.cu;
-        /// what SPAHDMAP_GPU_HALF=1 turns on in the score stage).
-        #[arg(long, requires = "infer")]
+        /// On a GPU: the network's activations in f16 (kernels/conv_h16.cu) — inference's with
+        /// --infer (SPAHDMAP_GPU_HALF=1 in the score stage), else pre-training's and their
+        /// gradients, behind a loss scaler (SPAHDMAP_GPU_HALF=train).
+        #[arg(long, conflicts_with = "joint")]
         half: bool,
     },
     /// NMF and the Voronoi score on generated data at the medulloblastoma scale (spots ×
@@ -240,11 +241,13 @@ fn unet_bench<B: crate::backend::Backend>(
     let mut opt = Adam::with(AdamConfig::default(), &sizes, |n| b.zeros(n));
     let (mut tf, mut tb, mut ta) = (Vec::new(), Vec::new(), Vec::new());
     // half-precision operands train behind a loss scaler (its unscale pass is timed with Adam)
-    let mut scaler = b.half_operands().then(crate::optim::LossScaler::default);
+    let mut scaler = (b.half_operands() || b.half_training()).then(crate::optim::LossScaler::default);
     if b.graphs() {
         return recorded_pretrain_bench(b, &net, &mut p, &mut opt, scaler, is, repeat);
     }
     for _ in 0..repeat.max(1) + 1 {
+        // activations in f16 where the backend trains so (the image and gradients of parameters stay f32)
+        let _half = crate::backend::HalfActivations::set(b, b.half_training());
         b.synchronize();
         let t = Instant::now();
         let a = net.forward(b, &p, &image, is);
@@ -276,6 +279,7 @@ fn unet_bench<B: crate::backend::Backend>(
     serde_json::json!({"bench": "unet_pretrain_iteration", "device": b.name(), "median_s": f + bw + ad, "repeat": repeat,
         "threads": threads,
         "detail": {"batch": batch, "size": size, "forward_s": f, "backward_s": bw, "adam_s": ad,
+            "half_activations": b.half_training(),
             "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
 }
 
@@ -312,6 +316,7 @@ fn recorded_pretrain_bench<B: crate::backend::Backend>(
     serde_json::json!({"bench": "unet_pretrain_iteration", "device": b.name(), "median_s": t, "repeat": repeat,
         "threads": rayon::current_num_threads(),
         "detail": {"batch": is.n, "size": is.h, "recorded": true, "replayed_steps": replayed,
+            "half_activations": b.half_training(),
             "input": "uploaded once, read from the step's own buffer",
             "peak_rss_mib": crate::util::peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0}})
 }
@@ -761,6 +766,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 Some(g) => {
                     if half {
                         g.use_half_storage(true);
+                        g.use_half_training(!infer);
                     }
                     // device time per kernel over every iteration, the warm-up one included
                     let profiling = std::env::var_os("SPAHDMAP_GPU_PROFILE").is_some_and(|v| v != "0");

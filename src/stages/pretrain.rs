@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::backend::graphs::{lru, mix, Ran, Replayed};
-use crate::backend::{Backend, Cpu, Shape};
+use crate::backend::{Backend, Cpu, HalfActivations, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
 use crate::model::checkpoint;
@@ -176,6 +176,8 @@ pub fn pretrain_step_scaled<B: Backend>(
     is: Shape,
     loss_scale: f32,
 ) -> f64 {
+    // activations and their gradients in f16 where the backend trains so
+    let _half = HalfActivations::set(b, b.half_training());
     let a = net.forward(b, p, batch, is);
     let mut d = b.alloc(is.len());
     // the mean over the whole batch = the mean of per-image means (equal sizes)
@@ -280,6 +282,7 @@ impl<B: Backend> RecordedStep<B> {
         let grad = scale as f64 / is.n as f64;
         let key = mix(&[&[scale.to_bits() as usize, inv.is_some() as usize], tensors].concat());
         let ran = rec.run(b, key, &mut || {
+            let _half = HalfActivations::set(b, b.half_training());
             let a = net.forward(b, p, input, is);
             let mut d = b.alloc(is.len());
             b.mse_sums(a.pred.as_ref().unwrap(), input, is, grad, &mut d, sums);
@@ -370,7 +373,7 @@ pub fn pretrain_on<B: Backend>(
     // half-precision operands want a loss scale (autocast + GradScaler's 2^16 to start)
     let scaler = s
         .loss_scale
-        .or(b.half_operands().then_some(LossScaler::default().scale))
+        .or((b.half_operands() || b.half_training()).then_some(LossScaler::default().scale))
         .map(|scale| LossScaler { scale, ..Default::default() });
     let mut pr = Progress { last_loss: 1000.0, scaler, ..Default::default() };
     let mut resumed_from = None;

@@ -116,6 +116,8 @@ pub struct Cuda {
     pub(super) half_acts: AtomicBool,
     /// whether `half_activations` may turn f16 storage on (SPAHDMAP_GPU_HALF; `use_half_storage`)
     pub(super) half_storage: AtomicBool,
+    /// whether pre-training asks for it (SPAHDMAP_GPU_HALF=train; `use_half_training`)
+    half_train: AtomicBool,
     fresh: AtomicU64,
     /// whether `capture` records (SPAHDMAP_GPU_GRAPHS; `use_graphs`)
     graphs: AtomicBool,
@@ -224,7 +226,8 @@ impl Cuda {
             resident: Mutex::default(),
             pool: Mutex::default(),
             half_acts: AtomicBool::new(false),
-            half_storage: AtomicBool::new(half_from_env()),
+            half_storage: AtomicBool::new(half_from_env().0),
+            half_train: AtomicBool::new(half_from_env().1),
             fresh: AtomicU64::new(0),
             graphs: AtomicBool::new(graphs_from_env()),
             capture: Mutex::default(),
@@ -267,6 +270,17 @@ impl Cuda {
     /// the environment says.
     pub fn use_half_storage(&self, on: bool) {
         self.half_storage.store(on, Ordering::Relaxed);
+        if !on {
+            self.half_train.store(false, Ordering::Relaxed);
+        }
+    }
+    /// Let pre-training keep its activations and their gradients in f16 too (behind a loss
+    /// scaler), or not.
+    pub fn use_half_training(&self, on: bool) {
+        self.half_train.store(on, Ordering::Relaxed);
+        if on {
+            self.half_storage.store(true, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn func(&self, name: &'static str) -> CudaFunction {
@@ -519,6 +533,10 @@ impl Cuda {
 
     /// Column sums (the bias gradients): out (zeroed here) = Σ over rows of x.
     pub(super) fn colsum(&self, x: u64, rows: usize, cols: usize, out: u64) {
+        self.colsum_of("colsum_f32", x, rows, cols, out);
+    }
+    /// The same by `kernel`: `colsum_f32`, or `colsum_h16` where x is f16.
+    pub(super) fn colsum_of(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: u64) {
         self.zero_bytes(out, cols * 4);
         let chunk = 4096usize;
         let cfg = LaunchConfig {
@@ -526,14 +544,14 @@ impl Cuda {
             block_dim: (32, 8, 1),
             shared_mem_bytes: 0,
         };
-        launch!(self, "colsum_f32", cfg, x, rows as i64, cols as i32, chunk as i64, out);
+        launch!(self, kernel, cfg, x, rows as i64, cols as i32, chunk as i64, out);
     }
 
     /// K splits of a weight gradient's `tiles` result tiles for `kernel`: as many as fill the
     /// card's resident blocks once. The blocks of a split GEMM do equal work, so a last wave
     /// that is partly full idles the rest of the card for a whole block's time (4 blocks per SM
     /// over 3 resident took two waves for 1.33 of work).
-    fn wave_splits(&self, kernel: &'static str, tiles: usize, reduction: usize) -> usize {
+    pub(super) fn wave_splits(&self, kernel: &'static str, tiles: usize, reduction: usize) -> usize {
         let per_sm = *self.resident.lock().unwrap().entry(kernel).or_insert_with(|| {
             let f = self.func(kernel);
             f.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None).map_or(1, |b| b.max(1) as usize)
@@ -632,6 +650,13 @@ impl Cuda {
     /// The MSE kernel: d = scale·2(pred − target)/(H·W·C), per-image squared-error sums into
     /// the f64s at `sums` (zeroed first).
     fn mse_into(&self, pred: &DBuf, target: &DBuf, s: Shape, scale: f64, d: &mut DBuf, sums: u64) {
+        if pred.is_half() || target.is_half() || d.is_half() {
+            let (pw, tw, mut dw) = (self.widened(pred), self.widened(target), self.f32_out(d));
+            let d32 = dw.as_mut().unwrap_or(&mut *d);
+            self.mse_into(pw.as_ref().unwrap_or(pred), tw.as_ref().unwrap_or(target), s, scale, d32, sums);
+            self.narrowed(dw, d);
+            return self.release_all([pw, tw]);
+        }
         let per = s.h * s.w * s.c;
         self.zero_bytes(sums, s.n * 8);
         launch!(
@@ -649,6 +674,24 @@ impl Cuda {
 }
 
 impl Cuda {
+    /// A two-operand element-wise kernel (`names`: its f32 and f16 forms) over `a` and `b` (b
+    /// written; read first where `b_in`): the f16 form where both are f16, the f32 one on f32
+    /// copies where the kinds differ.
+    fn elementwise2(&self, names: [&'static str; 2], a: &DBuf, b: &mut DBuf, b_in: bool) {
+        assert_eq!(a.len, b.len, "element-wise operands of different lengths");
+        match (a.half, b.half) {
+            (false, false) => launch!(self, names[0], cfg_elems(a.len), self.ptr(a), self.ptr(b), a.len as i64),
+            (true, true) => launch!(self, names[1], cfg_elems(a.len), self.hptr(a), self.hptr(b), a.len as i64),
+            _ => {
+                let aw = self.widened(a);
+                let mut bw = if b_in { self.widened(b) } else { self.f32_out(b) };
+                self.elementwise2(names, aw.as_ref().unwrap_or(a), bw.as_mut().unwrap_or(&mut *b), b_in);
+                self.narrowed(bw, b);
+                self.release_all([aw]);
+            }
+        }
+    }
+
     /// A buffer of `len` values, f16 where `half`: from the pool, or fresh.
     pub(super) fn alloc_as(&self, len: usize, half: bool) -> DBuf {
         let hit = self.pool.lock().unwrap().get_mut(&(len, half)).and_then(|v| v.pop());
@@ -677,6 +720,82 @@ impl Cuda {
         // SAFETY: every operation writes its outputs before they are read (trait contract).
         let mem = unsafe { self.stream.alloc::<f32>(n) }.unwrap_or_else(|e| self.oom("a buffer", n * 4, e));
         DBuf::new(mem, len, half)
+    }
+}
+
+impl Cuda {
+    /// `conv2d_backward`'s data gradient on f32 storage.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv_dx_f32(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        dy: &DBuf,
+        dx: &mut DBuf,
+        dxe: DxEpilogue,
+    ) {
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        let operands = [self.ptr(dy), self.ptr(w)];
+        // into at most 4 channels only: wider, the GEMM wins (conv_small.cuh)
+        let small = ["conv2d_bwd_data_small1"];
+        let direct = self.small_conv(spec, &small, spec.cin, spec.k * spec.k * spec.cout, xs.n * xs.h * xs.w);
+        let (kernel, cfg) = if let Some(d) = direct {
+            d
+        } else if spec.stride > 1 && spec.k % spec.stride == 0 {
+            // one phase of input pixels per grid layer: each reads only the (k / s)² taps
+            // that reach it instead of all k² masked (kernels/conv_ops.cuh, BwdDataPhased)
+            let s = spec.stride;
+            let m = xs.n * xs.h.div_ceil(s) * xs.w.div_ceil(s);
+            let names = variants!("conv2d_bwd_data_phased");
+            let (kernel, mut cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, m, spec.cin, None);
+            cfg.grid_dim.2 = (s * s) as u32;
+            (kernel, cfg)
+        } else {
+            let m = xs.n * xs.h * xs.w;
+            self.conv_launch(variants!("conv2d_bwd_data"), spec.cin, spec.cout, operands, m, spec.cin, None)
+        };
+        // the epilogue (conv_ops.cuh DxOut): x for LeakyReLU's derivative, the old dx added
+        let xin = if dxe.leaky { self.ptr(x) } else { 0 };
+        let acc = dxe.accumulate as i32;
+        launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, cout, k, st, pd, xin, acc);
+        self.profile_flop(conv_flop(xs.n * oh * ow, spec));
+    }
+
+    /// `conv2d_backward`'s weight and bias gradients on f32 storage.
+    pub(super) fn conv_dw_f32(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        dy: &DBuf,
+        dw: &mut DBuf,
+        db: Option<&mut DBuf>,
+    ) {
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
+        self.zero_bytes(self.ptr(dw), dw.len * 4);
+        let names = variants!("conv2d_bwd_weight");
+        let operands = [self.ptr(x), self.ptr(dy)];
+        let (kernel, cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, kw, spec.cout, Some(p));
+        // the wide bodies sum dY's columns (the bias gradient) from the values they load for
+        // dW; the others leave it to colsum
+        let fused_db = match &db {
+            Some(db) if names[3..].contains(&kernel) => {
+                self.zero_bytes(self.ptr(db), db.len * 4);
+                Some(self.ptr(db))
+            }
+            _ => None,
+        };
+        let dbp = fused_db.unwrap_or(0);
+        launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd, dbp);
+        self.profile_flop(conv_flop(p, spec));
+        if let (Some(db), None) = (db, fused_db) {
+            self.colsum(self.ptr(dy), p, spec.cout, self.ptr(db));
+        }
     }
 }
 
@@ -803,16 +922,16 @@ impl Backend for Cuda {
     }
 
     fn add_assign(&self, y: &mut DBuf, x: &DBuf) {
-        launch!(self, "add_assign_f32", cfg_elems(y.len), self.ptr(y), self.ptr(x), y.len as i64);
+        self.elementwise2(["add_assign_f32", "add_assign_h16"], x, y, true);
     }
     fn leaky_relu_backward(&self, y: &DBuf, dy: &mut DBuf) {
-        launch!(self, "leaky_relu_backward_f32", cfg_elems(y.len), self.ptr(y), self.ptr(dy), y.len as i64);
+        self.elementwise2(["leaky_relu_backward_f32", "leaky_relu_backward_h16"], y, dy, true);
     }
     fn sigmoid(&self, x: &DBuf, y: &mut DBuf) {
-        launch!(self, "sigmoid_f32", cfg_elems(x.len), self.ptr(x), self.ptr(y), x.len as i64);
+        self.elementwise2(["sigmoid_f32", "sigmoid_h16"], x, y, false);
     }
     fn sigmoid_backward(&self, y: &DBuf, dy: &mut DBuf) {
-        launch!(self, "sigmoid_backward_f32", cfg_elems(y.len), self.ptr(y), self.ptr(dy), y.len as i64);
+        self.elementwise2(["sigmoid_backward_f32", "sigmoid_backward_h16"], y, dy, true);
     }
     fn prior_sigmoid(&self, l: &DBuf, vd: &DBuf, hr: &mut DBuf) {
         if l.is_half() && !vd.is_half() && !hr.is_half() {
@@ -877,71 +996,13 @@ impl Backend for Cuda {
         dw: &mut DBuf,
         db: Option<&mut DBuf>,
     ) {
-        let (oh, ow) = spec.out_hw(xs.h, xs.w);
-        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        if x.is_half() || dy.is_half() || dx.as_ref().is_some_and(|d| d.is_half()) {
+            return self.conv2d_backward_h16(x, xs, spec, w, dy, dx, dxe, dw, db);
+        }
         if let Some(dx) = dx {
-            let operands = [self.ptr(dy), self.ptr(w)];
-            // into at most 4 channels only: wider, the GEMM wins (conv_small.cuh)
-            let small = ["conv2d_bwd_data_small1"];
-            let direct = self.small_conv(spec, &small, spec.cin, spec.k * spec.k * spec.cout, xs.n * xs.h * xs.w);
-            let (kernel, cfg) = if let Some(d) = direct {
-                d
-            } else if spec.stride > 1 && spec.k % spec.stride == 0 {
-                // one phase of input pixels per grid layer: each reads only the (k / s)² taps
-                // that reach it instead of all k² masked (kernels/conv_ops.cuh, BwdDataPhased)
-                let s = spec.stride;
-                let m = xs.n * xs.h.div_ceil(s) * xs.w.div_ceil(s);
-                let names = variants!("conv2d_bwd_data_phased");
-                let (kernel, mut cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, m, spec.cin, None);
-                cfg.grid_dim.2 = (s * s) as u32;
-                (kernel, cfg)
-            } else {
-                let m = xs.n * xs.h * xs.w;
-                self.conv_launch(variants!("conv2d_bwd_data"), spec.cin, spec.cout, operands, m, spec.cin, None)
-            };
-            // the epilogue (conv_ops.cuh DxOut): x for LeakyReLU's derivative, the old dx added
-            let xin = if dxe.leaky { self.ptr(x) } else { 0 };
-            let acc = dxe.accumulate as i32;
-            launch!(
-                self,
-                kernel,
-                cfg,
-                self.ptr(dy),
-                self.ptr(w),
-                self.ptr(dx),
-                n,
-                h,
-                wd,
-                cin,
-                cout,
-                k,
-                st,
-                pd,
-                xin,
-                acc
-            );
-            self.profile_flop(conv_flop(xs.n * oh * ow, spec));
+            self.conv_dx_f32(x, xs, spec, w, dy, dx, dxe);
         }
-        let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
-        self.zero_bytes(self.ptr(dw), dw.len * 4);
-        let names = variants!("conv2d_bwd_weight");
-        let operands = [self.ptr(x), self.ptr(dy)];
-        let (kernel, cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, kw, spec.cout, Some(p));
-        // the wide bodies sum dY's columns (the bias gradient) from the values they load for
-        // dW; the others leave it to colsum
-        let fused_db = match &db {
-            Some(db) if names[3..].contains(&kernel) => {
-                self.zero_bytes(self.ptr(db), db.len * 4);
-                Some(self.ptr(db))
-            }
-            _ => None,
-        };
-        let dbp = fused_db.unwrap_or(0);
-        launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd, dbp);
-        self.profile_flop(conv_flop(p, spec));
-        if let (Some(db), None) = (db, fused_db) {
-            self.colsum(self.ptr(dy), p, spec.cout, self.ptr(db));
-        }
+        self.conv_dw_f32(x, xs, spec, dy, dw, db);
     }
     fn conv_transpose2(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
         if x.is_half() || y.is_half() {
@@ -983,6 +1044,28 @@ impl Backend for Cuda {
         dw: &mut DBuf,
         db: &mut DBuf,
     ) {
+        if x.is_half() || dy.is_half() || dx.as_ref().is_some_and(|d| d.is_half()) {
+            let (xw, dyw) = (self.widened(x), self.widened(dy));
+            let (x32, dy32) = (xw.as_ref().unwrap_or(x), dyw.as_ref().unwrap_or(dy));
+            match dx {
+                Some(dx) => {
+                    let mut dxw = self.f32_out(dx);
+                    self.conv_transpose2_backward(
+                        x32,
+                        xs,
+                        cout,
+                        w,
+                        dy32,
+                        Some(dxw.as_mut().unwrap_or(&mut *dx)),
+                        dw,
+                        db,
+                    );
+                    self.narrowed(dxw, dx);
+                }
+                None => self.conv_transpose2_backward(x32, xs, cout, w, dy32, None, dw, db),
+            }
+            return self.release_all([xw, dyw]);
+        }
         let (n, h, wd, cin, co) = (xs.n as i32, xs.h as i32, xs.w as i32, xs.c as i32, cout as i32);
         let p = xs.n * xs.h * xs.w;
         if let Some(dx) = dx {
@@ -1062,6 +1145,14 @@ impl Backend for Cuda {
         dgamma: &mut DBuf,
         dbeta: &mut DBuf,
     ) {
+        if x.is_half() || stats.is_half() || dy.is_half() || dx.is_half() {
+            let (xw, sw, dyw, mut dxw) = (self.widened(x), self.widened(stats), self.widened(dy), self.f32_out(dx));
+            let dx32 = dxw.as_mut().unwrap_or(&mut *dx);
+            let (x32, s32, dy32) = (xw.as_ref().unwrap_or(x), sw.as_ref().unwrap_or(stats), dyw.as_ref().unwrap_or(dy));
+            self.hin_backward(x32, s, gamma, s32, dy32, dx32, dgamma, dbeta);
+            self.narrowed(dxw, dx);
+            return self.release_all([xw, sw, dyw]);
+        }
         let half = s.c / 2;
         let at = s.n * half;
         let hw = s.h * s.w;
@@ -1130,16 +1221,27 @@ impl Backend for Cuda {
         );
     }
     fn split_channels(&self, d: &DBuf, ca: usize, cb: usize, a: &mut DBuf, b: &mut DBuf) {
+        let half = d.is_half();
+        if a.is_half() != half || b.is_half() != half {
+            let (dw, mut aw, mut bw) = (self.widened(d), self.f32_out(a), self.f32_out(b));
+            let (a32, b32) = (aw.as_mut().unwrap_or(&mut *a), bw.as_mut().unwrap_or(&mut *b));
+            self.split_channels(dw.as_ref().unwrap_or(d), ca, cb, a32, b32);
+            self.narrowed(aw, a);
+            self.narrowed(bw, b);
+            return self.release_all([dw]);
+        }
         let px = d.len / (ca + cb);
+        let (kernel, ptr): (_, fn(&Cuda, &DBuf) -> u64) =
+            if half { ("split_channels_h16", Cuda::hptr) } else { ("split_channels_f32", Cuda::ptr) };
         launch!(
             self,
-            "split_channels_f32",
+            kernel,
             cfg_elems(d.len),
-            self.ptr(d),
+            ptr(self, d),
             ca as i32,
             cb as i32,
-            self.ptr(a),
-            self.ptr(b),
+            ptr(self, a),
+            ptr(self, b),
             px as i64
         );
     }
@@ -1347,6 +1449,9 @@ impl Backend for Cuda {
     }
     fn half_activations(&self, on: bool) -> bool {
         self.set_half_activations(on)
+    }
+    fn half_training(&self) -> bool {
+        self.half_train.load(Ordering::Relaxed)
     }
     fn half_operands(&self) -> bool {
         self.precision == Precision::F16Wide

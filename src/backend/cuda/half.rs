@@ -9,7 +9,7 @@
 use std::sync::atomic::Ordering;
 
 use super::device::{cfg_elems, conv_flop, conv_geom, tiled_grid, up2_flop, within_fast_div, Cuda, DBuf};
-use crate::backend::{Backend, ConvSpec, Epilogue, Shape};
+use crate::backend::{Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
 
 /// The f16 GEMM's block tiles (kernels/conv_h16.cu: 128 × 64, and 128 × 32 for at most 32
 /// columns, `_h16n`) and its K step.
@@ -17,10 +17,14 @@ const TILE: (usize, usize) = (128, 64);
 const NARROW: (usize, usize) = (128, 32);
 const K_STEP: usize = 32;
 
-/// `SPAHDMAP_GPU_HALF=1` (or `on`, `true`) lets inference keep activations in f16; off by
-/// default until a card has measured it.
-pub(super) fn half_from_env() -> bool {
-    std::env::var("SPAHDMAP_GPU_HALF").is_ok_and(|v| matches!(v.trim(), "1" | "on" | "true"))
+/// `SPAHDMAP_GPU_HALF=1` (or `on`, `true`) lets inference keep activations in f16, `train` (or
+/// `all`) pre-training too; off by default until a card has measured it. (inference, training)
+pub(super) fn half_from_env() -> (bool, bool) {
+    match std::env::var("SPAHDMAP_GPU_HALF").as_deref().map(str::trim) {
+        Ok("1" | "on" | "true") => (true, false),
+        Ok("train" | "all") => (true, true),
+        _ => (false, false),
+    }
 }
 
 impl Cuda {
@@ -181,6 +185,143 @@ impl Cuda {
         );
         self.profile_flop(conv_flop(pixels, spec));
         true
+    }
+
+    /// `Backend::conv2d_backward` where any of x, dY, dX is f16: the data gradient of a stride-1
+    /// layer reading a multiple of 32 channels of dY, and the weight gradient where both
+    /// channel counts divide by 8, on f16 directly; the others on f32 copies.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv2d_backward_h16(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        dy: &DBuf,
+        dx: Option<&mut DBuf>,
+        dxe: DxEpilogue,
+        dw: &mut DBuf,
+        db: Option<&mut DBuf>,
+    ) {
+        if let Some(dx) = dx {
+            let native = dy.is_half()
+                && dx.is_half()
+                && spec.stride == 1
+                && spec.cout % K_STEP == 0
+                && (!dxe.leaky || x.is_half());
+            if native {
+                self.conv_dx_h16(x, xs, spec, w, dy, dx, dxe);
+            } else {
+                let (dyw, xw) = (self.widened(dy), if dxe.leaky { self.widened(x) } else { None });
+                // the old values where the gradient adds to them
+                let mut dxw = match (dx.is_half(), dxe.accumulate) {
+                    (false, _) => None,
+                    (true, true) => self.widened(dx),
+                    (true, false) => self.f32_out(dx),
+                };
+                self.conv_dx_f32(
+                    xw.as_ref().unwrap_or(x),
+                    xs,
+                    spec,
+                    w,
+                    dyw.as_ref().unwrap_or(dy),
+                    dxw.as_mut().unwrap_or(&mut *dx),
+                    dxe,
+                );
+                self.narrowed(dxw, dx);
+                self.release_all([dyw, xw]);
+            }
+        }
+        if x.is_half() && dy.is_half() && spec.cin % 8 == 0 && spec.cout % 8 == 0 {
+            self.conv_dw_h16(x, xs, spec, dy, dw, db);
+        } else {
+            let (xw, dyw) = (self.widened(x), self.widened(dy));
+            self.conv_dw_f32(xw.as_ref().unwrap_or(x), xs, spec, dyw.as_ref().unwrap_or(dy), dw, db);
+            self.release_all([xw, dyw]);
+        }
+    }
+
+    /// The f16 data gradient (kernels/conv_h16.cu `conv2d_bwd_data_h16[n]`).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_dx_h16(&self, x: &DBuf, xs: Shape, spec: &ConvSpec, w: &DBuf, dy: &DBuf, dx: &mut DBuf, dxe: DxEpilogue) {
+        let pixels = xs.n * xs.h * xs.w;
+        within_fast_div(pixels);
+        let taps = spec.k * spec.k;
+        assert_eq!(self.len(w), taps * spec.cin * spec.cout, "weights of another shape");
+        let np = spec.cin.next_multiple_of(8);
+        let wt = self.alloc_as(taps * spec.cout * np, true);
+        launch!(
+            self,
+            "pack_weights_t_h16",
+            cfg_elems(taps * spec.cout * np),
+            self.ptr(w),
+            taps as i32,
+            spec.cin as i32,
+            spec.cout as i32,
+            np as i32,
+            self.hptr(&wt)
+        );
+        let (kernel, tile) =
+            if spec.cin <= 32 { ("conv2d_bwd_data_h16n", NARROW) } else { ("conv2d_bwd_data_h16", TILE) };
+        let xin = if dxe.leaky { self.hptr(x) } else { 0 };
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        launch!(
+            self,
+            kernel,
+            tiled_grid(pixels, spec.cin, 1, tile),
+            self.hptr(dy),
+            self.hptr(&wt),
+            np as i32,
+            xin,
+            self.hptr(dx),
+            dxe.accumulate as i32,
+            n,
+            h,
+            wd,
+            cin,
+            cout,
+            k,
+            st,
+            pd
+        );
+        self.release(wt);
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        self.profile_flop(conv_flop(xs.n * oh * ow, spec));
+    }
+
+    /// The f16 weight gradient (`conv2d_bwd_weight_h16[n]`, K split across blocks into the
+    /// zeroed f32 dW) and the bias gradient (`colsum_h16`).
+    fn conv_dw_h16(&self, x: &DBuf, xs: Shape, spec: &ConvSpec, dy: &DBuf, dw: &mut DBuf, db: Option<&mut DBuf>) {
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let p = xs.n * oh * ow;
+        let rows = spec.k * spec.k * spec.cin;
+        within_fast_div(p.max(rows));
+        self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
+        let (kernel, tile) =
+            if spec.cout <= 32 { ("conv2d_bwd_weight_h16n", NARROW) } else { ("conv2d_bwd_weight_h16", TILE) };
+        let tiles = rows.div_ceil(tile.0) * spec.cout.div_ceil(tile.1);
+        let splits = self.wave_splits(kernel, tiles, p);
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        launch!(
+            self,
+            kernel,
+            tiled_grid(rows, spec.cout, splits, tile),
+            self.hptr(x),
+            self.hptr(dy),
+            self.ptr(dw),
+            n,
+            h,
+            wd,
+            cin,
+            cout,
+            k,
+            st,
+            pd
+        );
+        self.profile_flop(conv_flop(p, spec));
+        if let Some(db) = db {
+            self.colsum_of("colsum_h16", self.hptr(dy), p, spec.cout, self.ptr(db));
+        }
     }
 
     /// `Backend::conv_transpose2` on f16 x and y (`h16_runs`).
