@@ -148,13 +148,19 @@ struct DxOutH {
     }
 };
 
+// What the GEMM gathers: the forward pass's windows of x, the data gradient's windows of dY for
+// a stride-1 layer (a tap's row of dY starts (ky·ow + kx)·cout before the pixel's window base:
+// conv_ops.cuh grad_pixel), or those of one phase of a strided layer whose kernel the stride
+// divides (conv_ops.cuh BwdDataPhased: the phase's (k / s)² taps; GEMM row m is the phase's
+// m-th pixel, stored at its own index).
+enum Mode { FWD, DX, DX_PHASED };
+
 // C = im2col(x) · W over the layer's geometry `g` (M = output pixels, K = k²·cin, N columns of
-// `wt`, np apart), each result through `out`; blocks of BM × TBN. With DX, the data gradient of
-// a stride-1 convolution instead: x is dY, M = input pixels, K = k²·cout (a tap's row of dY
-// starts (ky·ow + kx)·cout before the pixel's window base: conv_ops.cuh grad_pixel), `wt` the
-// weights packed [tap][co][ci].
-template <int TBN, bool DX = false, class Out>
+// `wt`, np apart), each result through `out`; blocks of BM × TBN. In the data-gradient modes x
+// is dY, M the (phase's) input pixels, K = taps·cout, `wt` the weights packed [tap][co][ci].
+template <int TBN, Mode MODE = FWD, class Out>
 DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g, int64_t M, int N, const Out& out) {
+    constexpr bool DX_ROWS = MODE != FWD;
     static_assert(TBN == 64 || TBN == 32, "64- or 32-column tiles");
     constexpr int BCH = TBN / 8, JN = TBN / 16;  // B's chunks per row; a warp's 8-column MMA tiles
     alignas(128) __shared__ uint16_t As[STAGES][BM * BK];
@@ -167,20 +173,29 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
     // B row tid / BCH (chunk tid % BCH; the first BK·BCH threads) in every step: their windows
     // decomposed once.
     const int ac = tid % 4, bk = tid / BCH, bc = tid % BCH;
+    conv::BwdDataPhased phased{};  // its row decomposition only (MODE DX_PHASED)
+    phased.g = g;
+    if (MODE == DX_PHASED) phased.ph = conv::phase(g, (int)blockIdx.z);
+    auto row = [&](int64_t m) {
+        return MODE == DX_PHASED ? phased.mi(m, M) : DX_ROWS ? conv::grad_pixel(g, m, M) : conv::out_pixel(g, m, M);
+    };
     conv::Window rows[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-        rows[i] = DX ? conv::grad_pixel(g, m0 + tid / 4 + 64 * i, M) : conv::out_pixel(g, m0 + tid / 4 + 64 * i, M);
-    const int C = DX ? g.cout : g.cin;  // channels of the gathered tensor
+    for (int i = 0; i < 2; ++i) rows[i] = row(m0 + tid / 4 + 64 * i);
+    const int C = DX_ROWS ? g.cout : g.cin;              // channels of the gathered tensor
+    const int kt = MODE == DX_PHASED ? phased.ph.kk : g.k;  // taps per side
     const bool b_copies = tid < BK * BCH, b_ok = n0 + 8 * bc < np;
-    const int steps = g.k * g.k * (C / BK);
+    const int steps = kt * kt * (C / BK);
     int lky = 0, lkx = 0, lc = 0;  // tap and first channel of the next step to copy
     auto copy_step = [&](int slot) {
-        const int tap = lky * g.k + lkx, off = (DX ? -(lky * g.ow + lkx) : lky * g.w + lkx) * C + lc + 8 * ac;
+        // the tap's bit in the rows' masks, and its index in the weights
+        const int bit = lky * kt + lkx;
+        const int tap = MODE == DX_PHASED ? (phased.ph.ky0 + g.stride * lky) * g.k + phased.ph.kx0 + g.stride * lkx : bit;
+        const int off = (DX_ROWS ? -(lky * g.ow + lkx) : lky * g.w + lkx) * C + lc + 8 * ac;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int r = tid / 4 + 64 * i;
-            const bool ok = (rows[i].valid >> tap) & 1u;
+            const bool ok = (rows[i].valid >> bit) & 1u;
             cp_async16(&As[slot][a_at(r, ac)], ok ? x + rows[i].base + off : x, ok);
         }
         if (b_copies) {
@@ -190,7 +205,7 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
         lc += BK;
         if (lc == C) {
             lc = 0;
-            if (++lkx == g.k) lkx = 0, ++lky;
+            if (++lkx == kt) lkx = 0, ++lky;
         }
     };
 
@@ -254,7 +269,10 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
             for (int h = 0; h < 2; ++h) {
                 const int64_t m = m0 + wm + 16 * i + gq + 8 * h;
                 const int n = n0 + wn + 8 * j + 2 * tq;
-                if (m < M && n < N) out.store(m, n, n + 1 < N, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                if (m >= M || n >= N) continue;
+                // a phase's row is stored at its pixel's index
+                const int64_t at = MODE == DX_PHASED ? phased.mi(m, M).p : m;
+                out.store(at, n, n + 1 < N, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
             }
 }
 
@@ -272,7 +290,6 @@ DEV void gemm_dw(const uint16_t* x, const uint16_t* dy, float* dw, const conv::G
     alignas(128) __shared__ uint16_t Bs[STAGES][BK * TBN];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int M = g.k * g.k * g.cin, N = g.cout;
-    const int64_t P = (int64_t)g.n * g.oh * g.ow;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * TBN;
 
     // this thread's A chunk: rows (tap, ci .. ci + 7) of dW, fixed for the whole reduction
@@ -371,7 +388,15 @@ DEV void conv_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bi
 template <int TBN>
 DEV void conv_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
                  const conv::Geom& g) {
-    gemm<TBN, true>(dy, wt, np, g, (int64_t)g.n * g.h * g.w, g.cin, DxOutH{x, dx, g.cin, accumulate});
+    gemm<TBN, DX>(dy, wt, np, g, (int64_t)g.n * g.h * g.w, g.cin, DxOutH{x, dx, g.cin, accumulate});
+}
+// the same for a strided layer whose kernel the stride divides, phase blockIdx.z (grid z: s²)
+template <int TBN>
+DEV void conv_dx_phased(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx,
+                        int accumulate, const conv::Geom& g) {
+    const conv::Phase ph = conv::phase(g, (int)blockIdx.z);
+    const int64_t M = (int64_t)g.n * ph.hy * ph.wx;
+    gemm<TBN, DX_PHASED>(dy, wt, np, g, M, g.cin, DxOutH{x, dx, g.cin, accumulate});
 }
 // the 2 × 2 / 2 transposed convolution as a 1 × 1 GEMM into 4·cout columns, scattered
 DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, uint16_t* y, int n, int h, int w,
@@ -421,13 +446,35 @@ H16_DW(conv2d_bwd_weight_h16n, 32)
 H16_DX(conv2d_bwd_data_h16, 64)
 H16_DX(conv2d_bwd_data_h16n, 32)
 
-// The data gradient's weights: f32 [tap][ci][co] → f16 [tap][co][ci] with rows np ≥ cin apart,
-// zero past cin.
-extern "C" __global__ void pack_weights_t_h16(const float* w, int taps, int cin, int cout, int np, uint16_t* out) {
+// the same by phases for strided layers whose kernel the stride divides; grid (⌈phase pixels /
+// 128⌉, ⌈cin / TBN⌉, s²)
+#define H16_DX_PHASED(NAME, TBN)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
+        NAME(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,  \
+             int h, int w, int cin, int cout, int k, int stride, int pad) {                                         \
+        h16::conv_dx_phased<TBN>(dy, wt, np, x, dx, accumulate, conv::geom(n, h, w, cin, cout, k, stride, pad));    \
+    }
+H16_DX_PHASED(conv2d_bwd_data_phased_h16, 64)
+H16_DX_PHASED(conv2d_bwd_data_phased_h16n, 32)
+
+// A data gradient's weights: element (tap, ci, co) of f32 w at tap·tap_stride + ci·ci_stride +
+// co → f16 [tap][co][ci] with rows np ≥ cin apart, zero past cin. A convolution's [tap][ci][co]
+// has strides (cin·cout, cout); the transposed convolution's [ci][tap][co] (cout, 4·cout).
+extern "C" __global__ void pack_weights_t_h16(const float* w, int taps, int cin, int cout, int64_t tap_stride,
+                                              int64_t ci_stride, int np, uint16_t* out) {
     H16_LOOP(i, (int64_t)taps * cout * np) {
         const int64_t r = i / np;  // (tap, co)
         const int ci = (int)(i - r * np), tap = (int)(r / cout), co = (int)(r - (int64_t)tap * cout);
-        out[i] = ci < cin ? h16::f2h(w[((int64_t)tap * cin + ci) * cout + co]) : (uint16_t)0;
+        out[i] = ci < cin ? h16::f2h(w[tap * tap_stride + ci * ci_stride + co]) : (uint16_t)0;
+    }
+}
+
+// The transposed convolution's weight gradient from its f16 body's [(tap, co)][ci] result
+// (`t`) into the weights' [ci][tap][co]
+extern "C" __global__ void up2_dw_unpack_f32(const float* t, int cin, int cout, float* dw) {
+    H16_LOOP(i, (int64_t)cin * 4 * cout) {
+        const int64_t ci = i / (4 * cout), r = i - ci * 4 * cout;  // r = tap·cout + co
+        dw[i] = t[r * cin + ci];
     }
 }
 

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "half.cuh"
+
 namespace loss {
 constexpr float REG_THRESHOLD = 0.95f;
 constexpr float POISSON_EPS = 1e-8f;
@@ -27,18 +29,27 @@ __device__ __forceinline__ double block_sum(double v) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (per); i += (int64_t)blockDim.x * gridDim.x)
 
 // per-image Σ (pred − target)² into sums[img]; d = scale · 2 (pred − target) / per.
-// block 256, grid (chunks, images)
-extern "C" __global__ void mse_f32(const float* pred, const float* target, int64_t per, double scale, float* d,
-                                   double* sums) {
+// block 256, grid (chunks, images). pred and d f32, or f16 (`_h16`: pre-training on f16
+// activations; the target image stays f32)
+template <class T>
+__device__ void mse(const T* pred, const float* target, int64_t per, double scale, T* d, double* sums) {
     const int64_t base = (int64_t)blockIdx.y * per;
     double acc = 0.0;
     IMAGE_STRIDE(i, per) {
-        const double e = (double)(pred[base + i] - target[base + i]);
+        const double e = (double)(h16::ld(pred + base + i) - target[base + i]);
         acc += e * e;
-        d[base + i] = (float)(scale * 2.0 * e / (double)per);
+        h16::st(d + base + i, (float)(scale * 2.0 * e / (double)per));
     }
     acc = loss::block_sum(acc);
     if (threadIdx.x == 0) atomicAdd(&sums[blockIdx.y], acc);
+}
+extern "C" __global__ void mse_f32(const float* pred, const float* target, int64_t per, double scale, float* d,
+                                   double* sums) {
+    mse(pred, target, per, scale, d, sums);
+}
+extern "C" __global__ void mse_h16(const uint16_t* pred, const float* target, int64_t per, double scale, uint16_t* d,
+                                   double* sums) {
+    mse(pred, target, per, scale, d, sums);
 }
 
 // counts[img] += number of hr values above the regulariser's threshold

@@ -22,7 +22,7 @@ constexpr double EPS = 1e-5;
 //           same channel so the f64 difference s1/hw − (s0/hw)² does not cancel
 // block (32, 8), grid (⌈hw / chunk⌉, ⌈cn / 32⌉, images); s0, s1 (images × cn) zeroed first.
 template <class T>
-__device__ void pixel_sums(const T* x, const float* dy, const float* mean, const float* rstd, int mode, int64_t hw,
+__device__ void pixel_sums(const T* x, const T* dy, const float* mean, const float* rstd, int mode, int64_t hw,
                            int c, int cn, int64_t chunk, double* s0, double* s1) {
     __shared__ double part0[8][33], part1[8][33];
     const int ch = blockIdx.y * 32 + threadIdx.x, img = blockIdx.z;
@@ -45,7 +45,7 @@ __device__ void pixel_sums(const T* x, const float* dy, const float* mean, const
                 a0 += d;
                 a1 += d * d;
             } else {
-                const double g = dy[i];
+                const double g = h16::ld(dy + i);
                 a0 += g;
                 a1 += g * (double)((v - m) * r);
             }
@@ -69,7 +69,7 @@ extern "C" __global__ void pixel_sums_f64(const float* x, const float* dy, const
                                           double* s1) {
     pixel_sums(x, dy, mean, rstd, mode, hw, c, cn, chunk, s0, s1);
 }
-extern "C" __global__ void pixel_sums_f64_h16(const uint16_t* x, const float* dy, const float* mean,
+extern "C" __global__ void pixel_sums_f64_h16(const uint16_t* x, const uint16_t* dy, const float* mean,
                                               const float* rstd, int mode, int64_t hw, int c, int cn, int64_t chunk,
                                               double* s0, double* s1) {
     pixel_sums(x, dy, mean, rstd, mode, hw, c, cn, chunk, s0, s1);
@@ -133,9 +133,10 @@ extern "C" __global__ void hin_apply_h16(const uint16_t* x, const float* stats, 
 }
 
 // dx of HIN from Σ dy (s0) and Σ dy·x̂ (s1) per (image, channel); the other half passes dy
-extern "C" __global__ void hin_backward_f32(const float* x, const float* stats, const float* gamma, const float* dy,
-                                            const double* s0, const double* s1, int64_t images, int64_t hw, int c,
-                                            float* dx) {
+// (x, dy and dx f32, or f16 in `_h16`; statistics f32)
+template <class T>
+__device__ void hin_backward(const T* x, const float* stats, const float* gamma, const T* dy, const double* s0,
+                             const double* s1, int64_t images, int64_t hw, int c, T* dx) {
     const int half = c / 2;
     const int64_t total = images * hw * c;
     const float* mean = stats;
@@ -146,12 +147,23 @@ extern "C" __global__ void hin_backward_f32(const float* x, const float* stats, 
         const int ch = (int)(i % c);
         if (ch < half) {
             const int64_t at = i / (hw * c) * half + ch;
-            const double xh = (double)((x[i] - mean[at]) * rstd[at]);
-            dx[i] = (float)((double)rstd[at] * gamma[ch] * ((double)dy[i] - s0[at] / n - xh * s1[at] / n));
+            const double xh = (double)((h16::ld(x + i) - mean[at]) * rstd[at]);
+            h16::st(dx + i,
+                    (float)((double)rstd[at] * gamma[ch] * ((double)h16::ld(dy + i) - s0[at] / n - xh * s1[at] / n)));
         } else {
-            dx[i] = dy[i];
+            h16::st(dx + i, h16::ld(dy + i));
         }
     }
+}
+extern "C" __global__ void hin_backward_f32(const float* x, const float* stats, const float* gamma, const float* dy,
+                                            const double* s0, const double* s1, int64_t images, int64_t hw, int c,
+                                            float* dx) {
+    hin_backward(x, stats, gamma, dy, s0, s1, images, hw, c, dx);
+}
+extern "C" __global__ void hin_backward_h16(const uint16_t* x, const float* stats, const float* gamma,
+                                            const uint16_t* dy, const double* s0, const double* s1, int64_t images,
+                                            int64_t hw, int c, uint16_t* dx) {
+    hin_backward(x, stats, gamma, dy, s0, s1, images, hw, c, dx);
 }
 
 // dgamma[c] = Σ_images s1, dbeta[c] = Σ_images s0 (each image's sum rounded to f32 first, as

@@ -486,8 +486,8 @@ static void half_dw_case(int n, int h, int w, int cin, int cout, int k, int s, i
 // The f16 data gradient of a stride-1 convolution with the fused epilogue (LeakyReLU's backward
 // at x, the old dx added) or without, against BwdData's plain GEMM and DxOut, rounded once.
 template <int TBN>
-static void half_dx_case(int n, int h, int w, int cin, int cout, int k, int p, bool fused) {
-    const Geom g = geom(n, h, w, cin, cout, k, 1, p);
+static void half_dx_case(int n, int h, int w, int cin, int cout, int k, int p, bool fused, int s = 1) {
+    const Geom g = geom(n, h, w, cin, cout, k, s, p);
     const int64_t P = (int64_t)n * g.oh * g.ow, X = (int64_t)n * h * w, kk = (int64_t)k * k;
     const int np = (cin + 7) / 8 * 8;
     auto dy = small_ints(P * cout), wt = small_ints(kk * cin * cout), x = small_ints(X * cin), old = small_ints(X * cin);
@@ -498,24 +498,72 @@ static void half_dx_case(int n, int h, int w, int cin, int cout, int k, int p, b
             for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
     const auto dyh = to_half(dy), xh = to_half(x);
     std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
-    launch(blocks(X, h16::BM), blocks(cin, TBN), 1, [&] {
-        h16::conv_dx<TBN>(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, g);
-    });
+    if (s == 1) {
+        launch(blocks(X, h16::BM), blocks(cin, TBN), 1, [&] {
+            h16::conv_dx<TBN>(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, g);
+        });
+    } else {  // by phases: one grid layer per (y mod s, x mod s)
+        const int64_t rows = (int64_t)n * ((h + s - 1) / s) * ((w + s - 1) / s);
+        launch(blocks(rows, h16::BM), blocks(cin, TBN), s * s, [&] {
+            h16::conv_dx_phased<TBN>(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, g);
+        });
+    }
     std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
     plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin, kk * cout);
     round_half(want);
     expect_equal("f16 storage conv data gradient, " + std::to_string(TBN) + "-column tiles, " + std::to_string(cin) +
-                     " <- " + std::to_string(cout) + ", k " + std::to_string(k) + (fused ? ", fused epilogue" : ""),
+                     " <- " + std::to_string(cout) + ", k " + std::to_string(k) + " / " + std::to_string(s) +
+                     (fused ? ", fused epilogue" : ""),
                  from_half(dx), want);
 }
 
+// The transposed convolution's gradients as the host runs them on f16: dX as a forward
+// convolution of dY (2h × 2w, cout channels; k 2, stride 2) into cin channels with the weights
+// packed [tap][co][ci], dW as that convolution's weight gradient with X in dY's place, its
+// [(tap, co)][ci] result unpacked to [ci][tap][co] — against the UpBwdData / UpBwdWeight policies.
+static void half_up_backward_case(int n, int h, int w, int cin, int cout) {
+    const Geom gu = geom(n, h, w, cin, cout, 2, 2, 0), gc = geom(n, 2 * h, 2 * w, cout, cin, 2, 2, 0);
+    const int64_t P = (int64_t)n * h * w;
+    const int np = (cin + 7) / 8 * 8;
+    auto x = small_ints(P * cin), wt = small_ints((size_t)cin * 4 * cout), dy = small_ints(4 * P * cout);
+    std::vector<uint16_t> wp(4 * cout * np, 0);
+    for (int t = 0; t < 4; ++t)
+        for (int co = 0; co < cout; ++co)
+            for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(ci * 4 + t) * cout + co]);
+    const auto xh = to_half(x), dyh = to_half(dy);
+    std::vector<uint16_t> dx(P * cin, HALF_NAN);
+    launch(blocks(P, h16::BM), blocks(cin, 64), 1,
+           [&] { h16::conv_fwd<64>(dyh.data(), wp.data(), np, nullptr, nullptr, dx.data(), 0, gc); });
+    std::vector<float> want(P * cin, -99.0f);
+    plain_gemm(UpBwdData{dy.data(), wt.data(), want.data(), gu}, P, cin, 4 * cout);
+    round_half(want);
+    expect_equal("f16 storage transposed conv data gradient " + std::to_string(cin) + " <- " + std::to_string(cout),
+                 from_half(dx), want);
+    std::vector<float> t(4 * cout * cin, 0.0f), dw(4 * cout * cin), dw_want(4 * cout * cin, 0.0f);
+    launch(blocks(4 * cout, h16::BM), blocks(cin, 64), 2, [&] {
+        int64_t k0, k1;
+        h16::dw_split(P, 2, blockIdx.z, &k0, &k1);
+        h16::gemm_dw<64>(dyh.data(), xh.data(), t.data(), gc, k0, k1);
+    });
+    for (int ci = 0; ci < cin; ++ci)
+        for (int r = 0; r < 4 * cout; ++r) dw[(int64_t)ci * 4 * cout + r] = t[(int64_t)r * cin + ci];
+    plain_gemm(UpBwdWeight{x.data(), dy.data(), dw_want.data(), gu}, cin, 4 * cout, P);
+    expect_equal("f16 storage transposed conv weight gradient " + std::to_string(cin) + " <- " + std::to_string(cout),
+                 dw, dw_want);
+}
+
 static void half_storage() {
+    half_up_backward_case(2, 3, 5, 64, 32);
+    half_up_backward_case(1, 9, 7, 24, 64);
     half_dx_case<64>(2, 9, 11, 64, 32, 3, 1, true);   // M = 198, 9 steps
     half_dx_case<64>(1, 7, 6, 20, 64, 3, 1, false);   // N = cin = 20 (np = 24)
     half_dx_case<64>(1, 5, 13, 72, 32, 1, 0, true);   // 1 × 1; two column tiles
     half_dx_case<64>(1, 6, 5, 5, 96, 3, 1, true);     // odd cin
     half_dx_case<32>(2, 9, 11, 32, 32, 3, 1, true);
     half_dx_case<32>(1, 8, 7, 3, 32, 3, 1, false);    // into the image's 3 channels
+    half_dx_case<64>(2, 10, 9, 64, 32, 4, 1, true, 2);   // the downsampling's, by phases: odd width
+    half_dx_case<32>(1, 9, 12, 32, 64, 4, 1, false, 2);  // odd height, narrow tile
+    half_dx_case<64>(1, 7, 5, 72, 32, 2, 0, true, 2);    // k 2 / 2: one tap per phase; two column tiles
     half_dw_case<64>(2, 9, 11, 32, 64, 3, 1, 1, 3);  // P = 198: partial last step; three splits
     half_dw_case<64>(1, 10, 9, 8, 72, 4, 2, 1, 2);   // stride 2, cin 8: M = 128 exactly; two column tiles
     half_dw_case<64>(1, 7, 6, 24, 16, 3, 1, 1, 5);   // M = 216: two row tiles, tap-straddling rows; an empty split

@@ -525,6 +525,8 @@ fn fifty_tensor_core_pretraining_iterations_follow_the_cpu_curve() {
     let Some(g) = speed_gpu() else { return };
     eprintln!("speed path: {}", g.name());
     let Some(ge) = gpu() else { return };
+    // the control stays on f32 storage whatever SPAHDMAP_GPU_HALF says
+    ge.use_half_storage(false);
     let cpu = Cpu::new();
     let (net, host) = UNet::new(3, 7);
     let sizes: Vec<usize> = host.data.iter().map(|d| d.len()).collect();
@@ -545,8 +547,9 @@ fn fifty_tensor_core_pretraining_iterations_follow_the_cpu_curve() {
     let (ic, ig, ie) = (cpu.upload(&image), g.upload(&image), ge.upload(&image));
     let (mut worst, mut control) = (0f64, 0f64);
     let (mut mean, mut mean_control) = (0f64, 0f64);
-    // f16 operands (SPAHDMAP_GPU_CONV=f16w) train behind a loss scaler, as the pipeline runs them
-    let mut scaler = g.half_operands().then(spahdmap::optim::LossScaler::default);
+    // f16 operands (SPAHDMAP_GPU_CONV=f16w) or f16 activations (SPAHDMAP_GPU_HALF=train) train
+    // behind a loss scaler, as the pipeline runs them
+    let mut scaler = (g.half_operands() || g.half_training()).then(spahdmap::optim::LossScaler::default);
     let mut skipped = 0;
     let lrs = vec![4e-4; all.len()];
     for step in 0..50 {
@@ -1356,8 +1359,11 @@ fn an_f16_buffer_never_reaches_an_f32_kernel() {
     let Some(g) = gpu() else { return };
     let x = g.upload_half(&[0.5; 64]);
     let mut y = g.alloc(64);
-    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.sigmoid(&x, &mut y)));
-    assert!(refused.is_err(), "an f16 buffer went into sigmoid_f32");
+    // spatial means have no f16 form and take no f32 copies (only the encoder's f32 pass uses them)
+    let mut mean = g.alloc(1);
+    let s = Shape { n: 1, h: 8, w: 8, c: 1 };
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.spatial_mean(&x, s, &mut mean)));
+    assert!(refused.is_err(), "an f16 buffer went into an f32 reduction");
     // the f32 copy goes through
     let back = g.download(&x);
     assert_eq!(back, vec![0.5; 64]);
@@ -1367,10 +1373,10 @@ fn an_f16_buffer_never_reaches_an_f32_kernel() {
     assert!((got[0] - 1.0 / (1.0 + (-0.5f32).exp())).abs() < 1e-6);
 }
 
-/// Gradients on f16 storage (`conv2d_backward` with f16 x, dY and dX): the data gradient of
-/// stride-1 layers and the weight gradient on the f16 kernels, the rest (stride 2 dX, channel
-/// counts they do not take, the f32 image as x) on f32 copies; against the CPU on the same
-/// f16-rounded values. dX is rounded to f16 (bound 2e-3); dW and dB are f32 sums of exact
+/// Gradients on f16 storage (`conv2d_backward` with f16 x, dY and dX): the data gradient (by
+/// phases for the 4 × 4 / 2 layer) and the weight gradient on the f16 kernels, the rest
+/// (channel counts they do not take, the f32 image as x) on f32 copies; then the transposed
+/// convolution's and the half instance norm's; against the CPU on the same f16-rounded values. dX is rounded to f16 (bound 2e-3); dW and dB are f32 sums of exact
 /// products (bound 1e-4).
 #[test]
 fn f16_storage_gradients_match_the_cpu() {
@@ -1412,6 +1418,39 @@ fn f16_storage_gradients_match_the_cpu() {
         check(&format!("{what}: dW"), &g, &dwg, &dw, 1e-4);
         check(&format!("{what}: dB"), &g, &dbg, &db, 1e-5);
     }
+    // the transposed convolution's gradients: on the f16 bodies (cout 32), on f32 copies (cout 20)
+    for (i, (xs, cout)) in
+        [(Shape { n: 2, h: 5, w: 7, c: 64 }, 32), (Shape { n: 1, h: 9, w: 6, c: 32 }, 20)].into_iter().enumerate()
+    {
+        let i = i as u64;
+        let x = f16_rounded(rnd(xs.len(), 160 + i, -1.0, 1.0));
+        let w = f16_rounded(rnd(xs.c * 4 * cout, 170 + i, -0.2, 0.2));
+        let dy = f16_rounded(rnd(4 * xs.n * xs.h * xs.w * cout, 180 + i, -1.0, 1.0));
+        let (mut dx, mut dw, mut db) = (vec![0f32; xs.len()], vec![0f32; w.len()], vec![0f32; cout]);
+        cpu.conv_transpose2_backward(&x, xs, cout, &w, &dy, Some(&mut dx), &mut dw, &mut db);
+        let (mut dxg, mut dwg, mut dbg) = (nan_half(&g, xs.len()), nan(&g, w.len()), nan(&g, cout));
+        let (xg, wg, dyg) = (g.upload_half(&x), g.upload(&w), g.upload_half(&dy));
+        g.conv_transpose2_backward(&xg, xs, cout, &wg, &dyg, Some(&mut dxg), &mut dwg, &mut dbg);
+        let what = format!("f16 storage transposed conv gradients {} <- {cout}", xs.c);
+        check(&format!("{what}: dX"), &g, &dxg, &dx, 2e-3);
+        check(&format!("{what}: dW"), &g, &dwg, &dw, 1e-4);
+        check(&format!("{what}: dB"), &g, &dbg, &db, 1e-5);
+    }
+    // the half instance norm's backward on f16 x, dY, dX (statistics f32, as the forward keeps them)
+    let s = Shape { n: 2, h: 11, w: 9, c: 64 };
+    let x = f16_rounded(rnd(s.len(), 150, -2.0, 3.0));
+    let (gamma, beta) = (rnd(32, 151, 0.5, 1.5), rnd(32, 152, -0.5, 0.5));
+    let (mut y, mut stats) = (vec![0f32; s.len()], vec![0f32; 2 * s.n * 32]);
+    cpu.hin_forward(&x, s, &gamma, &beta, true, &mut y, &mut stats);
+    let dy = f16_rounded(rnd(s.len(), 153, -1.0, 1.0));
+    let (mut dx, mut dg, mut dbeta) = (vec![0f32; s.len()], vec![0f32; 32], vec![0f32; 32]);
+    cpu.hin_backward(&x, s, &gamma, &stats, &dy, &mut dx, &mut dg, &mut dbeta);
+    let (mut dxg, mut dgg, mut dbg) = (nan_half(&g, s.len()), nan(&g, 32), nan(&g, 32));
+    let (xg, sg, dyg) = (g.upload_half(&x), g.upload(&stats), g.upload_half(&dy));
+    g.hin_backward(&xg, s, &g.upload(&gamma), &sg, &dyg, &mut dxg, &mut dgg, &mut dbg);
+    check("f16 storage half instance norm backward: dX", &g, &dxg, &dx, 2e-3);
+    check("f16 storage half instance norm backward: dγ", &g, &dgg, &dg, 1e-4);
+    check("f16 storage half instance norm backward: dβ", &g, &dbg, &dbeta, 1e-5);
 }
 
 /// Pre-training with f16 activations and activation gradients (SPAHDMAP_GPU_HALF=train) against

@@ -300,6 +300,10 @@ pub trait Backend: Sync {
     // --- memory -------------------------------------------------------------------------
     /// A buffer of `len` values, contents unspecified (reused when one was released).
     fn alloc(&self, len: usize) -> Self::Buf;
+    /// `alloc`, but f32 even where `half_activations` is on (statistics kept at full precision).
+    fn alloc_f32(&self, len: usize) -> Self::Buf {
+        self.alloc(len)
+    }
     fn zeros(&self, len: usize) -> Self::Buf;
     /// Give a buffer back for reuse.
     fn release(&self, buf: Self::Buf);

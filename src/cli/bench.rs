@@ -113,7 +113,7 @@ enum BenchWhat {
         /// On a GPU: the network's activations in f16 (kernels/conv_h16.cu) — inference's with
         /// --infer (SPAHDMAP_GPU_HALF=1 in the score stage), else pre-training's and their
         /// gradients, behind a loss scaler (SPAHDMAP_GPU_HALF=train).
-        #[arg(long, conflicts_with = "joint")]
+        #[arg(long, conflicts_with_all = ["joint", "embed_spots"])]
         half: bool,
     },
     /// NMF and the Voronoi score on generated data at the medulloblastoma scale (spots ×

@@ -361,7 +361,8 @@ impl Block {
             Some((g, bt)) => {
                 let (c1, os) = self.conv1.forward(b, p, x, xs, Epilogue::NONE);
                 let mut a1 = b.alloc(os.len());
-                let mut stats = b.alloc(2 * os.n * (os.c / 2));
+                // the statistics stay f32 where activations are f16 (backward reads them)
+                let mut stats = b.alloc_f32(2 * os.n * (os.c / 2));
                 b.hin_forward(&c1, os, &p.data[g], &p.data[bt], true, &mut a1, &mut stats);
                 (Some(c1), Some(stats), a1, os)
             }

@@ -162,6 +162,8 @@ pub(crate) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 }
 
 /// Forward, MSE over the batch, backward: the gradients land in `p.grads`; returns the loss.
+/// Unscaled: on a backend that trains on f16 activations (`Backend::half_training`) small
+/// gradients underflow — use `pretrain_step_scaled` behind a loss scaler there.
 pub fn pretrain_step<B: Backend>(b: &B, net: &UNet, p: &mut Params<B::Buf>, batch: &B::Buf, is: Shape) -> f64 {
     pretrain_step_scaled(b, net, p, batch, is, 1.0)
 }

@@ -354,7 +354,7 @@ impl Cuda {
     /// The device address of an f32 buffer, for a kernel that reads or writes f32: an f16
     /// buffer here is a bug (its bytes would be read as other numbers), so it panics.
     pub(super) fn ptr(&self, b: &DBuf) -> u64 {
-        assert!(!b.half, "CUDA: an f16 buffer reached a kernel that takes f32 (half activations are inference-only)");
+        assert!(!b.half, "CUDA: an f16 buffer reached a kernel that takes only f32 (it has no f16 form or f32 copies)");
         self.addr(b)
     }
     /// The same for kernels that take f16 (kernels/conv_h16.cu).
@@ -650,6 +650,13 @@ impl Cuda {
     /// The MSE kernel: d = scale·2(pred − target)/(H·W·C), per-image squared-error sums into
     /// the f64s at `sums` (zeroed first).
     fn mse_into(&self, pred: &DBuf, target: &DBuf, s: Shape, scale: f64, d: &mut DBuf, sums: u64) {
+        if pred.is_half() && !target.is_half() && d.is_half() {
+            let per = s.h * s.w * s.c;
+            self.zero_bytes(sums, s.n * 8);
+            let cfg = self.loss_grid(per, s.n);
+            launch!(self, "mse_h16", cfg, self.hptr(pred), self.ptr(target), per as i64, scale, self.hptr(d), sums);
+            return;
+        }
         if pred.is_half() || target.is_half() || d.is_half() {
             let (pw, tw, mut dw) = (self.widened(pred), self.widened(target), self.f32_out(d));
             let d32 = dw.as_mut().unwrap_or(&mut *d);
@@ -674,6 +681,21 @@ impl Cuda {
 }
 
 impl Cuda {
+    /// dγ, dβ of the half instance norm from the per-(image, channel) sums at s0, s1.
+    pub(super) fn hin_param_grads(&self, s0: u64, s1: u64, images: usize, half: usize, dg: &mut DBuf, db: &mut DBuf) {
+        launch!(
+            self,
+            "hin_param_grads_f32",
+            cfg1(half.div_ceil(THREADS as usize), THREADS),
+            s0,
+            s1,
+            images as i32,
+            half as i32,
+            self.ptr(dg),
+            self.ptr(db)
+        );
+    }
+
     /// A two-operand element-wise kernel (`names`: its f32 and f16 forms) over `a` and `b` (b
     /// written; read first where `b_in`): the f16 form where both are f16, the f32 one on f32
     /// copies where the kinds differ.
@@ -818,6 +840,9 @@ impl Backend for Cuda {
 
     fn alloc(&self, len: usize) -> DBuf {
         self.alloc_as(len, self.half_acts.load(Ordering::Relaxed))
+    }
+    fn alloc_f32(&self, len: usize) -> DBuf {
+        self.alloc_as(len, false)
     }
     fn zeros(&self, len: usize) -> DBuf {
         let b = self.alloc(len);
@@ -1045,6 +1070,10 @@ impl Backend for Cuda {
         db: &mut DBuf,
     ) {
         if x.is_half() || dy.is_half() || dx.as_ref().is_some_and(|d| d.is_half()) {
+            let mut dx = dx;
+            if self.up2_backward_h16(x, xs, cout, w, dy, dx.as_deref_mut(), dw, db) {
+                return;
+            }
             let (xw, dyw) = (self.widened(x), self.widened(dy));
             let (x32, dy32) = (xw.as_ref().unwrap_or(x), dyw.as_ref().unwrap_or(dy));
             match dx {
@@ -1145,6 +1174,9 @@ impl Backend for Cuda {
         dgamma: &mut DBuf,
         dbeta: &mut DBuf,
     ) {
+        if x.is_half() && dy.is_half() && dx.is_half() && !stats.is_half() {
+            return self.hin_backward_h16(x, s, gamma, stats, dy, dx, dgamma, dbeta);
+        }
         if x.is_half() || stats.is_half() || dy.is_half() || dx.is_half() {
             let (xw, sw, dyw, mut dxw) = (self.widened(x), self.widened(stats), self.widened(dy), self.f32_out(dx));
             let dx32 = dxw.as_mut().unwrap_or(&mut *dx);
@@ -1178,17 +1210,7 @@ impl Backend for Cuda {
             self.ptr(dx)
         );
         if half > 0 {
-            launch!(
-                self,
-                "hin_param_grads_f32",
-                cfg1(half.div_ceil(THREADS as usize), THREADS),
-                s0,
-                s1,
-                s.n as i32,
-                half as i32,
-                self.ptr(dgamma),
-                self.ptr(dbeta)
-            );
+            self.hin_param_grads(s0, s1, s.n, half, dgamma, dbeta);
         }
     }
     fn concat_channels(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize, out: &mut DBuf) {

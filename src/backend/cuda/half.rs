@@ -108,10 +108,27 @@ impl Cuda {
         epi: Epilogue<DBuf>,
         y: &mut DBuf,
     ) {
+        let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
+        self.conv2d_h16_packed(x, xs, spec, &wh, np, bias, epi, y);
+        self.release(wh);
+    }
+
+    /// The f16 forward GEMM on weights packed already ([K][np] f16).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_h16_packed(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        wh: &DBuf,
+        np: usize,
+        bias: Option<&DBuf>,
+        epi: Epilogue<DBuf>,
+        y: &mut DBuf,
+    ) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let pixels = xs.n * oh * ow;
         within_fast_div(pixels);
-        let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let res = epi.residual.map_or(0, |r| self.hptr(r));
         let (kernel, tile) = if spec.cout <= 32 { ("conv2d_fwd_h16n", NARROW) } else { ("conv2d_fwd_h16", TILE) };
@@ -120,7 +137,7 @@ impl Cuda {
             kernel,
             tiled_grid(pixels, spec.cout, 1, tile),
             self.hptr(x),
-            self.hptr(&wh),
+            self.hptr(wh),
             np as i32,
             self.optr(bias),
             res,
@@ -135,8 +152,80 @@ impl Cuda {
             st,
             pd
         );
-        self.release(wh);
         self.profile_flop(conv_flop(pixels, spec));
+    }
+
+    /// A data gradient's weights packed [tap][co][ci] f16 (rows np = cin rounded up to 8) from
+    /// f32 weights whose element (tap, ci, co) sits at tap·tap_stride + ci·ci_stride + co.
+    fn packed_weights_t(
+        &self,
+        w: &DBuf,
+        taps: usize,
+        cin: usize,
+        cout: usize,
+        strides: (usize, usize),
+    ) -> (DBuf, usize) {
+        assert_eq!(self.len(w), taps * cin * cout, "weights of another shape");
+        let np = cin.next_multiple_of(8);
+        let wt = self.alloc_as(taps * cout * np, true);
+        launch!(
+            self,
+            "pack_weights_t_h16",
+            cfg_elems(taps * cout * np),
+            self.ptr(w),
+            taps as i32,
+            cin as i32,
+            cout as i32,
+            strides.0 as i64,
+            strides.1 as i64,
+            np as i32,
+            self.hptr(&wt)
+        );
+        (wt, np)
+    }
+
+    /// `Backend::conv_transpose2_backward` on f16 x, dY (and dX): false where the f16 kernels do
+    /// not take it (then nothing ran). The 2 × 2 / 2 transposed convolution's data gradient is
+    /// the forward convolution of dY (2h × 2w, cout channels; k 2, stride 2) into cin channels,
+    /// and its weight gradient that convolution's weight gradient with X in dY's place.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn up2_backward_h16(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        cout: usize,
+        w: &DBuf,
+        dy: &DBuf,
+        dx: Option<&mut DBuf>,
+        dw: &mut DBuf,
+        db: &mut DBuf,
+    ) -> bool {
+        let takes = x.is_half() && dy.is_half() && dx.as_ref().is_none_or(|d| d.is_half());
+        if !takes || cout % K_STEP != 0 || xs.c % 8 != 0 {
+            return false;
+        }
+        let spec = ConvSpec { cin: cout, cout: xs.c, k: 2, stride: 2, pad: 0 };
+        let ys = Shape { n: xs.n, h: 2 * xs.h, w: 2 * xs.w, c: cout };
+        if let Some(dx) = dx {
+            let (wt, np) = self.packed_weights_t(w, 4, xs.c, cout, (cout, 4 * cout));
+            self.conv2d_h16_packed(dy, ys, &spec, &wt, np, None, Epilogue::NONE, dx);
+            self.release(wt);
+        }
+        // [(tap, co)][ci], then into the weights' [ci][tap][co]
+        let mut t = self.alloc_as(self.len(dw), false);
+        self.conv_dw_h16(dy, ys, &spec, x, &mut t, None);
+        launch!(
+            self,
+            "up2_dw_unpack_f32",
+            cfg_elems(self.len(dw)),
+            self.ptr(&t),
+            xs.c as i32,
+            cout as i32,
+            self.ptr(dw)
+        );
+        self.release(t);
+        self.colsum_of("colsum_h16", self.hptr(dy), ys.n * ys.h * ys.w, cout, self.ptr(db));
+        true
     }
 
     /// The image's layer (f32 x, few channels) into f16 y on the direct kernel
@@ -187,9 +276,10 @@ impl Cuda {
         true
     }
 
-    /// `Backend::conv2d_backward` where any of x, dY, dX is f16: the data gradient of a stride-1
-    /// layer reading a multiple of 32 channels of dY, and the weight gradient where both
-    /// channel counts divide by 8, on f16 directly; the others on f32 copies.
+    /// `Backend::conv2d_backward` where any of x, dY, dX is f16: the data gradient of a layer
+    /// reading a multiple of 32 channels of dY whose kernel its stride divides (stride 1, or by
+    /// phases), and the weight gradient where both channel counts divide by 8, on f16 directly;
+    /// the others on f32 copies.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn conv2d_backward_h16(
         &self,
@@ -206,7 +296,7 @@ impl Cuda {
         if let Some(dx) = dx {
             let native = dy.is_half()
                 && dx.is_half()
-                && spec.stride == 1
+                && spec.k % spec.stride == 0
                 && spec.cout % K_STEP == 0
                 && (!dxe.leaky || x.is_half());
             if native {
@@ -247,28 +337,26 @@ impl Cuda {
         let pixels = xs.n * xs.h * xs.w;
         within_fast_div(pixels);
         let taps = spec.k * spec.k;
-        assert_eq!(self.len(w), taps * spec.cin * spec.cout, "weights of another shape");
-        let np = spec.cin.next_multiple_of(8);
-        let wt = self.alloc_as(taps * spec.cout * np, true);
-        launch!(
-            self,
-            "pack_weights_t_h16",
-            cfg_elems(taps * spec.cout * np),
-            self.ptr(w),
-            taps as i32,
-            spec.cin as i32,
-            spec.cout as i32,
-            np as i32,
-            self.hptr(&wt)
-        );
-        let (kernel, tile) =
-            if spec.cin <= 32 { ("conv2d_bwd_data_h16n", NARROW) } else { ("conv2d_bwd_data_h16", TILE) };
+        let (wt, np) = self.packed_weights_t(w, taps, spec.cin, spec.cout, (spec.cin * spec.cout, spec.cout));
+        let narrow = spec.cin <= 32;
+        let tile = if narrow { NARROW } else { TILE };
+        // strided layers by phases (their kernel divides by the stride): one grid layer each
+        let s = spec.stride;
+        let (kernel, grid) = match (s > 1, narrow) {
+            (false, true) => ("conv2d_bwd_data_h16n", tiled_grid(pixels, spec.cin, 1, tile)),
+            (false, false) => ("conv2d_bwd_data_h16", tiled_grid(pixels, spec.cin, 1, tile)),
+            (true, n) => {
+                let rows = xs.n * xs.h.div_ceil(s) * xs.w.div_ceil(s);
+                let name = if n { "conv2d_bwd_data_phased_h16n" } else { "conv2d_bwd_data_phased_h16" };
+                (name, tiled_grid(rows, spec.cin, s * s, tile))
+            }
+        };
         let xin = if dxe.leaky { self.hptr(x) } else { 0 };
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         launch!(
             self,
             kernel,
-            tiled_grid(pixels, spec.cin, 1, tile),
+            grid,
             self.hptr(dy),
             self.hptr(&wt),
             np as i32,
@@ -404,6 +492,47 @@ impl Cuda {
         );
         if stats.is_half() {
             launch!(self, "f32_to_h16", cfg_elems(2 * at), st, self.hptr(stats), (2 * at) as i64);
+        }
+    }
+
+    /// `Backend::hin_backward` on f16 x, dY and dX (statistics and parameter gradients f32).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn hin_backward_h16(
+        &self,
+        x: &DBuf,
+        s: Shape,
+        gamma: &DBuf,
+        stats: &DBuf,
+        dy: &DBuf,
+        dx: &mut DBuf,
+        dgamma: &mut DBuf,
+        dbeta: &mut DBuf,
+    ) {
+        let half = s.c / 2;
+        let at = s.n * half;
+        let s0 = self.scratch(&self.f64s, (2 * at).max(1));
+        let s1 = s0 + (at * 8) as u64;
+        let (xp, st, dyp) = (self.hptr(x), self.ptr(stats), self.hptr(dy));
+        if half > 0 {
+            self.pixel_sums_of("pixel_sums_f64_h16", xp, dyp, st, st + (at * 4) as u64, 2, s, half, s0, s1);
+        }
+        launch!(
+            self,
+            "hin_backward_h16",
+            cfg_elems(s.len()),
+            xp,
+            st,
+            self.ptr(gamma),
+            dyp,
+            s0,
+            s1,
+            s.n as i64,
+            (s.h * s.w) as i64,
+            s.c as i32,
+            self.hptr(dx)
+        );
+        if half > 0 {
+            self.hin_param_grads(s0, s1, s.n, half, dgamma, dbeta);
         }
     }
 
