@@ -1389,6 +1389,7 @@ fn f16_storage_gradients_match_the_cpu() {
         (Shape { n: 1, h: 16, w: 17, c: 64 }, spec(64, 32, 3, 1, 1), DxEpilogue::NONE),
         (Shape { n: 2, h: 9, w: 13, c: 32 }, spec(32, 32, 1, 1, 0), DxEpilogue::ACCUMULATE),
         (Shape { n: 1, h: 16, w: 18, c: 32 }, spec(32, 32, 4, 2, 1), DxEpilogue::ACCUMULATE),
+        (Shape { n: 2, h: 15, w: 13, c: 64 }, spec(64, 64, 4, 2, 1), both),
         (Shape { n: 1, h: 12, w: 10, c: 32 }, spec(32, 20, 3, 1, 1), DxEpilogue::LEAKY),
         (Shape { n: 2, h: 15, w: 14, c: 3 }, spec(3, 32, 3, 1, 1), DxEpilogue::NONE),
     ];
