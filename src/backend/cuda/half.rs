@@ -1,10 +1,12 @@
-//! f16 activation storage (inference; `Backend::half_activations`): the layers run on f16
-//! directly — convolutions and the transposed convolution whose input channels divide by 32,
-//! the channel concatenation (kernels/conv_h16.cu), the half instance norm (kernels/norm.cu
-//! `*_h16`) — and, for every other layer an f16 buffer reaches (the image's 3 channels, the VD
-//! prior, a rank not divisible by 32), f32 copies around the f32 kernel. The weights stay f32 parameters; each layer packs an f16
-//! copy of its own when it runs (a few MB per forward pass against hundreds of MB of
-//! activations).
+//! f16 activation storage (`Backend::half_activations`: inference with SPAHDMAP_GPU_HALF=1,
+//! pre-training too with `train`). Layers run on f16 directly where a kernel takes them —
+//! convolutions reading a multiple of 32 channels, forward and both gradients (the 4 × 4 / 2
+//! data gradient by phases), the transposed convolution and its gradients (kernels/conv_h16.cu),
+//! the image's layer into f16, the half instance norm, the MSE, the VD prior on f16 logits and
+//! the element-wise kernels — and on f32 copies around the f32 kernel everywhere else an f16
+//! buffer reaches (the 3-channel output block, the low-rank head's rank-20 input). The
+//! weights stay f32 parameters; each layer packs an f16 copy of its own when it runs (a few MB
+//! per pass against hundreds of MB of activations); statistics and parameter gradients are f32.
 
 use std::sync::atomic::Ordering;
 
