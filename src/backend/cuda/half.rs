@@ -22,9 +22,14 @@ const K_STEP: usize = 32;
 /// `SPAHDMAP_GPU_HALF=1` (or `on`, `true`) lets inference keep activations in f16, `train` (or
 /// `all`) pre-training too; off by default until a card has measured it. (inference, training)
 pub(super) fn half_from_env() -> (bool, bool) {
-    match std::env::var("SPAHDMAP_GPU_HALF").as_deref().map(str::trim) {
-        Ok("1" | "on" | "true") => (true, false),
-        Ok("train" | "all") => (true, true),
+    half_setting(std::env::var("SPAHDMAP_GPU_HALF").ok().as_deref())
+}
+
+/// What a value of SPAHDMAP_GPU_HALF asks for: (inference, training) on f16 storage.
+fn half_setting(v: Option<&str>) -> (bool, bool) {
+    match v.map(str::trim) {
+        Some("1" | "on" | "true") => (true, false),
+        Some("train" | "all") => (true, true),
         _ => (false, false),
     }
 }
@@ -552,5 +557,24 @@ impl Cuda {
             self.hptr(out),
             px as i64
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::half_setting;
+
+    #[test]
+    fn the_environment_turns_f16_storage_on_for_inference_or_for_training_too() {
+        assert_eq!(half_setting(None), (false, false));
+        for v in ["1", "on", "true", " 1 "] {
+            assert_eq!(half_setting(Some(v)), (true, false), "{v:?}");
+        }
+        for v in ["train", "all"] {
+            assert_eq!(half_setting(Some(v)), (true, true), "{v:?}");
+        }
+        for v in ["0", "off", "", "yes", "TRAIN"] {
+            assert_eq!(half_setting(Some(v)), (false, false), "{v:?}");
+        }
     }
 }
