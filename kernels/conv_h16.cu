@@ -148,6 +148,57 @@ struct DxOutH {
     }
 };
 
+// The pipelined main loop of both GEMMs: `steps` K steps, each copied by copy_step(slot) into
+// one of STAGES slots of As and Bs as one cp.async group, then consumed by this warp's MMAs into
+// acc (2 × JN tiles of 16 × 8 at columns wn..): A's fragments by a_frags(A tile, kk, a), B's from
+// its [k][n] rows, transposed. Every copy has landed when it returns.
+template <int TBN, int ASZ, class Copy, class AFrags>
+DEV void mainloop(const uint16_t (&As)[STAGES][ASZ], const uint16_t (&Bs)[STAGES][BK * TBN], int steps,
+                  Copy& copy_step, AFrags a_frags, int wn, float (&acc)[2][TBN / 16][4]) {
+    constexpr int BCH = TBN / 8, JN = TBN / 16;
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < JN; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) copy_step(s);
+        cp_commit();
+    }
+    for (int s = 0; s < steps; ++s) {
+        // step s has landed (at most STAGES − 2 later groups in flight) for every thread, and
+        // every warp is done with step s − 1, whose slot takes step s + STAGES − 1
+        cp_wait<STAGES - 2>();
+        __syncthreads();
+        if (s + STAGES - 1 < steps) copy_step((s + STAGES - 1) % STAGES);
+        cp_commit();
+        const uint16_t* as = As[s % STAGES];
+        const uint16_t* bs = Bs[s % STAGES];
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            uint32_t a[2][4], b[JN][2];
+            a_frags(as, kk, a);
+            // B 16 × 16 ([k][n] rows, transposed): k rows 0–7, 8–15 at n chunk j, then j + 1:
+            // b0, b1 of two 8-column MMA tiles
+#pragma unroll
+            for (int j = 0; j < JN / 2; ++j) {
+                const int k = kk + lane % 8 + 8 * ((lane / 8) & 1);
+                uint32_t r[4];
+                ldsm_x4_t(r, bs + swizzled<BCH>(k, (wn + 16 * j) / 8 + lane / 16));
+                b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < JN; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
+        }
+    }
+    cp_wait<0>();
+}
+
 // What the GEMM gathers: the forward pass's windows of x, the data gradient's windows of dY for
 // a stride-1 layer (a tap's row of dY starts (ky·ow + kx)·cout before the pixel's window base:
 // conv_ops.cuh grad_pixel), or those of one phase of a strided layer whose kernel the stride
@@ -211,53 +262,13 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
 
     const int wm = (warp % 4) * 32, wn = (warp / 4) * (TBN / 2);
     float acc[2][JN][4];
+    // A 16 × 16: lanes 0–15 address rows 0–15 at k chunk kk/8, lanes 16–31 the next chunk:
+    // registers a0..a3 = (rows 0–7, 8–15) × (k 0–7, 8–15), mma's A fragment
+    auto a_frags = [&](const uint16_t* as, int kk, uint32_t (&a)[2][4]) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < JN; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < steps) copy_step(s);
-        cp_commit();
-    }
-    for (int s = 0; s < steps; ++s) {
-        // step s has landed (at most STAGES − 2 later groups in flight) for every thread, and
-        // every warp is done with step s − 1, whose slot takes step s + STAGES − 1
-        cp_wait<STAGES - 2>();
-        __syncthreads();
-        if (s + STAGES - 1 < steps) copy_step((s + STAGES - 1) % STAGES);
-        cp_commit();
-        const uint16_t* as = As[s % STAGES];
-        const uint16_t* bs = Bs[s % STAGES];
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            uint32_t a[2][4], b[JN][2];
-            // A 16 × 16: lanes 0–15 address rows 0–15 at k chunk kk/8, lanes 16–31 the next
-            // chunk: registers a0..a3 = (rows 0–7, 8–15) × (k 0–7, 8–15), mma's A fragment
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int r = wm + 16 * i + lane % 16;
-                ldsm_x4(a[i], as + a_at(r, kk / 8 + lane / 16));
-            }
-            // B 16 × 16 ([k][n] rows, transposed): k rows 0–7, 8–15 at n chunk j, then j + 1:
-            // b0, b1 of two 8-column MMA tiles
-#pragma unroll
-            for (int j = 0; j < JN / 2; ++j) {
-                const int k = kk + lane % 8 + 8 * ((lane / 8) & 1);
-                uint32_t r[4];
-                ldsm_x4_t(r, bs + swizzled<BCH>(k, (wn + 16 * j) / 8 + lane / 16));
-                b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < JN; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
-        }
-    }
-    cp_wait<0>();
+        for (int i = 0; i < 2; ++i) ldsm_x4(a[i], as + a_at(wm + 16 * i + lane % 16, kk / 8 + lane / 16));
+    };
+    mainloop<TBN>(As, Bs, steps, copy_step, a_frags, wn, acc);
 
     // C fragments: c0, c1 at (row g, columns 2t, 2t + 1), c2, c3 at row g + 8
     const int gq = lane / 4, tq = lane % 4;
@@ -316,49 +327,15 @@ DEV void gemm_dw(const uint16_t* x, const uint16_t* dy, float* dw, const conv::G
 
     const int wm = (warp % 4) * 32, wn = (warp / 4) * (TBN / 2);
     float acc[2][JN][4];
+    // A 16 × 16 from [k][m] rows, transposed: matrices (m 0–7, k 0–7), (m 8–15, k 0–7),
+    // (m 0–7, k 8–15), (m 8–15, k 8–15) — lane l addresses k row l % 8 (+ 8 for the last two)
+    // at m chunk + (l / 8) % 2: registers a0..a3, mma's A fragment
+    auto a_frags = [&](const uint16_t* as, int kk, uint32_t (&a)[2][4]) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < JN; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < steps) copy_step(s);
-        cp_commit();
-    }
-    for (int s = 0; s < steps; ++s) {
-        cp_wait<STAGES - 2>();
-        __syncthreads();
-        if (s + STAGES - 1 < steps) copy_step((s + STAGES - 1) % STAGES);
-        cp_commit();
-        const uint16_t* as = As[s % STAGES];
-        const uint16_t* bs = Bs[s % STAGES];
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            uint32_t a[2][4], b[JN][2];
-            // A 16 × 16 from [k][m] rows, transposed: matrices (m 0–7, k 0–7), (m 8–15, k 0–7),
-            // (m 0–7, k 8–15), (m 8–15, k 8–15) — lane l addresses k row l % 8 (+ 8 for the
-            // last two) at m chunk + (l / 8) % 2: registers a0..a3, mma's A fragment
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int k = kk + lane % 8 + 8 * (lane / 16);
-                ldsm_x4_t(a[i], as + swizzled<ACH>(k, (wm + 16 * i) / 8 + (lane / 8) % 2));
-            }
-#pragma unroll
-            for (int j = 0; j < JN / 2; ++j) {
-                const int k = kk + lane % 8 + 8 * ((lane / 8) & 1);
-                uint32_t r[4];
-                ldsm_x4_t(r, bs + swizzled<BCH>(k, (wn + 16 * j) / 8 + lane / 16));
-                b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < JN; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
-        }
-    }
-    cp_wait<0>();
+        for (int i = 0; i < 2; ++i)
+            ldsm_x4_t(a[i], as + swizzled<ACH>(kk + lane % 8 + 8 * (lane / 16), (wm + 16 * i) / 8 + (lane / 8) % 2));
+    };
+    mainloop<TBN>(As, Bs, steps, copy_step, a_frags, wn, acc);
     const int gq = lane / 4, tq = lane % 4;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
@@ -478,23 +455,6 @@ extern "C" __global__ void up2_dw_unpack_f32(const float* t, int cin, int cout, 
     }
 }
 
-// column sums of an f16 matrix into f32 (the bias gradient from f16 dY); out zeroed first;
-// block (32, 8), grid (⌈cols / 32⌉, ⌈rows / chunk⌉)
-extern "C" __global__ void colsum_h16(const uint16_t* x, int64_t rows, int cols, int64_t chunk, float* out) {
-    __shared__ float part[8][33];
-    const int c = blockIdx.x * 32 + threadIdx.x;
-    const int64_t r0 = (int64_t)blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
-    float s = 0.0f;
-    if (c < cols)
-        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) s += h16::h2f(x[r * cols + c]);
-    part[threadIdx.y][threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < cols) {
-        for (int i = 1; i < 8; ++i) s += part[i][threadIdx.x];
-        atomicAdd(&out[c], s);
-    }
-}
-
 // grid (⌈pixels / 128⌉, ⌈4·cout / 64⌉)
 extern "C" __global__ void __launch_bounds__(256) up2_fwd_h16(const uint16_t* x, const uint16_t* wt, int np,
                                                               const float* bias, uint16_t* y, int n, int h, int w,
@@ -520,13 +480,4 @@ extern "C" __global__ void h16_to_f32(const uint16_t* x, float* y, int64_t n) {
     H16_LOOP(i, n) y[i] = h16::h2f(x[i]);
 }
 
-// out = [a | b] along channels, px pixels, f16 (16-bit moves)
-extern "C" __global__ void concat_channels_h16(const uint16_t* a, int ca, const uint16_t* b, int cb, uint16_t* out,
-                                               int64_t px) {
-    const int64_t c = ca + cb;
-    H16_LOOP(i, px * c) {
-        const int64_t p = i / c, k = i % c;
-        out[i] = k < ca ? a[p * ca + k] : b[p * cb + (k - ca)];
-    }
-}
 #endif

@@ -70,13 +70,16 @@ extern "C" __global__ void prior_sigmoid_h16(const uint16_t* l, const float* vd,
 }
 
 // out = [a | b] along channels, px pixels
-extern "C" __global__ void concat_channels_f32(const float* a, int ca, const float* b, int cb, float* out, int64_t px) {
+template <class T>
+__device__ void concat_channels(const T* a, int ca, const T* b, int cb, T* out, int64_t px) {
     int64_t c = ca + cb;
     GRID_STRIDE(i, px * c) {
         int64_t p = i / c, k = i % c;
         out[i] = k < ca ? a[p * ca + k] : b[p * cb + (k - ca)];
     }
 }
+#define CONCAT_PARAMS(T) const T *a, int ca, const T *b, int cb, T *out, int64_t px
+F32_AND_H16(concat_channels, CONCAT_PARAMS, (a, ca, b, cb, out, px))
 
 // the inverse of concat_channels
 template <class T>

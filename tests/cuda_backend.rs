@@ -549,7 +549,7 @@ fn fifty_tensor_core_pretraining_iterations_follow_the_cpu_curve() {
     let (mut mean, mut mean_control) = (0f64, 0f64);
     // f16 operands (SPAHDMAP_GPU_CONV=f16w) or f16 activations (SPAHDMAP_GPU_HALF=train) train
     // behind a loss scaler, as the pipeline runs them
-    let mut scaler = (g.half_operands() || g.half_training()).then(spahdmap::optim::LossScaler::default);
+    let mut scaler = g.scales_loss().then(spahdmap::optim::LossScaler::default);
     let mut skipped = 0;
     let lrs = vec![4e-4; all.len()];
     for step in 0..50 {

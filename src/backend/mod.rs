@@ -511,6 +511,11 @@ pub trait Backend: Sync {
     fn half_operands(&self) -> bool {
         false
     }
+    /// Whether training wants a loss scale: half-precision operands or activations, whose small
+    /// gradients would underflow unscaled.
+    fn scales_loss(&self) -> bool {
+        self.half_operands() || self.half_training()
+    }
 
     // --- recorded work (`graphs::Replayed`) ----------------------------------------------
     /// Whether `capture` records work (CUDA with `SPAHDMAP_GPU_GRAPHS=1`).

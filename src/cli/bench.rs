@@ -241,7 +241,7 @@ fn unet_bench<B: crate::backend::Backend>(
     let mut opt = Adam::with(AdamConfig::default(), &sizes, |n| b.zeros(n));
     let (mut tf, mut tb, mut ta) = (Vec::new(), Vec::new(), Vec::new());
     // half-precision operands train behind a loss scaler (its unscale pass is timed with Adam)
-    let mut scaler = (b.half_operands() || b.half_training()).then(crate::optim::LossScaler::default);
+    let mut scaler = b.scales_loss().then(crate::optim::LossScaler::default);
     if b.graphs() {
         return recorded_pretrain_bench(b, &net, &mut p, &mut opt, scaler, is, repeat);
     }

@@ -372,10 +372,10 @@ pub fn pretrain_on<B: Backend>(
     let mut opt = Adam::with(AdamConfig { weight_decay: s.weight_decay, ..Default::default() }, &sizes, |n| b.zeros(n));
     let models = out.join("models");
     let partial = models.join("pretrain.partial.safetensors");
-    // half-precision operands want a loss scale (autocast + GradScaler's 2^16 to start)
+    // half-precision operands or activations want a loss scale (autocast + GradScaler's 2^16 to start)
     let scaler = s
         .loss_scale
-        .or((b.half_operands() || b.half_training()).then_some(LossScaler::default().scale))
+        .or(b.scales_loss().then_some(LossScaler::default().scale))
         .map(|scale| LossScaler { scale, ..Default::default() });
     let mut pr = Progress { last_loss: 1000.0, scaler, ..Default::default() };
     let mut resumed_from = None;

@@ -632,6 +632,17 @@ pub(super) fn tiled_grid(m: usize, n: usize, z: usize, (bm, bn): (usize, usize))
     }
 }
 
+/// What a kernel with an f32 and an f16 form (`forms`: f32 first) takes for buffers stored as
+/// `half`, with the address function that checks that kind (`Cuda::ptr` or `Cuda::hptr`).
+fn by_kind<T>(half: bool, forms: [T; 2]) -> (T, fn(&Cuda, &DBuf) -> u64) {
+    let [f32_form, h16_form] = forms;
+    if half {
+        (h16_form, Cuda::hptr)
+    } else {
+        (f32_form, Cuda::ptr)
+    }
+}
+
 /// `SPAHDMAP_GPU_GRAPHS=1` (or `on`, `true`) records training steps and inference batches as
 /// CUDA graphs; off by default until a card has measured it.
 fn graphs_from_env() -> bool {
@@ -681,29 +692,16 @@ impl Cuda {
 }
 
 impl Cuda {
-    /// dγ, dβ of the half instance norm from the per-(image, channel) sums at s0, s1.
-    pub(super) fn hin_param_grads(&self, s0: u64, s1: u64, images: usize, half: usize, dg: &mut DBuf, db: &mut DBuf) {
-        launch!(
-            self,
-            "hin_param_grads_f32",
-            cfg1(half.div_ceil(THREADS as usize), THREADS),
-            s0,
-            s1,
-            images as i32,
-            half as i32,
-            self.ptr(dg),
-            self.ptr(db)
-        );
-    }
-
     /// A two-operand element-wise kernel (`names`: its f32 and f16 forms) over `a` and `b` (b
     /// written; read first where `b_in`): the f16 form where both are f16, the f32 one on f32
     /// copies where the kinds differ.
     fn elementwise2(&self, names: [&'static str; 2], a: &DBuf, b: &mut DBuf, b_in: bool) {
         assert_eq!(a.len, b.len, "element-wise operands of different lengths");
         match (a.half, b.half) {
-            (false, false) => launch!(self, names[0], cfg_elems(a.len), self.ptr(a), self.ptr(b), a.len as i64),
-            (true, true) => launch!(self, names[1], cfg_elems(a.len), self.hptr(a), self.hptr(b), a.len as i64),
+            (k, l) if k == l => {
+                let (kernel, at_of) = by_kind(k, names);
+                launch!(self, kernel, cfg_elems(a.len), at_of(self, a), at_of(self, b), a.len as i64);
+            }
             _ => {
                 let aw = self.widened(a);
                 let mut bw = if b_in { self.widened(b) } else { self.f32_out(b) };
@@ -1112,10 +1110,9 @@ impl Backend for Cuda {
         self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
     }
     fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {
-        if x.is_half() && y.is_half() {
-            return self.hin_forward_h16(x, s, gamma, beta, leaky, y, stats);
-        }
-        if x.is_half() || y.is_half() || stats.is_half() {
+        // x and y of one kind (f32 or f16, statistics either); otherwise on f32 copies
+        let kind = x.is_half();
+        if y.is_half() != kind || (stats.is_half() && !kind) {
             let (xw, mut yw, mut sw) = (self.widened(x), self.f32_out(y), self.f32_out(stats));
             let (y32, s32) = (yw.as_mut().unwrap_or(&mut *y), sw.as_mut().unwrap_or(&mut *stats));
             self.hin_forward(xw.as_ref().unwrap_or(x), s, gamma, beta, leaky, y32, s32);
@@ -1123,34 +1120,31 @@ impl Backend for Cuda {
             self.narrowed(sw, stats);
             return self.release_all([xw]);
         }
+        let (names, at_of) = by_kind(
+            kind,
+            [
+                ["pixel_sums_f64", "finish_moments_f32", "hin_apply_f32"],
+                ["pixel_sums_f64_h16", "finish_moments_h16", "hin_apply_h16"],
+            ],
+        );
         let half = s.c / 2;
         let at = s.n * half;
         let hw = s.h * s.w;
-        let (xp, st) = (self.ptr(x), self.ptr(stats));
+        assert_eq!(stats.len, 2 * at, "statistics of another shape");
+        // statistics are computed in f32 (f16 ones narrowed from scratch after)
+        let st = if stats.is_half() { self.scratch(&self.f32s, 2 * at) } else { self.ptr(stats) };
+        let xp = at_of(self, x);
         let rstd = st + (at * 4) as u64;
         if half > 0 {
             // mean and variance in one pass over x (shifted sums: mode 3)
             let s0 = self.scratch(&self.f64s, 2 * at);
             let s1 = s0 + (at * 8) as u64;
-            self.pixel_sums(xp, 0, 0, 0, 3, s, half, s0, s1);
-            launch!(
-                self,
-                "finish_moments_f32",
-                cfg_elems(at),
-                s0,
-                s1,
-                xp,
-                at as i64,
-                half as i32,
-                hw as i64,
-                s.c as i32,
-                st,
-                rstd
-            );
+            self.pixel_sums_of(names[0], xp, 0, 0, 0, 3, s, half, s0, s1);
+            launch!(self, names[1], cfg_elems(at), s0, s1, xp, at as i64, half as i32, hw as i64, s.c as i32, st, rstd);
         }
         launch!(
             self,
-            "hin_apply_f32",
+            names[2],
             cfg_elems(s.len()),
             xp,
             st,
@@ -1160,8 +1154,11 @@ impl Backend for Cuda {
             s.n as i64,
             hw as i64,
             s.c as i32,
-            self.ptr(y)
+            at_of(self, y)
         );
+        if stats.is_half() {
+            launch!(self, "f32_to_h16", cfg_elems(2 * at), st, self.hptr(stats), (2 * at) as i64);
+        }
     }
     fn hin_backward(
         &self,
@@ -1174,10 +1171,9 @@ impl Backend for Cuda {
         dgamma: &mut DBuf,
         dbeta: &mut DBuf,
     ) {
-        if x.is_half() && dy.is_half() && dx.is_half() && !stats.is_half() {
-            return self.hin_backward_h16(x, s, gamma, stats, dy, dx, dgamma, dbeta);
-        }
-        if x.is_half() || stats.is_half() || dy.is_half() || dx.is_half() {
+        // x, dy and dx of one kind (f32 or f16), statistics f32; otherwise on f32 copies
+        let kind = x.is_half();
+        if dy.is_half() != kind || dx.is_half() != kind || stats.is_half() {
             let (xw, sw, dyw, mut dxw) = (self.widened(x), self.widened(stats), self.widened(dy), self.f32_out(dx));
             let dx32 = dxw.as_mut().unwrap_or(&mut *dx);
             let (x32, s32, dy32) = (xw.as_ref().unwrap_or(x), sw.as_ref().unwrap_or(stats), dyw.as_ref().unwrap_or(dy));
@@ -1185,18 +1181,20 @@ impl Backend for Cuda {
             self.narrowed(dxw, dx);
             return self.release_all([xw, sw, dyw]);
         }
+        let (names, at_of) =
+            by_kind(kind, [["pixel_sums_f64", "hin_backward_f32"], ["pixel_sums_f64_h16", "hin_backward_h16"]]);
         let half = s.c / 2;
         let at = s.n * half;
         let hw = s.h * s.w;
         let s0 = self.scratch(&self.f64s, (2 * at).max(1));
         let s1 = s0 + (at * 8) as u64;
-        let (xp, st, dyp) = (self.ptr(x), self.ptr(stats), self.ptr(dy));
+        let (xp, st, dyp) = (at_of(self, x), self.ptr(stats), at_of(self, dy));
         if half > 0 {
-            self.pixel_sums(xp, dyp, st, st + (at * 4) as u64, 2, s, half, s0, s1);
+            self.pixel_sums_of(names[0], xp, dyp, st, st + (at * 4) as u64, 2, s, half, s0, s1);
         }
         launch!(
             self,
-            "hin_backward_f32",
+            names[1],
             cfg_elems(s.len()),
             xp,
             st,
@@ -1207,17 +1205,25 @@ impl Backend for Cuda {
             s.n as i64,
             hw as i64,
             s.c as i32,
-            self.ptr(dx)
+            at_of(self, dx)
         );
         if half > 0 {
-            self.hin_param_grads(s0, s1, s.n, half, dgamma, dbeta);
+            launch!(
+                self,
+                "hin_param_grads_f32",
+                cfg1(half.div_ceil(THREADS as usize), THREADS),
+                s0,
+                s1,
+                s.n as i32,
+                half as i32,
+                self.ptr(dgamma),
+                self.ptr(dbeta)
+            );
         }
     }
     fn concat_channels(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize, out: &mut DBuf) {
-        if a.is_half() && b.is_half() && out.is_half() {
-            return self.concat_h16(a, ca, b, cb, out);
-        }
-        if a.is_half() || b.is_half() || out.is_half() {
+        let kind = out.is_half();
+        if a.is_half() != kind || b.is_half() != kind {
             let (aw, bw, mut ow) = (self.widened(a), self.widened(b), self.f32_out(out));
             self.concat_channels(
                 aw.as_ref().unwrap_or(a),
@@ -1230,15 +1236,16 @@ impl Backend for Cuda {
             return self.release_all([aw, bw]);
         }
         let px = out.len / (ca + cb);
+        let (kernel, at_of) = by_kind(kind, ["concat_channels_f32", "concat_channels_h16"]);
         launch!(
             self,
-            "concat_channels_f32",
+            kernel,
             cfg_elems(out.len),
-            self.ptr(a),
+            at_of(self, a),
             ca as i32,
-            self.ptr(b),
+            at_of(self, b),
             cb as i32,
-            self.ptr(out),
+            at_of(self, out),
             px as i64
         );
     }
@@ -1253,8 +1260,7 @@ impl Backend for Cuda {
             return self.release_all([dw]);
         }
         let px = d.len / (ca + cb);
-        let (kernel, ptr): (_, fn(&Cuda, &DBuf) -> u64) =
-            if half { ("split_channels_h16", Cuda::hptr) } else { ("split_channels_f32", Cuda::ptr) };
+        let (kernel, ptr) = by_kind(half, ["split_channels_f32", "split_channels_h16"]);
         launch!(
             self,
             kernel,
