@@ -1490,3 +1490,56 @@ fn half_storage_pretraining_steps_follow_the_cpu() {
     assert_eq!(g.fresh_allocations(), fresh, "allocations after the first step");
     assert!(!g.alloc(8).is_half(), "f16 allocation ends with the step");
 }
+
+/// The f16 forms of the element-wise kernels and the MSE (`*_h16`: add_assign, LeakyReLU's and
+/// the sigmoid's backward, the sigmoid, split_channels, mse_h16) against the CPU on the same
+/// f16-rounded values: the output's rounding to f16 bounds them (2e-3); split moves values
+/// exactly, and the MSE's loss is an f64 sum of exact differences.
+#[test]
+fn f16_storage_elementwise_kernels_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = Cpu::new();
+    let n = 20_011;
+    let (x, y) = (f16_rounded(rnd(n, 190, -2.0, 2.0)), f16_rounded(rnd(n, 191, -2.0, 2.0)));
+    let (xg, yg) = (g.upload_half(&x), g.upload_half(&y));
+    let mut want = y.clone();
+    cpu.add_assign(&mut want, &x);
+    let mut got = g.upload_half(&y);
+    g.add_assign(&mut got, &xg);
+    check("f16 add_assign", &g, &got, &want, 2e-3);
+    let mut want = y.clone();
+    cpu.leaky_relu_backward(&x, &mut want);
+    let mut got = g.upload_half(&y);
+    g.leaky_relu_backward(&xg, &mut got);
+    check("f16 LeakyReLU backward", &g, &got, &want, 2e-3);
+    let mut s = vec![0f32; n];
+    cpu.sigmoid(&x, &mut s);
+    let mut sg = nan_half(&g, n);
+    g.sigmoid(&xg, &mut sg);
+    check("f16 sigmoid", &g, &sg, &s, 2e-3);
+    let s = f16_rounded(s);
+    let mut want = y.clone();
+    cpu.sigmoid_backward(&s, &mut want);
+    let mut got = g.upload_half(&y);
+    g.sigmoid_backward(&g.upload_half(&s), &mut got);
+    check("f16 sigmoid backward", &g, &got, &want, 2e-3);
+    // split along channels (odd counts)
+    let (ca, cb, px) = (3usize, 5usize, 2_001usize);
+    let d = f16_rounded(rnd(px * (ca + cb), 192, -1.0, 1.0));
+    let (mut wa, mut wb) = (vec![0f32; px * ca], vec![0f32; px * cb]);
+    cpu.split_channels(&d, ca, cb, &mut wa, &mut wb);
+    let (mut ga, mut gb) = (nan_half(&g, px * ca), nan_half(&g, px * cb));
+    g.split_channels(&g.upload_half(&d), ca, cb, &mut ga, &mut gb);
+    check("f16 split a", &g, &ga, &wa, 1e-7);
+    check("f16 split b", &g, &gb, &wb, 1e-7);
+    // the MSE on an f16 prediction against the f32 image
+    let is = Shape { n: 2, h: 13, w: 11, c: 3 };
+    let pred = f16_rounded(rnd(is.len(), 193, 0.0, 1.0));
+    let target = rnd(is.len(), 194, 0.0, 1.0);
+    let mut dw = vec![0f32; is.len()];
+    let lw = cpu.mse_per_image(&pred, &target, is, 512.0, &mut dw);
+    let mut dg = nan_half(&g, is.len());
+    let lg = g.mse_per_image(&g.upload_half(&pred), &g.upload(&target), is, 512.0, &mut dg);
+    assert!(((lg - lw) / lw).abs() < 1e-9, "f16 MSE loss {lg} vs {lw}");
+    check("f16 MSE gradient", &g, &dg, &dw, 2e-3);
+}
