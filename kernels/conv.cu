@@ -652,6 +652,7 @@ __device__ void up_bwd_weight(const float* x, const float* dy, float* dw, UP_ARG
 }  // namespace conv
 
 #include "conv_small.cuh"
+#include "conv_few.cuh"
 
 #ifdef __CUDACC__  // the entry points (tests/conv_kernels_emu.cpp calls conv::fwd<MODE> etc. on the host)
 // Each convolution seven times: _f32 (SIMT, the CPU-exact path), _tf32 (tensor cores), _tf32p
@@ -729,6 +730,22 @@ extern "C" __global__ void __launch_bounds__(256)
     conv2d_bwd_data_small1(const float* dy, const float* wt, float* dx, CONV_GEOM_ARGS, const float* xin,
                            int accumulate) {
     conv::small_bwd_data<1>(dy, wt, dx, CONV_GEOM, conv::DxOut{xin, accumulate});
+}
+
+// The few-channel layers' gradients reading f16 (conv_few.cuh): dW of layers with at most
+// 320 (tap, ci) rows and 32 output channels (x f16 or the f32 image; dy f16; f32 for the f32
+// storage), dw zeroed first, 1-D grids; dX of a stride-1 layer from at most 4 channels.
+#define FEW_DW_KERNEL(NAME, X, D)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME(const X* x, const D* dy, float* dw, CONV_GEOM_ARGS) { \
+        conv::few_dw(x, dy, dw, CONV_GEOM);                                                                       \
+    }
+FEW_DW_KERNEL(conv2d_bwd_weight_few_h16, uint16_t, uint16_t)
+FEW_DW_KERNEL(conv2d_bwd_weight_few_img_h16, float, uint16_t)
+FEW_DW_KERNEL(conv2d_bwd_weight_few_f32, float, float)
+extern "C" __global__ void __launch_bounds__(256, 3)
+    conv2d_bwd_data_fewout_h16(const uint16_t* dy, const float* wt, uint16_t* dx, CONV_GEOM_ARGS,
+                               const uint16_t* xin, int accumulate) {
+    conv::few_out_dx(dy, wt, dx, CONV_GEOM, xin, accumulate);
 }
 
 // grid (⌈M / 64⌉, ⌈N / 64⌉, splits); f32 SIMT (the GCN's layers are small and launch-bound)

@@ -8,9 +8,9 @@
 // over. Grids are 1-D and grid-strided; blocks are THREADS (256) threads.
 // Measured on the H200 (batch 32 × 256²): the forward pass 3.8 → 1.95 ms over its four
 // layers; the data gradient of the 3-channel layer 0.07 ms. The data gradient into 32
-// channels (1.04 ms a layer, against 0.6 for the GEMM) and a direct weight gradient (no
-// faster than the GEMM: one thread per output walking a run of pixels waits on its loads)
-// lost, so the host runs those as GEMMs.
+// channels (1.04 ms a layer, against 0.6 for the GEMM) and a direct weight gradient with one
+// thread per output walking a run of pixels (no faster than the GEMM: it waits on its loads)
+// lost; the weight gradient now stages pixels in shared memory instead (conv_few.cuh).
 #pragma once
 #include "half.cuh"
 

@@ -552,6 +552,58 @@ static void half_up_backward_case(int n, int h, int w, int cin, int cout) {
                  dw, dw_want);
 }
 
+// The few-channel gradients on f16 storage (conv_few.cuh) over `nblocks` grid-strided blocks:
+// dW from f16 x (or the f32 image) and f16 dY, against BwdWeight's plain GEMM (exact sums);
+// dX from at most 4 channels with the fused epilogue or without, against BwdData and DxOut
+// rounded to f16 once.
+template <class X, class D>
+static void few_dw_case(int n, int h, int w, int cin, int cout, int k, int s, int p, unsigned nblocks) {
+    const Geom g = geom(n, h, w, cin, cout, k, s, p);
+    const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
+    auto x = small_ints((size_t)n * h * w * cin), dy = small_ints(P * cout);
+    std::vector<X> xs(x.size());
+    std::vector<D> ds(dy.size());
+    for (size_t i = 0; i < x.size(); ++i) xs[i] = sizeof(X) == 2 ? (X)h16::f2h(x[i]) : (X)x[i];
+    for (size_t i = 0; i < dy.size(); ++i) ds[i] = sizeof(D) == 2 ? (D)h16::f2h(dy[i]) : (D)dy[i];
+    std::vector<float> dw(kk * cin * cout, 0.0f), want(kk * cin * cout, 0.0f);
+    launch(nblocks, 1, 1, [&] { few_dw(xs.data(), ds.data(), dw.data(), g); });
+    plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, kk * cin, cout, P);
+    expect_equal(std::string("few-channel weight gradient, x ") + (sizeof(X) == 2 ? "f16" : "f32") + ", dy " +
+                     (sizeof(D) == 2 ? "f16" : "f32") + ", " + std::to_string(cin) + " -> " + std::to_string(cout) +
+                     ", k " + std::to_string(k) + " / " + std::to_string(s) + ", " + std::to_string(nblocks) + " blocks",
+                 dw, want);
+}
+
+static void few_dx_case(int n, int h, int w, int cin, int cout, int k, int p, bool fused, unsigned nblocks) {
+    const Geom g = geom(n, h, w, cin, cout, k, 1, p);
+    const int64_t P = (int64_t)n * g.oh * g.ow, X = (int64_t)n * h * w, kk = (int64_t)k * k;
+    auto dy = small_ints(P * cout), wt = small_ints(kk * cin * cout), x = small_ints(X * cin), old = small_ints(X * cin);
+    const auto dyh = to_half(dy), xh = to_half(x);
+    std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
+    launch(nblocks, 1, 1, [&] { few_out_dx(dyh.data(), wt.data(), dx.data(), g, fused ? xh.data() : nullptr, fused); });
+    std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
+    plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin, kk * cout);
+    round_half(want);
+    expect_equal("few-channel data gradient into f16, " + std::to_string(cin) + " <- " + std::to_string(cout) + ", k " +
+                     std::to_string(k) + (fused ? ", fused epilogue" : "") + ", " + std::to_string(nblocks) + " blocks",
+                 from_half(dx), want);
+}
+
+static void few_channels() {
+    few_dw_case<float, uint16_t>(2, 9, 7, 3, 32, 3, 1, 1, 3);      // the image's layer; a block walks two chunks
+    few_dw_case<uint16_t, uint16_t>(2, 9, 7, 32, 3, 3, 1, 1, 4);   // the output block's 3 × 3: 288 rows
+    few_dw_case<uint16_t, uint16_t>(2, 5, 9, 32, 3, 1, 1, 0, 5);   // its 1 × 1
+    few_dw_case<uint16_t, uint16_t>(1, 8, 6, 3, 3, 3, 1, 1, 2);    // 3 -> 3
+    few_dw_case<uint16_t, uint16_t>(1, 11, 10, 8, 7, 4, 2, 1, 3);  // stride 2, odd sizes, 16-byte runs of 8
+    few_dw_case<float, float>(1, 7, 9, 3, 5, 3, 1, 1, 40);         // f32 storage; more blocks than chunks
+    few_dw_case<float, float>(2, 9, 7, 32, 3, 3, 1, 1, 3);         // f32 storage: 16-byte runs of 4
+    few_dw_case<uint16_t, uint16_t>(1, 9, 8, 12, 3, 3, 1, 1, 2);   // f16, cin not a multiple of 8: one by one
+    few_dx_case(2, 9, 7, 32, 3, 3, 1, true, 4);
+    few_dx_case(2, 5, 9, 32, 3, 1, 0, false, 5);
+    few_dx_case(1, 6, 5, 16, 4, 3, 1, true, 1);   // one block walks every pixel
+    few_dx_case(1, 7, 6, 8, 1, 3, 1, false, 2);
+}
+
 static void half_storage() {
     half_up_backward_case(2, 3, 5, 64, 32);
     half_up_backward_case(1, 9, 7, 24, 64);
@@ -598,6 +650,7 @@ int main() {
     every_operation<6>();
     half_rounding();
     half_storage();
+    few_channels();
     if (failures) return 1;
     std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies (TF32 and f16 operands) and the "
                 "direct kernels for few channels reproduce every operation exactly, and the f16-storage forward "

@@ -19,7 +19,7 @@ fn gpu() -> Option<Cuda> {
 /// (scripts/gpu-check runs the long tests once per variant).
 fn speed_gpu() -> Option<Cuda> {
     match spahdmap::backend::Device::Cuda(0).gpu(spahdmap::backend::cuda::SPEED) {
-        Ok(g) => g,
+        Ok(g) => g.map(f32_storage_unless_asked),
         Err(e) => {
             eprintln!("skipped: {e}");
             None
@@ -29,12 +29,22 @@ fn speed_gpu() -> Option<Cuda> {
 
 fn gpu_with(p: Precision) -> Option<Cuda> {
     match Cuda::new(0, p) {
-        Ok(c) => Some(c),
+        Ok(c) => Some(f32_storage_unless_asked(c)),
         Err(e) => {
             eprintln!("skipped: {e}");
             None
         }
     }
+}
+
+/// The pipeline keeps activations in f16 by default; these tests hold the backend to f32
+/// storage (their bounds are f32's) unless SPAHDMAP_GPU_HALF asks otherwise (scripts/gpu-check's
+/// `half` and `halftrain` variants). The f16 tests turn it on themselves.
+fn f32_storage_unless_asked(g: Cuda) -> Cuda {
+    if std::env::var_os("SPAHDMAP_GPU_HALF").is_none() {
+        g.use_half_storage(false);
+    }
+    g
 }
 
 fn nan(g: &Cuda, n: usize) -> DBuf {
@@ -101,9 +111,10 @@ fn half_precision_tensor_core_convolutions_within_f16_rounding() {
 }
 
 /// The layers with 3 channels in or out run forward (and their data gradient into ≤ 4
-/// channels) on the direct f32 kernels of kernels/conv_small.cuh on the speed path: the
-/// U-Net's first layer and its output block at a small size, the 4 × 4 stride-2 shape; f32
-/// bound for those, TF32 for the GEMM-run gradients.
+/// channels) on the direct f32 kernels of kernels/conv_small.cuh on the speed path, and their
+/// weight gradient on conv_few.cuh's: the U-Net's first layer and its output block at a small
+/// size, the 4 × 4 stride-2 shape; f32 bound for the forward, TF32 for the GEMM-run data
+/// gradients (and so for all gradients: one bound).
 #[test]
 fn few_channel_convolutions_run_direct_in_f32() {
     let Some(g) = gpu_with(Precision::Tf32Wide) else { return };
@@ -1384,20 +1395,26 @@ fn f16_storage_gradients_match_the_cpu() {
     let cpu = Cpu::new();
     let spec = |cin, cout, k, stride, pad| ConvSpec { cin, cout, k, stride, pad };
     let both = DxEpilogue { leaky: true, accumulate: true };
+    // (x, layer, dX's epilogue, x is the f32 image: no dX)
     let cases = [
-        (Shape { n: 2, h: 19, w: 21, c: 32 }, spec(32, 64, 3, 1, 1), both),
-        (Shape { n: 1, h: 16, w: 17, c: 64 }, spec(64, 32, 3, 1, 1), DxEpilogue::NONE),
-        (Shape { n: 2, h: 9, w: 13, c: 32 }, spec(32, 32, 1, 1, 0), DxEpilogue::ACCUMULATE),
-        (Shape { n: 1, h: 16, w: 18, c: 32 }, spec(32, 32, 4, 2, 1), DxEpilogue::ACCUMULATE),
-        (Shape { n: 2, h: 15, w: 13, c: 64 }, spec(64, 64, 4, 2, 1), both),
-        (Shape { n: 1, h: 12, w: 10, c: 32 }, spec(32, 20, 3, 1, 1), DxEpilogue::LEAKY),
-        (Shape { n: 2, h: 15, w: 14, c: 3 }, spec(3, 32, 3, 1, 1), DxEpilogue::NONE),
+        (Shape { n: 2, h: 19, w: 21, c: 32 }, spec(32, 64, 3, 1, 1), both, false),
+        (Shape { n: 1, h: 16, w: 17, c: 64 }, spec(64, 32, 3, 1, 1), DxEpilogue::NONE, false),
+        (Shape { n: 2, h: 9, w: 13, c: 32 }, spec(32, 32, 1, 1, 0), DxEpilogue::ACCUMULATE, false),
+        (Shape { n: 1, h: 16, w: 18, c: 32 }, spec(32, 32, 4, 2, 1), DxEpilogue::ACCUMULATE, false),
+        (Shape { n: 2, h: 15, w: 13, c: 64 }, spec(64, 64, 4, 2, 1), both, false),
+        (Shape { n: 1, h: 12, w: 10, c: 32 }, spec(32, 20, 3, 1, 1), DxEpilogue::LEAKY, false),
+        // the few-channel layers (kernels/conv_few.cuh), over many staged chunks of pixels:
+        // the image's layer, the output block's 3 × 3 and 1 × 1 into 3 channels, its 3 → 3
+        (Shape { n: 2, h: 15, w: 14, c: 3 }, spec(3, 32, 3, 1, 1), DxEpilogue::NONE, true),
+        (Shape { n: 3, h: 41, w: 37, c: 3 }, spec(3, 32, 3, 1, 1), DxEpilogue::NONE, true),
+        (Shape { n: 2, h: 33, w: 31, c: 32 }, spec(32, 3, 3, 1, 1), both, false),
+        (Shape { n: 2, h: 29, w: 35, c: 32 }, spec(32, 3, 1, 1, 0), DxEpilogue::ACCUMULATE, false),
+        (Shape { n: 2, h: 30, w: 27, c: 3 }, spec(3, 3, 3, 1, 1), DxEpilogue::LEAKY, false),
     ];
-    for (i, (xs, sp, dxe)) in cases.into_iter().enumerate() {
+    for (i, (xs, sp, dxe, image)) in cases.into_iter().enumerate() {
         let i = i as u64;
         let (oh, ow) = sp.out_hw(xs.h, xs.w);
         let ys = Shape { n: xs.n, h: oh, w: ow, c: sp.cout };
-        let image = xs.c == 3;
         let x = f16_rounded(rnd(xs.len(), 110 + i, -1.0, 1.0));
         let w = f16_rounded(rnd(sp.weight_len(), 120 + i, -0.2, 0.2));
         let dy = f16_rounded(rnd(ys.len(), 130 + i, -1.0, 1.0));

@@ -79,14 +79,14 @@ fn a_short_training_run_keeps_the_domain_structure_of_the_prior() {
     let lines: Vec<&str> = err.lines().collect();
     eprintln!("{}", lines[lines.len().saturating_sub(14)..].join("\n"));
     // pre-training scales its loss exactly where the convolutions take f16 operands
-    // (SPAHDMAP_GPU_CONV=f16w on a GPU) or it keeps f16 activations (SPAHDMAP_GPU_HALF=train);
+    // (SPAHDMAP_GPU_CONV=f16w on a GPU) or it keeps f16 activations (the default; SPAHDMAP_GPU_HALF=0 or 1 turns that off);
     // no scaler on the CPU or with TF32 on f32 storage
     let run_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     let pretrain = run_json["stages"].as_array().unwrap().iter().find(|r| r["stage"] == "pretrain").unwrap();
     let half = device.starts_with("cuda")
         && (std::env::var("SPAHDMAP_GPU_CONV").is_ok_and(|v| v == "f16w")
-            || std::env::var("SPAHDMAP_GPU_HALF").is_ok_and(|v| matches!(v.trim(), "train" | "all")));
+            || spahdmap::backend::cuda::half_from_env().1);
     let scaler = &pretrain["detail"]["loss_scaler"];
     eprintln!("pretrain loss scaler: {scaler}");
     assert_eq!(!scaler.is_null(), half, "{scaler}");

@@ -493,7 +493,7 @@ pub trait Backend: Sync {
         skip: Option<&Self::Buf>,
     );
     /// Hand out f16 buffers from `alloc` and `zeros` (`on`) or f32 ones again, where the backend
-    /// stores activations in half precision (CUDA with `SPAHDMAP_GPU_HALF=1`; inference only:
+    /// stores activations in half precision (CUDA, unless `SPAHDMAP_GPU_HALF=0`; for inference,
     /// the layers of a forward pass take them, gradients and losses do not). The previous
     /// setting, to restore after.
     fn half_activations(&self, on: bool) -> bool {
@@ -501,7 +501,7 @@ pub trait Backend: Sync {
         false
     }
     /// Whether pre-training keeps its activations in f16 (`half_activations` around each step;
-    /// CUDA with `SPAHDMAP_GPU_HALF=train`): gradients then want a loss scale, as with
+    /// CUDA by default, not with `SPAHDMAP_GPU_HALF=0` or `1`): gradients then want a loss scale, as with
     /// `half_operands`.
     fn half_training(&self) -> bool {
         false

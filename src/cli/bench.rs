@@ -111,10 +111,14 @@ enum BenchWhat {
         #[arg(long)]
         infer: bool,
         /// On a GPU: the network's activations in f16 (kernels/conv_h16.cu) — inference's with
-        /// --infer (SPAHDMAP_GPU_HALF=1 in the score stage), else pre-training's and their
-        /// gradients, behind a loss scaler (SPAHDMAP_GPU_HALF=train).
+        /// --infer, else pre-training's and their gradients, behind a loss scaler — whatever
+        /// SPAHDMAP_GPU_HALF says (the pipeline's default is the same).
         #[arg(long, conflicts_with_all = ["joint", "embed_spots"])]
         half: bool,
+        /// On a GPU: activations in f32 throughout (SPAHDMAP_GPU_HALF=0), the baseline the f16
+        /// storage is measured against.
+        #[arg(long, conflicts_with = "half")]
+        f32_storage: bool,
     },
     /// NMF and the Voronoi score on generated data at the medulloblastoma scale (spots ×
     /// genes at about a third non-zero; a side × side crop of hexagonally spaced spots), on the
@@ -752,6 +756,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             joint,
             infer,
             half,
+            f32_storage,
         } => {
             use crate::backend::cuda::Precision;
             let precision = match (exact, pipelined, plain, f16) {
@@ -767,6 +772,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     if half {
                         g.use_half_storage(true);
                         g.use_half_training(!infer);
+                    }
+                    if f32_storage {
+                        g.use_half_storage(false);
                     }
                     // device time per kernel over every iteration, the warm-up one included
                     let profiling = std::env::var_os("SPAHDMAP_GPU_PROFILE").is_some_and(|v| v != "0");

@@ -20,7 +20,7 @@ use cudarc::driver::{
 };
 use rayon::prelude::*;
 
-use super::half::half_from_env;
+use super::half::{few_dw_fits, half_from_env, FEW_PC};
 use super::tiles::DeviceBandAverager;
 use crate::backend::{Backend, ConvSpec, Decoder, DxEpilogue, Epilogue, Shape, TileSpots};
 use crate::optim::AdamScalars;
@@ -136,7 +136,7 @@ pub struct Cuda {
     /// overlapped uploads' second stream and page-locked staging (`upload_overlapped`)
     uploads: Mutex<UploadRing>,
     label: String,
-    sms: usize,
+    pub(super) sms: usize,
     /// Per-launch event pairs while profiling (`set_profiling`; src/backend/cuda/profile.rs).
     pub(super) profile: Mutex<Option<Vec<super::profile::Launch>>>,
 }
@@ -183,7 +183,7 @@ impl DevCsr {
 
 pub(super) const THREADS: u32 = 256;
 /// floats of weights a block of the direct few-channel kernels stages (conv_small.cuh)
-const SMALL_WEIGHTS: usize = 12288;
+pub(super) const SMALL_WEIGHTS: usize = 12288;
 /// Downloads at least this large go through page-locked staging.
 const PINNED_ABOVE: usize = 1 << 20;
 
@@ -798,6 +798,34 @@ impl Cuda {
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
         self.zero_bytes(self.ptr(dw), dw.len * 4);
+        // few channels on one side (no four-wide loads): the direct kernel of conv_few.cuh
+        let wide = matches!(self.precision, Precision::Tf32Wide | Precision::F16Wide);
+        if wide && (spec.cin % 4 != 0 || spec.cout % 4 != 0) && few_dw_fits(spec) {
+            within_fast_div(p);
+            let blocks = p.div_ceil(FEW_PC).clamp(1, 3 * self.sms);
+            let (xp, dyp, dwp) = (self.ptr(x), self.ptr(dy), self.ptr(dw));
+            launch!(
+                self,
+                "conv2d_bwd_weight_few_f32",
+                cfg1(blocks, THREADS),
+                xp,
+                dyp,
+                dwp,
+                n,
+                h,
+                wd,
+                cin,
+                cout,
+                k,
+                st,
+                pd
+            );
+            self.profile_flop(conv_flop(p, spec));
+            if let Some(db) = db {
+                self.colsum(dyp, p, spec.cout, self.ptr(db));
+            }
+            return;
+        }
         let names = variants!("conv2d_bwd_weight");
         let operands = [self.ptr(x), self.ptr(dy)];
         let (kernel, cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, kw, spec.cout, Some(p));

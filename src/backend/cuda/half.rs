@@ -1,16 +1,20 @@
-//! f16 activation storage (`Backend::half_activations`: inference with SPAHDMAP_GPU_HALF=1,
-//! pre-training too with `train`). Layers run on f16 directly where a kernel takes them —
+//! f16 activation storage (`Backend::half_activations`: inference and pre-training by default;
+//! SPAHDMAP_GPU_HALF=1 keeps it to inference, `0` turns it off). Layers run on f16 directly where a kernel takes them —
 //! convolutions reading a multiple of 32 channels, forward and both gradients (the 4 × 4 / 2
 //! data gradient by phases), the transposed convolution and its gradients (kernels/conv_h16.cu),
 //! the image's layer into f16, the half instance norm, the MSE, the VD prior on f16 logits and
-//! the element-wise kernels — and on f32 copies around the f32 kernel everywhere else an f16
-//! buffer reaches (the 3-channel output block, the low-rank head's rank-20 input). The
+//! the element-wise kernels, the few-channel layers' weight gradients and their data gradient
+//! from 3 channels (kernels/conv_few.cuh) — and on f32 copies around the f32 kernel everywhere
+//! else an f16 buffer reaches (the output block's 3 → 3 layer forward and its data gradient,
+//! the low-rank head's rank-20 input). The
 //! weights stay f32 parameters; each layer packs an f16 copy of its own when it runs (a few MB
 //! per pass against hundreds of MB of activations); statistics and parameter gradients are f32.
 
 use std::sync::atomic::Ordering;
 
-use super::device::{cfg_elems, conv_flop, conv_geom, tiled_grid, up2_flop, within_fast_div, Cuda, DBuf};
+use super::device::{
+    cfg1, cfg_elems, conv_flop, conv_geom, tiled_grid, up2_flop, within_fast_div, Cuda, DBuf, SMALL_WEIGHTS, THREADS,
+};
 use crate::backend::{Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
 
 /// The f16 GEMM's block tiles (kernels/conv_h16.cu: 128 × 64, and 128 × 32 for at most 32
@@ -19,17 +23,46 @@ const TILE: (usize, usize) = (128, 64);
 const NARROW: (usize, usize) = (128, 32);
 const K_STEP: usize = 32;
 
-/// `SPAHDMAP_GPU_HALF=1` (or `on`, `true`) lets inference keep activations in f16, `train` (or
-/// `all`) pre-training too; off by default until a card has measured it. (inference, training)
-pub(super) fn half_from_env() -> (bool, bool) {
+/// kernels/conv_few.cuh: output pixels a block of `few_dw` stages at once, and the most
+/// (tap, channel) rows and output channels it takes.
+pub(super) const FEW_PC: usize = 32;
+const FEW_ROWS: usize = 320;
+const FEW_COLS: usize = 32;
+
+/// Whether `few_dw` takes a layer's weight gradient (as `few_dw_fits` in the kernel, which
+/// traps otherwise).
+pub(super) fn few_dw_fits(spec: &ConvSpec) -> bool {
+    let (rows, cols) = ((spec.k * spec.k * spec.cin).div_ceil(4), spec.cout.div_ceil(4));
+    4 * rows <= FEW_ROWS && 4 * cols <= FEW_COLS && rows * cols <= THREADS as usize
+}
+
+/// Whether `few_out_dx` takes a layer's data gradient: stride 1, at most 4 output channels, a
+/// multiple of 8 input channels, the weights within the 48 KB a block stages, f16 dY and dX
+/// (and x where LeakyReLU's derivative is fused).
+fn few_out_dx_runs(spec: &ConvSpec, dy: &DBuf, dx: &DBuf, x: &DBuf, dxe: DxEpilogue) -> bool {
+    spec.stride == 1
+        && spec.cout <= 4
+        && spec.cin % 8 == 0
+        && spec.k * spec.k * spec.cout * spec.cin <= SMALL_WEIGHTS
+        && dy.is_half()
+        && dx.is_half()
+        && (!dxe.leaky || x.is_half())
+}
+
+/// Where the CUDA backend keeps activations in f16, as (inference, training). Both by default
+/// (the reference runs both under autocast; on an H200 it took scoring from 102 to 225
+/// megapixels/s and a pre-training iteration from 73 to 39 ms, BENCHMARKS.md);
+/// `SPAHDMAP_GPU_HALF=1` (or `on`, `true`, `infer`) keeps it to inference, `train` (or `all`) is
+/// the default, and `0` (or `off` or anything else) keeps f32 storage throughout.
+pub fn half_from_env() -> (bool, bool) {
     half_setting(std::env::var("SPAHDMAP_GPU_HALF").ok().as_deref())
 }
 
 /// What a value of SPAHDMAP_GPU_HALF asks for: (inference, training) on f16 storage.
 fn half_setting(v: Option<&str>) -> (bool, bool) {
     match v.map(str::trim) {
-        Some("1" | "on" | "true") => (true, false),
-        Some("train" | "all") => (true, true),
+        None | Some("train" | "all") => (true, true),
+        Some("1" | "on" | "true" | "infer") => (true, false),
         _ => (false, false),
     }
 }
@@ -308,6 +341,8 @@ impl Cuda {
                 && (!dxe.leaky || x.is_half());
             if native {
                 self.conv_dx_h16(x, xs, spec, w, dy, dx, dxe);
+            } else if few_out_dx_runs(spec, dy, dx, x, dxe) {
+                self.conv_dx_few(x, xs, spec, w, dy, dx, dxe);
             } else {
                 let (dyw, xw) = (self.widened(dy), if dxe.leaky { self.widened(x) } else { None });
                 // the old values where the gradient adds to them
@@ -331,6 +366,8 @@ impl Cuda {
         }
         if x.is_half() && dy.is_half() && spec.cin % 8 == 0 && spec.cout % 8 == 0 {
             self.conv_dw_h16(x, xs, spec, dy, dw, db);
+        } else if dy.is_half() && few_dw_fits(spec) {
+            self.conv_dw_few(x, xs, spec, dy, dw, db);
         } else {
             let (xw, dyw) = (self.widened(x), self.widened(dy));
             self.conv_dw_f32(xw.as_ref().unwrap_or(x), xs, spec, dyw.as_ref().unwrap_or(dy), dw, db);
@@ -385,7 +422,9 @@ impl Cuda {
     }
 
     /// The f16 weight gradient (`conv2d_bwd_weight_h16[n]`, K split across blocks into the
-    /// zeroed f32 dW) and the bias gradient (`colsum_h16`).
+    /// zeroed f32 dW) and the bias gradient (`colsum_h16`). (Summing dY's columns in the
+    /// weight gradient's first row of blocks instead, from a second load of the dY they copy,
+    /// cost those kernels 2.5 ms an iteration on the H200 for the 0.9 ms colsum took.)
     fn conv_dw_h16(&self, x: &DBuf, xs: Shape, spec: &ConvSpec, dy: &DBuf, dw: &mut DBuf, db: Option<&mut DBuf>) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let p = xs.n * oh * ow;
@@ -419,6 +458,61 @@ impl Cuda {
         }
     }
 
+    /// The weight and bias gradients of a few-channel layer from f16 dY (kernels/conv_few.cuh
+    /// `few_dw`): x f16, or the f32 image of the first layer.
+    fn conv_dw_few(&self, x: &DBuf, xs: Shape, spec: &ConvSpec, dy: &DBuf, dw: &mut DBuf, db: Option<&mut DBuf>) {
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let p = xs.n * oh * ow;
+        within_fast_div(p);
+        self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
+        let (kernel, xp) = match x.is_half() {
+            true => ("conv2d_bwd_weight_few_h16", self.hptr(x)),
+            false => ("conv2d_bwd_weight_few_img_h16", self.ptr(x)),
+        };
+        // one wave (three blocks an SM) staging FEW_PC pixels at a time, grid-strided: each block's
+        // sums reach dW with one atomic per weight
+        let blocks = p.div_ceil(FEW_PC).clamp(1, 3 * self.sms);
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        let (dyp, dwp) = (self.hptr(dy), self.ptr(dw));
+        launch!(self, kernel, cfg1(blocks, THREADS), xp, dyp, dwp, n, h, wd, cin, cout, k, st, pd);
+        self.profile_flop(conv_flop(p, spec));
+        if let Some(db) = db {
+            self.colsum_of("colsum_h16", dyp, p, spec.cout, self.ptr(db));
+        }
+    }
+
+    /// The data gradient of a stride-1 layer from at most 4 f16 channels into f16 (kernels/conv_few.cuh
+    /// `few_out_dx`), one thread per 8 input channels of a pixel, the epilogue fused.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_dx_few(&self, x: &DBuf, xs: Shape, spec: &ConvSpec, w: &DBuf, dy: &DBuf, dx: &mut DBuf, dxe: DxEpilogue) {
+        let pixels = xs.n * xs.h * xs.w;
+        within_fast_div(pixels);
+        let blocks = (pixels * spec.cin / 8).div_ceil(THREADS as usize).clamp(1, 16 * self.sms);
+        let xin = if dxe.leaky { self.hptr(x) } else { 0 };
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        let (dyp, wp, dxp, acc) = (self.hptr(dy), self.ptr(w), self.hptr(dx), dxe.accumulate as i32);
+        launch!(
+            self,
+            "conv2d_bwd_data_fewout_h16",
+            cfg1(blocks, THREADS),
+            dyp,
+            wp,
+            dxp,
+            n,
+            h,
+            wd,
+            cin,
+            cout,
+            k,
+            st,
+            pd,
+            xin,
+            acc
+        );
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        self.profile_flop(conv_flop(xs.n * oh * ow, spec));
+    }
+
     /// `Backend::conv_transpose2` on f16 x and y (`h16_runs`).
     pub(super) fn up2_h16(&self, x: &DBuf, xs: Shape, cout: usize, w: &DBuf, b: &DBuf, y: &mut DBuf) {
         let pixels = xs.n * xs.h * xs.w;
@@ -449,9 +543,9 @@ mod tests {
     use super::half_setting;
 
     #[test]
-    fn the_environment_turns_f16_storage_on_for_inference_or_for_training_too() {
-        assert_eq!(half_setting(None), (false, false));
-        for v in ["1", "on", "true", " 1 "] {
+    fn f16_storage_is_on_unless_the_environment_keeps_it_to_inference_or_turns_it_off() {
+        assert_eq!(half_setting(None), (true, true));
+        for v in ["1", "on", "true", " 1 ", "infer"] {
             assert_eq!(half_setting(Some(v)), (true, false), "{v:?}");
         }
         for v in ["train", "all"] {

@@ -29,6 +29,7 @@ pub mod tiles;
 pub mod vd;
 pub use device::{Cuda, DBuf, Precision, SPEED};
 pub use graph::CudaGraphRun;
+pub use half::half_from_env;
 pub use profile::KernelTime;
 
 use serde::Serialize;
