@@ -413,26 +413,19 @@ H16_DW(conv2d_bwd_weight_h16, 64)
 H16_DW(conv2d_bwd_weight_h16n, 32)
 
 // dX (f16) = [dX +] leaky'(x) · the data gradient of a stride-1 convolution (x null: no
-// LeakyReLU); grid (⌈input pixels / 128⌉, ⌈cin / TBN⌉); cout a multiple of 32
-#define H16_DX(NAME, TBN)                                                                                          \
+// LeakyReLU), `conv_dx`; grid (⌈input pixels / 128⌉, ⌈cin / TBN⌉); cout a multiple of 32. The
+// same by phases (`conv_dx_phased`) for strided layers whose kernel the stride divides; grid
+// (⌈phase pixels / 128⌉, ⌈cin / TBN⌉, s²).
+#define H16_DX(NAME, BODY, TBN)                                                                                    \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
         NAME(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,  \
              int h, int w, int cin, int cout, int k, int stride, int pad) {                                         \
-        h16::conv_dx<TBN>(dy, wt, np, x, dx, accumulate, conv::geom(n, h, w, cin, cout, k, stride, pad));           \
+        h16::BODY<TBN>(dy, wt, np, x, dx, accumulate, conv::geom(n, h, w, cin, cout, k, stride, pad));              \
     }
-H16_DX(conv2d_bwd_data_h16, 64)
-H16_DX(conv2d_bwd_data_h16n, 32)
-
-// the same by phases for strided layers whose kernel the stride divides; grid (⌈phase pixels /
-// 128⌉, ⌈cin / TBN⌉, s²)
-#define H16_DX_PHASED(NAME, TBN)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(256)                                                              \
-        NAME(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,  \
-             int h, int w, int cin, int cout, int k, int stride, int pad) {                                         \
-        h16::conv_dx_phased<TBN>(dy, wt, np, x, dx, accumulate, conv::geom(n, h, w, cin, cout, k, stride, pad));    \
-    }
-H16_DX_PHASED(conv2d_bwd_data_phased_h16, 64)
-H16_DX_PHASED(conv2d_bwd_data_phased_h16n, 32)
+H16_DX(conv2d_bwd_data_h16, conv_dx, 64)
+H16_DX(conv2d_bwd_data_h16n, conv_dx, 32)
+H16_DX(conv2d_bwd_data_phased_h16, conv_dx_phased, 64)
+H16_DX(conv2d_bwd_data_phased_h16n, conv_dx_phased, 32)
 
 // A data gradient's weights: element (tap, ci, co) of f32 w at tap·tap_stride + ci·ci_stride +
 // co → f16 [tap][co][ci] with rows np ≥ cin apart, zero past cin. A convolution's [tap][ci][co]

@@ -20,7 +20,7 @@ use cudarc::driver::{
 };
 use rayon::prelude::*;
 
-use super::half::{few_dw_fits, half_from_env, FEW_PC};
+use super::half::{few_dw_fits, half_from_env};
 use super::tiles::DeviceBandAverager;
 use crate::backend::{Backend, ConvSpec, Decoder, DxEpilogue, Epilogue, Shape, TileSpots};
 use crate::optim::AdamScalars;
@@ -797,35 +797,12 @@ impl Cuda {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
-        self.zero_bytes(self.ptr(dw), dw.len * 4);
         // few channels on one side (no four-wide loads): the direct kernel of conv_few.cuh
         let wide = matches!(self.precision, Precision::Tf32Wide | Precision::F16Wide);
         if wide && (spec.cin % 4 != 0 || spec.cout % 4 != 0) && few_dw_fits(spec) {
-            within_fast_div(p);
-            let blocks = p.div_ceil(FEW_PC).clamp(1, 3 * self.sms);
-            let (xp, dyp, dwp) = (self.ptr(x), self.ptr(dy), self.ptr(dw));
-            launch!(
-                self,
-                "conv2d_bwd_weight_few_f32",
-                cfg1(blocks, THREADS),
-                xp,
-                dyp,
-                dwp,
-                n,
-                h,
-                wd,
-                cin,
-                cout,
-                k,
-                st,
-                pd
-            );
-            self.profile_flop(conv_flop(p, spec));
-            if let Some(db) = db {
-                self.colsum(dyp, p, spec.cout, self.ptr(db));
-            }
-            return;
+            return self.conv_dw_few(x, xs, spec, dy, dw, db);
         }
+        self.zero_bytes(self.ptr(dw), dw.len * 4);
         let names = variants!("conv2d_bwd_weight");
         let operands = [self.ptr(x), self.ptr(dy)];
         let (kernel, cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, kw, spec.cout, Some(p));

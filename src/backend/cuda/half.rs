@@ -25,7 +25,7 @@ const K_STEP: usize = 32;
 
 /// kernels/conv_few.cuh: output pixels a block of `few_dw` stages at once, and the most
 /// (tap, channel) rows and output channels it takes.
-pub(super) const FEW_PC: usize = 32;
+const FEW_PC: usize = 32;
 const FEW_ROWS: usize = 320;
 const FEW_COLS: usize = 32;
 
@@ -458,26 +458,36 @@ impl Cuda {
         }
     }
 
-    /// The weight and bias gradients of a few-channel layer from f16 dY (kernels/conv_few.cuh
-    /// `few_dw`): x f16, or the f32 image of the first layer.
-    fn conv_dw_few(&self, x: &DBuf, xs: Shape, spec: &ConvSpec, dy: &DBuf, dw: &mut DBuf, db: Option<&mut DBuf>) {
+    /// The weight and bias gradients of a few-channel layer (kernels/conv_few.cuh `few_dw`):
+    /// x and dY f16, the f32 image of the first layer with f16 dY, or both f32 (f32 storage).
+    pub(super) fn conv_dw_few(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        dy: &DBuf,
+        dw: &mut DBuf,
+        db: Option<&mut DBuf>,
+    ) {
+        let (kernel, colsum) = match (x.is_half(), dy.is_half()) {
+            (true, true) => ("conv2d_bwd_weight_few_h16", "colsum_h16"),
+            (false, true) => ("conv2d_bwd_weight_few_img_h16", "colsum_h16"),
+            (false, false) => ("conv2d_bwd_weight_few_f32", "colsum_f32"),
+            (true, false) => unreachable!("f16 x with f32 dY: conv2d_backward_h16 widens x first"),
+        };
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let p = xs.n * oh * ow;
         within_fast_div(p);
         self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
-        let (kernel, xp) = match x.is_half() {
-            true => ("conv2d_bwd_weight_few_h16", self.hptr(x)),
-            false => ("conv2d_bwd_weight_few_img_h16", self.ptr(x)),
-        };
         // one wave (three blocks an SM) staging FEW_PC pixels at a time, grid-strided: each block's
         // sums reach dW with one atomic per weight
         let blocks = p.div_ceil(FEW_PC).clamp(1, 3 * self.sms);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
-        let (dyp, dwp) = (self.hptr(dy), self.ptr(dw));
+        let (xp, dyp, dwp) = (self.addr(x), self.addr(dy), self.ptr(dw));
         launch!(self, kernel, cfg1(blocks, THREADS), xp, dyp, dwp, n, h, wd, cin, cout, k, st, pd);
         self.profile_flop(conv_flop(p, spec));
         if let Some(db) = db {
-            self.colsum_of("colsum_h16", dyp, p, spec.cout, self.ptr(db));
+            self.colsum_of(colsum, dyp, p, spec.cout, self.ptr(db));
         }
     }
 
