@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "half.cuh"
+#include "multi_tensor.cuh"
 
 #define GRID_STRIDE(i, n) \
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)blockDim.x * gridDim.x)
@@ -53,21 +54,22 @@ __device__ void sigmoid_backward(const T* y, T* dy, int64_t n) {
 F32_AND_H16(sigmoid_backward, Y_DY_PARAMS, (y, dy, n))
 
 // hr = sigmoid(logit(clamp(vd, eps, 1 - eps)) + l): the VD prior of the joint network; l in
-// f32, or f16 where inference keeps the network's activations so (`_h16`; vd and hr f32)
-template <class L>
-__device__ void prior_sigmoid(const L* l, const float* vd, float* hr, int64_t n) {
+// f32, or f16 where inference keeps the network's activations so; vd in f32, or f16 as the
+// score stage uploads it (its file's precision: `_vh16`); hr in f32
+template <class L, class V>
+__device__ void prior_sigmoid(const L* l, const V* vd, float* hr, int64_t n) {
     GRID_STRIDE(i, n) {
-        float q = fminf(fmaxf(vd[i], LOGIT_EPS), 1.0f - LOGIT_EPS);
+        float q = fminf(fmaxf(h16::ld(vd + i), LOGIT_EPS), 1.0f - LOGIT_EPS);
         float z = logf(q / (1.0f - q)) + h16::ld(l + i);
         hr[i] = 1.0f / (1.0f + expf(-z));
     }
 }
-extern "C" __global__ void prior_sigmoid_f32(const float* l, const float* vd, float* hr, int64_t n) {
-    prior_sigmoid(l, vd, hr, n);
-}
-extern "C" __global__ void prior_sigmoid_h16(const uint16_t* l, const float* vd, float* hr, int64_t n) {
-    prior_sigmoid(l, vd, hr, n);
-}
+#define PRIOR_SIGMOID(name, L, V) \
+    extern "C" __global__ void name(const L* l, const V* vd, float* hr, int64_t n) { prior_sigmoid(l, vd, hr, n); }
+PRIOR_SIGMOID(prior_sigmoid_f32, float, float)
+PRIOR_SIGMOID(prior_sigmoid_h16, uint16_t, float)
+PRIOR_SIGMOID(prior_sigmoid_f32_vh16, float, uint16_t)
+PRIOR_SIGMOID(prior_sigmoid_h16_vh16, uint16_t, uint16_t)
 
 // out = [a | b] along channels, px pixels
 template <class T>
@@ -94,19 +96,12 @@ __device__ void split_channels(const T* d, int ca, int cb, T* a, T* b, int64_t p
 #define SPLIT_PARAMS(T) const T *d, int ca, int cb, T *a, T *b, int64_t px
 F32_AND_H16(split_channels, SPLIT_PARAMS, (d, ca, cb, a, b, px))
 
-// torch.optim.Adam's single-tensor update (L2 weight decay in the gradient, eps outside the
-// square root), scalars precomputed on the host as optim::AdamScalars
+// torch.optim.Adam's single-tensor update, scalars precomputed on the host as
+// optim::AdamScalars
 __device__ __forceinline__ void adam_update(float* p, const float* g, float* m, float* v, int64_t n,
                                             float step_size, float bc2_sqrt, float beta1, float beta2, float eps,
                                             float weight_decay) {
-    GRID_STRIDE(i, n) {
-        float gi = g[i] + weight_decay * p[i];
-        float mi = m[i] + (1.0f - beta1) * (gi - m[i]);
-        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
-    }
+    GRID_STRIDE(i, n) { adam_element(p, g, m, v, i, step_size, bc2_sqrt, beta1, beta2, eps, weight_decay); }
 }
 
 extern "C" __global__ void adam_f32(float* p, const float* g, float* m, float* v, int64_t n, float step_size,
@@ -123,14 +118,15 @@ extern "C" __global__ void adam_dev_f32(float* p, const float* g, float* m, floa
     adam_update(p, g, m, v, n, s[0], s[1], s[2], s[3], s[4], s[5]);
 }
 
-// g *= inv_scale; *found = 1 if any result is inf or NaN (loss scaling: src/optim/scaler.rs).
-// Every thread that sees one writes the same value, so no atomic is needed.
-extern "C" __global__ void unscale_check_f32(float* g, int64_t n, float inv_scale, unsigned int* found) {
-    bool bad = false;
-    GRID_STRIDE(i, n) {
-        float v = g[i] * inv_scale;
-        g[i] = v;
-        bad |= !isfinite(v);
-    }
-    if (__syncthreads_or(bad) && threadIdx.x == 0) *found = 1u;
+// Adam over a list of tensors in one launch (kernels/multi_tensor.cuh): scalars from the list,
+// or from `dev` (6 per tensor) with the step skipped when *skip is set, as adam_dev_f32.
+// Grid: the list's first[count] blocks of 256.
+extern "C" __global__ void adam_multi_f32(const AdamList list, const float* dev, const unsigned int* skip) {
+    adam_multi_block(list, dev, skip, blockIdx.x, threadIdx.x, blockDim.x);
+}
+
+// g *= inv_scale over a list of gradients in one launch; *found = 1 where a result is inf or
+// NaN (loss scaling: src/optim/scaler.rs).
+extern "C" __global__ void unscale_multi_f32(const GradList list, float inv_scale, unsigned int* found) {
+    unscale_multi_block(list, inv_scale, found, blockIdx.x, threadIdx.x, blockDim.x);
 }

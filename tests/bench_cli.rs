@@ -23,9 +23,13 @@ fn unet_bench_modes_report_their_measures() {
     assert!(t > 0.0 && (mpx * t - 2.0 * 32.0 * 32.0 / 1e6).abs() < 1e-12, "{v}");
     // with the inputs uploaded each batch, in turn and overlapped (double-buffered)
     let up = &v["detail"]["with_uploads"];
-    for k in ["serial_megapixel_per_s", "overlapped_megapixel_per_s"] {
+    for k in ["serial_f32_megapixel_per_s", "overlapped_megapixel_per_s"] {
         assert!(up[k].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()), "{k}: {v}");
     }
+    // the stage's inputs: the image in f32 and the rank-20 VD prior in f16, against all-f32
+    let px = 2.0 * 32.0 * 32.0;
+    assert_eq!(v["detail"]["input_mb_per_batch"].as_f64().unwrap(), px * (3.0 * 4.0 + 20.0 * 2.0) / 1e6);
+    assert_eq!(up["serial_f32_input_mb_per_batch"].as_f64().unwrap(), px * 23.0 * 4.0 / 1e6);
 
     let v = bench(&["--size", "32", "--embed-spots", "3"]);
     assert_eq!(v["bench"], "unet_spot_embedding");

@@ -3,9 +3,11 @@
 //! - `conv_ops_check.cpp` drives each operand policy of kernels/conv_ops.cuh (gathers, scalar
 //!   and four-wide, and epilogues) through a plain GEMM against the layer written out directly;
 //! - `conv_kernels_emu.cpp` runs kernels/conv.cu itself — every GEMM body, 256 threads per
-//!   block, barriers and warp-collective MMAs emulated — against the same plain GEMM.
+//!   block, barriers and warp-collective MMAs emulated — against the same plain GEMM;
+//! - `multi_tensor_emu.cpp` runs the multi-tensor Adam and unscale blocks against the
+//!   single-tensor updates, and prints their lists' layout for the Rust side to compare.
 //!
-//! Both compare exactly, on small integers.
+//! All compare exactly, on small integers (the multi-tensor check: the same arithmetic).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -46,4 +48,43 @@ fn every_convolution_kernel_body_reproduces_its_layer_on_emulated_threads() {
     if let Some(out) = build_and_run("conv_kernels_emu.cpp", &flags) {
         assert!(out.contains("reproduce every operation exactly"), "{out}");
     }
+}
+
+/// The multi-tensor Adam and unscale (kernels/multi_tensor.cuh) on emulated blocks against
+/// the single-tensor updates, and the lists' C layout against the Rust structs that fill the
+/// kernel parameter (`backend::cuda::multi`): a field out of place would hand the GPU wrong
+/// addresses.
+#[test]
+fn multi_tensor_updates_match_single_tensor_ones_and_the_rust_layout() {
+    use spahdmap::backend::cuda::multi::{AdamList, GradList, ADAM_TENSORS, CHUNK, GRAD_TENSORS};
+    use std::mem::{offset_of, size_of};
+    let Some(out) = build_and_run("multi_tensor_emu.cpp", &["-std=c++17", "-O1", "-Wall"]) else { return };
+    assert!(out.contains("match the single-tensor updates exactly"), "{out}");
+    let adam = format!(
+        "layout AdamList p={} g={} m={} v={} n={} s={} at={} first={} count={} size={}",
+        offset_of!(AdamList, p),
+        offset_of!(AdamList, g),
+        offset_of!(AdamList, m),
+        offset_of!(AdamList, v),
+        offset_of!(AdamList, n),
+        offset_of!(AdamList, s),
+        offset_of!(AdamList, at),
+        offset_of!(AdamList, first),
+        offset_of!(AdamList, count),
+        size_of::<AdamList>()
+    );
+    let grads = format!(
+        "layout GradList g={} n={} first={} count={} size={}",
+        offset_of!(GradList, g),
+        offset_of!(GradList, n),
+        offset_of!(GradList, first),
+        offset_of!(GradList, count),
+        size_of::<GradList>()
+    );
+    let constants = format!("constants chunk={CHUNK} adam={ADAM_TENSORS} grads={GRAD_TENSORS}");
+    for line in [adam, grads, constants] {
+        assert!(out.lines().any(|l| l == line), "C++ and Rust disagree: Rust has\n{line}\nC++ printed\n{out}");
+    }
+    // within the 4 KiB of kernel parameters every driver takes
+    assert!(size_of::<AdamList>() + 16 <= 4096 && size_of::<GradList>() + 16 <= 4096);
 }

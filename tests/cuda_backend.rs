@@ -6,7 +6,7 @@ mod common;
 use common::{rel, rnd};
 use rand::{Rng, SeedableRng};
 use spahdmap::backend::cuda::{Cuda, DBuf, Precision};
-use spahdmap::backend::{Backend, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Shape, TileSpots};
+use spahdmap::backend::{Backend, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Host, Shape, TileSpots};
 use spahdmap::model::joint::{JointBatch, JointHead, LossWeights};
 use spahdmap::model::unet::UNet;
 use spahdmap::optim::{Adam, AdamConfig};
@@ -976,7 +976,7 @@ fn overlapped_uploads_keep_each_batch_its_own_inputs() {
     let mut ring = InputRing::<Cuda>::default();
     let mut outs = Vec::new();
     for h in &hosts {
-        let bufs = ring.fill(&g, &[h]);
+        let bufs = ring.fill(&g, &[Host::F32(h)]);
         // sigmoid, then ten leaky-ReLU backward passes against itself: reads the input late
         let mut y = g.alloc(h.len());
         g.sigmoid(&bufs[0], &mut y);
@@ -999,7 +999,7 @@ fn overlapped_uploads_keep_each_batch_its_own_inputs() {
     ring.release(&g);
     // the plain path agrees
     let mut d = g.alloc(hosts[0].len());
-    g.upload_overlapped(&hosts[0], &mut d, None);
+    g.upload_overlapped(Host::F32(&hosts[0]), &mut d, None);
     assert_eq!(g.download(&d), hosts[0]);
 }
 
@@ -1153,7 +1153,7 @@ fn a_step_that_cannot_be_recorded_runs_eagerly_and_leaves_the_backend_usable() {
     let rec = g.capture(&mut || g.sigmoid(&x, &mut y)).expect("a sigmoid records");
     for k in 0..3 {
         let host = rnd(n, 10 + k, -3.0, 3.0);
-        g.upload_overlapped(&host, &mut x, None);
+        g.upload_overlapped(Host::F32(&host), &mut x, None);
         assert!(g.replay(&rec));
         let mut want = vec![0f32; n];
         Cpu::new().sigmoid(&host, &mut want);
@@ -1187,8 +1187,8 @@ fn recorded_batches_follow_their_inputs() {
     for k in 0..6u64 {
         let (a, b) = (rnd(n, 200 + k, -3.0, 3.0), rnd(n, 300 + k, -1.0, 1.0));
         let s = &mut slots[k as usize % 2];
-        g.upload_overlapped(&a, &mut s[0], None);
-        g.upload_overlapped(&b, &mut s[1], None);
+        g.upload_overlapped(Host::F32(&a), &mut s[0], None);
+        g.upload_overlapped(Host::F32(&b), &mut s[1], None);
         let got = g.download(rec.run(&g, 0, &[&s[0], &s[1]], &body));
         let mut t = vec![0f32; n];
         cpu.sigmoid(&a, &mut t);
@@ -1239,6 +1239,66 @@ fn adam_with_device_scalars_matches_the_cpu_and_skips_on_the_flag() {
     let (mut gp, mut gm, mut gv) = (g.upload(&p0), g.upload(&m0), g.upload(&v0));
     g.adam_at(&mut gp, &grads[0], &mut gm, &mut gv, &sb, 1, Some(&flag));
     assert_eq!((g.download(&gp), g.download(&gm), g.download(&gv)), (p0, m0, v0));
+}
+
+/// The multi-tensor optimiser (`adam_many`: lists of up to 40 tensors a launch, scalars from
+/// the host or the device) and unscale (lists of 96) over more tensors than one list holds,
+/// of odd and empty sizes and a tensor left out, against the CPU tensor by tensor.
+#[test]
+fn multi_tensor_adam_and_unscale_match_the_cpu_over_many_tensors() {
+    use spahdmap::backend::AdamSource;
+    use spahdmap::optim::{Adam, AdamConfig};
+    let Some(g) = gpu() else { return };
+    let cpu = Cpu::new();
+    let sizes: Vec<usize> = (0..130).map(|k| if k % 23 == 5 { 0 } else { 1 + (k * 7919) % 20_011 }).collect();
+    let params: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(k, &n)| rnd(n, 100 + k as u64, -1.0, 1.0)).collect();
+    let grads: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(k, &n)| rnd(n, 400 + k as u64, -8.0, 8.0)).collect();
+    // every tensor but the third, in an order of their own
+    let tensors: Vec<usize> = (0..130).rev().filter(|&k| k != 2).collect();
+    let lrs: Vec<f64> = tensors.iter().map(|&k| 1e-3 * (1.0 + (k % 7) as f64)).collect();
+    let cfg = AdamConfig { weight_decay: 1e-4, ..AdamConfig::default() };
+    let moments: Vec<usize> = tensors.iter().map(|&k| sizes[k]).collect();
+    let (mut cp, mut cg) = (params.clone(), grads.clone());
+    assert!(!cpu.unscale_grads(&mut cg, 0.25));
+    let mut copt = Adam::with(cfg, &moments, |n| vec![0f32; n]);
+    for _ in 0..3 {
+        let s = copt.next_step(&lrs);
+        cpu.adam_many(&mut cp, &cg, &mut copt, &tensors, AdamSource::Host(&s));
+    }
+    for device_scalars in [false, true] {
+        let mut gp: Vec<DBuf> = params.iter().map(|v| g.upload(v)).collect();
+        let mut gg: Vec<DBuf> = grads.iter().map(|v| g.upload(v)).collect();
+        assert!(!g.unscale_grads(&mut gg, 0.25));
+        for (k, (d, want)) in gg.iter().zip(&cg).enumerate() {
+            assert!(g.download(d) == *want, "unscaled gradient {k}");
+        }
+        let mut gopt = Adam::with(cfg, &moments, |n| g.zeros(n));
+        for _ in 0..3 {
+            let s = gopt.next_step(&lrs);
+            if device_scalars {
+                let flat: Vec<f32> = s.iter().flat_map(|x| x.to_array()).collect();
+                let (sb, flag) = (g.upload(&flat), g.zeros(1));
+                g.adam_many(&mut gp, &gg, &mut gopt, &tensors, AdamSource::Device { scalars: &sb, skip: Some(&flag) });
+            } else {
+                g.adam_many(&mut gp, &gg, &mut gopt, &tensors, AdamSource::Host(&s));
+            }
+        }
+        for k in 0..130 {
+            let what = format!("tensor {k} of {} (device scalars {device_scalars})", sizes[k]);
+            if sizes[k] == 0 {
+                continue;
+            }
+            check(&what, &g, &gp[k], &cp[k], 1e-6);
+        }
+        assert!(g.download(&gp[2]) == params[2], "a tensor not listed stays as it was");
+    }
+    // an inf in the last list of gradients only
+    let mut gg: Vec<DBuf> = grads.iter().map(|v| g.upload(v)).collect();
+    let last = (0..130).rev().find(|&k| sizes[k] > 0).unwrap();
+    let mut bad = grads[last].clone();
+    bad[0] = f32::INFINITY;
+    gg[last] = g.upload(&bad);
+    assert!(g.unscale_grads(&mut gg, 0.25), "an inf in gradient {last}");
 }
 
 /// Values as f16 storage holds them (nearest even).
@@ -1322,15 +1382,29 @@ fn f16_storage_layers_match_the_cpu() {
     g.hin_forward(&g.upload_half(&x), s, &g.upload(&gamma), &g.upload(&beta), true, &mut y, &mut st);
     check("f16 storage half instance norm", &g, &y, &want, 2e-3);
     check("f16 storage half instance norm statistics", &g, &st, &stats, 2e-3);
-    // the VD prior on the f16 low-rank head, into f32 scores
+    // the VD prior on f16 or f32 logits, from an f16 or f32 VD map, into f32 scores; the f16
+    // map comes up as the score stage sends it (`upload_overlapped` of f16 values)
     let l = f16_rounded(rnd(999, 93, -4.0, 4.0));
-    let vd = rnd(999, 94, 0.0, 1.0);
+    let vd = f16_rounded(rnd(999, 94, 0.0, 1.0));
     let mut want = vec![0f32; 999];
     cpu.prior_sigmoid(&l, &vd, &mut want);
-    let mut hr = nan(&g, 999);
-    g.prior_sigmoid(&g.upload_half(&l), &g.upload(&vd), &mut hr);
-    assert!(!hr.is_half());
-    check("VD prior on f16 logits", &g, &hr, &want, 1e-6);
+    let vd16: Vec<half::f16> = vd.iter().map(|&v| half::f16::from_f32(v)).collect();
+    for (lh, vh) in [(true, false), (true, true), (false, true), (false, false)] {
+        let lb = if lh { g.upload_half(&l) } else { g.upload(&l) };
+        let vb = if vh {
+            let mut d = g.alloc_upload(Host::F16(&vd16));
+            g.upload_overlapped(Host::F16(&vd16), &mut d, None);
+            assert!(d.is_half());
+            d
+        } else {
+            g.upload(&vd)
+        };
+        let mut hr = nan(&g, 999);
+        g.prior_sigmoid(&lb, &vb, &mut hr);
+        assert!(!hr.is_half());
+        check(&format!("VD prior, f16 logits {lh}, f16 map {vh}"), &g, &hr, &want, 1e-6);
+        assert_eq!(g.download(&vb), vd, "the f16 map reads back exactly");
+    }
 }
 
 /// Inference with f16 activations (SPAHDMAP_GPU_HALF) against the CPU's f32 scores: the

@@ -166,6 +166,55 @@ macro_rules! on_device {
 
 use crate::optim::AdamScalars;
 
+/// Where `Backend::adam_many` takes each tensor's Adam scalars from: the host, or a device
+/// array (`Backend::adam_at`) with an optional found-inf flag that skips the step.
+#[derive(Clone, Copy)]
+pub enum AdamSource<'a, B> {
+    Host(&'a [AdamScalars]),
+    Device { scalars: &'a B, skip: Option<&'a B> },
+}
+
+/// Host values to upload: f32, or f16 where they are half floats already (the VD prior, read
+/// from its f16 file), so that only half the bytes cross the bus.
+#[derive(Clone, Copy, Debug)]
+pub enum Host<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+impl Host<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Host::F32(v) => v.len(),
+            Host::F16(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The values as they lie in memory (little-endian f32 or f16).
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Host::F32(v) => pod_bytes(v),
+            Host::F16(v) => pod_bytes(v),
+        }
+    }
+    /// The values widened to f32, into `dst` (as long).
+    pub fn widen_into(&self, dst: &mut [f32]) {
+        assert_eq!(dst.len(), self.len(), "upload into a buffer of another length");
+        match self {
+            Host::F32(v) => dst.copy_from_slice(v),
+            Host::F16(v) => dst.iter_mut().zip(v.iter()).for_each(|(d, s)| *d = s.to_f32()),
+        }
+    }
+}
+
+/// The bytes of f32 or f16 values (only those: neither has padding, and any byte is a u8).
+fn pod_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: called on f32 and f16 slices only; the length covers the slice.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
 /// A 2-D convolution: k × k kernel, stride, zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvSpec {
@@ -321,7 +370,12 @@ pub trait Backend: Sync {
     /// hands out buffers queued work may still read). On a GPU the copy runs from page-locked
     /// memory on a second stream, so a batch's upload overlaps the previous batch's network
     /// (`streamed::InputRing`).
-    fn upload_overlapped(&self, host: &[f32], dst: &mut Self::Buf, after: Option<&Self::Fence>);
+    fn upload_overlapped(&self, host: Host<'_>, dst: &mut Self::Buf, after: Option<&Self::Fence>);
+    /// A buffer for `upload_overlapped` of `host`: f16 on a GPU for f16 values, which then
+    /// cross the bus at two bytes each; f32 elsewhere (the CPU widens them on upload).
+    fn alloc_upload(&self, host: Host<'_>) -> Self::Buf {
+        self.alloc_f32(host.len())
+    }
 
     // --- element-wise -------------------------------------------------------------------
     /// y += x
@@ -492,6 +546,27 @@ pub trait Backend: Sync {
         at: usize,
         skip: Option<&Self::Buf>,
     );
+    /// `adam` on tensors `tensors` of `params` (gradients in `grads`), the k-th of them with
+    /// moments `m[k]`, `v[k]` and scalars — `scalars[k]`, or with `Device` read as `adam_at`
+    /// reads them — in as few launches as the backend can (the GPU lists tensors by the
+    /// dozen in one launch).
+    fn adam_many(
+        &self,
+        params: &mut [Self::Buf],
+        grads: &[Self::Buf],
+        opt: &mut crate::optim::Adam<Self::Buf>,
+        tensors: &[usize],
+        scalars: AdamSource<'_, Self::Buf>,
+    ) {
+        assert_eq!(tensors.len(), opt.m.len(), "one set of Adam moments per tensor");
+        for (k, &i) in tensors.iter().enumerate() {
+            let (m, v) = (&mut opt.m[k], &mut opt.v[k]);
+            match scalars {
+                AdamSource::Host(s) => self.adam(&mut params[i], &grads[i], m, v, &s[k]),
+                AdamSource::Device { scalars, skip } => self.adam_at(&mut params[i], &grads[i], m, v, scalars, k, skip),
+            }
+        }
+    }
     /// Hand out f16 buffers from `alloc` and `zeros` (`on`) or f32 ones again, where the backend
     /// stores activations in half precision (CUDA, unless `SPAHDMAP_GPU_HALF=0`; for inference,
     /// the layers of a forward pass take them, gradients and losses do not). The previous

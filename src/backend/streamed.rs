@@ -3,7 +3,7 @@
 //! slot (two batches of that shape before), never for the batch in flight
 //! (`Backend::upload_overlapped`).
 
-use super::Backend;
+use super::{Backend, Host};
 
 /// One slot: a device buffer per input of a batch, and the fence after the batch that last
 /// read them (none: never read yet, so the first upload waits for all queued work).
@@ -37,8 +37,9 @@ impl<B: Backend> Default for InputRing<B> {
 impl<B: Backend> InputRing<B> {
     /// Upload a batch's inputs (one host slice per device buffer) into the next slot of their
     /// shape; the buffers are for the work queued before `done`, which must follow.
-    pub fn fill(&mut self, b: &B, hosts: &[&[f32]]) -> &[B::Buf] {
-        let lens: Vec<usize> = hosts.iter().map(|h| h.len()).collect();
+    pub fn fill(&mut self, b: &B, hosts: &[Host<'_>]) -> &[B::Buf] {
+        // a shape is the inputs' lengths and precisions
+        let lens: Vec<usize> = hosts.iter().map(|h| 2 * h.len() + matches!(h, Host::F16(_)) as usize).collect();
         let si = match self.shapes.iter().position(|p| p.lens == lens) {
             Some(i) => i,
             None => {
@@ -51,8 +52,8 @@ impl<B: Backend> InputRing<B> {
         pair.next ^= 1;
         self.last = Some((si, i));
         let s = pair.slots[i]
-            .get_or_insert_with(|| Slot { bufs: hosts.iter().map(|h| b.alloc(h.len())).collect(), read_until: None });
-        for (d, h) in s.bufs.iter_mut().zip(hosts) {
+            .get_or_insert_with(|| Slot { bufs: hosts.iter().map(|&h| b.alloc_upload(h)).collect(), read_until: None });
+        for (d, &h) in s.bufs.iter_mut().zip(hosts) {
             b.upload_overlapped(h, d, s.read_until.as_ref());
         }
         &s.bufs
@@ -89,11 +90,13 @@ mod tests {
     fn batches_alternate_between_two_slots_per_shape() {
         let b = Cpu::new();
         let mut ring = InputRing::<Cpu>::default();
+        // the second input in f16, as the score stage sends the VD prior: widened on the CPU
         let run = |ring: &mut InputRing<Cpu>, k: f32, n: usize| {
-            let (a, c) = (vec![k; n], vec![-k; n / 2]);
-            let got = ring.fill(&b, &[&a, &c]).to_vec();
+            let a = vec![k; n];
+            let c: Vec<half::f16> = (0..n / 2).map(|i| half::f16::from_f32(-k - i as f32 / 8.0)).collect();
+            let got = ring.fill(&b, &[Host::F32(&a), Host::F16(&c)]).to_vec();
             ring.done(&b);
-            assert_eq!(got, vec![a, c]);
+            assert_eq!(got, vec![a, c.iter().map(|v| v.to_f32()).collect()]);
         };
         for row in 0..3 {
             for k in 0..3 {
@@ -109,6 +112,11 @@ mod tests {
             }
         }
         assert_eq!(b.fresh_allocations(), 8, "two slots of two buffers for each of two shapes");
+        // the same lengths in another precision are another shape
+        let a = vec![1.0f32; 4];
+        ring.fill(&b, &[Host::F32(&a), Host::F32(&a[..2])]);
+        ring.done(&b);
+        assert_eq!(b.fresh_allocations(), 10);
         ring.release(&b);
     }
 }

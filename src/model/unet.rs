@@ -8,7 +8,7 @@
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
-use crate::backend::{Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
+use crate::backend::{AdamSource, Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
 use crate::optim::Adam;
 
 pub const WIDTH: usize = 32;
@@ -119,9 +119,7 @@ impl<T> Params<T> {
     pub fn adam_step<B: Backend<Buf = T>>(&mut self, b: &B, opt: &mut Adam<T>, tensors: &[usize], lrs: &[f64]) {
         assert_eq!(tensors.len(), opt.m.len());
         let scalars = opt.next_step(lrs);
-        for (k, &i) in tensors.iter().enumerate() {
-            b.adam(&mut self.data[i], &self.grads[i], &mut opt.m[k], &mut opt.v[k], &scalars[k]);
-        }
+        b.adam_many(&mut self.data, &self.grads, opt, tensors, AdamSource::Host(&scalars));
     }
 
     /// `adam_step` behind a loss scaler (`GradScaler.step` + `update`): the gradients are

@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::backend::graphs::{lru, mix, Ran, Replayed};
-use crate::backend::{Backend, Cpu, HalfActivations, Shape};
+use crate::backend::{AdamSource, Backend, Cpu, HalfActivations, Host, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
 use crate::model::checkpoint;
@@ -244,7 +244,7 @@ impl<B: Backend> RecordedStep<B> {
             },
             |old| old.release(b),
         );
-        b.upload_overlapped(host, &mut slot.input, None);
+        b.upload_overlapped(Host::F32(host), &mut slot.input, None);
     }
 
     /// The iteration on the batch loaded last: gradients (times the scaler's scale, then
@@ -273,7 +273,7 @@ impl<B: Backend> RecordedStep<B> {
             }
         }
         let host: Vec<f32> = opt.next_step(lrs).iter().flat_map(|s| s.to_array()).collect();
-        b.upload_overlapped(&host, slot.scalars.as_mut().unwrap(), None);
+        b.upload_overlapped(Host::F32(&host), slot.scalars.as_mut().unwrap(), None);
         let (scale, inv) = match &scaler {
             Some(s) => (s.scale, Some(s.inv_scale())),
             None => (1.0, None),
@@ -294,9 +294,7 @@ impl<B: Backend> RecordedStep<B> {
                 b.unscale_grads_into(&mut p.grads, inv, flag);
             }
             let skip = inv.is_some().then_some(&*flag);
-            for (k, &i) in tensors.iter().enumerate() {
-                b.adam_at(&mut p.data[i], &p.grads[i], &mut opt.m[k], &mut opt.v[k], scalars, k, skip);
-            }
+            b.adam_many(&mut p.data, &p.grads, opt, tensors, AdamSource::Device { scalars, skip });
         });
         let per = (is.h * is.w * is.c) as f64;
         let loss: f64 = b.read_sums(sums).iter().take(is.n).map(|v| v / per).sum();

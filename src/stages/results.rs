@@ -253,8 +253,12 @@ impl ScoreMap {
 
     #[inline]
     pub fn get(&self, k: usize, y: usize, x: usize) -> f32 {
+        self.get_f16(k, y, x).to_f32()
+    }
+    #[inline]
+    pub fn get_f16(&self, k: usize, y: usize, x: usize) -> f16 {
         let at = self.offset + 2 * ((k * self.height + y) * self.width + x);
-        f16::from_bits(u16::from_le_bytes([self.map[at], self.map[at + 1]])).to_f32()
+        f16::from_bits(u16::from_le_bytes([self.map[at], self.map[at + 1]]))
     }
 
     /// Drop this process's resident pages of rows [y0, y1) of component k (whole pages inside
@@ -281,7 +285,12 @@ impl ScoreMap {
 
     /// The `rows` × `cols` window at (r0, c0) of the map's frame, channels last, zeros outside.
     pub fn window(&self, r0: i64, c0: i64, rows: usize, cols: usize) -> Vec<f32> {
-        let mut out = vec![0f32; rows * cols * self.rank];
+        self.window_f16(r0, c0, rows, cols).iter().map(|v| v.to_f32()).collect()
+    }
+
+    /// `window` in the file's half precision (what the score stage uploads).
+    pub fn window_f16(&self, r0: i64, c0: i64, rows: usize, cols: usize) -> Vec<f16> {
+        let mut out = vec![f16::ZERO; rows * cols * self.rank];
         let (x0, x1) = (c0.max(0), (c0 + cols as i64).min(self.width as i64));
         for y in 0..rows {
             let r = r0 + y as i64;
@@ -290,7 +299,7 @@ impl ScoreMap {
             }
             for k in 0..self.rank {
                 for c in x0..x1 {
-                    out[(y * cols + (c - c0) as usize) * self.rank + k] = self.get(k, r as usize, c as usize);
+                    out[(y * cols + (c - c0) as usize) * self.rank + k] = self.get_f16(k, r as usize, c as usize);
                 }
             }
         }

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::backend::graphs::RecordedOut;
 use crate::backend::streamed::InputRing;
-use crate::backend::{Backend, Cpu, Shape};
+use crate::backend::{Backend, Cpu, Host, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
 use crate::io::npy::write_npy;
@@ -70,6 +70,9 @@ pub fn tile_starts(len: usize, split: usize, overlap: usize) -> Vec<usize> {
     (0..n).map(|i| if i + 1 == n { len - split } else { i * step }).collect()
 }
 
+/// A batch of tiles: its row, its columns, the image and the VD prior (channels last).
+type Batch<V> = (usize, Vec<usize>, Vec<f32>, Vec<V>);
+
 /// The tiled, frame-averaged HR map of a crop of `h` × `w`: `tile(r0, c0)` gives the image and
 /// VD windows of a tile at crop coordinates (possibly negative: the padding), `infer` the HR
 /// of a batch of them on the backend, `emit` each finished crop row (channels last). Returns
@@ -81,14 +84,14 @@ pub fn tile_starts(len: usize, split: usize, overlap: usize) -> Vec<usize> {
 /// writer thread takes the finished rows. Queues are short (one batch, 64 rows), so memory
 /// stays bounded by the batch and the band, not the slide.
 #[allow(clippy::too_many_arguments)]
-pub fn average_tiles<B: Backend>(
+pub fn average_tiles<B: Backend, V: Send>(
     b: &B,
     h: usize,
     w: usize,
     rank: usize,
     s: &ScoreSettings,
-    tile: impl Fn(i64, i64) -> Result<(Vec<f32>, Vec<f32>)> + Sync,
-    mut infer: impl FnMut(&[f32], &[f32], usize, &mut dyn FnMut(&B::Buf)),
+    tile: impl Fn(i64, i64) -> Result<(Vec<f32>, Vec<V>)> + Sync,
+    mut infer: impl FnMut(&[f32], &[V], usize, &mut dyn FnMut(&B::Buf)),
     emit: impl FnMut(usize, &[f32]) -> Result<()> + Send,
     mut progress: impl FnMut(usize),
 ) -> Result<usize> {
@@ -102,13 +105,12 @@ pub fn average_tiles<B: Backend>(
     // a crop narrower than a tile: the band is one tile wide, the rest is padding
     let mut band = b.band(rank, ss, bound, wp.max(ss));
     std::thread::scope(|scope| {
-        type Batch = (usize, Vec<usize>, Vec<f32>, Vec<f32>);
-        let (tiles_tx, tiles_rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(1);
+        let (tiles_tx, tiles_rx) = std::sync::mpsc::sync_channel::<Result<Batch<V>>>(1);
         let (rows, cols, tile) = (&rows, &cols, &tile);
         scope.spawn(move || {
             for &r0 in rows {
                 for chunk in cols.chunks(batch) {
-                    let parts: Result<Vec<(Vec<f32>, Vec<f32>)>> =
+                    let parts: Result<Vec<(Vec<f32>, Vec<V>)>> =
                         chunk.par_iter().map(|&c0| tile(r0 as i64 - bound as i64, c0 as i64 - bound as i64)).collect();
                     let item = parts.map(|parts| {
                         let (mut img, mut vd) = (Vec::new(), Vec::new());
@@ -301,7 +303,8 @@ pub fn score_on<B: Backend>(
         let released = std::sync::atomic::AtomicI64::new(0);
         let (row0, col0) = (m.row0 as i64, m.col0 as i64);
         // the reference pads the crop itself: image pixels outside it are zeros
-        let tile = |r: i64, c: i64| -> Result<(Vec<f32>, Vec<f32>)> {
+        // the VD prior stays in its file's f16: half the bytes over the bus of widened values
+        let tile = |r: i64, c: i64| -> Result<(Vec<f32>, Vec<f16>)> {
             let mut img = image.read_region_unit(row0 + r, col0 + c, ss, ss)?;
             for y in 0..ss {
                 for x in 0..ss {
@@ -315,14 +318,14 @@ pub fn score_on<B: Backend>(
             if r > done && r > 0 {
                 vd.release_rows(done.max(0) as usize, r as usize);
             }
-            Ok((img, vd.window(r, c, ss, ss)))
+            Ok((img, vd.window_f16(r, c, ss, ss)))
         };
         // a batch's tiles go up while the batch before it computes (double-buffered inputs)
         let mut inputs = InputRing::<B>::default();
         // the network's batch as one recorded launch where recordings are on
         let mut batch = RecordedOut::<B>::default();
-        let infer = |img: &[f32], v: &[f32], n: usize, use_hr: &mut dyn FnMut(&B::Buf)| {
-            let bufs = inputs.fill(b, &[img, v]);
+        let infer = |img: &[f32], v: &[f16], n: usize, use_hr: &mut dyn FnMut(&B::Buf)| {
+            let bufs = inputs.fill(b, &[Host::F32(img), Host::F16(v)]);
             let is = Shape { n, h: ss, w: ss, c: channels };
             let hr = batch.run(b, n as u64, &[&bufs[0], &bufs[1]], &|x| head.hr_scores(b, &net, &p, x[0], is, x[1]));
             use_hr(hr);

@@ -60,8 +60,8 @@ impl Backend for Cpu {
         self.fresh.load(Ordering::Relaxed)
     }
     fn fence(&self) {}
-    fn upload_overlapped(&self, host: &[f32], dst: &mut Vec<f32>, _after: Option<&()>) {
-        dst.copy_from_slice(host);
+    fn upload_overlapped(&self, host: super::Host<'_>, dst: &mut Vec<f32>, _after: Option<&()>) {
+        host.widen_into(dst);
     }
     fn upload(&self, host: &[f32]) -> Vec<f32> {
         let mut b = self.alloc(host.len());

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::half::{few_dw_fits, half_from_env};
 use super::tiles::DeviceBandAverager;
-use crate::backend::{Backend, ConvSpec, Decoder, DxEpilogue, Epilogue, Shape, TileSpots};
+use crate::backend::{AdamSource, Backend, ConvSpec, Decoder, DxEpilogue, Epilogue, Host, Shape, TileSpots};
 use crate::optim::AdamScalars;
 
 /// A device buffer of `len` values, f32 or (`half`) f16 (the allocation holds at least one, so
@@ -653,9 +653,7 @@ impl Cuda {
     /// Every gradient times `inv_scale`; the u32 at `flag` zeroed, then set where one is inf/NaN.
     fn unscale_flagging(&self, grads: &[DBuf], inv_scale: f32, flag: u64) {
         self.zero_bytes(flag, 4);
-        for g in grads {
-            launch!(self, "unscale_check_f32", cfg_elems(g.len), self.ptr(g), g.len as i64, inv_scale, flag);
-        }
+        self.unscale_multi(grads, inv_scale, flag);
     }
 
     /// The MSE kernel: d = scale·2(pred − target)/(H·W·C), per-image squared-error sums into
@@ -886,13 +884,21 @@ impl Backend for Cuda {
         }
         self.stream.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"))
     }
-    fn upload_overlapped(&self, host: &[f32], dst: &mut DBuf, after: Option<&CudaEvent>) {
+    fn alloc_upload(&self, host: Host<'_>) -> DBuf {
+        self.alloc_as(host.len(), matches!(host, Host::F16(_)))
+    }
+    fn upload_overlapped(&self, host: Host<'_>, dst: &mut DBuf, after: Option<&CudaEvent>) {
         assert_eq!(host.len(), dst.len, "upload into a buffer of another length");
+        assert_eq!(
+            matches!(host, Host::F16(_)),
+            dst.half,
+            "upload into a buffer of the other precision: use alloc_upload"
+        );
         if host.is_empty() || self.capture_refuses("an upload") {
             return;
         }
         self.bind();
-        let bytes = std::mem::size_of_val(host);
+        let bytes = host.bytes().len();
         let mut ring = self.uploads.lock().unwrap();
         let copy = match &ring.stream {
             Some(s) => s.clone(),
@@ -917,10 +923,8 @@ impl Backend for Cuda {
         }
         let p = pinned.as_mut().unwrap().as_mut_ptr().unwrap_or_else(|e| panic!("CUDA: {e}"));
         // SAFETY: the staging buffer holds at least `bytes` and no copy reads it any more (its
-        // event was waited for); f32 has no padding.
-        let (staging, src) = unsafe {
-            (std::slice::from_raw_parts_mut(p, bytes), std::slice::from_raw_parts(host.as_ptr() as *const u8, bytes))
-        };
+        // event was waited for).
+        let (staging, src) = (unsafe { std::slice::from_raw_parts_mut(p, bytes) }, host.bytes());
         // a batch is ~100 MB: the host copy in parallel, while the GPU computes the last batch
         staging.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
         match after {
@@ -930,7 +934,7 @@ impl Backend for Cuda {
         .unwrap_or_else(|e| panic!("CUDA stream wait: {e}"));
         // SAFETY: dst holds bytes; the staging buffer stays untouched until the event recorded
         // after this copy has completed (checked above before the next write).
-        unsafe { result::memcpy_htod_async(self.ptr(dst), &*staging, copy.cu_stream()) }
+        unsafe { result::memcpy_htod_async(self.addr(dst), &*staging, copy.cu_stream()) }
             .unwrap_or_else(|e| panic!("CUDA upload: {e}"));
         let done = copy.record_event(None).unwrap_or_else(|e| panic!("CUDA event: {e}"));
         // the work queued from now on reads dst after the copy; the work queued before does not wait
@@ -962,18 +966,19 @@ impl Backend for Cuda {
         self.elementwise2(["sigmoid_backward_f32", "sigmoid_backward_h16"], y, dy, true);
     }
     fn prior_sigmoid(&self, l: &DBuf, vd: &DBuf, hr: &mut DBuf) {
-        if l.is_half() && !vd.is_half() && !hr.is_half() {
-            let n = self.len(l);
-            launch!(self, "prior_sigmoid_h16", cfg_elems(n), self.hptr(l), self.ptr(vd), self.ptr(hr), n as i64);
-            return;
+        assert!(l.len == vd.len && l.len == hr.len, "prior_sigmoid: lengths differ");
+        if hr.is_half() {
+            let mut hw = self.f32_out(hr);
+            self.prior_sigmoid(l, vd, hw.as_mut().unwrap());
+            return self.narrowed(hw, hr);
         }
-        if l.is_half() || vd.is_half() || hr.is_half() {
-            let (lw, vw, mut hw) = (self.widened(l), self.widened(vd), self.f32_out(hr));
-            self.prior_sigmoid(lw.as_ref().unwrap_or(l), vw.as_ref().unwrap_or(vd), hw.as_mut().unwrap_or(&mut *hr));
-            self.narrowed(hw, hr);
-            return self.release_all([lw, vw]);
-        }
-        launch!(self, "prior_sigmoid_f32", cfg_elems(l.len), self.ptr(l), self.ptr(vd), self.ptr(hr), l.len as i64);
+        let kernel = match (l.is_half(), vd.is_half()) {
+            (false, false) => "prior_sigmoid_f32",
+            (true, false) => "prior_sigmoid_h16",
+            (false, true) => "prior_sigmoid_f32_vh16",
+            (true, true) => "prior_sigmoid_h16_vh16",
+        };
+        launch!(self, kernel, cfg_elems(l.len), self.addr(l), self.addr(vd), self.ptr(hr), l.len as i64);
     }
 
     fn conv2d(
@@ -1532,6 +1537,25 @@ impl Backend for Cuda {
             self.ptr(scalars) + (24 * at) as u64,
             self.optr(skip)
         );
+    }
+    fn adam_many(
+        &self,
+        params: &mut [DBuf],
+        grads: &[DBuf],
+        opt: &mut crate::optim::Adam<DBuf>,
+        tensors: &[usize],
+        scalars: AdamSource<'_, DBuf>,
+    ) {
+        assert_eq!(tensors.len(), opt.m.len(), "one set of Adam moments per tensor");
+        let (host, dev, skip) = match scalars {
+            AdamSource::Host(s) => (Some(s), 0, 0),
+            AdamSource::Device { scalars, skip } => {
+                assert!(scalars.len >= 6 * tensors.len(), "Adam scalars for {} tensors missing", tensors.len());
+                (None, self.ptr(scalars), self.optr(skip))
+            }
+        };
+        let list = self.adam_tensors(params, grads, &opt.m, &opt.v, tensors, host);
+        self.adam_multi(&list, dev, skip);
     }
     fn unscale_grads(&self, grads: &mut [DBuf], inv_scale: f32) -> bool {
         // every tensor ORs into one flag; one 4-byte read-back per step, as PyTorch's

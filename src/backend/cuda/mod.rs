@@ -23,6 +23,7 @@ mod device;
 pub mod gcn;
 mod graph;
 mod half;
+pub mod multi;
 pub mod nmf;
 mod profile;
 pub mod tiles;
