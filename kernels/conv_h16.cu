@@ -8,7 +8,9 @@
 // 16-byte pieces (cp.async, zero-filled where a tap falls into the padding), three K steps in
 // flight, and the fragments come out of shared memory with ldmatrix. A K step is one tap × 32
 // channels, so layers run here where cin divides by 32 (every layer of the U-Net but the
-// image's); the host converts around the f32 kernels elsewhere.
+// image's); the forward pass also where it divides by 4 (`FWD4`: K steps across taps, 8-byte
+// copies; the low-rank head's 20 channels), and the host converts around the f32 kernels
+// elsewhere.
 //
 // Block tile 128 × 64 × 32 (or 128 × 32 × 32 for layers of at most 32 output channels, where
 // the 64-column tile would multiply zeros for half its MMAs), 8 warps as 4 (m) × 2 (n), each
@@ -33,6 +35,12 @@ DEV uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_share
 DEV void cp_async16(void* dst, const void* src, bool full) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                  "r"(full ? 16 : 0)
+                 : "memory");
+}
+// 8 bytes (four channels) global → shared (cp.async.cg takes only 16); the same zero fill
+DEV void cp_async8(void* dst, const void* src, bool full) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(full ? 8 : 0)
                  : "memory");
 }
 DEV void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -203,15 +211,31 @@ DEV void mainloop(const uint16_t (&As)[STAGES][ASZ], const uint16_t (&Bs)[STAGES
 // a stride-1 layer (a tap's row of dY starts (ky·ow + kx)·cout before the pixel's window base:
 // conv_ops.cuh grad_pixel), or those of one phase of a strided layer whose kernel the stride
 // divides (conv_ops.cuh BwdDataPhased: the phase's (k / s)² taps; GEMM row m is the phase's
-// m-th pixel, stored at its own index).
-enum Mode { FWD, DX, DX_PHASED };
+// m-th pixel, stored at its own index). FWD4 is the forward pass of a layer whose cin divides
+// by 4 but not by 32 (the low-rank head's 20 channels): K = k²·cin runs on unbroken, a K step
+// spans taps, and each 8-byte piece of a row (four channels of one tap) finds its own tap.
+enum Mode { FWD, DX, DX_PHASED, FWD4 };
+
+// The tap and first channel of one four-channel piece of K in FWD4, stepped along K.
+struct Piece {
+    int tap, ky, kx, c4;  // c4: the piece's index within its tap (channels 4·c4 ..)
+    // move on by `d` pieces (cq pieces to a tap, k taps to a row of the kernel)
+    DEV void advance(int d, int cq, int k) {
+        c4 += d;
+        while (c4 >= cq) {
+            c4 -= cq;
+            ++tap;
+            if (++kx == k) kx = 0, ++ky;
+        }
+    }
+};
 
 // C = im2col(x) · W over the layer's geometry `g` (M = output pixels, K = k²·cin, N columns of
 // `wt`, np apart), each result through `out`; blocks of BM × TBN. In the data-gradient modes x
 // is dY, M the (phase's) input pixels, K = taps·cout, `wt` the weights packed [tap][co][ci].
 template <int TBN, Mode MODE = FWD, class Out>
 DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g, int64_t M, int N, const Out& out) {
-    constexpr bool DX_ROWS = MODE != FWD;
+    constexpr bool DX_ROWS = MODE == DX || MODE == DX_PHASED;
     static_assert(TBN == 64 || TBN == 32, "64- or 32-column tiles");
     constexpr int BCH = TBN / 8, JN = TBN / 16;  // B's chunks per row; a warp's 8-column MMA tiles
     alignas(128) __shared__ uint16_t As[STAGES][BM * BK];
@@ -236,9 +260,35 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
     const int C = DX_ROWS ? g.cout : g.cin;              // channels of the gathered tensor
     const int kt = MODE == DX_PHASED ? phased.ph.kk : g.k;  // taps per side
     const bool b_copies = tid < BK * BCH, b_ok = n0 + 8 * bc < np;
-    const int steps = kt * kt * (C / BK);
+    const int K4 = kt * kt * C;  // FWD4: K, unbroken
+    const int steps = MODE == FWD4 ? (K4 + BK - 1) / BK : kt * kt * (C / BK);
     int lky = 0, lkx = 0, lc = 0;  // tap and first channel of the next step to copy
+    // FWD4: this thread's pieces 2·ac and 2·ac + 1 of a K step's eight, and the step's first K row
+    Piece pc[2] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    int lk4 = 0;
+    if (MODE == FWD4)
+        for (int j = 0; j < 2; ++j) pc[j].advance(2 * ac + j, C / 4, kt);
+    auto copy_step4 = [&](int slot) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = tid / 4 + 64 * i;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const Piece& q = pc[j];
+                const bool ok = q.tap < kt * kt && ((rows[i].valid >> q.tap) & 1u);
+                const int off = (q.ky * g.w + q.kx) * C + 4 * q.c4;
+                cp_async8(&As[slot][a_at(r, ac) + 4 * j], ok ? x + rows[i].base + off : x, ok);
+            }
+        }
+        if (b_copies) {
+            const bool ok = b_ok && lk4 + bk < K4;
+            cp_async16(&Bs[slot][swizzled<BCH>(bk, bc)], ok ? wt + (int64_t)(lk4 + bk) * np + n0 + 8 * bc : wt, ok);
+        }
+        lk4 += BK;
+        for (int j = 0; j < 2; ++j) pc[j].advance(BK / 4, C / 4, kt);
+    };
     auto copy_step = [&](int slot) {
+        if (MODE == FWD4) return copy_step4(slot);
         // the tap's bit in the rows' masks, and its index in the weights
         const int bit = lky * kt + lkx;
         const int tap = MODE == DX_PHASED ? (phased.ph.ky0 + g.stride * lky) * g.k + phased.ph.kx0 + g.stride * lkx : bit;
@@ -361,6 +411,12 @@ DEV void conv_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bi
                   int leaky, const conv::Geom& g) {
     gemm<TBN>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
 }
+// conv_fwd for cin a multiple of 4 (not of 32): K steps across taps (FWD4)
+template <int TBN>
+DEV void conv_fwd4(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
+                   int leaky, const conv::Geom& g) {
+    gemm<TBN, FWD4>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
+}
 // the data gradient of a stride-1 convolution from f16 dY and weights packed [tap][co][ci]
 template <int TBN>
 DEV void conv_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
@@ -388,15 +444,18 @@ DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias
 #define H16_LOOP(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
 // y = leaky?(conv(x) + bias) + res, f16 in and out; grid (⌈pixels / 128⌉, ⌈cout / 64⌉), or
-// ⌈cout / 32⌉ for the narrow tile (`_h16n`, layers of at most 32 output channels)
-#define H16_CONV(NAME, TBN)                                                                                        \
+// ⌈cout / 32⌉ for the narrow tile (`_h16n`, layers of at most 32 output channels); cin a
+// multiple of 32, or of 4 for `conv_fwd4` (`fwd4_`)
+#define H16_CONV(NAME, BODY, TBN)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
         NAME(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,   \
              int leaky, int n, int h, int w, int cin, int cout, int k, int stride, int pad) {                       \
-        h16::conv_fwd<TBN>(x, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad));       \
+        h16::BODY<TBN>(x, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad));           \
     }
-H16_CONV(conv2d_fwd_h16, 64)
-H16_CONV(conv2d_fwd_h16n, 32)
+H16_CONV(conv2d_fwd_h16, conv_fwd, 64)
+H16_CONV(conv2d_fwd_h16n, conv_fwd, 32)
+H16_CONV(conv2d_fwd4_h16, conv_fwd4, 64)
+H16_CONV(conv2d_fwd4_h16n, conv_fwd4, 32)
 
 // dW (f32, zeroed, rows (tap, ci) × cout) += the weight gradient from f16 x and dY; grid
 // (⌈k²·cin / 128⌉, ⌈cout / TBN⌉, K splits); cin and cout multiples of 8

@@ -133,6 +133,10 @@ inline void cp_async16(void* dst, const void* src, bool full) {
     if (full) std::memcpy(dst, src, 16);
     else std::memset(dst, 0, 16);
 }
+inline void cp_async8(void* dst, const void* src, bool full) {
+    if (full) std::memcpy(dst, src, 8);
+    else std::memset(dst, 0, 8);
+}
 inline void cp_commit() {}
 template <int N>
 inline void cp_wait() {}
@@ -405,7 +409,8 @@ static std::vector<uint16_t> pack_half(const std::vector<float>& w, int64_t rows
 }
 static constexpr uint16_t HALF_NAN = 0x7e00;
 
-template <int TBN>
+// FOUR: the body for cin a multiple of 4 (conv_fwd4: K steps across taps)
+template <int TBN, bool FOUR = false>
 static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s, int p, bool epilogue) {
     const Geom g = geom(n, h, w, cin, cout, k, s, p);
     const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
@@ -417,12 +422,14 @@ static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s,
     const int leaky = epilogue ? 1 : 0;
     std::vector<uint16_t> y(P * cout, HALF_NAN);
     launch(blocks(P, h16::BM), blocks(cout, TBN), 1, [&] {
-        h16::conv_fwd<TBN>(xh.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, g);
+        const uint16_t* r = epilogue ? rh.data() : nullptr;
+        if (FOUR) h16::conv_fwd4<TBN>(xh.data(), wh.data(), np, b, r, y.data(), leaky, g);
+        else h16::conv_fwd<TBN>(xh.data(), wh.data(), np, b, r, y.data(), leaky, g);
     });
     std::vector<float> want(P * cout, -99.0f);
     plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, leaky}, P, cout, kk * cin);
     round_half(want);
-    expect_equal("f16 storage conv forward, " + std::to_string(TBN) + "-column tiles, " + std::to_string(cin) + " -> " + std::to_string(cout) + ", k " +
+    expect_equal(std::string("f16 storage conv forward") + (FOUR ? " (4-channel pieces)" : "") + ", " + std::to_string(TBN) + "-column tiles, " + std::to_string(cin) + " -> " + std::to_string(cout) + ", k " +
                      std::to_string(k) + (epilogue ? ", bias + LeakyReLU + residual" : ""),
                  from_half(y), want);
 }
@@ -634,6 +641,12 @@ static void half_storage() {
     half_conv_case<32>(2, 10, 9, 32, 32, 4, 2, 1, false);  // stride 2
     half_conv_case<32>(1, 5, 13, 32, 72, 1, 1, 0, true);   // three column tiles, the last 8 wide
     half_conv_case<32>(1, 6, 5, 96, 5, 3, 1, 1, true);     // odd cout
+    half_conv_case<32, true>(2, 9, 11, 20, 20, 3, 1, 1, true);  // the low-rank head's 20 → 20: K 180, 6 steps
+    half_conv_case<32, true>(1, 7, 6, 4, 24, 3, 1, 1, false);   // one piece a tap: 8 taps a step
+    half_conv_case<32, true>(1, 5, 13, 12, 40, 1, 1, 0, true);  // 1 × 1, K 12 in one step; two column tiles
+    half_conv_case<32, true>(2, 10, 9, 36, 8, 4, 2, 1, false);  // stride 2, 16 taps, K 576 = 18 steps
+    half_conv_case<64, true>(1, 9, 7, 20, 72, 3, 1, 1, true);   // the wide tile, two column tiles
+    half_conv_case<64, true>(1, 6, 5, 32, 5, 3, 1, 1, true);    // cin 32 through the pieces too
     half_up_case(2, 3, 5, 32, 16);
     half_up_case(1, 9, 16, 64, 20);  // 4·cout = 80: two column tiles, a pair at each tap's edge
     half_up_case(1, 4, 6, 32, 5);    // odd cout: pairs cross from one tap to the next

@@ -1327,7 +1327,10 @@ fn f16_storage_layers_match_the_cpu() {
         (Shape { n: 1, h: 16, w: 17, c: 64 }, spec(64, 64, 4, 2, 1), false, false),
         (Shape { n: 2, h: 9, w: 13, c: 32 }, spec(32, 20, 1, 1, 0), false, true),
         (Shape { n: 1, h: 12, w: 10, c: 96 }, spec(96, 5, 3, 1, 1), true, true),
+        // cin a multiple of 4, not of 32: the GEMM in four-channel pieces (`conv2d_fwd4_*`)
         (Shape { n: 1, h: 17, w: 11, c: 20 }, spec(20, 20, 3, 1, 1), true, true),
+        (Shape { n: 2, h: 13, w: 12, c: 12 }, spec(12, 72, 4, 2, 1), false, true),
+        (Shape { n: 1, h: 9, w: 10, c: 4 }, spec(4, 8, 1, 1, 0), true, false),
         (Shape { n: 2, h: 15, w: 14, c: 3 }, spec(3, 32, 3, 1, 1), false, false),
     ];
     // the image's layer once more on the speed path, where the direct kernel writes f16 itself

@@ -992,7 +992,7 @@ impl Backend for Cuda {
         y: &mut DBuf,
     ) {
         if x.is_half() || y.is_half() || epi.residual.is_some_and(DBuf::is_half) {
-            if self.h16_runs(x, y, spec.cin, epi.residual) {
+            if self.h16_runs(x, y, spec.cin, epi.residual) || self.h16_fwd4_runs(x, y, spec.cin, epi.residual) {
                 return self.conv2d_h16(x, xs, spec, w, bias, epi, y);
             }
             if self.image_into_h16(x, xs, spec, w, bias, Epilogue { leaky: epi.leaky, residual: epi.residual }, y) {

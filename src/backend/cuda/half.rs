@@ -117,6 +117,13 @@ impl Cuda {
         x.is_half() && y.is_half() && cin % K_STEP == 0 && cin > 0 && residual.is_none_or(|r| r.is_half())
     }
 
+    /// Whether the forward f16 GEMM runs a layer in four-channel pieces (`conv2d_fwd4_*`):
+    /// as `h16_runs`, for cin a multiple of 4 (the low-rank head's 20 channels), where an f32
+    /// copy of x and y would otherwise go around the f32 kernel.
+    pub(super) fn h16_fwd4_runs(&self, x: &DBuf, y: &DBuf, cin: usize, residual: Option<&DBuf>) -> bool {
+        x.is_half() && y.is_half() && cin % 4 == 0 && cin > 0 && residual.is_none_or(|r| r.is_half())
+    }
+
     /// The f16 copy of f32 weights [rows][cols] the f16 GEMM reads: rows `np` apart (cols
     /// rounded up to 8, zero past them), so each 16-byte copy of a row stays aligned.
     fn packed_weights(&self, w: &DBuf, rows: usize, cols: usize) -> (DBuf, usize) {
@@ -136,7 +143,7 @@ impl Cuda {
         (p, np)
     }
 
-    /// `Backend::conv2d` on f16 x, residual and y (`h16_runs`).
+    /// `Backend::conv2d` on f16 x, residual and y (`h16_runs` or `h16_fwd4_runs`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn conv2d_h16(
         &self,
@@ -171,7 +178,12 @@ impl Cuda {
         within_fast_div(pixels);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let res = epi.residual.map_or(0, |r| self.hptr(r));
-        let (kernel, tile) = if spec.cout <= 32 { ("conv2d_fwd_h16n", NARROW) } else { ("conv2d_fwd_h16", TILE) };
+        let (kernel, tile) = match (spec.cin % K_STEP == 0, spec.cout <= 32) {
+            (true, true) => ("conv2d_fwd_h16n", NARROW),
+            (true, false) => ("conv2d_fwd_h16", TILE),
+            (false, true) => ("conv2d_fwd4_h16n", NARROW),
+            (false, false) => ("conv2d_fwd4_h16", TILE),
+        };
         launch!(
             self,
             kernel,
