@@ -1162,8 +1162,9 @@ fn a_step_that_cannot_be_recorded_runs_eagerly_and_leaves_the_backend_usable() {
     }
 }
 
-/// The score stage's recorded batch (`RecordedOut`): inputs from alternating slots are copied
-/// into the recording's own, and every batch's output follows its own inputs.
+/// The score stage's recorded batch (`RecordedOut`): inputs from alternating slots — the
+/// second in f16, as the VD prior comes — are copied into the recording's own, and every
+/// batch's output follows its own inputs.
 #[test]
 fn recorded_batches_follow_their_inputs() {
     use spahdmap::backend::graphs::RecordedOut;
@@ -1175,24 +1176,27 @@ fn recorded_batches_follow_their_inputs() {
         let mut t = g.alloc(n);
         g.sigmoid(x[0], &mut t);
         let mut y = g.alloc(n);
-        g.copy(x[1], &mut y);
+        g.prior_sigmoid(&t, x[1], &mut y);
         g.leaky_relu_backward(&t, &mut y);
         g.add_assign(&mut y, &t);
         g.release(t);
         y
     };
     let cpu = Cpu::new();
-    let slots: Vec<[DBuf; 2]> = (0..2).map(|_| [g.alloc(n), g.alloc(n)]).collect();
-    let mut slots = slots;
+    let mut slots: Vec<[DBuf; 2]> =
+        (0..2).map(|_| [g.alloc(n), g.alloc_upload(Host::F16(&[half::f16::ZERO; 1 << 16]))]).collect();
     for k in 0..6u64 {
-        let (a, b) = (rnd(n, 200 + k, -3.0, 3.0), rnd(n, 300 + k, -1.0, 1.0));
+        let a = rnd(n, 200 + k, -3.0, 3.0);
+        let b16: Vec<half::f16> = rnd(n, 300 + k, 0.0, 1.0).into_iter().map(half::f16::from_f32).collect();
         let s = &mut slots[k as usize % 2];
         g.upload_overlapped(Host::F32(&a), &mut s[0], None);
-        g.upload_overlapped(Host::F32(&b), &mut s[1], None);
+        g.upload_overlapped(Host::F16(&b16), &mut s[1], None);
         let got = g.download(rec.run(&g, 0, &[&s[0], &s[1]], &body));
         let mut t = vec![0f32; n];
         cpu.sigmoid(&a, &mut t);
-        let mut want = b.clone();
+        let mut want = vec![0f32; n];
+        let b: Vec<f32> = b16.iter().map(|v| v.to_f32()).collect();
+        cpu.prior_sigmoid(&t, &b, &mut want);
         cpu.leaky_relu_backward(&t, &mut want);
         cpu.add_assign(&mut want, &t);
         let e = rel(&got, &want);

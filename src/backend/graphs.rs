@@ -192,12 +192,12 @@ impl<B: Backend> RecordedOut<B> {
             }
             return self.out.insert(body(srcs));
         }
-        let lens: Vec<usize> = srcs.iter().map(|x| b.len(x)).collect();
-        let shape = mix(&lens);
+        // a shape is the inputs' lengths and precisions (the score stage's VD prior is f16)
+        let kinds: Vec<usize> = srcs.iter().map(|x| 2 * b.len(x) + b.holds_half(x) as usize).collect();
         let slot = lru(
             &mut self.shapes,
-            shape,
-            || OutSlot { inputs: lens.iter().map(|&n| b.alloc(n)).collect(), out: None, rec: Replayed::default() },
+            mix(&kinds),
+            || OutSlot { inputs: srcs.iter().map(|x| b.alloc_like(x)).collect(), out: None, rec: Replayed::default() },
             |old| old.release(b),
         );
         for (src, dst) in srcs.iter().zip(slot.inputs.iter_mut()) {

@@ -354,6 +354,15 @@ pub trait Backend: Sync {
         self.alloc(len)
     }
     fn zeros(&self, len: usize) -> Self::Buf;
+    /// Whether `buf` holds f16 values (a GPU's f16 storage; never on the CPU).
+    fn holds_half(&self, buf: &Self::Buf) -> bool {
+        let _ = buf;
+        false
+    }
+    /// A buffer of `buf`'s length and precision (`copy` takes it as a destination).
+    fn alloc_like(&self, buf: &Self::Buf) -> Self::Buf {
+        self.alloc_f32(self.len(buf))
+    }
     /// Give a buffer back for reuse.
     fn release(&self, buf: Self::Buf);
     /// Buffers created (not reused) so far.

@@ -845,6 +845,12 @@ impl Backend for Cuda {
     fn alloc_f32(&self, len: usize) -> DBuf {
         self.alloc_as(len, false)
     }
+    fn holds_half(&self, buf: &DBuf) -> bool {
+        buf.half
+    }
+    fn alloc_like(&self, buf: &DBuf) -> DBuf {
+        self.alloc_as(buf.len, buf.half)
+    }
     fn zeros(&self, len: usize) -> DBuf {
         let b = self.alloc(len);
         self.zero_bytes(self.addr(&b), b.bytes());
