@@ -1438,6 +1438,30 @@ fn half_inference_scores_match_the_cpu() {
     }
     let after = g.alloc(16);
     assert!(!after.is_half(), "f16 allocation ends with the network");
+    // frozen weights, as the score stage holds them: the same scores, the f16 packings made
+    // in the first batch only, and dropped again after
+    let unfrozen = g.download(&head.hr_scores(&g, &net, &pg, &im, is, &v));
+    let packs = |g: &Cuda| {
+        g.take_profile().iter().filter(|k| k.kernel == "pack_weights_h16").map(|k| k.launches).sum::<usize>()
+    };
+    {
+        let _frozen = spahdmap::backend::FrozenWeights::on(&g);
+        g.set_profiling(true);
+        for round in 0..3 {
+            let hr = head.hr_scores(&g, &net, &pg, &im, is, &v);
+            // the same kernels on the same packed values (f64 atomics may reorder the norm sums)
+            check(&format!("frozen weights, pass {round}"), &g, &hr, &unfrozen, 1e-6);
+            g.release(hr);
+            let n = packs(&g);
+            assert!(if round == 0 { n > 0 } else { n == 0 }, "pass {round}: {n} packings");
+        }
+        g.set_profiling(false);
+    }
+    g.set_profiling(true);
+    let hr = head.hr_scores(&g, &net, &pg, &im, is, &v);
+    assert!(packs(&g) > 0, "packed at every batch again once thawed");
+    check("thawed weights", &g, &hr, &unfrozen, 1e-6);
+    g.set_profiling(false);
     // off, the same call keeps f32 activations
     g.use_half_storage(false);
     let hr = head.hr_scores(&g, &net, &pg, &im, is, &v);

@@ -281,6 +281,24 @@ impl<B: Backend> Drop for HalfActivations<'_, B> {
     }
 }
 
+/// `Backend::freeze_weights` for a scope: on from `on` until dropped.
+pub struct FrozenWeights<'a, B: Backend> {
+    b: &'a B,
+}
+
+impl<'a, B: Backend> FrozenWeights<'a, B> {
+    pub fn on(b: &'a B) -> Self {
+        b.freeze_weights(true);
+        FrozenWeights { b }
+    }
+}
+
+impl<B: Backend> Drop for FrozenWeights<'_, B> {
+    fn drop(&mut self) {
+        self.b.freeze_weights(false);
+    }
+}
+
 /// What a convolution does to its result before storing it: y = act(conv(x) + bias) + residual.
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a, T> {
@@ -354,6 +372,12 @@ pub trait Backend: Sync {
         self.alloc(len)
     }
     fn zeros(&self, len: usize) -> Self::Buf;
+    /// `on`: no parameter changes until `freeze_weights(false)` (inference), so the backend
+    /// may keep what it derives from the weights — a GPU its f16 packings — instead of
+    /// deriving it at every layer of every batch. `false` lets them go.
+    fn freeze_weights(&self, on: bool) {
+        let _ = on;
+    }
     /// Whether `buf` holds f16 values (a GPU's f16 storage; never on the CPU).
     fn holds_half(&self, buf: &Self::Buf) -> bool {
         let _ = buf;

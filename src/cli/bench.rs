@@ -345,6 +345,8 @@ fn infer_bench<B: crate::backend::Backend>(
         b.half_activations(true)
     };
     let p = host.upload(b);
+    // as the score stage holds them: the weights' f16 packings made once
+    let _frozen = crate::backend::FrozenWeights::on(b);
     let is = Shape { n: batch, h: size, w: size, c: 3 };
     let image = bench_image(is.len());
     // the VD prior as the score stage reads it: half floats from its f16 file

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::backend::graphs::RecordedOut;
 use crate::backend::streamed::InputRing;
-use crate::backend::{Backend, Cpu, Host, Shape};
+use crate::backend::{Backend, Cpu, FrozenWeights, Host, Shape};
 use crate::error::{Error, Result};
 use crate::io::image::ImageCache;
 use crate::io::npy::write_npy;
@@ -303,6 +303,8 @@ pub fn score_on<B: Backend>(
     checkpoint::load(&Cpu::new(), &out.join("models/trained.safetensors"), &mut host, None)?;
     let p = host.upload(b);
     drop(host);
+    // the weights stay as loaded for every batch: their f16 packings are made once
+    let _frozen = FrozenWeights::on(b);
     let ss = s.split_size;
     let mut reports = Vec::new();
     for sd in sections {

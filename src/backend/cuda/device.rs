@@ -139,7 +139,13 @@ pub struct Cuda {
     pub(super) sms: usize,
     /// Per-launch event pairs while profiling (`set_profiling`; src/backend/cuda/profile.rs).
     pub(super) profile: Mutex<Option<Vec<super::profile::Launch>>>,
+    /// f16 packings of weights by (address, rows, columns), kept while the weights are frozen
+    /// (`Backend::freeze_weights`); None otherwise
+    pub(super) frozen: Mutex<Option<FrozenPackings>>,
 }
+
+/// f16 packings of frozen weights and their row pitch, by (weights' address, rows, columns).
+pub(super) type FrozenPackings = HashMap<(u64, usize, usize), (DBuf, usize)>;
 
 /// The copy stream of overlapped uploads and their page-locked staging: a ring of buffers,
 /// each written again only once the copy recorded in its event has left it.
@@ -252,6 +258,7 @@ impl Cuda {
             ),
             sms,
             profile: Mutex::default(),
+            frozen: Mutex::default(),
         })
     }
 
@@ -844,6 +851,9 @@ impl Backend for Cuda {
     }
     fn alloc_f32(&self, len: usize) -> DBuf {
         self.alloc_as(len, false)
+    }
+    fn freeze_weights(&self, on: bool) {
+        self.set_frozen(on)
     }
     fn holds_half(&self, buf: &DBuf) -> bool {
         buf.half

@@ -10,6 +10,7 @@
 //! weights stay f32 parameters; each layer packs an f16 copy of its own when it runs (a few MB
 //! per pass against hundreds of MB of activations); statistics and parameter gradients are f32.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use super::device::{
@@ -22,6 +23,20 @@ use crate::backend::{Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
 const TILE: (usize, usize) = (128, 64);
 const NARROW: (usize, usize) = (128, 32);
 const K_STEP: usize = 32;
+
+/// Packed f16 weights: their address, and the buffer when the caller owns it (not frozen).
+struct Packed {
+    ptr: u64,
+    own: Option<DBuf>,
+}
+
+impl Packed {
+    fn release(self, g: &Cuda) {
+        if let Some(b) = self.own {
+            g.release(b);
+        }
+    }
+}
 
 /// kernels/conv_few.cuh: output pixels a block of `few_dw` stages at once, and the most
 /// (tap, channel) rows and output channels it takes.
@@ -126,7 +141,37 @@ impl Cuda {
 
     /// The f16 copy of f32 weights [rows][cols] the f16 GEMM reads: rows `np` apart (cols
     /// rounded up to 8, zero past them), so each 16-byte copy of a row stays aligned.
-    fn packed_weights(&self, w: &DBuf, rows: usize, cols: usize) -> (DBuf, usize) {
+    /// While the weights are frozen (`Backend::freeze_weights`: inference) each packing is
+    /// kept and handed out again; the copy is then the cache's (None to release).
+    fn packed_weights(&self, w: &DBuf, rows: usize, cols: usize) -> (Packed, usize) {
+        let key = (self.addr(w), rows, cols);
+        // a capture records the packing instead: the cache is not touched under it
+        let cache = self.capture.lock().unwrap().is_none();
+        if cache {
+            if let Some((p, np)) = self.frozen.lock().unwrap().as_ref().and_then(|m| m.get(&key)) {
+                return (Packed { ptr: self.hptr(p), own: None }, *np);
+            }
+        }
+        let (p, np) = self.pack_weights(w, rows, cols);
+        let ptr = self.hptr(&p);
+        if cache {
+            if let Some(m) = self.frozen.lock().unwrap().as_mut() {
+                m.insert(key, (p, np));
+                return (Packed { ptr, own: None }, np);
+            }
+        }
+        (Packed { ptr, own: Some(p) }, np)
+    }
+
+    /// Drop the frozen packings (`Backend::freeze_weights`), or start keeping them.
+    pub(super) fn set_frozen(&self, on: bool) {
+        let old = std::mem::replace(&mut *self.frozen.lock().unwrap(), on.then(HashMap::new));
+        for (p, _) in old.into_iter().flat_map(|m| m.into_values()) {
+            self.release(p);
+        }
+    }
+
+    fn pack_weights(&self, w: &DBuf, rows: usize, cols: usize) -> (DBuf, usize) {
         assert_eq!(self.len(w), rows * cols, "weights of another shape");
         let np = cols.next_multiple_of(8);
         let p = self.alloc_as(rows * np, true);
@@ -156,18 +201,18 @@ impl Cuda {
         y: &mut DBuf,
     ) {
         let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
-        self.conv2d_h16_packed(x, xs, spec, &wh, np, bias, epi, y);
-        self.release(wh);
+        self.conv2d_h16_packed(x, xs, spec, wh.ptr, np, bias, epi, y);
+        wh.release(self);
     }
 
-    /// The f16 forward GEMM on weights packed already ([K][np] f16).
+    /// The f16 forward GEMM on weights packed already ([K][np] f16 at `wh`).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_h16_packed(
         &self,
         x: &DBuf,
         xs: Shape,
         spec: &ConvSpec,
-        wh: &DBuf,
+        wh: u64,
         np: usize,
         bias: Option<&DBuf>,
         epi: Epilogue<DBuf>,
@@ -189,7 +234,7 @@ impl Cuda {
             kernel,
             tiled_grid(pixels, spec.cout, 1, tile),
             self.hptr(x),
-            self.hptr(wh),
+            wh,
             np as i32,
             self.optr(bias),
             res,
@@ -260,7 +305,7 @@ impl Cuda {
         let ys = Shape { n: xs.n, h: 2 * xs.h, w: 2 * xs.w, c: cout };
         if let Some(dx) = dx {
             let (wt, np) = self.packed_weights_t(w, 4, xs.c, cout, (cout, 4 * cout));
-            self.conv2d_h16_packed(dy, ys, &spec, &wt, np, None, Epilogue::NONE, dx);
+            self.conv2d_h16_packed(dy, ys, &spec, self.hptr(&wt), np, None, Epilogue::NONE, dx);
             self.release(wt);
         }
         // [(tap, co)][ci], then into the weights' [ci][tap][co]
@@ -545,7 +590,7 @@ impl Cuda {
             "up2_fwd_h16",
             tiled_grid(pixels, 4 * cout, 1, TILE),
             self.hptr(x),
-            self.hptr(&wh),
+            wh.ptr,
             np as i32,
             self.ptr(b),
             self.hptr(y),
@@ -555,7 +600,7 @@ impl Cuda {
             xs.c as i32,
             cout as i32
         );
-        self.release(wh);
+        wh.release(self);
         self.profile_flop(up2_flop(pixels, xs.c, cout));
     }
 }
