@@ -7,7 +7,7 @@
 use cudarc::driver::CudaSlice;
 
 use super::device::{cfg1, cfg_elems, gemm_grid, Cuda, DBuf, DevCsr, THREADS};
-use crate::backend::Backend;
+use crate::backend::{AdamSource, Backend};
 use crate::io::sparse::Csr;
 use crate::optim::{cosine_lr, Adam, AdamConfig};
 use crate::stages::gcn::{Gcn, GcnParams, GcnResult, GcnSettings, Plan};
@@ -229,6 +229,7 @@ pub fn train_gcn_cuda(
     let mut m = GcnCuda::new(g, adj, n, score, &params, s.iterations);
     let sizes: Vec<usize> = params.tensors().iter().map(|t| t.len()).collect();
     let mut opt = Adam::with(AdamConfig { weight_decay: s.weight_decay, ..Default::default() }, &sizes, |k| g.zeros(k));
+    let all: Vec<usize> = (0..sizes.len()).collect();
     g.zero_bytes(g.raw(&m.losses), s.iterations * 8);
     let mut losses = Vec::with_capacity(s.iterations);
     let denom = (n * rank) as f64;
@@ -237,9 +238,8 @@ pub fn train_gcn_cuda(
         m.loss_and_grad_into(it);
         let lr = cosine_lr(s.lr, s.lr / 4.0, it, s.iterations);
         let sc = opt.next_step(&vec![lr; sizes.len()]);
-        for (k, scal) in sc.iter().enumerate() {
-            g.adam(&mut m.params[k], &m.grads[k], &mut opt.m[k], &mut opt.v[k], scal);
-        }
+        // one launch for every tensor: the GCN's steps are short, thousands of them
+        g.adam_many(&mut m.params, &m.grads, &mut opt, &all, AdamSource::Host(&sc));
         if (it + 1) % CHUNK == 0 || it + 1 == s.iterations {
             let first = losses.len();
             let v = g.dtoh::<f64>(g.raw(&m.losses) + (first * 8) as u64, it + 1 - first);
