@@ -214,7 +214,10 @@ DEV void mainloop(const uint16_t (&As)[STAGES][ASZ], const uint16_t (&Bs)[STAGES
 // m-th pixel, stored at its own index). FWD4 is the forward pass of a layer whose cin divides
 // by 4 but not by 32 (the low-rank head's 20 channels): K = k²·cin runs on unbroken, a K step
 // spans taps, and each 8-byte piece of a row (four channels of one tap) finds its own tap.
-enum Mode { FWD, DX, DX_PHASED, FWD4 };
+// FWD_CAT is the forward pass of a layer reading the concatenation [x | x2] of two tensors
+// (the decoder's upsampled and skip features; ca and cin − ca channels, both multiples of 32)
+// without it being written: each K step lies in one of them.
+enum Mode { FWD, DX, DX_PHASED, FWD4, FWD_CAT };
 
 // The tap and first channel of one four-channel piece of K in FWD4, stepped along K.
 struct Piece {
@@ -234,7 +237,8 @@ struct Piece {
 // `wt`, np apart), each result through `out`; blocks of BM × TBN. In the data-gradient modes x
 // is dY, M the (phase's) input pixels, K = taps·cout, `wt` the weights packed [tap][co][ci].
 template <int TBN, Mode MODE = FWD, class Out>
-DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g, int64_t M, int N, const Out& out) {
+DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g, int64_t M, int N, const Out& out,
+              const uint16_t* x2 = nullptr, int ca = 0) {
     constexpr bool DX_ROWS = MODE == DX || MODE == DX_PHASED;
     static_assert(TBN == 64 || TBN == 32, "64- or 32-column tiles");
     constexpr int BCH = TBN / 8, JN = TBN / 16;  // B's chunks per row; a warp's 8-column MMA tiles
@@ -287,8 +291,35 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
         lk4 += BK;
         for (int j = 0; j < 2; ++j) pc[j].advance(BK / 4, C / 4, kt);
     };
+    // FWD_CAT: the rows' window origins as pixel indices (the bases are pixel · cin)
+    int64_t bpx[2] = {0, 0};
+    if (MODE == FWD_CAT)
+        for (int i = 0; i < 2; ++i) bpx[i] = rows[i].base / C;
     auto copy_step = [&](int slot) {
         if (MODE == FWD4) return copy_step4(slot);
+        if (MODE == FWD_CAT) {
+            const bool second = lc >= ca;
+            const uint16_t* src = second ? x2 : x;
+            const int cs = second ? C - ca : ca;  // channels of the tensor read
+            const int64_t off = (int64_t)(lky * g.w + lkx) * cs + (second ? lc - ca : lc) + 8 * ac;
+            const int bit = lky * kt + lkx;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = tid / 4 + 64 * i;
+                const bool ok = (rows[i].valid >> bit) & 1u;
+                cp_async16(&As[slot][a_at(r, ac)], ok ? src + bpx[i] * cs + off : x, ok);
+            }
+            if (b_copies) {
+                const uint16_t* w = wt + ((int64_t)bit * C + lc + bk) * np + n0 + 8 * bc;
+                cp_async16(&Bs[slot][swizzled<BCH>(bk, bc)], b_ok ? w : wt, b_ok);
+            }
+            lc += BK;
+            if (lc == C) {
+                lc = 0;
+                if (++lkx == kt) lkx = 0, ++lky;
+            }
+            return;
+        }
         // the tap's bit in the rows' masks, and its index in the weights
         const int bit = lky * kt + lkx;
         const int tap = MODE == DX_PHASED ? (phased.ph.ky0 + g.stride * lky) * g.k + phased.ph.kx0 + g.stride * lkx : bit;
@@ -417,6 +448,12 @@ DEV void conv_fwd4(const uint16_t* x, const uint16_t* wt, int np, const float* b
                    int leaky, const conv::Geom& g) {
     gemm<TBN, FWD4>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
 }
+// conv_fwd of the concatenation [x | x2] (ca and cin − ca channels, multiples of 32)
+template <int TBN>
+DEV void conv_fwd_cat(const uint16_t* x, const uint16_t* x2, int ca, const uint16_t* wt, int np, const float* bias,
+                      const uint16_t* res, uint16_t* y, int leaky, const conv::Geom& g) {
+    gemm<TBN, FWD_CAT>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky}, x2, ca);
+}
 // the data gradient of a stride-1 convolution from f16 dY and weights packed [tap][co][ci]
 template <int TBN>
 DEV void conv_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
@@ -456,6 +493,17 @@ H16_CONV(conv2d_fwd_h16, conv_fwd, 64)
 H16_CONV(conv2d_fwd_h16n, conv_fwd, 32)
 H16_CONV(conv2d_fwd4_h16, conv_fwd4, 64)
 H16_CONV(conv2d_fwd4_h16n, conv_fwd4, 32)
+
+// conv2d_fwd_h16[n] reading [x | x2] (ca and cin − ca channels, multiples of 32)
+#define H16_CONV_CAT(NAME, TBN)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(256)                                                              \
+        NAME(const uint16_t* x, const uint16_t* x2, int ca, const uint16_t* wt, int np, const float* bias,         \
+             const uint16_t* res, uint16_t* y, int leaky, int n, int h, int w, int cin, int cout, int k, int stride, \
+             int pad) {                                                                                             \
+        h16::conv_fwd_cat<TBN>(x, x2, ca, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad)); \
+    }
+H16_CONV_CAT(conv2d_fwd_cat_h16, 64)
+H16_CONV_CAT(conv2d_fwd_cat_h16n, 32)
 
 // dW (f32, zeroed, rows (tap, ci) × cout) += the weight gradient from f16 x and dY; grid
 // (⌈k²·cin / 128⌉, ⌈cout / TBN⌉, K splits); cin and cout multiples of 8

@@ -434,6 +434,36 @@ static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s,
                  from_half(y), want);
 }
 
+// conv_fwd_cat: the layer reads [xa | xb] (ca + cb channels) from the two tensors, never
+// concatenated; the policy reads the concatenation written out
+template <int TBN>
+static void half_cat_case(int n, int h, int w, int ca, int cb, int cout, int k, int s, int p, bool epilogue) {
+    const int cin = ca + cb;
+    const Geom g = geom(n, h, w, cin, cout, k, s, p);
+    const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k, px = (int64_t)n * h * w;
+    const int np = (cout + 7) / 8 * 8;
+    auto x = small_ints(px * cin), wt = small_ints(kk * cin * cout);
+    auto bias = small_ints(cout), res = small_ints(P * cout);
+    std::vector<float> xa(px * ca), xb(px * cb);
+    for (int64_t q = 0; q < px; ++q)
+        for (int c = 0; c < cin; ++c) (c < ca ? xa[q * ca + c] : xb[q * cb + c - ca]) = x[q * cin + c];
+    const auto ah = to_half(xa), bh = to_half(xb), wh = pack_half(wt, kk * cin, cout, np), rh = to_half(res);
+    const float* b = epilogue ? bias.data() : nullptr;
+    const int leaky = epilogue ? 1 : 0;
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    launch(blocks(P, h16::BM), blocks(cout, TBN), 1, [&] {
+        h16::conv_fwd_cat<TBN>(ah.data(), bh.data(), ca, wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(),
+                               leaky, g);
+    });
+    std::vector<float> want(P * cout, -99.0f);
+    plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, leaky}, P, cout, kk * cin);
+    round_half(want);
+    expect_equal("f16 storage conv forward of a concatenation, " + std::to_string(TBN) + "-column tiles, " +
+                     std::to_string(ca) + " + " + std::to_string(cb) + " -> " + std::to_string(cout) + ", k " +
+                     std::to_string(k),
+                 from_half(y), want);
+}
+
 static void half_up_case(int n, int h, int w, int cin, int cout) {
     const Geom g = geom(n, h, w, cin, cout, 2, 2, 0);
     const int64_t P = (int64_t)n * h * w;
@@ -647,6 +677,10 @@ static void half_storage() {
     half_conv_case<32, true>(2, 10, 9, 36, 8, 4, 2, 1, false);  // stride 2, 16 taps, K 576 = 18 steps
     half_conv_case<64, true>(1, 9, 7, 20, 72, 3, 1, 1, true);   // the wide tile, two column tiles
     half_conv_case<64, true>(1, 6, 5, 32, 5, 3, 1, 1, true);    // cin 32 through the pieces too
+    half_cat_case<32>(2, 9, 11, 32, 32, 32, 3, 1, 1, true);    // the decoder's 32 + 32 -> 32, 3 × 3
+    half_cat_case<32>(1, 7, 10, 32, 32, 32, 1, 1, 0, true);    // its 1 × 1 identity, with the residual
+    half_cat_case<64>(2, 8, 9, 64, 32, 72, 3, 1, 1, false);    // unequal parts, two column tiles
+    half_cat_case<64>(1, 10, 9, 32, 96, 40, 4, 2, 1, true);    // stride 2, padding: 16 taps × 4 steps
     half_up_case(2, 3, 5, 32, 16);
     half_up_case(1, 9, 16, 64, 20);  // 4·cout = 80: two column tiles, a pair at each tap's edge
     half_up_case(1, 4, 6, 32, 5);    // odd cout: pairs cross from one tap to the next

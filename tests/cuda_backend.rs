@@ -1359,6 +1359,50 @@ fn f16_storage_layers_match_the_cpu() {
         assert!(y.is_half());
         check(&format!("f16 storage conv {} -> {}, k {} ({})", sp.cin, sp.cout, sp.k, g.name()), g, &y, &want, 2e-3);
     }
+    // a layer reading the concatenation [a | b] without it written (the decoder's inference
+    // path: `conv2d_fwd_cat_*`), and through the written concatenation where a part is f32
+    for (i, (xs, ca, sp, with_res)) in [
+        (Shape { n: 2, h: 17, w: 13, c: 64 }, 32, spec(64, 32, 3, 1, 1), true),
+        (Shape { n: 1, h: 9, w: 12, c: 64 }, 32, spec(64, 32, 1, 1, 0), true),
+        (Shape { n: 2, h: 10, w: 11, c: 96 }, 64, spec(96, 72, 4, 2, 1), false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let i = i as u64;
+        let (oh, ow) = sp.out_hw(xs.h, xs.w);
+        let ys = Shape { n: xs.n, h: oh, w: ow, c: sp.cout };
+        let px = xs.n * xs.h * xs.w;
+        let (a, bb) =
+            (f16_rounded(rnd(px * ca, 110 + i, -1.0, 1.0)), f16_rounded(rnd(px * (xs.c - ca), 120 + i, -1.0, 1.0)));
+        let mut x = vec![0f32; xs.len()];
+        cpu.concat_channels(&a, ca, &bb, xs.c - ca, &mut x);
+        let w = f16_rounded(rnd(sp.weight_len(), 130 + i, -0.2, 0.2));
+        let b = rnd(sp.cout, 140 + i, -0.5, 0.5);
+        let res = with_res.then(|| f16_rounded(rnd(ys.len(), 150 + i, -1.0, 1.0)));
+        let mut want = vec![0f32; ys.len()];
+        cpu.conv2d(&x, xs, &sp, &w, Some(&b), Epilogue { leaky: true, residual: res.as_ref() }, &mut want);
+        let (wg, bg, rg) = (g.upload(&w), g.upload(&b), res.as_ref().map(|r| g.upload_half(r)));
+        for halves in [true, false] {
+            let (ag, bgp) =
+                if halves { (g.upload_half(&a), g.upload_half(&bb)) } else { (g.upload(&a), g.upload(&bb)) };
+            assert_eq!(g.reads_concatenations(&ag, ca, &bgp, xs.c - ca), halves);
+            let mut y = nan_half(&g, ys.len());
+            g.conv2d_cat(
+                &ag,
+                ca,
+                &bgp,
+                xs,
+                &sp,
+                &wg,
+                Some(&bg),
+                Epilogue { leaky: true, residual: rg.as_ref() },
+                &mut y,
+            );
+            let what = format!("conv of [{ca} | {}] -> {}, k {} (f16 parts {halves})", xs.c - ca, sp.cout, sp.k);
+            check(&what, &g, &y, &want, 2e-3);
+        }
+    }
     for (i, (xs, cout)) in
         [(Shape { n: 2, h: 5, w: 7, c: 64 }, 32), (Shape { n: 1, h: 9, w: 6, c: 32 }, 20)].into_iter().enumerate()
     {

@@ -281,6 +281,26 @@ impl<B: Backend> Drop for HalfActivations<'_, B> {
     }
 }
 
+/// `Backend::conv2d_cat` by writing the concatenation and convolving it.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_via_concat<B: Backend + ?Sized>(
+    be: &B,
+    a: &B::Buf,
+    ca: usize,
+    b: &B::Buf,
+    xs: Shape,
+    spec: &ConvSpec,
+    w: &B::Buf,
+    bias: Option<&B::Buf>,
+    epi: Epilogue<B::Buf>,
+    y: &mut B::Buf,
+) {
+    let mut cat = be.alloc(xs.len());
+    be.concat_channels(a, ca, b, xs.c - ca, &mut cat);
+    be.conv2d(&cat, xs, spec, w, bias, epi, y);
+    be.release(cat);
+}
+
 /// `Backend::freeze_weights` for a scope: on from `on` until dropped.
 pub struct FrozenWeights<'a, B: Backend> {
     b: &'a B,
@@ -435,6 +455,30 @@ pub trait Backend: Sync {
         epi: Epilogue<Self::Buf>,
         y: &mut Self::Buf,
     );
+    /// `conv2d` of the concatenation [a | b] along channels (`ca` channels of a, xs.c − ca of
+    /// b), without writing it where `reads_concatenations` says so (the GPU's f16 GEMM reads
+    /// both tensors in turn).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_cat(
+        &self,
+        a: &Self::Buf,
+        ca: usize,
+        b: &Self::Buf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        epi: Epilogue<Self::Buf>,
+        y: &mut Self::Buf,
+    ) {
+        conv2d_via_concat(self, a, ca, b, xs, spec, w, bias, epi, y)
+    }
+    /// Whether `conv2d_cat` of a (`ca` channels) and b (`cb`) skips the concatenation; where it
+    /// does not, callers that read one concatenation twice had better write it once.
+    fn reads_concatenations(&self, a: &Self::Buf, ca: usize, b: &Self::Buf, cb: usize) -> bool {
+        let _ = (a, ca, b, cb);
+        false
+    }
     /// dX (when asked, through `dxe`), dW, dB (when asked) from dY at the convolution's output
     /// (before any epilogue: the caller applies the activation's backward first)
     #[allow(clippy::too_many_arguments)]

@@ -192,6 +192,21 @@ struct Conv {
     b: Option<usize>,
 }
 
+/// A layer's input: one tensor, or two read as their concatenation along channels (the first
+/// with the given channel count, the second with the rest).
+enum Input<'a, T> {
+    One(&'a T),
+    Cat(&'a T, usize, &'a T),
+}
+
+// by hand: references copy whatever T is (derive would ask T: Copy)
+impl<T> Clone for Input<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Input<'_, T> {}
+
 impl Conv {
     fn new(p: &mut Params, init: &mut Init, name: &str, spec: ConvSpec, bias: bool) -> Conv {
         let w = p.add(format!("{name}.weight"), Kind::Conv(spec), init.kaiming_conv(&spec));
@@ -207,10 +222,25 @@ impl Conv {
         xs: Shape,
         epi: Epilogue<B::Buf>,
     ) -> (B::Buf, Shape) {
+        self.forward_in(b, p, Input::One(x), xs, epi)
+    }
+
+    fn forward_in<B: Backend>(
+        &self,
+        b: &B,
+        p: &Params<B::Buf>,
+        x: Input<B::Buf>,
+        xs: Shape,
+        epi: Epilogue<B::Buf>,
+    ) -> (B::Buf, Shape) {
         let (oh, ow) = self.spec.out_hw(xs.h, xs.w);
         let ys = Shape { n: xs.n, h: oh, w: ow, c: self.spec.cout };
         let mut y = b.alloc(ys.len());
-        b.conv2d(x, xs, &self.spec, &p.data[self.w], self.b.map(|i| &p.data[i]), epi, &mut y);
+        let (w, bias) = (&p.data[self.w], self.b.map(|i| &p.data[i]));
+        match x {
+            Input::One(x) => b.conv2d(x, xs, &self.spec, w, bias, epi, &mut y),
+            Input::Cat(a, ca, c) => b.conv2d_cat(a, ca, c, xs, &self.spec, w, bias, epi, &mut y),
+        }
         (y, ys)
     }
 
@@ -355,9 +385,14 @@ impl Block {
     }
 
     pub(crate) fn forward<B: Backend>(&self, b: &B, p: &Params<B::Buf>, x: &B::Buf, xs: Shape) -> BlockCache<B::Buf> {
+        self.forward_in(b, p, Input::One(x), xs)
+    }
+
+    /// `forward` of a one- or two-part input (conv_1 and the identity read it alike).
+    fn forward_in<B: Backend>(&self, b: &B, p: &Params<B::Buf>, x: Input<B::Buf>, xs: Shape) -> BlockCache<B::Buf> {
         let (c1, stats, a1, os) = match self.hin {
             Some((g, bt)) => {
-                let (c1, os) = self.conv1.forward(b, p, x, xs, Epilogue::NONE);
+                let (c1, os) = self.conv1.forward_in(b, p, x, xs, Epilogue::NONE);
                 let mut a1 = b.alloc(os.len());
                 // the statistics stay f32 where activations are f16 (backward reads them)
                 let mut stats = b.alloc_f32(2 * os.n * (os.c / 2));
@@ -365,12 +400,12 @@ impl Block {
                 (Some(c1), Some(stats), a1, os)
             }
             None => {
-                let (a1, os) = self.conv1.forward(b, p, x, xs, Epilogue::LEAKY);
+                let (a1, os) = self.conv1.forward_in(b, p, x, xs, Epilogue::LEAKY);
                 (None, None, a1, os)
             }
         };
         let (a2, _) = self.conv2.forward(b, p, &a1, os, Epilogue::LEAKY);
-        let (out, _) = self.identity.forward(b, p, x, xs, Epilogue { leaky: false, residual: Some(&a2) });
+        let (out, _) = self.identity.forward_in(b, p, x, xs, Epilogue { leaky: false, residual: Some(&a2) });
         BlockCache { xs, os, c1, stats, a1, a2, out }
     }
 
@@ -625,12 +660,18 @@ impl UNet {
             b.conv_transpose2(&x, xs, u.cout, &p.data[u.w], &p.data[u.b], &mut up);
             b.release(x);
             let cs = us.with_c(u.cout + ss.c);
-            let mut cat = b.alloc(cs.len());
-            b.concat_channels(&up, u.cout, &sk, ss.c, &mut cat);
+            // [up | skip] read in place where the backend can; else written once for both layers
+            let c = if b.reads_concatenations(&up, u.cout, &sk, ss.c) {
+                u.block.forward_in(b, p, Input::Cat(&up, u.cout, &sk), cs)
+            } else {
+                let mut cat = b.alloc(cs.len());
+                b.concat_channels(&up, u.cout, &sk, ss.c, &mut cat);
+                let c = u.block.forward(b, p, &cat, cs);
+                b.release(cat);
+                c
+            };
             b.release(up);
             b.release(sk);
-            let c = u.block.forward(b, p, &cat, cs);
-            b.release(cat);
             (x, xs) = c.into_out(b);
         }
         (x, xs)

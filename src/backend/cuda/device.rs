@@ -1033,6 +1033,27 @@ impl Backend for Cuda {
         launch!(self, kernel, cfg, xp, wp, bp, rp, yp, epi.leaky as i32, n, h, wd, cin, cout, k, st, pd);
         self.profile_flop(conv_flop(pixels, spec));
     }
+    fn conv2d_cat(
+        &self,
+        a: &DBuf,
+        ca: usize,
+        b: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        bias: Option<&DBuf>,
+        epi: Epilogue<DBuf>,
+        y: &mut DBuf,
+    ) {
+        assert_eq!(xs.c, spec.cin, "conv2d_cat: the parts' channels are the layer's input");
+        if self.cat_runs(a, ca, b, xs.c - ca) && y.is_half() && epi.residual.is_none_or(DBuf::is_half) {
+            return self.conv2d_cat_h16(a, ca, b, xs, spec, w, bias, epi, y);
+        }
+        crate::backend::conv2d_via_concat(self, a, ca, b, xs, spec, w, bias, epi, y)
+    }
+    fn reads_concatenations(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize) -> bool {
+        self.cat_runs(a, ca, b, cb)
+    }
     fn conv2d_backward(
         &self,
         x: &DBuf,

@@ -205,6 +205,62 @@ impl Cuda {
         wh.release(self);
     }
 
+    /// Whether the f16 GEMM reads [a | b] itself (`conv2d_fwd_cat_*`): both f16 with whole K
+    /// steps in each (channels multiples of 32).
+    pub(super) fn cat_runs(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize) -> bool {
+        a.is_half() && b.is_half() && ca % K_STEP == 0 && cb % K_STEP == 0 && ca > 0 && cb > 0
+    }
+
+    /// `Backend::conv2d_cat` on f16 parts, residual and y (`cat_runs`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv2d_cat_h16(
+        &self,
+        a: &DBuf,
+        ca: usize,
+        b: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        bias: Option<&DBuf>,
+        epi: Epilogue<DBuf>,
+        y: &mut DBuf,
+    ) {
+        let px = xs.n * xs.h * xs.w;
+        assert!(self.len(a) == px * ca && self.len(b) == px * (xs.c - ca), "conv2d_cat: parts of another shape");
+        let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let pixels = xs.n * oh * ow;
+        within_fast_div(pixels);
+        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+        let res = epi.residual.map_or(0, |r| self.hptr(r));
+        let (kernel, tile) =
+            if spec.cout <= 32 { ("conv2d_fwd_cat_h16n", NARROW) } else { ("conv2d_fwd_cat_h16", TILE) };
+        launch!(
+            self,
+            kernel,
+            tiled_grid(pixels, spec.cout, 1, tile),
+            self.hptr(a),
+            self.hptr(b),
+            ca as i32,
+            wh.ptr,
+            np as i32,
+            self.optr(bias),
+            res,
+            self.hptr(y),
+            epi.leaky as i32,
+            n,
+            h,
+            wd,
+            cin,
+            cout,
+            k,
+            st,
+            pd
+        );
+        wh.release(self);
+        self.profile_flop(conv_flop(pixels, spec));
+    }
+
     /// The f16 forward GEMM on weights packed already ([K][np] f16 at `wh`).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_h16_packed(
