@@ -297,42 +297,24 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
         for (int i = 0; i < 2; ++i) bpx[i] = rows[i].base / C;
     auto copy_step = [&](int slot) {
         if (MODE == FWD4) return copy_step4(slot);
-        if (MODE == FWD_CAT) {
-            const bool second = lc >= ca;
-            const uint16_t* src = second ? x2 : x;
-            const int cs = second ? C - ca : ca;  // channels of the tensor read
-            const int64_t off = (int64_t)(lky * g.w + lkx) * cs + (second ? lc - ca : lc) + 8 * ac;
-            const int bit = lky * kt + lkx;
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int r = tid / 4 + 64 * i;
-                const bool ok = (rows[i].valid >> bit) & 1u;
-                cp_async16(&As[slot][a_at(r, ac)], ok ? src + bpx[i] * cs + off : x, ok);
-            }
-            if (b_copies) {
-                const uint16_t* w = wt + ((int64_t)bit * C + lc + bk) * np + n0 + 8 * bc;
-                cp_async16(&Bs[slot][swizzled<BCH>(bk, bc)], b_ok ? w : wt, b_ok);
-            }
-            lc += BK;
-            if (lc == C) {
-                lc = 0;
-                if (++lkx == kt) lkx = 0, ++lky;
-            }
-            return;
-        }
         // the tap's bit in the rows' masks, and its index in the weights
         const int bit = lky * kt + lkx;
         const int tap = MODE == DX_PHASED ? (phased.ph.ky0 + g.stride * lky) * g.k + phased.ph.kx0 + g.stride * lkx : bit;
-        const int off = (DX_ROWS ? -(lky * g.ow + lkx) : lky * g.w + lkx) * C + lc + 8 * ac;
+        // FWD_CAT: the step lies in one part, read with that part's channel count
+        const bool second = MODE == FWD_CAT && lc >= ca;
+        const uint16_t* src = second ? x2 : x;
+        const int cs = MODE != FWD_CAT ? C : second ? C - ca : ca;
+        const int off = (DX_ROWS ? -(lky * g.ow + lkx) : lky * g.w + lkx) * cs + (second ? lc - ca : lc) + 8 * ac;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int r = tid / 4 + 64 * i;
             const bool ok = (rows[i].valid >> bit) & 1u;
-            cp_async16(&As[slot][a_at(r, ac)], ok ? x + rows[i].base + off : x, ok);
+            const int64_t base = MODE == FWD_CAT ? bpx[i] * cs : rows[i].base;
+            cp_async16(&As[slot][a_at(r, ac)], ok ? src + base + off : x, ok);
         }
         if (b_copies) {
-            const uint16_t* src = wt + ((int64_t)tap * C + lc + bk) * np + n0 + 8 * bc;
-            cp_async16(&Bs[slot][swizzled<BCH>(bk, bc)], b_ok ? src : wt, b_ok);
+            const uint16_t* w = wt + ((int64_t)tap * C + lc + bk) * np + n0 + 8 * bc;
+            cp_async16(&Bs[slot][swizzled<BCH>(bk, bc)], b_ok ? w : wt, b_ok);
         }
         lc += BK;
         if (lc == C) {
@@ -437,22 +419,12 @@ DEV void dw_split(int64_t P, int splits, int z, int64_t* k0, int64_t* k1) {
 }
 
 // The layers' entry bodies (the emulator on the host calls these), on TBN-column tiles.
-template <int TBN>
+// the forward pass: MODE FWD, FWD4 (cin a multiple of 4, not of 32) or FWD_CAT (x2 the second
+// part of the input, x its first ca channels)
+template <int TBN, Mode MODE = FWD>
 DEV void conv_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
-                  int leaky, const conv::Geom& g) {
-    gemm<TBN>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
-}
-// conv_fwd for cin a multiple of 4 (not of 32): K steps across taps (FWD4)
-template <int TBN>
-DEV void conv_fwd4(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
-                   int leaky, const conv::Geom& g) {
-    gemm<TBN, FWD4>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky});
-}
-// conv_fwd of the concatenation [x | x2] (ca and cin − ca channels, multiples of 32)
-template <int TBN>
-DEV void conv_fwd_cat(const uint16_t* x, const uint16_t* x2, int ca, const uint16_t* wt, int np, const float* bias,
-                      const uint16_t* res, uint16_t* y, int leaky, const conv::Geom& g) {
-    gemm<TBN, FWD_CAT>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky}, x2, ca);
+                  int leaky, const conv::Geom& g, const uint16_t* x2 = nullptr, int ca = 0) {
+    gemm<TBN, MODE>(x, wt, np, g, (int64_t)g.n * g.oh * g.ow, g.cout, FwdOut{bias, res, y, g.cout, leaky}, x2, ca);
 }
 // the data gradient of a stride-1 convolution from f16 dY and weights packed [tap][co][ci]
 template <int TBN>
@@ -482,28 +454,22 @@ DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias
 
 // y = leaky?(conv(x) + bias) + res, f16 in and out; grid (⌈pixels / 128⌉, ⌈cout / 64⌉), or
 // ⌈cout / 32⌉ for the narrow tile (`_h16n`, layers of at most 32 output channels); cin a
-// multiple of 32, or of 4 for `conv_fwd4` (`fwd4_`)
-#define H16_CONV(NAME, BODY, TBN)                                                                                  \
+// multiple of 32, or of 4 (`fwd4_`); `fwd_cat_`: x the first ca channels of the input, x2 the
+// rest (both multiples of 32; the other kernels ignore x2 and ca)
+#define H16_CONV(NAME, MODE, TBN)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256)                                                              \
         NAME(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,   \
-             int leaky, int n, int h, int w, int cin, int cout, int k, int stride, int pad) {                       \
-        h16::BODY<TBN>(x, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad));           \
+             int leaky, int n, int h, int w, int cin, int cout, int k, int stride, int pad, const uint16_t* x2,     \
+             int ca) {                                                                                              \
+        h16::conv_fwd<TBN, h16::MODE>(x, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad), \
+                                      x2, ca);                                                                     \
     }
-H16_CONV(conv2d_fwd_h16, conv_fwd, 64)
-H16_CONV(conv2d_fwd_h16n, conv_fwd, 32)
-H16_CONV(conv2d_fwd4_h16, conv_fwd4, 64)
-H16_CONV(conv2d_fwd4_h16n, conv_fwd4, 32)
-
-// conv2d_fwd_h16[n] reading [x | x2] (ca and cin − ca channels, multiples of 32)
-#define H16_CONV_CAT(NAME, TBN)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(256)                                                              \
-        NAME(const uint16_t* x, const uint16_t* x2, int ca, const uint16_t* wt, int np, const float* bias,         \
-             const uint16_t* res, uint16_t* y, int leaky, int n, int h, int w, int cin, int cout, int k, int stride, \
-             int pad) {                                                                                             \
-        h16::conv_fwd_cat<TBN>(x, x2, ca, wt, np, bias, res, y, leaky, conv::geom(n, h, w, cin, cout, k, stride, pad)); \
-    }
-H16_CONV_CAT(conv2d_fwd_cat_h16, 64)
-H16_CONV_CAT(conv2d_fwd_cat_h16n, 32)
+H16_CONV(conv2d_fwd_h16, FWD, 64)
+H16_CONV(conv2d_fwd_h16n, FWD, 32)
+H16_CONV(conv2d_fwd4_h16, FWD4, 64)
+H16_CONV(conv2d_fwd4_h16n, FWD4, 32)
+H16_CONV(conv2d_fwd_cat_h16, FWD_CAT, 64)
+H16_CONV(conv2d_fwd_cat_h16n, FWD_CAT, 32)
 
 // dW (f32, zeroed, rows (tap, ci) × cout) += the weight gradient from f16 x and dY; grid
 // (⌈k²·cin / 128⌉, ⌈cout / TBN⌉, K splits); cin and cout multiples of 8

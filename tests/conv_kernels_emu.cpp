@@ -409,7 +409,7 @@ static std::vector<uint16_t> pack_half(const std::vector<float>& w, int64_t rows
 }
 static constexpr uint16_t HALF_NAN = 0x7e00;
 
-// FOUR: the body for cin a multiple of 4 (conv_fwd4: K steps across taps)
+// FOUR: the body for cin a multiple of 4 (mode FWD4: K steps across taps)
 template <int TBN, bool FOUR = false>
 static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s, int p, bool epilogue) {
     const Geom g = geom(n, h, w, cin, cout, k, s, p);
@@ -423,7 +423,7 @@ static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s,
     std::vector<uint16_t> y(P * cout, HALF_NAN);
     launch(blocks(P, h16::BM), blocks(cout, TBN), 1, [&] {
         const uint16_t* r = epilogue ? rh.data() : nullptr;
-        if (FOUR) h16::conv_fwd4<TBN>(xh.data(), wh.data(), np, b, r, y.data(), leaky, g);
+        if (FOUR) h16::conv_fwd<TBN, h16::FWD4>(xh.data(), wh.data(), np, b, r, y.data(), leaky, g);
         else h16::conv_fwd<TBN>(xh.data(), wh.data(), np, b, r, y.data(), leaky, g);
     });
     std::vector<float> want(P * cout, -99.0f);
@@ -434,7 +434,7 @@ static void half_conv_case(int n, int h, int w, int cin, int cout, int k, int s,
                  from_half(y), want);
 }
 
-// conv_fwd_cat: the layer reads [xa | xb] (ca + cb channels) from the two tensors, never
+// mode FWD_CAT: the layer reads [xa | xb] (ca + cb channels) from the two tensors, never
 // concatenated; the policy reads the concatenation written out
 template <int TBN>
 static void half_cat_case(int n, int h, int w, int ca, int cb, int cout, int k, int s, int p, bool epilogue) {
@@ -452,8 +452,8 @@ static void half_cat_case(int n, int h, int w, int ca, int cb, int cout, int k, 
     const int leaky = epilogue ? 1 : 0;
     std::vector<uint16_t> y(P * cout, HALF_NAN);
     launch(blocks(P, h16::BM), blocks(cout, TBN), 1, [&] {
-        h16::conv_fwd_cat<TBN>(ah.data(), bh.data(), ca, wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(),
-                               leaky, g);
+        h16::conv_fwd<TBN, h16::FWD_CAT>(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky,
+                                         g, bh.data(), ca);
     });
     std::vector<float> want(P * cout, -99.0f);
     plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, leaky}, P, cout, kk * cin);

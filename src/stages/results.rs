@@ -285,12 +285,24 @@ impl ScoreMap {
 
     /// The `rows` × `cols` window at (r0, c0) of the map's frame, channels last, zeros outside.
     pub fn window(&self, r0: i64, c0: i64, rows: usize, cols: usize) -> Vec<f32> {
-        self.window_f16(r0, c0, rows, cols).iter().map(|v| v.to_f32()).collect()
+        self.window_as(r0, c0, rows, cols, f16::to_f32)
     }
 
     /// `window` in the file's half precision (what the score stage uploads).
     pub fn window_f16(&self, r0: i64, c0: i64, rows: usize, cols: usize) -> Vec<f16> {
-        let mut out = vec![f16::ZERO; rows * cols * self.rank];
+        self.window_as(r0, c0, rows, cols, |v| v)
+    }
+
+    /// The window with each value through `to` (one pass, whichever the element type).
+    fn window_as<T: Copy + Default>(
+        &self,
+        r0: i64,
+        c0: i64,
+        rows: usize,
+        cols: usize,
+        to: impl Fn(f16) -> T,
+    ) -> Vec<T> {
+        let mut out = vec![T::default(); rows * cols * self.rank];
         let (x0, x1) = (c0.max(0), (c0 + cols as i64).min(self.width as i64));
         for y in 0..rows {
             let r = r0 + y as i64;
@@ -299,7 +311,7 @@ impl ScoreMap {
             }
             for k in 0..self.rank {
                 for c in x0..x1 {
-                    out[(y * cols + (c - c0) as usize) * self.rank + k] = self.get_f16(k, r as usize, c as usize);
+                    out[(y * cols + (c - c0) as usize) * self.rank + k] = to(self.get_f16(k, r as usize, c as usize));
                 }
             }
         }

@@ -1009,7 +1009,7 @@ impl Backend for Cuda {
     ) {
         if x.is_half() || y.is_half() || epi.residual.is_some_and(DBuf::is_half) {
             if self.h16_runs(x, y, spec.cin, epi.residual) || self.h16_fwd4_runs(x, y, spec.cin, epi.residual) {
-                return self.conv2d_h16(x, xs, spec, w, bias, epi, y);
+                return self.conv2d_h16(x, None, xs, spec, w, bias, epi, y);
             }
             if self.image_into_h16(x, xs, spec, w, bias, Epilogue { leaky: epi.leaky, residual: epi.residual }, y) {
                 return;
@@ -1047,7 +1047,7 @@ impl Backend for Cuda {
     ) {
         assert_eq!(xs.c, spec.cin, "conv2d_cat: the parts' channels are the layer's input");
         if self.cat_runs(a, ca, b, xs.c - ca) && y.is_half() && epi.residual.is_none_or(DBuf::is_half) {
-            return self.conv2d_cat_h16(a, ca, b, xs, spec, w, bias, epi, y);
+            return self.conv2d_h16(a, Some((b, ca)), xs, spec, w, bias, epi, y);
         }
         crate::backend::conv2d_via_concat(self, a, ca, b, xs, spec, w, bias, epi, y)
     }

@@ -188,11 +188,13 @@ impl Cuda {
         (p, np)
     }
 
-    /// `Backend::conv2d` on f16 x, residual and y (`h16_runs` or `h16_fwd4_runs`).
+    /// `Backend::conv2d` on f16 x, residual and y (`h16_runs` or `h16_fwd4_runs`), or with
+    /// `second` = (b, ca) `Backend::conv2d_cat` of [x | b] (`cat_runs`; x the first ca channels).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn conv2d_h16(
         &self,
         x: &DBuf,
+        second: Option<(&DBuf, usize)>,
         xs: Shape,
         spec: &ConvSpec,
         w: &DBuf,
@@ -201,7 +203,7 @@ impl Cuda {
         y: &mut DBuf,
     ) {
         let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
-        self.conv2d_h16_packed(x, xs, spec, wh.ptr, np, bias, epi, y);
+        self.conv2d_h16_packed(x, second, xs, spec, wh.ptr, np, bias, epi, y);
         wh.release(self);
     }
 
@@ -211,61 +213,13 @@ impl Cuda {
         a.is_half() && b.is_half() && ca % K_STEP == 0 && cb % K_STEP == 0 && ca > 0 && cb > 0
     }
 
-    /// `Backend::conv2d_cat` on f16 parts, residual and y (`cat_runs`).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn conv2d_cat_h16(
-        &self,
-        a: &DBuf,
-        ca: usize,
-        b: &DBuf,
-        xs: Shape,
-        spec: &ConvSpec,
-        w: &DBuf,
-        bias: Option<&DBuf>,
-        epi: Epilogue<DBuf>,
-        y: &mut DBuf,
-    ) {
-        let px = xs.n * xs.h * xs.w;
-        assert!(self.len(a) == px * ca && self.len(b) == px * (xs.c - ca), "conv2d_cat: parts of another shape");
-        let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
-        let (oh, ow) = spec.out_hw(xs.h, xs.w);
-        let pixels = xs.n * oh * ow;
-        within_fast_div(pixels);
-        let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
-        let res = epi.residual.map_or(0, |r| self.hptr(r));
-        let (kernel, tile) =
-            if spec.cout <= 32 { ("conv2d_fwd_cat_h16n", NARROW) } else { ("conv2d_fwd_cat_h16", TILE) };
-        launch!(
-            self,
-            kernel,
-            tiled_grid(pixels, spec.cout, 1, tile),
-            self.hptr(a),
-            self.hptr(b),
-            ca as i32,
-            wh.ptr,
-            np as i32,
-            self.optr(bias),
-            res,
-            self.hptr(y),
-            epi.leaky as i32,
-            n,
-            h,
-            wd,
-            cin,
-            cout,
-            k,
-            st,
-            pd
-        );
-        wh.release(self);
-        self.profile_flop(conv_flop(pixels, spec));
-    }
-
-    /// The f16 forward GEMM on weights packed already ([K][np] f16 at `wh`).
+    /// The f16 forward GEMM on weights packed already ([K][np] f16 at `wh`): in whole K steps
+    /// of one tap, in four-channel pieces (cin not a multiple of 32), or from two parts.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_h16_packed(
         &self,
         x: &DBuf,
+        second: Option<(&DBuf, usize)>,
         xs: Shape,
         spec: &ConvSpec,
         wh: u64,
@@ -279,12 +233,23 @@ impl Cuda {
         within_fast_div(pixels);
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let res = epi.residual.map_or(0, |r| self.hptr(r));
-        let (kernel, tile) = match (spec.cin % K_STEP == 0, spec.cout <= 32) {
-            (true, true) => ("conv2d_fwd_h16n", NARROW),
-            (true, false) => ("conv2d_fwd_h16", TILE),
-            (false, true) => ("conv2d_fwd4_h16n", NARROW),
-            (false, false) => ("conv2d_fwd4_h16", TILE),
+        let (x2, ca) = match second {
+            Some((b, ca)) => {
+                let px = xs.n * xs.h * xs.w;
+                assert!(
+                    self.len(x) == px * ca && self.len(b) == px * (xs.c - ca),
+                    "conv2d_cat: parts of another shape"
+                );
+                (self.hptr(b), ca)
+            }
+            None => (0, 0),
         };
+        let names = match (second.is_some(), spec.cin % K_STEP == 0) {
+            (true, _) => ["conv2d_fwd_cat_h16n", "conv2d_fwd_cat_h16"],
+            (false, true) => ["conv2d_fwd_h16n", "conv2d_fwd_h16"],
+            (false, false) => ["conv2d_fwd4_h16n", "conv2d_fwd4_h16"],
+        };
+        let (kernel, tile) = if spec.cout <= 32 { (names[0], NARROW) } else { (names[1], TILE) };
         launch!(
             self,
             kernel,
@@ -303,7 +268,9 @@ impl Cuda {
             cout,
             k,
             st,
-            pd
+            pd,
+            x2,
+            ca as i32
         );
         self.profile_flop(conv_flop(pixels, spec));
     }
@@ -361,7 +328,7 @@ impl Cuda {
         let ys = Shape { n: xs.n, h: 2 * xs.h, w: 2 * xs.w, c: cout };
         if let Some(dx) = dx {
             let (wt, np) = self.packed_weights_t(w, 4, xs.c, cout, (cout, 4 * cout));
-            self.conv2d_h16_packed(dy, ys, &spec, self.hptr(&wt), np, None, Epilogue::NONE, dx);
+            self.conv2d_h16_packed(dy, None, ys, &spec, self.hptr(&wt), np, None, Epilogue::NONE, dx);
             self.release(wt);
         }
         // [(tap, co)][ci], then into the weights' [ci][tap][co]
