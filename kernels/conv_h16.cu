@@ -449,6 +449,8 @@ DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias
 
 }  // namespace h16
 
+#include "conv_halo.cuh"
+
 #ifdef __CUDACC__
 #define H16_LOOP(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
@@ -470,6 +472,30 @@ H16_CONV(conv2d_fwd4_h16, FWD4, 64)
 H16_CONV(conv2d_fwd4_h16n, FWD4, 32)
 H16_CONV(conv2d_fwd_cat_h16, FWD_CAT, 64)
 H16_CONV(conv2d_fwd_cat_h16n, FWD_CAT, 32)
+
+// The 3 × 3 stride-1 pad-1 layers into at most 32 channels from a staged halo (conv_halo.cuh):
+// grid halo_blocks(n, h, w). Forward: cin a multiple of 32 (with x2: ca and cin − ca both),
+// cout ≤ 32, epilogue as conv2d_fwd_h16's. Data gradient: cout a multiple of 32, cin ≤ 32,
+// weights packed [tap][co][ci], epilogue as conv2d_bwd_data_h16's.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_fwd_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res,
+                       uint16_t* y, int leaky, int h, int w, int cin, int cout, const uint16_t* x2, int ca) {
+    h16::halo_fwd(x, wt, np, bias, res, y, leaky, h, w, cin, cout, x2, ca);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_dx_h16(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
+                      int h, int w, int cin, int cout) {
+    h16::halo_dx(dy, wt, np, x, dx, accumulate, h, w, cin, cout);
+}
+
+// dW (f32, zeroed, rows (tap, ci) × cout) and db (f32, zeroed, or null) += the weight and bias
+// gradients of a 3 × 3 stride-1 pad-1 layer from f16 x and dY (cin a multiple of 32, cout of 8,
+// at most 32) over `tiles` = halo_blocks(n, h, w) tiles, grid-strided; 288 threads a block
+extern "C" __global__ void __launch_bounds__(h16::HALO_DW_THREADS, 2)
+    conv3_halo_dw_h16(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int tiles, int h, int w, int cin,
+                      int cout) {
+    h16::halo_dw(x, dy, dw, db, tiles, h, w, cin, cout);
+}
 
 // dW (f32, zeroed, rows (tap, ci) × cout) += the weight gradient from f16 x and dY; grid
 // (⌈k²·cin / 128⌉, ⌈cout / TBN⌉, K splits); cin and cout multiples of 8

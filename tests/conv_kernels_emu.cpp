@@ -1,5 +1,5 @@
 // The convolution kernels of kernels/conv.cu run on the CPU: this file gives the kernel source
-// CUDA's names — a block is 256 std::threads sharing `static` shared arrays, __syncthreads is a
+// CUDA's names — a block is 256 (or `nthreads`) std::threads sharing `static` shared arrays, __syncthreads is a
 // barrier, and mma.sync m16n8k8 is emulated warp-collectively from the PTX ISA's fragment
 // layout — then includes conv.cu itself and runs every GEMM body (f32 SIMT, TF32, pipelined,
 // wide) for every operation against the policies driven through a plain triple loop. On small
@@ -28,7 +28,8 @@ struct Dim3 {
 thread_local Dim3 threadIdx, blockIdx;
 Dim3 gridDim;
 static std::barrier<>* block_barrier;
-static std::barrier<>* warp_barrier[8];
+constexpr int MAX_WARPS = 9;  // the halo weight gradient's nine
+static std::barrier<>* warp_barrier[MAX_WARPS];
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline void __trap() { std::abort(); }
 using std::fmaf;
@@ -51,7 +52,7 @@ inline float from_bits(uint32_t u) {
 // D = A·B + C for one warp: A 16 × 8 row-major (a0 (g, t), a1 (g+8, t), a2 (g, t+4),
 // a3 (g+8, t+4)), B 8 × 8 column-major (b0 (t, g), b1 (t+4, g)), C / D c0, c1 (g, 2t, 2t+1),
 // c2, c3 (g+8, 2t, 2t+1), with g = lane / 4, t = lane % 4.
-static float frag_a[8][32][4], frag_b[8][32][2];
+static float frag_a[MAX_WARPS][32][4], frag_b[MAX_WARPS][32][2];
 inline void mma_tf32(float* c, const uint32_t* a, const uint32_t* b) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     for (int i = 0; i < 4; ++i) frag_a[w][lane][i] = from_bits(a[i]);
@@ -96,7 +97,7 @@ inline float half_hi(uint32_t u) { return half_lo(u >> 16); }
 // mma.m16n8k16 with f16 operands: A 16 × 16 row-major (a0: row g, k 2t, 2t + 1 in its low and
 // high halves; a1: row g + 8; a2, a3: the same at k + 8), B 16 × 8 column-major (b0: k 2t,
 // 2t + 1 at column g; b1: k + 8), C / D as m16n8k8's.
-static uint32_t frag_ha[8][32][4], frag_hb[8][32][2];
+static uint32_t frag_ha[MAX_WARPS][32][4], frag_hb[MAX_WARPS][32][2];
 inline void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     for (int i = 0; i < 4; ++i) frag_ha[w][lane][i] = a[i];
@@ -140,7 +141,7 @@ inline void cp_async8(void* dst, const void* src, bool full) {
 inline void cp_commit() {}
 template <int N>
 inline void cp_wait() {}
-static const uint16_t* ldsm_rows[8][32];
+static const uint16_t* ldsm_rows[MAX_WARPS][32];
 // four 8 × 8 matrices of 16-bit values, row j of matrix i at the address lane 8i + j gave
 inline void ldsm(uint32_t* r, const void* p, bool trans) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -175,16 +176,16 @@ inline uint16_t f2h(float f) {
 
 using namespace conv;
 
-// A grid of 256-thread blocks, one block at a time; each thread walks the blocks in order and
+// A grid of 256-thread (or `nthreads`) blocks, one block at a time; each thread walks the blocks in order and
 // meets the others at a barrier between them (shared arrays are reused by the next block).
-static void launch(unsigned gx, unsigned gy, unsigned gz, const std::function<void()>& body) {
+static void launch(unsigned gx, unsigned gy, unsigned gz, const std::function<void()>& body, unsigned nthreads = 256) {
     gridDim = {gx, gy, gz};
-    std::barrier<> block(256);
+    std::barrier<> block(nthreads);
     block_barrier = &block;
     std::vector<std::barrier<>*> warps;
     for (auto& w : warp_barrier) w = new std::barrier<>(32);
     std::vector<std::thread> threads;
-    for (unsigned t = 0; t < 256; ++t)
+    for (unsigned t = 0; t < nthreads; ++t)
         threads.emplace_back([&, t] {
             threadIdx = {t, 0, 0};
             for (unsigned z = 0; z < gz; ++z)
@@ -464,6 +465,91 @@ static void half_cat_case(int n, int h, int w, int ca, int cb, int cout, int k, 
                  from_half(y), want);
 }
 
+// The 3 × 3 stride-1 layers from a staged halo (conv_halo.cuh): forward (one part, or the
+// concatenation [xa | xb] read in place where cb > 0) and data gradient, against the policies
+static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool epilogue) {
+    const int cin = ca + cb;
+    const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
+    const int64_t P = (int64_t)n * h * w;
+    const int np = (cout + 7) / 8 * 8;
+    auto x = small_ints(P * cin), wt = small_ints(9 * cin * cout), bias = small_ints(cout), res = small_ints(P * cout);
+    std::vector<float> xa(P * ca), xb(P * cb);
+    for (int64_t q = 0; q < P; ++q)
+        for (int c = 0; c < cin; ++c) (c < ca ? xa[q * ca + c] : xb[q * cb + c - ca]) = x[q * cin + c];
+    const auto ah = to_half(cb ? xa : x), bh = to_half(xb), wh = pack_half(wt, 9 * cin, cout, np), rh = to_half(res);
+    const float* b = epilogue ? bias.data() : nullptr;
+    const int leaky = epilogue ? 1 : 0;
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    launch((unsigned)h16::halo_blocks(n, h, w), 1, 1, [&] {
+        h16::halo_fwd(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, h, w, cin, cout,
+                      cb ? bh.data() : nullptr, cb ? ca : 0);
+    });
+    std::vector<float> want(P * cout, -99.0f);
+    plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, leaky}, P, cout, 9 * cin);
+    round_half(want);
+    expect_equal("halo conv forward, " + std::to_string(ca) + (cb ? " + " + std::to_string(cb) : "") + " -> " +
+                     std::to_string(cout) + ", " + std::to_string(h) + " x " + std::to_string(w) +
+                     (epilogue ? ", bias + LeakyReLU + residual" : ""),
+                 from_half(y), want);
+}
+
+static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused) {
+    const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
+    const int64_t X = (int64_t)n * h * w;
+    const int np = (cin + 7) / 8 * 8;
+    auto dy = small_ints(X * cout), wt = small_ints(9 * cin * cout), x = small_ints(X * cin), old = small_ints(X * cin);
+    std::vector<uint16_t> wp(9 * cout * np, 0);  // [tap][co][ci], rows np apart
+    for (int64_t t = 0; t < 9; ++t)
+        for (int co = 0; co < cout; ++co)
+            for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
+    const auto dyh = to_half(dy), xh = to_half(x);
+    std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
+    launch((unsigned)h16::halo_blocks(n, h, w), 1, 1, [&] {
+        h16::halo_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, h, w, cin, cout);
+    });
+    std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
+    plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin, 9 * cout);
+    round_half(want);
+    expect_equal("halo conv data gradient, " + std::to_string(cin) + " <- " + std::to_string(cout) + ", " +
+                     std::to_string(h) + " x " + std::to_string(w) + (fused ? ", fused epilogue" : ""),
+                 from_half(dx), want);
+}
+
+// dW (and dB where `bias`) of the halo weight gradient, over `nblocks` blocks of nine warps
+// walking the tiles grid-strided, against the policy and the column sums of dY
+static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblocks, bool bias) {
+    const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
+    const int64_t P = (int64_t)n * h * w;
+    auto x = small_ints(P * cin), dy = small_ints(P * cout);
+    const auto xh = to_half(x), dyh = to_half(dy);
+    std::vector<float> dw(9 * cin * cout, 0.0f), want(9 * cin * cout, 0.0f), db(cout, 0.0f), want_db(cout, 0.0f);
+    const int tiles = (int)h16::halo_blocks(n, h, w);
+    launch(
+        nblocks, 1, 1,
+        [&] { h16::halo_dw(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout); },
+        h16::HALO_DW_THREADS);
+    plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, 9 * cin, cout, P);
+    for (int64_t q = 0; q < P; ++q)
+        for (int c = 0; c < cout; ++c) want_db[c] += bias ? dy[q * cout + c] : 0.0f;
+    const std::string what = std::to_string(cin) + " -> " + std::to_string(cout) + ", " + std::to_string(h) + " x " +
+                             std::to_string(w) + ", " + std::to_string(tiles) + " tiles on " + std::to_string(nblocks) +
+                             " blocks";
+    expect_equal("halo conv weight gradient, " + what, dw, want);
+    expect_equal("halo conv bias gradient, " + what, db, want_db);
+}
+
+static void halo_layers() {
+    halo_fwd_case(2, 17, 19, 32, 0, 32, true);   // partial tiles on both sides, two images
+    halo_fwd_case(1, 16, 16, 64, 0, 20, false);  // one whole tile; two 32-channel chunks, N = 20 (np 24)
+    halo_fwd_case(1, 9, 33, 32, 32, 32, true);   // the decoder's concatenation, in place: three tiles across
+    halo_fwd_case(1, 5, 7, 32, 0, 3, true);      // N = 3: the last column alone
+    halo_dx_case(2, 17, 19, 32, 32, true);       // LeakyReLU's derivative and the accumulation fused
+    halo_dx_case(1, 10, 18, 20, 64, false);      // into 20 channels (np 24) from 64
+    halo_dw_case(2, 17, 19, 32, 32, 3, true);    // 8 partial tiles over 3 blocks, the bias gradient too
+    halo_dw_case(1, 20, 33, 64, 24, 2, true);    // two channel chunks (the bias once), N = 24
+    halo_dw_case(1, 9, 7, 32, 8, 4, false);      // one tile, blocks without one; N = 8, no bias
+}
+
 static void half_up_case(int n, int h, int w, int cin, int cout) {
     const Geom g = geom(n, h, w, cin, cout, 2, 2, 0);
     const int64_t P = (int64_t)n * h * w;
@@ -697,6 +783,7 @@ int main() {
     every_operation<6>();
     half_rounding();
     half_storage();
+    halo_layers();
     few_channels();
     if (failures) return 1;
     std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies (TF32 and f16 operands) and the "

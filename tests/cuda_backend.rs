@@ -1461,6 +1461,89 @@ fn f16_storage_layers_match_the_cpu() {
 /// Inference with f16 activations (SPAHDMAP_GPU_HALF) against the CPU's f32 scores: the
 /// reference's autocast inference rounds the same way, so 1e-2 bounds it; the scores come back
 /// in f32 and `alloc` hands out f32 again after the network.
+/// The 3 × 3 stride-1 layers of at most 32 results on the halo kernels (kernels/conv_halo.cuh,
+/// `use_halo`): forward from one tensor and from a concatenation read in place, data gradient
+/// with and without the fused epilogue, odd sizes and partial tiles, against the CPU; the
+/// profile shows they ran there and not on the implicit GEMM.
+#[test]
+fn halo_convolutions_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    g.use_halo(true);
+    let cpu = Cpu::new();
+    let spec = |cin, cout| ConvSpec { cin, cout, k: 3, stride: 1, pad: 1 };
+    g.set_profiling(true);
+    // (x, layer, second part's channels (0: one tensor), bias + LeakyReLU + residual)
+    let fwd = [
+        (Shape { n: 2, h: 35, w: 37, c: 32 }, spec(32, 32), 0, true),
+        (Shape { n: 1, h: 16, w: 16, c: 64 }, spec(64, 20), 0, false),
+        (Shape { n: 1, h: 20, w: 33, c: 32 }, spec(32, 3), 0, true),
+        (Shape { n: 2, h: 17, w: 13, c: 64 }, spec(64, 32), 32, true),
+    ];
+    for (i, (xs, sp, cb, epi)) in fwd.into_iter().enumerate() {
+        let i = i as u64;
+        let ys = Shape { c: sp.cout, ..xs };
+        let px = xs.n * xs.h * xs.w;
+        let ca = xs.c - cb;
+        let (a, bb) = (f16_rounded(rnd(px * ca, 210 + i, -1.0, 1.0)), f16_rounded(rnd(px * cb, 220 + i, -1.0, 1.0)));
+        let mut x = a.clone();
+        if cb > 0 {
+            cpu.concat_channels(&a, ca, &bb, cb, &mut x);
+        }
+        let w = f16_rounded(rnd(sp.weight_len(), 230 + i, -0.2, 0.2));
+        let b = rnd(sp.cout, 240 + i, -0.5, 0.5);
+        let res = epi.then(|| f16_rounded(rnd(ys.len(), 250 + i, -1.0, 1.0)));
+        let mut want = vec![0f32; ys.len()];
+        let bias = epi.then_some(&b);
+        cpu.conv2d(&x, xs, &sp, &w, bias, Epilogue { leaky: epi, residual: res.as_ref() }, &mut want);
+        let (wg, bg, rg) = (g.upload(&w), g.upload(&b), res.as_ref().map(|r| g.upload_half(r)));
+        let mut y = nan_half(&g, ys.len());
+        let e = Epilogue { leaky: epi, residual: rg.as_ref() };
+        let bias = epi.then_some(&bg);
+        if cb > 0 {
+            let (ag, bgp) = (g.upload_half(&a), g.upload_half(&bb));
+            g.conv2d_cat(&ag, ca, &bgp, xs, &sp, &wg, bias, e, &mut y);
+        } else {
+            g.conv2d(&g.upload_half(&x), xs, &sp, &wg, bias, e, &mut y);
+        }
+        check(&format!("halo conv {ca} + {cb} -> {} ({} x {})", sp.cout, xs.h, xs.w), &g, &y, &want, 2e-3);
+    }
+    // gradients: dX on the halo kernel where it has at most 32 channels (dY a multiple of 32), dW
+    // and dB where the layer reads a multiple of 32 and writes at most 32 (the others: the GEMM)
+    let both = DxEpilogue { leaky: true, accumulate: true };
+    let grad_cases = [
+        (Shape { n: 2, h: 33, w: 19, c: 32 }, spec(32, 32), both),
+        (Shape { n: 1, h: 18, w: 21, c: 32 }, spec(32, 64), DxEpilogue::LEAKY),
+        (Shape { n: 1, h: 12, w: 10, c: 20 }, spec(20, 32), DxEpilogue::NONE),
+        (Shape { n: 3, h: 20, w: 33, c: 64 }, spec(64, 24), DxEpilogue::ACCUMULATE),
+    ];
+    for (i, (xs, sp, dxe)) in grad_cases.into_iter().enumerate() {
+        let i = i as u64;
+        let ys = Shape { c: sp.cout, ..xs };
+        let x = f16_rounded(rnd(xs.len(), 260 + i, -1.0, 1.0));
+        let w = f16_rounded(rnd(sp.weight_len(), 270 + i, -0.2, 0.2));
+        let dy = f16_rounded(rnd(ys.len(), 280 + i, -1.0, 1.0));
+        let old = f16_rounded(rnd(xs.len(), 290 + i, -1.0, 1.0));
+        let (mut dx, mut dw, mut db) = (old.clone(), vec![0f32; sp.weight_len()], vec![0f32; sp.cout]);
+        cpu.conv2d_backward(&x, xs, &sp, &w, &dy, Some(&mut dx), dxe, &mut dw, Some(&mut db));
+        let (xg, wg, dyg) = (g.upload_half(&x), g.upload(&w), g.upload_half(&dy));
+        let (mut dxg, mut dwg, mut dbg) = (g.upload_half(&old), nan(&g, sp.weight_len()), nan(&g, sp.cout));
+        g.conv2d_backward(&xg, xs, &sp, &wg, &dyg, Some(&mut dxg), dxe, &mut dwg, Some(&mut dbg));
+        let what = format!("halo gradients {} -> {} ({} x {})", sp.cin, sp.cout, xs.h, xs.w);
+        check(&format!("{what}: dX"), &g, &dxg, &dx, 2e-3);
+        check(&format!("{what}: dW"), &g, &dwg, &dw, 1e-4);
+        check(&format!("{what}: dB"), &g, &dbg, &db, 1e-5);
+    }
+    let p = g.take_profile();
+    g.set_profiling(false);
+    let launches = |k: &str| p.iter().filter(|t| t.kernel == k).map(|t| t.launches).sum::<usize>();
+    assert_eq!(launches("conv3_halo_fwd_h16"), fwd.len(), "{p:?}");
+    assert_eq!(launches("conv3_halo_dx_h16"), 3, "{p:?}");
+    assert_eq!(launches("conv3_halo_dw_h16"), 2, "{p:?}");
+    // the other two weight gradients sum their bias gradient in a pass of their own
+    assert_eq!(launches("colsum_h16"), 2, "{p:?}");
+    assert_eq!(launches("conv2d_fwd_h16n") + launches("conv2d_fwd_cat_h16n") + launches("conv2d_bwd_data_h16n"), 0);
+}
+
 #[test]
 fn half_inference_scores_match_the_cpu() {
     let Some(g) = speed_gpu() else { return };

@@ -108,7 +108,7 @@ pub struct Cuda {
     pub(super) stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
-    /// blocks of 256 threads each kernel keeps resident per SM (the driver's occupancy figure)
+    /// blocks each kernel keeps resident per SM at its block size (the driver's occupancy figure)
     resident: Mutex<HashMap<&'static str, usize>>,
     /// released buffers by (length, f16)
     pub(super) pool: Mutex<HashMap<(usize, bool), Vec<DBuf>>>,
@@ -121,6 +121,8 @@ pub struct Cuda {
     fresh: AtomicU64,
     /// whether `capture` records (SPAHDMAP_GPU_GRAPHS; `use_graphs`)
     graphs: AtomicBool,
+    /// whether the 3 × 3 narrow layers run on the halo kernels (SPAHDMAP_GPU_HALO; `use_halo`)
+    pub(super) halo: AtomicBool,
     /// what the body being captured did (src/backend/cuda/graph.rs); None when not capturing
     pub(super) capture: Mutex<Option<super::graph::CaptureLog>>,
     /// the capture under way has failed: launches, memsets and copies are skipped
@@ -236,6 +238,7 @@ impl Cuda {
             half_train: AtomicBool::new(half_from_env().1),
             fresh: AtomicU64::new(0),
             graphs: AtomicBool::new(graphs_from_env()),
+            halo: AtomicBool::new(halo_from_env()),
             capture: Mutex::default(),
             doomed: AtomicBool::new(false),
             scratch_generation: AtomicU64::new(0),
@@ -272,6 +275,11 @@ impl Cuda {
     }
     pub fn graphs_on(&self) -> bool {
         self.graphs.load(Ordering::Relaxed)
+    }
+    /// Run the f16 3 × 3 stride-1 layers of at most 32 results on the halo kernels
+    /// (kernels/conv_halo.cuh) or on the implicit GEMM, whatever the environment says.
+    pub fn use_halo(&self, on: bool) {
+        self.halo.store(on, Ordering::Relaxed);
     }
     /// Let inference keep its activations in f16 (`Backend::half_activations`) or not, whatever
     /// the environment says.
@@ -559,11 +567,17 @@ impl Cuda {
     /// that is partly full idles the rest of the card for a whole block's time (4 blocks per SM
     /// over 3 resident took two waves for 1.33 of work).
     pub(super) fn wave_splits(&self, kernel: &'static str, tiles: usize, reduction: usize) -> usize {
-        let per_sm = *self.resident.lock().unwrap().entry(kernel).or_insert_with(|| {
-            let f = self.func(kernel);
-            f.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None).map_or(1, |b| b.max(1) as usize)
-        });
+        let per_sm = self.resident_blocks(kernel, THREADS);
         (self.sms * per_sm / tiles.max(1)).clamp(1, reduction.div_ceil(256).max(1))
+    }
+
+    /// Blocks of `threads` threads of `kernel` an SM keeps resident (the driver's occupancy
+    /// figure, asked once per kernel; each kernel runs at one block size).
+    pub(super) fn resident_blocks(&self, kernel: &'static str, threads: u32) -> usize {
+        *self.resident.lock().unwrap().entry(kernel).or_insert_with(|| {
+            let f = self.func(kernel);
+            f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_or(1, |b| b.max(1) as usize)
+        })
     }
 
     /// Splits of a GEMM's reduction so the grid fills the device (NMF, GCN).
@@ -654,6 +668,13 @@ fn by_kind<T>(half: bool, forms: [T; 2]) -> (T, fn(&Cuda, &DBuf) -> u64) {
 /// CUDA graphs; off by default until a card has measured it.
 fn graphs_from_env() -> bool {
     std::env::var("SPAHDMAP_GPU_GRAPHS").is_ok_and(|v| matches!(v.trim(), "1" | "on" | "true"))
+}
+
+/// `SPAHDMAP_GPU_HALO=1` (or `on`, `true`) runs the f16 3 × 3 stride-1 layers of at most 32
+/// results (forward and data gradient) on the halo kernels; off by default until a card has
+/// measured them against the implicit GEMM.
+fn halo_from_env() -> bool {
+    std::env::var("SPAHDMAP_GPU_HALO").is_ok_and(|v| matches!(v.trim(), "1" | "on" | "true"))
 }
 
 impl Cuda {
@@ -837,7 +858,9 @@ impl Backend for Cuda {
     type Graph = super::graph::CudaGraphRun;
 
     fn name(&self) -> String {
-        self.label.clone()
+        // benchmark lines say which convolution kernels ran
+        let halo = if self.halo.load(Ordering::Relaxed) { ", halo 3x3 kernels" } else { "" };
+        format!("{}{halo}", self.label)
     }
     fn synchronize(&self) {
         if self.capture_refuses("a synchronisation") {

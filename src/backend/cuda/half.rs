@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use cudarc::driver::LaunchConfig;
+
 use super::device::{
     cfg1, cfg_elems, conv_flop, conv_geom, tiled_grid, up2_flop, within_fast_div, Cuda, DBuf, SMALL_WEIGHTS, THREADS,
 };
@@ -23,6 +25,19 @@ use crate::backend::{Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
 const TILE: (usize, usize) = (128, 64);
 const NARROW: (usize, usize) = (128, 32);
 const K_STEP: usize = 32;
+
+/// The halo kernels' output tile side and most result columns (kernels/conv_halo.cuh).
+const HALO_T: usize = 16;
+const HALO_N: usize = 32;
+/// The halo weight gradient's block: nine warps, one per tap.
+const HALO_DW_THREADS: u32 = 9 * 32;
+
+/// One 256-thread block per 16 × 16 output tile of each image.
+fn halo_grid(n: usize, h: usize, w: usize) -> LaunchConfig {
+    let blocks = n * h.div_ceil(HALO_T) * w.div_ceil(HALO_T);
+    assert!(blocks < 1 << 31, "{blocks} blocks of 16 x 16 pixels: use smaller batches");
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
 
 /// Packed f16 weights: their address, and the buffer when the caller owns it (not frozen).
 struct Packed {
@@ -130,6 +145,12 @@ impl Cuda {
     /// whole K steps of one tap (cin a multiple of 32), the indices within its 32-bit divisions.
     pub(super) fn h16_runs(&self, x: &DBuf, y: &DBuf, cin: usize, residual: Option<&DBuf>) -> bool {
         x.is_half() && y.is_half() && cin % K_STEP == 0 && cin > 0 && residual.is_none_or(|r| r.is_half())
+    }
+
+    /// Whether a layer whose GEMM gathers a multiple of 32 channels runs on the halo kernels
+    /// (kernels/conv_halo.cuh; `use_halo`): 3 × 3, stride 1, pad 1, at most 32 result columns.
+    fn halo_fits(&self, spec: &ConvSpec, cols: usize) -> bool {
+        self.halo.load(Ordering::Relaxed) && spec.k == 3 && spec.stride == 1 && spec.pad == 1 && cols <= HALO_N
     }
 
     /// Whether the forward f16 GEMM runs a layer in four-channel pieces (`conv2d_fwd4_*`):
@@ -244,6 +265,28 @@ impl Cuda {
             }
             None => (0, 0),
         };
+        if spec.cin % K_STEP == 0 && self.halo_fits(spec, spec.cout) {
+            launch!(
+                self,
+                "conv3_halo_fwd_h16",
+                halo_grid(xs.n, xs.h, xs.w),
+                self.hptr(x),
+                wh,
+                np as i32,
+                self.optr(bias),
+                res,
+                self.hptr(y),
+                epi.leaky as i32,
+                h,
+                wd,
+                cin,
+                cout,
+                x2,
+                ca as i32
+            );
+            self.profile_flop(conv_flop(pixels, spec));
+            return;
+        }
         let names = match (second.is_some(), spec.cin % K_STEP == 0) {
             (true, _) => ["conv2d_fwd_cat_h16n", "conv2d_fwd_cat_h16"],
             (false, true) => ["conv2d_fwd_h16n", "conv2d_fwd_h16"],
@@ -464,38 +507,26 @@ impl Cuda {
         let (wt, np) = self.packed_weights_t(w, taps, spec.cin, spec.cout, (spec.cin * spec.cout, spec.cout));
         let narrow = spec.cin <= 32;
         let tile = if narrow { NARROW } else { TILE };
-        // strided layers by phases (their kernel divides by the stride): one grid layer each
-        let s = spec.stride;
-        let (kernel, grid) = match (s > 1, narrow) {
-            (false, true) => ("conv2d_bwd_data_h16n", tiled_grid(pixels, spec.cin, 1, tile)),
-            (false, false) => ("conv2d_bwd_data_h16", tiled_grid(pixels, spec.cin, 1, tile)),
-            (true, n) => {
-                let rows = xs.n * xs.h.div_ceil(s) * xs.w.div_ceil(s);
-                let name = if n { "conv2d_bwd_data_phased_h16n" } else { "conv2d_bwd_data_phased_h16" };
-                (name, tiled_grid(rows, spec.cin, s * s, tile))
-            }
-        };
         let xin = if dxe.leaky { self.hptr(x) } else { 0 };
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
-        launch!(
-            self,
-            kernel,
-            grid,
-            self.hptr(dy),
-            self.hptr(&wt),
-            np as i32,
-            xin,
-            self.hptr(dx),
-            dxe.accumulate as i32,
-            n,
-            h,
-            wd,
-            cin,
-            cout,
-            k,
-            st,
-            pd
-        );
+        let (dyp, wtp, dxp, acc) = (self.hptr(dy), self.hptr(&wt), self.hptr(dx), dxe.accumulate as i32);
+        let s = spec.stride;
+        if s == 1 && self.halo_fits(spec, spec.cin) {
+            let grid = halo_grid(xs.n, xs.h, xs.w);
+            launch!(self, "conv3_halo_dx_h16", grid, dyp, wtp, np as i32, xin, dxp, acc, h, wd, cin, cout);
+        } else {
+            // strided layers by phases (their kernel divides by the stride): one grid layer each
+            let (kernel, grid) = match (s > 1, narrow) {
+                (false, true) => ("conv2d_bwd_data_h16n", tiled_grid(pixels, spec.cin, 1, tile)),
+                (false, false) => ("conv2d_bwd_data_h16", tiled_grid(pixels, spec.cin, 1, tile)),
+                (true, n) => {
+                    let rows = xs.n * xs.h.div_ceil(s) * xs.w.div_ceil(s);
+                    let name = if n { "conv2d_bwd_data_phased_h16n" } else { "conv2d_bwd_data_phased_h16" };
+                    (name, tiled_grid(rows, spec.cin, s * s, tile))
+                }
+            };
+            launch!(self, kernel, grid, dyp, wtp, np as i32, xin, dxp, acc, n, h, wd, cin, cout, k, st, pd);
+        }
         self.release(wt);
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         self.profile_flop(conv_flop(xs.n * oh * ow, spec));
@@ -511,6 +542,21 @@ impl Cuda {
         let rows = spec.k * spec.k * spec.cin;
         within_fast_div(p.max(rows));
         self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
+        if spec.cin % K_STEP == 0 && self.halo_fits(spec, spec.cout) {
+            // one wave of blocks walking the tiles, the bias gradient on their MMAs (no colsum)
+            let kernel = "conv3_halo_dw_h16";
+            let tiles = halo_grid(xs.n, xs.h, xs.w).grid_dim.0 as usize;
+            let blocks = tiles.min(self.sms * self.resident_blocks(kernel, HALO_DW_THREADS));
+            let dbp = db.map_or(0, |d| {
+                self.zero_bytes(self.ptr(d), self.len(d) * 4);
+                self.ptr(d)
+            });
+            let (xp, dyp, dwp) = (self.hptr(x), self.hptr(dy), self.ptr(dw));
+            let (h, wd, cin, cout) = (xs.h as i32, xs.w as i32, spec.cin as i32, spec.cout as i32);
+            launch!(self, kernel, cfg1(blocks, HALO_DW_THREADS), xp, dyp, dwp, dbp, tiles as i32, h, wd, cin, cout);
+            self.profile_flop(conv_flop(p, spec));
+            return;
+        }
         let (kernel, tile) =
             if spec.cout <= 32 { ("conv2d_bwd_weight_h16n", NARROW) } else { ("conv2d_bwd_weight_h16", TILE) };
         let tiles = rows.div_ceil(tile.0) * spec.cout.div_ceil(tile.1);
