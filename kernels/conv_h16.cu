@@ -473,10 +473,10 @@ H16_CONV(conv2d_fwd4_h16n, FWD4, 32)
 H16_CONV(conv2d_fwd_cat_h16, FWD_CAT, 64)
 H16_CONV(conv2d_fwd_cat_h16n, FWD_CAT, 32)
 
-// The 3 × 3 stride-1 pad-1 layers into at most 32 channels from a staged halo (conv_halo.cuh):
-// grid halo_blocks(n, h, w). Forward: cin a multiple of 32 (with x2: ca and cin − ca both),
-// cout ≤ 32, epilogue as conv2d_fwd_h16's. Data gradient: cout a multiple of 32, cin ≤ 32,
-// weights packed [tap][co][ci], epilogue as conv2d_bwd_data_h16's.
+// The 3 × 3 stride-1 pad-1 layers from a staged halo (conv_halo.cuh): grid (halo_blocks(n, h,
+// w), ⌈columns / 32⌉). Forward: cin a multiple of 32 (with x2: ca and cin − ca both),
+// epilogue as conv2d_fwd_h16's. Data gradient: cout a multiple of 32, weights packed
+// [tap][co][ci], epilogue as conv2d_bwd_data_h16's.
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_fwd_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res,
                        uint16_t* y, int leaky, int h, int w, int cin, int cout, const uint16_t* x2, int ca) {
@@ -489,9 +489,10 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 }
 
 // dW (f32, zeroed, rows (tap, ci) × cout) and db (f32, zeroed, or null) += the weight and bias
-// gradients of a 3 × 3 stride-1 pad-1 layer from f16 x and dY (cin a multiple of 32, cout of 8,
-// at most 32) over `tiles` = halo_blocks(n, h, w) tiles, grid-strided; 288 threads a block
-extern "C" __global__ void __launch_bounds__(h16::HALO_DW_THREADS, 2)
+// gradients of a 3 × 3 stride-1 pad-1 layer from f16 x and dY (cin a multiple of 32, cout of 8)
+// over `tiles` = halo_blocks(n, h, w) tiles, grid-strided; grid (splits, cin / 32 · ⌈cout /
+// 32⌉)
+extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_dw_h16(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int tiles, int h, int w, int cin,
                       int cout) {
     h16::halo_dw(x, dy, dw, db, tiles, h, w, cin, cout);

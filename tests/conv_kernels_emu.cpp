@@ -1,5 +1,5 @@
 // The convolution kernels of kernels/conv.cu run on the CPU: this file gives the kernel source
-// CUDA's names — a block is 256 (or `nthreads`) std::threads sharing `static` shared arrays, __syncthreads is a
+// CUDA's names — a block is 256 std::threads sharing `static` shared arrays, __syncthreads is a
 // barrier, and mma.sync m16n8k8 is emulated warp-collectively from the PTX ISA's fragment
 // layout — then includes conv.cu itself and runs every GEMM body (f32 SIMT, TF32, pipelined,
 // wide) for every operation against the policies driven through a plain triple loop. On small
@@ -28,7 +28,7 @@ struct Dim3 {
 thread_local Dim3 threadIdx, blockIdx;
 Dim3 gridDim;
 static std::barrier<>* block_barrier;
-constexpr int MAX_WARPS = 9;  // the halo weight gradient's nine
+constexpr int MAX_WARPS = 8;
 static std::barrier<>* warp_barrier[MAX_WARPS];
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline void __trap() { std::abort(); }
@@ -176,16 +176,16 @@ inline uint16_t f2h(float f) {
 
 using namespace conv;
 
-// A grid of 256-thread (or `nthreads`) blocks, one block at a time; each thread walks the blocks in order and
+// A grid of 256-thread blocks, one block at a time; each thread walks the blocks in order and
 // meets the others at a barrier between them (shared arrays are reused by the next block).
-static void launch(unsigned gx, unsigned gy, unsigned gz, const std::function<void()>& body, unsigned nthreads = 256) {
+static void launch(unsigned gx, unsigned gy, unsigned gz, const std::function<void()>& body) {
     gridDim = {gx, gy, gz};
-    std::barrier<> block(nthreads);
+    std::barrier<> block(256);
     block_barrier = &block;
     std::vector<std::barrier<>*> warps;
     for (auto& w : warp_barrier) w = new std::barrier<>(32);
     std::vector<std::thread> threads;
-    for (unsigned t = 0; t < nthreads; ++t)
+    for (unsigned t = 0; t < 256; ++t)
         threads.emplace_back([&, t] {
             threadIdx = {t, 0, 0};
             for (unsigned z = 0; z < gz; ++z)
@@ -480,7 +480,7 @@ static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool ep
     const float* b = epilogue ? bias.data() : nullptr;
     const int leaky = epilogue ? 1 : 0;
     std::vector<uint16_t> y(P * cout, HALF_NAN);
-    launch((unsigned)h16::halo_blocks(n, h, w), 1, 1, [&] {
+    launch((unsigned)h16::halo_blocks(n, h, w), blocks(cout, h16::HALO_N), 1, [&] {
         h16::halo_fwd(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, h, w, cin, cout,
                       cb ? bh.data() : nullptr, cb ? ca : 0);
     });
@@ -504,7 +504,7 @@ static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused) {
             for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
     const auto dyh = to_half(dy), xh = to_half(x);
     std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
-    launch((unsigned)h16::halo_blocks(n, h, w), 1, 1, [&] {
+    launch((unsigned)h16::halo_blocks(n, h, w), blocks(cin, h16::HALO_N), 1, [&] {
         h16::halo_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, h, w, cin, cout);
     });
     std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
@@ -515,8 +515,9 @@ static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused) {
                  from_half(dx), want);
 }
 
-// dW (and dB where `bias`) of the halo weight gradient, over `nblocks` blocks of nine warps
-// walking the tiles grid-strided, against the policy and the column sums of dY
+// dW (and dB where `bias`) of the halo weight gradient, over `nblocks` blocks
+// walking the tiles grid-strided per (32 channels, 32 columns), against the policy and the
+// column sums of dY
 static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblocks, bool bias) {
     const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
     const int64_t P = (int64_t)n * h * w;
@@ -525,9 +526,8 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
     std::vector<float> dw(9 * cin * cout, 0.0f), want(9 * cin * cout, 0.0f), db(cout, 0.0f), want_db(cout, 0.0f);
     const int tiles = (int)h16::halo_blocks(n, h, w);
     launch(
-        nblocks, 1, 1,
-        [&] { h16::halo_dw(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout); },
-        h16::HALO_DW_THREADS);
+        nblocks, (unsigned)(cin / 32) * blocks(cout, h16::HALO_N), 1,
+        [&] { h16::halo_dw(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout); });
     plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, 9 * cin, cout, P);
     for (int64_t q = 0; q < P; ++q)
         for (int c = 0; c < cout; ++c) want_db[c] += bias ? dy[q * cout + c] : 0.0f;
@@ -543,11 +543,15 @@ static void halo_layers() {
     halo_fwd_case(1, 16, 16, 64, 0, 20, false);  // one whole tile; two 32-channel chunks, N = 20 (np 24)
     halo_fwd_case(1, 9, 33, 32, 32, 32, true);   // the decoder's concatenation, in place: three tiles across
     halo_fwd_case(1, 5, 7, 32, 0, 3, true);      // N = 3: the last column alone
+    halo_fwd_case(1, 18, 17, 64, 0, 72, true);   // three column blocks, the last 8 wide
+    halo_fwd_case(2, 8, 9, 32, 64, 64, false);   // unequal parts of a concatenation, two column blocks
     halo_dx_case(2, 17, 19, 32, 32, true);       // LeakyReLU's derivative and the accumulation fused
     halo_dx_case(1, 10, 18, 20, 64, false);      // into 20 channels (np 24) from 64
+    halo_dx_case(1, 10, 18, 72, 64, true);       // into 72 channels: three column blocks
     halo_dw_case(2, 17, 19, 32, 32, 3, true);    // 8 partial tiles over 3 blocks, the bias gradient too
-    halo_dw_case(1, 20, 33, 64, 24, 2, true);    // two channel chunks (the bias once), N = 24
+    halo_dw_case(1, 20, 33, 64, 24, 2, true);    // two channel chunks (the bias from the first), N = 24
     halo_dw_case(1, 9, 7, 32, 8, 4, false);      // one tile, blocks without one; N = 8, no bias
+    halo_dw_case(1, 17, 18, 64, 72, 3, true);    // 2 chunks × 3 column blocks (the last 8 wide)
 }
 
 static void half_up_case(int n, int h, int w, int cin, int cout) {

@@ -26,17 +26,21 @@ const TILE: (usize, usize) = (128, 64);
 const NARROW: (usize, usize) = (128, 32);
 const K_STEP: usize = 32;
 
-/// The halo kernels' output tile side and most result columns (kernels/conv_halo.cuh).
+/// The halo kernels' output tile side and the result columns a block takes (kernels/conv_halo.cuh).
 const HALO_T: usize = 16;
 const HALO_N: usize = 32;
-/// The halo weight gradient's block: nine warps, one per tap.
-const HALO_DW_THREADS: u32 = 9 * 32;
 
-/// One 256-thread block per 16 × 16 output tile of each image.
-fn halo_grid(n: usize, h: usize, w: usize) -> LaunchConfig {
-    let blocks = n * h.div_ceil(HALO_T) * w.div_ceil(HALO_T);
-    assert!(blocks < 1 << 31, "{blocks} blocks of 16 x 16 pixels: use smaller batches");
-    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+/// 16 × 16 output tiles of n images of h × w.
+fn halo_tiles(n: usize, h: usize, w: usize) -> usize {
+    let tiles = n * h.div_ceil(HALO_T) * w.div_ceil(HALO_T);
+    assert!(tiles < 1 << 31, "{tiles} tiles of 16 x 16 pixels: use smaller batches");
+    tiles
+}
+
+/// One 256-thread block per 16 × 16 output tile of each image and 32 result columns.
+fn halo_grid(xs: Shape, cols: usize) -> LaunchConfig {
+    let grid_dim = (halo_tiles(xs.n, xs.h, xs.w) as u32, cols.div_ceil(HALO_N) as u32, 1);
+    LaunchConfig { grid_dim, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Packed f16 weights: their address, and the buffer when the caller owns it (not frozen).
@@ -148,9 +152,9 @@ impl Cuda {
     }
 
     /// Whether a layer whose GEMM gathers a multiple of 32 channels runs on the halo kernels
-    /// (kernels/conv_halo.cuh; `use_halo`): 3 × 3, stride 1, pad 1, at most 32 result columns.
-    fn halo_fits(&self, spec: &ConvSpec, cols: usize) -> bool {
-        self.halo.load(Ordering::Relaxed) && spec.k == 3 && spec.stride == 1 && spec.pad == 1 && cols <= HALO_N
+    /// (kernels/conv_halo.cuh; `use_halo`): 3 × 3, stride 1, pad 1.
+    fn halo_fits(&self, spec: &ConvSpec) -> bool {
+        self.halo.load(Ordering::Relaxed) && spec.k == 3 && spec.stride == 1 && spec.pad == 1
     }
 
     /// Whether the forward f16 GEMM runs a layer in four-channel pieces (`conv2d_fwd4_*`):
@@ -265,11 +269,11 @@ impl Cuda {
             }
             None => (0, 0),
         };
-        if spec.cin % K_STEP == 0 && self.halo_fits(spec, spec.cout) {
+        if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
             launch!(
                 self,
                 "conv3_halo_fwd_h16",
-                halo_grid(xs.n, xs.h, xs.w),
+                halo_grid(xs, spec.cout),
                 self.hptr(x),
                 wh,
                 np as i32,
@@ -511,8 +515,8 @@ impl Cuda {
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let (dyp, wtp, dxp, acc) = (self.hptr(dy), self.hptr(&wt), self.hptr(dx), dxe.accumulate as i32);
         let s = spec.stride;
-        if s == 1 && self.halo_fits(spec, spec.cin) {
-            let grid = halo_grid(xs.n, xs.h, xs.w);
+        if self.halo_fits(spec) {
+            let grid = halo_grid(xs, spec.cin);
             launch!(self, "conv3_halo_dx_h16", grid, dyp, wtp, np as i32, xin, dxp, acc, h, wd, cin, cout);
         } else {
             // strided layers by phases (their kernel divides by the stride): one grid layer each
@@ -542,18 +546,26 @@ impl Cuda {
         let rows = spec.k * spec.k * spec.cin;
         within_fast_div(p.max(rows));
         self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
-        if spec.cin % K_STEP == 0 && self.halo_fits(spec, spec.cout) {
-            // one wave of blocks walking the tiles, the bias gradient on their MMAs (no colsum)
+        if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
+            // one wave of blocks walking the tiles, a grid row per (32 channels, 32 columns),
+            // the bias gradient on their MMAs (no colsum)
             let kernel = "conv3_halo_dw_h16";
-            let tiles = halo_grid(xs.n, xs.h, xs.w).grid_dim.0 as usize;
-            let blocks = tiles.min(self.sms * self.resident_blocks(kernel, HALO_DW_THREADS));
+            let tiles = halo_tiles(xs.n, xs.h, xs.w);
+            let rows = spec.cin / K_STEP * spec.cout.div_ceil(HALO_N);
+            let wave = self.sms * self.resident_blocks(kernel, THREADS);
+            let blocks = tiles.min(wave.div_ceil(rows));
             let dbp = db.map_or(0, |d| {
                 self.zero_bytes(self.ptr(d), self.len(d) * 4);
                 self.ptr(d)
             });
             let (xp, dyp, dwp) = (self.hptr(x), self.hptr(dy), self.ptr(dw));
             let (h, wd, cin, cout) = (xs.h as i32, xs.w as i32, spec.cin as i32, spec.cout as i32);
-            launch!(self, kernel, cfg1(blocks, HALO_DW_THREADS), xp, dyp, dwp, dbp, tiles as i32, h, wd, cin, cout);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, rows as u32, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(self, kernel, cfg, xp, dyp, dwp, dbp, tiles as i32, h, wd, cin, cout);
             self.profile_flop(conv_flop(p, spec));
             return;
         }
