@@ -473,8 +473,8 @@ H16_CONV(conv2d_fwd4_h16n, FWD4, 32)
 H16_CONV(conv2d_fwd_cat_h16, FWD_CAT, 64)
 H16_CONV(conv2d_fwd_cat_h16n, FWD_CAT, 32)
 
-// The 3 × 3 stride-1 pad-1 layers from a staged halo (conv_halo.cuh): grid (halo_blocks(n, h,
-// w), ⌈columns / 32⌉). Forward: cin a multiple of 32 (with x2: ca and cin − ca both),
+// The 3 × 3 stride-1 pad-1 layers from a staged halo (conv_halo.cuh): grid halo_blocks(n, h,
+// w) · ⌈columns / 32⌉. Forward: cin a multiple of 32 (with x2: ca and cin − ca both),
 // epilogue as conv2d_fwd_h16's. Data gradient: cout a multiple of 32, weights packed
 // [tap][co][ci], epilogue as conv2d_bwd_data_h16's.
 extern "C" __global__ void __launch_bounds__(256, 2)

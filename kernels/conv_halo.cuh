@@ -16,8 +16,7 @@
 //
 // Warp w owns tile rows 2w and 2w + 1 (two 16-pixel MMA rows) and the block's 32 columns: per
 // 16-wide K slice two A and two B ldmatrix for eight MMAs. More columns take more blocks
-// (grid y), each staging the input again: 1.27 reads of it per 32 columns against the GEMM's
-// nine per 64.
+// each staging the input again: 1.27 reads of it per 32 columns against the GEMM's nine per 64.
 //
 // The data gradient of a stride-1, pad-1 layer is the same sum over dY with the taps mirrored
 // (dX(y, x) = Σ dY(y + 1 − ky, x + 1 − kx) · W[ky, kx]ᵀ) and the weights packed [tap][co][ci].
@@ -69,7 +68,8 @@ DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, i
     }
 }
 
-// out(m, n) for the block's tile and columns n0 = 32·blockIdx.y ..: Σ over taps and C channels
+// out(m, n) for block b's tile b / ⌈N / 32⌉ and columns n0 = 32·(b mod ⌈N / 32⌉) .. (a tile's
+// column blocks run side by side, reading its input from L2): Σ over taps and C channels
 // of the staged input at the pixel shifted by the tap (mirrored where DX) times the weights;
 // `out.store` as the GEMM's epilogues (FwdOut, DxOutH) with m the pixel's index, N columns.
 template <bool DX, class Out>
@@ -78,8 +78,9 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
     alignas(128) __shared__ uint16_t Hs[HALO_PX * HALO_ROW];  // 25,920 bytes
     alignas(128) __shared__ uint16_t Ws[9 * HALO_C * 32];     // 18,432 bytes
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const HaloTile t = halo_tile((int)blockIdx.x, h, w);
-    const int n0 = HALO_N * blockIdx.y;
+    const int nb = (N + HALO_N - 1) / HALO_N;
+    const HaloTile t = halo_tile((int)blockIdx.x / nb, h, w);
+    const int n0 = HALO_N * ((int)blockIdx.x % nb);
     // A 16 × 16 of MMA row i (tile row 2·warp + i): lanes 0–15 address pixels 0–15 at k 0–7,
     // lanes 16–31 the same pixels at k 8–15 (ldmatrix's four matrices: mma's a0..a3); the
     // centre tap's address, the other taps an offset from it
@@ -240,7 +241,7 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
             }
 }
 
-// Blocks of the halo kernels over n images of h × w.
+// 16 × 16 tiles of n images of h × w.
 HD int64_t halo_blocks(int n, int h, int w) {
     return (int64_t)n * ((h + HALO_T - 1) / HALO_T) * ((w + HALO_T - 1) / HALO_T);
 }

@@ -480,7 +480,7 @@ static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool ep
     const float* b = epilogue ? bias.data() : nullptr;
     const int leaky = epilogue ? 1 : 0;
     std::vector<uint16_t> y(P * cout, HALF_NAN);
-    launch((unsigned)h16::halo_blocks(n, h, w), blocks(cout, h16::HALO_N), 1, [&] {
+    launch((unsigned)h16::halo_blocks(n, h, w) * blocks(cout, h16::HALO_N), 1, 1, [&] {
         h16::halo_fwd(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, h, w, cin, cout,
                       cb ? bh.data() : nullptr, cb ? ca : 0);
     });
@@ -504,7 +504,7 @@ static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused) {
             for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
     const auto dyh = to_half(dy), xh = to_half(x);
     std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
-    launch((unsigned)h16::halo_blocks(n, h, w), blocks(cin, h16::HALO_N), 1, [&] {
+    launch((unsigned)h16::halo_blocks(n, h, w) * blocks(cin, h16::HALO_N), 1, 1, [&] {
         h16::halo_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, h, w, cin, cout);
     });
     std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);

@@ -39,8 +39,9 @@ fn halo_tiles(n: usize, h: usize, w: usize) -> usize {
 
 /// One 256-thread block per 16 × 16 output tile of each image and 32 result columns.
 fn halo_grid(xs: Shape, cols: usize) -> LaunchConfig {
-    let grid_dim = (halo_tiles(xs.n, xs.h, xs.w) as u32, cols.div_ceil(HALO_N) as u32, 1);
-    LaunchConfig { grid_dim, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    let blocks = halo_tiles(xs.n, xs.h, xs.w) * cols.div_ceil(HALO_N);
+    assert!(blocks < 1 << 31, "{blocks} blocks of 16 x 16 pixels: use smaller batches");
+    cfg1(blocks, THREADS)
 }
 
 /// Packed f16 weights: their address, and the buffer when the caller owns it (not frozen).
