@@ -68,6 +68,21 @@ DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, i
     }
 }
 
+// Both kernels stage in two slots of dynamic shared memory, the next one's copies in flight
+// while the MMAs read the other (past 48 KB: the host opts in; src/backend/cuda/half.rs
+// HALO_FWD_STAGE, HALO_DW_SMEM): the forward and data gradient a 32-channel chunk's halo and
+// weights (44,352 bytes a slot; one slot where C is 32), the weight gradient a tile's halo
+// and dY (42,304).
+constexpr int HALO_FWD_STAGE = HALO_PX * HALO_ROW + 9 * HALO_C * HALO_N;     // halves
+constexpr int HALO_DW_STAGE = HALO_PX * HALO_ROW + HALO_T * HALO_T * HALO_N;  // halves
+constexpr int HALO_DW_SMEM = 2 * HALO_DW_STAGE * 2;                           // bytes
+static_assert(HALO_FWD_STAGE * 2 == 44352 && HALO_DW_SMEM == 84608, "the host's sizes");
+#ifdef __CUDACC__
+#define HALO_DYNAMIC_SMEM(name, halves) extern __shared__ __align__(128) uint16_t name[]
+#else
+#define HALO_DYNAMIC_SMEM(name, halves) alignas(128) static uint16_t name[halves]
+#endif
+
 // out(m, n) for block b's tile b / ⌈N / 32⌉ and columns n0 = 32·(b mod ⌈N / 32⌉) .. (a tile's
 // column blocks run side by side, reading its input from L2): Σ over taps and C channels
 // of the staged input at the pixel shifted by the tap (mirrored where DX) times the weights;
@@ -75,8 +90,7 @@ DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, i
 template <bool DX, class Out>
 DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int h, int w,
                const Out& out) {
-    alignas(128) __shared__ uint16_t Hs[HALO_PX * HALO_ROW];  // 25,920 bytes
-    alignas(128) __shared__ uint16_t Ws[9 * HALO_C * 32];     // 18,432 bytes
+    HALO_DYNAMIC_SMEM(smem, 2 * HALO_FWD_STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int nb = (N + HALO_N - 1) / HALO_N;
     const HaloTile t = halo_tile((int)blockIdx.x / nb, h, w);
@@ -94,13 +108,21 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-    for (int c0 = 0; c0 < C; c0 += HALO_C) {
-        if (c0 > 0) __syncthreads();  // every warp is done with the last chunk
-        halo_stage(Hs, x, x2, ca, C, c0, t, h, w);
-        halo_weights(Ws, wt, np, C, c0, n0);
+    // chunk c0's halo and weights into slot s (one cp.async group)
+    auto stage = [&](int c0, int s) {
+        uint16_t* hs = smem + s * HALO_FWD_STAGE;
+        halo_stage(hs, x, x2, ca, C, c0, t, h, w);
+        halo_weights(hs + HALO_PX * HALO_ROW, wt, np, C, c0, n0);
+    };
+    stage(0, 0);
+    cp_commit();
+    for (int c0 = 0, k = 0; c0 < C; c0 += HALO_C, ++k) {
+        if (c0 + HALO_C < C) stage(c0 + HALO_C, (k + 1) & 1);
         cp_commit();
-        cp_wait<0>();
-        __syncthreads();
+        cp_wait<1>();     // this chunk's group has landed, for this thread
+        __syncthreads();  // and for every thread
+        const uint16_t* Hs = smem + (k & 1) * HALO_FWD_STAGE;
+        const uint16_t* Ws = Hs + HALO_PX * HALO_ROW;
 #pragma unroll
         for (int tap = 0; tap < 9; ++tap) {
             const int dy = DX ? 1 - tap / 3 : tap / 3 - 1, dx = DX ? 1 - tap % 3 : tap % 3 - 1;
@@ -124,7 +146,9 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
                     for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
             }
         }
+        __syncthreads();  // every warp is done with this slot before the chunk after next fills it
     }
+    cp_wait<0>();
     // C fragments: c0, c1 at (pixel g, columns 2t, 2t + 1), c2, c3 at pixel g + 8
     const int gq = lane / 4, tq = lane % 4;
 #pragma unroll
@@ -156,8 +180,7 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
 // ride on the same B fragments as an MMA with an all-ones A (tile row r on warp r mod 8).
 // N a multiple of 8.
 DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int tiles, int h, int w, int C, int N) {
-    alignas(128) __shared__ uint16_t Hs[HALO_PX * HALO_ROW];       // 25,920 bytes
-    alignas(128) __shared__ uint16_t Ds[HALO_T * HALO_T * HALO_N];  // 16,384 bytes
+    HALO_DYNAMIC_SMEM(smem, 2 * HALO_DW_STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int chunks = C / HALO_C, c0 = HALO_C * ((int)blockIdx.y % chunks), n0 = HALO_N * ((int)blockIdx.y / chunks);
     const bool sums = db && c0 == 0;
@@ -176,19 +199,29 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
         for (int q = 0; q < 4; ++q) acc[0][j][q] = acc[1][j][q] = bacc[j][q] = 0.0f;
 #pragma unroll
     for (int q = 0; q < 4; ++q) ext[q] = 0.0f;
-    for (int b = blockIdx.x; b < tiles; b += gridDim.x) {
-        __syncthreads();  // every warp is done with the last tile
+    // tile b's halo and dY into stage s (one cp.async group with whatever the caller adds)
+    auto stage = [&](int b, int s) {
+        uint16_t* hs = smem + s * HALO_DW_STAGE;
+        uint16_t* ds = hs + HALO_PX * HALO_ROW;
         const HaloTile t = halo_tile(b, h, w);
-        halo_stage(Hs, x, nullptr, 0, C, c0, t, h, w);
+        halo_stage(hs, x, nullptr, 0, C, c0, t, h, w);
         for (int p = threadIdx.x; p < HALO_T * HALO_T * 4; p += THREADS) {
             const int px = p / 4, q = p % 4, y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
             const bool ok = y < h && xx < w && n0 + 8 * q < N;
             const int64_t at = (((int64_t)t.img * h + y) * w + xx) * N + n0 + 8 * q;
-            cp_async16(Ds + swizzled<4>(px, q), ok ? dy + at : dy, ok);
+            cp_async16(ds + swizzled<4>(px, q), ok ? dy + at : dy, ok);
         }
+    };
+    // two stages: the next tile's copies fly while this one's MMAs run
+    if ((int)blockIdx.x < tiles) stage((int)blockIdx.x, 0);
+    cp_commit();
+    for (int b = blockIdx.x, k = 0; b < tiles; b += gridDim.x, ++k) {
+        if (b + (int)gridDim.x < tiles) stage(b + (int)gridDim.x, (k + 1) & 1);
         cp_commit();
-        cp_wait<0>();
-        __syncthreads();
+        cp_wait<1>();  // this tile's group has landed, for this thread
+        __syncthreads();  // and for every thread
+        const uint16_t* Hs = smem + (k & 1) * HALO_DW_STAGE;
+        const uint16_t* Ds = Hs + HALO_PX * HALO_ROW;
 #pragma unroll 2
         for (int r = 0; r < HALO_T; ++r) {
             uint32_t a[2][4], ae[4], bf[4][2];
@@ -214,7 +247,9 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
 #pragma unroll
                 for (int j = 0; j < 4; ++j) conv::mma_f16(bacc[j], ones, bf[j]);
         }
+        __syncthreads();  // every warp is done with this stage before the next tile but one fills it
     }
+    cp_wait<0>();
     // C fragments: c0, c1 at (channel g, columns 2t, 2t + 1), c2, c3 at channel g + 8
     const int gq = lane / 4, tq = lane % 4;
 #pragma unroll

@@ -302,7 +302,15 @@ impl Cuda {
         let mut f = self.funcs.lock().unwrap();
         f.entry(name)
             .or_insert_with(|| {
-                self.module.load_function(name).unwrap_or_else(|e| panic!("CUDA kernel {name} missing: {e}"))
+                let f = self.module.load_function(name).unwrap_or_else(|e| panic!("CUDA kernel {name} missing: {e}"));
+                // kernels staging more than 48 KB opt in to it once
+                if let Some(bytes) = dynamic_smem(name) {
+                    let attr =
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                    f.set_attribute(attr, bytes as i32)
+                        .unwrap_or_else(|e| panic!("CUDA kernel {name}: {bytes} bytes of shared memory: {e}"));
+                }
+                f
             })
             .clone()
     }
@@ -576,7 +584,8 @@ impl Cuda {
     pub(super) fn resident_blocks(&self, kernel: &'static str, threads: u32) -> usize {
         *self.resident.lock().unwrap().entry(kernel).or_insert_with(|| {
             let f = self.func(kernel);
-            f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_or(1, |b| b.max(1) as usize)
+            let smem = dynamic_smem(kernel).unwrap_or(0);
+            f.occupancy_max_active_blocks_per_multiprocessor(threads, smem, None).map_or(1, |b| b.max(1) as usize)
         })
     }
 
@@ -668,6 +677,16 @@ fn by_kind<T>(half: bool, forms: [T; 2]) -> (T, fn(&Cuda, &DBuf) -> u64) {
 /// CUDA graphs; off by default until a card has measured it.
 fn graphs_from_env() -> bool {
     std::env::var("SPAHDMAP_GPU_GRAPHS").is_ok_and(|v| matches!(v.trim(), "1" | "on" | "true"))
+}
+
+/// Dynamic shared memory a kernel may be launched with (at most), where it has any.
+pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
+    match kernel {
+        "conv3_halo_dw_h16" => Some(super::half::HALO_DW_SMEM),
+        // two slots; layers of one 32-channel chunk launch with one
+        "conv3_halo_fwd_h16" | "conv3_halo_dx_h16" => Some(2 * super::half::HALO_FWD_STAGE),
+        _ => None,
+    }
 }
 
 /// `SPAHDMAP_GPU_HALO=1` (or `on`, `true`) runs the f16 3 × 3 stride-1 layers of at most 32

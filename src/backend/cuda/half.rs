@@ -30,6 +30,14 @@ const K_STEP: usize = 32;
 const HALO_T: usize = 16;
 const HALO_N: usize = 32;
 
+/// Dynamic shared memory of the halo kernels, as kernels/conv_halo.cuh asserts: a slot of the
+/// forward and data gradient holds a 32-channel chunk's halo (18² pixels × 80 bytes) and
+/// weights (9 taps × 32 × 32 columns × 2 bytes), two slots where there are two chunks or more;
+/// the weight gradient's two slots a tile's halo and dY (16² × 64 bytes).
+pub(super) const HALO_FWD_STAGE: usize = 18 * 18 * 80 + 9 * 32 * 32 * 2;
+pub(super) const HALO_DW_SMEM: usize = 2 * (18 * 18 * 80 + 16 * 16 * 64);
+const _: () = assert!(HALO_FWD_STAGE == 44_352 && HALO_DW_SMEM == 84_608);
+
 /// 16 × 16 output tiles of n images of h × w.
 fn halo_tiles(n: usize, h: usize, w: usize) -> usize {
     let tiles = n * h.div_ceil(HALO_T) * w.div_ceil(HALO_T);
@@ -37,11 +45,13 @@ fn halo_tiles(n: usize, h: usize, w: usize) -> usize {
     tiles
 }
 
-/// One 256-thread block per 16 × 16 output tile of each image and 32 result columns.
-fn halo_grid(xs: Shape, cols: usize) -> LaunchConfig {
+/// One 256-thread block per 16 × 16 output tile of each image and 32 result columns, with the
+/// staging slots of `channels` gathered channels.
+fn halo_grid(xs: Shape, channels: usize, cols: usize) -> LaunchConfig {
     let blocks = halo_tiles(xs.n, xs.h, xs.w) * cols.div_ceil(HALO_N);
     assert!(blocks < 1 << 31, "{blocks} blocks of 16 x 16 pixels: use smaller batches");
-    cfg1(blocks, THREADS)
+    let slots = channels.div_ceil(K_STEP).min(2);
+    LaunchConfig { shared_mem_bytes: (slots * HALO_FWD_STAGE) as u32, ..cfg1(blocks, THREADS) }
 }
 
 /// Packed f16 weights: their address, and the buffer when the caller owns it (not frozen).
@@ -274,7 +284,7 @@ impl Cuda {
             launch!(
                 self,
                 "conv3_halo_fwd_h16",
-                halo_grid(xs, spec.cout),
+                halo_grid(xs, spec.cin, spec.cout),
                 self.hptr(x),
                 wh,
                 np as i32,
@@ -517,7 +527,7 @@ impl Cuda {
         let (dyp, wtp, dxp, acc) = (self.hptr(dy), self.hptr(&wt), self.hptr(dx), dxe.accumulate as i32);
         let s = spec.stride;
         if self.halo_fits(spec) {
-            let grid = halo_grid(xs, spec.cin);
+            let grid = halo_grid(xs, spec.cout, spec.cin);
             launch!(self, "conv3_halo_dx_h16", grid, dyp, wtp, np as i32, xin, dxp, acc, h, wd, cin, cout);
         } else {
             // strided layers by phases (their kernel divides by the stride): one grid layer each
@@ -564,7 +574,7 @@ impl Cuda {
             let cfg = LaunchConfig {
                 grid_dim: (blocks as u32, rows as u32, 1),
                 block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: HALO_DW_SMEM as u32,
             };
             launch!(self, kernel, cfg, xp, dyp, dwp, dbp, tiles as i32, h, wd, cin, cout);
             self.profile_flop(conv_flop(p, spec));
