@@ -28,7 +28,7 @@ constexpr int HALO_S = HALO_T + 2;           // staged side, with the halo
 constexpr int HALO_PX = HALO_S * HALO_S;     // 324 staged pixels
 constexpr int HALO_C = 32;                   // channels staged at once
 constexpr int HALO_ROW = HALO_C + 8;         // halves per staged pixel (80 bytes)
-constexpr int HALO_N = 32;                   // output columns a block takes (grid y)
+constexpr int HALO_N = 32;                   // output columns a block takes
 
 // Output tile of block b over n images of h × w: image, first row and first column.
 struct HaloTile {

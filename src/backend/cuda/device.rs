@@ -121,7 +121,7 @@ pub struct Cuda {
     fresh: AtomicU64,
     /// whether `capture` records (SPAHDMAP_GPU_GRAPHS; `use_graphs`)
     graphs: AtomicBool,
-    /// whether the 3 × 3 narrow layers run on the halo kernels (SPAHDMAP_GPU_HALO; `use_halo`)
+    /// whether the f16 3 × 3 stride-1 layers run on the halo kernels (SPAHDMAP_GPU_HALO; `use_halo`)
     pub(super) halo: AtomicBool,
     /// what the body being captured did (src/backend/cuda/graph.rs); None when not capturing
     pub(super) capture: Mutex<Option<super::graph::CaptureLog>>,
@@ -276,8 +276,8 @@ impl Cuda {
     pub fn graphs_on(&self) -> bool {
         self.graphs.load(Ordering::Relaxed)
     }
-    /// Run the f16 3 × 3 stride-1 layers of at most 32 results on the halo kernels
-    /// (kernels/conv_halo.cuh) or on the implicit GEMM, whatever the environment says.
+    /// Run the f16 3 × 3 stride-1 layers on the halo kernels (kernels/conv_halo.cuh) or on the
+    /// implicit GEMM, whatever the environment says.
     pub fn use_halo(&self, on: bool) {
         self.halo.store(on, Ordering::Relaxed);
     }
@@ -689,9 +689,9 @@ pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
     }
 }
 
-/// `SPAHDMAP_GPU_HALO=1` (or `on`, `true`) runs the f16 3 × 3 stride-1 layers of at most 32
-/// results (forward and data gradient) on the halo kernels; off by default until a card has
-/// measured them against the implicit GEMM.
+/// `SPAHDMAP_GPU_HALO=1` (or `on`, `true`) runs the f16 3 × 3 stride-1 layers (forward, data,
+/// weight and bias gradients) on the halo kernels; off by default until a card has measured
+/// them against the implicit GEMM.
 fn halo_from_env() -> bool {
     std::env::var("SPAHDMAP_GPU_HALO").is_ok_and(|v| matches!(v.trim(), "1" | "on" | "true"))
 }
