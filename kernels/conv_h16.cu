@@ -474,17 +474,19 @@ H16_CONV(conv2d_fwd_cat_h16, FWD_CAT, 64)
 H16_CONV(conv2d_fwd_cat_h16n, FWD_CAT, 32)
 
 // The 3 × 3 stride-1 pad-1 layers from a staged halo (conv_halo.cuh): grid halo_blocks(n, h,
-// w) · ⌈columns / 32⌉. Forward: cin a multiple of 32 (with x2: ca and cin − ca both),
-// epilogue as conv2d_fwd_h16's. Data gradient: cout a multiple of 32, weights packed
+// w) · ⌈columns / 32⌉. The GEMM entries' signatures (k, stride, pad: 3, 1, 1; n in the grid),
+// so the host launches either alike. Forward: cin a multiple of 32 (with x2: ca and cin − ca
+// both), epilogue as conv2d_fwd_h16's. Data gradient: cout a multiple of 32, weights packed
 // [tap][co][ci], epilogue as conv2d_bwd_data_h16's.
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_fwd_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res,
-                       uint16_t* y, int leaky, int h, int w, int cin, int cout, const uint16_t* x2, int ca) {
+                       uint16_t* y, int leaky, int, int h, int w, int cin, int cout, int, int, int, const uint16_t* x2,
+                       int ca) {
     h16::halo_fwd(x, wt, np, bias, res, y, leaky, h, w, cin, cout, x2, ca);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_dx_h16(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
-                      int h, int w, int cin, int cout) {
+                      int, int h, int w, int cin, int cout, int, int, int) {
     h16::halo_dx(dy, wt, np, x, dx, accumulate, h, w, cin, cout);
 }
 

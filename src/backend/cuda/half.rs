@@ -280,38 +280,21 @@ impl Cuda {
             }
             None => (0, 0),
         };
-        if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
-            launch!(
-                self,
-                "conv3_halo_fwd_h16",
-                halo_grid(xs, spec.cin, spec.cout),
-                self.hptr(x),
-                wh,
-                np as i32,
-                self.optr(bias),
-                res,
-                self.hptr(y),
-                epi.leaky as i32,
-                h,
-                wd,
-                cin,
-                cout,
-                x2,
-                ca as i32
-            );
-            self.profile_flop(conv_flop(pixels, spec));
-            return;
-        }
-        let names = match (second.is_some(), spec.cin % K_STEP == 0) {
-            (true, _) => ["conv2d_fwd_cat_h16n", "conv2d_fwd_cat_h16"],
-            (false, true) => ["conv2d_fwd_h16n", "conv2d_fwd_h16"],
-            (false, false) => ["conv2d_fwd4_h16n", "conv2d_fwd4_h16"],
+        let (kernel, cfg) = if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
+            ("conv3_halo_fwd_h16", halo_grid(xs, spec.cin, spec.cout))
+        } else {
+            let names = match (second.is_some(), spec.cin % K_STEP == 0) {
+                (true, _) => ["conv2d_fwd_cat_h16n", "conv2d_fwd_cat_h16"],
+                (false, true) => ["conv2d_fwd_h16n", "conv2d_fwd_h16"],
+                (false, false) => ["conv2d_fwd4_h16n", "conv2d_fwd4_h16"],
+            };
+            let (kernel, tile) = if spec.cout <= 32 { (names[0], NARROW) } else { (names[1], TILE) };
+            (kernel, tiled_grid(pixels, spec.cout, 1, tile))
         };
-        let (kernel, tile) = if spec.cout <= 32 { (names[0], NARROW) } else { (names[1], TILE) };
         launch!(
             self,
             kernel,
-            tiled_grid(pixels, spec.cout, 1, tile),
+            cfg,
             self.hptr(x),
             wh,
             np as i32,
@@ -525,23 +508,19 @@ impl Cuda {
         let xin = if dxe.leaky { self.hptr(x) } else { 0 };
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let (dyp, wtp, dxp, acc) = (self.hptr(dy), self.hptr(&wt), self.hptr(dx), dxe.accumulate as i32);
+        // strided layers by phases (their kernel divides by the stride): one grid layer each
         let s = spec.stride;
-        if self.halo_fits(spec) {
-            let grid = halo_grid(xs, spec.cout, spec.cin);
-            launch!(self, "conv3_halo_dx_h16", grid, dyp, wtp, np as i32, xin, dxp, acc, h, wd, cin, cout);
-        } else {
-            // strided layers by phases (their kernel divides by the stride): one grid layer each
-            let (kernel, grid) = match (s > 1, narrow) {
-                (false, true) => ("conv2d_bwd_data_h16n", tiled_grid(pixels, spec.cin, 1, tile)),
-                (false, false) => ("conv2d_bwd_data_h16", tiled_grid(pixels, spec.cin, 1, tile)),
-                (true, n) => {
-                    let rows = xs.n * xs.h.div_ceil(s) * xs.w.div_ceil(s);
-                    let name = if n { "conv2d_bwd_data_phased_h16n" } else { "conv2d_bwd_data_phased_h16" };
-                    (name, tiled_grid(rows, spec.cin, s * s, tile))
-                }
-            };
-            launch!(self, kernel, grid, dyp, wtp, np as i32, xin, dxp, acc, n, h, wd, cin, cout, k, st, pd);
-        }
+        let (kernel, grid) = match (s > 1, narrow) {
+            _ if self.halo_fits(spec) => ("conv3_halo_dx_h16", halo_grid(xs, spec.cout, spec.cin)),
+            (false, true) => ("conv2d_bwd_data_h16n", tiled_grid(pixels, spec.cin, 1, tile)),
+            (false, false) => ("conv2d_bwd_data_h16", tiled_grid(pixels, spec.cin, 1, tile)),
+            (true, n) => {
+                let rows = xs.n * xs.h.div_ceil(s) * xs.w.div_ceil(s);
+                let name = if n { "conv2d_bwd_data_phased_h16n" } else { "conv2d_bwd_data_phased_h16" };
+                (name, tiled_grid(rows, spec.cin, s * s, tile))
+            }
+        };
+        launch!(self, kernel, grid, dyp, wtp, np as i32, xin, dxp, acc, n, h, wd, cin, cout, k, st, pd);
         self.release(wt);
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         self.profile_flop(conv_flop(xs.n * oh * ow, spec));
