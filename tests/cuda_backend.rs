@@ -1488,6 +1488,7 @@ fn halo_convolutions_match_the_cpu() {
         let (a, bb) = (f16_rounded(rnd(px * ca, 210 + i, -1.0, 1.0)), f16_rounded(rnd(px * cb, 220 + i, -1.0, 1.0)));
         let mut x = a.clone();
         if cb > 0 {
+            x = vec![0f32; xs.len()];
             cpu.concat_channels(&a, ca, &bb, cb, &mut x);
         }
         let w = f16_rounded(rnd(sp.weight_len(), 230 + i, -0.2, 0.2));
