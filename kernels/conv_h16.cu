@@ -79,6 +79,11 @@ DEV int swizzled(int r, int c) {
 DEV int a_at(int r, int c) { return swizzled<BK / 8>(r, c); }
 
 // Epilogue of the convolution: y = leaky?(acc + bias) + residual, rounded to f16.
+// Eight f16 values: one 16-byte load or store.
+struct alignas(16) Half8 {
+    uint16_t v[8];
+};
+
 struct FwdOut {
     const float* bias;
     const uint16_t* res;
@@ -89,6 +94,21 @@ struct FwdOut {
         if (leaky) v = v > 0.0f ? v : conv::SLOPE * v;
         if (res) v += h2f(res[at]);
         return v;
+    }
+    // columns n .. n + 7 of row m (cout and n multiples of 8): 16-byte loads and store
+    DEV void store8(int64_t m, int n, const float* v) const {
+        const int64_t at = m * cout + n;
+        Half8 r{}, o;
+        if (res) r = *reinterpret_cast<const Half8*>(res + at);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float t = v[j];
+            if (bias) t += bias[n + j];
+            if (leaky) t = t > 0.0f ? t : conv::SLOPE * t;
+            if (res) t += h2f(r.v[j]);
+            o.v[j] = f2h(t);
+        }
+        *reinterpret_cast<Half8*>(y + at) = o;
     }
     // columns n and n + 1 (n + 1 < N where `pair`) of GEMM row m: one 32-bit store where the
     // pair is aligned (even cout)
@@ -143,6 +163,21 @@ struct DxOutH {
     DEV float finish(int64_t at, float v) const {
         if (x && !(h2f(x[at]) > 0.0f)) v *= conv::SLOPE;
         return accumulate ? h2f(dx[at]) + v : v;
+    }
+    // columns n .. n + 7 of row m (cin and n multiples of 8): 16-byte loads and store
+    DEV void store8(int64_t m, int n, const float* v) const {
+        const int64_t at = m * cin + n;
+        Half8 xv{}, old{}, o;
+        if (x) xv = *reinterpret_cast<const Half8*>(x + at);
+        if (accumulate) old = *reinterpret_cast<const Half8*>(dx + at);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float t = v[j];
+            if (x && !(h2f(xv.v[j]) > 0.0f)) t *= conv::SLOPE;
+            if (accumulate) t += h2f(old.v[j]);
+            o.v[j] = f2h(t);
+        }
+        *reinterpret_cast<Half8*>(dx + at) = o;
     }
     DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
         const int64_t at = m * cin + n;
@@ -473,21 +508,21 @@ H16_CONV(conv2d_fwd4_h16n, FWD4, 32)
 H16_CONV(conv2d_fwd_cat_h16, FWD_CAT, 64)
 H16_CONV(conv2d_fwd_cat_h16n, FWD_CAT, 32)
 
-// The 3 × 3 stride-1 pad-1 layers from a staged halo (conv_halo.cuh): grid halo_blocks(n, h,
-// w) · ⌈columns / 32⌉. The GEMM entries' signatures (k, stride, pad: 3, 1, 1; n in the grid),
-// so the host launches either alike. Forward: cin a multiple of 32 (with x2: ca and cin − ca
+// The 3 × 3 stride-1 pad-1 layers from a staged halo (conv_halo.cuh): a grid of ⌈columns / 32⌉
+// times the tile walkers, two slots of dynamic shared memory. The GEMM entries' signatures (k,
+// stride, pad: 3, 1, 1), so the host launches either alike. Forward: cin a multiple of 32 (with x2: ca and cin − ca
 // both), epilogue as conv2d_fwd_h16's. Data gradient: cout a multiple of 32, weights packed
 // [tap][co][ci], epilogue as conv2d_bwd_data_h16's.
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_fwd_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res,
-                       uint16_t* y, int leaky, int, int h, int w, int cin, int cout, int, int, int, const uint16_t* x2,
+                       uint16_t* y, int leaky, int n, int h, int w, int cin, int cout, int, int, int, const uint16_t* x2,
                        int ca) {
-    h16::halo_fwd(x, wt, np, bias, res, y, leaky, h, w, cin, cout, x2, ca);
+    h16::halo_fwd(x, wt, np, bias, res, y, leaky, n, h, w, cin, cout, x2, ca);
 }
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_dx_h16(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
-                      int, int h, int w, int cin, int cout, int, int, int) {
-    h16::halo_dx(dy, wt, np, x, dx, accumulate, h, w, cin, cout);
+                      int n, int h, int w, int cin, int cout, int, int, int) {
+    h16::halo_dx(dy, wt, np, x, dx, accumulate, n, h, w, cin, cout);
 }
 
 // dW (f32, zeroed, rows (tap, ci) × cout) and db (f32, zeroed, or null) += the weight and bias

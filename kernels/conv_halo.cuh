@@ -29,6 +29,12 @@ constexpr int HALO_PX = HALO_S * HALO_S;     // 324 staged pixels
 constexpr int HALO_C = 32;                   // channels staged at once
 constexpr int HALO_ROW = HALO_C + 8;         // halves per staged pixel (80 bytes)
 constexpr int HALO_N = 32;                   // output columns a block takes
+constexpr int HALO_CS = HALO_N + 8;          // floats a pixel of the staged result takes (160 bytes)
+
+// 16 × 16 tiles of n images of h × w.
+HD int64_t halo_blocks(int n, int h, int w) {
+    return (int64_t)n * ((h + HALO_T - 1) / HALO_T) * ((w + HALO_T - 1) / HALO_T);
+}
 
 // Output tile of block b over n images of h × w: image, first row and first column.
 struct HaloTile {
@@ -71,30 +77,37 @@ DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, i
 // Both kernels stage in two slots of dynamic shared memory, the next one's copies in flight
 // while the MMAs read the other (past 48 KB: the host opts in; src/backend/cuda/half.rs
 // HALO_FWD_STAGE, HALO_DW_SMEM): the forward and data gradient a 32-channel chunk's halo and
-// weights (44,352 bytes a slot; one slot where C is 32), the weight gradient a tile's halo
+// weights (44,352 bytes a slot), the weight gradient a tile's halo
 // and dY (42,304).
 constexpr int HALO_FWD_STAGE = HALO_PX * HALO_ROW + 9 * HALO_C * HALO_N;     // halves
 constexpr int HALO_DW_STAGE = HALO_PX * HALO_ROW + HALO_T * HALO_T * HALO_N;  // halves
 constexpr int HALO_DW_SMEM = 2 * HALO_DW_STAGE * 2;                           // bytes
 static_assert(HALO_FWD_STAGE * 2 == 44352 && HALO_DW_SMEM == 84608, "the host's sizes");
+static_assert(HALO_T * HALO_T * HALO_CS * 4 <= HALO_FWD_STAGE * 2, "a tile's f32 result fits a slot");
 #ifdef __CUDACC__
 #define HALO_DYNAMIC_SMEM(name, halves) extern __shared__ __align__(128) uint16_t name[]
 #else
 #define HALO_DYNAMIC_SMEM(name, halves) alignas(128) static uint16_t name[halves]
 #endif
 
-// out(m, n) for block b's tile b / ⌈N / 32⌉ and columns n0 = 32·(b mod ⌈N / 32⌉) .. (a tile's
-// column blocks run side by side, reading its input from L2): Σ over taps and C channels
-// of the staged input at the pixel shifted by the tap (mirrored where DX) times the weights;
-// `out.store` as the GEMM's epilogues (FwdOut, DxOutH) with m the pixel's index, N columns.
+// out(m, n) over the 16 × 16 tiles of n images of h × w and N columns: block b takes columns
+// n0 = 32·(b mod ⌈N / 32⌉) .. and walks tiles b / ⌈N / 32⌉, + gridDim.x / ⌈N / 32⌉, .. (one wave
+// of blocks: the next step's copies fly while this one's MMAs and epilogue run). A step is one
+// (tile, 32-channel chunk): Σ over taps and the chunk's channels of the staged input at the
+// pixel shifted by the tap (mirrored where DX) times the weights. After a tile's last chunk the
+// GEMM's epilogues (FwdOut, DxOutH; m the pixel's index, N columns) write it: where N is a
+// multiple of 8, from the tile's f32 result staged in the slot just read, eight columns a
+// thread (`store8`: on the H200 the pairs of `store` from the MMA fragments took 36 % more
+// memory sectors than needed, and a tenth of the instructions were MMAs).
 template <bool DX, class Out>
-DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int h, int w,
-               const Out& out) {
+DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int n, int h,
+               int w, const Out& out) {
     HALO_DYNAMIC_SMEM(smem, 2 * HALO_FWD_STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int nb = (N + HALO_N - 1) / HALO_N;
-    const HaloTile t = halo_tile((int)blockIdx.x / nb, h, w);
+    const int nb = (N + HALO_N - 1) / HALO_N, walkers = (int)gridDim.x / nb, first = (int)blockIdx.x / nb;
     const int n0 = HALO_N * ((int)blockIdx.x % nb);
+    const int tiles = (int)halo_blocks(n, h, w), chunks = C / HALO_C;
+    const int steps = first < tiles ? ((tiles - 1 - first) / walkers + 1) * chunks : 0;
     // A 16 × 16 of MMA row i (tile row 2·warp + i): lanes 0–15 address pixels 0–15 at k 0–7,
     // lanes 16–31 the same pixels at k 8–15 (ldmatrix's four matrices: mma's a0..a3); the
     // centre tap's address, the other taps an offset from it
@@ -108,20 +121,22 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-    // chunk c0's halo and weights into slot s (one cp.async group)
-    auto stage = [&](int c0, int s) {
-        uint16_t* hs = smem + s * HALO_FWD_STAGE;
-        halo_stage(hs, x, x2, ca, C, c0, t, h, w);
+    // step s's halo (and weights, unless the slot holds them already) into slot s mod 2 (one
+    // cp.async group)
+    auto stage = [&](int s) {
+        uint16_t* hs = smem + (s & 1) * HALO_FWD_STAGE;
+        const int c0 = HALO_C * (s % chunks);
+        halo_stage(hs, x, x2, ca, C, c0, halo_tile(first + s / chunks * walkers, h, w), h, w);
         halo_weights(hs + HALO_PX * HALO_ROW, wt, np, C, c0, n0);
     };
-    stage(0, 0);
+    if (steps > 0) stage(0);
     cp_commit();
-    for (int c0 = 0, k = 0; c0 < C; c0 += HALO_C, ++k) {
-        if (c0 + HALO_C < C) stage(c0 + HALO_C, (k + 1) & 1);
+    for (int s = 0; s < steps; ++s) {
+        if (s + 1 < steps) stage(s + 1);
         cp_commit();
-        cp_wait<1>();     // this chunk's group has landed, for this thread
+        cp_wait<1>();     // this step's group has landed, for this thread
         __syncthreads();  // and for every thread
-        const uint16_t* Hs = smem + (k & 1) * HALO_FWD_STAGE;
+        const uint16_t* Hs = smem + (s & 1) * HALO_FWD_STAGE;
         const uint16_t* Ws = Hs + HALO_PX * HALO_ROW;
 #pragma unroll
         for (int tap = 0; tap < 9; ++tap) {
@@ -146,26 +161,56 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
                     for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
             }
         }
-        __syncthreads();  // every warp is done with this slot before the chunk after next fills it
-    }
-    cp_wait<0>();
-    // C fragments: c0, c1 at (pixel g, columns 2t, 2t + 1), c2, c3 at pixel g + 8
-    const int gq = lane / 4, tq = lane % 4;
+        __syncthreads();  // every warp is done with this slot before the step after next fills it
+        if (s % chunks != chunks - 1) continue;
+        const HaloTile t = halo_tile(first + s / chunks * walkers, h, w);
+        const int gq = lane / 4, tq = lane % 4;
+        if (N % 8 == 0) {
+            // through this slot (free until the step after next stages into it) as f32, then
+            // eight columns a thread: 16-byte, coalesced loads and stores of whole pixel rows
+            float* cs = reinterpret_cast<float*>(smem + (s & 1) * HALO_FWD_STAGE);
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int y = t.y0 + 2 * warp + i;
+            for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const int xx = t.x0 + gq + 8 * hh;
-            if (y >= h || xx >= w) continue;
-            const int64_t m = ((int64_t)t.img * h + y) * w + xx;
+                for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int n = n0 + 8 * j + 2 * tq;
-                if (n < N) out.store(m, n, n + 1 < N, acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
+                    for (int j = 0; j < 4; ++j) {
+                        float* c = cs + ((2 * warp + i) * HALO_T + gq + 8 * hh) * HALO_CS + 8 * j + 2 * tq;
+                        c[0] = acc[i][j][2 * hh], c[1] = acc[i][j][2 * hh + 1];
+                    }
+            __syncthreads();
+            for (int c = threadIdx.x; c < HALO_T * HALO_T * (HALO_N / 8); c += THREADS) {
+                const int px = c / (HALO_N / 8), q = c % (HALO_N / 8);
+                const int y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T, nn = n0 + 8 * q;
+                if (y < h && xx < w && nn < N) out.store8(((int64_t)t.img * h + y) * w + xx, nn, cs + px * HALO_CS + 8 * q);
+            }
+            __syncthreads();  // every thread is done with the slot before it is staged again
+        } else {
+            // C fragments c0, c1 at (pixel g, columns 2t, 2t + 1), c2, c3 at pixel g + 8
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int y = t.y0 + 2 * warp + i;
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int xx = t.x0 + gq + 8 * hh;
+                    if (y >= h || xx >= w) continue;
+                    const int64_t m = ((int64_t)t.img * h + y) * w + xx;
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const int nn = n0 + 8 * j + 2 * tq;
+                        if (nn < N) out.store(m, nn, nn + 1 < N, acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
+                    }
+                }
             }
         }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     }
+    cp_wait<0>();
 }
 
 // dW (f32 rows (tap, ci) × N, zeroed; atomics) += Σ over the output pixels of tiles blockIdx.x,
@@ -276,20 +321,15 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
             }
 }
 
-// 16 × 16 tiles of n images of h × w.
-HD int64_t halo_blocks(int n, int h, int w) {
-    return (int64_t)n * ((h + HALO_T - 1) / HALO_T) * ((w + HALO_T - 1) / HALO_T);
-}
-
 // y = leaky?(conv3(x) + bias) + res; x2 (ca > 0): the input is [x | x2]
 DEV void halo_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
-                  int leaky, int h, int w, int cin, int cout, const uint16_t* x2, int ca) {
-    halo3<false>(x, x2, ca, cin, wt, np, cout, h, w, FwdOut{bias, res, y, cout, leaky});
+                  int leaky, int n, int h, int w, int cin, int cout, const uint16_t* x2, int ca) {
+    halo3<false>(x, x2, ca, cin, wt, np, cout, n, h, w, FwdOut{bias, res, y, cout, leaky});
 }
 // dX (cin channels) = [dX +] leaky'(x) · the data gradient from dY (cout channels)
-DEV void halo_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int h,
-                 int w, int cin, int cout) {
-    halo3<true>(dy, nullptr, 0, cout, wt, np, cin, h, w, DxOutH{x, dx, cin, accumulate});
+DEV void halo_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,
+                 int h, int w, int cin, int cout) {
+    halo3<true>(dy, nullptr, 0, cout, wt, np, cin, n, h, w, DxOutH{x, dx, cin, accumulate});
 }
 
 }  // namespace h16

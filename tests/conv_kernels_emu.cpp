@@ -31,6 +31,16 @@ static std::barrier<>* block_barrier;
 constexpr int MAX_WARPS = 8;
 static std::barrier<>* warp_barrier[MAX_WARPS];
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+// a warp's lanes trade values through a buffer between two of the warp's barriers
+static float shfl_buf[MAX_WARPS][32];
+inline float __shfl_xor_sync(unsigned, float v, int m) {
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    shfl_buf[w][lane] = v;
+    warp_barrier[w]->arrive_and_wait();
+    const float r = shfl_buf[w][lane ^ m];
+    warp_barrier[w]->arrive_and_wait();
+    return r;
+}
 inline void __trap() { std::abort(); }
 using std::fmaf;
 template <class T>
@@ -466,8 +476,9 @@ static void half_cat_case(int n, int h, int w, int ca, int cb, int cout, int k, 
 }
 
 // The 3 × 3 stride-1 layers from a staged halo (conv_halo.cuh): forward (one part, or the
-// concatenation [xa | xb] read in place where cb > 0) and data gradient, against the policies
-static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool epilogue) {
+// concatenation [xa | xb] read in place where cb > 0) and data gradient, against the policies;
+// `walkers` blocks per 32 columns walking the tiles
+static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool epilogue, unsigned walkers) {
     const int cin = ca + cb;
     const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
     const int64_t P = (int64_t)n * h * w;
@@ -480,8 +491,8 @@ static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool ep
     const float* b = epilogue ? bias.data() : nullptr;
     const int leaky = epilogue ? 1 : 0;
     std::vector<uint16_t> y(P * cout, HALF_NAN);
-    launch((unsigned)h16::halo_blocks(n, h, w) * blocks(cout, h16::HALO_N), 1, 1, [&] {
-        h16::halo_fwd(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, h, w, cin, cout,
+    launch(walkers * blocks(cout, h16::HALO_N), 1, 1, [&] {
+        h16::halo_fwd(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, n, h, w, cin, cout,
                       cb ? bh.data() : nullptr, cb ? ca : 0);
     });
     std::vector<float> want(P * cout, -99.0f);
@@ -489,11 +500,11 @@ static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool ep
     round_half(want);
     expect_equal("halo conv forward, " + std::to_string(ca) + (cb ? " + " + std::to_string(cb) : "") + " -> " +
                      std::to_string(cout) + ", " + std::to_string(h) + " x " + std::to_string(w) +
-                     (epilogue ? ", bias + LeakyReLU + residual" : ""),
+                     (epilogue ? ", bias + LeakyReLU + residual" : "") + ", " + std::to_string(walkers) + " walkers",
                  from_half(y), want);
 }
 
-static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused) {
+static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, unsigned walkers) {
     const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
     const int64_t X = (int64_t)n * h * w;
     const int np = (cin + 7) / 8 * 8;
@@ -504,14 +515,15 @@ static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused) {
             for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
     const auto dyh = to_half(dy), xh = to_half(x);
     std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
-    launch((unsigned)h16::halo_blocks(n, h, w) * blocks(cin, h16::HALO_N), 1, 1, [&] {
-        h16::halo_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, h, w, cin, cout);
+    launch(walkers * blocks(cin, h16::HALO_N), 1, 1, [&] {
+        h16::halo_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, n, h, w, cin, cout);
     });
     std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
     plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin, 9 * cout);
     round_half(want);
     expect_equal("halo conv data gradient, " + std::to_string(cin) + " <- " + std::to_string(cout) + ", " +
-                     std::to_string(h) + " x " + std::to_string(w) + (fused ? ", fused epilogue" : ""),
+                     std::to_string(h) + " x " + std::to_string(w) + (fused ? ", fused epilogue" : "") + ", " +
+                     std::to_string(walkers) + " walkers",
                  from_half(dx), want);
 }
 
@@ -539,15 +551,16 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
 }
 
 static void halo_layers() {
-    halo_fwd_case(2, 17, 19, 32, 0, 32, true);   // partial tiles on both sides, two images
-    halo_fwd_case(1, 16, 16, 64, 0, 20, false);  // one whole tile; two 32-channel chunks, N = 20 (np 24)
-    halo_fwd_case(1, 9, 33, 32, 32, 32, true);   // the decoder's concatenation, in place: three tiles across
-    halo_fwd_case(1, 5, 7, 32, 0, 3, true);      // N = 3: the last column alone
-    halo_fwd_case(1, 18, 17, 64, 0, 72, true);   // three column blocks, the last 8 wide
-    halo_fwd_case(2, 8, 9, 32, 64, 64, false);   // unequal parts of a concatenation, two column blocks
-    halo_dx_case(2, 17, 19, 32, 32, true);       // LeakyReLU's derivative and the accumulation fused
-    halo_dx_case(1, 10, 18, 20, 64, false);      // into 20 channels (np 24) from 64
-    halo_dx_case(1, 10, 18, 72, 64, true);       // into 72 channels: three column blocks
+    halo_fwd_case(2, 17, 19, 32, 0, 32, true, 3);   // partial tiles on both sides, two images: 8 tiles on 3 walkers
+    halo_fwd_case(1, 16, 16, 64, 0, 20, false, 1);  // one whole tile; two 32-channel chunks, N = 20 (np 24)
+    halo_fwd_case(1, 9, 33, 32, 32, 32, true, 2);   // the decoder's concatenation, in place: three tiles across
+    halo_fwd_case(1, 5, 7, 32, 0, 3, true, 2);      // N = 3: the last column alone; a walker without a tile
+    halo_fwd_case(1, 18, 17, 64, 0, 72, true, 2);   // three column blocks, the last 8 wide; 2 chunks × 2 tiles
+    halo_fwd_case(2, 8, 9, 32, 64, 64, false, 1);   // unequal parts of a concatenation, two column blocks
+    halo_fwd_case(2, 33, 17, 32, 0, 32, false, 2);  // 12 tiles on 2 walkers: each slot's weights kept
+    halo_dx_case(2, 17, 19, 32, 32, true, 3);       // LeakyReLU's derivative and the accumulation fused
+    halo_dx_case(1, 10, 18, 20, 64, false, 1);      // into 20 channels (np 24) from 64: 2 chunks × 2 tiles
+    halo_dx_case(1, 10, 18, 72, 64, true, 2);       // into 72 channels: three column blocks
     halo_dw_case(2, 17, 19, 32, 32, 3, true);    // 8 partial tiles over 3 blocks, the bias gradient too
     halo_dw_case(1, 20, 33, 64, 24, 2, true);    // two channel chunks (the bias from the first), N = 24
     halo_dw_case(1, 9, 7, 32, 8, 4, false);      // one tile, blocks without one; N = 8, no bias
@@ -701,6 +714,28 @@ static void few_dw_case(int n, int h, int w, int cin, int cout, int k, int s, in
                  dw, want);
 }
 
+// the direct weight and bias gradient of the few-channel layers (few_direct_dw), against the
+// policy and dY's column sums, over nblocks × k blocks
+template <class X>
+static void few_direct_case(int n, int h, int w, int cin, int cout, int k, int s, int p, unsigned nblocks, bool bias) {
+    const Geom g = geom(n, h, w, cin, cout, k, s, p);
+    const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
+    auto x = small_ints((size_t)n * h * w * cin), dy = small_ints(P * cout);
+    std::vector<X> xs(x.size());
+    for (size_t i = 0; i < x.size(); ++i) xs[i] = sizeof(X) == 2 ? (X)h16::f2h(x[i]) : (X)x[i];
+    const auto dyh = to_half(dy);
+    std::vector<float> dw(kk * cin * cout, 0.0f), want(kk * cin * cout, 0.0f), db(cout, 0.0f), want_db(cout, 0.0f);
+    launch(nblocks, k, 1, [&] { few_direct_entry(xs.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, g); });
+    plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, kk * cin, cout, P);
+    for (int64_t q = 0; q < P; ++q)
+        for (int c = 0; c < cout; ++c) want_db[c] += bias ? dy[q * cout + c] : 0.0f;
+    const std::string what = std::string("x ") + (sizeof(X) == 2 ? "f16" : "f32") + ", " + std::to_string(cin) +
+                             " -> " + std::to_string(cout) + ", k " + std::to_string(k) + " / " + std::to_string(s) +
+                             ", " + std::to_string(nblocks) + " blocks";
+    expect_equal("few-channel direct weight gradient, " + what, dw, want);
+    expect_equal("few-channel direct bias gradient, " + what, db, want_db);
+}
+
 static void few_dx_case(int n, int h, int w, int cin, int cout, int k, int p, bool fused, unsigned nblocks) {
     const Geom g = geom(n, h, w, cin, cout, k, 1, p);
     const int64_t P = (int64_t)n * g.oh * g.ow, X = (int64_t)n * h * w, kk = (int64_t)k * k;
@@ -725,6 +760,13 @@ static void few_channels() {
     few_dw_case<float, float>(1, 7, 9, 3, 5, 3, 1, 1, 40);         // f32 storage; more blocks than chunks
     few_dw_case<float, float>(2, 9, 7, 32, 3, 3, 1, 1, 3);         // f32 storage: 16-byte runs of 4
     few_dw_case<uint16_t, uint16_t>(1, 9, 8, 12, 3, 3, 1, 1, 2);   // f16, cin not a multiple of 8: one by one
+    few_direct_case<float>(2, 9, 7, 3, 32, 3, 1, 1, 3, true);       // the image's layer: 4 output groups
+    few_direct_case<uint16_t>(2, 9, 7, 32, 3, 3, 1, 1, 4, true);    // the output block's 3 × 3: 4 input groups
+    few_direct_case<uint16_t>(2, 5, 9, 32, 3, 1, 1, 0, 5, false);   // its 1 × 1
+    few_direct_case<uint16_t>(1, 8, 6, 3, 3, 3, 1, 1, 2, true);     // 3 -> 3: one group
+    few_direct_case<uint16_t>(1, 11, 10, 64, 3, 3, 2, 1, 1, true);  // 8 input groups, stride 2, one block
+    few_direct_case<uint16_t>(1, 7, 9, 3, 16, 1, 1, 0, 40, true);   // 1 × 1 into 2 output groups; idle blocks
+    few_direct_case<float>(1, 6, 5, 3, 3, 3, 1, 1, 2, false);       // the f32 image into 3 channels
     few_dx_case(2, 9, 7, 32, 3, 3, 1, true, 4);
     few_dx_case(2, 5, 9, 32, 3, 1, 0, false, 5);
     few_dx_case(1, 6, 5, 16, 4, 3, 1, true, 1);   // one block walks every pixel

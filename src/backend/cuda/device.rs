@@ -218,8 +218,17 @@ impl Cuda {
         // SAFETY: work runs in order on one stream (overlapped uploads' copy stream is ordered
         // against it by explicit events), so the events cudarc records per buffer are moot.
         unsafe { ctx.disable_event_tracking() };
+        // SPAHDMAP_GPU_KERNELS: a fatbin or cubin built from kernels/*.cu by hand, in place of
+        // the embedded one (kernel experiments on a card without rebuilding the binary; the
+        // entries' signatures must be the embedded ones')
+        let image = match std::env::var_os("SPAHDMAP_GPU_KERNELS") {
+            Some(path) => {
+                std::fs::read(&path).map_err(|e| format!("SPAHDMAP_GPU_KERNELS={}: {e}", path.to_string_lossy()))?
+            }
+            None => super::FATBIN.to_vec(),
+        };
         let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(super::FATBIN.to_vec()))
+            .load_module(cudarc::nvrtc::Ptx::from_binary(image))
             .map_err(|e| format!("cuda:{ordinal}: loading the kernels failed: {e}"))?;
         let stream = ctx.new_stream().map_err(|e| format!("cuda:{ordinal}: {e}"))?;
         let sms = ctx
@@ -683,17 +692,18 @@ fn graphs_from_env() -> bool {
 pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
     match kernel {
         "conv3_halo_dw_h16" => Some(super::half::HALO_DW_SMEM),
-        // two slots; layers of one 32-channel chunk launch with one
+        // two slots
         "conv3_halo_fwd_h16" | "conv3_halo_dx_h16" => Some(2 * super::half::HALO_FWD_STAGE),
         _ => None,
     }
 }
 
-/// `SPAHDMAP_GPU_HALO=1` (or `on`, `true`) runs the f16 3 × 3 stride-1 layers (forward, data,
-/// weight and bias gradients) on the halo kernels; off by default until a card has measured
-/// them against the implicit GEMM.
+/// The f16 3 × 3 stride-1 layers (forward, data, weight and bias gradients) run on the halo
+/// kernels unless `SPAHDMAP_GPU_HALO=0` (or `off`, `false`) puts them on the implicit GEMM: on
+/// an H200 they took a pre-training iteration from 34.8 to 24.9 ms and scoring from 256 to 309
+/// megapixels/s (BENCHMARKS.md).
 fn halo_from_env() -> bool {
-    std::env::var("SPAHDMAP_GPU_HALO").is_ok_and(|v| matches!(v.trim(), "1" | "on" | "true"))
+    !std::env::var("SPAHDMAP_GPU_HALO").is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false"))
 }
 
 impl Cuda {

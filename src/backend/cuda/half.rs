@@ -32,8 +32,8 @@ const HALO_N: usize = 32;
 
 /// Dynamic shared memory of the halo kernels, as kernels/conv_halo.cuh asserts: a slot of the
 /// forward and data gradient holds a 32-channel chunk's halo (18² pixels × 80 bytes) and
-/// weights (9 taps × 32 × 32 columns × 2 bytes), two slots where there are two chunks or more;
-/// the weight gradient's two slots a tile's halo and dY (16² × 64 bytes).
+/// weights (9 taps × 32 × 32 columns × 2 bytes), and they launch with two; the weight
+/// gradient's two slots a tile's halo and dY (16² × 64 bytes).
 pub(super) const HALO_FWD_STAGE: usize = 18 * 18 * 80 + 9 * 32 * 32 * 2;
 pub(super) const HALO_DW_SMEM: usize = 2 * (18 * 18 * 80 + 16 * 16 * 64);
 const _: () = assert!(HALO_FWD_STAGE == 44_352 && HALO_DW_SMEM == 84_608);
@@ -43,15 +43,6 @@ fn halo_tiles(n: usize, h: usize, w: usize) -> usize {
     let tiles = n * h.div_ceil(HALO_T) * w.div_ceil(HALO_T);
     assert!(tiles < 1 << 31, "{tiles} tiles of 16 x 16 pixels: use smaller batches");
     tiles
-}
-
-/// One 256-thread block per 16 × 16 output tile of each image and 32 result columns, with the
-/// staging slots of `channels` gathered channels.
-fn halo_grid(xs: Shape, channels: usize, cols: usize) -> LaunchConfig {
-    let blocks = halo_tiles(xs.n, xs.h, xs.w) * cols.div_ceil(HALO_N);
-    assert!(blocks < 1 << 31, "{blocks} blocks of 16 x 16 pixels: use smaller batches");
-    let slots = channels.div_ceil(K_STEP).min(2);
-    LaunchConfig { shared_mem_bytes: (slots * HALO_FWD_STAGE) as u32, ..cfg1(blocks, THREADS) }
 }
 
 /// Packed f16 weights: their address, and the buffer when the caller owns it (not frozen).
@@ -79,6 +70,15 @@ const FEW_COLS: usize = 32;
 pub(super) fn few_dw_fits(spec: &ConvSpec) -> bool {
     let (rows, cols) = ((spec.k * spec.k * spec.cin).div_ceil(4), spec.cout.div_ceil(4));
     4 * rows <= FEW_ROWS && 4 * cols <= FEW_COLS && rows * cols <= THREADS as usize
+}
+
+/// Whether `few_direct_dw` takes a layer's weight gradient from f16 dY (as `few_direct_fits` in
+/// kernels/conv_few.cuh): 1 × 1 or 3 × 3, f16 x of 8–64 channels (a power of two) into 3, or 3
+/// channels (f16, or the f32 image) into 3, 8, 16 or 32.
+fn few_direct_fits(spec: &ConvSpec, x_half: bool) -> bool {
+    let ci8 = x_half && matches!(spec.cin, 8 | 16 | 32 | 64);
+    let co8 = matches!(spec.cout, 8 | 16 | 32);
+    matches!(spec.k, 1 | 3) && ((ci8 && spec.cout == 3) || (spec.cin == 3 && (spec.cout == 3 || co8)))
 }
 
 /// Whether `few_out_dx` takes a layer's data gradient: stride 1, at most 4 output channels, a
@@ -160,6 +160,14 @@ impl Cuda {
     /// whole K steps of one tap (cin a multiple of 32), the indices within its 32-bit divisions.
     pub(super) fn h16_runs(&self, x: &DBuf, y: &DBuf, cin: usize, residual: Option<&DBuf>) -> bool {
         x.is_half() && y.is_half() && cin % K_STEP == 0 && cin > 0 && residual.is_none_or(|r| r.is_half())
+    }
+
+    /// The forward or data-gradient halo kernel's launch: one wave of 256-thread blocks, each
+    /// taking 32 result columns and walking 16 × 16 output tiles, with two staging slots.
+    fn halo_grid(&self, kernel: &'static str, xs: Shape, cols: usize) -> LaunchConfig {
+        let nb = cols.div_ceil(HALO_N);
+        let walkers = (self.sms * self.resident_blocks(kernel, THREADS) / nb).clamp(1, halo_tiles(xs.n, xs.h, xs.w));
+        LaunchConfig { shared_mem_bytes: (2 * HALO_FWD_STAGE) as u32, ..cfg1(walkers * nb, THREADS) }
     }
 
     /// Whether a layer whose GEMM gathers a multiple of 32 channels runs on the halo kernels
@@ -281,7 +289,7 @@ impl Cuda {
             None => (0, 0),
         };
         let (kernel, cfg) = if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
-            ("conv3_halo_fwd_h16", halo_grid(xs, spec.cin, spec.cout))
+            ("conv3_halo_fwd_h16", self.halo_grid("conv3_halo_fwd_h16", xs, spec.cout))
         } else {
             let names = match (second.is_some(), spec.cin % K_STEP == 0) {
                 (true, _) => ["conv2d_fwd_cat_h16n", "conv2d_fwd_cat_h16"],
@@ -487,7 +495,7 @@ impl Cuda {
         }
         if x.is_half() && dy.is_half() && spec.cin % 8 == 0 && spec.cout % 8 == 0 {
             self.conv_dw_h16(x, xs, spec, dy, dw, db);
-        } else if dy.is_half() && few_dw_fits(spec) {
+        } else if dy.is_half() && (few_dw_fits(spec) || few_direct_fits(spec, x.is_half())) {
             self.conv_dw_few(x, xs, spec, dy, dw, db);
         } else {
             let (xw, dyw) = (self.widened(x), self.widened(dy));
@@ -511,7 +519,7 @@ impl Cuda {
         // strided layers by phases (their kernel divides by the stride): one grid layer each
         let s = spec.stride;
         let (kernel, grid) = match (s > 1, narrow) {
-            _ if self.halo_fits(spec) => ("conv3_halo_dx_h16", halo_grid(xs, spec.cout, spec.cin)),
+            _ if self.halo_fits(spec) => ("conv3_halo_dx_h16", self.halo_grid("conv3_halo_dx_h16", xs, spec.cin)),
             (false, true) => ("conv2d_bwd_data_h16n", tiled_grid(pixels, spec.cin, 1, tile)),
             (false, false) => ("conv2d_bwd_data_h16", tiled_grid(pixels, spec.cin, 1, tile)),
             (true, n) => {
@@ -586,8 +594,9 @@ impl Cuda {
         }
     }
 
-    /// The weight and bias gradients of a few-channel layer (kernels/conv_few.cuh `few_dw`):
-    /// x and dY f16, the f32 image of the first layer with f16 dY, or both f32 (f32 storage).
+    /// The weight and bias gradients of a few-channel layer (kernels/conv_few.cuh `few_direct_dw`
+    /// where it takes the layer, else `few_dw`): x and dY f16, the f32 image of the first layer
+    /// with f16 dY, or both f32 (f32 storage).
     pub(super) fn conv_dw_few(
         &self,
         x: &DBuf,
@@ -607,6 +616,27 @@ impl Cuda {
         let p = xs.n * oh * ow;
         within_fast_div(p);
         self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
+        if dy.is_half() && few_direct_fits(spec, x.is_half()) {
+            // the U-Net's few-channel layers without staging: one wave of blocks, a grid row per
+            // tap row, each block's sums added with one atomic per weight; the bias on the way
+            let kernel = if x.is_half() { "conv2d_bwd_weight_direct_h16" } else { "conv2d_bwd_weight_direct_img_h16" };
+            let wave = self.sms * self.resident_blocks(kernel, THREADS);
+            let blocks = wave.div_ceil(spec.k).clamp(1, p.div_ceil(THREADS as usize));
+            let dbp = db.map_or(0, |d| {
+                self.zero_bytes(self.ptr(d), self.len(d) * 4);
+                self.ptr(d)
+            });
+            let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
+            let (xp, dyp, dwp) = (self.addr(x), self.hptr(dy), self.ptr(dw));
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, spec.k as u32, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(self, kernel, cfg, xp, dyp, dwp, dbp, n, h, wd, cin, cout, k, st, pd);
+            self.profile_flop(conv_flop(p, spec));
+            return;
+        }
         // one wave (three blocks an SM) staging FEW_PC pixels at a time, grid-strided: each block's
         // sums reach dW with one atomic per weight
         let blocks = p.div_ceil(FEW_PC).clamp(1, 3 * self.sms);
