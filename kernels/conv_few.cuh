@@ -286,12 +286,13 @@ __device__ __forceinline__ void few_direct_dw(const X* x, const uint16_t* dy, fl
     for (int64_t p = (int64_t)blockIdx.x * per + t / groups; p < P; p += (int64_t)gridDim.x * per) {
         float d[CO];
         const uint16_t* dp = dy + p * g.cout + co0;
-        if (CO % 4 == 0 && dy_vec) {
-            loadn<CO % 4 == 0 ? CO : 4>(dp, d);
-        } else {
+        bool loaded = false;
+        if constexpr (CO % 4 == 0) {
+            if (dy_vec) loadn<CO>(dp, d), loaded = true;
+        }
+        if (!loaded)
 #pragma unroll
             for (int c = 0; c < CO; ++c) d[c] = h16::h2f(dp[c]);
-        }
         if (sums)
 #pragma unroll
             for (int c = 0; c < CO; ++c) acc[K * CI * CO + c] += d[c];
@@ -304,12 +305,13 @@ __device__ __forceinline__ void few_direct_dw(const X* x, const uint16_t* dy, fl
             const int ix = o.x * g.stride - g.pad + kx;
             if (ix < 0 || ix >= g.w) continue;
             float v[CI];
-            if (CI % 4 == 0 && x_vec) {
-                loadn<CI % 4 == 0 ? CI : 4>(reinterpret_cast<const uint16_t*>(row + (int64_t)ix * g.cin), v);
-            } else {
+            bool loaded = false;
+            if constexpr (CI % 4 == 0) {
+                if (x_vec) loadn<CI>(reinterpret_cast<const uint16_t*>(row + (int64_t)ix * g.cin), v), loaded = true;
+            }
+            if (!loaded)
 #pragma unroll
                 for (int c = 0; c < CI; ++c) v[c] = h16::ld(row + (int64_t)ix * g.cin + c);
-            }
 #pragma unroll
             for (int c = 0; c < CI; ++c)
 #pragma unroll

@@ -78,12 +78,12 @@ DEV int swizzled(int r, int c) {
 }
 DEV int a_at(int r, int c) { return swizzled<BK / 8>(r, c); }
 
-// Epilogue of the convolution: y = leaky?(acc + bias) + residual, rounded to f16.
 // Eight f16 values: one 16-byte load or store.
 struct alignas(16) Half8 {
     uint16_t v[8];
 };
 
+// Epilogue of the convolution: y = leaky?(acc + bias) + residual, rounded to f16.
 struct FwdOut {
     const float* bias;
     const uint16_t* res;

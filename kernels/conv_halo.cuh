@@ -121,8 +121,7 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-    // step s's halo (and weights, unless the slot holds them already) into slot s mod 2 (one
-    // cp.async group)
+    // step s's halo and weights into slot s mod 2 (one cp.async group)
     auto stage = [&](int s) {
         uint16_t* hs = smem + (s & 1) * HALO_FWD_STAGE;
         const int c0 = HALO_C * (s % chunks);

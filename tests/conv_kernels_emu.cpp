@@ -557,7 +557,7 @@ static void halo_layers() {
     halo_fwd_case(1, 5, 7, 32, 0, 3, true, 2);      // N = 3: the last column alone; a walker without a tile
     halo_fwd_case(1, 18, 17, 64, 0, 72, true, 2);   // three column blocks, the last 8 wide; 2 chunks × 2 tiles
     halo_fwd_case(2, 8, 9, 32, 64, 64, false, 1);   // unequal parts of a concatenation, two column blocks
-    halo_fwd_case(2, 33, 17, 32, 0, 32, false, 2);  // 12 tiles on 2 walkers: each slot's weights kept
+    halo_fwd_case(2, 33, 17, 32, 0, 32, false, 2);  // 12 tiles on 2 walkers, each slot refilled
     halo_dx_case(2, 17, 19, 32, 32, true, 3);       // LeakyReLU's derivative and the accumulation fused
     halo_dx_case(1, 10, 18, 20, 64, false, 1);      // into 20 channels (np 24) from 64: 2 chunks × 2 tiles
     halo_dx_case(1, 10, 18, 72, 64, true, 2);       // into 72 channels: three column blocks

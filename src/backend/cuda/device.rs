@@ -699,11 +699,12 @@ pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
 }
 
 /// The f16 3 × 3 stride-1 layers (forward, data, weight and bias gradients) run on the halo
-/// kernels unless `SPAHDMAP_GPU_HALO=0` (or `off`, `false`) puts them on the implicit GEMM: on
-/// an H200 they took a pre-training iteration from 34.8 to 24.9 ms and scoring from 256 to 309
-/// megapixels/s (BENCHMARKS.md).
+/// kernels unless `SPAHDMAP_GPU_HALO=0` (or `off`, `false`, `no`, any case) puts them on the
+/// implicit GEMM: on an H200, the rest of the code the same, a pre-training iteration took
+/// 25.0 ms with them and 35.1 without, scoring 306 megapixels/s and 253 (BENCHMARKS.md).
 fn halo_from_env() -> bool {
-    !std::env::var("SPAHDMAP_GPU_HALO").is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false"))
+    !std::env::var("SPAHDMAP_GPU_HALO")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"))
 }
 
 impl Cuda {

@@ -166,7 +166,8 @@ impl Cuda {
     /// taking 32 result columns and walking 16 × 16 output tiles, with two staging slots.
     fn halo_grid(&self, kernel: &'static str, xs: Shape, cols: usize) -> LaunchConfig {
         let nb = cols.div_ceil(HALO_N);
-        let walkers = (self.sms * self.resident_blocks(kernel, THREADS) / nb).clamp(1, halo_tiles(xs.n, xs.h, xs.w));
+        let walkers =
+            (self.sms * self.resident_blocks(kernel, THREADS) / nb).clamp(1, halo_tiles(xs.n, xs.h, xs.w).max(1));
         LaunchConfig { shared_mem_bytes: (2 * HALO_FWD_STAGE) as u32, ..cfg1(walkers * nb, THREADS) }
     }
 
@@ -621,7 +622,7 @@ impl Cuda {
             // tap row, each block's sums added with one atomic per weight; the bias on the way
             let kernel = if x.is_half() { "conv2d_bwd_weight_direct_h16" } else { "conv2d_bwd_weight_direct_img_h16" };
             let wave = self.sms * self.resident_blocks(kernel, THREADS);
-            let blocks = wave.div_ceil(spec.k).clamp(1, p.div_ceil(THREADS as usize));
+            let blocks = wave.div_ceil(spec.k).clamp(1, p.div_ceil(THREADS as usize).max(1));
             let dbp = db.map_or(0, |d| {
                 self.zero_bytes(self.ptr(d), self.len(d) * 4);
                 self.ptr(d)
