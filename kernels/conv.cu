@@ -744,14 +744,11 @@ FEW_DW_KERNEL(conv2d_bwd_weight_few_img_h16, float, uint16_t)
 FEW_DW_KERNEL(conv2d_bwd_weight_few_f32, float, float)
 // dW (f32, zeroed) and db (f32, zeroed, or null) of the U-Net's few-channel layers from f16 dY
 // and f16 x or the f32 image, without staging (conv_few.cuh few_direct_dw); grid (blocks, k)
-#ifndef FEW_DIRECT_BLOCKS
-#define FEW_DIRECT_BLOCKS 4
-#endif
-extern "C" __global__ void __launch_bounds__(256, FEW_DIRECT_BLOCKS)
+extern "C" __global__ void __launch_bounds__(256, 4)
     conv2d_bwd_weight_direct_h16(const uint16_t* x, const uint16_t* dy, float* dw, float* db, CONV_GEOM_ARGS) {
     conv::few_direct_entry(x, dy, dw, db, CONV_GEOM);
 }
-extern "C" __global__ void __launch_bounds__(256, FEW_DIRECT_BLOCKS)
+extern "C" __global__ void __launch_bounds__(256, 4)
     conv2d_bwd_weight_direct_img_h16(const float* x, const uint16_t* dy, float* dw, float* db, CONV_GEOM_ARGS) {
     conv::few_direct_entry(x, dy, dw, db, CONV_GEOM);
 }

@@ -32,20 +32,14 @@ DEV void load8(const uint16_t* p, float* out) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) out[j] = h16::h2f(h.v[j]);
 }
-// N = 4 or 8 f16 values at p (8- or 16-byte aligned) as f32.
-template <int N>
-DEV void loadn(const uint16_t* p, float* out) {
-    if constexpr (N == 8) {
-        load8(p, out);
-    } else {
-        static_assert(N == 4, "four or eight halves");
-        struct alignas(8) H4 {
-            uint16_t v[4];
-        };
-        const H4 h = *reinterpret_cast<const H4*>(p);
+// Four f16 values at p (8-byte aligned) as f32.
+DEV void load4h(const uint16_t* p, float* out) {
+    struct alignas(8) H4 {
+        uint16_t v[4];
+    };
+    const H4 h = *reinterpret_cast<const H4*>(p);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) out[j] = h16::h2f(h.v[j]);
-    }
+    for (int j = 0; j < 4; ++j) out[j] = h16::h2f(h.v[j]);
 }
 DEV void store8(uint16_t* p, const float* in) {
     H8 h;
@@ -151,54 +145,35 @@ __device__ __forceinline__ void few_dw(const X* x, const D* dy, float* dw, const
 
 // Whether a layer fits few_out_dx (as few_dw_fits).
 HD bool few_out_dx_fits(int k, int cin, int cout, int stride) {
-    return stride == 1 && cout <= 4 && cin % 8 == 0 && k * k * cout * cin <= SMALL_WEIGHTS;
+    return (k == 1 || k == 3) && stride == 1 && cout <= 4 && cin % 8 == 0 && k * k * cout * cin <= SMALL_WEIGHTS;
 }
 
-// One thread's 8 channels of dX at pixel i from dY's K × K taps (K = 0: g.k at run time). With
-// K fixed, every tap's dY loads are issued before the first product (the taps' bounds become
-// predicates), so a thread waits on memory once, not once a tap.
+// One thread's 8 channels of dX at pixel i from dY's K × K taps: every tap's dY loads are
+// issued before the first product (the taps' bounds are predicates), so a thread waits on
+// memory once, not once a tap.
 template <int K>
 __device__ __forceinline__ void few_out_dx_px(const uint16_t* dy, const float* ws, const Geom g, const Rc& i, int c0,
                                               float* acc) {
-    if constexpr (K == 0) {
-        for (int ky = 0; ky < g.k; ++ky) {
-            const int oy = i.y + g.pad - ky;
-            if (oy < 0 || oy >= g.oh) continue;
-            for (int kx = 0; kx < g.k; ++kx) {
-                const int ox = i.x + g.pad - kx;
-                if (ox < 0 || ox >= g.ow) continue;
-                const uint16_t* dp = dy + (((int64_t)i.img * g.oh + oy) * g.ow + ox) * g.cout;
-                const float* wp = ws + (ky * g.k + kx) * g.cout * g.cin + c0;
-                for (int co = 0; co < g.cout; ++co) {
-                    const float d = h16::h2f(dp[co]);
-                    const F4 a = load4(wp + co * g.cin), b = load4(wp + co * g.cin + 4);
-                    acc[0] += d * a.x, acc[1] += d * a.y, acc[2] += d * a.z, acc[3] += d * a.w;
-                    acc[4] += d * b.x, acc[5] += d * b.y, acc[6] += d * b.z, acc[7] += d * b.w;
-                }
-            }
-        }
-    } else {
-        float d[K * K][4];
+    float d[K * K][4];
 #pragma unroll
-        for (int t = 0; t < K * K; ++t) {
-            const int oy = i.y + g.pad - t / K, ox = i.x + g.pad - t % K;
-            const bool ok = oy >= 0 && oy < g.oh && ox >= 0 && ox < g.ow;
-            const uint16_t* dp = dy + (((int64_t)i.img * g.oh + oy) * g.ow + ox) * g.cout;
+    for (int t = 0; t < K * K; ++t) {
+        const int oy = i.y + g.pad - t / K, ox = i.x + g.pad - t % K;
+        const bool ok = oy >= 0 && oy < g.oh && ox >= 0 && ox < g.ow;
+        const uint16_t* dp = dy + (((int64_t)i.img * g.oh + oy) * g.ow + ox) * g.cout;
 #pragma unroll
-            for (int co = 0; co < 4; ++co) d[t][co] = ok && co < g.cout ? h16::h2f(dp[co]) : 0.0f;
-        }
-#pragma unroll
-        for (int t = 0; t < K * K; ++t)
-#pragma unroll
-            for (int co = 0; co < 4; ++co) {
-                if (co >= g.cout) break;
-                const float* wp = ws + (t * g.cout + co) * g.cin + c0;
-                const F4 a = load4(wp), b = load4(wp + 4);
-                const float v = d[t][co];
-                acc[0] += v * a.x, acc[1] += v * a.y, acc[2] += v * a.z, acc[3] += v * a.w;
-                acc[4] += v * b.x, acc[5] += v * b.y, acc[6] += v * b.z, acc[7] += v * b.w;
-            }
+        for (int co = 0; co < 4; ++co) d[t][co] = ok && co < g.cout ? h16::h2f(dp[co]) : 0.0f;
     }
+#pragma unroll
+    for (int t = 0; t < K * K; ++t)
+#pragma unroll
+        for (int co = 0; co < 4; ++co) {
+            if (co >= g.cout) break;
+            const float* wp = ws + (t * g.cout + co) * g.cin + c0;
+            const F4 a = load4(wp), b = load4(wp + 4);
+            const float v = d[t][co];
+            acc[0] += v * a.x, acc[1] += v * a.y, acc[2] += v * a.z, acc[3] += v * a.w;
+            acc[4] += v * b.x, acc[5] += v * b.y, acc[6] += v * b.z, acc[7] += v * b.w;
+        }
 }
 
 __device__ __forceinline__ void few_out_dx(const uint16_t* dy, const float* w, uint16_t* dx, const Geom g,
@@ -222,10 +197,8 @@ __device__ __forceinline__ void few_out_dx(const uint16_t* dy, const float* w, u
         for (int j = 0; j < 8; ++j) acc[j] = 0.0f;
         if (g.k == 3)
             few_out_dx_px<3>(dy, ws, g, i, c0, acc);
-        else if (g.k == 1)
-            few_out_dx_px<1>(dy, ws, g, i, c0, acc);
         else
-            few_out_dx_px<0>(dy, ws, g, i, c0, acc);
+            few_out_dx_px<1>(dy, ws, g, i, c0, acc);
         const int64_t at = p * g.cin + c0;
         if (xin) {
             float xv[8];
@@ -253,20 +226,16 @@ __device__ __forceinline__ void few_out_dx(const uint16_t* dy, const float* w, u
 // dY straight from global memory (neighbouring threads read neighbouring pixels: L1 hits).
 // The groups (gi, go) of a pixel sit on consecutive lanes, so a warp reads whole pixel rows.
 // Sums of lanes of one group add up by shuffles, then across warps in shared memory, then one
-// atomic per weight per block. CI: FEW_DIRECT_VEC (4 or 8 channels of f16 x a load) or 3 (cin
-// 3); CO: FEW_DIRECT_VEC (of f16 dY) or 3 (cout 3); up to 16 groups, a power of two.
+// atomic per weight per block. CI: 4 (channels of f16 x, one 8-byte load) or 3 (cin 3); CO: 4
+// (of f16 dY) or 3 (cout 3); up to 16 groups, a power of two. (Measured on an H200: 8 channels a
+// thread at two blocks an SM, or 4 at two or three, no faster than 4 at four.)
 HD bool few_direct_fits(int k, int cin, int cout, bool x_half) {
     const bool ci8 = x_half && (cin == 8 || cin == 16 || cin == 32 || cin == 64);
     const bool co8 = cout == 8 || cout == 16 || cout == 32;
     return (k == 1 || k == 3) && ((ci8 && cout == 3) || (cin == 3 && (cout == 3 || co8)));
 }
 
-// The channels a thread takes on the wide side: 8 halves a load, or 4 (twice the groups, half
-// the registers: more warps to wait on memory with)
-#ifndef FEW_DIRECT_VEC
-#define FEW_DIRECT_VEC 4
-#endif
-constexpr int FEW_DIRECT_RED = 16 * (3 * 8 * 3 + 8);  // shared floats: 16 groups of the largest NV
+constexpr int FEW_DIRECT_RED = 16 * (3 * 4 * 3 + 4);  // shared floats: 16 groups of the largest NV
 
 template <int K, int CI, int CO, class X>
 __device__ __forceinline__ void few_direct_dw(const X* x, const uint16_t* dy, float* dw, float* db, const Geom g,
@@ -287,8 +256,8 @@ __device__ __forceinline__ void few_direct_dw(const X* x, const uint16_t* dy, fl
         float d[CO];
         const uint16_t* dp = dy + p * g.cout + co0;
         bool loaded = false;
-        if constexpr (CO % 4 == 0) {
-            if (dy_vec) loadn<CO>(dp, d), loaded = true;
+        if constexpr (CO == 4) {
+            if (dy_vec) load4h(dp, d), loaded = true;
         }
         if (!loaded)
 #pragma unroll
@@ -306,8 +275,8 @@ __device__ __forceinline__ void few_direct_dw(const X* x, const uint16_t* dy, fl
             if (ix < 0 || ix >= g.w) continue;
             float v[CI];
             bool loaded = false;
-            if constexpr (CI % 4 == 0) {
-                if (x_vec) loadn<CI>(reinterpret_cast<const uint16_t*>(row + (int64_t)ix * g.cin), v), loaded = true;
+            if constexpr (CI == 4) {
+                if (x_vec) load4h(reinterpret_cast<const uint16_t*>(row + (int64_t)ix * g.cin), v), loaded = true;
             }
             if (!loaded)
 #pragma unroll
@@ -345,13 +314,12 @@ __device__ __forceinline__ void few_direct_entry(const X* x, const uint16_t* dy,
     __shared__ float red[FEW_DIRECT_RED];
     if (!few_direct_fits(g.k, g.cin, g.cout, sizeof(X) == 2)) __trap();
     const bool three = g.k == 3;
-    constexpr int V = FEW_DIRECT_VEC;
     if (g.cin == 3 && g.cout == 3)
         three ? few_direct_dw<3, 3, 3>(x, dy, dw, db, g, red) : few_direct_dw<1, 3, 3>(x, dy, dw, db, g, red);
     else if (g.cin == 3)
-        three ? few_direct_dw<3, 3, V>(x, dy, dw, db, g, red) : few_direct_dw<1, 3, V>(x, dy, dw, db, g, red);
+        three ? few_direct_dw<3, 3, 4>(x, dy, dw, db, g, red) : few_direct_dw<1, 3, 4>(x, dy, dw, db, g, red);
     else if constexpr (sizeof(X) == 2)
-        three ? few_direct_dw<3, V, 3>(x, dy, dw, db, g, red) : few_direct_dw<1, V, 3>(x, dy, dw, db, g, red);
+        three ? few_direct_dw<3, 4, 3>(x, dy, dw, db, g, red) : few_direct_dw<1, 4, 3>(x, dy, dw, db, g, red);
 }
 
 }  // namespace conv

@@ -115,12 +115,15 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
 #pragma unroll
     for (int i = 0; i < 2; ++i) arow[i] = ((2 * warp + i + 1) * HALO_S + lane % 16 + 1) * HALO_ROW + 8 * (lane / 16);
     float acc[2][4][4];
+    auto zero = [&] {
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+        for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < 4; ++j)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+                for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    };
+    zero();
     // step s's halo and weights into slot s mod 2 (one cp.async group)
     auto stage = [&](int s) {
         uint16_t* hs = smem + (s & 1) * HALO_FWD_STAGE;
@@ -202,12 +205,7 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
                 }
             }
         }
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+        zero();  // for the next tile
     }
     cp_wait<0>();
 }

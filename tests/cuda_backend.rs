@@ -1306,6 +1306,11 @@ fn multi_tensor_adam_and_unscale_match_the_cpu_over_many_tensors() {
 }
 
 /// Values as f16 storage holds them (nearest even).
+/// Launches of `kernel` in a profile (`Cuda::take_profile`).
+fn launches(p: &[spahdmap::backend::cuda::KernelTime], kernel: &str) -> usize {
+    p.iter().filter(|t| t.kernel == kernel).map(|t| t.launches).sum()
+}
+
 fn f16_rounded(v: Vec<f32>) -> Vec<f32> {
     v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect()
 }
@@ -1539,14 +1544,13 @@ fn halo_convolutions_match_the_cpu() {
     }
     let p = g.take_profile();
     g.set_profiling(false);
-    let launches = |k: &str| p.iter().filter(|t| t.kernel == k).map(|t| t.launches).sum::<usize>();
-    assert_eq!(launches("conv3_halo_fwd_h16"), fwd.len(), "{p:?}");
-    assert_eq!(launches("conv3_halo_dx_h16"), 3, "{p:?}");
-    assert_eq!(launches("conv3_halo_dw_h16"), 3, "{p:?}");
-    assert_eq!(launches("colsum_f32"), 1, "{p:?}");
+    assert_eq!(launches(&p, "conv3_halo_fwd_h16"), fwd.len(), "{p:?}");
+    assert_eq!(launches(&p, "conv3_halo_dx_h16"), 3, "{p:?}");
+    assert_eq!(launches(&p, "conv3_halo_dw_h16"), 3, "{p:?}");
+    assert_eq!(launches(&p, "colsum_f32"), 1, "{p:?}");
     let gemm =
         ["conv2d_fwd_h16", "conv2d_fwd_h16n", "conv2d_fwd_cat_h16n", "conv2d_bwd_data_h16", "conv2d_bwd_data_h16n"];
-    assert_eq!(gemm.iter().map(|k| launches(k)).sum::<usize>(), 0, "{p:?}");
+    assert_eq!(gemm.iter().map(|k| launches(&p, k)).sum::<usize>(), 0, "{p:?}");
 }
 
 #[test]
@@ -1577,9 +1581,7 @@ fn half_inference_scores_match_the_cpu() {
     // frozen weights, as the score stage holds them: the same scores, the f16 packings made
     // in the first batch only, and dropped again after
     let unfrozen = g.download(&head.hr_scores(&g, &net, &pg, &im, is, &v));
-    let packs = |g: &Cuda| {
-        g.take_profile().iter().filter(|k| k.kernel == "pack_weights_h16").map(|k| k.launches).sum::<usize>()
-    };
+    let packs = |g: &Cuda| launches(&g.take_profile(), "pack_weights_h16");
     {
         let _frozen = spahdmap::backend::FrozenWeights::on(&g);
         g.set_profiling(true);
@@ -1685,9 +1687,8 @@ fn f16_storage_gradients_match_the_cpu() {
     // the U-Net's few-channel weight gradients ran without staging (few_direct_dw)
     let p = g.take_profile();
     g.set_profiling(false);
-    let launches = |k: &str| p.iter().filter(|t| t.kernel == k).map(|t| t.launches).sum::<usize>();
-    assert_eq!(launches("conv2d_bwd_weight_direct_img_h16"), 2, "{p:?}");
-    assert_eq!(launches("conv2d_bwd_weight_direct_h16"), 4, "{p:?}");
+    assert_eq!(launches(&p, "conv2d_bwd_weight_direct_img_h16"), 2, "{p:?}");
+    assert_eq!(launches(&p, "conv2d_bwd_weight_direct_h16"), 4, "{p:?}");
     // the transposed convolution's gradients: on the f16 bodies (cout 32), on f32 copies (cout 20)
     for (i, (xs, cout)) in
         [(Shape { n: 2, h: 5, w: 7, c: 64 }, 32), (Shape { n: 1, h: 9, w: 6, c: 32 }, 20)].into_iter().enumerate()

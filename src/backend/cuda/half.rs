@@ -81,11 +81,12 @@ fn few_direct_fits(spec: &ConvSpec, x_half: bool) -> bool {
     matches!(spec.k, 1 | 3) && ((ci8 && spec.cout == 3) || (spec.cin == 3 && (spec.cout == 3 || co8)))
 }
 
-/// Whether `few_out_dx` takes a layer's data gradient: stride 1, at most 4 output channels, a
+/// Whether `few_out_dx` takes a layer's data gradient: 1 × 1 or 3 × 3, stride 1, at most 4 output channels, a
 /// multiple of 8 input channels, the weights within the 48 KB a block stages, f16 dY and dX
 /// (and x where LeakyReLU's derivative is fused).
 fn few_out_dx_runs(spec: &ConvSpec, dy: &DBuf, dx: &DBuf, x: &DBuf, dxe: DxEpilogue) -> bool {
-    spec.stride == 1
+    matches!(spec.k, 1 | 3)
+        && spec.stride == 1
         && spec.cout <= 4
         && spec.cin % 8 == 0
         && spec.k * spec.k * spec.cout * spec.cin <= SMALL_WEIGHTS
