@@ -768,28 +768,4 @@ extern "C" __global__ void __launch_bounds__(256)
     conv::gemm_tile(op, M, N, k0, k1);
 }
 
-// out[c] += Σ over rows of x[row][c] (the bias gradients): block (32, 8), grid (⌈cols / 32⌉,
-// row chunks); out zeroed first
-template <class T>
-__device__ void colsum(const T* x, int64_t rows, int cols, int64_t chunk, float* out) {
-    __shared__ float part[8][33];
-    const int c = blockIdx.x * 32 + threadIdx.x;
-    const int64_t r0 = (int64_t)blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
-    float s = 0.0f;
-    if (c < cols)
-        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) s += h16::ld(x + r * cols + c);
-    part[threadIdx.y][threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < cols) {
-        for (int i = 1; i < 8; ++i) s += part[i][threadIdx.x];
-        atomicAdd(&out[c], s);
-    }
-}
-extern "C" __global__ void colsum_f32(const float* x, int64_t rows, int cols, int64_t chunk, float* out) {
-    colsum(x, rows, cols, chunk, out);
-}
-// the same over f16 x (the bias gradient from f16 dY)
-extern "C" __global__ void colsum_h16(const uint16_t* x, int64_t rows, int cols, int64_t chunk, float* out) {
-    colsum(x, rows, cols, chunk, out);
-}
 #endif  // __CUDACC__

@@ -23,15 +23,6 @@ namespace conv {
 
 constexpr int FEW_PC = 32, FEW_ROWS = 320, FEW_COLS = 32;
 
-// Eight f16 values at p (16-byte aligned) as f32, and back.
-struct alignas(16) H8 {
-    uint16_t v[8];
-};
-DEV void load8(const uint16_t* p, float* out) {
-    const H8 h = *reinterpret_cast<const H8*>(p);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) out[j] = h16::h2f(h.v[j]);
-}
 // Four f16 values at p (8-byte aligned) as f32.
 DEV void load4h(const uint16_t* p, float* out) {
     struct alignas(8) H4 {
@@ -41,17 +32,11 @@ DEV void load4h(const uint16_t* p, float* out) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) out[j] = h16::h2f(h.v[j]);
 }
-DEV void store8(uint16_t* p, const float* in) {
-    H8 h;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) h.v[j] = h16::f2h(in[j]);
-    *reinterpret_cast<H8*>(p) = h;
-}
 
 // One 16-byte run of an im2col row into shared f32: eight f16 values, or four f32.
 DEV void stage_run(const uint16_t* src, float* dst) {
     float v[8];
-    load8(src, v);
+    h16::ld8(src, v);
     *reinterpret_cast<F4*>(dst) = F4{v[0], v[1], v[2], v[3]};
     *reinterpret_cast<F4*>(dst + 4) = F4{v[4], v[5], v[6], v[7]};
 }
@@ -202,18 +187,18 @@ __device__ __forceinline__ void few_out_dx(const uint16_t* dy, const float* w, u
         const int64_t at = p * g.cin + c0;
         if (xin) {
             float xv[8];
-            load8(xin + at, xv);
+            h16::ld8(xin + at, xv);
 #pragma unroll
             for (int j = 0; j < 8; ++j)
                 if (!(xv[j] > 0.0f)) acc[j] *= SLOPE;
         }
         if (accumulate) {
             float old[8];
-            load8(dx + at, old);
+            h16::ld8(dx + at, old);
 #pragma unroll
             for (int j = 0; j < 8; ++j) acc[j] = old[j] + acc[j];
         }
-        store8(dx + at, acc);
+        h16::st8(dx + at, acc);
     }
 }
 

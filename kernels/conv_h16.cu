@@ -78,11 +78,6 @@ DEV int swizzled(int r, int c) {
 }
 DEV int a_at(int r, int c) { return swizzled<BK / 8>(r, c); }
 
-// Eight f16 values: one 16-byte load or store.
-struct alignas(16) Half8 {
-    uint16_t v[8];
-};
-
 // Epilogue of the convolution: y = leaky?(acc + bias) + residual, rounded to f16.
 struct FwdOut {
     const float* bias;
@@ -95,20 +90,21 @@ struct FwdOut {
         if (res) v += h2f(res[at]);
         return v;
     }
-    // columns n .. n + 7 of row m (cout and n multiples of 8): 16-byte loads and store
-    DEV void store8(int64_t m, int n, const float* v) const {
-        const int64_t at = m * cout + n;
-        Half8 r{}, o;
-        if (res) r = *reinterpret_cast<const Half8*>(res + at);
+    // columns n .. n + 7 of a row, element `at` = m·cout + n (cout and n multiples of 8): 16-byte
+    // loads and store
+    DEV void store8(int64_t at, int n, const float* v) const {
+        float r[8] = {}, b[8] = {}, o[8];
+        if (res) h16::ld8(res + at, r);
+        if (bias) h16::ld8(bias + n, b);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             float t = v[j];
-            if (bias) t += bias[n + j];
+            if (bias) t += b[j];
             if (leaky) t = t > 0.0f ? t : conv::SLOPE * t;
-            if (res) t += h2f(r.v[j]);
-            o.v[j] = f2h(t);
+            if (res) t += r[j];
+            o[j] = t;
         }
-        *reinterpret_cast<Half8*>(y + at) = o;
+        h16::st8(y + at, o);
     }
     // columns n and n + 1 (n + 1 < N where `pair`) of GEMM row m: one 32-bit store where the
     // pair is aligned (even cout)
@@ -164,20 +160,20 @@ struct DxOutH {
         if (x && !(h2f(x[at]) > 0.0f)) v *= conv::SLOPE;
         return accumulate ? h2f(dx[at]) + v : v;
     }
-    // columns n .. n + 7 of row m (cin and n multiples of 8): 16-byte loads and store
-    DEV void store8(int64_t m, int n, const float* v) const {
-        const int64_t at = m * cin + n;
-        Half8 xv{}, old{}, o;
-        if (x) xv = *reinterpret_cast<const Half8*>(x + at);
-        if (accumulate) old = *reinterpret_cast<const Half8*>(dx + at);
+    // columns n .. n + 7 of a row, element `at` = m·cin + n (cin and n multiples of 8): 16-byte
+    // loads and store
+    DEV void store8(int64_t at, int /* n: FwdOut's bias column */, const float* v) const {
+        float xv[8] = {}, old[8] = {}, o[8];
+        if (x) h16::ld8(x + at, xv);
+        if (accumulate) h16::ld8(dx + at, old);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             float t = v[j];
-            if (x && !(h2f(xv.v[j]) > 0.0f)) t *= conv::SLOPE;
-            if (accumulate) t += h2f(old.v[j]);
-            o.v[j] = f2h(t);
+            if (x && !(xv[j] > 0.0f)) t *= conv::SLOPE;
+            if (accumulate) t += old[j];
+            o[j] = t;
         }
-        *reinterpret_cast<Half8*>(dx + at) = o;
+        h16::st8(dx + at, o);
     }
     DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
         const int64_t at = m * cin + n;

@@ -46,32 +46,54 @@ DEV HaloTile halo_tile(int b, int h, int w) {
     return HaloTile{r / ty, (r % ty) * HALO_T, x * HALO_T};
 }
 
+// The copies of a step, and the epilogue's stores, go to threads so that each thread's differ
+// by constant offsets: a pointer add and a row check each. The loops they replace divided every
+// copy's index into pixel, row and column (~45 SASS instructions a 16-byte copy on sm_90, more
+// than the MMAs they fed; Nsight Compute had MMAs at a tenth of the instructions executed).
+// The tile's 256 pixels × 4 runs of 8 columns make four per thread, tile rows 4 apart.
+static_assert(HALO_T == 16 && HALO_N / 8 == 4 && THREADS == 256, "four pixels a thread, tile rows four apart");
+
 // Stage channels c0 .. c0 + 31 of the tile's input with its halo (zero outside the image) into
-// hs, from x (its first `ca` channels of C; all C where x2 is null) or x2 (the rest). Part of
-// a cp.async group the caller commits.
+// hs, from x (its first `ca` channels of C; all C where x2 is null) or x2 (the rest). Thread
+// t < 216 copies 16-byte chunk t mod 4 of halo column t / 4 mod 18 in halo rows t / 72, + 3, ..
+// (six rows). Part of a cp.async group the caller commits.
+constexpr int HALO_COPIES = HALO_S * (HALO_C / 8);  // 72 a halo row
+constexpr int HALO_ROWS_AT = THREADS / HALO_COPIES; // 3 halo rows a pass
+static_assert(HALO_S % HALO_ROWS_AT == 0, "six passes of three halo rows");
 DEV void halo_stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca, int C, int c0, const HaloTile& t,
                     int h, int w) {
+    const int tid = threadIdx.x;
+    if (tid >= HALO_ROWS_AT * HALO_COPIES) return;
     const bool second = x2 && c0 >= ca;
     const uint16_t* src = second ? x2 : x;
     const int cs = !x2 ? C : second ? C - ca : ca, cc = second ? c0 - ca : c0;
-    for (int p = threadIdx.x; p < HALO_PX * (HALO_C / 8); p += THREADS) {
-        const int px = p / (HALO_C / 8), q = p % (HALO_C / 8);
-        const int gy = t.y0 - 1 + px / HALO_S, gx = t.x0 - 1 + px % HALO_S;
-        const bool ok = gy >= 0 && gy < h && gx >= 0 && gx < w;
-        const int64_t at = (((int64_t)t.img * h + gy) * w + gx) * cs + cc + 8 * q;
-        cp_async16(hs + px * HALO_ROW + 8 * q, ok ? src + at : src, ok);
+    const int q = tid % 4, col = tid / 4 % HALO_S, row = tid / HALO_COPIES;
+    const int gx = t.x0 - 1 + col, gy = t.y0 - 1 + row;
+    const bool x_in = (unsigned)gx < (unsigned)w;
+    const uint16_t* g = src + ((((int64_t)t.img * h + gy) * w + gx) * cs + cc + 8 * q);
+    const int64_t step = (int64_t)HALO_ROWS_AT * w * cs;
+    uint16_t* s = hs + (row * HALO_S + col) * HALO_ROW + 8 * q;
+#pragma unroll
+    for (int i = 0; i < HALO_S / HALO_ROWS_AT; ++i, g += step) {
+        const bool ok = x_in && (unsigned)(gy + HALO_ROWS_AT * i) < (unsigned)h;
+        cp_async16(s + i * HALO_ROWS_AT * HALO_S * HALO_ROW, ok ? g : src, ok);
     }
 }
 
 // Stage rows (tap, c0 .. c0 + 31), columns n0 .. n0 + 31 of packed weights ([tap][C][np] f16),
-// zero past np, rows swizzled as the GEMM's B tiles.
+// zero past np, rows swizzled as the GEMM's B tiles. Thread t copies chunk t mod 4 of rows
+// t / 4, + 64, .. (the same channel two taps on).
 DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, int n0) {
-    for (int p = threadIdx.x; p < 9 * HALO_C * 4; p += THREADS) {
-        const int r = p / 4, q = p % 4, tap = r / HALO_C;
-        const bool ok = n0 + 8 * q < np;
-        const int64_t at = ((int64_t)tap * C + c0 + r % HALO_C) * np + n0 + 8 * q;
-        cp_async16(ws + swizzled<4>(r, q), ok ? wt + at : wt, ok);
-    }
+    constexpr int AT = THREADS / 4;  // rows a pass
+    static_assert(AT % HALO_C == 0 && HALO_C * 9 <= 5 * AT, "five passes, each whole taps");
+    const int q = threadIdx.x % 4, r = threadIdx.x / 4;
+    const bool ok = n0 + 8 * q < np;
+    const uint16_t* g = wt + (((int64_t)(r / HALO_C) * C + c0 + r % HALO_C) * np + n0 + 8 * q);
+    const int64_t step = (int64_t)(AT / HALO_C) * C * np;
+    uint16_t* s = ws + swizzled<4>(r, q);  // rows AT apart keep the swizzle: AT·32 halves on
+#pragma unroll
+    for (int i = 0; i < 5; ++i, g += step)
+        if (i < 4 || r + AT * i < 9 * HALO_C) cp_async16(s + i * AT * HALO_N, ok ? g : wt, ok);
 }
 
 // Both kernels stage in two slots of dynamic shared memory, the next one's copies in flight
@@ -114,6 +136,13 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
     int arow[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) arow[i] = ((2 * warp + i + 1) * HALO_S + lane % 16 + 1) * HALO_ROW + 8 * (lane / 16);
+    // B: lane l reads weight row 16·(tap·2 + kk / 16) + l mod 8 + 8·((l / 8) mod 2); the swizzle
+    // of a row depends only on its low four bits, so each lane's two column addresses are
+    // offsets fixed here plus a constant per (tap, kk) (left to the compiler, it kept one
+    // register per tap and two multiplies a load)
+    int bcol[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) bcol[j] = swizzled<4>(lane % 8 + 8 * ((lane / 8) & 1), 2 * j + lane / 16);
     float acc[2][4][4];
     auto zero = [&] {
 #pragma unroll
@@ -152,9 +181,8 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
                 // B 16 × 16 ([k][n] rows, transposed): as the GEMM's mainloop, columns 16j ..
 #pragma unroll
                 for (int j = 0; j < 2; ++j) {
-                    const int k = tap * HALO_C + kk + lane % 8 + 8 * ((lane / 8) & 1);
                     uint32_t r[4];
-                    ldsm_x4_t(r, Ws + swizzled<4>(k, 2 * j + lane / 16));
+                    ldsm_x4_t(r, Ws + bcol[j] + (tap * HALO_C + kk) * HALO_N);
                     b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
                 }
 #pragma unroll
@@ -181,10 +209,15 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
                         c[0] = acc[i][j][2 * hh], c[1] = acc[i][j][2 * hh + 1];
                     }
             __syncthreads();
-            for (int c = threadIdx.x; c < HALO_T * HALO_T * (HALO_N / 8); c += THREADS) {
-                const int px = c / (HALO_N / 8), q = c % (HALO_N / 8);
-                const int y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T, nn = n0 + 8 * q;
-                if (y < h && xx < w && nn < N) out.store8(((int64_t)t.img * h + y) * w + xx, nn, cs + px * HALO_CS + 8 * q);
+            // thread t: columns 8 (t mod 4) .. of tile pixels t / 4, + 64, .. (tile rows four apart)
+            const int q = threadIdx.x % 4, px = threadIdx.x / 4, nn = n0 + 8 * q;
+            const int y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
+            if (xx < w && nn < N) {
+                int64_t at = (((int64_t)t.img * h + y) * w + xx) * N + nn;
+                const int64_t step = (int64_t)4 * w * N;
+#pragma unroll
+                for (int i = 0; i < 4; ++i, at += step)
+                    if (y + 4 * i < h) out.store8(at, nn, cs + (px + 64 * i) * HALO_CS + 8 * q);
             }
             __syncthreads();  // every thread is done with the slot before it is staged again
         } else {
@@ -233,6 +266,10 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
     const int apx = lane % 8 + 8 * (lane / 16), achunk = (lane / 8) % 2;
     const int a_own = ((warp / 3) * HALO_S + apx + warp % 3) * HALO_ROW + 8 * achunk;
     const int a_ext = (2 * HALO_S + apx + 2) * HALO_ROW + 8 * (2 * eh + achunk);
+    // B from the dY tile as halo3's from its weights: row 16 r + l mod 8 + 8·((l / 8) mod 2)
+    int bcol[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) bcol[j] = swizzled<4>(lane % 8 + 8 * ((lane / 8) & 1), 2 * j + lane / 16);
     const uint32_t ones[4] = {0x3c003c00u, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};  // f16 1.0 pairs
     float acc[2][4][4], ext[4], bacc[4][4];
 #pragma unroll
@@ -247,11 +284,15 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
         uint16_t* ds = hs + HALO_PX * HALO_ROW;
         const HaloTile t = halo_tile(b, h, w);
         halo_stage(hs, x, nullptr, 0, C, c0, t, h, w);
-        for (int p = threadIdx.x; p < HALO_T * HALO_T * 4; p += THREADS) {
-            const int px = p / 4, q = p % 4, y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
-            const bool ok = y < h && xx < w && n0 + 8 * q < N;
-            const int64_t at = (((int64_t)t.img * h + y) * w + xx) * N + n0 + 8 * q;
-            cp_async16(ds + swizzled<4>(px, q), ok ? dy + at : dy, ok);
+        // thread t: chunk t mod 4 of tile pixels t / 4, + 64, .. (tile rows four apart)
+        const int q = threadIdx.x % 4, px = threadIdx.x / 4, y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
+        const bool ok = xx < w && n0 + 8 * q < N;
+        const uint16_t* g = dy + ((((int64_t)t.img * h + y) * w + xx) * N + n0 + 8 * q);
+        const int64_t step = (int64_t)4 * w * N;
+#pragma unroll
+        for (int i = 0; i < 4; ++i, g += step) {
+            const bool in = ok && y + 4 * i < h;
+            cp_async16(ds + swizzled<4>(px, q) + i * 64 * HALO_N, in ? g : dy, in);
         }
     };
     // two stages: the next tile's copies fly while this one's MMAs run
@@ -273,7 +314,7 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 uint32_t rr[4];
-                ldsm_x4_t(rr, Ds + swizzled<4>(HALO_T * r + lane % 8 + 8 * ((lane / 8) & 1), 2 * j + lane / 16));
+                ldsm_x4_t(rr, Ds + bcol[j] + HALO_T * r * HALO_N);
                 bf[2 * j][0] = rr[0], bf[2 * j][1] = rr[1], bf[2 * j + 1][0] = rr[2], bf[2 * j + 1][1] = rr[3];
             }
 #pragma unroll

@@ -1,5 +1,7 @@
 // Element-wise kernels of the backend seam (src/backend/mod.rs), f32 storage: the CPU
-// backend's act.rs and optim are their reference. One thread per element, grid-stride loops.
+// backend's act.rs and optim are their reference. Grid-stride loops; where every operand is
+// aligned for it a thread moves eight values at a time (h16::ld8), each computed as the
+// one-at-a-time loop computes it (tests/memory_kernels_emu.cpp holds the two to the same bits).
 
 #include <cstdint>
 
@@ -12,6 +14,15 @@
 constexpr float LEAKY_SLOPE = 0.2f;
 constexpr float LOGIT_EPS = 1.388794e-11f;
 
+// f(i) for i = 0, 8, 16, .. < n as eight values from i when `vec`, then one(i) for the rest
+// (all of [0, n) when not `vec`).
+template <class Eight, class One>
+__device__ void by_eight(int64_t n, bool vec, Eight eight, One one) {
+    const int64_t n8 = vec ? n / 8 : 0;
+    GRID_STRIDE(j, n8) eight(8 * j);
+    GRID_STRIDE(i, n - 8 * n8) one(8 * n8 + i);
+}
+
 // Each kernel of this group once for f32 storage and once (`_h16`) for f16: the same f32
 // arithmetic, f16 values widened on load and rounded on store (h16::ld, h16::st).
 #define F32_AND_H16(NAME, PARAMS, ARGS)                                                  \
@@ -21,7 +32,17 @@ constexpr float LOGIT_EPS = 1.388794e-11f;
 // y += x
 template <class T>
 __device__ void add_assign(const T* x, T* y, int64_t n) {
-    GRID_STRIDE(i, n) { h16::st(y + i, h16::ld(y + i) + h16::ld(x + i)); }
+    by_eight(
+        n, h16::aligned16(x, y),
+        [&](int64_t i) {
+            float a[8], b[8];
+            h16::ld8(y + i, a);
+            h16::ld8(x + i, b);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) a[j] += b[j];
+            h16::st8(y + i, a);
+        },
+        [&](int64_t i) { h16::st(y + i, h16::ld(y + i) + h16::ld(x + i)); });
 }
 #define X_Y_PARAMS(T) const T *x, T *y, int64_t n
 F32_AND_H16(add_assign, X_Y_PARAMS, (x, y, n))
@@ -29,27 +50,58 @@ F32_AND_H16(add_assign, X_Y_PARAMS, (x, y, n))
 // dy *= (y > 0 ? 1 : slope), from the activation's output
 template <class T>
 __device__ void leaky_relu_backward(const T* y, T* dy, int64_t n) {
-    GRID_STRIDE(i, n) {
-        if (h16::ld(y + i) <= 0.0f) h16::st(dy + i, h16::ld(dy + i) * LEAKY_SLOPE);
-    }
+    by_eight(
+        n, h16::aligned16(y, dy),
+        [&](int64_t i) {
+            float a[8], d[8];
+            h16::ld8(y + i, a);
+            h16::ld8(dy + i, d);
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                if (a[j] <= 0.0f) d[j] *= LEAKY_SLOPE;
+            h16::st8(dy + i, d);
+        },
+        [&](int64_t i) {
+            if (h16::ld(y + i) <= 0.0f) h16::st(dy + i, h16::ld(dy + i) * LEAKY_SLOPE);
+        });
 }
 #define Y_DY_PARAMS(T) const T *y, T *dy, int64_t n
 F32_AND_H16(leaky_relu_backward, Y_DY_PARAMS, (y, dy, n))
 
 // y = sigmoid(x)
+__device__ __forceinline__ float logistic(float v) { return 1.0f / (1.0f + expf(-v)); }
 template <class T>
 __device__ void sigmoid(const T* x, T* y, int64_t n) {
-    GRID_STRIDE(i, n) { h16::st(y + i, 1.0f / (1.0f + expf(-h16::ld(x + i)))); }
+    by_eight(
+        n, h16::aligned16(x, y),
+        [&](int64_t i) {
+            float v[8];
+            h16::ld8(x + i, v);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = logistic(v[j]);
+            h16::st8(y + i, v);
+        },
+        [&](int64_t i) { h16::st(y + i, logistic(h16::ld(x + i))); });
 }
 F32_AND_H16(sigmoid, X_Y_PARAMS, (x, y, n))
 
 // dy *= y (1 - y)
 template <class T>
 __device__ void sigmoid_backward(const T* y, T* dy, int64_t n) {
-    GRID_STRIDE(i, n) {
-        const float v = h16::ld(y + i);
-        h16::st(dy + i, h16::ld(dy + i) * (v * (1.0f - v)));
-    }
+    by_eight(
+        n, h16::aligned16(y, dy),
+        [&](int64_t i) {
+            float v[8], d[8];
+            h16::ld8(y + i, v);
+            h16::ld8(dy + i, d);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) d[j] *= v[j] * (1.0f - v[j]);
+            h16::st8(dy + i, d);
+        },
+        [&](int64_t i) {
+            const float v = h16::ld(y + i);
+            h16::st(dy + i, h16::ld(dy + i) * (v * (1.0f - v)));
+        });
 }
 F32_AND_H16(sigmoid_backward, Y_DY_PARAMS, (y, dy, n))
 
@@ -71,10 +123,26 @@ PRIOR_SIGMOID(prior_sigmoid_h16, uint16_t, float)
 PRIOR_SIGMOID(prior_sigmoid_f32_vh16, float, uint16_t)
 PRIOR_SIGMOID(prior_sigmoid_h16_vh16, uint16_t, uint16_t)
 
+// Whether concat_channels and split_channels move runs of eight channels: both parts multiples
+// of eight, every operand aligned, and the runs indexed in 32 bits (the one-at-a-time loops
+// divide 64-bit indices, ~20 times the cost).
+__device__ __forceinline__ bool channel_runs(int ca, int cb, int64_t px, const void* d, const void* a,
+                                             const void* b) {
+    return ca % 8 == 0 && cb % 8 == 0 && px * (ca + cb) / 8 < (int64_t)1 << 31 && h16::aligned16(d, a, b);
+}
+
 // out = [a | b] along channels, px pixels
 template <class T>
 __device__ void concat_channels(const T* a, int ca, const T* b, int cb, T* out, int64_t px) {
     int64_t c = ca + cb;
+    if (channel_runs(ca, cb, px, out, a, b)) {
+        const unsigned rc = (unsigned)c / 8, ra = (unsigned)ca / 8, rb = (unsigned)cb / 8;
+        GRID_STRIDE(r, px * rc) {
+            const unsigned p = (unsigned)r / rc, k = (unsigned)r - p * rc;
+            h16::store8(out + 8 * r, h16::load8(k < ra ? a + 8 * ((int64_t)p * ra + k) : b + 8 * ((int64_t)p * rb + k - ra)));
+        }
+        return;
+    }
     GRID_STRIDE(i, px * c) {
         int64_t p = i / c, k = i % c;
         out[i] = k < ca ? a[p * ca + k] : b[p * cb + (k - ca)];
@@ -87,6 +155,15 @@ F32_AND_H16(concat_channels, CONCAT_PARAMS, (a, ca, b, cb, out, px))
 template <class T>
 __device__ void split_channels(const T* d, int ca, int cb, T* a, T* b, int64_t px) {
     int64_t c = ca + cb;
+    if (channel_runs(ca, cb, px, d, a, b)) {
+        const unsigned rc = (unsigned)c / 8, ra = (unsigned)ca / 8, rb = (unsigned)cb / 8;
+        GRID_STRIDE(r, px * rc) {
+            const unsigned p = (unsigned)r / rc, k = (unsigned)r - p * rc;
+            h16::store8(k < ra ? a + 8 * ((int64_t)p * ra + k) : b + 8 * ((int64_t)p * rb + k - ra),
+                        h16::load8(d + 8 * r));
+        }
+        return;
+    }
     GRID_STRIDE(i, px * c) {
         int64_t p = i / c, k = i % c;
         if (k < ca) a[p * ca + k] = d[i];

@@ -2,7 +2,7 @@
 // norm.rs is the reference. Statistics are sums over each image's pixels in f64 (as there),
 // computed by one reduction kernel in four modes, then finished by small element-wise kernels.
 // The forward pass's kernels also read and write f16 storage (`*_h16`: inference's activations;
-// statistics in f32 either way).
+// statistics in f32 either way). The column sums of the bias gradients close the file.
 
 #include <cstdint>
 
@@ -75,6 +75,68 @@ extern "C" __global__ void pixel_sums_f64_h16(const uint16_t* x, const uint16_t*
     pixel_sums(x, dy, mean, rstd, mode, hw, c, cn, chunk, s0, s1);
 }
 
+// pixel_sums eight channels a thread, for cn and c multiples of eight with R = cn / 8 runs a
+// pixel dividing 256 (at most 32) and x, dy aligned: block 256, grid (⌈hw / chunk⌉, 1, images).
+// Thread t sums run t mod R of pixels p0 + t / R, + 256 / R, ..; the block adds its lanes in
+// shared memory. (pixel_sums gives each channel a lane: 2-byte loads, and at the first down
+// block's 16 normalised channels half of every warp idle.)
+template <class T>
+__device__ void pixel_runs(const T* x, const T* dy, const float* mean, const float* rstd, int mode, int64_t hw,
+                           int c, int cn, int64_t chunk, double* s0, double* s1) {
+    __shared__ double part0[256][8], part1[256][8];
+    const int runs = cn / 8, lanes = 256 / runs, t = threadIdx.x, k = t % runs, img = blockIdx.z;
+    const int64_t p0 = (int64_t)blockIdx.x * chunk, p1 = min(hw, p0 + chunk), at = (int64_t)img * cn + 8 * k;
+    float m[8] = {}, r[8] = {};
+    if (mode == 3) h16::ld8(x + (int64_t)img * hw * c + 8 * k, m);
+    else if (mode) h16::ld8(mean + at, m);
+    if (mode == 2) h16::ld8(rstd + at, r);
+    double a0[8] = {}, a1[8] = {};
+    for (int64_t p = p0 + t / runs; p < p1; p += lanes) {
+        const int64_t i = ((int64_t)img * hw + p) * c + 8 * k;
+        float v[8], g[8];
+        h16::ld8(x + i, v);
+        if (mode == 2) h16::ld8(dy + i, g);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (mode == 0) {
+                a0[j] += v[j];
+            } else if (mode == 1) {
+                const double d = (double)v[j] - m[j];
+                a0[j] += d * d;
+            } else if (mode == 3) {
+                const double d = (double)v[j] - m[j];
+                a0[j] += d;
+                a1[j] += d * d;
+            } else {
+                a0[j] += g[j];
+                a1[j] += g[j] * (double)((v[j] - m[j]) * r[j]);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) part0[t][j] = a0[j], part1[t][j] = a1[j];
+    __syncthreads();
+    if (t < cn) {
+        // thread 8k' + j adds channel j of run k' over the lanes
+        const int kk = t / 8, j = t % 8;
+        double b0 = 0.0, b1 = 0.0;
+        for (int l = 0; l < lanes; ++l) b0 += part0[l * runs + kk][j], b1 += part1[l * runs + kk][j];
+        const int64_t o = (int64_t)img * cn + t;
+        atomicAdd(&s0[o], b0);
+        if (mode >= 2) atomicAdd(&s1[o], b1);
+    }
+}
+extern "C" __global__ void pixel_runs_f64(const float* x, const float* dy, const float* mean, const float* rstd,
+                                          int mode, int64_t hw, int c, int cn, int64_t chunk, double* s0,
+                                          double* s1) {
+    pixel_runs(x, dy, mean, rstd, mode, hw, c, cn, chunk, s0, s1);
+}
+extern "C" __global__ void pixel_runs_f64_h16(const uint16_t* x, const uint16_t* dy, const float* mean,
+                                              const float* rstd, int mode, int64_t hw, int c, int cn, int64_t chunk,
+                                              double* s0, double* s1) {
+    pixel_runs(x, dy, mean, rstd, mode, hw, c, cn, chunk, s0, s1);
+}
+
 // out[i] = s[i] / hw (means)
 extern "C" __global__ void finish_means_f32(const double* s, int64_t n, int64_t hw, float* out) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x)
@@ -103,6 +165,13 @@ extern "C" __global__ void finish_moments_h16(const double* s0, const double* s1
     finish_moments(s0, s1, x, n, cn, hw, c, mean, rstd);
 }
 
+// Whether hin_apply and hin_backward take eight channels a thread: a normalised half of
+// whole runs of eight, every operand aligned, and the runs indexed in 32 bits.
+template <class... P>
+__device__ __forceinline__ bool hin_runs(int half, int64_t total, P... operands) {
+    return half % 8 == 0 && total / 8 < (int64_t)1 << 31 && h16::aligned16(operands...);
+}
+
 // y = leaky?(HIN(x)) from the statistics (means, then rstds, images × half each)
 template <class T>
 __device__ void hin_apply(const T* x, const float* stats, const float* gamma, const float* beta, int leaky,
@@ -111,6 +180,31 @@ __device__ void hin_apply(const T* x, const float* stats, const float* gamma, co
     const int64_t total = images * hw * c;
     const float* mean = stats;
     const float* rstd = stats + images * half;
+    if (hin_runs(half, total, x, y, mean, rstd, gamma, beta)) {
+        // eight channels a thread, all in one half: the same arithmetic a value at a time
+        const unsigned rc = (unsigned)c / 8, image = (unsigned)hw * rc;
+        for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < total / 8;
+             r += (int64_t)blockDim.x * gridDim.x) {
+            const unsigned k = (unsigned)r % rc;
+            float v[8];
+            h16::ld8(x + 8 * r, v);
+            if (8 * k < (unsigned)half) {
+                const int64_t at = (int64_t)((unsigned)r / image) * half + 8 * k;
+                float m[8], s[8], g[8], b[8];
+                h16::ld8(mean + at, m);
+                h16::ld8(rstd + at, s);
+                h16::ld8(gamma + 8 * k, g);
+                h16::ld8(beta + 8 * k, b);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) v[j] = (v[j] - m[j]) * s[j] * g[j] + b[j];
+            }
+            if (leaky)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) v[j] = v[j] > 0.0f ? v[j] : hin::SLOPE * v[j];
+            h16::st8(y + 8 * r, v);
+        }
+        return;
+    }
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)blockDim.x * gridDim.x) {
         const int ch = (int)(i % c);
@@ -142,6 +236,31 @@ __device__ void hin_backward(const T* x, const float* stats, const float* gamma,
     const float* mean = stats;
     const float* rstd = stats + images * half;
     const double n = (double)hw;
+    if (hin_runs(half, total, x, dy, dx, mean, rstd, gamma)) {
+        // eight channels a thread, all in one half: the same arithmetic a value at a time
+        const unsigned rc = (unsigned)c / 8, image = (unsigned)hw * rc;
+        for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < total / 8;
+             r += (int64_t)blockDim.x * gridDim.x) {
+            const unsigned k = (unsigned)r % rc;
+            float d[8];
+            h16::ld8(dy + 8 * r, d);
+            if (8 * k < (unsigned)half) {
+                const int64_t at = (int64_t)((unsigned)r / image) * half + 8 * k;
+                float v[8], m[8], s[8], g[8];
+                h16::ld8(x + 8 * r, v);
+                h16::ld8(mean + at, m);
+                h16::ld8(rstd + at, s);
+                h16::ld8(gamma + 8 * k, g);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const double xh = (double)((v[j] - m[j]) * s[j]);
+                    d[j] = (float)((double)s[j] * g[j] * ((double)d[j] - s0[at + j] / n - xh * s1[at + j] / n));
+                }
+            }
+            h16::st8(dx + 8 * r, d);
+        }
+        return;
+    }
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)blockDim.x * gridDim.x) {
         const int ch = (int)(i % c);
@@ -179,4 +298,62 @@ extern "C" __global__ void hin_param_grads_f32(const double* s0, const double* s
     }
     dgamma[ch] = g;
     dbeta[ch] = b;
+}
+
+// out[c] += Σ over rows of x[row][c] (the bias gradients): block (32, 8), grid (⌈cols / 32⌉,
+// row chunks); out zeroed first
+template <class T>
+__device__ void colsum(const T* x, int64_t rows, int cols, int64_t chunk, float* out) {
+    __shared__ float part[8][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    const int64_t r0 = (int64_t)blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    float s = 0.0f;
+    if (c < cols)
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) s += h16::ld(x + r * cols + c);
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        for (int i = 1; i < 8; ++i) s += part[i][threadIdx.x];
+        atomicAdd(&out[c], s);
+    }
+}
+extern "C" __global__ void colsum_f32(const float* x, int64_t rows, int cols, int64_t chunk, float* out) {
+    colsum(x, rows, cols, chunk, out);
+}
+// the same over f16 x (the bias gradient from f16 dY)
+extern "C" __global__ void colsum_h16(const uint16_t* x, int64_t rows, int cols, int64_t chunk, float* out) {
+    colsum(x, rows, cols, chunk, out);
+}
+
+// colsum eight columns a thread, for cols a multiple of eight with R = cols / 8 runs a row
+// dividing 256 (at most 32) and x aligned: block 256, grid ⌈rows / chunk⌉. Thread t sums run
+// t mod R of rows r0 + t / R, + 256 / R, ..; the block adds its lanes in shared memory. (colsum
+// gives each column a lane: 2-byte loads of f16.)
+template <class T>
+__device__ void colsum_runs(const T* x, int64_t rows, int cols, int64_t chunk, float* out) {
+    __shared__ float part[256][8];
+    const int runs = cols / 8, lanes = 256 / runs, t = threadIdx.x, k = t % runs;
+    const int64_t r0 = (int64_t)blockIdx.x * chunk, r1 = min(rows, r0 + chunk);
+    float s[8] = {};
+    for (int64_t r = r0 + t / runs; r < r1; r += lanes) {
+        float v[8];
+        h16::ld8(x + r * cols + 8 * k, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) s[j] += v[j];
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) part[t][j] = s[j];
+    __syncthreads();
+    if (t < cols) {
+        // thread 8k' + j adds column j of run k' over the lanes
+        float b = 0.0f;
+        for (int l = 0; l < lanes; ++l) b += part[l * runs + t / 8][t % 8];
+        atomicAdd(&out[t], b);
+    }
+}
+extern "C" __global__ void colsum_runs_f32(const float* x, int64_t rows, int cols, int64_t chunk, float* out) {
+    colsum_runs(x, rows, cols, chunk, out);
+}
+extern "C" __global__ void colsum_runs_h16(const uint16_t* x, int64_t rows, int cols, int64_t chunk, float* out) {
+    colsum_runs(x, rows, cols, chunk, out);
 }

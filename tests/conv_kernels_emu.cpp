@@ -7,46 +7,11 @@
 // GPU: barrier placement (a missing one shows as wrong results), the register and shared-memory
 // staging, the fragment and epilogue mapping, K splits and tile edges. What it cannot: TF32
 // rounding (identity here), timing, and anything the hardware does beyond the ISA's semantics.
-// Built and run by tests/conv_kernels_host.rs.
-#include <barrier>
-#include <cmath>
-#include <cstdint>
+// Built and run by tests/conv_ops_host.rs.
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <thread>
-#include <vector>
 
-#define __device__
-#define __forceinline__
-#define __shared__ static
-
-struct Dim3 {
-    unsigned x, y, z;
-};
-thread_local Dim3 threadIdx, blockIdx;
-Dim3 gridDim;
-static std::barrier<>* block_barrier;
-constexpr int MAX_WARPS = 8;
-static std::barrier<>* warp_barrier[MAX_WARPS];
-inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-// a warp's lanes trade values through a buffer between two of the warp's barriers
-static float shfl_buf[MAX_WARPS][32];
-inline float __shfl_xor_sync(unsigned, float v, int m) {
-    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
-    shfl_buf[w][lane] = v;
-    warp_barrier[w]->arrive_and_wait();
-    const float r = shfl_buf[w][lane ^ m];
-    warp_barrier[w]->arrive_and_wait();
-    return r;
-}
-inline void __trap() { std::abort(); }
-using std::fmaf;
-template <class T>
-T min(T a, T b) {
-    return a < b ? a : b;
-}
+#include "emu_cuda.h"
 
 namespace conv {
 inline uint32_t to_tf32(float v) {
@@ -167,17 +132,6 @@ inline void ldsm(uint32_t* r, const void* p, bool trans) {
 }
 inline void ldsm_x4(uint32_t* r, const void* p) { ldsm(r, p, false); }
 inline void ldsm_x4_t(uint32_t* r, const void* p) { ldsm(r, p, true); }
-inline float h2f(uint16_t h) {
-    _Float16 v;
-    std::memcpy(&v, &h, 2);
-    return (float)v;
-}
-inline uint16_t f2h(float f) {
-    const _Float16 v = (_Float16)f;
-    uint16_t h;
-    std::memcpy(&h, &v, 2);
-    return h;
-}
 }  // namespace h16
 #include "../kernels/conv.cu"
 
@@ -186,28 +140,9 @@ inline uint16_t f2h(float f) {
 
 using namespace conv;
 
-// A grid of 256-thread blocks, one block at a time; each thread walks the blocks in order and
-// meets the others at a barrier between them (shared arrays are reused by the next block).
+// a grid of 256-thread blocks
 static void launch(unsigned gx, unsigned gy, unsigned gz, const std::function<void()>& body) {
-    gridDim = {gx, gy, gz};
-    std::barrier<> block(256);
-    block_barrier = &block;
-    std::vector<std::barrier<>*> warps;
-    for (auto& w : warp_barrier) w = new std::barrier<>(32);
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < 256; ++t)
-        threads.emplace_back([&, t] {
-            threadIdx = {t, 0, 0};
-            for (unsigned z = 0; z < gz; ++z)
-                for (unsigned y = 0; y < gy; ++y)
-                    for (unsigned x = 0; x < gx; ++x) {
-                        blockIdx = {x, y, z};
-                        body();
-                        block.arrive_and_wait();
-                    }
-        });
-    for (auto& t : threads) t.join();
-    for (auto& w : warp_barrier) delete w;
+    launch(Dim3{gx, gy, gz}, Dim3{256, 1, 1}, body);
 }
 
 static void compare(const char* what, int mode, const std::vector<float>& got, const std::vector<float>& want) {

@@ -4,10 +4,12 @@
 //!   and four-wide, and epilogues) through a plain GEMM against the layer written out directly;
 //! - `conv_kernels_emu.cpp` runs kernels/conv.cu itself — every GEMM body, 256 threads per
 //!   block, barriers and warp-collective MMAs emulated — against the same plain GEMM;
+//! - `memory_kernels_emu.cpp` runs the element-wise, channel and half instance norm kernels'
+//!   eight-wide paths (kernels/elementwise.cu, norm.cu) against their one-at-a-time loops;
 //! - `multi_tensor_emu.cpp` runs the multi-tensor Adam and unscale blocks against the
 //!   single-tensor updates, and prints their lists' layout for the Rust side to compare.
 //!
-//! All compare exactly, on small integers (the multi-tensor check: the same arithmetic).
+//! All compare exactly, on small integers (the multi-tensor and memory checks: the same arithmetic).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -47,6 +49,14 @@ fn every_convolution_kernel_body_reproduces_its_layer_on_emulated_threads() {
     let flags = ["-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-pthread"];
     if let Some(out) = build_and_run("conv_kernels_emu.cpp", &flags) {
         assert!(out.contains("reproduce every operation exactly"), "{out}");
+    }
+}
+
+#[test]
+fn memory_passes_eight_wide_give_the_one_at_a_time_bits() {
+    let flags = ["-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-pthread"];
+    if let Some(out) = build_and_run("memory_kernels_emu.cpp", &flags) {
+        assert!(out.contains("give the one-at-a-time loops' bits"), "{out}");
     }
 }
 

@@ -872,7 +872,7 @@ fn kernel_profile_counts_each_launch() {
     g.conv2d_backward(&x, xs, &spec, &w, &dy, None, DxEpilogue::NONE, &mut dw, Some(&mut db));
     let p = g.take_profile();
     g.set_profiling(false);
-    assert!(p.iter().all(|t| t.kernel != "colsum_f32"), "{p:?}");
+    assert!(p.iter().all(|t| !t.kernel.starts_with("colsum")), "{p:?}");
     assert!(g.download(&db).iter().all(|v| v.is_finite()), "bias gradient written");
 }
 
@@ -1547,7 +1547,7 @@ fn halo_convolutions_match_the_cpu() {
     assert_eq!(launches(&p, "conv3_halo_fwd_h16"), fwd.len(), "{p:?}");
     assert_eq!(launches(&p, "conv3_halo_dx_h16"), 3, "{p:?}");
     assert_eq!(launches(&p, "conv3_halo_dw_h16"), 3, "{p:?}");
-    assert_eq!(launches(&p, "colsum_f32"), 1, "{p:?}");
+    assert_eq!(launches(&p, "colsum_runs_f32"), 1, "{p:?}");
     let gemm =
         ["conv2d_fwd_h16", "conv2d_fwd_h16n", "conv2d_fwd_cat_h16n", "conv2d_bwd_data_h16", "conv2d_bwd_data_h16n"];
     assert_eq!(gemm.iter().map(|k| launches(&p, k)).sum::<usize>(), 0, "{p:?}");
@@ -1763,6 +1763,67 @@ fn half_storage_pretraining_steps_follow_the_cpu() {
         }
     }
     assert!(!g.alloc(8).is_half(), "f16 allocation ends with the step");
+}
+
+/// The memory passes where channel counts allow eight values a thread (kernels/elementwise.cu,
+/// norm.cu: `pixel_runs_*`, `colsum_runs_*`, the eight-wide loops of the channel moves and the
+/// half instance norm) against the CPU, beside shapes that must take the one-at-a-time loops;
+/// the profile says which kernels ran.
+#[test]
+fn memory_passes_move_eight_values_a_thread_where_the_channels_allow() {
+    let Some(g) = gpu() else { return };
+    let cpu = Cpu::new();
+    g.set_profiling(true);
+    // HIN forward and backward, f16 storage: 16 normalised channels of 32 (runs), 10 of 20 (not)
+    for (i, c) in [32usize, 20].into_iter().enumerate() {
+        let i = i as u64;
+        let s = Shape { n: 2, h: 13, w: 11, c };
+        let half = c / 2;
+        let x = f16_rounded(rnd(s.len(), 400 + i, -2.0, 3.0));
+        let dy = f16_rounded(rnd(s.len(), 410 + i, -1.0, 1.0));
+        let (gamma, beta) = (rnd(half, 420 + i, 0.5, 1.5), rnd(half, 430 + i, -0.5, 0.5));
+        let (mut y, mut st) = (vec![0f32; s.len()], vec![0f32; 2 * s.n * half]);
+        cpu.hin_forward(&x, s, &gamma, &beta, true, &mut y, &mut st);
+        let (mut dx, mut dgm, mut dbt) = (vec![0f32; s.len()], vec![0f32; half], vec![0f32; half]);
+        cpu.hin_backward(&x, s, &gamma, &st, &dy, &mut dx, &mut dgm, &mut dbt);
+        let (xg, gg) = (g.upload_half(&x), g.upload(&gamma));
+        let (mut yg, mut stg) = (nan_half(&g, s.len()), nan(&g, st.len()));
+        g.hin_forward(&xg, s, &gg, &g.upload(&beta), true, &mut yg, &mut stg);
+        check(&format!("HIN {c} channels"), &g, &yg, &y, 2e-3);
+        check(&format!("HIN {c} channels: statistics"), &g, &stg, &st, 1e-5);
+        let (mut dxg, mut dgg, mut dbg) = (nan_half(&g, s.len()), nan(&g, half), nan(&g, half));
+        g.hin_backward(&xg, s, &gg, &stg, &g.upload_half(&dy), &mut dxg, &mut dgg, &mut dbg);
+        check(&format!("HIN {c} channels: dX"), &g, &dxg, &dx, 2e-3);
+        check(&format!("HIN {c} channels: dγ"), &g, &dgg, &dgm, 1e-4);
+        check(&format!("HIN {c} channels: dβ"), &g, &dbg, &dbt, 1e-5);
+    }
+    // the decoder's split of a concatenation's gradient, 64 + 32 channels, f16
+    let (ca, cb, px) = (64usize, 32usize, 1_003usize);
+    let d = f16_rounded(rnd(px * (ca + cb), 440, -1.0, 1.0));
+    let (mut wa, mut wb) = (vec![0f32; px * ca], vec![0f32; px * cb]);
+    cpu.split_channels(&d, ca, cb, &mut wa, &mut wb);
+    let (mut ga, mut gb) = (nan_half(&g, px * ca), nan_half(&g, px * cb));
+    g.split_channels(&g.upload_half(&d), ca, cb, &mut ga, &mut gb);
+    check("f16 split 64 + 32: first part", &g, &ga, &wa, 1e-7);
+    check("f16 split 64 + 32: second part", &g, &gb, &wb, 1e-7);
+    // channel means over 64 channels (runs) and 70 (not), f32
+    for (i, c) in [64usize, 70].into_iter().enumerate() {
+        let s = Shape { n: 3, h: 9, w: 17, c };
+        let x = rnd(s.len(), 450 + i as u64, -1.0, 2.0);
+        let mut m = vec![0f32; s.n * c];
+        cpu.spatial_mean(&x, s, &mut m);
+        let mut gm = nan(&g, m.len());
+        g.spatial_mean(&g.upload(&x), s, &mut gm);
+        check(&format!("spatial mean of {c} channels"), &g, &gm, &m, 1e-6);
+    }
+    let p = g.take_profile();
+    g.set_profiling(false);
+    // eight-wide: the 32-channel HIN's statistics (forward and backward) and the 64 means; one at
+    // a time: the 20-channel HIN's and the 70 means
+    assert_eq!(launches(&p, "pixel_runs_f64_h16"), 2, "{p:?}");
+    assert_eq!(launches(&p, "pixel_sums_f64_h16"), 2, "{p:?}");
+    assert_eq!(launches(&p, "pixel_runs_f64"), 1, "{p:?}");
+    assert_eq!(launches(&p, "pixel_sums_f64"), 1, "{p:?}");
 }
 
 /// The f16 forms of the element-wise kernels and the MSE (`*_h16`: add_assign, LeakyReLU's and

@@ -204,6 +204,13 @@ pub(super) fn cfg_elems(n: usize) -> LaunchConfig {
     cfg1(n.div_ceil(THREADS as usize).clamp(1, 16384), THREADS)
 }
 
+/// The grid of a memory pass over `n` values whose kernel moves eight at a time where `runs`
+/// (and its operands are aligned, as the pool's are; one at a time otherwise, which this grid
+/// also runs, only slower): a thread a run of eight.
+fn cfg_runs(n: usize, runs: bool) -> LaunchConfig {
+    cfg_elems(if runs { n.div_ceil(8) } else { n })
+}
+
 impl Cuda {
     /// The backend on device `ordinal`, or why it cannot run here.
     pub fn new(ordinal: usize, precision: Precision) -> Result<Cuda, String> {
@@ -531,7 +538,8 @@ impl Cuda {
     fn pixel_sums(&self, x: u64, dy: u64, mean: u64, rstd: u64, mode: i32, s: Shape, cn: usize, s0: u64, s1: u64) {
         self.pixel_sums_of("pixel_sums_f64", x, dy, mean, rstd, mode, s, cn, s0, s1);
     }
-    /// The same by `kernel`: `pixel_sums_f64`, or `pixel_sums_f64_h16` where x is f16.
+    /// The same by `kernel`: `pixel_sums_f64`, or `pixel_sums_f64_h16` where x is f16; each
+    /// as `pixel_runs_*` (eight channels a thread) where the layout allows it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn pixel_sums_of(
         &self,
@@ -552,6 +560,32 @@ impl Cuda {
             self.zero_bytes(s1, at * 8);
         }
         let hw = s.h * s.w;
+        // the operands the mode reads (mean and rstd are f32 rows of cn per image)
+        let read = match mode {
+            0 | 3 => vec![x],
+            1 => vec![x, mean],
+            _ => vec![x, dy, mean, rstd],
+        };
+        let runs = cn / 8;
+        if cn % 8 == 0
+            && s.c % 8 == 0
+            && (1..=32).contains(&runs)
+            && 256 % runs == 0
+            && read.iter().all(|p| p % 16 == 0)
+        {
+            let kernel = match kernel {
+                "pixel_sums_f64" => "pixel_runs_f64",
+                "pixel_sums_f64_h16" => "pixel_runs_f64_h16",
+                other => unreachable!("pixel sums by {other}"),
+            };
+            // eight blocks an SM, each thread a few runs or more
+            let chunks = (8 * self.sms).div_ceil(s.n).clamp(1, hw.div_ceil(4 * 256 / runs).max(1));
+            let chunk = hw.div_ceil(chunks).max(1);
+            let grid = (hw.div_ceil(chunk).max(1) as u32, 1, s.n as u32);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            launch!(self, kernel, cfg, x, dy, mean, rstd, mode, hw as i64, s.c as i32, cn as i32, chunk as i64, s0, s1);
+            return;
+        }
         let groups = cn.div_ceil(32);
         let chunks = (4 * self.sms).div_ceil(s.n * groups).clamp(1, hw.div_ceil(64).max(1));
         let chunk = hw.div_ceil(chunks).max(1);
@@ -568,8 +602,22 @@ impl Cuda {
         self.colsum_of("colsum_f32", x, rows, cols, out);
     }
     /// The same by `kernel`: `colsum_f32`, or `colsum_h16` where x is f16.
+    /// Where cols is a multiple of eight (at most 256, its runs of eight dividing 256) and x
+    /// aligned, as `colsum_runs_*`: eight columns a thread.
     pub(super) fn colsum_of(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: u64) {
         self.zero_bytes(out, cols * 4);
+        let runs = cols / 8;
+        if cols % 8 == 0 && (1..=32).contains(&runs) && 256 % runs == 0 && x % 16 == 0 {
+            let kernel = match kernel {
+                "colsum_f32" => "colsum_runs_f32",
+                "colsum_h16" => "colsum_runs_h16",
+                other => unreachable!("column sums by {other}"),
+            };
+            // eight blocks an SM, each thread a few runs or more
+            let chunk = rows.div_ceil(8 * self.sms).max(4 * 256 / runs);
+            launch!(self, kernel, cfg1(rows.div_ceil(chunk), THREADS), x, rows as i64, cols as i32, chunk as i64, out);
+            return;
+        }
         let chunk = 4096usize;
         let cfg = LaunchConfig {
             grid_dim: (cols.div_ceil(32) as u32, rows.div_ceil(chunk).max(1) as u32, 1),
@@ -756,7 +804,7 @@ impl Cuda {
         match (a.half, b.half) {
             (k, l) if k == l => {
                 let (kernel, at_of) = by_kind(k, names);
-                launch!(self, kernel, cfg_elems(a.len), at_of(self, a), at_of(self, b), a.len as i64);
+                launch!(self, kernel, cfg_runs(a.len, true), at_of(self, a), at_of(self, b), a.len as i64);
             }
             _ => {
                 let aw = self.widened(a);
@@ -1245,7 +1293,7 @@ impl Backend for Cuda {
         launch!(
             self,
             names[2],
-            cfg_elems(s.len()),
+            cfg_runs(s.len(), half % 8 == 0),
             xp,
             st,
             self.ptr(gamma),
@@ -1295,7 +1343,7 @@ impl Backend for Cuda {
         launch!(
             self,
             names[1],
-            cfg_elems(s.len()),
+            cfg_runs(s.len(), half % 8 == 0),
             xp,
             st,
             self.ptr(gamma),
@@ -1340,7 +1388,7 @@ impl Backend for Cuda {
         launch!(
             self,
             kernel,
-            cfg_elems(out.len),
+            cfg_runs(out.len, ca % 8 == 0 && cb % 8 == 0),
             at_of(self, a),
             ca as i32,
             at_of(self, b),
@@ -1364,7 +1412,7 @@ impl Backend for Cuda {
         launch!(
             self,
             kernel,
-            cfg_elems(d.len),
+            cfg_runs(d.len, ca % 8 == 0 && cb % 8 == 0),
             ptr(self, d),
             ca as i32,
             cb as i32,
