@@ -108,6 +108,9 @@ pub struct Cuda {
     pub(super) stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// entry points looked up and absent: a kernel image from an older build
+    /// (`SPAHDMAP_GPU_KERNELS`) lacks the later ones, and their callers fall back
+    absent: Mutex<std::collections::HashSet<&'static str>>,
     /// blocks each kernel keeps resident per SM at its block size (the driver's occupancy figure)
     resident: Mutex<HashMap<&'static str, usize>>,
     /// released buffers by (length, f16)
@@ -247,6 +250,7 @@ impl Cuda {
             stream,
             module,
             funcs: Mutex::default(),
+            absent: Mutex::default(),
             resident: Mutex::default(),
             pool: Mutex::default(),
             half_acts: AtomicBool::new(false),
@@ -312,6 +316,22 @@ impl Cuda {
         if on {
             self.half_storage.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the loaded kernel image has entry point `name`.
+    pub(super) fn has_kernel(&self, name: &'static str) -> bool {
+        if self.funcs.lock().unwrap().contains_key(name) {
+            return true;
+        }
+        let mut absent = self.absent.lock().unwrap();
+        if absent.contains(name) {
+            return false;
+        }
+        let found = self.module.load_function(name).is_ok();
+        if !found {
+            absent.insert(name);
+        }
+        found
     }
 
     pub(super) fn func(&self, name: &'static str) -> CudaFunction {
@@ -567,17 +587,19 @@ impl Cuda {
             _ => vec![x, dy, mean, rstd],
         };
         let runs = cn / 8;
+        let by_runs = match kernel {
+            "pixel_sums_f64" => "pixel_runs_f64",
+            "pixel_sums_f64_h16" => "pixel_runs_f64_h16",
+            other => unreachable!("pixel sums by {other}"),
+        };
         if cn % 8 == 0
             && s.c % 8 == 0
             && (1..=32).contains(&runs)
             && 256 % runs == 0
             && read.iter().all(|p| p % 16 == 0)
+            && self.has_kernel(by_runs)
         {
-            let kernel = match kernel {
-                "pixel_sums_f64" => "pixel_runs_f64",
-                "pixel_sums_f64_h16" => "pixel_runs_f64_h16",
-                other => unreachable!("pixel sums by {other}"),
-            };
+            let kernel = by_runs;
             // eight blocks an SM, each thread a few runs or more
             let chunks = (8 * self.sms).div_ceil(s.n).clamp(1, hw.div_ceil(4 * 256 / runs).max(1));
             let chunk = hw.div_ceil(chunks).max(1);
@@ -607,12 +629,13 @@ impl Cuda {
     pub(super) fn colsum_of(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: u64) {
         self.zero_bytes(out, cols * 4);
         let runs = cols / 8;
-        if cols % 8 == 0 && (1..=32).contains(&runs) && 256 % runs == 0 && x % 16 == 0 {
-            let kernel = match kernel {
-                "colsum_f32" => "colsum_runs_f32",
-                "colsum_h16" => "colsum_runs_h16",
-                other => unreachable!("column sums by {other}"),
-            };
+        let by_runs = match kernel {
+            "colsum_f32" => "colsum_runs_f32",
+            "colsum_h16" => "colsum_runs_h16",
+            other => unreachable!("column sums by {other}"),
+        };
+        if cols % 8 == 0 && (1..=32).contains(&runs) && 256 % runs == 0 && x % 16 == 0 && self.has_kernel(by_runs) {
+            let kernel = by_runs;
             // eight blocks an SM, each thread a few runs or more
             let chunk = rows.div_ceil(8 * self.sms).max(4 * 256 / runs);
             launch!(self, kernel, cfg1(rows.div_ceil(chunk), THREADS), x, rows as i64, cols as i32, chunk as i64, out);
