@@ -87,7 +87,7 @@ __device__ void pixel_runs(const T* x, const T* dy, const float* mean, const flo
     const int runs = cn / 8, lanes = 256 / runs, t = threadIdx.x, k = t % runs, img = blockIdx.z;
     const int64_t p0 = (int64_t)blockIdx.x * chunk, p1 = min(hw, p0 + chunk), at = (int64_t)img * cn + 8 * k;
     float m[8] = {}, r[8] = {};
-    if (mode == 3) h16::ld8(x + (int64_t)img * hw * c + 8 * k, m);
+    if (mode == 3 && hw > 0) h16::ld8(x + (int64_t)img * hw * c + 8 * k, m);
     else if (mode) h16::ld8(mean + at, m);
     if (mode == 2) h16::ld8(rstd + at, r);
     double a0[8] = {}, a1[8] = {};
@@ -165,11 +165,12 @@ extern "C" __global__ void finish_moments_h16(const double* s0, const double* s1
     finish_moments(s0, s1, x, n, cn, hw, c, mean, rstd);
 }
 
-// Whether hin_apply and hin_backward take eight channels a thread: a normalised half of
-// whole runs of eight, every operand aligned, and the runs indexed in 32 bits.
+// Whether hin_apply and hin_backward take eight channels a thread: pixels and their
+// normalised half both of whole runs of eight (an odd c has a half of c / 2 but pixels that
+// runs would straddle), every operand aligned, and the runs indexed in 32 bits.
 template <class... P>
-__device__ __forceinline__ bool hin_runs(int half, int64_t total, P... operands) {
-    return half % 8 == 0 && total / 8 < (int64_t)1 << 31 && h16::aligned16(operands...);
+__device__ __forceinline__ bool hin_runs(int c, int64_t total, P... operands) {
+    return c % 16 == 0 && total / 8 < (int64_t)1 << 31 && h16::aligned16(operands...);
 }
 
 // y = leaky?(HIN(x)) from the statistics (means, then rstds, images × half each)
@@ -180,7 +181,7 @@ __device__ void hin_apply(const T* x, const float* stats, const float* gamma, co
     const int64_t total = images * hw * c;
     const float* mean = stats;
     const float* rstd = stats + images * half;
-    if (hin_runs(half, total, x, y, mean, rstd, gamma, beta)) {
+    if (hin_runs(c, total, x, y, mean, rstd, gamma, beta)) {
         // eight channels a thread, all in one half: the same arithmetic a value at a time
         const unsigned rc = (unsigned)c / 8, image = (unsigned)hw * rc;
         for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < total / 8;
@@ -236,7 +237,7 @@ __device__ void hin_backward(const T* x, const float* stats, const float* gamma,
     const float* mean = stats;
     const float* rstd = stats + images * half;
     const double n = (double)hw;
-    if (hin_runs(half, total, x, dy, dx, mean, rstd, gamma)) {
+    if (hin_runs(c, total, x, dy, dx, mean, rstd, gamma)) {
         // eight channels a thread, all in one half: the same arithmetic a value at a time
         const unsigned rc = (unsigned)c / 8, image = (unsigned)hw * rc;
         for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < total / 8;

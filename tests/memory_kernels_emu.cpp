@@ -242,6 +242,8 @@ static void every_kernel() {
     half_norm<T>(3, 19, 64, 2);
     half_norm<T>(1, 23, 48, 1);        // 24 normalised: three runs of eight, then the other half
     half_norm<T>(2, 11, 20, 1);        // 10 normalised: one at a time both ways
+    half_norm<T>(2, 37, 17, 3);        // odd c: a half of 8, but pixels of 17 (one at a time)
+    half_norm<T>(1, 5, 33, 1);
     sums<T>(2, 300, 32, 16, 128);      // HIN's half of the first down block: 2 runs, 128 lanes
     sums<T>(3, 77, 64, 64, 40);        // every channel (spatial means), 8 runs, a short last chunk
     sums<T>(1, 50, 256, 128, 50);      // 16 runs, 16 lanes

@@ -1316,7 +1316,7 @@ impl Backend for Cuda {
         launch!(
             self,
             names[2],
-            cfg_runs(s.len(), half % 8 == 0),
+            cfg_runs(s.len(), s.c % 16 == 0),
             xp,
             st,
             self.ptr(gamma),
@@ -1366,7 +1366,7 @@ impl Backend for Cuda {
         launch!(
             self,
             names[1],
-            cfg_runs(s.len(), half % 8 == 0),
+            cfg_runs(s.len(), s.c % 16 == 0),
             xp,
             st,
             self.ptr(gamma),
