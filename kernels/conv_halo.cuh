@@ -45,6 +45,15 @@ DEV HaloTile halo_tile(int b, int h, int w) {
     const int x = b % tx, r = b / tx;
     return HaloTile{r / ty, (r % ty) * HALO_T, x * HALO_T};
 }
+// The tile `by` tiles on from t, by = dy · ⌈w / 16⌉ + dx (dx < ⌈w / 16⌉) given as dx, dy: adds
+// and compares, where halo_tile divides (a walker's next tile, every step)
+DEV HaloTile halo_advance(HaloTile t, int dx, int dy, int h, int w) {
+    t.x0 += HALO_T * dx;
+    if (t.x0 >= w) t.x0 -= (w + HALO_T - 1) / HALO_T * HALO_T, ++dy;
+    t.y0 += HALO_T * dy;
+    while (t.y0 >= h) t.y0 -= (h + HALO_T - 1) / HALO_T * HALO_T, ++t.img;
+    return t;
+}
 
 // The copies of a step, and the epilogue's stores, go to threads so that each thread's differ
 // by constant offsets: a pointer add and a row check each. The loops they replace divided every
@@ -114,9 +123,11 @@ static_assert(HALO_T * HALO_T * HALO_CS * 4 <= HALO_FWD_STAGE * 2, "a tile's f32
 
 // out(m, n) over the 16 × 16 tiles of n images of h × w and N columns: block b takes columns
 // n0 = 32·(b mod ⌈N / 32⌉) .. and walks tiles b / ⌈N / 32⌉, + gridDim.x / ⌈N / 32⌉, .. (one wave
-// of blocks: the next step's copies fly while this one's MMAs and epilogue run). A step is one
-// (tile, 32-channel chunk): Σ over taps and the chunk's channels of the staged input at the
-// pixel shifted by the tap (mirrored where DX) times the weights. After a tile's last chunk the
+// of blocks: the next step's copies fly while this one's MMAs and epilogue run; the tile and
+// chunk carried from step to step, where dividing them out again took six integer divisions,
+// ~110 instructions a step). A step is one (tile, 32-channel chunk): Σ over taps and the
+// chunk's channels of the staged input at the pixel shifted by the tap (mirrored where DX)
+// times the weights. After a tile's last chunk the
 // GEMM's epilogues (FwdOut, DxOutH; m the pixel's index, N columns) write it: where N is a
 // multiple of 8, from the tile's f32 result staged in the slot just read, eight columns a
 // thread (`store8`: on the H200 the pairs of `store` from the MMA fragments took 36 % more
@@ -153,17 +164,21 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
                 for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     };
     zero();
-    // step s's halo and weights into slot s mod 2 (one cp.async group)
-    auto stage = [&](int s) {
+    // step s (chunk k of tile t)'s halo and weights into slot s mod 2 (one cp.async group)
+    auto stage = [&](int s, int k, const HaloTile& t) {
         uint16_t* hs = smem + (s & 1) * HALO_FWD_STAGE;
-        const int c0 = HALO_C * (s % chunks);
-        halo_stage(hs, x, x2, ca, C, c0, halo_tile(first + s / chunks * walkers, h, w), h, w);
-        halo_weights(hs + HALO_PX * HALO_ROW, wt, np, C, c0, n0);
+        halo_stage(hs, x, x2, ca, C, HALO_C * k, t, h, w);
+        halo_weights(hs + HALO_PX * HALO_ROW, wt, np, C, HALO_C * k, n0);
     };
-    if (steps > 0) stage(0);
+    // this step's tile and chunk, carried from step to step; a walker moves `walkers` tiles on
+    const int tx = (w + HALO_T - 1) / HALO_T, wdx = walkers % tx, wdy = walkers / tx;
+    HaloTile t = halo_tile(first, h, w);
+    int k = 0;
+    if (steps > 0) stage(0, 0, t);
     cp_commit();
     for (int s = 0; s < steps; ++s) {
-        if (s + 1 < steps) stage(s + 1);
+        const bool last = k == chunks - 1;  // this tile's last chunk: its epilogue follows
+        if (s + 1 < steps) stage(s + 1, last ? 0 : k + 1, last ? halo_advance(t, wdx, wdy, h, w) : t);
         cp_commit();
         cp_wait<1>();     // this step's group has landed, for this thread
         __syncthreads();  // and for every thread
@@ -192,8 +207,10 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
             }
         }
         __syncthreads();  // every warp is done with this slot before the step after next fills it
-        if (s % chunks != chunks - 1) continue;
-        const HaloTile t = halo_tile(first + s / chunks * walkers, h, w);
+        if (!last) {
+            ++k;
+            continue;
+        }
         const int gq = lane / 4, tq = lane % 4;
         if (N % 8 == 0) {
             // through this slot (free until the step after next stages into it) as f32, then
@@ -239,6 +256,8 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
             }
         }
         zero();  // for the next tile
+        t = halo_advance(t, wdx, wdy, h, w);
+        k = 0;
     }
     cp_wait<0>();
 }

@@ -493,9 +493,12 @@ static void halo_layers() {
     halo_fwd_case(1, 18, 17, 64, 0, 72, true, 2);   // three column blocks, the last 8 wide; 2 chunks × 2 tiles
     halo_fwd_case(2, 8, 9, 32, 64, 64, false, 1);   // unequal parts of a concatenation, two column blocks
     halo_fwd_case(2, 33, 17, 32, 0, 32, false, 2);  // 12 tiles on 2 walkers, each slot refilled
+    halo_fwd_case(5, 9, 20, 32, 0, 32, true, 3);    // 10 tiles on 3 walkers: steps wrap rows and images
+    halo_fwd_case(4, 7, 7, 64, 0, 32, false, 3);    // a tile an image: a step crosses 3 images; 2 chunks
     halo_dx_case(2, 17, 19, 32, 32, true, 3);       // LeakyReLU's derivative and the accumulation fused
     halo_dx_case(1, 10, 18, 20, 64, false, 1);      // into 20 channels (np 24) from 64: 2 chunks × 2 tiles
     halo_dx_case(1, 10, 18, 72, 64, true, 2);       // into 72 channels: three column blocks
+    halo_dx_case(3, 9, 9, 32, 64, false, 2);        // a tile an image on 2 walkers, 2 chunks each
     halo_dw_case(2, 17, 19, 32, 32, 3, true);    // 8 partial tiles over 3 blocks, the bias gradient too
     halo_dw_case(1, 20, 33, 64, 24, 2, true);    // two channel chunks (the bias from the first), N = 24
     halo_dw_case(1, 9, 7, 32, 8, 4, false);      // one tile, blocks without one; N = 8, no bias
