@@ -298,10 +298,9 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
 #pragma unroll
     for (int q = 0; q < 4; ++q) ext[q] = 0.0f;
     // tile b's halo and dY into stage s (one cp.async group with whatever the caller adds)
-    auto stage = [&](int b, int s) {
+    auto stage = [&](const HaloTile& t, int s) {
         uint16_t* hs = smem + s * HALO_DW_STAGE;
         uint16_t* ds = hs + HALO_PX * HALO_ROW;
-        const HaloTile t = halo_tile(b, h, w);
         halo_stage(hs, x, nullptr, 0, C, c0, t, h, w);
         // thread t: chunk t mod 4 of tile pixels t / 4, + 64, .. (tile rows four apart)
         const int q = threadIdx.x % 4, px = threadIdx.x / 4, y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
@@ -314,11 +313,17 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
             cp_async16(ds + swizzled<4>(px, q) + i * 64 * HALO_N, in ? g : dy, in);
         }
     };
-    // two stages: the next tile's copies fly while this one's MMAs run
-    if ((int)blockIdx.x < tiles) stage((int)blockIdx.x, 0);
+    // two stages: the next tile's copies fly while this one's MMAs run; the next tile carried
+    // from tile to tile (halo_advance), gridDim.x tiles on
+    const int tx = (w + HALO_T - 1) / HALO_T, wdx = (int)gridDim.x % tx, wdy = (int)gridDim.x / tx;
+    HaloTile next = halo_tile((int)blockIdx.x, h, w);
+    if ((int)blockIdx.x < tiles) stage(next, 0);
     cp_commit();
     for (int b = blockIdx.x, k = 0; b < tiles; b += gridDim.x, ++k) {
-        if (b + (int)gridDim.x < tiles) stage(b + (int)gridDim.x, (k + 1) & 1);
+        if (b + (int)gridDim.x < tiles) {
+            next = halo_advance(next, wdx, wdy, h, w);
+            stage(next, (k + 1) & 1);
+        }
         cp_commit();
         cp_wait<1>();  // this tile's group has landed, for this thread
         __syncthreads();  // and for every thread

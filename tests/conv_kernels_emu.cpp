@@ -503,6 +503,7 @@ static void halo_layers() {
     halo_dw_case(1, 20, 33, 64, 24, 2, true);    // two channel chunks (the bias from the first), N = 24
     halo_dw_case(1, 9, 7, 32, 8, 4, false);      // one tile, blocks without one; N = 8, no bias
     halo_dw_case(1, 17, 18, 64, 72, 3, true);    // 2 chunks × 3 column blocks (the last 8 wide)
+    halo_dw_case(4, 7, 7, 32, 32, 3, true);      // a tile an image on 3 blocks: a step crosses 3 images
 }
 
 static void half_up_case(int n, int h, int w, int cin, int cout) {
