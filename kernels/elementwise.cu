@@ -14,13 +14,27 @@
 constexpr float LEAKY_SLOPE = 0.2f;
 constexpr float LOGIT_EPS = 1.388794e-11f;
 
-// f(i) for i = 0, 8, 16, .. < n as eight values from i when `vec`, then one(i) for the rest
-// (all of [0, n) when not `vec`).
-template <class Eight, class One>
-__device__ void by_eight(int64_t n, bool vec, Eight eight, One one) {
-    const int64_t n8 = vec ? n / 8 : 0;
-    GRID_STRIDE(j, n8) eight(8 * j);
-    GRID_STRIDE(i, n - 8 * n8) one(8 * n8 + i);
+// b[i] = f(a[i], b[i]) (or f(a[i]) where b is only written: `Reads`), eight values a thread
+// where both are aligned, then one at a time for the rest: one formula for both paths.
+template <bool Reads, class T, class F>
+__device__ void each(const T* a, T* b, int64_t n, F f) {
+    auto one = [&](float u, float v) {
+        if constexpr (Reads) return f(u, v);
+        else return f(u);
+    };
+    const int64_t n8 = h16::aligned16(a, b) ? n / 8 : 0;
+    GRID_STRIDE(r, n8) {
+        float u[8], v[8] = {};
+        h16::ld8(a + 8 * r, u);
+        if (Reads) h16::ld8(b + 8 * r, v);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = one(u[k], v[k]);
+        h16::st8(b + 8 * r, v);
+    }
+    GRID_STRIDE(t, n - 8 * n8) {
+        const int64_t i = 8 * n8 + t;
+        h16::st(b + i, one(h16::ld(a + i), Reads ? h16::ld(b + i) : 0.0f));
+    }
 }
 
 // Each kernel of this group once for f32 storage and once (`_h16`) for f16: the same f32
@@ -32,17 +46,7 @@ __device__ void by_eight(int64_t n, bool vec, Eight eight, One one) {
 // y += x
 template <class T>
 __device__ void add_assign(const T* x, T* y, int64_t n) {
-    by_eight(
-        n, h16::aligned16(x, y),
-        [&](int64_t i) {
-            float a[8], b[8];
-            h16::ld8(y + i, a);
-            h16::ld8(x + i, b);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) a[j] += b[j];
-            h16::st8(y + i, a);
-        },
-        [&](int64_t i) { h16::st(y + i, h16::ld(y + i) + h16::ld(x + i)); });
+    each<true>(x, y, n, [](float a, float b) { return b + a; });
 }
 #define X_Y_PARAMS(T) const T *x, T *y, int64_t n
 F32_AND_H16(add_assign, X_Y_PARAMS, (x, y, n))
@@ -50,58 +54,22 @@ F32_AND_H16(add_assign, X_Y_PARAMS, (x, y, n))
 // dy *= (y > 0 ? 1 : slope), from the activation's output
 template <class T>
 __device__ void leaky_relu_backward(const T* y, T* dy, int64_t n) {
-    by_eight(
-        n, h16::aligned16(y, dy),
-        [&](int64_t i) {
-            float a[8], d[8];
-            h16::ld8(y + i, a);
-            h16::ld8(dy + i, d);
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-                if (a[j] <= 0.0f) d[j] *= LEAKY_SLOPE;
-            h16::st8(dy + i, d);
-        },
-        [&](int64_t i) {
-            if (h16::ld(y + i) <= 0.0f) h16::st(dy + i, h16::ld(dy + i) * LEAKY_SLOPE);
-        });
+    each<true>(y, dy, n, [](float a, float d) { return a <= 0.0f ? d * LEAKY_SLOPE : d; });
 }
 #define Y_DY_PARAMS(T) const T *y, T *dy, int64_t n
 F32_AND_H16(leaky_relu_backward, Y_DY_PARAMS, (y, dy, n))
 
 // y = sigmoid(x)
-__device__ __forceinline__ float logistic(float v) { return 1.0f / (1.0f + expf(-v)); }
 template <class T>
 __device__ void sigmoid(const T* x, T* y, int64_t n) {
-    by_eight(
-        n, h16::aligned16(x, y),
-        [&](int64_t i) {
-            float v[8];
-            h16::ld8(x + i, v);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = logistic(v[j]);
-            h16::st8(y + i, v);
-        },
-        [&](int64_t i) { h16::st(y + i, logistic(h16::ld(x + i))); });
+    each<false>(x, y, n, [](float v) { return 1.0f / (1.0f + expf(-v)); });
 }
 F32_AND_H16(sigmoid, X_Y_PARAMS, (x, y, n))
 
 // dy *= y (1 - y)
 template <class T>
 __device__ void sigmoid_backward(const T* y, T* dy, int64_t n) {
-    by_eight(
-        n, h16::aligned16(y, dy),
-        [&](int64_t i) {
-            float v[8], d[8];
-            h16::ld8(y + i, v);
-            h16::ld8(dy + i, d);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) d[j] *= v[j] * (1.0f - v[j]);
-            h16::st8(dy + i, d);
-        },
-        [&](int64_t i) {
-            const float v = h16::ld(y + i);
-            h16::st(dy + i, h16::ld(dy + i) * (v * (1.0f - v)));
-        });
+    each<true>(y, dy, n, [](float v, float d) { return d * (v * (1.0f - v)); });
 }
 F32_AND_H16(sigmoid_backward, Y_DY_PARAMS, (y, dy, n))
 

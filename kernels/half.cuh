@@ -33,7 +33,6 @@ template <class T>
 struct alignas(16) Pack8 {
     T v[8];
 };
-using Half8 = Pack8<uint16_t>;
 template <class T>
 H16_FN Pack8<T> load8(const T* p) {
     return *reinterpret_cast<const Pack8<T>*>(p);
