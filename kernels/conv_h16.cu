@@ -106,6 +106,9 @@ struct FwdOut {
         }
         h16::st8(y + at, o);
     }
+    // whether GEMM rows go out eight columns at a time (store_row8), and row m's columns n ..
+    DEV bool rows8() const { return cout % 8 == 0; }
+    DEV void store_row8(int64_t m, int n, const float* v) const { store8(m * cout + n, n, v); }
     // columns n and n + 1 (n + 1 < N where `pair`) of GEMM row m: one 32-bit store where the
     // pair is aligned (even cout)
     DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
@@ -132,6 +135,17 @@ struct UpOut {
         const uint32_t tap = by_cout.div((uint32_t)n), co = (uint32_t)n - tap * by_cout.d;
         const int64_t oy = 2 * yy + (tap >> 1), ox = 2 * (r - yy * w) + (tap & 1);
         return (((int64_t)img * 2 * h + oy) * 2 * w + ox) * cout + co;
+    }
+    // with cout a multiple of 8, columns n .. n + 7 (n a multiple of 8) are eight channels of one
+    // output pixel: one 16-byte store
+    DEV bool rows8() const { return cout % 8 == 0; }
+    DEV void store_row8(int64_t m, int n, const float* v) const {
+        const int co = n % cout;
+        float b[8] = {}, o[8];
+        if (bias) h16::ld8(bias + co, b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = v[j] + b[j];
+        h16::st8(y + at(m, n), o);
     }
     // with an even cout, n and n + 1 (n even) are channels co, co + 1 of one output pixel: one
     // aligned 32-bit store
@@ -175,6 +189,8 @@ struct DxOutH {
         }
         h16::st8(dx + at, o);
     }
+    DEV bool rows8() const { return cin % 8 == 0; }
+    DEV void store_row8(int64_t m, int n, const float* v) const { store8(m * cin + n, n, v); }
     DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
         const int64_t at = m * cin + n;
         const uint16_t h0 = f2h(finish(at, v0));
@@ -366,6 +382,39 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
 
     // C fragments: c0, c1 at (row g, columns 2t, 2t + 1), c2, c3 at row g + 8
     const int gq = lane / 4, tq = lane % 4;
+    if (out.rows8()) {
+        // through shared memory, eight columns a thread: whole 16-byte runs of a row's columns
+        // (the fragments' pairs, four bytes each, left the halo kernels' stores at 36 % more
+        // memory sectors than needed on the H200). In two passes of 64 rows — the MMA rows i of
+        // every warp — so that a pass's f32 tile fits where A was staged.
+        constexpr int CS = TBN + 4;  // floats a staged row takes
+        static_assert(64 * CS * 4 <= sizeof(As), "a pass of the f32 tile fits A's slots");
+        float* cs = reinterpret_cast<float*>(&As[0][0]);
+        const int rq = tid % (TBN / 8), rr = tid / (TBN / 8);  // this thread's column run, first row
+        constexpr int RSTEP = THREADS / (TBN / 8);              // rows apart: 32 (TBN 64) or 64
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            __syncthreads();  // every warp is done with A's slots (i = 0) or the last pass's rows
+#pragma unroll
+            for (int j = 0; j < JN; ++j)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    float* c = cs + ((warp % 4) * 16 + gq + 8 * h) * CS + wn + 8 * j + 2 * tq;
+                    c[0] = acc[i][j][2 * h], c[1] = acc[i][j][2 * h + 1];
+                }
+            __syncthreads();
+#pragma unroll
+            for (int r = rr; r < 64; r += RSTEP) {
+                // staged row r: the MMA row i of warp r / 16's 32 rows
+                const int64_t m = m0 + 32 * (r / 16) + 16 * i + r % 16;
+                const int n = n0 + 8 * rq;
+                if (m >= M || n >= N) continue;
+                const int64_t at = MODE == DX_PHASED ? phased.mi(m, M).p : m;
+                out.store_row8(at, n, cs + r * CS + 8 * rq);
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -481,6 +530,7 @@ DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias
 }  // namespace h16
 
 #include "conv_halo.cuh"
+#include "conv_img.cuh"
 
 #ifdef __CUDACC__
 #define H16_LOOP(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
@@ -579,6 +629,22 @@ extern "C" __global__ void up2_dw_unpack_f32(const float* t, int cin, int cout, 
         const int64_t ci = i / (4 * cout), r = i - ci * 4 * cout;  // r = tap·cout + co
         dw[i] = t[r * cin + ci];
     }
+}
+
+// The image's 3 × 3 layer (f32, 1–3 channels) into f16 on tensor cores, and its weight and bias
+// gradients from f16 dY (conv_img.cuh; the host asks img_mma_fits): 128-thread blocks walking
+// the 8 × 16 tiles, one wave
+extern "C" __global__ void __launch_bounds__(h16::IMG_THREADS)
+    conv2d_fwd_image_mma_h16(const float* x, const float* wt, const float* bias, uint16_t* y, int leaky, int n, int h,
+                             int w, int cin, int cout) {
+    if (!h16::img_mma_fits(3, 1, 1, cin, cout)) __trap();
+    h16::img_fwd(x, wt, bias, y, leaky, n, h, w, cin, cout);
+}
+extern "C" __global__ void __launch_bounds__(h16::IMG_THREADS)
+    conv2d_bwd_weight_image_mma_h16(const float* x, const uint16_t* dy, float* dw, float* db, int n, int h, int w,
+                                    int cin, int cout) {
+    if (!h16::img_mma_fits(3, 1, 1, cin, cout)) __trap();
+    h16::img_dw(x, dy, dw, db, n, h, w, cin, cout);
 }
 
 // grid (⌈pixels / 128⌉, ⌈4·cout / 64⌉)

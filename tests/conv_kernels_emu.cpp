@@ -690,6 +690,106 @@ static void few_dx_case(int n, int h, int w, int cin, int cout, int k, int p, bo
                  from_half(dx), want);
 }
 
+// The image's layer on tensor cores (conv_img.cuh): forward into f16, weight and bias gradients
+// from f16 dY, on `nblocks` 128-thread blocks walking the 8 × 16 tiles. On small integers
+// against the policies (exact: the lo halves are zero); on fractions against f64 sums, where
+// the hi + lo halves must keep f32's precision (hi alone: ~1e-4)
+static void img_case(int n, int h, int w, int cin, int cout, bool epilogue, unsigned nblocks) {
+    const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
+    const int64_t P = (int64_t)n * h * w;
+    auto x = small_ints(P * cin), wt = small_ints(9 * cin * cout), bias = small_ints(cout), dy = small_ints(P * cout);
+    const float* b = epilogue ? bias.data() : nullptr;
+    const Dim3 grid{nblocks, 1, 1}, block{(unsigned)h16::IMG_THREADS, 1, 1};
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    launch(grid, block, [&] { h16::img_fwd(x.data(), wt.data(), b, y.data(), epilogue, n, h, w, cin, cout); });
+    std::vector<float> want(P * cout, -99.0f);
+    plain_gemm(Fwd{x.data(), wt.data(), b, nullptr, want.data(), g, epilogue}, P, cout, 9 * cin);
+    round_half(want);
+    const std::string what = std::to_string(cin) + " -> " + std::to_string(cout) + ", " + std::to_string(n) + " x " +
+                             std::to_string(h) + " x " + std::to_string(w) + ", " + std::to_string(nblocks) + " blocks";
+    expect_equal("image layer on tensor cores, forward" + std::string(epilogue ? " (bias + LeakyReLU), " : ", ") + what,
+                 from_half(y), want);
+    const auto dyh = to_half(dy);
+    std::vector<float> dw(9 * cin * cout, 0.0f), want_dw(dw.size(), 0.0f), db(cout, 0.0f), want_db(cout, 0.0f);
+    launch(grid, block,
+           [&] { h16::img_dw(x.data(), dyh.data(), dw.data(), epilogue ? db.data() : nullptr, n, h, w, cin, cout); });
+    plain_gemm(BwdWeight{x.data(), dy.data(), want_dw.data(), g}, 9 * cin, cout, P);
+    for (int64_t q = 0; q < P; ++q)
+        for (int c = 0; c < cout; ++c) want_db[c] += epilogue ? dy[q * cout + c] : 0.0f;
+    expect_equal("image layer on tensor cores, weight gradient, " + what, dw, want_dw);
+    expect_equal("image layer on tensor cores, bias gradient, " + what, db, want_db);
+}
+
+static void img_precision_case(int n, int h, int w, int cin, int cout) {
+    const int64_t P = (int64_t)n * h * w, K = 9 * cin;
+    uint64_t st = 0x9e3779b97f4a7c15ull;
+    auto uniform = [&] {  // [0, 1), 24 bits
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        return (float)(st >> 40) / 16777216.0f;
+    };
+    std::vector<float> x(P * cin), wt(K * cout), bias(cout), dy(P * cout);
+    for (auto& v : x) v = uniform();  // an image's values
+    for (auto& v : wt) v = (uniform() - 0.5f) * 0.3f;
+    for (auto& v : bias) v = (uniform() - 0.5f) * 0.1f;
+    for (auto& v : dy) v = h16::h2f(h16::f2h((uniform() - 0.5f) * 1e-3f));  // f16 values, as dY is
+    // f64 sums: the output before rounding, dW and dB
+    std::vector<double> out(P * cout, 0.0), dw(K * cout, 0.0), db(cout, 0.0);
+    for (int im = 0; im < n; ++im)
+        for (int yy = 0; yy < h; ++yy)
+            for (int xx = 0; xx < w; ++xx) {
+                const int64_t p = ((int64_t)im * h + yy) * w + xx;
+                for (int t = 0; t < 9; ++t) {
+                    const int iy = yy + t / 3 - 1, ix = xx + t % 3 - 1;
+                    if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                    for (int c = 0; c < cin; ++c) {
+                        const double xv = x[(((int64_t)im * h + iy) * w + ix) * cin + c];
+                        for (int o = 0; o < cout; ++o) {
+                            out[p * cout + o] += xv * wt[(t * cin + c) * cout + o];
+                            dw[(t * cin + c) * cout + o] += xv * dy[p * cout + o];
+                        }
+                    }
+                }
+                for (int o = 0; o < cout; ++o) db[o] += dy[p * cout + o];
+            }
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    std::vector<float> gw(K * cout, 0.0f), gb(cout, 0.0f);
+    const auto dyh = to_half(dy);
+    const Dim3 grid{3, 1, 1}, block{(unsigned)h16::IMG_THREADS, 1, 1};
+    launch(grid, block, [&] { h16::img_fwd(x.data(), wt.data(), bias.data(), y.data(), 0, n, h, w, cin, cout); });
+    launch(grid, block, [&] { h16::img_dw(x.data(), dyh.data(), gw.data(), gb.data(), n, h, w, cin, cout); });
+    // the forward: each output the f16 rounding of the exact sum, or its neighbour where the sum
+    // lies within f32 error of a rounding boundary (rare)
+    int64_t off = 0, far = 0;
+    for (int64_t i = 0; i < P * cout; ++i) {
+        const uint16_t exact = h16::f2h((float)(out[i] + bias[i % cout]));
+        const int d = std::abs((int)y[i] - (int)exact);
+        off += d != 0, far += d > 1;
+    }
+    auto rel = [](const std::vector<float>& got, const std::vector<double>& want) {
+        double e = 0, r = 0;
+        for (size_t i = 0; i < got.size(); ++i) e += (got[i] - want[i]) * (got[i] - want[i]), r += want[i] * want[i];
+        return std::sqrt(e / r);
+    };
+    const double ew = rel(gw, dw), eb = rel(gb, db);
+    const std::string what = std::to_string(cin) + " -> " + std::to_string(cout);
+    if (far > 0 || off * 100 > P * cout || ew > 1e-5 || eb > 1e-5) {
+        std::printf("FAIL image layer on tensor cores, precision on fractions, %s: %lld of %lld f16 outputs off the "
+                    "rounded f64 sum (%lld by more than one unit), dW %.2e, dB %.2e (bound 1e-5)\n",
+                    what.c_str(), (long long)off, (long long)(P * cout), (long long)far, ew, eb);
+        ++failures;
+    }
+}
+
+static void image_layers() {
+    img_case(2, 17, 19, 3, 32, true, 3);    // the U-Net's conv_init: partial tiles both ways, 12 tiles on 3 blocks
+    img_case(1, 8, 16, 3, 32, false, 1);    // one whole tile
+    img_case(3, 5, 7, 1, 8, true, 2);       // one channel into 8: a tile an image, partial
+    img_case(1, 20, 35, 2, 24, true, 4);    // two channels into 24: the last column run unused
+    img_case(2, 9, 16, 3, 16, false, 7);    // more blocks than tiles
+    img_precision_case(2, 17, 19, 3, 32);
+    img_precision_case(1, 9, 33, 1, 16);
+}
+
 static void few_channels() {
     few_dw_case<float, uint16_t>(2, 9, 7, 3, 32, 3, 1, 1, 3);      // the image's layer; a block walks two chunks
     few_dw_case<uint16_t, uint16_t>(2, 9, 7, 32, 3, 3, 1, 1, 4);   // the output block's 3 × 3: 288 rows
@@ -770,6 +870,7 @@ int main() {
     half_storage();
     halo_layers();
     few_channels();
+    image_layers();
     if (failures) return 1;
     std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies (TF32 and f16 operands) and the "
                 "direct kernels for few channels reproduce every operation exactly, and the f16-storage forward "

@@ -1627,6 +1627,60 @@ fn an_f16_buffer_never_reaches_an_f32_kernel() {
     assert!((got[0] - 1.0 / (1.0 + (-0.5f32).exp())).abs() < 1e-6);
 }
 
+/// The image's layer on tensor cores (kernels/conv_img.cuh): an f32 image of 1–3 channels (not
+/// rounded to f16 here) into f16 activations, and its weight and bias gradients from f16 dY.
+/// The f32 operands go in as hi + lo halves, so the results keep the f32 kernels' precision:
+/// each f16 output is the CPU's f32 result rounded (or, within f32 error of a rounding edge, its
+/// neighbour), and dW and dB meet the f32 bound (with hi halves alone dW is off by ~2e-4).
+#[test]
+fn the_image_layer_runs_on_tensor_cores_at_f32_precision() {
+    let Some(g) = gpu_with(Precision::Tf32Wide) else { return };
+    let cpu = Cpu::new();
+    g.set_profiling(true);
+    for (i, (xs, cout, leaky)) in [
+        (Shape { n: 3, h: 37, w: 45, c: 3 }, 32, false),
+        (Shape { n: 2, h: 16, w: 32, c: 3 }, 32, true),
+        (Shape { n: 1, h: 23, w: 19, c: 1 }, 16, true),
+        (Shape { n: 2, h: 9, w: 40, c: 2 }, 24, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let i = i as u64;
+        let sp = ConvSpec { cin: xs.c, cout, k: 3, stride: 1, pad: 1 };
+        let ys = xs.with_c(cout);
+        let x = rnd(xs.len(), 300 + i, 0.0, 1.0);
+        let w = rnd(sp.weight_len(), 310 + i, -0.2, 0.2);
+        let b = rnd(cout, 320 + i, -0.1, 0.1);
+        let dy = f16_rounded(rnd(ys.len(), 330 + i, -1e-2, 1e-2));
+        let mut want = vec![0f32; ys.len()];
+        cpu.conv2d(&x, xs, &sp, &w, Some(&b), Epilogue { leaky, residual: None }, &mut want);
+        let (mut dw, mut db) = (vec![0f32; sp.weight_len()], vec![0f32; cout]);
+        cpu.conv2d_backward(&x, xs, &sp, &w, &dy, None, DxEpilogue::NONE, &mut dw, Some(&mut db));
+        let (xg, wg, bg, dyg) = (g.upload(&x), g.upload(&w), g.upload(&b), g.upload_half(&dy));
+        let mut y = nan_half(&g, ys.len());
+        g.conv2d(&xg, xs, &sp, &wg, Some(&bg), Epilogue { leaky, residual: None }, &mut y);
+        let got = g.download(&y);
+        let (mut off, mut far) = (0usize, 0usize);
+        for (gv, wv) in got.iter().zip(&want) {
+            let (a, e) = (half::f16::from_f32(*gv).to_bits() as i32, half::f16::from_f32(*wv).to_bits() as i32);
+            off += usize::from(a != e);
+            far += usize::from((a - e).abs() > 1);
+        }
+        let what = format!("image layer {} -> {cout} on tensor cores, {xs:?}", xs.c);
+        eprintln!("{what}: {off} of {} f16 outputs one unit off the CPU's rounded f32 result", got.len());
+        assert!(far == 0 && off * 100 <= got.len(), "{what}: {off} outputs off, {far} by more than one unit");
+        let (mut dwg, mut dbg) = (nan(&g, sp.weight_len()), nan(&g, cout));
+        g.conv2d_backward(&xg, xs, &sp, &wg, &dyg, None, DxEpilogue::NONE, &mut dwg, Some(&mut dbg));
+        check(&format!("{what}: dW"), &g, &dwg, &dw, 1e-5);
+        check(&format!("{what}: dB"), &g, &dbg, &db, 1e-5);
+    }
+    let p = g.take_profile();
+    g.set_profiling(false);
+    assert_eq!(launches(&p, "conv2d_fwd_image_mma_h16"), 4, "{p:?}");
+    assert_eq!(launches(&p, "conv2d_bwd_weight_image_mma_h16"), 4, "{p:?}");
+}
+
 /// Gradients on f16 storage (`conv2d_backward` with f16 x, dY and dX): the data gradient (by
 /// phases for the 4 × 4 / 2 layer) and the weight gradient on the f16 kernels, the rest
 /// (channel counts they do not take, the f32 image as x) on f32 copies; then the transposed
@@ -1687,7 +1741,9 @@ fn f16_storage_gradients_match_the_cpu() {
     // the U-Net's few-channel weight gradients ran without staging (few_direct_dw)
     let p = g.take_profile();
     g.set_profiling(false);
-    assert_eq!(launches(&p, "conv2d_bwd_weight_direct_img_h16"), 2, "{p:?}");
+    // the image's layer (3 -> 32, 3 x 3) on tensor cores instead (conv_img.cuh)
+    assert_eq!(launches(&p, "conv2d_bwd_weight_image_mma_h16"), 2, "{p:?}");
+    assert_eq!(launches(&p, "conv2d_bwd_weight_direct_img_h16"), 0, "{p:?}");
     assert_eq!(launches(&p, "conv2d_bwd_weight_direct_h16"), 4, "{p:?}");
     // the transposed convolution's gradients: on the f16 bodies (cout 32), on f32 copies (cout 20)
     for (i, (xs, cout)) in

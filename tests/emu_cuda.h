@@ -28,6 +28,7 @@ static std::barrier<>* block_barrier;
 constexpr int MAX_WARPS = 8;
 static std::barrier<>* warp_barrier[MAX_WARPS];
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline void __syncwarp() { warp_barrier[threadIdx.x / 32]->arrive_and_wait(); }
 static float shfl_buf[MAX_WARPS][32];
 inline float __shfl_xor_sync(unsigned, float v, int m) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -389,6 +389,11 @@ impl Cuda {
     /// channels, each with `per_channel` weights; all of them within the 48 KB a block stages),
     /// for `pixels` pixels, one per thread. None: the GEMM kernels (other precisions, other
     /// layers).
+    /// Whether the wide (speed-path) kernels run, against the exact and plain TF32 references.
+    pub(super) fn wide(&self) -> bool {
+        matches!(self.precision, Precision::Tf32Wide | Precision::F16Wide)
+    }
+
     pub(super) fn small_conv(
         &self,
         spec: &ConvSpec,
@@ -397,8 +402,7 @@ impl Cuda {
         per_channel: usize,
         pixels: usize,
     ) -> Option<(&'static str, LaunchConfig)> {
-        let wide = matches!(self.precision, Precision::Tf32Wide | Precision::F16Wide);
-        if !wide || (spec.cin % 4 == 0 && spec.cout % 4 == 0) {
+        if !self.wide() || (spec.cin % 4 == 0 && spec.cout % 4 == 0) {
             return None;
         }
         let groups = &[1usize, 2, 4, 8][..names.len()];
@@ -925,8 +929,7 @@ impl Cuda {
         let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
         let (kw, p) = (spec.weight_len() / spec.cout, xs.n * oh * ow);
         // few channels on one side (no four-wide loads): the direct kernel of conv_few.cuh
-        let wide = matches!(self.precision, Precision::Tf32Wide | Precision::F16Wide);
-        if wide && (spec.cin % 4 != 0 || spec.cout % 4 != 0) && few_dw_fits(spec) {
+        if self.wide() && (spec.cin % 4 != 0 || spec.cout % 4 != 0) && few_dw_fits(spec) {
             return self.conv_dw_few(x, xs, spec, dy, dw, db);
         }
         self.zero_bytes(self.ptr(dw), dw.len * 4);

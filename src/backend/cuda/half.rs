@@ -81,6 +81,20 @@ fn few_direct_fits(spec: &ConvSpec, x_half: bool) -> bool {
     matches!(spec.k, 1 | 3) && ((ci8 && spec.cout == 3) || (spec.cin == 3 && (spec.cout == 3 || co8)))
 }
 
+/// Whether the image's layer runs on tensor cores (kernels/conv_img.cuh `img_mma_fits`, which
+/// traps otherwise): 3 × 3, stride 1, padding 1, 1–3 channels of the f32 image into a multiple
+/// of 8 of at most 32 f16 channels. Its tiles: 8 × 16 output pixels, a block of 128 threads each.
+fn image_mma_fits(spec: &ConvSpec) -> bool {
+    spec.k == 3
+        && spec.stride == 1
+        && spec.pad == 1
+        && (1..=3).contains(&spec.cin)
+        && (8..=32).contains(&spec.cout)
+        && spec.cout % 8 == 0
+}
+const IMAGE_TILE: (usize, usize) = (8, 16);
+const IMAGE_THREADS: u32 = 128;
+
 /// Whether `few_out_dx` takes a layer's data gradient: 1 × 1 or 3 × 3, stride 1, at most 4 output channels, a
 /// multiple of 8 input channels, the weights within the 48 KB a block stages, f16 dY and dX
 /// (and x where LeakyReLU's derivative is fused).
@@ -399,8 +413,9 @@ impl Cuda {
         true
     }
 
-    /// The image's layer (f32 x, few channels) into f16 y on the direct kernel
-    /// (`conv2d_fwd_small*_h16`): false where that kernel does not take the layer.
+    /// The image's layer (f32 x, few channels) into f16 y on the speed path: on tensor cores
+    /// (`conv2d_fwd_image_mma_h16`) where it takes the layer, else the direct kernel
+    /// (`conv2d_fwd_small*_h16`); false where neither does.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn image_into_h16(
         &self,
@@ -416,6 +431,29 @@ impl Cuda {
             return false;
         }
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        const IMAGE_FWD: &str = "conv2d_fwd_image_mma_h16";
+        if self.wide() && epi.residual.is_none() && image_mma_fits(spec) && self.has_kernel(IMAGE_FWD) {
+            let (n, h, wd, cin, cout, ..) = conv_geom(xs, spec);
+            let blocks = self.image_blocks(IMAGE_FWD, xs);
+            let (xp, wp, bp, yp) = (self.ptr(x), self.ptr(w), self.optr(bias), self.hptr(y));
+            launch!(
+                self,
+                IMAGE_FWD,
+                cfg1(blocks, IMAGE_THREADS),
+                xp,
+                wp,
+                bp,
+                yp,
+                epi.leaky as i32,
+                n,
+                h,
+                wd,
+                cin,
+                cout
+            );
+            self.profile_flop(conv_flop(xs.n * oh * ow, spec));
+            return true;
+        }
         let names =
             ["conv2d_fwd_small1_h16", "conv2d_fwd_small2_h16", "conv2d_fwd_small4_h16", "conv2d_fwd_small8_h16"];
         let pixels = xs.n * oh * ow;
@@ -618,6 +656,20 @@ impl Cuda {
         let p = xs.n * oh * ow;
         within_fast_div(p);
         self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
+        const IMAGE_DW: &str = "conv2d_bwd_weight_image_mma_h16";
+        if !x.is_half() && dy.is_half() && image_mma_fits(spec) && self.has_kernel(IMAGE_DW) {
+            // the image's layer on tensor cores: the bias gradient rides on the same product
+            let dbp = db.map_or(0, |d| {
+                self.zero_bytes(self.ptr(d), self.len(d) * 4);
+                self.ptr(d)
+            });
+            let (n, h, wd, cin, cout, ..) = conv_geom(xs, spec);
+            let blocks = self.image_blocks(IMAGE_DW, xs);
+            let (xp, dyp, dwp) = (self.ptr(x), self.hptr(dy), self.ptr(dw));
+            launch!(self, IMAGE_DW, cfg1(blocks, IMAGE_THREADS), xp, dyp, dwp, dbp, n, h, wd, cin, cout);
+            self.profile_flop(conv_flop(p, spec));
+            return;
+        }
         if dy.is_half() && few_direct_fits(spec, x.is_half()) {
             // the U-Net's few-channel layers without staging: one wave of blocks, a grid row per
             // tap row, each block's sums added with one atomic per weight; the bias on the way
@@ -649,6 +701,13 @@ impl Cuda {
         if let Some(db) = db {
             self.colsum_of(colsum, dyp, p, spec.cout, self.ptr(db));
         }
+    }
+
+    /// Blocks of an image-layer kernel (kernels/conv_img.cuh) over the 8 × 16 tiles of xs: one
+    /// wave, each block walking tiles grid-strided (the weights staged once a block).
+    fn image_blocks(&self, kernel: &'static str, xs: Shape) -> usize {
+        let tiles = xs.n * xs.h.div_ceil(IMAGE_TILE.0) * xs.w.div_ceil(IMAGE_TILE.1);
+        tiles.clamp(1, self.sms * self.resident_blocks(kernel, IMAGE_THREADS))
     }
 
     /// The data gradient of a stride-1 layer from at most 4 f16 channels into f16 (kernels/conv_few.cuh
