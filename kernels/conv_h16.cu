@@ -565,6 +565,16 @@ extern "C" __global__ void __launch_bounds__(256, 2)
                        int ca) {
     h16::halo_fwd(x, wt, np, bias, res, y, leaky, n, h, w, cin, cout, x2, ca);
 }
+// A residual block's tail: out = a2 + identity(x or [x | x2]) + bid, a2 = LeakyReLU(conv3(a1) +
+// b2), kept where a2 is set (conv_halo.cuh halo_block); c2 and the identity's cin multiples of
+// 32 (ca too, where x2 is set), cout of 8; weights packed as the forward's, np apart
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_block_h16(const uint16_t* a1, const uint16_t* wt2, int np, const float* b2, uint16_t* a2,
+                         const uint16_t* x, const uint16_t* x2, int ca, int cid, const uint16_t* wid, const float* bid,
+                         uint16_t* out, int n, int h, int w, int c2, int cout) {
+    if (cout % 8 != 0) __trap();
+    h16::halo_block(a1, wt2, np, bid, out, n, h, w, c2, cout, h16::HaloIdentity{x, x2, ca, cid, wid, b2, a2});
+}
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_dx_h16(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
                       int n, int h, int w, int cin, int cout, int, int, int) {

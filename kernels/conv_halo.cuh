@@ -105,6 +105,30 @@ DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, i
         if (i < 4 || r + AT * i < 9 * HALO_C) cp_async16(s + i * AT * HALO_N, ok ? g : wt, ok);
 }
 
+// A residual block's identity branch fused into its conv2 (`halo_block`): after conv2's last
+// chunk of a tile its sums become a2 = LeakyReLU(Σ + b2), rounded to f16 as the unfused
+// identity would read it (and stored where a2 is set: training's backward reads it), then the
+// 1 × 1 identity's 32-channel chunks of x (or [x | x2]) add onto them through the centre tap
+// only, and the epilogue adds the identity's bias. The identity's own pass — reading x and a2,
+// writing the block's output, at ~2 of the card's 4.2 TB/s — and a2's round trip go away.
+struct HaloIdentity {
+    const uint16_t *x, *x2;  // the block's input: [x (ca channels) | x2] where x2 is set
+    int ca, C;               // ... and all its channels
+    const uint16_t* wt;      // the identity's weights packed [C][np] f16 (np as conv2's)
+    const float* b2;         // conv2's bias (null: none)
+    uint16_t* a2;            // conv2's activation, kept (null: not written)
+};
+
+// Stage rows c0 .. c0 + 31 of the identity's packed weights ([C][np]) as the centre tap's rows
+// of a slot's weights (ws: the slot's weight rows; tap 4 starts 4·32 rows in, and rows 128 + c
+// swizzle as rows c do), zero past np. Threads 0–127: chunk t mod 4 of row t / 4.
+DEV void halo_centre_weights(uint16_t* ws, const uint16_t* wt, int np, int c0, int n0) {
+    const int q = threadIdx.x % 4, r = threadIdx.x / 4;
+    if (r >= HALO_C) return;
+    const bool ok = n0 + 8 * q < np;
+    cp_async16(ws + 4 * HALO_C * HALO_N + swizzled<4>(r, q), ok ? wt + (int64_t)(c0 + r) * np + n0 + 8 * q : wt, ok);
+}
+
 // Both kernels stage in two slots of dynamic shared memory, the next one's copies in flight
 // while the MMAs read the other (past 48 KB: the host opts in; src/backend/cuda/half.rs
 // HALO_FWD_STAGE, HALO_DW_SMEM): the forward and data gradient a 32-channel chunk's halo and
@@ -132,14 +156,16 @@ static_assert(HALO_T * HALO_T * HALO_CS * 4 <= HALO_FWD_STAGE * 2, "a tile's f32
 // multiple of 8, from the tile's f32 result staged in the slot just read, eight columns a
 // thread (`store8`: on the H200 the pairs of `store` from the MMA fragments took 36 % more
 // memory sectors than needed, and a tenth of the instructions were MMAs).
-template <bool DX, class Out>
+template <bool DX, class Out, bool ID = false>
 DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int n, int h,
-               int w, const Out& out) {
+               int w, const Out& out, const HaloIdentity& id = {}) {
+    static_assert(!(ID && DX), "the identity rides on the forward");
     HALO_DYNAMIC_SMEM(smem, 2 * HALO_FWD_STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int nb = (N + HALO_N - 1) / HALO_N, walkers = (int)gridDim.x / nb, first = (int)blockIdx.x / nb;
     const int n0 = HALO_N * ((int)blockIdx.x % nb);
-    const int tiles = (int)halo_blocks(n, h, w), chunks = C / HALO_C;
+    // a tile's steps: conv2's chunks of x, then (ID) the identity's of its own input
+    const int tiles = (int)halo_blocks(n, h, w), chunks2 = C / HALO_C, chunks = chunks2 + (ID ? id.C / HALO_C : 0);
     const int steps = first < tiles ? ((tiles - 1 - first) / walkers + 1) * chunks : 0;
     // A 16 × 16 of MMA row i (tile row 2·warp + i): lanes 0–15 address pixels 0–15 at k 0–7,
     // lanes 16–31 the same pixels at k 8–15 (ldmatrix's four matrices: mma's a0..a3); the
@@ -167,8 +193,41 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
     // step s (chunk k of tile t)'s halo and weights into slot s mod 2 (one cp.async group)
     auto stage = [&](int s, int k, const HaloTile& t) {
         uint16_t* hs = smem + (s & 1) * HALO_FWD_STAGE;
+        if (ID && k >= chunks2) {
+            const int c0 = HALO_C * (k - chunks2);
+            halo_stage(hs, id.x, id.x2, id.ca, id.C, c0, t, h, w);
+            halo_centre_weights(hs + HALO_PX * HALO_ROW, id.wt, np, c0, n0);
+            return;
+        }
         halo_stage(hs, x, x2, ca, C, HALO_C * k, t, h, w);
         halo_weights(hs + HALO_PX * HALO_ROW, wt, np, C, HALO_C * k, n0);
+    };
+    const int gq = lane / 4, tq = lane % 4;
+    // this tile's sums out through the slot just read (`cs`, free until the step after next
+    // stages into it), eight columns a thread: 16-byte, coalesced loads and stores of whole
+    // pixel rows (N a multiple of 8; every thread calls it)
+    auto store_tile = [&](const auto& o, const HaloTile& t, float* cs) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    float* c = cs + ((2 * warp + i) * HALO_T + gq + 8 * hh) * HALO_CS + 8 * j + 2 * tq;
+                    c[0] = acc[i][j][2 * hh], c[1] = acc[i][j][2 * hh + 1];
+                }
+        __syncthreads();
+        // thread t: columns 8 (t mod 4) .. of tile pixels t / 4, + 64, .. (tile rows four apart)
+        const int q = threadIdx.x % 4, px = threadIdx.x / 4, nn = n0 + 8 * q;
+        const int y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
+        if (xx < w && nn < N) {
+            int64_t at = (((int64_t)t.img * h + y) * w + xx) * N + nn;
+            const int64_t step = (int64_t)4 * w * N;
+#pragma unroll
+            for (int i = 0; i < 4; ++i, at += step)
+                if (y + 4 * i < h) o.store8(at, nn, cs + (px + 64 * i) * HALO_CS + 8 * q);
+        }
+        __syncthreads();  // every thread is done with the slot before it is staged again
     };
     // this step's tile and chunk, carried from step to step; a walker moves `walkers` tiles on
     const int tx = (w + HALO_T - 1) / HALO_T, wdx = walkers % tx, wdy = walkers / tx;
@@ -184,8 +243,10 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         __syncthreads();  // and for every thread
         const uint16_t* Hs = smem + (s & 1) * HALO_FWD_STAGE;
         const uint16_t* Ws = Hs + HALO_PX * HALO_ROW;
+        const bool centre = ID && k >= chunks2;  // an identity step: the centre tap alone
 #pragma unroll
         for (int tap = 0; tap < 9; ++tap) {
+            if (centre && tap != 4) continue;
             const int dy = DX ? 1 - tap / 3 : tap / 3 - 1, dx = DX ? 1 - tap % 3 : tap % 3 - 1;
             const int shift = (dy * HALO_S + dx) * HALO_ROW;
 #pragma unroll
@@ -207,36 +268,31 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
             }
         }
         __syncthreads();  // every warp is done with this slot before the step after next fills it
+        float* cs = reinterpret_cast<float*>(smem + (s & 1) * HALO_FWD_STAGE);
+        if (ID && k == chunks2 - 1) {
+            // conv2 done: a2 = f16(LeakyReLU(Σ + b2)) in the sums, and out where kept
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int nn = n0 + 8 * j + 2 * tq + e;
+                    const float b = id.b2 && nn < N ? id.b2[nn] : 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 2; ++i)
+#pragma unroll
+                        for (int hh = 0; hh < 2; ++hh) {
+                            const float v = acc[i][j][2 * hh + e] + b;
+                            acc[i][j][2 * hh + e] = h2f(f2h(v > 0.0f ? v : conv::SLOPE * v));
+                        }
+                }
+            if (id.a2) store_tile(FwdOut{nullptr, nullptr, id.a2, N, 0}, t, cs);
+        }
         if (!last) {
             ++k;
             continue;
         }
-        const int gq = lane / 4, tq = lane % 4;
         if (N % 8 == 0) {
-            // through this slot (free until the step after next stages into it) as f32, then
-            // eight columns a thread: 16-byte, coalesced loads and stores of whole pixel rows
-            float* cs = reinterpret_cast<float*>(smem + (s & 1) * HALO_FWD_STAGE);
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        float* c = cs + ((2 * warp + i) * HALO_T + gq + 8 * hh) * HALO_CS + 8 * j + 2 * tq;
-                        c[0] = acc[i][j][2 * hh], c[1] = acc[i][j][2 * hh + 1];
-                    }
-            __syncthreads();
-            // thread t: columns 8 (t mod 4) .. of tile pixels t / 4, + 64, .. (tile rows four apart)
-            const int q = threadIdx.x % 4, px = threadIdx.x / 4, nn = n0 + 8 * q;
-            const int y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
-            if (xx < w && nn < N) {
-                int64_t at = (((int64_t)t.img * h + y) * w + xx) * N + nn;
-                const int64_t step = (int64_t)4 * w * N;
-#pragma unroll
-                for (int i = 0; i < 4; ++i, at += step)
-                    if (y + 4 * i < h) out.store8(at, nn, cs + (px + 64 * i) * HALO_CS + 8 * q);
-            }
-            __syncthreads();  // every thread is done with the slot before it is staged again
+            store_tile(out, t, cs);
         } else {
             // C fragments c0, c1 at (pixel g, columns 2t, 2t + 1), c2, c3 at pixel g + 8
 #pragma unroll
@@ -387,6 +443,12 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
 DEV void halo_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
                   int leaky, int n, int h, int w, int cin, int cout, const uint16_t* x2, int ca) {
     halo3<false>(x, x2, ca, cin, wt, np, cout, n, h, w, FwdOut{bias, res, y, cout, leaky});
+}
+// A residual block's tail (HaloIdentity): out = a2 + identity(x) + bid with a2 =
+// LeakyReLU(conv3(a1) + id.b2) (kept where id.a2 is set); a1 c2 channels, cout a multiple of 8
+DEV void halo_block(const uint16_t* a1, const uint16_t* wt2, int np, const float* bid, uint16_t* out, int n, int h,
+                    int w, int c2, int cout, const HaloIdentity& id) {
+    halo3<false, FwdOut, true>(a1, nullptr, 0, c2, wt2, np, cout, n, h, w, FwdOut{bid, nullptr, out, cout, 0}, id);
 }
 // dX (cin channels) = [dX +] leaky'(x) · the data gradient from dY (cout channels)
 DEV void halo_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,

@@ -8,6 +8,7 @@
 // staging, the fragment and epilogue mapping, K splits and tile edges. What it cannot: TF32
 // rounding (identity here), timing, and anything the hardware does beyond the ISA's semantics.
 // Built and run by tests/conv_ops_host.rs.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -485,7 +486,53 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
     expect_equal("halo conv bias gradient, " + what, db, want_db);
 }
 
+// A residual block's tail in one halo kernel (halo_block): a2 = LeakyReLU(conv3(a1) + b2) kept
+// where asked, out = a2 + identity(x) + bid with x one part or [xa | xb]; against the policies
+// run as the two layers the unfused path launches (a2 rounded to f16 between them)
+static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cout, bool keep, unsigned walkers) {
+    const int cid = ca + cb;
+    const Geom g2 = geom(n, h, w, c2, cout, 3, 1, 1), gid = geom(n, h, w, cid, cout, 1, 1, 0);
+    const int64_t P = (int64_t)n * h * w;
+    const int np = (cout + 7) / 8 * 8;
+    auto a1 = small_ints(P * c2), x = small_ints(P * cid), w2 = small_ints(9 * c2 * cout), wid = small_ints(cid * cout);
+    auto b2 = small_ints(cout), bid = small_ints(cout);
+    std::vector<float> xa(P * ca), xb(P * cb);
+    for (int64_t q = 0; q < P; ++q)
+        for (int c = 0; c < cid; ++c) (c < ca ? xa[q * ca + c] : xb[q * cb + c - ca]) = x[q * cid + c];
+    const auto a1h = to_half(a1), xah = to_half(cb ? xa : x), xbh = to_half(xb);
+    const auto w2h = pack_half(w2, 9 * c2, cout, np), widh = pack_half(wid, cid, cout, np);
+    std::vector<uint16_t> a2(P * cout, HALF_NAN), out(P * cout, HALF_NAN);
+    const h16::HaloIdentity id{xah.data(), cb ? xbh.data() : nullptr, cb ? ca : 0, cid, widh.data(), b2.data(),
+                               keep ? a2.data() : nullptr};
+    launch(walkers * blocks(cout, h16::HALO_N), 1, 1,
+           [&] { h16::halo_block(a1h.data(), w2h.data(), np, bid.data(), out.data(), n, h, w, c2, cout, id); });
+    std::vector<float> a2_want(P * cout, -99.0f), out_want(P * cout, -99.0f);
+    plain_gemm(Fwd{a1.data(), w2.data(), b2.data(), nullptr, a2_want.data(), g2, 1}, P, cout, 9 * c2);
+    round_half(a2_want);
+    plain_gemm(Fwd{x.data(), wid.data(), bid.data(), a2_want.data(), out_want.data(), gid, 0}, P, cout, cid);
+    round_half(out_want);
+    const std::string what = std::to_string(c2) + " -> " + std::to_string(cout) + ", identity from " +
+                             std::to_string(ca) + (cb ? " + " + std::to_string(cb) : "") + ", " + std::to_string(n) +
+                             " x " + std::to_string(h) + " x " + std::to_string(w) + ", " + std::to_string(walkers) +
+                             " walkers";
+    expect_equal("halo block tail, out, " + what, from_half(out), out_want);
+    if (keep) expect_equal("halo block tail, a2, " + what, from_half(a2), a2_want);
+    else if (std::any_of(a2.begin(), a2.end(), [](uint16_t v) { return v != HALF_NAN; })) {
+        std::printf("FAIL halo block tail, %s: a2 written where not kept\n", what.c_str());
+        ++failures;
+    }
+}
+
+static void halo_block_tails() {
+    halo_block_case(1, 17, 19, 32, 32, 0, 32, true, 3);   // down block 0: 32 -> 32, partial tiles, a2 kept
+    halo_block_case(1, 9, 17, 64, 32, 0, 64, false, 2);   // 32 -> 64 (conv2 64): two column blocks, a2 not kept
+    halo_block_case(1, 9, 33, 32, 32, 32, 32, true, 2);   // the decoder's: identity from [up | skip] in place
+    halo_block_case(1, 10, 12, 64, 64, 64, 64, false, 1); // 128-channel concatenation, two chunks a part
+    halo_block_case(3, 9, 20, 32, 64, 0, 72, true, 3);    // N = 72: three column blocks (the last 8 wide); steps wrap images
+}
+
 static void halo_layers() {
+    halo_block_tails();
     halo_fwd_case(2, 17, 19, 32, 0, 32, true, 3);   // partial tiles on both sides, two images: 8 tiles on 3 walkers
     halo_fwd_case(1, 16, 16, 64, 0, 20, false, 1);  // one whole tile; two 32-channel chunks, N = 20 (np 24)
     halo_fwd_case(1, 9, 33, 32, 32, 32, true, 2);   // the decoder's concatenation, in place: three tiles across

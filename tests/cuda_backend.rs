@@ -6,7 +6,7 @@ mod common;
 use common::{rel, rnd};
 use rand::{Rng, SeedableRng};
 use spahdmap::backend::cuda::{Cuda, DBuf, Precision};
-use spahdmap::backend::{Backend, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Host, Shape, TileSpots};
+use spahdmap::backend::{Backend, BlockTail, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Host, Shape, TileSpots};
 use spahdmap::model::joint::{JointBatch, JointHead, LossWeights};
 use spahdmap::model::unet::UNet;
 use spahdmap::optim::{Adam, AdamConfig};
@@ -1468,6 +1468,88 @@ fn f16_storage_layers_match_the_cpu() {
 /// Inference with f16 activations (SPAHDMAP_GPU_HALF) against the CPU's f32 scores: the
 /// reference's autocast inference rounds the same way, so 1e-2 bounds it; the scores come back
 /// in f32 and `alloc` hands out f32 again after the network.
+/// A residual block's tail (`Backend::block_tail`: a2 = LeakyReLU(conv2(a1) + b2), out = a2 +
+/// identity(x) + b_id) as one halo kernel (`conv3_halo_block_h16`), x one tensor or a
+/// concatenation read in place, a2 kept or not; against the CPU's two convolutions on the same
+/// f16-rounded values (the GPU rounds a2 to f16 before adding the identity, as the two-kernel
+/// path reads it). A tail the kernel does not take (3 output channels) runs as two layers.
+#[test]
+fn block_tails_run_as_one_halo_kernel() {
+    let Some(g) = gpu() else { return };
+    g.use_halo(true);
+    let cpu = Cpu::new();
+    g.set_profiling(true);
+    let c3 = |cin, cout| ConvSpec { cin, cout, k: 3, stride: 1, pad: 1 };
+    let c1 = |cin, cout| ConvSpec { cin, cout, k: 1, stride: 1, pad: 0 };
+    // (pixels, conv2's channels, the identity's input channels, second part's (0: one tensor),
+    // out channels, a2 kept)
+    let cases = [
+        ((2, 35, 37), 32, 32, 0, 32, true),
+        ((1, 18, 17), 64, 32, 0, 64, false),
+        ((2, 17, 13), 32, 64, 32, 32, true),
+        ((1, 20, 19), 64, 128, 64, 64, false),
+        ((1, 16, 21), 32, 32, 0, 72, true),
+        ((2, 9, 11), 3, 32, 0, 3, true),
+    ];
+    for (i, ((n, h, w), c2, cid, cb, cout, keep)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let os = Shape { n, h, w, c: cout };
+        let (a1s, xs) = (os.with_c(c2), os.with_c(cid));
+        let px = n * h * w;
+        let ca = cid - cb;
+        let a1 = f16_rounded(rnd(a1s.len(), 400 + i, -1.0, 1.0));
+        let (xa, xb) = (f16_rounded(rnd(px * ca, 410 + i, -1.0, 1.0)), f16_rounded(rnd(px * cb, 420 + i, -1.0, 1.0)));
+        let (sp2, spi) = (c3(c2, cout), c1(cid, cout));
+        let w2 = f16_rounded(rnd(sp2.weight_len(), 430 + i, -0.2, 0.2));
+        let wi = f16_rounded(rnd(spi.weight_len(), 440 + i, -0.2, 0.2));
+        let (b2, bi) = (rnd(cout, 450 + i, -0.5, 0.5), rnd(cout, 460 + i, -0.5, 0.5));
+        let (mut a2, mut out) = (vec![0f32; os.len()], vec![0f32; os.len()]);
+        let tail = |a1, x, x2| BlockTail {
+            a1,
+            os,
+            conv2: &sp2,
+            w2: &w2,
+            b2: Some(&b2),
+            x,
+            x2,
+            xs,
+            identity: &spi,
+            w_id: &wi,
+            b_id: Some(&bi),
+        };
+        cpu.block_tail(tail(&a1, &xa, (cb > 0).then_some((&xb, ca))), Some(&mut a2), &mut out);
+        let (a1g, xag, xbg) = (g.upload_half(&a1), g.upload_half(&xa), g.upload_half(&xb));
+        let (w2g, wig, b2g, big) = (g.upload(&w2), g.upload(&wi), g.upload(&b2), g.upload(&bi));
+        let (mut a2g, mut outg) = (nan_half(&g, os.len()), nan_half(&g, os.len()));
+        let t = BlockTail {
+            a1: &a1g,
+            os,
+            conv2: &sp2,
+            w2: &w2g,
+            b2: Some(&b2g),
+            x: &xag,
+            x2: (cb > 0).then_some((&xbg, ca)),
+            xs,
+            identity: &spi,
+            w_id: &wig,
+            b_id: Some(&big),
+        };
+        g.block_tail(t, keep.then_some(&mut a2g), &mut outg);
+        let what = format!("block tail {c2} -> {cout}, identity from {ca} + {cb}, a2 kept: {keep}");
+        check(&format!("{what}: out"), &g, &outg, &out, 2e-3);
+        if keep {
+            check(&format!("{what}: a2"), &g, &a2g, &a2, 2e-3);
+        } else {
+            assert!(g.download(&a2g).iter().all(|v| v.is_nan()), "{what}: a2 written where not kept");
+        }
+    }
+    let p = g.take_profile();
+    g.set_profiling(false);
+    assert_eq!(launches(&p, "conv3_halo_block_h16"), 5, "{p:?}");
+    // the 3-channel tail: the identity on its own kernel (the GEMM's narrow tile)
+    assert_eq!(launches(&p, "conv2d_fwd_h16n"), 1, "{p:?}");
+}
+
 /// The 3 × 3 stride-1 layers on the halo kernels (kernels/conv_halo.cuh, `use_halo`): forward
 /// from one tensor and from a concatenation read in place, data gradient with and without the
 /// fused epilogue, weight and bias gradients, odd sizes, partial tiles and column blocks,

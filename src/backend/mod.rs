@@ -301,6 +301,47 @@ pub fn conv2d_via_concat<B: Backend + ?Sized>(
     be.release(cat);
 }
 
+/// A residual block's tail (model/unet.rs `Block`): a2 = LeakyReLU(conv2(a1) + b2) and the
+/// block's output a2 + identity(x) + b_id, where x is one tensor or the concatenation [x | x2]
+/// (x2's channels after x's `ca`), of shape `xs`; a1 and the output of shape `os`.
+pub struct BlockTail<'a, T> {
+    pub a1: &'a T,
+    pub os: Shape,
+    pub conv2: &'a ConvSpec,
+    pub w2: &'a T,
+    pub b2: Option<&'a T>,
+    pub x: &'a T,
+    pub x2: Option<(&'a T, usize)>,
+    pub xs: Shape,
+    pub identity: &'a ConvSpec,
+    pub w_id: &'a T,
+    pub b_id: Option<&'a T>,
+}
+
+/// `Backend::block_tail` as two convolutions: conv2 with LeakyReLU into a2 (a buffer of the
+/// pool where the caller keeps none), then the identity with a2 as its residual.
+pub fn block_tail_composed<B: Backend + ?Sized>(
+    be: &B,
+    t: BlockTail<B::Buf>,
+    a2: Option<&mut B::Buf>,
+    out: &mut B::Buf,
+) {
+    let mut own = None;
+    let a2 = match a2 {
+        Some(a2) => a2,
+        None => own.insert(be.alloc(t.os.len())),
+    };
+    be.conv2d(t.a1, t.os, t.conv2, t.w2, t.b2, Epilogue::LEAKY, a2);
+    let epi = Epilogue { leaky: false, residual: Some(&*a2) };
+    match t.x2 {
+        None => be.conv2d(t.x, t.xs, t.identity, t.w_id, t.b_id, epi, out),
+        Some((x2, ca)) => be.conv2d_cat(t.x, ca, x2, t.xs, t.identity, t.w_id, t.b_id, epi, out),
+    }
+    if let Some(a2) = own {
+        be.release(a2);
+    }
+}
+
 /// `Backend::freeze_weights` for a scope: on from `on` until dropped.
 pub struct FrozenWeights<'a, B: Backend> {
     b: &'a B,
@@ -472,6 +513,13 @@ pub trait Backend: Sync {
         y: &mut Self::Buf,
     ) {
         conv2d_via_concat(self, a, ca, b, xs, spec, w, bias, epi, y)
+    }
+    /// A residual block's tail (`BlockTail`): the block's output into `out`, and a2 into `a2`
+    /// where given (training's backward reads it). The GPU's f16 path runs both convolutions in
+    /// one kernel (the identity's sums added onto conv2's activation); elsewhere, and as the
+    /// reference, the two convolutions in turn.
+    fn block_tail(&self, t: BlockTail<Self::Buf>, a2: Option<&mut Self::Buf>, out: &mut Self::Buf) {
+        block_tail_composed(self, t, a2, out)
     }
     /// Whether `conv2d_cat` of a (`ca` channels) and b (`cb`) skips the concatenation; where it
     /// does not, callers that read one concatenation twice had better write it once.

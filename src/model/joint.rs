@@ -173,7 +173,7 @@ impl JointHead {
         let (x, xs, lr) = {
             let _half = HalfActivations::on(b);
             let (x, xs) = net.forward_body_infer(b, p, image, is);
-            let lr = self.low_rank.forward(b, p, &x, xs);
+            let lr = self.low_rank.forward_infer(b, p, &x, xs);
             (x, xs, lr)
         };
         let mut hr = b.alloc(xs.with_c(self.rank).len());

@@ -8,7 +8,7 @@
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
-use crate::backend::{AdamSource, Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
+use crate::backend::{AdamSource, Backend, BlockTail, ConvSpec, DxEpilogue, Epilogue, Shape};
 use crate::optim::Adam;
 
 pub const WIDTH: usize = 32;
@@ -319,35 +319,34 @@ pub(crate) struct Block {
     down: Option<Conv>,
 }
 
-/// What a block's backward pass reads. `c1` and `stats` only with half instance norm.
+/// What a block's backward pass reads. `c1` and `stats` only with half instance norm; `a2`
+/// only where the forward pass was asked to keep it (training).
 pub(crate) struct BlockCache<T> {
     xs: Shape,
     pub(crate) os: Shape,
     c1: Option<T>,
     stats: Option<T>,
     a1: T,
-    a2: T,
+    a2: Option<T>,
     pub(crate) out: T,
 }
 
 impl<T> BlockCache<T> {
     /// The block's output; everything kept for the backward pass goes back to the pool.
     pub(crate) fn into_out<B: Backend<Buf = T>>(self, b: &B) -> (T, Shape) {
-        for t in [self.c1, self.stats].into_iter().flatten() {
+        for t in [self.c1, self.stats, self.a2].into_iter().flatten() {
             b.release(t);
         }
         b.release(self.a1);
-        b.release(self.a2);
         (self.out, self.os)
     }
 
     pub(crate) fn release<B: Backend<Buf = T>>(self, b: &B) {
-        for t in [self.c1, self.stats].into_iter().flatten() {
+        for t in [self.c1, self.stats, self.a2].into_iter().flatten() {
             b.release(t);
         }
-        for t in [self.a1, self.a2, self.out] {
-            b.release(t);
-        }
+        b.release(self.a1);
+        b.release(self.out);
     }
 }
 
@@ -385,11 +384,31 @@ impl Block {
     }
 
     pub(crate) fn forward<B: Backend>(&self, b: &B, p: &Params<B::Buf>, x: &B::Buf, xs: Shape) -> BlockCache<B::Buf> {
-        self.forward_in(b, p, Input::One(x), xs)
+        self.forward_in(b, p, Input::One(x), xs, true)
     }
 
-    /// `forward` of a one- or two-part input (conv_1 and the identity read it alike).
-    fn forward_in<B: Backend>(&self, b: &B, p: &Params<B::Buf>, x: Input<B::Buf>, xs: Shape) -> BlockCache<B::Buf> {
+    /// `forward` for inference: the same output, without what only the backward pass reads
+    /// (conv_2's activation, which the GPU then never writes).
+    pub(crate) fn forward_infer<B: Backend>(
+        &self,
+        b: &B,
+        p: &Params<B::Buf>,
+        x: &B::Buf,
+        xs: Shape,
+    ) -> BlockCache<B::Buf> {
+        self.forward_in(b, p, Input::One(x), xs, false)
+    }
+
+    /// `forward` of a one- or two-part input (conv_1 and the identity read it alike); conv_2's
+    /// activation kept for the backward pass where `keep`.
+    fn forward_in<B: Backend>(
+        &self,
+        b: &B,
+        p: &Params<B::Buf>,
+        x: Input<B::Buf>,
+        xs: Shape,
+        keep: bool,
+    ) -> BlockCache<B::Buf> {
         let (c1, stats, a1, os) = match self.hin {
             Some((g, bt)) => {
                 let (c1, os) = self.conv1.forward_in(b, p, x, xs, Epilogue::NONE);
@@ -404,8 +423,29 @@ impl Block {
                 (None, None, a1, os)
             }
         };
-        let (a2, _) = self.conv2.forward(b, p, &a1, os, Epilogue::LEAKY);
-        let (out, _) = self.identity.forward_in(b, p, x, xs, Epilogue { leaky: false, residual: Some(&a2) });
+        // out = a2 + identity(x), a2 = leaky(conv_2(a1)): one call, so that a backend can run
+        // both in one pass (the GPU's halo kernels do)
+        let mut a2 = keep.then(|| b.alloc(os.len()));
+        let mut out = b.alloc(os.len());
+        let (x, x2) = match x {
+            Input::One(x) => (x, None),
+            Input::Cat(a, ca, c) => (a, Some((c, ca))),
+        };
+        let (c2, id) = (&self.conv2, &self.identity);
+        let tail = BlockTail {
+            a1: &a1,
+            os,
+            conv2: &c2.spec,
+            w2: &p.data[c2.w],
+            b2: c2.b.map(|i| &p.data[i]),
+            x,
+            x2,
+            xs,
+            identity: &id.spec,
+            w_id: &p.data[id.w],
+            b_id: id.b.map(|i| &p.data[i]),
+        };
+        b.block_tail(tail, a2.as_mut(), &mut out);
         BlockCache { xs, os, c1, stats, a1, a2, out }
     }
 
@@ -432,7 +472,7 @@ impl Block {
             d.backward_into(b, p, &c.out, c.os, dd, Some(&mut d_out), DxEpilogue::ACCUMULATE);
         }
         let mut dx = self.identity.backward(b, p, x, c.xs, &d_out, want_dx);
-        b.leaky_relu_backward(&c.a2, &mut d_out);
+        b.leaky_relu_backward(c.a2.as_ref().expect("a training forward pass keeps a2"), &mut d_out);
         let mut d1 = b.alloc(c.os.len());
         self.conv2.backward_into(b, p, &c.a1, c.os, &d_out, Some(&mut d1), DxEpilogue::LEAKY);
         b.release(d_out);
@@ -564,13 +604,13 @@ impl UNet {
     pub fn embed<B: Backend>(&self, b: &B, p: &Params<B::Buf>, image: &B::Buf, is: Shape) -> B::Buf {
         let (mut x, mut xs) = self.conv_init.forward(b, p, image, is, Epilogue::NONE);
         for blk in &self.down[..2] {
-            let c = blk.forward(b, p, &x, xs);
+            let c = blk.forward_infer(b, p, &x, xs);
             let (y, ys) = blk.down_forward(b, p, &c).expect("the first blocks downsample");
             b.release(std::mem::replace(&mut x, y));
             xs = ys;
             c.release(b);
         }
-        let c = self.down[2].forward(b, p, &x, xs);
+        let c = self.down[2].forward_infer(b, p, &x, xs);
         b.release(x);
         let mut out = b.alloc(c.os.n * c.os.c);
         b.spatial_mean(&c.out, c.os, &mut out);
@@ -638,7 +678,7 @@ impl UNet {
         let (mut x, mut xs) = self.conv_init.forward(b, p, image, is, Epilogue::NONE);
         let mut enc = Vec::new();
         for blk in &self.down {
-            let c = blk.forward(b, p, &x, xs);
+            let c = blk.forward_infer(b, p, &x, xs);
             let next = blk.down_forward(b, p, &c);
             b.release(x);
             let out = c.into_out(b);
@@ -662,11 +702,11 @@ impl UNet {
             let cs = us.with_c(u.cout + ss.c);
             // [up | skip] read in place where the backend can; else written once for both layers
             let c = if b.reads_concatenations(&up, u.cout, &sk, ss.c) {
-                u.block.forward_in(b, p, Input::Cat(&up, u.cout, &sk), cs)
+                u.block.forward_in(b, p, Input::Cat(&up, u.cout, &sk), cs, false)
             } else {
                 let mut cat = b.alloc(cs.len());
                 b.concat_channels(&up, u.cout, &sk, ss.c, &mut cat);
-                let c = u.block.forward(b, p, &cat, cs);
+                let c = u.block.forward_infer(b, p, &cat, cs);
                 b.release(cat);
                 c
             };

@@ -1181,6 +1181,12 @@ impl Backend for Cuda {
     fn reads_concatenations(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize) -> bool {
         self.cat_runs(a, ca, b, cb)
     }
+    fn block_tail(&self, t: crate::backend::BlockTail<DBuf>, a2: Option<&mut DBuf>, out: &mut DBuf) {
+        if self.halo_block_runs(&t, a2.as_deref(), out) {
+            return self.halo_block(t, a2, out);
+        }
+        crate::backend::block_tail_composed(self, t, a2, out)
+    }
     fn conv2d_backward(
         &self,
         x: &DBuf,

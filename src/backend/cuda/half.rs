@@ -18,7 +18,7 @@ use cudarc::driver::LaunchConfig;
 use super::device::{
     cfg1, cfg_elems, conv_flop, conv_geom, tiled_grid, up2_flop, within_fast_div, Cuda, DBuf, SMALL_WEIGHTS, THREADS,
 };
-use crate::backend::{Backend, ConvSpec, DxEpilogue, Epilogue, Shape};
+use crate::backend::{Backend, BlockTail, ConvSpec, DxEpilogue, Epilogue, Shape};
 
 /// The f16 GEMM's block tiles (kernels/conv_h16.cu: 128 × 64, and 128 × 32 for at most 32
 /// columns, `_h16n`) and its K step.
@@ -190,6 +190,74 @@ impl Cuda {
     /// (kernels/conv_halo.cuh; `use_halo`): 3 × 3, stride 1, pad 1.
     fn halo_fits(&self, spec: &ConvSpec) -> bool {
         self.halo.load(Ordering::Relaxed) && spec.k == 3 && spec.stride == 1 && spec.pad == 1
+    }
+
+    /// Whether a block's tail runs as one halo kernel (`conv3_halo_block_h16`): conv2 a halo
+    /// layer, the identity 1 × 1 over the same pixels from whole 32-channel chunks of f16 (each
+    /// part of a concatenation too), a multiple of 8 output channels, every buffer f16.
+    pub(super) fn halo_block_runs(&self, t: &BlockTail<DBuf>, a2: Option<&DBuf>, out: &DBuf) -> bool {
+        let (c2, id) = (t.conv2, t.identity);
+        let parts_ok = match t.x2 {
+            None => t.x.is_half(),
+            Some((x2, ca)) => self.cat_runs(t.x, ca, x2, id.cin - ca),
+        };
+        self.halo_fits(c2)
+            && c2.cin % K_STEP == 0
+            && c2.cout % 8 == 0
+            && (id.k, id.stride, id.pad, id.cout) == (1, 1, 0, c2.cout)
+            && id.cin % K_STEP == 0
+            && (t.xs.n, t.xs.h, t.xs.w, t.xs.c) == (t.os.n, t.os.h, t.os.w, id.cin)
+            && t.a1.is_half()
+            && out.is_half()
+            && a2.is_none_or(DBuf::is_half)
+            && parts_ok
+            && self.has_kernel("conv3_halo_block_h16")
+    }
+
+    /// A block's tail in one halo kernel (kernels/conv_halo.cuh `halo_block`), as
+    /// `halo_block_runs` allows.
+    pub(super) fn halo_block(&self, t: BlockTail<DBuf>, a2: Option<&mut DBuf>, out: &mut DBuf) {
+        let (c2, id, os) = (t.conv2, t.identity, t.os);
+        let (w2, np) = self.packed_weights(t.w2, 9 * c2.cin, c2.cout);
+        let (wid, np_id) = self.packed_weights(t.w_id, id.cin, id.cout);
+        assert_eq!(np, np_id, "both weights packed to the same columns");
+        let (x2, ca) = match t.x2 {
+            Some((x2, ca)) => {
+                assert!(self.len(t.x) == os.n * os.h * os.w * ca, "block tail: parts of another shape");
+                (self.hptr(x2), ca)
+            }
+            None => (0, 0),
+        };
+        let kernel = "conv3_halo_block_h16";
+        let cfg = self.halo_grid(kernel, os, c2.cout);
+        let a2p = a2.map_or(0, |a| self.hptr(a));
+        let c = |v: usize| v as i32;
+        let (xp, outp) = (self.hptr(t.x), self.hptr(out));
+        launch!(
+            self,
+            kernel,
+            cfg,
+            self.hptr(t.a1),
+            w2.ptr,
+            c(np),
+            self.optr(t.b2),
+            a2p,
+            xp,
+            x2,
+            c(ca),
+            c(id.cin),
+            wid.ptr,
+            self.optr(t.b_id),
+            outp,
+            c(os.n),
+            c(os.h),
+            c(os.w),
+            c(c2.cin),
+            c(c2.cout)
+        );
+        self.profile_flop(conv_flop(os.n * os.h * os.w, c2) + conv_flop(os.n * os.h * os.w, id));
+        w2.release(self);
+        wid.release(self);
     }
 
     /// Whether the forward f16 GEMM runs a layer in four-channel pieces (`conv2d_fwd4_*`):
