@@ -140,7 +140,7 @@ struct UpOut {
     // output pixel: one 16-byte store
     DEV bool rows8() const { return cout % 8 == 0; }
     DEV void store_row8(int64_t m, int n, const float* v) const {
-        const int co = n % cout;
+        const int co = n - (int)by_cout.div((uint32_t)n) * cout;
         float b[8] = {}, o[8];
         if (bias) h16::ld8(bias + co, b);
 #pragma unroll
@@ -387,7 +387,7 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
         // (the fragments' pairs, four bytes each, left the halo kernels' stores at 36 % more
         // memory sectors than needed on the H200). In two passes of 64 rows — the MMA rows i of
         // every warp — so that a pass's f32 tile fits where A was staged.
-        constexpr int CS = TBN + 4;  // floats a staged row takes
+        constexpr int CS = TBN + 8;  // floats a staged row takes (st2: conflict-free half-warps)
         static_assert(64 * CS * 4 <= sizeof(As), "a pass of the f32 tile fits A's slots");
         float* cs = reinterpret_cast<float*>(&As[0][0]);
         const int rq = tid % (TBN / 8), rr = tid / (TBN / 8);  // this thread's column run, first row
@@ -399,8 +399,8 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
             for (int j = 0; j < JN; ++j)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    float* c = cs + ((warp % 4) * 16 + gq + 8 * h) * CS + wn + 8 * j + 2 * tq;
-                    c[0] = acc[i][j][2 * h], c[1] = acc[i][j][2 * h + 1];
+                    st2(cs + ((warp % 4) * 16 + gq + 8 * h) * CS + wn + 8 * j + 2 * tq, acc[i][j][2 * h],
+                        acc[i][j][2 * h + 1]);
                 }
             __syncthreads();
 #pragma unroll

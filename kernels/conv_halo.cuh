@@ -213,8 +213,8 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
             for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    float* c = cs + ((2 * warp + i) * HALO_T + gq + 8 * hh) * HALO_CS + 8 * j + 2 * tq;
-                    c[0] = acc[i][j][2 * hh], c[1] = acc[i][j][2 * hh + 1];
+                    st2(cs + ((2 * warp + i) * HALO_T + gq + 8 * hh) * HALO_CS + 8 * j + 2 * tq,
+                        acc[i][j][2 * hh], acc[i][j][2 * hh + 1]);
                 }
         __syncthreads();
         // thread t: columns 8 (t mod 4) .. of tile pixels t / 4, + 64, .. (tile rows four apart)

@@ -55,6 +55,15 @@ H16_FN void st8(T* p, const float* in) {
     for (int j = 0; j < 8; ++j) st(&v.v[j], in[j]);
     store8(p, v);
 }
+// Two f32 values to an 8-byte aligned p in one store: the MMA fragments' column pairs staged
+// into shared memory (a half-warp's 16 stores then reach 32 different banks where the rows are
+// a multiple of 8 floats apart, and the f32 pairs stored one at a time were two-way conflicts)
+H16_FN void st2(float* p, float a, float b) {
+    struct alignas(8) F2 {
+        float x, y;
+    };
+    *reinterpret_cast<F2*>(p) = F2{a, b};
+}
 // whether every pointer may be read or written eight values at a time
 H16_FN bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 template <class... P>

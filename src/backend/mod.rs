@@ -303,7 +303,8 @@ pub fn conv2d_via_concat<B: Backend + ?Sized>(
 
 /// A residual block's tail (model/unet.rs `Block`): a2 = LeakyReLU(conv2(a1) + b2) and the
 /// block's output a2 + identity(x) + b_id, where x is one tensor or the concatenation [x | x2]
-/// (x2's channels after x's `ca`), of shape `xs`; a1 and the output of shape `os`.
+/// (x2's channels after x's `ca`), of shape `xs`; a2 and the output of shape `os` (conv2's
+/// output channels), a1 of the same pixels with conv2's input channels.
 pub struct BlockTail<'a, T> {
     pub a1: &'a T,
     pub os: Shape,
@@ -331,7 +332,7 @@ pub fn block_tail_composed<B: Backend + ?Sized>(
         Some(a2) => a2,
         None => own.insert(be.alloc(t.os.len())),
     };
-    be.conv2d(t.a1, t.os, t.conv2, t.w2, t.b2, Epilogue::LEAKY, a2);
+    be.conv2d(t.a1, t.os.with_c(t.conv2.cin), t.conv2, t.w2, t.b2, Epilogue::LEAKY, a2);
     let epi = Epilogue { leaky: false, residual: Some(&*a2) };
     match t.x2 {
         None => be.conv2d(t.x, t.xs, t.identity, t.w_id, t.b_id, epi, out),
@@ -516,8 +517,9 @@ pub trait Backend: Sync {
     }
     /// A residual block's tail (`BlockTail`): the block's output into `out`, and a2 into `a2`
     /// where given (training's backward reads it). The GPU's f16 path runs both convolutions in
-    /// one kernel (the identity's sums added onto conv2's activation); elsewhere, and as the
-    /// reference, the two convolutions in turn.
+    /// one kernel (the identity's sums added onto conv2's activation, rounded to f16 first as
+    /// the second convolution would read it; the sums' order differs, so an output may differ
+    /// by one f16 unit); elsewhere, and as the reference, the two convolutions in turn.
     fn block_tail(&self, t: BlockTail<Self::Buf>, a2: Option<&mut Self::Buf>, out: &mut Self::Buf) {
         block_tail_composed(self, t, a2, out)
     }

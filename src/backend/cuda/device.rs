@@ -383,17 +383,17 @@ impl Cuda {
         (kernel, tiled_grid(m, n, splits, (bm, bn)))
     }
 
+    /// Whether the wide (speed-path) kernels run, against the exact and plain TF32 references.
+    pub(super) fn wide(&self) -> bool {
+        matches!(self.precision, Precision::Tf32Wide | Precision::F16Wide)
+    }
+
     /// The direct kernel (kernels/conv_small.cuh) the speed path runs a layer on whose channel
     /// counts the wide kernels cannot load four at a time — the image's 3 channels in and out —
     /// with its grid: `names` by 1, 2, 4, 8 groups of four channels on the small side (`small`
     /// channels, each with `per_channel` weights; all of them within the 48 KB a block stages),
     /// for `pixels` pixels, one per thread. None: the GEMM kernels (other precisions, other
     /// layers).
-    /// Whether the wide (speed-path) kernels run, against the exact and plain TF32 references.
-    pub(super) fn wide(&self) -> bool {
-        matches!(self.precision, Precision::Tf32Wide | Precision::F16Wide)
-    }
-
     pub(super) fn small_conv(
         &self,
         spec: &ConvSpec,
@@ -767,8 +767,8 @@ fn graphs_from_env() -> bool {
 pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
     match kernel {
         "conv3_halo_dw_h16" => Some(super::half::HALO_DW_SMEM),
-        // two slots
-        "conv3_halo_fwd_h16" | "conv3_halo_dx_h16" => Some(2 * super::half::HALO_FWD_STAGE),
+        // two slots (the block tail's as the forward's)
+        "conv3_halo_fwd_h16" | "conv3_halo_dx_h16" | "conv3_halo_block_h16" => Some(2 * super::half::HALO_FWD_STAGE),
         _ => None,
     }
 }

@@ -204,6 +204,7 @@ impl Cuda {
         self.halo_fits(c2)
             && c2.cin % K_STEP == 0
             && c2.cout % 8 == 0
+            && t.os.c == c2.cout
             && (id.k, id.stride, id.pad, id.cout) == (1, 1, 0, c2.cout)
             && id.cin % K_STEP == 0
             && (t.xs.n, t.xs.h, t.xs.w, t.xs.c) == (t.os.n, t.os.h, t.os.w, id.cin)
@@ -725,7 +726,7 @@ impl Cuda {
         within_fast_div(p);
         self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
         const IMAGE_DW: &str = "conv2d_bwd_weight_image_mma_h16";
-        if !x.is_half() && dy.is_half() && image_mma_fits(spec) && self.has_kernel(IMAGE_DW) {
+        if self.wide() && !x.is_half() && dy.is_half() && image_mma_fits(spec) && self.has_kernel(IMAGE_DW) {
             // the image's layer on tensor cores: the bias gradient rides on the same product
             let dbp = db.map_or(0, |d| {
                 self.zero_bytes(self.ptr(d), self.len(d) * 4);
