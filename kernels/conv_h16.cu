@@ -67,6 +67,14 @@ DEV void ldsm_x4_t(uint32_t* r, const void* p) {
 
 #endif  // on the host, tests/conv_kernels_emu.cpp defines these before including this file
 
+// B 16 × 16 of [k][n] rows, transposed: k rows 0–7, 8–15 at n columns 0–7, then 8–15 — b0, b1
+// of two 8-column MMA tiles (b[0], b[1]). p: this lane's row address, as ldsm_x4_t takes it.
+DEV void ldsm_b2(uint32_t (*b)[2], const void* p) {
+    uint32_t r[4];
+    ldsm_x4_t(r, p);
+    b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
+}
+
 // Element (r, chunk c) of a shared tile of 16-byte chunks: the chunk XOR-ed with bits of the
 // row so that the 8 consecutive rows an ldmatrix reads at one logical chunk land in 8 different
 // 16-byte bank groups (rows of 4 chunks, two to 128 bytes: bits 1–2 of the row; rows of 8 or
@@ -241,9 +249,7 @@ DEV void mainloop(const uint16_t (&As)[STAGES][ASZ], const uint16_t (&Bs)[STAGES
 #pragma unroll
             for (int j = 0; j < JN / 2; ++j) {
                 const int k = kk + lane % 8 + 8 * ((lane / 8) & 1);
-                uint32_t r[4];
-                ldsm_x4_t(r, bs + swizzled<BCH>(k, (wn + 16 * j) / 8 + lane / 16));
-                b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
+                ldsm_b2(b + 2 * j, bs + swizzled<BCH>(k, (wn + 16 * j) / 8 + lane / 16));
             }
 #pragma unroll
             for (int i = 0; i < 2; ++i)

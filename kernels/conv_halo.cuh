@@ -256,11 +256,7 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
                 for (int i = 0; i < 2; ++i) ldsm_x4(a[i], Hs + arow[i] + shift + kk);
                 // B 16 × 16 ([k][n] rows, transposed): as the GEMM's mainloop, columns 16j ..
 #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    uint32_t r[4];
-                    ldsm_x4_t(r, Ws + bcol[j] + (tap * HALO_C + kk) * HALO_N);
-                    b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
-                }
+                for (int j = 0; j < 2; ++j) ldsm_b2(b + 2 * j, Ws + bcol[j] + (tap * HALO_C + kk) * HALO_N);
 #pragma unroll
                 for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -392,11 +388,7 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
             for (int i = 0; i < 2; ++i) ldsm_x4_t(a[i], Hs + a_own + r * HALO_S * HALO_ROW + 16 * i);
             ldsm_x4_t(ae, Hs + a_ext + r * HALO_S * HALO_ROW);
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                uint32_t rr[4];
-                ldsm_x4_t(rr, Ds + bcol[j] + HALO_T * r * HALO_N);
-                bf[2 * j][0] = rr[0], bf[2 * j][1] = rr[1], bf[2 * j + 1][0] = rr[2], bf[2 * j + 1][1] = rr[3];
-            }
+            for (int j = 0; j < 2; ++j) ldsm_b2(bf + 2 * j, Ds + bcol[j] + HALO_T * r * HALO_N);
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll

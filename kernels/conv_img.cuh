@@ -154,11 +154,8 @@ DEV void img_fwd(const float* x, const float* wt, const float* bias, uint16_t* y
             }
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
-                uint32_t r[4];
-                ldsm_x4_t(r, bs + brow + kk * IMG_NROW + 16 * j);
-                bh[2 * j][0] = r[0], bh[2 * j][1] = r[1], bh[2 * j + 1][0] = r[2], bh[2 * j + 1][1] = r[3];
-                ldsm_x4_t(r, bs + brow + (IMG_K + kk) * IMG_NROW + 16 * j);
-                bl[2 * j][0] = r[0], bl[2 * j][1] = r[1], bl[2 * j + 1][0] = r[2], bl[2 * j + 1][1] = r[3];
+                ldsm_b2(bh + 2 * j, bs + brow + kk * IMG_NROW + 16 * j);
+                ldsm_b2(bl + 2 * j, bs + brow + (IMG_K + kk) * IMG_NROW + 16 * j);
             }
 #pragma unroll
             for (int i = 0; i < 2; ++i)
@@ -247,11 +244,7 @@ DEV void img_dw(const float* x, const uint16_t* dy, float* dw, float* db, int n,
                 ldsm_x4_t(al[i], as + arow + 16 * s * IMG_ROW + IMG_K + 16 * i);
             }
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                uint32_t r[4];
-                ldsm_x4_t(r, ds + brow + 16 * s * IMG_NROW + 16 * j);
-                bf[2 * j][0] = r[0], bf[2 * j][1] = r[1], bf[2 * j + 1][0] = r[2], bf[2 * j + 1][1] = r[3];
-            }
+            for (int j = 0; j < 2; ++j) ldsm_b2(bf + 2 * j, ds + brow + 16 * s * IMG_NROW + 16 * j);
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
