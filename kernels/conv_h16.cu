@@ -19,6 +19,7 @@
 // once sit in eight different bank groups.
 
 #include <cstdint>
+#include <type_traits>
 
 #include "conv_ops.cuh"
 #include "half.cuh"
@@ -88,6 +89,7 @@ DEV int a_at(int r, int c) { return swizzled<BK / 8>(r, c); }
 
 // Epilogue of the convolution: y = leaky?(acc + bias) + residual, rounded to f16.
 struct FwdOut {
+    static constexpr bool STATS = false;  // no statistics of the output (FwdStatsOut)
     const float* bias;
     const uint16_t* res;
     uint16_t* y;
@@ -128,6 +130,31 @@ struct FwdOut {
         }
         y[at] = h0;
         if (pair) y[at + 1] = f2h(finish(at + 1, n + 1, v1));
+    }
+};
+
+// FwdOut (bias only: no LeakyReLU, no residual) with half instance norm's statistics of what it
+// stores: per (image, channel < cn) the sums of d = v − b and d² over the image's pixels (v the
+// f16 value stored, b the channel's bias: a shift known to every block, of the channel's own
+// scale, which keeps the variance's difference s1/hw − (s0/hw)² from cancelling unless the
+// mean sits many σ from the bias), added into s0, s1 (f64, zeroed; images × cn each). The halo
+// forward (`halo3`'s store_tile) sums a warp's 32 pixels of a column in f32, the tile's eight
+// warps in f64, and adds once per (tile, channel, moment): the pass that read c1 back for them
+// (pixel_sums) goes away.
+struct FwdStatsOut : FwdOut {
+    static constexpr bool STATS = true;
+    double *s0, *s1;
+    int cn;
+    // d and d² of columns n .. n + 7 (as store8 rounds them) onto p0, p1
+    DEV void sums8(int n, const float* v, float* p0, float* p1) const {
+        float b[8] = {};
+        if (bias) h16::ld8(bias + n, b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float d = h2f(f2h(v[j] + b[j])) - b[j];
+            p0[j] += d;
+            p1[j] = fmaf(d, d, p1[j]);
+        }
     }
 };
 
@@ -173,21 +200,37 @@ struct UpOut {
 
 // Epilogue of the data gradient: dx = [dx +] leaky'(x) · Σ (x the LeakyReLU output the layer
 // read, where set; the old dx added where `accumulate`), rounded to f16 — conv_ops.cuh DxOut's
-// arithmetic.
+// arithmetic. Where dx2 is set the gradient of a concatenation [a | b] goes out split: columns
+// below ca into dx (ca apart), the rest into dx2 (cin − ca apart) — the decoder's d_up and
+// d_skip, which no split pass then copies apart (x null and no accumulation there: the host's).
 struct DxOutH {
+    static constexpr bool STATS = false;
     const uint16_t* x;
     uint16_t* dx;
     int cin, accumulate;
+    uint16_t* dx2 = nullptr;
+    int ca = 0;
+    // the tensor column n of row m lands in, and its element there
+    DEV uint16_t* part(int64_t m, int n, int64_t* at) const {
+        if (dx2 && n >= ca) {
+            *at = m * (cin - ca) + n - ca;
+            return dx2;
+        }
+        *at = m * (dx2 ? ca : cin) + n;
+        return dx;
+    }
     DEV float finish(int64_t at, float v) const {
         if (x && !(h2f(x[at]) > 0.0f)) v *= conv::SLOPE;
         return accumulate ? h2f(dx[at]) + v : v;
     }
-    // columns n .. n + 7 of a row, element `at` = m·cin + n (cin and n multiples of 8): 16-byte
-    // loads and store
-    DEV void store8(int64_t at, int /* n: FwdOut's bias column */, const float* v) const {
+    // columns n .. n + 7 of row m (cin, n and ca multiples of 8): 16-byte loads and store
+    DEV bool rows8() const { return cin % 8 == 0; }
+    DEV void store_row8(int64_t m, int n, const float* v) const {
+        int64_t at;
+        uint16_t* d = part(m, n, &at);
         float xv[8] = {}, old[8] = {}, o[8];
         if (x) h16::ld8(x + at, xv);
-        if (accumulate) h16::ld8(dx + at, old);
+        if (accumulate) h16::ld8(d + at, old);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             float t = v[j];
@@ -195,10 +238,9 @@ struct DxOutH {
             if (accumulate) t += old[j];
             o[j] = t;
         }
-        h16::st8(dx + at, o);
+        h16::st8(d + at, o);
     }
-    DEV bool rows8() const { return cin % 8 == 0; }
-    DEV void store_row8(int64_t m, int n, const float* v) const { store8(m * cin + n, n, v); }
+    // columns n, n + 1 (where `pair`); two-part outputs only through store_row8 (the host's)
     DEV void store(int64_t m, int n, bool pair, float v0, float v1) const {
         const int64_t at = m * cin + n;
         const uint16_t h0 = f2h(finish(at, v0));
@@ -441,9 +483,12 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
 // rows along their contiguous index — A's along m (a pixel's channels at one tap), B's along n
 // — so both tiles are stored [k][·] and both fragments come out of ldmatrix transposed. A K
 // step is 32 output pixels; each thread decomposes its two pixels' windows per step (A rows
-// tid / 16 and + 16, chunk tid % 16: eight channels of one tap, cin a multiple of 8).
+// tid / 16 and + 16, chunk tid % 16: eight channels of one tap, cin a multiple of 8). With x2
+// (ca > 0) x is the concatenation [x (ca channels) | x2] read in place: a thread's chunk is
+// fixed for the whole reduction, and so is the part it lies in (ca a multiple of 8).
 template <int TBN>
-DEV void gemm_dw(const uint16_t* x, const uint16_t* dy, float* dw, const conv::Geom& g, int64_t k0, int64_t k1) {
+DEV void gemm_dw(const uint16_t* x, const uint16_t* dy, float* dw, const conv::Geom& g, int64_t k0, int64_t k1,
+                 const uint16_t* x2 = nullptr, int ca = 0) {
     static_assert(TBN == 64 || TBN == 32, "64- or 32-column tiles");
     constexpr int BCH = TBN / 8, JN = TBN / 16, ACH = BM / 8;
     alignas(128) __shared__ uint16_t As[STAGES][BK * BM];
@@ -455,6 +500,16 @@ DEV void gemm_dw(const uint16_t* x, const uint16_t* dy, float* dw, const conv::G
     // this thread's A chunk: rows (tap, ci .. ci + 7) of dW, fixed for the whole reduction
     const int ac = tid % ACH, ak = tid / ACH;
     const conv::Tap t = conv::x_tap(g, m0 + 8 * ac, M);
+    // its part: the tensor, and the geometry whose cin the part's pixels are apart by
+    const bool second = x2 && t.ch >= ca;
+    const uint16_t* src = second ? x2 : x;
+    conv::Geom gp = g;
+    int off = t.off;
+    if (x2) {
+        gp.cin = second ? g.cin - ca : ca;
+        const int ky = t.tap / g.k, kx = t.tap - ky * g.k;
+        off = (ky * g.w + kx) * gp.cin + (second ? t.ch - ca : t.ch);
+    }
     const int bk = tid / BCH, bc = tid % BCH;
     const bool b_copies = tid < BK * BCH, b_ok = n0 + 8 * bc < N;
     const int steps = (int)((k1 - k0 + BK - 1) / BK);
@@ -463,9 +518,9 @@ DEV void gemm_dw(const uint16_t* x, const uint16_t* dy, float* dw, const conv::G
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int r = ak + (THREADS / ACH) * i;
-            const conv::Window px = conv::out_pixel(g, lk + r, k1);
+            const conv::Window px = conv::out_pixel(gp, lk + r, k1);
             const bool ok = (px.valid >> t.bit) & 1u;
-            cp_async16(&As[slot][swizzled<ACH>(r, ac)], ok ? x + px.base + t.off : x, ok);
+            cp_async16(&As[slot][swizzled<ACH>(r, ac)], ok ? src + px.base + off : x, ok);
         }
         if (b_copies) {
             const bool ok = b_ok && lk + bk < k1;
@@ -571,6 +626,16 @@ extern "C" __global__ void __launch_bounds__(256, 2)
                        int ca) {
     h16::halo_fwd(x, wt, np, bias, res, y, leaky, n, h, w, cin, cout, x2, ca);
 }
+// The forward into c1 = conv3(x) + bias with half instance norm's statistics of c1's first cn
+// channels summed as it is written (FwdStatsOut: s0, s1 f64, zeroed, images × cn, shifted by
+// the bias); cin a multiple of 32, cout of 8
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_fwd_stats_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, uint16_t* y, int n,
+                             int h, int w, int cin, int cout, double* s0, double* s1, int cn) {
+    if (cout % 8 != 0) __trap();
+    const h16::FwdStatsOut out{{bias, nullptr, y, cout, 0}, s0, s1, cn};
+    h16::halo3<false>(x, nullptr, 0, cin, wt, np, cout, n, h, w, out);
+}
 // A residual block's tail: out = a2 + identity(x or [x | x2]) + bid, a2 = LeakyReLU(conv3(a1) +
 // b2), kept where a2 is set (conv_halo.cuh halo_block); c2 and the identity's cin multiples of
 // 32 (ca too, where x2 is set), cout of 8; weights packed as the forward's, np apart
@@ -586,27 +651,42 @@ extern "C" __global__ void __launch_bounds__(256, 2)
                       int n, int h, int w, int cin, int cout, int, int, int) {
     h16::halo_dx(dy, wt, np, x, dx, accumulate, n, h, w, cin, cout);
 }
+// A residual block's input gradient (conv_halo.cuh halo_dx_block): dx = conv1ᵀ(dc1) +
+// identityᵀ(d_out), conv1 3 × 3 from c1 channels (weights [tap][co][ci]), the identity 1 × 1
+// from cid ([co][ci]), both multiples of 32, np apart; split into [dx | dx2] at ca where dx2 is
+// set (ca a multiple of 32); cin a multiple of 8
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_dx_block_h16(const uint16_t* dc1, const uint16_t* wt1, int np, const uint16_t* d_out,
+                            const uint16_t* wid, int cid, uint16_t* dx, uint16_t* dx2, int ca, int n, int h, int w,
+                            int cin, int c1) {
+    if (cin % 8 != 0) __trap();
+    h16::DxOutH out{nullptr, dx, cin, 0};
+    out.dx2 = dx2;
+    out.ca = dx2 ? ca : 0;
+    h16::halo_dx_block(dc1, wt1, np, d_out, wid, cid, out, n, h, w, cin, c1);
+}
 
 // dW (f32, zeroed, rows (tap, ci) × cout) and db (f32, zeroed, or null) += the weight and bias
 // gradients of a 3 × 3 stride-1 pad-1 layer from f16 x and dY (cin a multiple of 32, cout of 8)
 // over `tiles` = halo_blocks(n, h, w) tiles, grid-strided; grid (splits, cin / 32 · ⌈cout /
-// 32⌉)
+// 32⌉); x2 (ca > 0, both parts multiples of 32): x is [x | x2]
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_dw_h16(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int tiles, int h, int w, int cin,
-                      int cout) {
-    h16::halo_dw(x, dy, dw, db, tiles, h, w, cin, cout);
+                      int cout, const uint16_t* x2, int ca) {
+    h16::halo_dw(x, dy, dw, db, tiles, h, w, cin, cout, x2, x2 ? ca : 0);
 }
 
 // dW (f32, zeroed, rows (tap, ci) × cout) += the weight gradient from f16 x and dY; grid
-// (⌈k²·cin / 128⌉, ⌈cout / TBN⌉, K splits); cin and cout multiples of 8
+// (⌈k²·cin / 128⌉, ⌈cout / TBN⌉, K splits); cin and cout multiples of 8; x2 (ca > 0, a multiple
+// of 8): x is [x | x2]
 #define H16_DW(NAME, TBN)                                                                                          \
     extern "C" __global__ void __launch_bounds__(256) NAME(const uint16_t* x, const uint16_t* dy, float* dw, int n, \
                                                            int h, int w, int cin, int cout, int k, int stride,      \
-                                                           int pad) {                                               \
+                                                           int pad, const uint16_t* x2, int ca) {                   \
         const conv::Geom g = conv::geom(n, h, w, cin, cout, k, stride, pad);                                        \
         int64_t k0, k1;                                                                                              \
         h16::dw_split((int64_t)n * g.oh * g.ow, gridDim.z, blockIdx.z, &k0, &k1);                                   \
-        h16::gemm_dw<TBN>(x, dy, dw, g, k0, k1);                                                                     \
+        h16::gemm_dw<TBN>(x, dy, dw, g, k0, k1, x2, x2 ? ca : 0);                                                    \
     }
 H16_DW(conv2d_bwd_weight_h16, 64)
 H16_DW(conv2d_bwd_weight_h16n, 32)

@@ -65,12 +65,13 @@ static_assert(HALO_T == 16 && HALO_N / 8 == 4 && THREADS == 256, "four pixels a 
 // Stage channels c0 .. c0 + 31 of the tile's input with its halo (zero outside the image) into
 // hs, from x (its first `ca` channels of C; all C where x2 is null) or x2 (the rest). Thread
 // t < 216 copies 16-byte chunk t mod 4 of halo column t / 4 mod 18 in halo rows t / 72, + 3, ..
-// (six rows). Part of a cp.async group the caller commits.
+// (six rows). Part of a cp.async group the caller commits. `centre`: the 16 × 16 pixels of the
+// tile alone, the ring around them left as it was (a 1 × 1 step reads only the centre tap).
 constexpr int HALO_COPIES = HALO_S * (HALO_C / 8);  // 72 a halo row
 constexpr int HALO_ROWS_AT = THREADS / HALO_COPIES; // 3 halo rows a pass
 static_assert(HALO_S % HALO_ROWS_AT == 0, "six passes of three halo rows");
 DEV void halo_stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca, int C, int c0, const HaloTile& t,
-                    int h, int w) {
+                    int h, int w, bool centre = false) {
     const int tid = threadIdx.x;
     if (tid >= HALO_ROWS_AT * HALO_COPIES) return;
     const bool second = x2 && c0 >= ca;
@@ -82,8 +83,11 @@ DEV void halo_stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca,
     const uint16_t* g = src + ((((int64_t)t.img * h + gy) * w + gx) * cs + cc + 8 * q);
     const int64_t step = (int64_t)HALO_ROWS_AT * w * cs;
     uint16_t* s = hs + (row * HALO_S + col) * HALO_ROW + 8 * q;
+    const bool ring_col = col == 0 || col == HALO_S - 1;
 #pragma unroll
     for (int i = 0; i < HALO_S / HALO_ROWS_AT; ++i, g += step) {
+        const int r = row + HALO_ROWS_AT * i;
+        if (centre && (ring_col || r == 0 || r == HALO_S - 1)) continue;
         const bool ok = x_in && (unsigned)(gy + HALO_ROWS_AT * i) < (unsigned)h;
         cp_async16(s + i * HALO_ROWS_AT * HALO_S * HALO_ROW, ok ? g : src, ok);
     }
@@ -111,12 +115,15 @@ DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, i
 // 1 × 1 identity's 32-channel chunks of x (or [x | x2]) add onto them through the centre tap
 // only, and the epilogue adds the identity's bias. The identity's own pass — reading x and a2,
 // writing the block's output, at ~2 of the card's 4.2 TB/s — and a2's round trip go away.
+// The backward pass mirrors it (`halo_dx_block`): the block input's gradient is conv1's data
+// gradient from dc1 plus the identity's from d_out, the latter as centre-tap steps of d_out
+// after conv1's chunks of dc1 — no identity GEMM writing dx, no second pass adding onto it.
 struct HaloIdentity {
-    const uint16_t *x, *x2;  // the block's input: [x (ca channels) | x2] where x2 is set
+    const uint16_t *x, *x2;  // the block's input: [x (ca channels) | x2] where x2 is set (DX: d_out)
     int ca, C;               // ... and all its channels
-    const uint16_t* wt;      // the identity's weights packed [C][np] f16 (np as conv2's)
-    const float* b2;         // conv2's bias (null: none)
-    uint16_t* a2;            // conv2's activation, kept (null: not written)
+    const uint16_t* wt;      // the identity's weights packed [C][np] f16 (np as conv2's; DX: [co][ci])
+    const float* b2;         // conv2's bias (null: none; not read in DX)
+    uint16_t* a2;            // conv2's activation, kept (null: not written; not in DX)
 };
 
 // Stage rows c0 .. c0 + 31 of the identity's packed weights ([C][np]) as the centre tap's rows
@@ -154,12 +161,11 @@ static_assert(HALO_T * HALO_T * HALO_CS * 4 <= HALO_FWD_STAGE * 2, "a tile's f32
 // times the weights. After a tile's last chunk the
 // GEMM's epilogues (FwdOut, DxOutH; m the pixel's index, N columns) write it: where N is a
 // multiple of 8, from the tile's f32 result staged in the slot just read, eight columns a
-// thread (`store8`: on the H200 the pairs of `store` from the MMA fragments took 36 % more
+// thread (`store_row8`: on the H200 the pairs of `store` from the MMA fragments took 36 % more
 // memory sectors than needed, and a tenth of the instructions were MMAs).
 template <bool DX, class Out, bool ID = false>
 DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int n, int h,
                int w, const Out& out, const HaloIdentity& id = {}) {
-    static_assert(!(ID && DX), "the identity rides on the forward");
     HALO_DYNAMIC_SMEM(smem, 2 * HALO_FWD_STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int nb = (N + HALO_N - 1) / HALO_N, walkers = (int)gridDim.x / nb, first = (int)blockIdx.x / nb;
@@ -195,7 +201,7 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         uint16_t* hs = smem + (s & 1) * HALO_FWD_STAGE;
         if (ID && k >= chunks2) {
             const int c0 = HALO_C * (k - chunks2);
-            halo_stage(hs, id.x, id.x2, id.ca, id.C, c0, t, h, w);
+            halo_stage(hs, id.x, id.x2, id.ca, id.C, c0, t, h, w, true);
             halo_centre_weights(hs + HALO_PX * HALO_ROW, id.wt, np, c0, n0);
             return;
         }
@@ -220,12 +226,40 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         // thread t: columns 8 (t mod 4) .. of tile pixels t / 4, + 64, .. (tile rows four apart)
         const int q = threadIdx.x % 4, px = threadIdx.x / 4, nn = n0 + 8 * q;
         const int y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
+        constexpr bool STATS = std::remove_reference_t<decltype(o)>::STATS;
+        float p0[8] = {}, p1[8] = {};  // STATS: this thread's pixels' sums, its eight columns
         if (xx < w && nn < N) {
-            int64_t at = (((int64_t)t.img * h + y) * w + xx) * N + nn;
-            const int64_t step = (int64_t)4 * w * N;
+            int64_t m = ((int64_t)t.img * h + y) * w + xx;
 #pragma unroll
-            for (int i = 0; i < 4; ++i, at += step)
-                if (y + 4 * i < h) o.store8(at, nn, cs + (px + 64 * i) * HALO_CS + 8 * q);
+            for (int i = 0; i < 4; ++i, m += 4 * w)
+                if (y + 4 * i < h) {
+                    o.store_row8(m, nn, cs + (px + 64 * i) * HALO_CS + 8 * q);
+                    if constexpr (STATS) o.sums8(nn, cs + (px + 64 * i) * HALO_CS + 8 * q, p0, p1);
+                }
+        }
+        if constexpr (STATS) {
+            // the tile's sums: a warp's eight lanes of one column run (lanes equal mod 4) add
+            // theirs by shuffles, lanes 0–3 put the warp's through the slot, then a thread per
+            // (column, moment) adds the eight warps' in f64 and once into the image's sums
+#pragma unroll
+            for (int m = 4; m < 32; m *= 2)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    p0[j] += __shfl_xor_sync(0xffffffffu, p0[j], m);
+                    p1[j] += __shfl_xor_sync(0xffffffffu, p1[j], m);
+                }
+            __syncthreads();  // every thread is done reading the staged result
+            if (lane < 4)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) cs[(warp * 4 + lane) * 16 + j] = p0[j], cs[(warp * 4 + lane) * 16 + 8 + j] = p1[j];
+            __syncthreads();
+            const int r = threadIdx.x, col = r % HALO_N, moment = r / HALO_N, cn = n0 + col;
+            if (r < 2 * HALO_N && cn < o.cn && cn < N) {
+                double a = 0.0;
+#pragma unroll
+                for (int v = 0; v < THREADS / 32; ++v) a += cs[(v * 4 + col / 8) * 16 + 8 * moment + col % 8];
+                atomicAdd((moment ? o.s1 : o.s0) + (int64_t)t.img * o.cn + cn, a);
+            }
         }
         __syncthreads();  // every thread is done with the slot before it is staged again
     };
@@ -265,7 +299,7 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         }
         __syncthreads();  // every warp is done with this slot before the step after next fills it
         float* cs = reinterpret_cast<float*>(smem + (s & 1) * HALO_FWD_STAGE);
-        if (ID && k == chunks2 - 1) {
+        if (ID && !DX && k == chunks2 - 1) {
             // conv2 done: a2 = f16(LeakyReLU(Σ + b2)) in the sums, and out where kept
 #pragma unroll
             for (int j = 0; j < 4; ++j)
@@ -325,7 +359,9 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
 // columns) from the staged dY tile, both transposed out of their pixel rows. The column sums
 // ride on the same B fragments as an MMA with an all-ones A (tile row r on warp r mod 8).
 // N a multiple of 8.
-DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int tiles, int h, int w, int C, int N) {
+// x2 (ca > 0): x is [x (ca channels) | x2], read in place as halo_stage reads it.
+DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int tiles, int h, int w, int C, int N,
+                 const uint16_t* x2 = nullptr, int ca = 0) {
     HALO_DYNAMIC_SMEM(smem, 2 * HALO_DW_STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int chunks = C / HALO_C, c0 = HALO_C * ((int)blockIdx.y % chunks), n0 = HALO_N * ((int)blockIdx.y / chunks);
@@ -353,7 +389,7 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
     auto stage = [&](const HaloTile& t, int s) {
         uint16_t* hs = smem + s * HALO_DW_STAGE;
         uint16_t* ds = hs + HALO_PX * HALO_ROW;
-        halo_stage(hs, x, nullptr, 0, C, c0, t, h, w);
+        halo_stage(hs, x, x2, ca, C, c0, t, h, w);
         // thread t: chunk t mod 4 of tile pixels t / 4, + 64, .. (tile rows four apart)
         const int q = threadIdx.x % 4, px = threadIdx.x / 4, y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
         const bool ok = xx < w && n0 + 8 * q < N;
@@ -441,6 +477,15 @@ DEV void halo_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bi
 DEV void halo_block(const uint16_t* a1, const uint16_t* wt2, int np, const float* bid, uint16_t* out, int n, int h,
                     int w, int c2, int cout, const HaloIdentity& id) {
     halo3<false, FwdOut, true>(a1, nullptr, 0, c2, wt2, np, cout, n, h, w, FwdOut{bid, nullptr, out, cout, 0}, id);
+}
+// A residual block's input gradient (HaloIdentity, DX): dX = conv1ᵀ(dc1) + identityᵀ(d_out)
+// with conv1 3 × 3 (weights packed [tap][co][ci], cout = c1 channels of dc1) and the identity
+// 1 × 1 ([co][ci], cid channels of d_out), both np apart; written split into [dx | dx2] at ca
+// where dx2 is set (out.dx2, out.ca); cin a multiple of 8
+DEV void halo_dx_block(const uint16_t* dc1, const uint16_t* wt1, int np, const uint16_t* d_out, const uint16_t* wid,
+                       int cid, const DxOutH& out, int n, int h, int w, int cin, int c1) {
+    const HaloIdentity id{d_out, nullptr, 0, cid, wid, nullptr, nullptr};
+    halo3<true, DxOutH, true>(dc1, nullptr, 0, c1, wt1, np, cin, n, h, w, out, id);
 }
 // dX (cin channels) = [dX +] leaky'(x) · the data gradient from dY (cout channels)
 DEV void halo_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,

@@ -29,6 +29,16 @@ inline void atomicAdd(float* p, float v) {
         __builtin_memcpy(&next, &f, 4);
     } while (!__atomic_compare_exchange_n(q, &cur, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 }
+inline void atomicAdd(double* p, double v) {
+    uint64_t* q = reinterpret_cast<uint64_t*>(p);
+    uint64_t cur = __atomic_load_n(q, __ATOMIC_RELAXED), next;
+    do {
+        double f;
+        __builtin_memcpy(&f, &cur, 8);
+        f += v;
+        __builtin_memcpy(&next, &f, 8);
+    } while (!__atomic_compare_exchange_n(q, &cur, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+}
 #endif
 
 namespace conv {

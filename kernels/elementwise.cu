@@ -14,27 +14,33 @@
 constexpr float LEAKY_SLOPE = 0.2f;
 constexpr float LOGIT_EPS = 1.388794e-11f;
 
-// b[i] = f(a[i], b[i]) (or f(a[i]) where b is only written: `Reads`), eight values a thread
-// where both are aligned, then one at a time for the rest: one formula for both paths.
+// out[i] = f(a[i], b[i]) (or f(a[i]) where b is not read: `Reads`), eight values a thread
+// where all are aligned, then one at a time for the rest: one formula for both paths. out may
+// be b (in place).
 template <bool Reads, class T, class F>
-__device__ void each(const T* a, T* b, int64_t n, F f) {
+__device__ void each(const T* a, const T* b, T* out, int64_t n, F f) {
     auto one = [&](float u, float v) {
         if constexpr (Reads) return f(u, v);
         else return f(u);
     };
-    const int64_t n8 = h16::aligned16(a, b) ? n / 8 : 0;
+    const int64_t n8 = h16::aligned16(a, out) && h16::aligned16(b, out) ? n / 8 : 0;
     GRID_STRIDE(r, n8) {
         float u[8], v[8] = {};
         h16::ld8(a + 8 * r, u);
         if (Reads) h16::ld8(b + 8 * r, v);
 #pragma unroll
         for (int k = 0; k < 8; ++k) v[k] = one(u[k], v[k]);
-        h16::st8(b + 8 * r, v);
+        h16::st8(out + 8 * r, v);
     }
     GRID_STRIDE(t, n - 8 * n8) {
         const int64_t i = 8 * n8 + t;
-        h16::st(b + i, one(h16::ld(a + i), Reads ? h16::ld(b + i) : 0.0f));
+        h16::st(out + i, one(h16::ld(a + i), Reads ? h16::ld(b + i) : 0.0f));
     }
+}
+// b[i] = f(a[i], b[i]) in place (or f(a[i]))
+template <bool Reads, class T, class F>
+__device__ void each(const T* a, T* b, int64_t n, F f) {
+    each<Reads>(a, b, b, n, f);
 }
 
 // Each kernel of this group once for f32 storage and once (`_h16`) for f16: the same f32
@@ -58,6 +64,14 @@ __device__ void leaky_relu_backward(const T* y, T* dy, int64_t n) {
 }
 #define Y_DY_PARAMS(T) const T *y, T *dy, int64_t n
 F32_AND_H16(leaky_relu_backward, Y_DY_PARAMS, (y, dy, n))
+// g = dy · (y > 0 ? 1 : slope), dy kept: a residual block's conv_2 reads g while its identity
+// still reads dy
+template <class T>
+__device__ void leaky_relu_grad(const T* y, const T* dy, T* g, int64_t n) {
+    each<true>(y, dy, g, n, [](float a, float d) { return a <= 0.0f ? d * LEAKY_SLOPE : d; });
+}
+#define Y_DY_G_PARAMS(T) const T *y, const T *dy, T *g, int64_t n
+F32_AND_H16(leaky_relu_grad, Y_DY_G_PARAMS, (y, dy, g, n))
 
 // y = sigmoid(x)
 template <class T>
@@ -75,13 +89,27 @@ F32_AND_H16(sigmoid_backward, Y_DY_PARAMS, (y, dy, n))
 
 // hr = sigmoid(logit(clamp(vd, eps, 1 - eps)) + l): the VD prior of the joint network; l in
 // f32, or f16 where inference keeps the network's activations so; vd in f32, or f16 as the
-// score stage uploads it (its file's precision: `_vh16`); hr in f32
+// score stage uploads it (its file's precision: `_vh16`); hr in f32. Eight values a thread
+// where all three are aligned (as `each`), the same formula one at a time for the rest.
 template <class L, class V>
 __device__ void prior_sigmoid(const L* l, const V* vd, float* hr, int64_t n) {
-    GRID_STRIDE(i, n) {
-        float q = fminf(fmaxf(h16::ld(vd + i), LOGIT_EPS), 1.0f - LOGIT_EPS);
-        float z = logf(q / (1.0f - q)) + h16::ld(l + i);
-        hr[i] = 1.0f / (1.0f + expf(-z));
+    auto one = [](float v, float lv) {
+        const float q = fminf(fmaxf(v, LOGIT_EPS), 1.0f - LOGIT_EPS);
+        const float z = logf(q / (1.0f - q)) + lv;
+        return 1.0f / (1.0f + expf(-z));
+    };
+    const int64_t n8 = h16::aligned16(l, vd, hr) ? n / 8 : 0;
+    GRID_STRIDE(r, n8) {
+        float v[8], lv[8], o[8];
+        h16::ld8(vd + 8 * r, v);
+        h16::ld8(l + 8 * r, lv);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) o[k] = one(v[k], lv[k]);
+        h16::st8(hr + 8 * r, o);
+    }
+    GRID_STRIDE(t, n - 8 * n8) {
+        const int64_t i = 8 * n8 + t;
+        hr[i] = one(h16::ld(vd + i), h16::ld(l + i));
     }
 }
 #define PRIOR_SIGMOID(name, L, V) \

@@ -143,18 +143,30 @@ extern "C" __global__ void finish_means_f32(const double* s, int64_t n, int64_t 
         out[i] = (float)(s[i] / (double)hw);
 }
 
-// Means and 1/σ (biased variance + eps) of each (image, channel < cn) from mode 3's shifted
-// sums; n = images × cn entries.
-template <class T>
-__device__ void finish_moments(const double* s0, const double* s1, const T* x, int64_t n, int cn, int64_t hw, int c,
-                               float* mean, float* rstd) {
+// Means and 1/σ (biased variance + eps) of each (image, channel < cn) from sums of x − p and
+// (x − p)², p = shift(image, channel); n = images × cn entries.
+template <class Shift>
+__device__ void moments_of(const double* s0, const double* s1, int64_t n, int cn, int64_t hw, Shift shift, float* mean,
+                           float* rstd) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)blockDim.x * gridDim.x) {
         const int64_t img = i / cn, ch = i % cn;
         const double d = s0[i] / (double)hw;
         const double var = fmax(s1[i] / (double)hw - d * d, 0.0);
-        mean[i] = (float)((double)h16::ld(x + img * hw * c + ch) + d);
+        mean[i] = (float)((double)shift(img, ch) + d);
         rstd[i] = (float)(1.0 / sqrt(var + hin::EPS));
     }
+}
+// ... from mode 3's sums, shifted by the image's first pixel
+template <class T>
+__device__ void finish_moments(const double* s0, const double* s1, const T* x, int64_t n, int cn, int64_t hw, int c,
+                               float* mean, float* rstd) {
+    moments_of(s0, s1, n, cn, hw, [&](int64_t img, int64_t ch) { return h16::ld(x + img * hw * c + ch); }, mean, rstd);
+}
+// ... from sums shifted by a value per channel (the convolution's bias: conv3_halo_fwd_stats_h16),
+// none where `shift` is null
+extern "C" __global__ void finish_moments_shifted(const double* s0, const double* s1, const float* shift, int64_t n,
+                                                  int cn, int64_t hw, float* mean, float* rstd) {
+    moments_of(s0, s1, n, cn, hw, [&](int64_t, int64_t ch) { return shift ? shift[ch] : 0.0f; }, mean, rstd);
 }
 extern "C" __global__ void finish_moments_f32(const double* s0, const double* s1, const float* x, int64_t n,
                                               int cn, int64_t hw, int c, float* mean, float* rstd) {

@@ -440,6 +440,39 @@ static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool ep
                  from_half(y), want);
 }
 
+// The forward with half instance norm's statistics summed as it writes (conv3_halo_fwd_stats_h16:
+// FwdStatsOut): c1 = conv3(x) + bias as the policy rounds it, and per (image, channel < cn) the
+// sums of c1 − bias and its square, exact (small integers)
+static void halo_stats_case(int n, int h, int w, int cin, int cout, int cn, unsigned walkers) {
+    const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
+    const int64_t P = (int64_t)n * h * w, hw = (int64_t)h * w;
+    const int np = (cout + 7) / 8 * 8;
+    auto x = small_ints(P * cin), wt = small_ints(9 * cin * cout), bias = small_ints(cout);
+    const auto xh = to_half(x), wh = pack_half(wt, 9 * cin, cout, np);
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    std::vector<double> s0(n * cn, 0.0), s1(n * cn, 0.0);
+    launch(walkers * blocks(cout, h16::HALO_N), 1, 1, [&] {
+        const h16::FwdStatsOut out{{bias.data(), nullptr, y.data(), cout, 0}, s0.data(), s1.data(), cn};
+        h16::halo3<false>(xh.data(), nullptr, 0, cin, wh.data(), np, cout, n, h, w, out);
+    });
+    std::vector<float> want(P * cout, -99.0f);
+    plain_gemm(Fwd{x.data(), wt.data(), bias.data(), nullptr, want.data(), g, 0}, P, cout, 9 * cin);
+    round_half(want);
+    std::vector<float> w0(n * cn, 0.0f), w1(n * cn, 0.0f), g0(s0.begin(), s0.end()), g1(s1.begin(), s1.end());
+    for (int i = 0; i < n; ++i)
+        for (int64_t q = 0; q < hw; ++q)
+            for (int c = 0; c < cn; ++c) {
+                const double d = (double)want[(i * hw + q) * cout + c] - bias[c];
+                w0[i * cn + c] += (float)d, w1[i * cn + c] += (float)(d * d);
+            }
+    const std::string what = std::to_string(cin) + " -> " + std::to_string(cout) + " (" + std::to_string(cn) +
+                             " normalised), " + std::to_string(n) + " x " + std::to_string(h) + " x " +
+                             std::to_string(w) + ", " + std::to_string(walkers) + " walkers";
+    expect_equal("halo forward with statistics, c1, " + what, from_half(y), want);
+    expect_equal("halo forward with statistics, sums, " + what, g0, w0);
+    expect_equal("halo forward with statistics, sums of squares, " + what, g1, w1);
+}
+
 static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, unsigned walkers) {
     const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
     const int64_t X = (int64_t)n * h * w;
@@ -463,23 +496,35 @@ static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, uns
                  from_half(dx), want);
 }
 
+// split x into its first ca channels and the rest (the decoder's [up | skip], read in place)
+static void split_parts(const std::vector<float>& x, int64_t px, int cin, int ca, std::vector<float>& a,
+                        std::vector<float>& b) {
+    a.assign(px * ca, 0.0f);
+    b.assign(px * (cin - ca), 0.0f);
+    for (int64_t q = 0; q < px; ++q)
+        for (int c = 0; c < cin; ++c) (c < ca ? a[q * ca + c] : b[q * (cin - ca) + c - ca]) = x[q * cin + c];
+}
+
 // dW (and dB where `bias`) of the halo weight gradient, over `nblocks` blocks
 // walking the tiles grid-strided per (32 channels, 32 columns), against the policy and the
-// column sums of dY
-static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblocks, bool bias) {
+// column sums of dY; ca > 0: x is read in place as the two parts [x (ca channels) | the rest]
+static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblocks, bool bias, int ca = 0) {
     const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
     const int64_t P = (int64_t)n * h * w;
     auto x = small_ints(P * cin), dy = small_ints(P * cout);
-    const auto xh = to_half(x), dyh = to_half(dy);
+    std::vector<float> xa, xb;
+    split_parts(x, P, cin, ca ? ca : cin, xa, xb);
+    const auto xh = to_half(xa), xbh = to_half(xb), dyh = to_half(dy);
     std::vector<float> dw(9 * cin * cout, 0.0f), want(9 * cin * cout, 0.0f), db(cout, 0.0f), want_db(cout, 0.0f);
     const int tiles = (int)h16::halo_blocks(n, h, w);
-    launch(
-        nblocks, (unsigned)(cin / 32) * blocks(cout, h16::HALO_N), 1,
-        [&] { h16::halo_dw(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout); });
+    launch(nblocks, (unsigned)(cin / 32) * blocks(cout, h16::HALO_N), 1, [&] {
+        h16::halo_dw(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout,
+                     ca ? xbh.data() : nullptr, ca);
+    });
     plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, 9 * cin, cout, P);
     for (int64_t q = 0; q < P; ++q)
         for (int c = 0; c < cout; ++c) want_db[c] += bias ? dy[q * cout + c] : 0.0f;
-    const std::string what = std::to_string(cin) + " -> " + std::to_string(cout) + ", " + std::to_string(h) + " x " +
+    const std::string what = std::to_string(cin) + (ca ? " (parts " + std::to_string(ca) + " + " + std::to_string(cin - ca) + ")" : "") + " -> " + std::to_string(cout) + ", " + std::to_string(h) + " x " +
                              std::to_string(w) + ", " + std::to_string(tiles) + " tiles on " + std::to_string(nblocks) +
                              " blocks";
     expect_equal("halo conv weight gradient, " + what, dw, want);
@@ -531,8 +576,61 @@ static void halo_block_tails() {
     halo_block_case(3, 9, 20, 32, 64, 0, 72, true, 3);    // N = 72: three column blocks (the last 8 wide); steps wrap images
 }
 
+// A residual block's input gradient in one halo kernel (halo_dx_block): conv1's data gradient
+// from dc1 (c1 channels) plus the 1 × 1 identity's from d_out (cid channels), written whole or
+// split at ca (the decoder's [up | skip]); against the two layers' policies summed in f32 and
+// rounded once (small integers: every sum exact)
+static void halo_dx_block_case(int n, int h, int w, int cin, int ca, int c1, int cid, unsigned walkers) {
+    const Geom g1 = geom(n, h, w, cin, c1, 3, 1, 1), gid = geom(n, h, w, cin, cid, 1, 1, 0);
+    const int64_t X = (int64_t)n * h * w;
+    const int np = (cin + 7) / 8 * 8;
+    auto dc1 = small_ints(X * c1), d_out = small_ints(X * cid), w1 = small_ints(9 * cin * c1), wid = small_ints(cin * cid);
+    // [tap][co][ci], rows np apart
+    auto pack_t = [&](const std::vector<float>& wt, int taps, int co_n) {
+        std::vector<uint16_t> wp((size_t)taps * co_n * np, 0);
+        for (int64_t t = 0; t < taps; ++t)
+            for (int co = 0; co < co_n; ++co)
+                for (int ci = 0; ci < cin; ++ci) wp[(t * co_n + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * co_n + co]);
+        return wp;
+    };
+    const auto w1p = pack_t(w1, 9, c1), widp = pack_t(wid, 1, cid), dc1h = to_half(dc1), douth = to_half(d_out);
+    const int cb = ca ? cin - ca : 0;
+    std::vector<uint16_t> dxa(X * (ca ? ca : cin), HALF_NAN), dxb(X * cb, HALF_NAN);
+    launch(walkers * blocks(cin, h16::HALO_N), 1, 1, [&] {
+        h16::DxOutH out{nullptr, dxa.data(), cin, 0};
+        out.dx2 = ca ? dxb.data() : nullptr;
+        out.ca = ca;
+        h16::halo_dx_block(dc1h.data(), w1p.data(), np, douth.data(), widp.data(), cid, out, n, h, w, cin, c1);
+    });
+    std::vector<float> want(X * cin, 0.0f);
+    plain_gemm(BwdData{dc1.data(), w1.data(), want.data(), g1, DxOut{nullptr, 1}}, X, cin, 9 * c1);
+    plain_gemm(BwdData{d_out.data(), wid.data(), want.data(), gid, DxOut{nullptr, 1}}, X, cin, cid);
+    round_half(want);
+    std::vector<float> wa, wb;
+    split_parts(want, X, cin, ca ? ca : cin, wa, wb);
+    const std::string what = std::to_string(cin) + " <- conv1 " + std::to_string(c1) + " + identity " +
+                             std::to_string(cid) + (ca ? ", split " + std::to_string(ca) + " + " + std::to_string(cb) : "") +
+                             ", " + std::to_string(n) + " x " + std::to_string(h) + " x " + std::to_string(w) + ", " +
+                             std::to_string(walkers) + " walkers";
+    expect_equal("halo block input gradient, " + what, from_half(dxa), wa);
+    if (ca) expect_equal("halo block input gradient, second part, " + what, from_half(dxb), wb);
+}
+
+static void halo_block_inputs() {
+    halo_dx_block_case(1, 17, 19, 32, 0, 32, 32, 3);    // down block 0: 32 <- 32 + 32, partial tiles
+    halo_dx_block_case(1, 9, 17, 32, 0, 64, 64, 2);     // 32 <- 64 + 64: two chunks each
+    halo_dx_block_case(1, 9, 33, 64, 32, 32, 32, 2);    // the decoder's: [up | skip] written apart
+    halo_dx_block_case(2, 10, 12, 128, 64, 64, 64, 1);  // two column blocks a part; steps wrap images
+    halo_dx_block_case(3, 9, 20, 72, 0, 32, 64, 3);     // cin 72: three column blocks, the last 8 wide
+    halo_dx_block_case(1, 8, 9, 96, 64, 32, 32, 2);     // unequal parts
+}
+
 static void halo_layers() {
     halo_block_tails();
+    halo_block_inputs();
+    halo_stats_case(2, 17, 19, 32, 32, 16, 3);   // down block 0: 16 of 32 normalised, partial tiles, 2 images
+    halo_stats_case(1, 9, 33, 64, 64, 32, 2);    // 32 normalised: the first column block only
+    halo_stats_case(3, 16, 20, 32, 128, 64, 1);  // 64 normalised over two column blocks; steps wrap images
     halo_fwd_case(2, 17, 19, 32, 0, 32, true, 3);   // partial tiles on both sides, two images: 8 tiles on 3 walkers
     halo_fwd_case(1, 16, 16, 64, 0, 20, false, 1);  // one whole tile; two 32-channel chunks, N = 20 (np 24)
     halo_fwd_case(1, 9, 33, 32, 32, 32, true, 2);   // the decoder's concatenation, in place: three tiles across
@@ -551,6 +649,8 @@ static void halo_layers() {
     halo_dw_case(1, 9, 7, 32, 8, 4, false);      // one tile, blocks without one; N = 8, no bias
     halo_dw_case(1, 17, 18, 64, 72, 3, true);    // 2 chunks × 3 column blocks (the last 8 wide)
     halo_dw_case(4, 7, 7, 32, 32, 3, true);      // a tile an image on 3 blocks: a step crosses 3 images
+    halo_dw_case(1, 9, 33, 64, 32, 2, true, 32);  // the decoder's [up | skip] read in place
+    halo_dw_case(2, 8, 9, 96, 40, 3, false, 64);  // unequal parts, two chunks of the first
 }
 
 static void half_up_case(int n, int h, int w, int cin, int cout) {
@@ -590,20 +690,24 @@ static void half_small_case(int n, int h, int w, int cout, bool epilogue) {
 
 // The f16 weight gradient: dW (f32) over K splits, against the policy's plain GEMM on the same
 // (exact) values — integer products summed in f32, so equal whatever the order.
+// ca > 0: x read in place as [x (ca channels) | the rest]
 template <int TBN>
-static void half_dw_case(int n, int h, int w, int cin, int cout, int k, int s, int p, int splits) {
+static void half_dw_case(int n, int h, int w, int cin, int cout, int k, int s, int p, int splits, int ca = 0) {
     const Geom g = geom(n, h, w, cin, cout, k, s, p);
     const int64_t P = (int64_t)n * g.oh * g.ow, kk = (int64_t)k * k;
     auto x = small_ints((size_t)n * h * w * cin), dy = small_ints(P * cout);
-    const auto xh = to_half(x), dyh = to_half(dy);
+    std::vector<float> xa, xb;
+    split_parts(x, (int64_t)n * h * w, cin, ca ? ca : cin, xa, xb);
+    const auto xh = to_half(xa), xbh = to_half(xb), dyh = to_half(dy);
     std::vector<float> dw(kk * cin * cout, 0.0f), want(kk * cin * cout, 0.0f);
     launch(blocks(kk * cin, h16::BM), blocks(cout, TBN), splits, [&] {
         int64_t k0, k1;
         h16::dw_split(P, splits, blockIdx.z, &k0, &k1);
-        h16::gemm_dw<TBN>(xh.data(), dyh.data(), dw.data(), g, k0, k1);
+        h16::gemm_dw<TBN>(xh.data(), dyh.data(), dw.data(), g, k0, k1, ca ? xbh.data() : nullptr, ca);
     });
     plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, kk * cin, cout, P);
     expect_equal("f16 storage conv weight gradient, " + std::to_string(TBN) + "-column tiles, " + std::to_string(cin) +
+                     (ca ? " (parts " + std::to_string(ca) + " + " + std::to_string(cin - ca) + ")" : "") +
                      " -> " + std::to_string(cout) + ", k " + std::to_string(k) + ", " + std::to_string(splits) +
                      " splits",
                  dw, want);
@@ -878,6 +982,9 @@ static void half_storage() {
     half_dw_case<64>(1, 7, 6, 24, 16, 3, 1, 1, 5);   // M = 216: two row tiles, tap-straddling rows; an empty split
     half_dw_case<32>(2, 9, 11, 32, 32, 3, 1, 1, 2);
     half_dw_case<32>(1, 5, 13, 40, 24, 1, 1, 0, 1);  // 1 × 1, N = 24 of 32
+    half_dw_case<64>(1, 9, 11, 64, 32, 1, 1, 0, 2, 32);   // the decoder's identity: [up | skip] in place
+    half_dw_case<32>(2, 6, 7, 96, 32, 1, 1, 0, 3, 64);    // unequal parts, the narrow tile
+    half_dw_case<64>(1, 7, 6, 40, 16, 3, 1, 1, 2, 16);    // 3 × 3 over parts: rows straddle taps and parts
     half_small_case<8>(2, 9, 7, 32, true);
     half_small_case<8>(1, 6, 11, 32, false);
     half_small_case<2>(1, 7, 5, 6, true);

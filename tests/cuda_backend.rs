@@ -6,7 +6,9 @@ mod common;
 use common::{rel, rnd};
 use rand::{Rng, SeedableRng};
 use spahdmap::backend::cuda::{Cuda, DBuf, Precision};
-use spahdmap::backend::{Backend, BlockTail, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Host, Shape, TileSpots};
+use spahdmap::backend::{
+    Backend, BlockHead, BlockHeadGrads, BlockTail, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Host, Shape, TileSpots,
+};
 use spahdmap::model::joint::{JointBatch, JointHead, LossWeights};
 use spahdmap::model::unet::UNet;
 use spahdmap::optim::{Adam, AdamConfig};
@@ -1550,6 +1552,126 @@ fn block_tails_run_as_one_halo_kernel() {
     assert_eq!(launches(&p, "conv2d_fwd_h16n"), 1, "{p:?}");
 }
 
+/// A layer with half instance norm after it (`conv2d_hin`): the halo forward sums the norm's
+/// statistics as it writes c1 (`conv3_halo_fwd_stats_h16`, `finish_moments_shifted`), no
+/// pass reading c1 back for them; against the CPU's convolution, then its norm of the same
+/// f16-rounded c1. A layer the kernel does not take (20 output channels) runs as the two.
+#[test]
+fn norm_statistics_ride_on_the_halo_forward() {
+    let Some(g) = gpu() else { return };
+    g.use_halo(true);
+    let cpu = Cpu::new();
+    g.set_profiling(true);
+    let c3 = |cin, cout| ConvSpec { cin, cout, k: 3, stride: 1, pad: 1 };
+    let cases = [((2, 35, 37), 32, 32), ((1, 18, 17), 32, 64), ((3, 20, 19), 64, 128), ((2, 9, 11), 32, 20)];
+    for (i, ((n, h, w), cin, cout)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let (xs, sp) = (Shape { n, h, w, c: cin }, c3(cin, cout));
+        let os = xs.with_c(cout);
+        let half = cout / 2;
+        let x = f16_rounded(rnd(xs.len(), 600 + i, -1.0, 1.0));
+        let (wt, bias) = (rnd(sp.weight_len(), 610 + i, -0.2, 0.2), rnd(cout, 620 + i, -0.5, 0.5));
+        let (gamma, beta) = (rnd(half, 630 + i, 0.5, 1.5), rnd(half, 640 + i, -0.5, 0.5));
+        let mut c1 = vec![0f32; os.len()];
+        cpu.conv2d(&x, xs, &sp, &wt, Some(&bias), Epilogue::NONE, &mut c1);
+        let c1h = f16_rounded(c1.clone());
+        let (mut y, mut st) = (vec![0f32; os.len()], vec![0f32; 2 * n * half]);
+        cpu.hin_forward(&c1h, os, &gamma, &beta, true, &mut y, &mut st);
+        let (wg, bg, gg, btg) = (g.upload(&wt), g.upload(&bias), g.upload(&gamma), g.upload(&beta));
+        let (mut c1g, mut yg, mut stg) = (nan_half(&g, os.len()), nan_half(&g, os.len()), nan(&g, st.len()));
+        g.conv2d_hin(&g.upload_half(&x), xs, &sp, &wg, Some(&bg), (&gg, &btg), true, &mut c1g, &mut yg, &mut stg);
+        let what = format!("conv + norm {cin} -> {cout} ({n} x {h} x {w})");
+        check(&format!("{what}: c1"), &g, &c1g, &c1, 2e-3);
+        check(&format!("{what}: statistics"), &g, &stg, &st, 1e-4);
+        check(&format!("{what}: y"), &g, &yg, &y, 2e-3);
+    }
+    let p = g.take_profile();
+    g.set_profiling(false);
+    assert_eq!(launches(&p, "conv3_halo_fwd_stats_h16"), 3, "{p:?}");
+    assert_eq!(launches(&p, "finish_moments_shifted"), 3, "{p:?}");
+    // the 20-channel layer: the plain forward, then the norm's own statistics pass
+    assert_eq!(launches(&p, "conv3_halo_fwd_h16"), 1, "{p:?}");
+    assert_eq!(launches(&p, "finish_moments_h16"), 1, "{p:?}");
+}
+
+/// A residual block's head backward on the halo kernels: conv_1's and the identity's weight and
+/// bias gradients reading the input (one tensor, or a concatenation in place), and the input's
+/// gradient conv_1ᵀ(dc1) + identityᵀ(d_out) from one kernel (`conv3_halo_dx_block_h16`), written
+/// in the input's parts; against the CPU's two layers in turn on the same f16-rounded values.
+/// A head the kernels do not take (3 channels at conv_1's output) runs as the two layers.
+#[test]
+fn block_heads_run_as_one_halo_kernel() {
+    let Some(g) = gpu() else { return };
+    g.use_halo(true);
+    let cpu = Cpu::new();
+    g.set_profiling(true);
+    let c3 = |cin, cout| ConvSpec { cin, cout, k: 3, stride: 1, pad: 1 };
+    let c1 = |cin, cout| ConvSpec { cin, cout, k: 1, stride: 1, pad: 0 };
+    // (pixels, input channels, second part's (0: one tensor), output channels, dX wanted)
+    let cases = [
+        ((2, 35, 37), 32, 0, 32, true),
+        ((1, 18, 17), 32, 0, 64, true),
+        ((2, 17, 13), 64, 32, 32, true),
+        ((1, 20, 19), 128, 64, 64, true),
+        ((1, 16, 21), 64, 32, 32, false),
+        ((2, 9, 11), 32, 0, 3, true),
+    ];
+    for (i, ((n, h, w), cin, cb, cout, want_dx)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let xs = Shape { n, h, w, c: cin };
+        let os = xs.with_c(cout);
+        let px = n * h * w;
+        let ca = cin - cb;
+        let (xa, xb) = (f16_rounded(rnd(px * ca, 500 + i, -1.0, 1.0)), f16_rounded(rnd(px * cb, 510 + i, -1.0, 1.0)));
+        let (dc1, d_out) =
+            (f16_rounded(rnd(os.len(), 520 + i, -1.0, 1.0)), f16_rounded(rnd(os.len(), 530 + i, -1.0, 1.0)));
+        let (sp1, spi) = (c3(cin, cout), c1(cin, cout));
+        let w1 = rnd(sp1.weight_len(), 540 + i, -0.2, 0.2);
+        let wi = rnd(spi.weight_len(), 550 + i, -0.2, 0.2);
+        fn head<'a, T>(x: [&'a T; 6], x2: Option<usize>, xs: Shape, sp: [&'a ConvSpec; 2]) -> BlockHead<'a, T> {
+            let [x, xb, dc1, d_out, w1, w_id] = x;
+            BlockHead { x, x2: x2.map(|ca| (xb, ca)), xs, conv1: sp[0], w1, dc1, identity: sp[1], w_id, d_out }
+        }
+        let x2 = (cb > 0).then_some(ca);
+        let zeros = |n: usize| vec![0f32; n];
+        let (mut gw1, mut gb1, mut gwi, mut gbi) =
+            (zeros(sp1.weight_len()), zeros(cout), zeros(spi.weight_len()), zeros(cout));
+        let (mut dxa, mut dxb) = (zeros(px * ca), zeros(px * cb));
+        let grads = BlockHeadGrads { w1: &mut gw1, b1: &mut gb1, w_id: &mut gwi, b_id: &mut gbi };
+        let dx = want_dx.then_some((&mut dxa, (cb > 0).then_some(&mut dxb)));
+        cpu.block_head_backward(head([&xa, &xb, &dc1, &d_out, &w1, &wi], x2, xs, [&sp1, &spi]), grads, dx);
+
+        let (xag, xbg, dc1g, doutg) =
+            (g.upload_half(&xa), g.upload_half(&xb), g.upload_half(&dc1), g.upload_half(&d_out));
+        let (w1g, wig) = (g.upload(&w1), g.upload(&wi));
+        let (mut gw1g, mut gb1g) = (nan(&g, gw1.len()), nan(&g, cout));
+        let (mut gwig, mut gbig) = (nan(&g, gwi.len()), nan(&g, cout));
+        let (mut dxag, mut dxbg) = (nan_half(&g, px * ca), (cb > 0).then(|| nan_half(&g, px * cb)));
+        let grads = BlockHeadGrads { w1: &mut gw1g, b1: &mut gb1g, w_id: &mut gwig, b_id: &mut gbig };
+        let dx = want_dx.then_some((&mut dxag, dxbg.as_mut()));
+        g.block_head_backward(head([&xag, &xbg, &dc1g, &doutg, &w1g, &wig], x2, xs, [&sp1, &spi]), grads, dx);
+        let what = format!("block head {ca} + {cb} -> {cout}, dX wanted: {want_dx}");
+        check(&format!("{what}: conv_1 dW"), &g, &gw1g, &gw1, 1e-4);
+        check(&format!("{what}: conv_1 dB"), &g, &gb1g, &gb1, 1e-4);
+        check(&format!("{what}: identity dW"), &g, &gwig, &gwi, 1e-4);
+        check(&format!("{what}: identity dB"), &g, &gbig, &gbi, 1e-4);
+        if want_dx {
+            check(&format!("{what}: dX"), &g, &dxag, &dxa, 2e-3);
+            if let Some(d) = &dxbg {
+                check(&format!("{what}: dX, second part"), &g, d, &dxb, 2e-3);
+            }
+        } else {
+            assert!(g.download(&dxag).iter().all(|v| v.is_nan()), "{what}: dX written where not wanted");
+        }
+    }
+    let p = g.take_profile();
+    g.set_profiling(false);
+    assert_eq!(launches(&p, "conv3_halo_dx_block_h16"), 4, "{p:?}");
+    // conv_1's weight gradients on the halo kernel, concatenations read in place, nothing split
+    assert_eq!(launches(&p, "conv3_halo_dw_h16"), 5, "{p:?}");
+    assert_eq!(launches(&p, "concat_channels_h16") + launches(&p, "split_channels_h16"), 0, "{p:?}");
+}
+
 /// The 3 × 3 stride-1 layers on the halo kernels (kernels/conv_halo.cuh, `use_halo`): forward
 /// from one tensor and from a concatenation read in place, data gradient with and without the
 /// fused epilogue, weight and bias gradients, odd sizes, partial tiles and column blocks,
@@ -1995,6 +2117,15 @@ fn f16_storage_elementwise_kernels_match_the_cpu() {
     let mut got = g.upload_half(&y);
     g.leaky_relu_backward(&xg, &mut got);
     check("f16 LeakyReLU backward", &g, &got, &want, 2e-3);
+    // out of place, dY kept, on the kernel of its own (not a copy and the in-place one)
+    let (yg, mut gg) = (g.upload_half(&y), nan_half(&g, n));
+    g.set_profiling(true);
+    g.leaky_relu_grad(&xg, &yg, &mut gg);
+    let p = g.take_profile();
+    g.set_profiling(false);
+    check("f16 LeakyReLU gradient out of place", &g, &gg, &want, 2e-3);
+    check("f16 LeakyReLU gradient keeps dY", &g, &yg, &y, 1e-7);
+    assert_eq!(launches(&p, "leaky_relu_grad_h16"), 1, "{p:?}");
     let mut s = vec![0f32; n];
     cpu.sigmoid(&x, &mut s);
     let mut sg = nan_half(&g, n);

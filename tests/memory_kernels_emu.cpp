@@ -107,6 +107,44 @@ static void two_operands(int64_t n, unsigned blocks) {
     }
 }
 
+// the VD prior, every pairing of l and vd kinds: eight-wide (all aligned) against one at a time
+// (hr misaligned), the same bits
+template <class L, class V>
+static void prior(int64_t n, unsigned blocks) {
+    const auto l = random<L>(n), vd = random<V>(n, 0.1f, 1.2f);
+    std::vector<float> out[2];
+    for (int off = 0; off < 2; ++off) {
+        Buf<L> a(n, false);
+        Buf<V> b(n, false);
+        Buf<float> hr(n, off);
+        fill(a, l);
+        fill(b, vd);
+        run(blocks, [&] { prior_sigmoid(a.p, b.p, hr.p, n); });
+        out[off] = hr.values();
+    }
+    expect_same(std::string("prior_sigmoid l ") + kind<L>() + " vd " + kind<V>() + " n " + std::to_string(n), out[0],
+                out[1]);
+}
+
+// leaky_relu_grad: out of place, against leaky_relu_backward in place (the same bits), eight-wide
+// and one at a time (the output alone misaligned)
+template <class T>
+static void out_of_place(int64_t n, unsigned blocks) {
+    const auto y = random<T>(n), dy = random<T>(n);
+    Buf<T> a(n, false), b(n, false);
+    fill(a, y);
+    fill(b, dy);
+    run(blocks, [&] { leaky_relu_backward<T>(a.p, b.p, n); });
+    for (int off = 0; off < 2; ++off) {
+        Buf<T> g(n, off), d(n, false);
+        fill(d, dy);
+        run(blocks, [&] { leaky_relu_grad<T>(a.p, d.p, g.p, n); });
+        expect_same(std::string("leaky_relu_grad ") + kind<T>() + " n " + std::to_string(n) + (off ? " misaligned" : ""),
+                    g.values(), b.values());
+        expect_same(std::string("leaky_relu_grad keeps dy, ") + kind<T>(), d.values(), dy);
+    }
+}
+
 template <class T>
 static void channels(int64_t px, int ca, int cb, unsigned blocks) {
     const int64_t c = ca + cb;
@@ -187,6 +225,26 @@ static double relative(const std::vector<S>& got, const std::vector<S>& want) {
     return norm > 0.0 ? std::sqrt(err / norm) : INFINITY;
 }
 
+// finish_moments_shifted with the image's first pixels as the shift gives finish_moments' bits
+// (mode 3's sums; the shift taken from x there)
+template <class T>
+static void moments(int images, int64_t hw, int c, int cn) {
+    const int64_t at = (int64_t)images * cn;
+    const auto x = random<T>(images * hw * c);
+    std::vector<double> s0(at), s1(at);
+    launch(Dim3{1, (unsigned)(cn + 31) / 32, (unsigned)images}, Dim3{32, 8, 1}, [&] {
+        pixel_sums(x.data(), x.data(), nullptr, nullptr, 3, hw, c, cn, hw, s0.data(), s1.data());
+    });
+    // one shift per channel: a single image (the shifted form's shift is per channel)
+    std::vector<float> shift(cn);
+    for (int ch = 0; ch < cn; ++ch) shift[ch] = h16::ld(x.data() + ch);
+    std::vector<float> m0(at), r0(at), m1(at), r1(at);
+    run(1, [&] { finish_moments(s0.data(), s1.data(), x.data(), at, cn, hw, c, m0.data(), r0.data()); });
+    run(1, [&] { finish_moments_shifted(s0.data(), s1.data(), shift.data(), at, cn, hw, m1.data(), r1.data()); });
+    expect_same(std::string("finish_moments_shifted ") + kind<T>() + ", means", m1, m0);
+    expect_same(std::string("finish_moments_shifted ") + kind<T>() + ", 1/sigma", r1, r0);
+}
+
 // pixel_runs (eight channels a thread) against pixel_sums (a channel a lane) in each mode: f64
 // sums in another order, so equal to a relative 1e-12
 template <class T>
@@ -234,6 +292,8 @@ static void column_sums(int64_t rows, int cols, int64_t chunk) {
 template <class T>
 static void every_kernel() {
     for (int64_t n : {8, 1000, 1003, 4099}) two_operands<T>(n, n < 100 ? 1 : 3);
+    for (int64_t n : {16, 1003, 4099}) out_of_place<T>(n, n < 100 ? 1 : 3);
+    for (int64_t n : {24, 1003}) prior<T, uint16_t>(n, 2), prior<T, float>(n, 2);
     channels<T>(37, 32, 32, 2);  // the decoder's equal parts
     channels<T>(29, 64, 32, 3);
     channels<T>(41, 8, 24, 1);
@@ -244,6 +304,7 @@ static void every_kernel() {
     half_norm<T>(2, 11, 20, 1);        // 10 normalised: one at a time both ways
     half_norm<T>(2, 37, 17, 3);        // odd c: a half of 8, but pixels of 17 (one at a time)
     half_norm<T>(1, 5, 33, 1);
+    moments<T>(1, 300, 32, 16);        // the shifted finish against the first-pixel one
     sums<T>(2, 300, 32, 16, 128);      // HIN's half of the first down block: 2 runs, 128 lanes
     sums<T>(3, 77, 64, 64, 40);        // every channel (spatial means), 8 runs, a short last chunk
     sums<T>(1, 50, 256, 128, 50);      // 16 runs, 16 lanes

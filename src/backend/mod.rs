@@ -343,6 +343,68 @@ pub fn block_tail_composed<B: Backend + ?Sized>(
     }
 }
 
+/// The head of a residual block's backward pass (model/unet.rs `Block`): conv_1 (3 × 3 in the
+/// U-Net) and the 1 × 1 identity both read the block's input x — one tensor, or the
+/// concatenation [x | x2] (x2's channels after x's `ca`) — of shape `xs`; dc1 is the gradient
+/// at conv_1's output, d_out the one at the block's output (the identity's).
+pub struct BlockHead<'a, T> {
+    pub x: &'a T,
+    pub x2: Option<(&'a T, usize)>,
+    pub xs: Shape,
+    pub conv1: &'a ConvSpec,
+    pub w1: &'a T,
+    pub dc1: &'a T,
+    pub identity: &'a ConvSpec,
+    pub w_id: &'a T,
+    pub d_out: &'a T,
+}
+
+/// Where `Backend::block_head_backward` writes the weight and bias gradients (overwritten).
+pub struct BlockHeadGrads<'a, T> {
+    pub w1: &'a mut T,
+    pub b1: &'a mut T,
+    pub w_id: &'a mut T,
+    pub b_id: &'a mut T,
+}
+
+/// `Backend::block_head_backward` as the two layers' backward passes in turn: the identity's
+/// dX, then conv_1's added onto it; a two-part input concatenated first and its gradient split
+/// after.
+pub fn block_head_backward_composed<B: Backend + ?Sized>(
+    be: &B,
+    h: BlockHead<B::Buf>,
+    g: BlockHeadGrads<B::Buf>,
+    dx: Option<(&mut B::Buf, Option<&mut B::Buf>)>,
+) {
+    let cat = h.x2.map(|(x2, ca)| {
+        let mut c = be.alloc(h.xs.len());
+        be.concat_channels(h.x, ca, x2, h.xs.c - ca, &mut c);
+        c
+    });
+    let x = cat.as_ref().unwrap_or(h.x);
+    let (mut first, second) = match dx {
+        Some((a, b)) => (Some(a), b),
+        None => (None, None),
+    };
+    // the whole gradient, where it goes out in two parts
+    let mut whole = second.as_ref().map(|_| be.alloc(h.xs.len()));
+    let mut target = match whole.as_mut() {
+        Some(w) => Some(w),
+        None => first.as_deref_mut(),
+    };
+    let (ci, c1) = (h.identity, h.conv1);
+    be.conv2d_backward(x, h.xs, ci, h.w_id, h.d_out, target.as_deref_mut(), DxEpilogue::NONE, g.w_id, Some(g.b_id));
+    be.conv2d_backward(x, h.xs, c1, h.w1, h.dc1, target, DxEpilogue::ACCUMULATE, g.w1, Some(g.b1));
+    if let (Some(w), Some(a), Some(b)) = (whole.take(), first, second) {
+        let ca = h.x2.expect("two output parts for a two-part input").1;
+        be.split_channels(&w, ca, h.xs.c - ca, a, b);
+        be.release(w);
+    }
+    if let Some(c) = cat {
+        be.release(c);
+    }
+}
+
 /// `Backend::freeze_weights` for a scope: on from `on` until dropped.
 pub struct FrozenWeights<'a, B: Backend> {
     b: &'a B,
@@ -477,6 +539,11 @@ pub trait Backend: Sync {
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf);
     /// dy *= leaky'(y), from the activation's output (same sign as its input)
     fn leaky_relu_backward(&self, y: &Self::Buf, dy: &mut Self::Buf);
+    /// g = dy ⊙ leaky'(y), dy kept (`leaky_relu_backward` out of place; g of dy's storage)
+    fn leaky_relu_grad(&self, y: &Self::Buf, dy: &Self::Buf, g: &mut Self::Buf) {
+        self.copy(dy, g);
+        self.leaky_relu_backward(y, g);
+    }
     /// y = sigmoid(x)
     fn sigmoid(&self, x: &Self::Buf, y: &mut Self::Buf);
     /// dy *= y (1 − y), from the sigmoid's output
@@ -522,6 +589,21 @@ pub trait Backend: Sync {
     /// by one f16 unit); elsewhere, and as the reference, the two convolutions in turn.
     fn block_tail(&self, t: BlockTail<Self::Buf>, a2: Option<&mut Self::Buf>, out: &mut Self::Buf) {
         block_tail_composed(self, t, a2, out)
+    }
+    /// A residual block's head backward (`BlockHead`): conv_1's and the identity's weight and
+    /// bias gradients, and — where `dx` is given — the input's gradient conv_1ᵀ(dc1) +
+    /// identityᵀ(d_out), into one buffer, or into two (the parts of a two-part input) where a
+    /// second is given. The GPU's f16 path writes it once from one halo kernel (no identity GEMM,
+    /// no pass adding onto its result, no split) and reads a two-part input in place; the sums'
+    /// order differs, so a value may differ by one f16 unit. Elsewhere, and as the reference,
+    /// the two layers in turn (`block_head_backward_composed`).
+    fn block_head_backward(
+        &self,
+        h: BlockHead<Self::Buf>,
+        g: BlockHeadGrads<Self::Buf>,
+        dx: Option<(&mut Self::Buf, Option<&mut Self::Buf>)>,
+    ) {
+        block_head_backward_composed(self, h, g, dx)
     }
     /// Whether `conv2d_cat` of a (`ca` channels) and b (`cb`) skips the concatenation; where it
     /// does not, callers that read one concatenation twice had better write it once.
@@ -572,6 +654,30 @@ pub trait Backend: Sync {
         y: &mut Self::Buf,
         stats: &mut Self::Buf,
     );
+    /// A layer with half instance norm after it: c1 = conv(x) + bias (`conv2d`), then
+    /// y = leaky?(HIN(c1)) with its statistics (`hin_forward`; c1 of the layer's output shape).
+    /// The GPU's halo kernel sums the statistics as it writes c1, so that no pass reads c1
+    /// back for them (sums of a few pixels in f32, of a tile's in f64, shifted by the bias
+    /// rather than by a first pixel); elsewhere, and as the reference, the two in turn.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_hin(
+        &self,
+        x: &Self::Buf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        norm: (&Self::Buf, &Self::Buf),
+        leaky: bool,
+        c1: &mut Self::Buf,
+        y: &mut Self::Buf,
+        stats: &mut Self::Buf,
+    ) {
+        self.conv2d(x, xs, spec, w, bias, Epilogue::NONE, c1);
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let os = Shape { n: xs.n, h: oh, w: ow, c: spec.cout };
+        self.hin_forward(c1, os, norm.0, norm.1, leaky, y, stats);
+    }
     /// dx, dgamma, dbeta from dy at HIN's output (before its activation)
     #[allow(clippy::too_many_arguments)]
     fn hin_backward(
@@ -745,6 +851,44 @@ pub trait Backend: Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The composed head backward of a two-part input gives the one-part result on the
+    /// concatenation, its gradient split at the parts; without dX the weight gradients alone.
+    #[test]
+    fn a_block_head_of_two_parts_is_the_head_of_their_concatenation() {
+        let cpu = Cpu::new();
+        let (n, h, w, ca, cb, cout) = (2, 5, 6, 3, 5, 4);
+        let xs = Shape { n, h, w, c: ca + cb };
+        let px = n * h * w;
+        let vals =
+            |len: usize, k: usize| (0..len).map(|i| ((i * 7 + k * 13) % 23) as f32 / 11.0 - 1.0).collect::<Vec<_>>();
+        let (xa, xb) = (vals(px * ca, 1), vals(px * cb, 2));
+        let (dc1, d_out) = (vals(px * cout, 3), vals(px * cout, 4));
+        let c1 = ConvSpec { cin: ca + cb, cout, k: 3, stride: 1, pad: 1 };
+        let id = ConvSpec { cin: ca + cb, cout, k: 1, stride: 1, pad: 0 };
+        let (w1, wi) = (vals(c1.weight_len(), 5), vals(id.weight_len(), 6));
+        let mut cat = vec![0f32; xs.len()];
+        cpu.concat_channels(&xa, ca, &xb, cb, &mut cat);
+        let head =
+            |x, x2| BlockHead { x, x2, xs, conv1: &c1, w1: &w1, dc1: &dc1, identity: &id, w_id: &wi, d_out: &d_out };
+        fn grads(g: &mut [Vec<f32>; 4]) -> BlockHeadGrads<'_, Vec<f32>> {
+            let [a, b, c, d] = g;
+            BlockHeadGrads { w1: a, b1: b, w_id: c, b_id: d }
+        }
+        let fresh = || [vec![0f32; c1.weight_len()], vec![0f32; cout], vec![0f32; id.weight_len()], vec![0f32; cout]];
+        let (mut g1, mut g2, mut g3) = (fresh(), fresh(), fresh());
+        let mut whole = vec![0f32; xs.len()];
+        cpu.block_head_backward(head(&cat, None), grads(&mut g1), Some((&mut whole, None)));
+        let (mut da, mut db) = (vec![0f32; px * ca], vec![0f32; px * cb]);
+        cpu.block_head_backward(head(&xa, Some((&xb, ca))), grads(&mut g2), Some((&mut da, Some(&mut db))));
+        cpu.block_head_backward(head(&xa, Some((&xb, ca))), grads(&mut g3), None);
+        let (mut wa, mut wb) = (vec![0f32; px * ca], vec![0f32; px * cb]);
+        cpu.split_channels(&whole, ca, cb, &mut wa, &mut wb);
+        assert!(whole.iter().any(|v| *v != 0.0), "a gradient to compare");
+        assert_eq!((da, db), (wa, wb));
+        assert_eq!(g1, g2);
+        assert_eq!(g1, g3);
+    }
 
     /// A kernel choice that is not one is refused before any GPU is touched, naming the variable;
     /// `f16w` reaches pre-training and inference but not joint training (one test: the

@@ -8,7 +8,9 @@
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
-use crate::backend::{AdamSource, Backend, BlockTail, ConvSpec, DxEpilogue, Epilogue, Shape};
+use crate::backend::{
+    AdamSource, Backend, BlockHead, BlockHeadGrads, BlockTail, ConvSpec, DxEpilogue, Epilogue, Shape,
+};
 use crate::optim::Adam;
 
 pub const WIDTH: usize = 32;
@@ -162,6 +164,12 @@ pub(crate) fn pair_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
         let (a, b) = v.split_at_mut(i);
         (&mut b[0], &mut a[j])
     }
+}
+
+/// N different elements of a slice, all mutable (the gradients a block's head writes).
+pub(crate) fn many_mut<T, const N: usize>(v: &mut [T], at: [usize; N]) -> [&mut T; N] {
+    let mut refs: Vec<Option<&mut T>> = v.iter_mut().map(Some).collect();
+    at.map(|i| refs[i].take().expect("distinct indices"))
 }
 
 impl Params {
@@ -411,11 +419,27 @@ impl Block {
     ) -> BlockCache<B::Buf> {
         let (c1, stats, a1, os) = match self.hin {
             Some((g, bt)) => {
-                let (c1, os) = self.conv1.forward_in(b, p, x, xs, Epilogue::NONE);
+                let c = &self.conv1;
+                let (oh, ow) = c.spec.out_hw(xs.h, xs.w);
+                let os = Shape { n: xs.n, h: oh, w: ow, c: c.spec.cout };
                 let mut a1 = b.alloc(os.len());
                 // the statistics stay f32 where activations are f16 (backward reads them)
                 let mut stats = b.alloc_f32(2 * os.n * (os.c / 2));
-                b.hin_forward(&c1, os, &p.data[g], &p.data[bt], true, &mut a1, &mut stats);
+                let norm = (&p.data[g], &p.data[bt]);
+                let c1 = match x {
+                    // one call, so that a backend can sum the statistics as it writes c1
+                    Input::One(x) => {
+                        let mut c1 = b.alloc(os.len());
+                        let (w, bias) = (&p.data[c.w], c.b.map(|i| &p.data[i]));
+                        b.conv2d_hin(x, xs, &c.spec, w, bias, norm, true, &mut c1, &mut a1, &mut stats);
+                        c1
+                    }
+                    Input::Cat(..) => {
+                        let c1 = c.forward_in(b, p, x, xs, Epilogue::NONE).0;
+                        b.hin_forward(&c1, os, norm.0, norm.1, true, &mut a1, &mut stats);
+                        c1
+                    }
+                };
                 (Some(c1), Some(stats), a1, os)
             }
             None => {
@@ -462,20 +486,36 @@ impl Block {
         p: &mut Params<B::Buf>,
         x: &B::Buf,
         c: &BlockCache<B::Buf>,
-        mut d_out: B::Buf,
+        d_out: B::Buf,
         d_down: Option<&B::Buf>,
         want_dx: bool,
     ) -> Option<B::Buf> {
+        self.backward_in(b, p, Input::One(x), c, d_out, d_down, want_dx).map(|(dx, _)| dx)
+    }
+
+    /// `backward` of a one- or two-part input: dX in as many parts (the second None for one).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_in<B: Backend>(
+        &self,
+        b: &B,
+        p: &mut Params<B::Buf>,
+        x: Input<B::Buf>,
+        c: &BlockCache<B::Buf>,
+        mut d_out: B::Buf,
+        d_down: Option<&B::Buf>,
+        want_dx: bool,
+    ) -> Option<(B::Buf, Option<B::Buf>)> {
         // the downsampling's dX adds into d_out, conv2's passes LeakyReLU's backward at a1, and
-        // conv1's adds into the identity branch's: each written once (DxEpilogue)
+        // the input's gradient is written once for conv1 and the identity (block_head_backward)
         if let (Some(d), Some(dd)) = (self.down, d_down) {
             d.backward_into(b, p, &c.out, c.os, dd, Some(&mut d_out), DxEpilogue::ACCUMULATE);
         }
-        let mut dx = self.identity.backward(b, p, x, c.xs, &d_out, want_dx);
-        b.leaky_relu_backward(c.a2.as_ref().expect("a training forward pass keeps a2"), &mut d_out);
+        // conv2 reads LeakyReLU's backward of d_out; d_out itself stays for the identity
+        let mut g2 = b.alloc(c.os.len());
+        b.leaky_relu_grad(c.a2.as_ref().expect("a training forward pass keeps a2"), &d_out, &mut g2);
         let mut d1 = b.alloc(c.os.len());
-        self.conv2.backward_into(b, p, &c.a1, c.os, &d_out, Some(&mut d1), DxEpilogue::LEAKY);
-        b.release(d_out);
+        self.conv2.backward_into(b, p, &c.a1, c.os, &g2, Some(&mut d1), DxEpilogue::LEAKY);
+        b.release(g2);
         let dc1 = match (self.hin, &c.c1, &c.stats) {
             (Some((g, bt)), Some(c1), Some(stats)) => {
                 let mut dc = b.alloc(c.os.len());
@@ -487,8 +527,34 @@ impl Block {
             }
             _ => d1,
         };
-        self.conv1.backward_into(b, p, x, c.xs, &dc1, dx.as_mut(), DxEpilogue::ACCUMULATE);
+        let (x, x2) = match x {
+            Input::One(x) => (x, None),
+            Input::Cat(a, ca, x2) => (a, Some((x2, ca))),
+        };
+        let xs = c.xs;
+        let px = xs.n * xs.h * xs.w;
+        let mut dx = want_dx.then(|| match x2 {
+            None => (b.alloc(xs.len()), None),
+            Some((_, ca)) => (b.alloc(px * ca), Some(b.alloc(px * (xs.c - ca)))),
+        });
+        let (c1, id) = (&self.conv1, &self.identity);
+        let bias = |cv: &Conv| cv.b.expect("a block's convolutions have biases");
+        let [gw1, gb1, gwi, gbi] = many_mut(&mut p.grads, [c1.w, bias(c1), id.w, bias(id)]);
+        let head = BlockHead {
+            x,
+            x2,
+            xs,
+            conv1: &c1.spec,
+            w1: &p.data[c1.w],
+            dc1: &dc1,
+            identity: &id.spec,
+            w_id: &p.data[id.w],
+            d_out: &d_out,
+        };
+        let grads = BlockHeadGrads { w1: gw1, b1: gb1, w_id: gwi, b_id: gbi };
+        b.block_head_backward(head, grads, dx.as_mut().map(|(a, d2)| (a, d2.as_mut())));
         b.release(dc1);
+        b.release(d_out);
         dx
     }
 }
@@ -502,6 +568,13 @@ struct Up {
     block: Block,
 }
 
+/// An up block's input [up | skip]: written out, or — where the backend reads concatenations
+/// in place, forward and backward — its first part, the skip feature being in `skips`.
+enum UpInput<T> {
+    Cat(T),
+    Up(T),
+}
+
 /// Activations of one forward pass, kept for the backward pass; `release` gives their buffers
 /// back to the backend for the next iteration.
 pub struct Activations<T> {
@@ -510,7 +583,8 @@ pub struct Activations<T> {
     down_in: Vec<(T, Shape)>,
     down: Vec<BlockCache<T>>,
     skips: Vec<(T, Shape)>,
-    cats: Vec<(T, Shape)>,
+    /// each up block's input, with its shape
+    cats: Vec<(UpInput<T>, Shape)>,
     up_blocks: Vec<BlockCache<T>>,
     out_block: Option<BlockCache<T>>,
     /// the reconstructed image (N, H, W, C); none after `forward_body`
@@ -531,7 +605,10 @@ impl<T> Activations<T> {
     }
 
     pub fn release<B: Backend<Buf = T>>(self, b: &B) {
-        for (t, _) in self.down_in.into_iter().chain(self.skips).chain(self.cats) {
+        let cats = self.cats.into_iter().map(|(u, s)| match u {
+            UpInput::Cat(t) | UpInput::Up(t) => (t, s),
+        });
+        for (t, _) in self.down_in.into_iter().chain(self.skips).chain(cats) {
             b.release(t);
         }
         for c in self.down.into_iter().chain(self.up_blocks).chain(self.out_block) {
@@ -654,12 +731,17 @@ impl UNet {
             let mut up = b.alloc(us.len());
             b.conv_transpose2(x, xs, u.cout, &p.data[u.w], &p.data[u.b], &mut up);
             let cs = us.with_c(u.cout + ss.c);
-            let mut cat = b.alloc(cs.len());
-            b.concat_channels(&up, u.cout, &sk, ss.c, &mut cat);
-            b.release(up);
-            let c = u.block.forward(b, p, &cat, cs);
+            // [up | skip] read in place where the backend can (its backward too); else written
+            let (c, input) = if b.reads_concatenations(&up, u.cout, &sk, ss.c) {
+                (u.block.forward_in(b, p, Input::Cat(&up, u.cout, &sk), cs, true), UpInput::Up(up))
+            } else {
+                let mut cat = b.alloc(cs.len());
+                b.concat_channels(&up, u.cout, &sk, ss.c, &mut cat);
+                b.release(up);
+                (u.block.forward(b, p, &cat, cs), UpInput::Cat(cat))
+            };
             a.skips.push((sk, ss));
-            a.cats.push((cat, cs));
+            a.cats.push((input, cs));
             a.up_blocks.push(c);
         }
         a
@@ -746,12 +828,20 @@ impl UNet {
         let mut d_enc: Vec<Option<B::Buf>> = (0..DEPTH - 1).map(|_| None).collect();
         for j in (0..self.ups.len()).rev() {
             let u = &self.ups[j];
-            let (cat, _) = &a.cats[j];
-            let d_cat = u.block.backward(b, p, cat, &a.up_blocks[j], dx, None, true).unwrap();
-            let ss = a.skips[j].1;
-            let (mut d_up, mut d_skip) = (b.alloc(ss.with_c(u.cout).len()), b.alloc(ss.len()));
-            b.split_channels(&d_cat, u.cout, ss.c, &mut d_up, &mut d_skip);
-            b.release(d_cat);
+            let (sk, ss) = &a.skips[j];
+            let x = match &a.cats[j].0 {
+                UpInput::Cat(cat) => Input::One(cat),
+                UpInput::Up(up) => Input::Cat(up, u.cout, sk),
+            };
+            let (d_up, d_skip) = match u.block.backward_in(b, p, x, &a.up_blocks[j], dx, None, true).unwrap() {
+                (d_up, Some(d_skip)) => (d_up, d_skip),
+                (d_cat, None) => {
+                    let (mut d_up, mut d_skip) = (b.alloc(ss.with_c(u.cout).len()), b.alloc(ss.len()));
+                    b.split_channels(&d_cat, u.cout, ss.c, &mut d_up, &mut d_skip);
+                    b.release(d_cat);
+                    (d_up, d_skip)
+                }
+            };
             let enc = &a.down[DEPTH - 2 - j];
             d_enc[DEPTH - 2 - j] = self.skip[j].backward(b, p, &enc.out, enc.os, &d_skip, true);
             b.release(d_skip);

@@ -768,7 +768,11 @@ pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
     match kernel {
         "conv3_halo_dw_h16" => Some(super::half::HALO_DW_SMEM),
         // two slots (the block tail's as the forward's)
-        "conv3_halo_fwd_h16" | "conv3_halo_dx_h16" | "conv3_halo_block_h16" => Some(2 * super::half::HALO_FWD_STAGE),
+        "conv3_halo_fwd_h16"
+        | "conv3_halo_fwd_stats_h16"
+        | "conv3_halo_dx_h16"
+        | "conv3_halo_block_h16"
+        | "conv3_halo_dx_block_h16" => Some(2 * super::half::HALO_FWD_STAGE),
         _ => None,
     }
 }
@@ -783,6 +787,38 @@ fn halo_from_env() -> bool {
 }
 
 impl Cuda {
+    /// Half instance norm's apply pass (`hin_apply_{f32,h16}` as `kernel`): y (at `yp`) =
+    /// leaky?(HIN(x)) from the means and 1/σ at `st` (then `st` + images × half floats).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn hin_apply(
+        &self,
+        kernel: &'static str,
+        xp: u64,
+        s: Shape,
+        st: u64,
+        gamma: &DBuf,
+        beta: &DBuf,
+        leaky: bool,
+        yp: u64,
+    ) {
+        let hw = s.h * s.w;
+        let (g, b) = (self.ptr(gamma), self.ptr(beta));
+        launch!(
+            self,
+            kernel,
+            cfg_runs(s.len(), s.c % 16 == 0),
+            xp,
+            st,
+            g,
+            b,
+            leaky as i32,
+            s.n as i64,
+            hw as i64,
+            s.c as i32,
+            yp
+        );
+    }
+
     /// Every gradient times `inv_scale`; the u32 at `flag` zeroed, then set where one is inf/NaN.
     fn unscale_flagging(&self, grads: &[DBuf], inv_scale: f32, flag: u64) {
         self.zero_bytes(flag, 4);
@@ -1102,6 +1138,17 @@ impl Backend for Cuda {
     fn leaky_relu_backward(&self, y: &DBuf, dy: &mut DBuf) {
         self.elementwise2(["leaky_relu_backward_f32", "leaky_relu_backward_h16"], y, dy, true);
     }
+    fn leaky_relu_grad(&self, y: &DBuf, dy: &DBuf, g: &mut DBuf) {
+        assert!(y.len == dy.len && dy.len == g.len, "leaky_relu_grad: lengths differ");
+        assert_eq!(dy.half, g.half, "leaky_relu_grad: g of dy's storage");
+        let kernel = if y.half { "leaky_relu_grad_h16" } else { "leaky_relu_grad_f32" };
+        if y.half != dy.half || !self.has_kernel(kernel) {
+            // y of the other storage (or kernels built before this one): a copy, then in place
+            self.copy(dy, g);
+            return self.leaky_relu_backward(y, g);
+        }
+        launch!(self, kernel, cfg_runs(y.len, true), self.addr(y), self.addr(dy), self.addr(g), y.len as i64);
+    }
     fn sigmoid(&self, x: &DBuf, y: &mut DBuf) {
         self.elementwise2(["sigmoid_f32", "sigmoid_h16"], x, y, false);
     }
@@ -1121,7 +1168,7 @@ impl Backend for Cuda {
             (false, true) => "prior_sigmoid_f32_vh16",
             (true, true) => "prior_sigmoid_h16_vh16",
         };
-        launch!(self, kernel, cfg_elems(l.len), self.addr(l), self.addr(vd), self.ptr(hr), l.len as i64);
+        launch!(self, kernel, cfg_runs(l.len, true), self.addr(l), self.addr(vd), self.ptr(hr), l.len as i64);
     }
 
     fn conv2d(
@@ -1180,6 +1227,17 @@ impl Backend for Cuda {
     }
     fn reads_concatenations(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize) -> bool {
         self.cat_runs(a, ca, b, cb)
+    }
+    fn block_head_backward(
+        &self,
+        h: crate::backend::BlockHead<DBuf>,
+        g: crate::backend::BlockHeadGrads<DBuf>,
+        dx: Option<(&mut DBuf, Option<&mut DBuf>)>,
+    ) {
+        if self.halo_head_runs(&h, dx.as_ref().map(|(a, b)| (&**a, b.as_deref()))) {
+            return self.halo_head(h, g, dx);
+        }
+        crate::backend::block_head_backward_composed(self, h, g, dx)
     }
     fn block_tail(&self, t: crate::backend::BlockTail<DBuf>, a2: Option<&mut DBuf>, out: &mut DBuf) {
         if self.halo_block_runs(&t, a2.as_deref(), out) {
@@ -1322,23 +1380,31 @@ impl Backend for Cuda {
             self.pixel_sums_of(names[0], xp, 0, 0, 0, 3, s, half, s0, s1);
             launch!(self, names[1], cfg_elems(at), s0, s1, xp, at as i64, half as i32, hw as i64, s.c as i32, st, rstd);
         }
-        launch!(
-            self,
-            names[2],
-            cfg_runs(s.len(), s.c % 16 == 0),
-            xp,
-            st,
-            self.ptr(gamma),
-            self.ptr(beta),
-            leaky as i32,
-            s.n as i64,
-            hw as i64,
-            s.c as i32,
-            at_of(self, y)
-        );
+        self.hin_apply(names[2], xp, s, st, gamma, beta, leaky, at_of(self, y));
         if stats.is_half() {
             launch!(self, "f32_to_h16", cfg_elems(2 * at), st, self.hptr(stats), (2 * at) as i64);
         }
+    }
+    fn conv2d_hin(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        bias: Option<&DBuf>,
+        norm: (&DBuf, &DBuf),
+        leaky: bool,
+        c1: &mut DBuf,
+        y: &mut DBuf,
+        stats: &mut DBuf,
+    ) {
+        if self.halo_stats_runs(x, xs, spec, c1, y, stats) {
+            return self.halo_hin(x, xs, spec, w, bias, norm, leaky, c1, y, stats);
+        }
+        self.conv2d(x, xs, spec, w, bias, Epilogue::NONE, c1);
+        let (oh, ow) = spec.out_hw(xs.h, xs.w);
+        let os = Shape { n: xs.n, h: oh, w: ow, c: spec.cout };
+        self.hin_forward(c1, os, norm.0, norm.1, leaky, y, stats);
     }
     fn hin_backward(
         &self,

@@ -18,7 +18,7 @@ use cudarc::driver::LaunchConfig;
 use super::device::{
     cfg1, cfg_elems, conv_flop, conv_geom, tiled_grid, up2_flop, within_fast_div, Cuda, DBuf, SMALL_WEIGHTS, THREADS,
 };
-use crate::backend::{Backend, BlockTail, ConvSpec, DxEpilogue, Epilogue, Shape};
+use crate::backend::{Backend, BlockHead, BlockHeadGrads, BlockTail, ConvSpec, DxEpilogue, Epilogue, Shape};
 
 /// The f16 GEMM's block tiles (kernels/conv_h16.cu: 128 × 64, and 128 × 32 for at most 32
 /// columns, `_h16n`) and its K step.
@@ -467,7 +467,7 @@ impl Cuda {
         }
         // [(tap, co)][ci], then into the weights' [ci][tap][co]
         let mut t = self.alloc_as(self.len(dw), false);
-        self.conv_dw_h16(dy, ys, &spec, x, &mut t, None);
+        self.conv_dw_h16(dy, None, ys, &spec, x, &mut t, None);
         launch!(
             self,
             "up2_dw_unpack_f32",
@@ -603,7 +603,7 @@ impl Cuda {
             }
         }
         if x.is_half() && dy.is_half() && spec.cin % 8 == 0 && spec.cout % 8 == 0 {
-            self.conv_dw_h16(x, xs, spec, dy, dw, db);
+            self.conv_dw_h16(x, None, xs, spec, dy, dw, db);
         } else if dy.is_half() && (few_dw_fits(spec) || few_direct_fits(spec, x.is_half())) {
             self.conv_dw_few(x, xs, spec, dy, dw, db);
         } else {
@@ -647,7 +647,20 @@ impl Cuda {
     /// zeroed f32 dW) and the bias gradient (`colsum_h16`). (Summing dY's columns in the
     /// weight gradient's first row of blocks instead, from a second load of the dY they copy,
     /// cost those kernels 2.5 ms an iteration on the H200 for the 0.9 ms colsum took.)
-    fn conv_dw_h16(&self, x: &DBuf, xs: Shape, spec: &ConvSpec, dy: &DBuf, dw: &mut DBuf, db: Option<&mut DBuf>) {
+    /// With `second` = (x2, ca), x is the concatenation [x (ca channels) | x2], read in place
+    /// (ca a multiple of 32 on the halo kernel, of 8 on the GEMM).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_dw_h16(
+        &self,
+        x: &DBuf,
+        second: Option<(&DBuf, usize)>,
+        xs: Shape,
+        spec: &ConvSpec,
+        dy: &DBuf,
+        dw: &mut DBuf,
+        db: Option<&mut DBuf>,
+    ) {
+        let (x2, ca) = second.map_or((0, 0), |(b, ca)| (self.hptr(b), ca as i32));
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let p = xs.n * oh * ow;
         let rows = spec.k * spec.k * spec.cin;
@@ -672,7 +685,7 @@ impl Cuda {
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: HALO_DW_SMEM as u32,
             };
-            launch!(self, kernel, cfg, xp, dyp, dwp, dbp, tiles as i32, h, wd, cin, cout);
+            launch!(self, kernel, cfg, xp, dyp, dwp, dbp, tiles as i32, h, wd, cin, cout, x2, ca);
             self.profile_flop(conv_flop(p, spec));
             return;
         }
@@ -695,12 +708,174 @@ impl Cuda {
             cout,
             k,
             st,
-            pd
+            pd,
+            x2,
+            ca
         );
         self.profile_flop(conv_flop(p, spec));
         if let Some(db) = db {
             self.colsum_of("colsum_h16", self.hptr(dy), p, spec.cout, self.ptr(db));
         }
+    }
+
+    /// Whether a layer with half instance norm after it runs as the halo forward summing the
+    /// statistics (`halo_hin`): a halo layer, stride 1, from whole 32-channel chunks of f16 into
+    /// f16 c1 and y of a multiple of 8 channels, the statistics f32.
+    pub(super) fn halo_stats_runs(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        c1: &DBuf,
+        y: &DBuf,
+        stats: &DBuf,
+    ) -> bool {
+        let os = xs.with_c(spec.cout);
+        self.halo_fits(spec)
+            && xs.c == spec.cin
+            && spec.cin % K_STEP == 0
+            && spec.cout % 8 == 0
+            && x.is_half()
+            && c1.is_half()
+            && y.is_half()
+            && !stats.is_half()
+            && self.len(x) == xs.len()
+            && self.len(c1) == os.len()
+            && self.len(y) == os.len()
+            && self.len(stats) == 2 * os.n * (os.c / 2)
+            && self.has_kernel("conv3_halo_fwd_stats_h16")
+            && self.has_kernel("finish_moments_shifted")
+    }
+
+    /// `Backend::conv2d_hin` as `halo_stats_runs` allows: the halo forward into c1 adding
+    /// the statistics' shifted sums as it writes (`conv3_halo_fwd_stats_h16`), the moments from
+    /// them (`finish_moments_shifted`), then half instance norm's apply pass.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn halo_hin(
+        &self,
+        x: &DBuf,
+        xs: Shape,
+        spec: &ConvSpec,
+        w: &DBuf,
+        bias: Option<&DBuf>,
+        norm: (&DBuf, &DBuf),
+        leaky: bool,
+        c1: &mut DBuf,
+        y: &mut DBuf,
+        stats: &mut DBuf,
+    ) {
+        let os = xs.with_c(spec.cout);
+        within_fast_div(xs.n * xs.h * xs.w);
+        let half = os.c / 2;
+        let at = os.n * half;
+        let s0 = self.scratch(&self.f64s, 2 * at);
+        let s1 = s0 + (at * 8) as u64;
+        self.zero_bytes(s0, 2 * at * 8);
+        let (wt, np) = self.packed_weights(w, 9 * spec.cin, spec.cout);
+        let kernel = "conv3_halo_fwd_stats_h16";
+        let cfg = self.halo_grid(kernel, xs, spec.cout);
+        let c = |v: usize| v as i32;
+        let (xp, bp, c1p) = (self.hptr(x), self.optr(bias), self.hptr(c1));
+        let (n, h, wd, cin, cout) = (c(xs.n), c(xs.h), c(xs.w), c(spec.cin), c(spec.cout));
+        launch!(self, kernel, cfg, xp, wt.ptr, c(np), bp, c1p, n, h, wd, cin, cout, s0, s1, c(half));
+        self.profile_flop(conv_flop(xs.n * xs.h * xs.w, spec));
+        wt.release(self);
+        let st = self.ptr(stats);
+        let rstd = st + (at * 4) as u64;
+        let hw = (os.h * os.w) as i64;
+        launch!(self, "finish_moments_shifted", cfg_elems(at), s0, s1, bp, at as i64, c(half), hw, st, rstd);
+        self.hin_apply("hin_apply_h16", c1p, os, st, norm.0, norm.1, leaky, self.hptr(y));
+    }
+
+    /// Whether a residual block's head backward runs on the halo kernels (`halo_head`): conv_1
+    /// a halo layer, the identity 1 × 1 over the same pixels, both reading whole 32-channel
+    /// chunks of f16 input (each part of a concatenation too) and of f16 gradients, the input's
+    /// gradient (where wanted) in f16 parts shaped as the input's.
+    pub(super) fn halo_head_runs(&self, h: &BlockHead<DBuf>, dx: Option<(&DBuf, Option<&DBuf>)>) -> bool {
+        let (c1, id, xs) = (h.conv1, h.identity, h.xs);
+        let px = xs.n * xs.h * xs.w;
+        let parts_ok = match h.x2 {
+            None => h.x.is_half() && self.len(h.x) == xs.len(),
+            Some((x2, ca)) => {
+                self.cat_runs(h.x, ca, x2, xs.c - ca) && self.len(h.x) == px * ca && self.len(x2) == px * (xs.c - ca)
+            }
+        };
+        let dx_ok = match dx {
+            None => true,
+            Some((a, b)) => {
+                let first = h.x2.map_or(xs.c, |(_, ca)| ca);
+                a.is_half()
+                    && self.len(a) == px * first
+                    && b.is_none_or(|b| b.is_half() && self.len(b) == px * (xs.c - first))
+                    && b.is_some() == h.x2.is_some()
+            }
+        };
+        self.halo_fits(c1)
+            && c1.cin == xs.c
+            && xs.c % K_STEP == 0
+            && c1.cout % K_STEP == 0
+            && (id.k, id.stride, id.pad, id.cin) == (1, 1, 0, xs.c)
+            && id.cout % K_STEP == 0
+            && h.dc1.is_half()
+            && h.d_out.is_half()
+            && self.len(h.dc1) == px * c1.cout
+            && self.len(h.d_out) == px * id.cout
+            && parts_ok
+            && dx_ok
+            // kernels of this version (the weight gradients' two-part reads came with it)
+            && self.has_kernel("conv3_halo_dx_block_h16")
+    }
+
+    /// A residual block's head backward on the halo kernels, as `halo_head_runs` allows: the
+    /// identity's dW (GEMM) and dB (column sums), conv_1's dW and dB (`conv3_halo_dw_h16`), each
+    /// reading a two-part input in place, and the input's gradient conv_1ᵀ(dc1) + identityᵀ(d_out)
+    /// from one kernel (`conv3_halo_dx_block_h16`), written in the input's parts.
+    pub(super) fn halo_head(
+        &self,
+        h: BlockHead<DBuf>,
+        g: BlockHeadGrads<DBuf>,
+        dx: Option<(&mut DBuf, Option<&mut DBuf>)>,
+    ) {
+        let (c1, id, xs) = (h.conv1, h.identity, h.xs);
+        within_fast_div(xs.n * xs.h * xs.w);
+        self.conv_dw_h16(h.x, h.x2, xs, id, h.d_out, g.w_id, Some(g.b_id));
+        self.conv_dw_h16(h.x, h.x2, xs, c1, h.dc1, g.w1, Some(g.b1));
+        let Some((dx, dx2)) = dx else { return };
+        let (w1, np) = self.packed_weights_t(h.w1, 9, xs.c, c1.cout, (xs.c * c1.cout, c1.cout));
+        let (wid, np_id) = self.packed_weights_t(h.w_id, 1, xs.c, id.cout, (xs.c * id.cout, id.cout));
+        assert_eq!(np, np_id, "both weights packed to the same columns");
+        let (dx2p, ca) = match (dx2, h.x2) {
+            (Some(d), Some((_, ca))) => (self.hptr(d), ca),
+            _ => (0, 0),
+        };
+        let kernel = "conv3_halo_dx_block_h16";
+        let cfg = self.halo_grid(kernel, xs, xs.c);
+        let c = |v: usize| v as i32;
+        let (dc1, d_out, dxp) = (self.hptr(h.dc1), self.hptr(h.d_out), self.hptr(dx));
+        let (wp, widp) = (self.hptr(&w1), self.hptr(&wid));
+        launch!(
+            self,
+            kernel,
+            cfg,
+            dc1,
+            wp,
+            c(np),
+            d_out,
+            widp,
+            c(id.cout),
+            dxp,
+            dx2p,
+            c(ca),
+            c(xs.n),
+            c(xs.h),
+            c(xs.w),
+            c(xs.c),
+            c(c1.cout)
+        );
+        let px = xs.n * xs.h * xs.w;
+        self.profile_flop(conv_flop(px, c1) + conv_flop(px, id));
+        self.release(w1);
+        self.release(wid);
     }
 
     /// The weight and bias gradients of a few-channel layer (kernels/conv_few.cuh `few_direct_dw`
