@@ -18,27 +18,21 @@
 #define HD inline
 #define DEV inline
 #define SPLIT_INDEX 0
-// atomic on the host too: tests/conv_kernels_emu.cpp runs a block's threads at once
-inline void atomicAdd(float* p, float v) {
-    uint32_t* q = reinterpret_cast<uint32_t*>(p);
-    uint32_t cur = __atomic_load_n(q, __ATOMIC_RELAXED), next;
+// atomic on the host too: tests/conv_kernels_emu.cpp runs a block's threads at once (F's bits
+// compared and swapped as the same-sized U)
+template <class F, class U>
+inline void atomic_add_bits(F* p, F v) {
+    U* q = reinterpret_cast<U*>(p);
+    U cur = __atomic_load_n(q, __ATOMIC_RELAXED), next;
     do {
-        float f;
-        __builtin_memcpy(&f, &cur, 4);
+        F f;
+        __builtin_memcpy(&f, &cur, sizeof f);
         f += v;
-        __builtin_memcpy(&next, &f, 4);
+        __builtin_memcpy(&next, &f, sizeof f);
     } while (!__atomic_compare_exchange_n(q, &cur, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
 }
-inline void atomicAdd(double* p, double v) {
-    uint64_t* q = reinterpret_cast<uint64_t*>(p);
-    uint64_t cur = __atomic_load_n(q, __ATOMIC_RELAXED), next;
-    do {
-        double f;
-        __builtin_memcpy(&f, &cur, 8);
-        f += v;
-        __builtin_memcpy(&next, &f, 8);
-    } while (!__atomic_compare_exchange_n(q, &cur, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
-}
+inline void atomicAdd(float* p, float v) { atomic_add_bits<float, uint32_t>(p, v); }
+inline void atomicAdd(double* p, double v) { atomic_add_bits<double, uint64_t>(p, v); }
 #endif
 
 namespace conv {

@@ -405,6 +405,27 @@ pub fn block_head_backward_composed<B: Backend + ?Sized>(
     }
 }
 
+/// `Backend::conv2d_hin` as the convolution, then the norm with its own statistics pass.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_hin_composed<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Buf,
+    xs: Shape,
+    spec: &ConvSpec,
+    w: &B::Buf,
+    bias: Option<&B::Buf>,
+    norm: (&B::Buf, &B::Buf),
+    leaky: bool,
+    c1: &mut B::Buf,
+    y: &mut B::Buf,
+    stats: &mut B::Buf,
+) {
+    be.conv2d(x, xs, spec, w, bias, Epilogue::NONE, c1);
+    let (oh, ow) = spec.out_hw(xs.h, xs.w);
+    let os = Shape { n: xs.n, h: oh, w: ow, c: spec.cout };
+    be.hin_forward(c1, os, norm.0, norm.1, leaky, y, stats);
+}
+
 /// `Backend::freeze_weights` for a scope: on from `on` until dropped.
 pub struct FrozenWeights<'a, B: Backend> {
     b: &'a B,
@@ -673,10 +694,7 @@ pub trait Backend: Sync {
         y: &mut Self::Buf,
         stats: &mut Self::Buf,
     ) {
-        self.conv2d(x, xs, spec, w, bias, Epilogue::NONE, c1);
-        let (oh, ow) = spec.out_hw(xs.h, xs.w);
-        let os = Shape { n: xs.n, h: oh, w: ow, c: spec.cout };
-        self.hin_forward(c1, os, norm.0, norm.1, leaky, y, stats);
+        conv2d_hin_composed(self, x, xs, spec, w, bias, norm, leaky, c1, y, stats)
     }
     /// dx, dgamma, dbeta from dy at HIN's output (before its activation)
     #[allow(clippy::too_many_arguments)]

@@ -1401,10 +1401,7 @@ impl Backend for Cuda {
         if self.halo_stats_runs(x, xs, spec, c1, y, stats) {
             return self.halo_hin(x, xs, spec, w, bias, norm, leaky, c1, y, stats);
         }
-        self.conv2d(x, xs, spec, w, bias, Epilogue::NONE, c1);
-        let (oh, ow) = spec.out_hw(xs.h, xs.w);
-        let os = Shape { n: xs.n, h: oh, w: ow, c: spec.cout };
-        self.hin_forward(c1, os, norm.0, norm.1, leaky, y, stats);
+        crate::backend::conv2d_hin_composed(self, x, xs, spec, w, bias, norm, leaky, c1, y, stats)
     }
     fn hin_backward(
         &self,
