@@ -626,6 +626,31 @@ extern "C" __global__ void __launch_bounds__(256, 2)
                        int ca) {
     h16::halo_fwd(x, wt, np, bias, res, y, leaky, n, h, w, cin, cout, x2, ca);
 }
+// The 4 × 4 stride-2 pad-1 downsampling from a staged patch of even and odd column planes
+// (conv_halo.cuh Down4x4): the GEMM entries' signature (k, stride, pad: 4, 2, 1; x2 unused); cin
+// a multiple of 16; two 71,872-byte slots keep one block an SM
+extern "C" __global__ void __launch_bounds__(256, 1)
+    conv4_down_halo_fwd_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res,
+                            uint16_t* y, int leaky, int n, int h, int w, int cin, int cout, int, int, int,
+                            const uint16_t*, int) {
+    h16::down_fwd(x, wt, np, bias, res, y, leaky, n, h, w, cin, cout);
+}
+// Its data gradient by phases from a staged halo of dY (conv_halo.cuh Down4x4Dx): the GEMM data
+// gradients' signature (h × w the input's, both even); cout a multiple of 32; weights packed
+// [tap][co][ci]
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv4_down_halo_dx_h16(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx,
+                           int accumulate, int n, int h, int w, int cin, int cout, int, int, int) {
+    h16::down_dx(dy, wt, np, x, dx, accumulate, n, h, w, cin, cout);
+}
+// Its weight gradient (conv_halo.cuh down_dw): dW (f32, zeroed, rows (tap, ci) × cout) from f16
+// x (n × h × w) and dY over `tiles` = halo_blocks(n, h / 2, w / 2) tiles, grid-strided; grid
+// (splits, cin / 16 · ⌈cout / 32⌉); cin a multiple of 16, cout of 8
+extern "C" __global__ void __launch_bounds__(256, 1)
+    conv4_down_halo_dw_h16(const uint16_t* x, const uint16_t* dy, float* dw, int tiles, int h, int w, int cin,
+                           int cout) {
+    h16::down_dw(x, dy, dw, tiles, h, w, cin, cout);
+}
 // The forward into c1 = conv3(x) + bias with half instance norm's statistics of c1's first cn
 // channels summed as it is written (FwdStatsOut: s0, s1 f64, zeroed, images × cn, shifted by
 // the bias); cin a multiple of 32, cout of 8

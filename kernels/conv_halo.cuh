@@ -145,12 +145,150 @@ constexpr int HALO_FWD_STAGE = HALO_PX * HALO_ROW + 9 * HALO_C * HALO_N;     // 
 constexpr int HALO_DW_STAGE = HALO_PX * HALO_ROW + HALO_T * HALO_T * HALO_N;  // halves
 constexpr int HALO_DW_SMEM = 2 * HALO_DW_STAGE * 2;                           // bytes
 static_assert(HALO_FWD_STAGE * 2 == 44352 && HALO_DW_SMEM == 84608, "the host's sizes");
-static_assert(HALO_T * HALO_T * HALO_CS * 4 <= HALO_FWD_STAGE * 2, "a tile's f32 result fits a slot");
 #ifdef __CUDACC__
 #define HALO_DYNAMIC_SMEM(name, halves) extern __shared__ __align__(128) uint16_t name[]
 #else
 #define HALO_DYNAMIC_SMEM(name, halves) alignas(128) static uint16_t name[halves]
 #endif
+
+// Where a layer's taps find their input in a slot (`halo_conv`'s geometry G): the channels a
+// step stages (CH), its taps, the slot's size, the input's share of it, the first A address of
+// each lane's MMA row, each tap's offset from it (and the tile's, `a_offset`), the copies that
+// fill a slot, and where a tile's pixel goes out (`pixel`: the index of pixel (y, x) of the
+// walkers' h × w grid; `rows4`: four grid rows on).
+// HaloPlainOut: each walker image one image of the output, A's addresses alike at every tile.
+struct HaloPlainOut {
+    DEV static int64_t pixel(const HaloTile& t, int y, int x, int h, int w) { return ((int64_t)t.img * h + y) * w + x; }
+    DEV static int64_t rows4(int w) { return 4 * (int64_t)w; }
+    DEV static int a_offset(const HaloTile&) { return 0; }
+};
+// The 3 × 3 stride-1 pad-1 layers: an 18 × 18 halo, 32 channels a step.
+struct Halo3x3 : HaloPlainOut {
+    static constexpr int TAPS = 9, CH = HALO_C, IN = HALO_PX * HALO_ROW, STAGE = HALO_FWD_STAGE;
+    // MMA row i of a warp (tile row 2·warp + i): lanes 0–15 address pixels 0–15 at k 0–7,
+    // lanes 16–31 the same pixels at k 8–15 (ldmatrix's four matrices: mma's a0..a3), here at
+    // the centre tap
+    DEV static int arow(int warp, int i, int lane) {
+        return ((2 * warp + i + 1) * HALO_S + lane % 16 + 1) * HALO_ROW + 8 * (lane / 16);
+    }
+    template <bool DX>
+    DEV static constexpr int shift(int tap) {
+        const int dy = DX ? 1 - tap / 3 : tap / 3 - 1, dx = DX ? 1 - tap % 3 : tap % 3 - 1;
+        return (dy * HALO_S + dx) * HALO_ROW;
+    }
+    DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca, int C, int c0,
+                          const HaloTile& t, int ih, int iw, const uint16_t* wt, int np, int n0) {
+        halo_stage(hs, x, x2, ca, C, c0, t, ih, iw);
+        halo_weights(hs + IN, wt, np, C, c0, n0);
+    }
+};
+
+// The 4 × 4 stride-2 pad-1 downsampling: a 16 × 16 tile of output pixels reads 34 × 34 input
+// pixels (output (y, x) reads rows 2y − 1 .. 2y + 2 and as many columns). Consecutive output
+// pixels of a tap read every other input column, and 80- or 48-byte pixels two apart put two
+// of an ldmatrix's eight rows in one bank group; so a staged row keeps its even and its odd
+// columns as two planes of 17 pixels each, and a tap (ky, kx) reads plane kx mod 2 from pixel
+// kx / 2 on, of row 2y + ky. At 32 channels a slot would take 92 KB of halo: it stages 16 (48
+// bytes a pixel, eight consecutive pixels in eight bank groups), 71,872 bytes with the 16
+// taps' weights; two slots keep one block an SM.
+constexpr int DOWN_S = 2 * HALO_T + 2;                            // staged rows and columns
+constexpr int DOWN_P = DOWN_S / 2;                                // pixels a plane
+constexpr int DOWN_C = 16;                                        // channels a step
+constexpr int DOWN_ROW = DOWN_C + 8;                              // halves a staged pixel
+constexpr int DOWN_IN = DOWN_S * 2 * DOWN_P * DOWN_ROW;           // the input's halves
+constexpr int DOWN_STAGE = DOWN_IN + 16 * DOWN_C * HALO_N;        // and the weights'
+constexpr int DOWN_SMEM = 2 * DOWN_STAGE * 2;                     // bytes
+static_assert(DOWN_SMEM == 143744, "the host's size (src/backend/cuda/half.rs DOWN_SMEM)");
+// Stage channels c0 .. c0 + 15 of the input rows 2·y0 − 1 .. and columns 2·x0 − 1 .. of output
+// tile t (zero outside the image) as even and odd planes into hs. Thread t < 204: 16-byte
+// chunk t mod 2 of staged column t / 2 mod 34 in rows t / 68, + 3, .. (12 passes).
+DEV void down_stage(uint16_t* hs, const uint16_t* x, int C, int c0, const HaloTile& t, int ih, int iw) {
+    constexpr int COPIES = DOWN_S * 2, AT = THREADS / COPIES;  // 68 a row, 3 rows a pass
+    const int tid = threadIdx.x;
+    if (tid >= AT * COPIES) return;
+    const int q = tid % 2, col = tid / 2 % DOWN_S, row = tid / COPIES;
+    const int gx = 2 * t.x0 - 1 + col, gy = 2 * t.y0 - 1 + row;
+    const bool x_in = (unsigned)gx < (unsigned)iw;
+    const uint16_t* g = x + ((((int64_t)t.img * ih + gy) * iw + gx) * C + c0 + 8 * q);
+    const int64_t step = (int64_t)AT * iw * C;
+    uint16_t* s = hs + ((row * 2 + col % 2) * DOWN_P + col / 2) * DOWN_ROW + 8 * q;
+#pragma unroll
+    for (int i = 0; i < (DOWN_S + AT - 1) / AT; ++i, g += step) {
+        if (row + AT * i >= DOWN_S) continue;
+        const bool ok = x_in && (unsigned)(gy + AT * i) < (unsigned)ih;
+        cp_async16(s + i * AT * 2 * DOWN_P * DOWN_ROW, ok ? g : x, ok);
+    }
+}
+struct Down4x4 : HaloPlainOut {
+    static constexpr int TAPS = 16, CH = DOWN_C, IN = DOWN_IN, STAGE = DOWN_STAGE;
+    // MMA row i of a warp: output row 2·warp + i, pixels lane mod 16 of plane 0 from tap (0, 0)
+    DEV static int arow(int warp, int i, int lane) {
+        return (2 * (2 * warp + i) * 2 * DOWN_P + lane % 16) * DOWN_ROW + 8 * (lane / 16);
+    }
+    template <bool DX>
+    DEV static constexpr int shift(int tap) {
+        static_assert(!DX, "the forward only");
+        return ((tap / 4 * 2 + tap % 2) * DOWN_P + tap % 4 / 2) * DOWN_ROW;
+    }
+    // The input as down_stage; the weights as halo_weights, 16 channels of 16 taps: chunk t mod
+    // 4 of rows t / 4, + 64, .. (the same channel four taps on)
+    DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t*, int, int C, int c0, const HaloTile& t,
+                          int ih, int iw, const uint16_t* wt, int np, int n0) {
+        down_stage(hs, x, C, c0, t, ih, iw);
+        constexpr int WAT = THREADS / 4;  // weight rows a pass
+        static_assert(WAT % DOWN_C == 0 && 16 * DOWN_C == 4 * WAT, "four passes, each whole taps");
+        const int q = threadIdx.x % 4, r = threadIdx.x / 4;
+        const bool ok = n0 + 8 * q < np;
+        const uint16_t* g = wt + (((int64_t)(r / DOWN_C) * C + c0 + r % DOWN_C) * np + n0 + 8 * q);
+        const int64_t step = (int64_t)(WAT / DOWN_C) * C * np;
+        uint16_t* s = hs + IN + swizzled<4>(r, q);
+#pragma unroll
+        for (int i = 0; i < 4; ++i, g += step) cp_async16(s + i * WAT * HALO_N, ok ? g : wt, ok);
+    }
+};
+
+// The same layer's data gradient by phases: dX at input pixel (2y + py, 2x + px) is Σ over a,
+// b ∈ {0, 1} of dY(y + py − a, x + px − b) · W[2a + 1 − py, 2b + 1 − px]ᵀ, a 2 × 2 layer over
+// dY for each phase, and every phase of a 16 × 16 tile of (y, x) reads the same 18 × 18 halo
+// of dY (y0 − 1 .. y0 + 16): the 3 × 3 layers' staging, four taps' weights. The walker's images
+// are (image, phase) pairs, 4·image + 2·py + px, over dY's h × w (the input's sides even), so
+// an image's four phases follow each other and its dY stays in L2 while they run. Weights
+// packed [tap][co][ci] as the data gradient's.
+struct Down4x4Dx {
+    // a slot as large as the tile's f32 result its epilogue stages (40,960 bytes; the halo and
+    // four taps' weights take 34,112): two keep two blocks an SM
+    static constexpr int TAPS = 4, CH = HALO_C, IN = HALO_PX * HALO_ROW, STAGE = HALO_T * HALO_T * HALO_CS * 2;
+    static_assert(IN + 4 * HALO_C * HALO_N <= STAGE, "the halo and weights fit a slot");
+    DEV static int64_t pixel(const HaloTile& t, int y, int x, int h, int w) {
+        const int py = (t.img >> 1) & 1, px = t.img & 1;
+        return ((int64_t)(t.img >> 2) * 2 * h + 2 * y + py) * 2 * w + 2 * x + px;
+    }
+    DEV static int64_t rows4(int w) { return 16 * (int64_t)w; }  // four rows of a phase: eight of dX
+    // tap (a, b) = (0, 0) of the tile's phase: dY row y + py, column x + px
+    DEV static int a_offset(const HaloTile& t) { return (((t.img >> 1) & 1) * HALO_S + (t.img & 1)) * HALO_ROW; }
+    DEV static int arow(int warp, int i, int lane) { return Halo3x3::arow(warp, i, lane); }
+    template <bool DX>
+    DEV static constexpr int shift(int tap) {
+        static_assert(DX, "the data gradient only");
+        return -(tap / 2 * HALO_S + tap % 2) * HALO_ROW;
+    }
+    // dY's halo as halo_stage's; weights as halo_weights', taps (a, b) = (i, r / 32) of the
+    // phase for thread t's rows r = t / 4, + 64 (chunk t mod 4)
+    DEV static void stage(uint16_t* hs, const uint16_t* dy, const uint16_t*, int, int C, int c0, const HaloTile& t,
+                          int ih, int iw, const uint16_t* wt, int np, int n0) {
+        halo_stage(hs, dy, nullptr, 0, C, c0, HaloTile{t.img >> 2, t.y0, t.x0}, ih, iw);
+        const int py = (t.img >> 1) & 1, px = t.img & 1;
+        const int q = threadIdx.x % 4, r = threadIdx.x / 4, b = r / HALO_C;
+        const bool ok = n0 + 8 * q < np;
+        uint16_t* s = hs + IN + swizzled<4>(r, q);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int tap = (2 * i + 1 - py) * 4 + 2 * b + 1 - px;
+            const uint16_t* g = wt + (((int64_t)tap * C + c0 + r % HALO_C) * np + n0 + 8 * q);
+            cp_async16(s + i * 64 * HALO_N, ok ? g : wt, ok);
+        }
+    }
+};
 
 // out(m, n) over the 16 × 16 tiles of n images of h × w and N columns: block b takes columns
 // n0 = 32·(b mod ⌈N / 32⌉) .. and walks tiles b / ⌈N / 32⌉, + gridDim.x / ⌈N / 32⌉, .. (one wave
@@ -163,22 +301,24 @@ static_assert(HALO_T * HALO_T * HALO_CS * 4 <= HALO_FWD_STAGE * 2, "a tile's f32
 // multiple of 8, from the tile's f32 result staged in the slot just read, eight columns a
 // thread (`store_row8`: on the H200 the pairs of `store` from the MMA fragments took 36 % more
 // memory sectors than needed, and a tenth of the instructions were MMAs).
-template <bool DX, class Out, bool ID = false>
-DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int n, int h,
-               int w, const Out& out, const HaloIdentity& id = {}) {
-    HALO_DYNAMIC_SMEM(smem, 2 * HALO_FWD_STAGE);
+// G (Halo3x3, Down4x4, Down4x4Dx) places the taps; h × w the walkers' grid of output pixels
+// (Down4x4Dx: of each phase), ih × iw the staged input's.
+template <class G, bool DX, class Out, bool ID = false>
+DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int n,
+                   int h, int w, int ih, int iw, const Out& out, const HaloIdentity& id = {}) {
+    static_assert(HALO_T * HALO_T * HALO_CS * 4 <= G::STAGE * 2, "a tile's f32 result fits a slot");
+    static_assert(!ID || std::is_same_v<G, Halo3x3>, "the identity's steps stage as the 3 x 3 layers");
+    HALO_DYNAMIC_SMEM(smem, 2 * G::STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int nb = (N + HALO_N - 1) / HALO_N, walkers = (int)gridDim.x / nb, first = (int)blockIdx.x / nb;
     const int n0 = HALO_N * ((int)blockIdx.x % nb);
     // a tile's steps: conv2's chunks of x, then (ID) the identity's of its own input
-    const int tiles = (int)halo_blocks(n, h, w), chunks2 = C / HALO_C, chunks = chunks2 + (ID ? id.C / HALO_C : 0);
+    const int tiles = (int)halo_blocks(n, h, w), chunks2 = C / G::CH, chunks = chunks2 + (ID ? id.C / HALO_C : 0);
     const int steps = first < tiles ? ((tiles - 1 - first) / walkers + 1) * chunks : 0;
-    // A 16 × 16 of MMA row i (tile row 2·warp + i): lanes 0–15 address pixels 0–15 at k 0–7,
-    // lanes 16–31 the same pixels at k 8–15 (ldmatrix's four matrices: mma's a0..a3); the
-    // centre tap's address, the other taps an offset from it
+    // A 16 × 16 of MMA row i (tile row 2·warp + i) at one tap, the other taps an offset from it
     int arow[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) arow[i] = ((2 * warp + i + 1) * HALO_S + lane % 16 + 1) * HALO_ROW + 8 * (lane / 16);
+    for (int i = 0; i < 2; ++i) arow[i] = G::arow(warp, i, lane);
     // B: lane l reads weight row 16·(tap·2 + kk / 16) + l mod 8 + 8·((l / 8) mod 2); the swizzle
     // of a row depends only on its low four bits, so each lane's two column addresses are
     // offsets fixed here plus a constant per (tap, kk) (left to the compiler, it kept one
@@ -198,15 +338,14 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
     zero();
     // step s (chunk k of tile t)'s halo and weights into slot s mod 2 (one cp.async group)
     auto stage = [&](int s, int k, const HaloTile& t) {
-        uint16_t* hs = smem + (s & 1) * HALO_FWD_STAGE;
+        uint16_t* hs = smem + (s & 1) * G::STAGE;
         if (ID && k >= chunks2) {
             const int c0 = HALO_C * (k - chunks2);
             halo_stage(hs, id.x, id.x2, id.ca, id.C, c0, t, h, w, true);
-            halo_centre_weights(hs + HALO_PX * HALO_ROW, id.wt, np, c0, n0);
+            halo_centre_weights(hs + G::IN, id.wt, np, c0, n0);
             return;
         }
-        halo_stage(hs, x, x2, ca, C, HALO_C * k, t, h, w);
-        halo_weights(hs + HALO_PX * HALO_ROW, wt, np, C, HALO_C * k, n0);
+        G::stage(hs, x, x2, ca, C, G::CH * k, t, ih, iw, wt, np, n0);
     };
     const int gq = lane / 4, tq = lane % 4;
     // this tile's sums out through the slot just read (`cs`, free until the step after next
@@ -229,9 +368,9 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         constexpr bool STATS = std::remove_reference_t<decltype(o)>::STATS;
         float p0[8] = {}, p1[8] = {};  // STATS: this thread's pixels' sums, its eight columns
         if (xx < w && nn < N) {
-            int64_t m = ((int64_t)t.img * h + y) * w + xx;
+            int64_t m = G::pixel(t, y, xx, h, w);
 #pragma unroll
-            for (int i = 0; i < 4; ++i, m += 4 * w)
+            for (int i = 0; i < 4; ++i, m += G::rows4(w))
                 if (y + 4 * i < h) {
                     o.store_row8(m, nn, cs + (px + 64 * i) * HALO_CS + 8 * q);
                     if constexpr (STATS) o.sums8(nn, cs + (px + 64 * i) * HALO_CS + 8 * q, p0, p1);
@@ -275,22 +414,21 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         cp_commit();
         cp_wait<1>();     // this step's group has landed, for this thread
         __syncthreads();  // and for every thread
-        const uint16_t* Hs = smem + (s & 1) * HALO_FWD_STAGE;
-        const uint16_t* Ws = Hs + HALO_PX * HALO_ROW;
+        const uint16_t* Hs = smem + (s & 1) * G::STAGE + G::a_offset(t);
+        const uint16_t* Ws = smem + (s & 1) * G::STAGE + G::IN;
         const bool centre = ID && k >= chunks2;  // an identity step: the centre tap alone
 #pragma unroll
-        for (int tap = 0; tap < 9; ++tap) {
+        for (int tap = 0; tap < G::TAPS; ++tap) {
             if (centre && tap != 4) continue;
-            const int dy = DX ? 1 - tap / 3 : tap / 3 - 1, dx = DX ? 1 - tap % 3 : tap % 3 - 1;
-            const int shift = (dy * HALO_S + dx) * HALO_ROW;
+            const int shift = G::template shift<DX>(tap);
 #pragma unroll
-            for (int kk = 0; kk < HALO_C; kk += 16) {
+            for (int kk = 0; kk < G::CH; kk += 16) {
                 uint32_t a[2][4], b[4][2];
 #pragma unroll
                 for (int i = 0; i < 2; ++i) ldsm_x4(a[i], Hs + arow[i] + shift + kk);
                 // B 16 × 16 ([k][n] rows, transposed): as the GEMM's mainloop, columns 16j ..
 #pragma unroll
-                for (int j = 0; j < 2; ++j) ldsm_b2(b + 2 * j, Ws + bcol[j] + (tap * HALO_C + kk) * HALO_N);
+                for (int j = 0; j < 2; ++j) ldsm_b2(b + 2 * j, Ws + bcol[j] + (tap * G::CH + kk) * HALO_N);
 #pragma unroll
                 for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -298,7 +436,7 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
             }
         }
         __syncthreads();  // every warp is done with this slot before the step after next fills it
-        float* cs = reinterpret_cast<float*>(smem + (s & 1) * HALO_FWD_STAGE);
+        float* cs = reinterpret_cast<float*>(smem + (s & 1) * G::STAGE);
         if (ID && !DX && k == chunks2 - 1) {
             // conv2 done: a2 = f16(LeakyReLU(Σ + b2)) in the sums, and out where kept
 #pragma unroll
@@ -332,7 +470,7 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
                 for (int hh = 0; hh < 2; ++hh) {
                     const int xx = t.x0 + gq + 8 * hh;
                     if (y >= h || xx >= w) continue;
-                    const int64_t m = ((int64_t)t.img * h + y) * w + xx;
+                    const int64_t m = G::pixel(t, y, xx, h, w);
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
                         const int nn = n0 + 8 * j + 2 * tq;
@@ -346,6 +484,27 @@ DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint1
         k = 0;
     }
     cp_wait<0>();
+}
+// The 3 × 3 stride-1 layers (input and output h × w)
+template <bool DX, class Out, bool ID = false>
+DEV void halo3(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int n, int h,
+               int w, const Out& out, const HaloIdentity& id = {}) {
+    halo_conv<Halo3x3, DX, Out, ID>(x, x2, ca, C, wt, np, N, n, h, w, h, w, out, id);
+}
+
+// Stage columns n0 .. n0 + 31 of dY (N columns) at the 16 × 16 pixels of tile t of h × w, zero
+// outside, rows swizzled as halo_weights' (the weight gradients' B). Thread t: chunk t mod 4 of
+// tile pixels t / 4, + 64, .. (tile rows four apart).
+DEV void tile_stage_dy(uint16_t* ds, const uint16_t* dy, const HaloTile& t, int h, int w, int N, int n0) {
+    const int q = threadIdx.x % 4, px = threadIdx.x / 4, y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
+    const bool ok = xx < w && n0 + 8 * q < N;
+    const uint16_t* g = dy + ((((int64_t)t.img * h + y) * w + xx) * N + n0 + 8 * q);
+    const int64_t step = (int64_t)4 * w * N;
+#pragma unroll
+    for (int i = 0; i < 4; ++i, g += step) {
+        const bool in = ok && y + 4 * i < h;
+        cp_async16(ds + swizzled<4>(px, q) + i * 64 * HALO_N, in ? g : dy, in);
+    }
 }
 
 // dW (f32 rows (tap, ci) × N, zeroed; atomics) += Σ over the output pixels of tiles blockIdx.x,
@@ -390,16 +549,7 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
         uint16_t* hs = smem + s * HALO_DW_STAGE;
         uint16_t* ds = hs + HALO_PX * HALO_ROW;
         halo_stage(hs, x, x2, ca, C, c0, t, h, w);
-        // thread t: chunk t mod 4 of tile pixels t / 4, + 64, .. (tile rows four apart)
-        const int q = threadIdx.x % 4, px = threadIdx.x / 4, y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
-        const bool ok = xx < w && n0 + 8 * q < N;
-        const uint16_t* g = dy + ((((int64_t)t.img * h + y) * w + xx) * N + n0 + 8 * q);
-        const int64_t step = (int64_t)4 * w * N;
-#pragma unroll
-        for (int i = 0; i < 4; ++i, g += step) {
-            const bool in = ok && y + 4 * i < h;
-            cp_async16(ds + swizzled<4>(px, q) + i * 64 * HALO_N, in ? g : dy, in);
-        }
+        tile_stage_dy(ds, dy, t, h, w, N, n0);
     };
     // two stages: the next tile's copies fly while this one's MMAs run; the next tile carried
     // from tile to tile (halo_advance), gridDim.x tiles on
@@ -467,10 +617,111 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
             }
 }
 
+// The 4 × 4 stride-2 pad-1 layer's weight gradient: dW (f32 rows (tap, ci) × N, zeroed;
+// atomics) += Σ over the output pixels of tiles blockIdx.x, + gridDim.x, .. of x(2y − 1 + ky,
+// 2x − 1 + kx) · dY(y, x) for input channels c0 .. c0 + 15 and columns n0 .. n0 + 31
+// (blockIdx.y = (n0 / 32)·(C / 16) + c0 / 16); N a multiple of 8, C of 16, x n × ih × iw, dY
+// n × ih / 2 × iw / 2 (`tiles` of it). A slot holds a tile's input as the forward's planes
+// (down_stage) and its dY (tile_stage_dy). The block's result is 16 taps × 16 channels × 32
+// columns: warp w owns taps 2w and 2w + 1, an MMA row each, and the four MMA columns. A K
+// slice is one output row of 16 pixels: A (channels × pixels) transposed out of the staged
+// pixel rows of the tap's plane, eight consecutive pixels in eight bank groups as the
+// forward's; B from the dY tile as halo_dw's.
+constexpr int DOWN_DW_STAGE = DOWN_IN + HALO_T * HALO_T * HALO_N;  // halves
+constexpr int DOWN_DW_SMEM = 2 * DOWN_DW_STAGE * 2;                // bytes
+static_assert(DOWN_DW_SMEM == 143744, "the host's size (src/backend/cuda/half.rs DOWN_DW_SMEM)");
+DEV void down_dw(const uint16_t* x, const uint16_t* dy, float* dw, int tiles, int ih, int iw, int C, int N) {
+    HALO_DYNAMIC_SMEM(smem, 2 * DOWN_DW_STAGE);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, h = ih / 2, w = iw / 2;
+    const int chunks = C / DOWN_C, c0 = DOWN_C * ((int)blockIdx.y % chunks), n0 = HALO_N * ((int)blockIdx.y / chunks);
+    // A from [pixel][channel] rows, transposed: lane l addresses pixel l % 8 + 8 (l / 16) of the
+    // slice at channel chunk (l / 8) % 2; tap (ky, kx) of output row r reads staged row 2r + ky,
+    // plane kx mod 2, from pixel kx / 2
+    const int apx = lane % 8 + 8 * (lane / 16), achunk = (lane / 8) % 2;
+    int arow[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int tap = 2 * warp + i, ky = tap / 4, kx = tap % 4;
+        arow[i] = ((ky * 2 + kx % 2) * DOWN_P + kx / 2 + apx) * DOWN_ROW + 8 * achunk;
+    }
+    int bcol[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) bcol[j] = swizzled<4>(lane % 8 + 8 * ((lane / 8) & 1), 2 * j + lane / 16);
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    auto stage = [&](const HaloTile& t, int s) {
+        uint16_t* hs = smem + s * DOWN_DW_STAGE;
+        down_stage(hs, x, C, c0, t, ih, iw);
+        tile_stage_dy(hs + DOWN_IN, dy, t, h, w, N, n0);
+    };
+    const int tx = (w + HALO_T - 1) / HALO_T, wdx = (int)gridDim.x % tx, wdy = (int)gridDim.x / tx;
+    HaloTile next = halo_tile((int)blockIdx.x, h, w);
+    if ((int)blockIdx.x < tiles) stage(next, 0);
+    cp_commit();
+    for (int b = blockIdx.x, k = 0; b < tiles; b += gridDim.x, ++k) {
+        if (b + (int)gridDim.x < tiles) {
+            next = halo_advance(next, wdx, wdy, h, w);
+            stage(next, (k + 1) & 1);
+        }
+        cp_commit();
+        cp_wait<1>();     // this tile's group has landed, for this thread
+        __syncthreads();  // and for every thread
+        const uint16_t* Hs = smem + (k & 1) * DOWN_DW_STAGE;
+        const uint16_t* Ds = Hs + DOWN_IN;
+#pragma unroll 2
+        for (int r = 0; r < HALO_T; ++r) {
+            uint32_t a[2][4], bf[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) ldsm_x4_t(a[i], Hs + arow[i] + r * 2 * 2 * DOWN_P * DOWN_ROW);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) ldsm_b2(bf + 2 * j, Ds + bcol[j] + HALO_T * r * HALO_N);
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], bf[j]);
+        }
+        __syncthreads();  // every warp is done with this slot before the tile after next fills it
+    }
+    cp_wait<0>();
+    // C fragments: c0, c1 at (channel g, columns 2t, 2t + 1), c2, c3 at channel g + 8
+    const int gq = lane / 4, tq = lane % 4;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const int row = gq + (q >= 2 ? 8 : 0), col = 2 * tq + (q & 1);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int n = n0 + 8 * j + col;
+                if (n < N) atomicAdd(&dw[((int64_t)(2 * warp + i) * C + c0 + row) * N + n], acc[i][j][q]);
+            }
+    }
+}
+
 // y = leaky?(conv3(x) + bias) + res; x2 (ca > 0): the input is [x | x2]
 DEV void halo_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
                   int leaky, int n, int h, int w, int cin, int cout, const uint16_t* x2, int ca) {
     halo3<false>(x, x2, ca, cin, wt, np, cout, n, h, w, FwdOut{bias, res, y, cout, leaky});
+}
+// y = leaky?(conv(x) + bias) + res of a 4 × 4 stride-2 pad-1 layer from x (n × ih × iw × cin,
+// cin a multiple of 16) into y (n × ih / 2 × iw / 2 × cout)
+DEV void down_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
+                  int leaky, int n, int ih, int iw, int cin, int cout) {
+    halo_conv<Down4x4, false>(x, nullptr, 0, cin, wt, np, cout, n, ih / 2, iw / 2, ih, iw,
+                              FwdOut{bias, res, y, cout, leaky});
+}
+// dX (n × ih × iw × cin, sides even) = [dX +] leaky'(x) · the data gradient of a 4 × 4
+// stride-2 pad-1 layer from dY (n × ih / 2 × iw / 2 × cout, cout a multiple of 32; weights
+// packed [tap][co][ci])
+DEV void down_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,
+                 int ih, int iw, int cin, int cout) {
+    halo_conv<Down4x4Dx, true>(dy, nullptr, 0, cout, wt, np, cin, 4 * n, ih / 2, iw / 2, ih / 2, iw / 2,
+                               DxOutH{x, dx, cin, accumulate});
 }
 // A residual block's tail (HaloIdentity): out = a2 + identity(x) + bid with a2 =
 // LeakyReLU(conv3(a1) + id.b2) (kept where id.a2 is set); a1 c2 channels, cout a multiple of 8

@@ -9,6 +9,8 @@
 // rounding (identity here), timing, and anything the hardware does beyond the ISA's semantics.
 // Built and run by tests/conv_ops_host.rs.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 
@@ -106,11 +108,21 @@ inline void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
 // so the commit and wait are no-ops: a wait placed too late is not seen here, a barrier missing
 // before a slot is overwritten is), ldmatrix is warp-collective as the PTX ISA describes it.
 namespace h16 {
+// a misaligned cp.async or ldmatrix row faults on the card: here it stops the run
+inline void aligned_to(const void* p, uintptr_t bytes, const char* what) {
+    if ((uintptr_t)p % bytes == 0) return;
+    std::printf("FAIL %s at %p: not %zu-byte aligned\n", what, p, (size_t)bytes);
+    std::abort();
+}
 inline void cp_async16(void* dst, const void* src, bool full) {
+    aligned_to(dst, 16, "cp.async 16 into shared memory");
+    aligned_to(src, 16, "cp.async 16 from global memory");
     if (full) std::memcpy(dst, src, 16);
     else std::memset(dst, 0, 16);
 }
 inline void cp_async8(void* dst, const void* src, bool full) {
+    aligned_to(dst, 8, "cp.async 8 into shared memory");
+    aligned_to(src, 8, "cp.async 8 from global memory");
     if (full) std::memcpy(dst, src, 8);
     else std::memset(dst, 0, 8);
 }
@@ -118,11 +130,21 @@ inline void cp_commit() {}
 template <int N>
 inline void cp_wait() {}
 static const uint16_t* ldsm_rows[MAX_WARPS][32];
+// ldmatrix phases whose eight rows share a 16-byte bank group (shared memory replays them):
+// counted, for the cases that promise none
+static std::atomic<long> ldsm_conflicts{0};
 // four 8 × 8 matrices of 16-bit values, row j of matrix i at the address lane 8i + j gave
 inline void ldsm(uint32_t* r, const void* p, bool trans) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    aligned_to(p, 16, "ldmatrix row");
     ldsm_rows[w][lane] = static_cast<const uint16_t*>(p);
     warp_barrier[w]->arrive_and_wait();
+    if (lane == 0)
+        for (int i = 0; i < 4; ++i) {
+            unsigned groups = 0;
+            for (int j = 0; j < 8; ++j) groups |= 1u << ((uintptr_t)ldsm_rows[w][8 * i + j] / 16 % 8);
+            if (groups != 0xffu) ++ldsm_conflicts;
+        }
     for (int i = 0; i < 4; ++i) {
         const uint16_t* const* m = &ldsm_rows[w][8 * i];
         const int a = lane / 4, b = 2 * (lane % 4);
@@ -411,6 +433,14 @@ static void half_cat_case(int n, int h, int w, int ca, int cb, int cout, int k, 
                  from_half(y), want);
 }
 
+// The ldmatrix reads of `what` since the last call, each phase's eight rows in eight bank groups
+static void no_bank_conflicts(const std::string& what) {
+    if (const long c = h16::ldsm_conflicts.exchange(0)) {
+        std::printf("FAIL %s: %ld ldmatrix phases with two rows in one bank group\n", what.c_str(), c);
+        ++failures;
+    }
+}
+
 // The 3 × 3 stride-1 layers from a staged halo (conv_halo.cuh): forward (one part, or the
 // concatenation [xa | xb] read in place where cb > 0) and data gradient, against the policies;
 // `walkers` blocks per 32 columns walking the tiles
@@ -427,6 +457,7 @@ static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool ep
     const float* b = epilogue ? bias.data() : nullptr;
     const int leaky = epilogue ? 1 : 0;
     std::vector<uint16_t> y(P * cout, HALF_NAN);
+    h16::ldsm_conflicts = 0;
     launch(walkers * blocks(cout, h16::HALO_N), 1, 1, [&] {
         h16::halo_fwd(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, n, h, w, cin, cout,
                       cb ? bh.data() : nullptr, cb ? ca : 0);
@@ -438,6 +469,33 @@ static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool ep
                      std::to_string(cout) + ", " + std::to_string(h) + " x " + std::to_string(w) +
                      (epilogue ? ", bias + LeakyReLU + residual" : "") + ", " + std::to_string(walkers) + " walkers",
                  from_half(y), want);
+    no_bank_conflicts("halo_fwd_case");
+}
+
+// The 4 × 4 stride-2 pad-1 downsampling from staged planes of even and odd columns
+// (conv_halo.cuh Down4x4) against the policy; `walkers` blocks per 32 columns
+static void down_fwd_case(int n, int h, int w, int cin, int cout, bool epilogue, unsigned walkers) {
+    const Geom g = geom(n, h, w, cin, cout, 4, 2, 1);
+    const int64_t P = (int64_t)n * g.oh * g.ow;
+    const int np = (cout + 7) / 8 * 8;
+    auto x = small_ints((size_t)n * h * w * cin), wt = small_ints(16 * cin * cout), bias = small_ints(cout);
+    auto res = small_ints(P * cout);
+    const auto xh = to_half(x), wh = pack_half(wt, 16 * cin, cout, np), rh = to_half(res);
+    const float* b = epilogue ? bias.data() : nullptr;
+    const int leaky = epilogue ? 1 : 0;
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    h16::ldsm_conflicts = 0;
+    launch(walkers * blocks(cout, h16::HALO_N), 1, 1, [&] {
+        h16::down_fwd(xh.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, n, h, w, cin, cout);
+    });
+    std::vector<float> want(P * cout, -99.0f);
+    plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, leaky}, P, cout, 16 * cin);
+    round_half(want);
+    expect_equal("4 x 4 / 2 downsampling from staged planes, " + std::to_string(cin) + " -> " + std::to_string(cout) +
+                     ", " + std::to_string(h) + " x " + std::to_string(w) +
+                     (epilogue ? ", bias + LeakyReLU + residual" : "") + ", " + std::to_string(walkers) + " walkers",
+                 from_half(y), want);
+    no_bank_conflicts("down_fwd_case");
 }
 
 // The forward with half instance norm's statistics summed as it writes (conv3_halo_fwd_stats_h16:
@@ -484,6 +542,7 @@ static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, uns
             for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
     const auto dyh = to_half(dy), xh = to_half(x);
     std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
+    h16::ldsm_conflicts = 0;
     launch(walkers * blocks(cin, h16::HALO_N), 1, 1, [&] {
         h16::halo_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, n, h, w, cin, cout);
     });
@@ -494,6 +553,53 @@ static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, uns
                      std::to_string(h) + " x " + std::to_string(w) + (fused ? ", fused epilogue" : "") + ", " +
                      std::to_string(walkers) + " walkers",
                  from_half(dx), want);
+    no_bank_conflicts("halo_dx_case");
+}
+
+// The 4 × 4 stride-2 layer's data gradient by phases from a staged halo of dY (Down4x4Dx)
+static void down_dx_case(int n, int h, int w, int cin, int cout, bool fused, unsigned walkers) {
+    const Geom g = geom(n, h, w, cin, cout, 4, 2, 1);
+    const int64_t X = (int64_t)n * h * w, P = (int64_t)n * g.oh * g.ow;
+    const int np = (cin + 7) / 8 * 8;
+    auto dy = small_ints(P * cout), wt = small_ints(16 * cin * cout), x = small_ints(X * cin), old = small_ints(X * cin);
+    std::vector<uint16_t> wp(16 * cout * np, 0);  // [tap][co][ci], rows np apart
+    for (int64_t t = 0; t < 16; ++t)
+        for (int co = 0; co < cout; ++co)
+            for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
+    const auto dyh = to_half(dy), xh = to_half(x);
+    std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
+    h16::ldsm_conflicts = 0;
+    launch(walkers * blocks(cin, h16::HALO_N), 1, 1, [&] {
+        h16::down_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, n, h, w, cin, cout);
+    });
+    std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
+    plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin,
+               16 * cout);
+    round_half(want);
+    expect_equal("4 x 4 / 2 data gradient by phases, " + std::to_string(cin) + " <- " + std::to_string(cout) + ", " +
+                     std::to_string(h) + " x " + std::to_string(w) + (fused ? ", fused epilogue" : "") + ", " +
+                     std::to_string(walkers) + " walkers",
+                 from_half(dx), want);
+    no_bank_conflicts("down_dx_case");
+}
+
+// The 4 × 4 stride-2 layer's weight gradient from staged planes and dY tiles (down_dw)
+static void down_dw_case(int n, int h, int w, int cin, int cout, unsigned nblocks) {
+    const Geom g = geom(n, h, w, cin, cout, 4, 2, 1);
+    const int64_t X = (int64_t)n * h * w, P = (int64_t)n * g.oh * g.ow;
+    auto x = small_ints(X * cin), dy = small_ints(P * cout);
+    const auto xh = to_half(x), dyh = to_half(dy);
+    std::vector<float> dw(16 * cin * cout, 0.0f), want(16 * cin * cout, 0.0f);
+    const int tiles = (int)h16::halo_blocks(n, g.oh, g.ow);
+    h16::ldsm_conflicts = 0;
+    launch(nblocks, (unsigned)(cin / 16) * blocks(cout, h16::HALO_N), 1,
+           [&] { h16::down_dw(xh.data(), dyh.data(), dw.data(), tiles, h, w, cin, cout); });
+    plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, 16 * cin, cout, P);
+    expect_equal("4 x 4 / 2 weight gradient from staged planes, " + std::to_string(cin) + " -> " +
+                     std::to_string(cout) + ", " + std::to_string(h) + " x " + std::to_string(w) + ", " +
+                     std::to_string(tiles) + " tiles on " + std::to_string(nblocks) + " blocks",
+                 dw, want);
+    no_bank_conflicts("down_dw_case");
 }
 
 // split x into its first ca channels and the rest (the decoder's [up | skip], read in place)
@@ -517,6 +623,7 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
     const auto xh = to_half(xa), xbh = to_half(xb), dyh = to_half(dy);
     std::vector<float> dw(9 * cin * cout, 0.0f), want(9 * cin * cout, 0.0f), db(cout, 0.0f), want_db(cout, 0.0f);
     const int tiles = (int)h16::halo_blocks(n, h, w);
+    h16::ldsm_conflicts = 0;
     launch(nblocks, (unsigned)(cin / 32) * blocks(cout, h16::HALO_N), 1, [&] {
         h16::halo_dw(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout,
                      ca ? xbh.data() : nullptr, ca);
@@ -529,6 +636,7 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
                              " blocks";
     expect_equal("halo conv weight gradient, " + what, dw, want);
     expect_equal("halo conv bias gradient, " + what, db, want_db);
+    no_bank_conflicts("halo_dw_case");
 }
 
 // A residual block's tail in one halo kernel (halo_block): a2 = LeakyReLU(conv3(a1) + b2) kept
@@ -631,6 +739,19 @@ static void halo_layers() {
     halo_stats_case(2, 17, 19, 32, 32, 16, 3);   // down block 0: 16 of 32 normalised, partial tiles, 2 images
     halo_stats_case(1, 9, 33, 64, 64, 32, 2);    // 32 normalised: the first column block only
     halo_stats_case(3, 16, 20, 32, 128, 64, 1);  // 64 normalised over two column blocks; steps wrap images
+    down_dw_case(1, 32, 32, 32, 32, 1);      // down block 0's shape: one tile, two chunks
+    down_dw_case(2, 35, 41, 32, 72, 3);      // odd sides (17 x 20 out): 8 partial tiles on 3 blocks; 3 column blocks
+    down_dw_case(3, 6, 70, 48, 32, 4);       // 3 chunks; 9 tiles of 3 x 16 on 4 blocks, steps wrap images
+    down_dw_case(1, 20, 20, 16, 8, 2);       // one chunk, N = 8; a block without a tile
+    down_dx_case(1, 32, 32, 32, 32, false, 1);    // down block 0's shape: 4 phases of one tile
+    down_dx_case(2, 34, 46, 32, 32, true, 3);     // partial tiles (17 x 23 a phase), 2 images; LeakyReLU', accumulation
+    down_dx_case(1, 20, 36, 72, 64, true, 2);     // into 72 channels from 64: 2 chunks, three column blocks
+    down_dx_case(3, 6, 8, 20, 32, false, 5);      // cin 20 (np 24): fragment stores; a tile a phase, 12 on 5 walkers
+    down_fwd_case(1, 32, 32, 32, 32, false, 1);   // down block 0's shape: one whole output tile, 2 chunks
+    down_fwd_case(2, 35, 41, 32, 32, true, 3);    // odd input sides (17 x 20 out): 8 partial tiles on 3 walkers
+    down_fwd_case(1, 20, 66, 64, 72, true, 2);    // 4 chunks, three column blocks (the last 8 wide)
+    down_fwd_case(3, 18, 18, 16, 20, false, 2);   // one chunk, N = 20 (np 24): fragment stores; steps wrap images
+    down_fwd_case(2, 6, 70, 48, 32, true, 8);     // 3 chunks; 6 tiles of 3 x 16, walkers without a tile
     halo_fwd_case(2, 17, 19, 32, 0, 32, true, 3);   // partial tiles on both sides, two images: 8 tiles on 3 walkers
     halo_fwd_case(1, 16, 16, 64, 0, 20, false, 1);  // one whole tile; two 32-channel chunks, N = 20 (np 24)
     halo_fwd_case(1, 9, 33, 32, 32, 32, true, 2);   // the decoder's concatenation, in place: three tiles across

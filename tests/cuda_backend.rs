@@ -1594,6 +1594,84 @@ fn norm_statistics_ride_on_the_halo_forward() {
     assert_eq!(launches(&p, "finish_moments_h16"), 1, "{p:?}");
 }
 
+/// The 4 × 4 stride-2 downsampling on its halo kernels (`conv4_down_halo_fwd_h16`: planes of
+/// even and odd input columns; `conv4_down_halo_dx_h16`: the data gradient's four phases over
+/// one halo of dY; `conv4_down_halo_dw_h16`: the weight gradient from the forward's planes),
+/// against the CPU's convolution of the same f16-rounded values; odd sides,
+/// several chunks and column blocks, the epilogues, and layers the kernels do not take (20
+/// input channels forward: the GEMM's four-channel pieces; odd sides backward: the GEMM by
+/// phases).
+#[test]
+fn downsampling_runs_on_its_halo_kernels() {
+    let Some(g) = gpu() else { return };
+    g.use_halo(true);
+    let cpu = Cpu::new();
+    g.set_profiling(true);
+    // (pixels, input channels, output channels, bias + LeakyReLU + residual)
+    let cases = [
+        ((2, 64, 64), 32, 32, false),
+        ((2, 35, 41), 32, 32, true),
+        ((1, 40, 66), 64, 72, true),
+        ((3, 18, 18), 16, 20, false),
+        ((1, 34, 30), 128, 128, true),
+        ((2, 18, 22), 20, 32, true),
+    ];
+    for (i, ((n, h, w), cin, cout, epilogue)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let (xs, sp) = (Shape { n, h, w, c: cin }, ConvSpec { cin, cout, k: 4, stride: 2, pad: 1 });
+        let os = Shape { n, h: h / 2, w: w / 2, c: cout };
+        let x = f16_rounded(rnd(xs.len(), 700 + i, -1.0, 1.0));
+        let wt = f16_rounded(rnd(sp.weight_len(), 710 + i, -0.2, 0.2));
+        let (bias, res) = (rnd(cout, 720 + i, -0.5, 0.5), f16_rounded(rnd(os.len(), 730 + i, -1.0, 1.0)));
+        let mut y = vec![0f32; os.len()];
+        let epi = Epilogue { leaky: epilogue, residual: epilogue.then_some(&res) };
+        cpu.conv2d(&x, xs, &sp, &wt, epilogue.then_some(&bias), epi, &mut y);
+        let (wg, bg, rg) = (g.upload(&wt), g.upload(&bias), g.upload_half(&res));
+        let mut yg = nan_half(&g, os.len());
+        let epi = Epilogue { leaky: epilogue, residual: epilogue.then_some(&rg) };
+        g.conv2d(&g.upload_half(&x), xs, &sp, &wg, epilogue.then_some(&bg), epi, &mut yg);
+        check(&format!("4 x 4 / 2 {cin} -> {cout} ({n} x {h} x {w}), epilogue: {epilogue}"), &g, &yg, &y, 2e-3);
+    }
+    // the data gradient by phases (`conv4_down_halo_dx_h16`) where the input's sides are even,
+    // the GEMM by phases where they are not; dW and dB as before
+    let both = DxEpilogue { leaky: true, accumulate: true };
+    let grad_cases = [
+        ((2, 64, 64), 32, 32, both),
+        ((1, 34, 30), 128, 128, DxEpilogue::LEAKY),
+        ((2, 18, 22), 20, 32, DxEpilogue::NONE),
+        ((1, 20, 36), 72, 64, both),
+        ((2, 35, 41), 32, 32, DxEpilogue::ACCUMULATE),
+    ];
+    for (i, ((n, h, w), cin, cout, dxe)) in grad_cases.into_iter().enumerate() {
+        let i = i as u64;
+        let (xs, sp) = (Shape { n, h, w, c: cin }, ConvSpec { cin, cout, k: 4, stride: 2, pad: 1 });
+        let ys = Shape { n, h: h / 2, w: w / 2, c: cout };
+        let x = f16_rounded(rnd(xs.len(), 740 + i, -1.0, 1.0));
+        let wt = f16_rounded(rnd(sp.weight_len(), 750 + i, -0.2, 0.2));
+        let dy = f16_rounded(rnd(ys.len(), 760 + i, -1.0, 1.0));
+        let old = f16_rounded(rnd(xs.len(), 770 + i, -1.0, 1.0));
+        let (mut dx, mut dw, mut db) = (old.clone(), vec![0f32; sp.weight_len()], vec![0f32; cout]);
+        cpu.conv2d_backward(&x, xs, &sp, &wt, &dy, Some(&mut dx), dxe, &mut dw, Some(&mut db));
+        let (xg, wg, dyg) = (g.upload_half(&x), g.upload(&wt), g.upload_half(&dy));
+        let (mut dxg, mut dwg, mut dbg) = (g.upload_half(&old), nan(&g, sp.weight_len()), nan(&g, cout));
+        g.conv2d_backward(&xg, xs, &sp, &wg, &dyg, Some(&mut dxg), dxe, &mut dwg, Some(&mut dbg));
+        let what = format!("4 x 4 / 2 gradients {cin} -> {cout} ({n} x {h} x {w})");
+        check(&format!("{what}: dX"), &g, &dxg, &dx, 2e-3);
+        check(&format!("{what}: dW"), &g, &dwg, &dw, 1e-4);
+        check(&format!("{what}: dB"), &g, &dbg, &db, 1e-5);
+    }
+    let p = g.take_profile();
+    g.set_profiling(false);
+    assert_eq!(launches(&p, "conv4_down_halo_fwd_h16"), 5, "{p:?}");
+    assert_eq!(launches(&p, "conv2d_fwd4_h16n"), 1, "{p:?}");
+    assert_eq!(launches(&p, "conv4_down_halo_dx_h16"), 4, "{p:?}");
+    assert_eq!(launches(&p, "conv2d_bwd_data_phased_h16n"), 1, "{p:?}");
+    // dW on the halo kernel wherever x has whole 16-channel chunks (cin 72: the f16 GEMM; cin
+    // 20: the GEMM on f32 copies), dB by column sums
+    assert_eq!(launches(&p, "conv4_down_halo_dw_h16"), 3, "{p:?}");
+    assert_eq!(launches(&p, "conv2d_bwd_weight_h16"), 1, "{p:?}");
+}
+
 /// A residual block's head backward on the halo kernels: conv_1's and the identity's weight and
 /// bias gradients reading the input (one tensor, or a concatenation in place), and the input's
 /// gradient conv_1ᵀ(dc1) + identityᵀ(d_out) from one kernel (`conv3_halo_dx_block_h16`), written

@@ -126,6 +126,8 @@ pub struct Cuda {
     graphs: AtomicBool,
     /// whether the f16 3 × 3 stride-1 layers run on the halo kernels (SPAHDMAP_GPU_HALO; `use_halo`)
     pub(super) halo: AtomicBool,
+    /// the 4 × 4 stride-2 layers on their halo kernels too (where `halo` is on)
+    pub(super) halo_down: bool,
     /// what the body being captured did (src/backend/cuda/graph.rs); None when not capturing
     pub(super) capture: Mutex<Option<super::graph::CaptureLog>>,
     /// the capture under way has failed: launches, memsets and copies are skipped
@@ -142,6 +144,9 @@ pub struct Cuda {
     uploads: Mutex<UploadRing>,
     label: String,
     pub(super) sms: usize,
+    /// Shared memory a block may opt in to (bytes): the downsampling's halo kernel needs 140 KB
+    /// (an A100 or H100 gives 163 or 227 KB a block, a consumer card of compute 8.6 or 8.9 99)
+    pub(super) smem_optin: usize,
     /// Per-launch event pairs while profiling (`set_profiling`; src/backend/cuda/profile.rs).
     pub(super) profile: Mutex<Option<Vec<super::profile::Launch>>>,
     /// f16 packings of weights by (address, rows, columns), kept while the weights are frozen
@@ -244,6 +249,9 @@ impl Cuda {
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| format!("cuda:{ordinal}: {e}"))? as usize;
+        let smem_optin = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| format!("cuda:{ordinal}: {e}"))? as usize;
         Ok(Cuda {
             ctx,
             precision,
@@ -259,6 +267,7 @@ impl Cuda {
             fresh: AtomicU64::new(0),
             graphs: AtomicBool::new(graphs_from_env()),
             halo: AtomicBool::new(halo_from_env()),
+            halo_down: halo_down_from_env(),
             capture: Mutex::default(),
             doomed: AtomicBool::new(false),
             scratch_generation: AtomicU64::new(0),
@@ -280,6 +289,7 @@ impl Cuda {
                 }
             ),
             sms,
+            smem_optin,
             profile: Mutex::default(),
             frozen: Mutex::default(),
         })
@@ -767,6 +777,9 @@ fn graphs_from_env() -> bool {
 pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
     match kernel {
         "conv3_halo_dw_h16" => Some(super::half::HALO_DW_SMEM),
+        "conv4_down_halo_fwd_h16" => Some(super::half::DOWN_SMEM),
+        "conv4_down_halo_dx_h16" => Some(super::half::DOWN_DX_SMEM),
+        "conv4_down_halo_dw_h16" => Some(super::half::DOWN_DW_SMEM),
         // two slots (the block tail's as the forward's)
         "conv3_halo_fwd_h16"
         | "conv3_halo_fwd_stats_h16"
@@ -782,8 +795,17 @@ pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
 /// implicit GEMM: on an H200, the rest of the code the same, a pre-training iteration took
 /// 25.0 ms with them and 35.1 without, scoring 306 megapixels/s and 253 (BENCHMARKS.md).
 fn halo_from_env() -> bool {
-    !std::env::var("SPAHDMAP_GPU_HALO")
-        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"))
+    !off_in_env("SPAHDMAP_GPU_HALO")
+}
+
+/// `SPAHDMAP_GPU_HALO_DOWN=0` (the same words) keeps the 4 × 4 stride-2 layers on the GEMM while
+/// the 3 × 3 ones stay on the halo kernels: one binary measures either way on a card.
+fn halo_down_from_env() -> bool {
+    !off_in_env("SPAHDMAP_GPU_HALO_DOWN")
+}
+
+fn off_in_env(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"))
 }
 
 impl Cuda {

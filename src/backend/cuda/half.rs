@@ -37,6 +37,19 @@ const HALO_N: usize = 32;
 pub(super) const HALO_FWD_STAGE: usize = 18 * 18 * 80 + 9 * 32 * 32 * 2;
 pub(super) const HALO_DW_SMEM: usize = 2 * (18 * 18 * 80 + 16 * 16 * 64);
 const _: () = assert!(HALO_FWD_STAGE == 44_352 && HALO_DW_SMEM == 84_608);
+/// The 4 × 4 stride-2 halo kernel's two slots (kernels/conv_halo.cuh `Down4x4`): a 16 × 16
+/// output tile's 34 × 34 input pixels of a 16-channel chunk at 48 bytes a pixel, and the 16
+/// taps' weights of those channels for 32 columns.
+pub(super) const DOWN_SMEM: usize = 2 * (34 * 34 * 48 + 16 * 16 * 32 * 2);
+const _: () = assert!(DOWN_SMEM == 143_744);
+const DOWN_KERNEL: &str = "conv4_down_halo_fwd_h16";
+/// Its data gradient's two slots (`Down4x4Dx`), each as large as a tile's f32 result (16² × 40
+/// floats), which outgrows the 18² × 80-byte halo of dY and four taps' weights.
+pub(super) const DOWN_DX_SMEM: usize = 2 * 16 * 16 * 40 * 4;
+const DOWN_DX_KERNEL: &str = "conv4_down_halo_dx_h16";
+/// Its weight gradient's two slots (`down_dw`): the forward's planes of x and a tile's dY.
+pub(super) const DOWN_DW_SMEM: usize = 2 * (34 * 34 * 48 + 16 * 16 * 32 * 2);
+const DOWN_DW_KERNEL: &str = "conv4_down_halo_dw_h16";
 
 /// 16 × 16 output tiles of n images of h × w.
 fn halo_tiles(n: usize, h: usize, w: usize) -> usize {
@@ -183,7 +196,49 @@ impl Cuda {
         let nb = cols.div_ceil(HALO_N);
         let walkers =
             (self.sms * self.resident_blocks(kernel, THREADS) / nb).clamp(1, halo_tiles(xs.n, xs.h, xs.w).max(1));
-        LaunchConfig { shared_mem_bytes: (2 * HALO_FWD_STAGE) as u32, ..cfg1(walkers * nb, THREADS) }
+        let smem = super::device::dynamic_smem(kernel).expect("a halo kernel's shared memory");
+        LaunchConfig { shared_mem_bytes: smem as u32, ..cfg1(walkers * nb, THREADS) }
+    }
+
+    /// Whether a 4 × 4 stride-2 pad-1 layer's data gradient runs on its halo kernel by phases
+    /// (`Down4x4Dx`): dY in whole 32-channel chunks, the input's sides even (the phases then
+    /// share one grid). The GEMM by phases ran the U-Net's three at ~65 TFLOP/s (H200).
+    fn down_dx_fits(&self, spec: &ConvSpec, xs: Shape) -> bool {
+        self.halo.load(Ordering::Relaxed)
+            && self.halo_down
+            && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
+            && spec.cout % K_STEP == 0
+            && xs.h % 2 == 0
+            && xs.w % 2 == 0
+            && self.smem_optin >= DOWN_DX_SMEM
+            && self.has_kernel(DOWN_DX_KERNEL)
+    }
+
+    /// Whether a 4 × 4 stride-2 pad-1 layer's weight gradient runs on its halo kernel
+    /// (`down_dw`): x of one tensor in whole 16-channel chunks, dY's columns in eights.
+    fn down_dw_fits(&self, spec: &ConvSpec, second: bool) -> bool {
+        self.halo.load(Ordering::Relaxed)
+            && self.halo_down
+            && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
+            && spec.cin % 16 == 0
+            && spec.cout % 8 == 0
+            && !second
+            && self.smem_optin >= DOWN_DW_SMEM
+            && self.has_kernel(DOWN_DW_KERNEL)
+    }
+
+    /// Whether a 4 × 4 stride-2 pad-1 forward runs on its halo kernel (`Down4x4`): f16 in whole
+    /// 16-channel chunks of one tensor, where the card gives a block its 140 KB of shared memory
+    /// and the loaded kernels have it (the GEMM's 4 × 4 K steps ran the first down block's at
+    /// ~41 TFLOP/s on an H200).
+    fn down_fits(&self, spec: &ConvSpec, second: bool) -> bool {
+        self.halo.load(Ordering::Relaxed)
+            && self.halo_down
+            && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
+            && spec.cin % 16 == 0
+            && !second
+            && self.smem_optin >= DOWN_SMEM
+            && self.has_kernel(DOWN_KERNEL)
     }
 
     /// Whether a layer whose GEMM gathers a multiple of 32 channels runs on the halo kernels
@@ -375,6 +430,8 @@ impl Cuda {
         };
         let (kernel, cfg) = if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
             ("conv3_halo_fwd_h16", self.halo_grid("conv3_halo_fwd_h16", xs, spec.cout))
+        } else if self.down_fits(spec, second.is_some()) {
+            (DOWN_KERNEL, self.halo_grid(DOWN_KERNEL, Shape { h: oh, w: ow, ..xs }, spec.cout))
         } else {
             let names = match (second.is_some(), spec.cin % K_STEP == 0) {
                 (true, _) => ["conv2d_fwd_cat_h16n", "conv2d_fwd_cat_h16"],
@@ -629,6 +686,11 @@ impl Cuda {
         let s = spec.stride;
         let (kernel, grid) = match (s > 1, narrow) {
             _ if self.halo_fits(spec) => ("conv3_halo_dx_h16", self.halo_grid("conv3_halo_dx_h16", xs, spec.cin)),
+            // the phases' grid: four (image, phase) pairs an image over dY's pixels
+            _ if self.down_dx_fits(spec, xs) => {
+                let phases = Shape { n: 4 * xs.n, h: xs.h / 2, w: xs.w / 2, ..xs };
+                (DOWN_DX_KERNEL, self.halo_grid(DOWN_DX_KERNEL, phases, spec.cin))
+            }
             (false, true) => ("conv2d_bwd_data_h16n", tiled_grid(pixels, spec.cin, 1, tile)),
             (false, false) => ("conv2d_bwd_data_h16", tiled_grid(pixels, spec.cin, 1, tile)),
             (true, n) => {
@@ -687,6 +749,26 @@ impl Cuda {
             };
             launch!(self, kernel, cfg, xp, dyp, dwp, dbp, tiles as i32, h, wd, cin, cout, x2, ca);
             self.profile_flop(conv_flop(p, spec));
+            return;
+        }
+        if self.down_dw_fits(spec, second.is_some()) {
+            // as the 3 × 3 layers': a wave of tile walkers, a grid row per (16 channels, 32
+            // columns); the bias gradient (the U-Net's downsampling has none) by column sums
+            let tiles = halo_tiles(xs.n, oh, ow);
+            let rows = spec.cin / 16 * spec.cout.div_ceil(HALO_N);
+            let wave = self.sms * self.resident_blocks(DOWN_DW_KERNEL, THREADS);
+            let cfg = LaunchConfig {
+                grid_dim: (tiles.min(wave.div_ceil(rows)) as u32, rows as u32, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: DOWN_DW_SMEM as u32,
+            };
+            let (xp, dyp, dwp) = (self.hptr(x), self.hptr(dy), self.ptr(dw));
+            let (h, wd, cin, cout) = (xs.h as i32, xs.w as i32, spec.cin as i32, spec.cout as i32);
+            launch!(self, DOWN_DW_KERNEL, cfg, xp, dyp, dwp, tiles as i32, h, wd, cin, cout);
+            self.profile_flop(conv_flop(p, spec));
+            if let Some(db) = db {
+                self.colsum_of("colsum_h16", dyp, p, spec.cout, self.ptr(db));
+            }
             return;
         }
         let (kernel, tile) =
