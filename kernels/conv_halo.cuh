@@ -1,5 +1,6 @@
-// 3 × 3 stride-1 convolutions from a staged halo (included by conv_h16.cu, namespace h16):
-// every such layer of the U-Net, forward, data gradient and weight (+ bias) gradient.
+// Convolutions from a staged halo (included by conv_h16.cu, namespace h16): every 3 × 3
+// stride-1 layer of the U-Net and every 4 × 4 stride-2 one (Down4x4 and after), forward, data
+// gradient and weight (+ bias) gradient.
 //
 // The implicit GEMM (conv_h16.cu `gemm`) copies a K step of one tap × 32 channels per step:
 // each input pixel reaches shared memory nine times, and a 128-row tile of a 32 → 32 layer
@@ -294,7 +295,7 @@ struct Down4x4Dx {
 // n0 = 32·(b mod ⌈N / 32⌉) .. and walks tiles b / ⌈N / 32⌉, + gridDim.x / ⌈N / 32⌉, .. (one wave
 // of blocks: the next step's copies fly while this one's MMAs and epilogue run; the tile and
 // chunk carried from step to step, where dividing them out again took six integer divisions,
-// ~110 instructions a step). A step is one (tile, 32-channel chunk): Σ over taps and the
+// ~110 instructions a step). A step is one (tile, chunk of G::CH channels): Σ over taps and the
 // chunk's channels of the staged input at the pixel shifted by the tap (mirrored where DX)
 // times the weights. After a tile's last chunk the
 // GEMM's epilogues (FwdOut, DxOutH; m the pixel's index, N columns) write it: where N is a

@@ -1605,6 +1605,10 @@ fn norm_statistics_ride_on_the_halo_forward() {
 fn downsampling_runs_on_its_halo_kernels() {
     let Some(g) = gpu() else { return };
     g.use_halo(true);
+    g.use_halo_down(true);
+    // the forward's and weight gradient's 143,744 bytes a block: a card of compute 8.6 or 8.9
+    // runs them on the GEMM
+    let big = g.shared_memory_per_block() >= 143_744;
     let cpu = Cpu::new();
     g.set_profiling(true);
     // (pixels, input channels, output channels, bias + LeakyReLU + residual)
@@ -1614,6 +1618,7 @@ fn downsampling_runs_on_its_halo_kernels() {
         ((1, 40, 66), 64, 72, true),
         ((3, 18, 18), 16, 20, false),
         ((1, 34, 30), 128, 128, true),
+        ((1, 18, 20), 48, 32, false),
         ((2, 18, 22), 20, 32, true),
     ];
     for (i, ((n, h, w), cin, cout, epilogue)) in cases.into_iter().enumerate() {
@@ -1640,6 +1645,7 @@ fn downsampling_runs_on_its_halo_kernels() {
         ((1, 34, 30), 128, 128, DxEpilogue::LEAKY),
         ((2, 18, 22), 20, 32, DxEpilogue::NONE),
         ((1, 20, 36), 72, 64, both),
+        ((1, 18, 20), 48, 32, DxEpilogue::LEAKY),
         ((2, 35, 41), 32, 32, DxEpilogue::ACCUMULATE),
     ];
     for (i, ((n, h, w), cin, cout, dxe)) in grad_cases.into_iter().enumerate() {
@@ -1662,14 +1668,18 @@ fn downsampling_runs_on_its_halo_kernels() {
     }
     let p = g.take_profile();
     g.set_profiling(false);
-    assert_eq!(launches(&p, "conv4_down_halo_fwd_h16"), 5, "{p:?}");
-    assert_eq!(launches(&p, "conv2d_fwd4_h16n"), 1, "{p:?}");
-    assert_eq!(launches(&p, "conv4_down_halo_dx_h16"), 4, "{p:?}");
+    assert_eq!(launches(&p, "conv4_down_halo_fwd_h16"), if big { 6 } else { 0 }, "{p:?}");
+    if big {
+        assert_eq!(launches(&p, "conv2d_fwd4_h16n"), 1, "{p:?}");
+    }
+    assert_eq!(launches(&p, "conv4_down_halo_dx_h16"), 5, "{p:?}");
     assert_eq!(launches(&p, "conv2d_bwd_data_phased_h16n"), 1, "{p:?}");
     // dW on the halo kernel wherever x has whole 16-channel chunks (cin 72: the f16 GEMM; cin
     // 20: the GEMM on f32 copies), dB by column sums
-    assert_eq!(launches(&p, "conv4_down_halo_dw_h16"), 3, "{p:?}");
-    assert_eq!(launches(&p, "conv2d_bwd_weight_h16"), 1, "{p:?}");
+    assert_eq!(launches(&p, "conv4_down_halo_dw_h16"), if big { 4 } else { 0 }, "{p:?}");
+    if big {
+        assert_eq!(launches(&p, "conv2d_bwd_weight_h16"), 1, "{p:?}");
+    }
 }
 
 /// A residual block's head backward on the halo kernels: conv_1's and the identity's weight and

@@ -124,10 +124,12 @@ pub struct Cuda {
     fresh: AtomicU64,
     /// whether `capture` records (SPAHDMAP_GPU_GRAPHS; `use_graphs`)
     graphs: AtomicBool,
-    /// whether the f16 3 × 3 stride-1 layers run on the halo kernels (SPAHDMAP_GPU_HALO; `use_halo`)
+    /// whether the f16 3 × 3 stride-1 and 4 × 4 stride-2 layers run on the halo kernels
+    /// (SPAHDMAP_GPU_HALO; `use_halo`)
     pub(super) halo: AtomicBool,
-    /// the 4 × 4 stride-2 layers on their halo kernels too (where `halo` is on)
-    pub(super) halo_down: bool,
+    /// the 4 × 4 stride-2 layers on theirs, where `halo` is on (SPAHDMAP_GPU_HALO_DOWN;
+    /// `use_halo_down`)
+    pub(super) halo_down: AtomicBool,
     /// what the body being captured did (src/backend/cuda/graph.rs); None when not capturing
     pub(super) capture: Mutex<Option<super::graph::CaptureLog>>,
     /// the capture under way has failed: launches, memsets and copies are skipped
@@ -267,7 +269,7 @@ impl Cuda {
             fresh: AtomicU64::new(0),
             graphs: AtomicBool::new(graphs_from_env()),
             halo: AtomicBool::new(halo_from_env()),
-            halo_down: halo_down_from_env(),
+            halo_down: AtomicBool::new(halo_down_from_env()),
             capture: Mutex::default(),
             doomed: AtomicBool::new(false),
             scratch_generation: AtomicU64::new(0),
@@ -306,10 +308,20 @@ impl Cuda {
     pub fn graphs_on(&self) -> bool {
         self.graphs.load(Ordering::Relaxed)
     }
-    /// Run the f16 3 × 3 stride-1 layers on the halo kernels (kernels/conv_halo.cuh) or on the
-    /// implicit GEMM, whatever the environment says.
+    /// Run the f16 3 × 3 stride-1 and 4 × 4 stride-2 layers on the halo kernels
+    /// (kernels/conv_halo.cuh) or on the implicit GEMM, whatever the environment says.
     pub fn use_halo(&self, on: bool) {
         self.halo.store(on, Ordering::Relaxed);
+    }
+    /// The 4 × 4 stride-2 layers alone on the GEMM (false) or on their halo kernels where the
+    /// others are, whatever the environment says.
+    pub fn use_halo_down(&self, on: bool) {
+        self.halo_down.store(on, Ordering::Relaxed);
+    }
+    /// Shared memory a block may opt in to, in bytes (the 4 × 4 stride-2 forward and weight
+    /// gradient need 143,744: an A100 or H100 has it, a card of compute 8.6 or 8.9 not).
+    pub fn shared_memory_per_block(&self) -> usize {
+        self.smem_optin
     }
     /// Let inference keep its activations in f16 (`Backend::half_activations`) or not, whatever
     /// the environment says.

@@ -205,7 +205,7 @@ impl Cuda {
     /// share one grid). The GEMM by phases ran the U-Net's three at ~65 TFLOP/s (H200).
     fn down_dx_fits(&self, spec: &ConvSpec, xs: Shape) -> bool {
         self.halo.load(Ordering::Relaxed)
-            && self.halo_down
+            && self.halo_down.load(Ordering::Relaxed)
             && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
             && spec.cout % K_STEP == 0
             && xs.h % 2 == 0
@@ -218,7 +218,7 @@ impl Cuda {
     /// (`down_dw`): x of one tensor in whole 16-channel chunks, dY's columns in eights.
     fn down_dw_fits(&self, spec: &ConvSpec, second: bool) -> bool {
         self.halo.load(Ordering::Relaxed)
-            && self.halo_down
+            && self.halo_down.load(Ordering::Relaxed)
             && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
             && spec.cin % 16 == 0
             && spec.cout % 8 == 0
@@ -233,7 +233,7 @@ impl Cuda {
     /// ~41 TFLOP/s on an H200).
     fn down_fits(&self, spec: &ConvSpec, second: bool) -> bool {
         self.halo.load(Ordering::Relaxed)
-            && self.halo_down
+            && self.halo_down.load(Ordering::Relaxed)
             && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
             && spec.cin % 16 == 0
             && !second
