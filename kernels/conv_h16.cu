@@ -626,6 +626,14 @@ extern "C" __global__ void __launch_bounds__(256, 2)
                        int ca) {
     h16::halo_fwd(x, wt, np, bias, res, y, leaky, n, h, w, cin, cout, x2, ca);
 }
+// The same from cin a multiple of 4 (conv_halo.cuh Halo3x3Four: one 32-channel chunk, zero past
+// cin; x2 unused)
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_fwd4_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res,
+                        uint16_t* y, int leaky, int n, int h, int w, int cin, int cout, int, int, int, const uint16_t*,
+                        int) {
+    h16::halo_fwd4(x, wt, np, bias, res, y, leaky, n, h, w, cin, cout);
+}
 // The 4 × 4 stride-2 pad-1 downsampling from a staged patch of even and odd column planes
 // (conv_halo.cuh Down4x4): the GEMM entries' signature (k, stride, pad: 4, 2, 1; x2 unused); cin
 // a multiple of 16; two 71,872-byte slots keep one block an SM

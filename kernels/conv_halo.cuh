@@ -68,9 +68,12 @@ static_assert(HALO_T == 16 && HALO_N / 8 == 4 && THREADS == 256, "four pixels a 
 // t < 216 copies 16-byte chunk t mod 4 of halo column t / 4 mod 18 in halo rows t / 72, + 3, ..
 // (six rows). Part of a cp.async group the caller commits. `centre`: the 16 × 16 pixels of the
 // tile alone, the ring around them left as it was (a 1 × 1 step reads only the centre tap).
+// FOUR: C a multiple of 4, not of 32 (one tensor): each 16-byte chunk as two 8-byte copies,
+// channels past C zero (the low-rank head's 20, whose pixels are 40 bytes apart).
 constexpr int HALO_COPIES = HALO_S * (HALO_C / 8);  // 72 a halo row
 constexpr int HALO_ROWS_AT = THREADS / HALO_COPIES; // 3 halo rows a pass
 static_assert(HALO_S % HALO_ROWS_AT == 0, "six passes of three halo rows");
+template <bool FOUR = false>
 DEV void halo_stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca, int C, int c0, const HaloTile& t,
                     int h, int w, bool centre = false) {
     const int tid = threadIdx.x;
@@ -90,18 +93,28 @@ DEV void halo_stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca,
         const int r = row + HALO_ROWS_AT * i;
         if (centre && (ring_col || r == 0 || r == HALO_S - 1)) continue;
         const bool ok = x_in && (unsigned)(gy + HALO_ROWS_AT * i) < (unsigned)h;
-        cp_async16(s + i * HALO_ROWS_AT * HALO_S * HALO_ROW, ok ? g : src, ok);
+        uint16_t* d = s + i * HALO_ROWS_AT * HALO_S * HALO_ROW;
+        if constexpr (FOUR) {
+            const int left = cs - cc - 8 * q;  // this chunk's channels that exist
+            const bool lo = ok && left > 0, hi = ok && left > 4;
+            cp_async8(d, lo ? g : src, lo);
+            cp_async8(d + 4, hi ? g + 4 : src, hi);
+        } else {
+            cp_async16(d, ok ? g : src, ok);
+        }
     }
 }
 
 // Stage rows (tap, c0 .. c0 + 31), columns n0 .. n0 + 31 of packed weights ([tap][C][np] f16),
 // zero past np, rows swizzled as the GEMM's B tiles. Thread t copies chunk t mod 4 of rows
 // t / 4, + 64, .. (the same channel two taps on).
+// FOUR: rows of channels c0 + r mod 32 ≥ C zero (C a multiple of 4, not of 32).
+template <bool FOUR = false>
 DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, int n0) {
     constexpr int AT = THREADS / 4;  // rows a pass
     static_assert(AT % HALO_C == 0 && HALO_C * 9 <= 5 * AT, "five passes, each whole taps");
     const int q = threadIdx.x % 4, r = threadIdx.x / 4;
-    const bool ok = n0 + 8 * q < np;
+    const bool ok = n0 + 8 * q < np && (!FOUR || c0 + r % HALO_C < C);
     const uint16_t* g = wt + (((int64_t)(r / HALO_C) * C + c0 + r % HALO_C) * np + n0 + 8 * q);
     const int64_t step = (int64_t)(AT / HALO_C) * C * np;
     uint16_t* s = ws + swizzled<4>(r, q);  // rows AT apart keep the swizzle: AT·32 halves on
@@ -181,6 +194,17 @@ struct Halo3x3 : HaloPlainOut {
                           const HaloTile& t, int ih, int iw, const uint16_t* wt, int np, int n0) {
         halo_stage(hs, x, x2, ca, C, c0, t, ih, iw);
         halo_weights(hs + IN, wt, np, C, c0, n0);
+    }
+};
+
+// The same from C channels a multiple of 4, not of 32 (the low-rank head's 20 → 20 layer): one
+// 32-channel chunk, its channels past C zero (12 of 32 idle MMA columns at 20, against the
+// four-channel GEMM's ~38 TFLOP/s on an H200).
+struct Halo3x3Four : Halo3x3 {
+    DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t*, int, int C, int c0, const HaloTile& t,
+                          int ih, int iw, const uint16_t* wt, int np, int n0) {
+        halo_stage<true>(hs, x, nullptr, 0, C, c0, t, ih, iw);
+        halo_weights<true>(hs + IN, wt, np, C, c0, n0);
     }
 };
 
@@ -302,7 +326,7 @@ struct Down4x4Dx {
 // multiple of 8, from the tile's f32 result staged in the slot just read, eight columns a
 // thread (`store_row8`: on the H200 the pairs of `store` from the MMA fragments took 36 % more
 // memory sectors than needed, and a tenth of the instructions were MMAs).
-// G (Halo3x3, Down4x4, Down4x4Dx) places the taps; h × w the walkers' grid of output pixels
+// G (Halo3x3, Halo3x3Four, Down4x4, Down4x4Dx) places the taps; h × w the walkers' grid of output pixels
 // (Down4x4Dx: of each phase), ih × iw the staged input's.
 template <class G, bool DX, class Out, bool ID = false>
 DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int n,
@@ -314,7 +338,8 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
     const int nb = (N + HALO_N - 1) / HALO_N, walkers = (int)gridDim.x / nb, first = (int)blockIdx.x / nb;
     const int n0 = HALO_N * ((int)blockIdx.x % nb);
     // a tile's steps: conv2's chunks of x, then (ID) the identity's of its own input
-    const int tiles = (int)halo_blocks(n, h, w), chunks2 = C / G::CH, chunks = chunks2 + (ID ? id.C / HALO_C : 0);
+    const int tiles = (int)halo_blocks(n, h, w), chunks2 = (C + G::CH - 1) / G::CH;
+    const int chunks = chunks2 + (ID ? id.C / HALO_C : 0);
     const int steps = first < tiles ? ((tiles - 1 - first) / walkers + 1) * chunks : 0;
     // A 16 × 16 of MMA row i (tile row 2·warp + i) at one tap, the other taps an offset from it
     int arow[2];
@@ -708,6 +733,11 @@ DEV void down_dw(const uint16_t* x, const uint16_t* dy, float* dw, int tiles, in
 DEV void halo_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
                   int leaky, int n, int h, int w, int cin, int cout, const uint16_t* x2, int ca) {
     halo3<false>(x, x2, ca, cin, wt, np, cout, n, h, w, FwdOut{bias, res, y, cout, leaky});
+}
+// The same from cin a multiple of 4 (Halo3x3Four), one tensor
+DEV void halo_fwd4(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res, uint16_t* y,
+                   int leaky, int n, int h, int w, int cin, int cout) {
+    halo_conv<Halo3x3Four, false>(x, nullptr, 0, cin, wt, np, cout, n, h, w, h, w, FwdOut{bias, res, y, cout, leaky});
 }
 // y = leaky?(conv(x) + bias) + res of a 4 × 4 stride-2 pad-1 layer from x (n × ih × iw × cin,
 // cin a multiple of 16) into y (n × ih / 2 × iw / 2 × cout)

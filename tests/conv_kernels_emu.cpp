@@ -498,6 +498,31 @@ static void down_fwd_case(int n, int h, int w, int cin, int cout, bool epilogue,
     no_bank_conflicts("down_fwd_case");
 }
 
+// The 3 × 3 forward from a multiple of 4 channels, not of 32 (Halo3x3Four: 8-byte copies, zero
+// past cin in the input's chunk and the weights' rows)
+static void halo_fwd4_case(int n, int h, int w, int cin, int cout, bool epilogue, unsigned walkers) {
+    const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
+    const int64_t P = (int64_t)n * h * w;
+    const int np = (cout + 7) / 8 * 8;
+    auto x = small_ints(P * cin), wt = small_ints(9 * cin * cout), bias = small_ints(cout), res = small_ints(P * cout);
+    const auto xh = to_half(x), wh = pack_half(wt, 9 * cin, cout, np), rh = to_half(res);
+    const float* b = epilogue ? bias.data() : nullptr;
+    std::vector<uint16_t> y(P * cout, HALF_NAN);
+    h16::ldsm_conflicts = 0;
+    launch(walkers * blocks(cout, h16::HALO_N), 1, 1, [&] {
+        h16::halo_fwd4(xh.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), epilogue, n, h, w, cin,
+                       cout);
+    });
+    std::vector<float> want(P * cout, -99.0f);
+    plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, epilogue}, P, cout, 9 * cin);
+    round_half(want);
+    expect_equal("halo conv forward from " + std::to_string(cin) + " channels (pieces of 4) -> " +
+                     std::to_string(cout) + ", " + std::to_string(h) + " x " + std::to_string(w) +
+                     (epilogue ? ", bias + LeakyReLU + residual" : "") + ", " + std::to_string(walkers) + " walkers",
+                 from_half(y), want);
+    no_bank_conflicts("halo_fwd4_case");
+}
+
 // The forward with half instance norm's statistics summed as it writes (conv3_halo_fwd_stats_h16:
 // FwdStatsOut): c1 = conv3(x) + bias as the policy rounds it, and per (image, channel < cn) the
 // sums of c1 − bias and its square, exact (small integers)
@@ -756,6 +781,9 @@ static void halo_layers() {
     halo_fwd_case(1, 16, 16, 64, 0, 20, false, 1);  // one whole tile; two 32-channel chunks, N = 20 (np 24)
     halo_fwd_case(1, 9, 33, 32, 32, 32, true, 2);   // the decoder's concatenation, in place: three tiles across
     halo_fwd_case(1, 5, 7, 32, 0, 3, true, 2);      // N = 3: the last column alone; a walker without a tile
+    halo_fwd4_case(2, 17, 19, 20, 20, true, 3);   // the low-rank head's 20 -> 20: one chunk, 12 zero channels
+    halo_fwd4_case(1, 18, 9, 36, 40, false, 2);   // 36: a second chunk of 4; N = 40, two column blocks
+    halo_fwd4_case(1, 9, 20, 4, 8, true, 1);      // 4 channels: one 8-byte copy a pixel
     halo_fwd_case(1, 18, 17, 64, 0, 72, true, 2);   // three column blocks, the last 8 wide; 2 chunks × 2 tiles
     halo_fwd_case(2, 8, 9, 32, 64, 64, false, 1);   // unequal parts of a concatenation, two column blocks
     halo_fwd_case(2, 33, 17, 32, 0, 32, false, 2);  // 12 tiles on 2 walkers, each slot refilled

@@ -794,6 +794,7 @@ pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
         "conv4_down_halo_dw_h16" => Some(super::half::DOWN_DW_SMEM),
         // two slots (the block tail's as the forward's)
         "conv3_halo_fwd_h16"
+        | "conv3_halo_fwd4_h16"
         | "conv3_halo_fwd_stats_h16"
         | "conv3_halo_dx_h16"
         | "conv3_halo_block_h16"

@@ -43,6 +43,8 @@ const _: () = assert!(HALO_FWD_STAGE == 44_352 && HALO_DW_SMEM == 84_608);
 pub(super) const DOWN_SMEM: usize = 2 * (34 * 34 * 48 + 16 * 16 * 32 * 2);
 const _: () = assert!(DOWN_SMEM == 143_744);
 const DOWN_KERNEL: &str = "conv4_down_halo_fwd_h16";
+/// The 3 × 3 halo forward from a multiple of 4 channels, not of 32 (`Halo3x3Four`).
+const HALO_FWD4: &str = "conv3_halo_fwd4_h16";
 /// Its data gradient's two slots (`Down4x4Dx`), each as large as a tile's f32 result (16² × 40
 /// floats), which outgrows the 18² × 80-byte halo of dY and four taps' weights.
 pub(super) const DOWN_DX_SMEM: usize = 2 * 16 * 16 * 40 * 4;
@@ -430,6 +432,9 @@ impl Cuda {
         };
         let (kernel, cfg) = if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
             ("conv3_halo_fwd_h16", self.halo_grid("conv3_halo_fwd_h16", xs, spec.cout))
+        } else if spec.cin % 4 == 0 && second.is_none() && self.halo_fits(spec) && self.has_kernel(HALO_FWD4) {
+            // one 32-channel chunk, zero past cin (the low-rank head's 20 → 20 layer)
+            (HALO_FWD4, self.halo_grid(HALO_FWD4, xs, spec.cout))
         } else if self.down_fits(spec, second.is_some()) {
             (DOWN_KERNEL, self.halo_grid(DOWN_KERNEL, Shape { h: oh, w: ow, ..xs }, spec.cout))
         } else {
