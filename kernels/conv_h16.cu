@@ -679,6 +679,19 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     if (cout % 8 != 0) __trap();
     h16::halo_block(a1, wt2, np, bid, out, n, h, w, c2, cout, h16::HaloIdentity{x, x2, ca, cid, wid, b2, a2});
 }
+// The same reading conv_1's output c1 (one tensor) in place of a1 = LeakyReLU(HIN(c1)), the norm
+// applied as conv2 stages it (HaloNorm: stats the means then the rstds, n × half each; half a
+// multiple of 8); inference (a2 null)
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_block_norm_h16(const uint16_t* c1, const uint16_t* wt2, int np, const float* b2, const uint16_t* x,
+                              const uint16_t* x2, int ca, int cid, const uint16_t* wid, const float* bid,
+                              uint16_t* out, int n, int h, int w, int c2, int cout, const float* stats,
+                              const float* gamma, const float* beta, int half) {
+    if (cout % 8 != 0 || half % 8 != 0) __trap();
+    h16::HaloIdentity id{x, x2, ca, cid, wid, b2, nullptr};
+    id.norm = h16::HaloNorm{stats, gamma, beta, n, half};
+    h16::halo_block(c1, wt2, np, bid, out, n, h, w, c2, cout, id);
+}
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_dx_h16(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate,
                       int n, int h, int w, int cin, int cout, int, int, int) {

@@ -132,13 +132,55 @@ DEV void halo_weights(uint16_t* ws, const uint16_t* wt, int np, int C, int c0, i
 // The backward pass mirrors it (`halo_dx_block`): the block input's gradient is conv1's data
 // gradient from dc1 plus the identity's from d_out, the latter as centre-tap steps of d_out
 // after conv1's chunks of dc1 — no identity GEMM writing dx, no second pass adding onto it.
+// Half instance norm and LeakyReLU of conv_1's output applied as conv_2 stages it (`halo_block`
+// reading c1 in inference: no pass writes a1 = LeakyReLU(HIN(c1)) and none reads it back): per
+// (image, channel < half) the means, then the rstds (images × half each), γ and β (half); the
+// other half through LeakyReLU alone — hin_apply's arithmetic, so a1 rounds as it would.
+struct HaloNorm {
+    const float *stats = nullptr, *gamma = nullptr, *beta = nullptr;  // stats null: no norm
+    int images = 0, half = 0;                                          // half a multiple of 8
+};
 struct HaloIdentity {
     const uint16_t *x, *x2;  // the block's input: [x (ca channels) | x2] where x2 is set (DX: d_out)
     int ca, C;               // ... and all its channels
     const uint16_t* wt;      // the identity's weights packed [C][np] f16 (np as conv2's; DX: [co][ci])
     const float* b2;         // conv2's bias (null: none; not read in DX)
     uint16_t* a2;            // conv2's activation, kept (null: not written; not in DX)
+    HaloNorm norm = {};      // conv2's input is c1, normalised as staged (not in DX)
 };
+
+// HaloNorm on the chunks this thread staged (halo_stage's mapping, one tensor of C channels) of
+// channels c0 .. c0 + 31 of tile t in slot hs, once its copies have landed (its own writes: no
+// barrier before); pixels outside the image stay zero, as the padding of a1 is.
+DEV void halo_norm_own(uint16_t* hs, const HaloNorm& nm, int c0, const HaloTile& t, int h, int w) {
+    const int tid = threadIdx.x;
+    if (tid >= HALO_ROWS_AT * HALO_COPIES) return;
+    const int q = tid % 4, col = tid / 4 % HALO_S, row = tid / HALO_COPIES, c = c0 + 8 * q;
+    const int gx = t.x0 - 1 + col, gy = t.y0 - 1 + row;
+    if ((unsigned)gx >= (unsigned)w) return;
+    const bool normed = c < nm.half;  // all eight channels in one half
+    float m[8], r[8], g[8], b[8];
+    if (normed) {
+        const int64_t at = (int64_t)t.img * nm.half + c;
+        h16::ld8(nm.stats + at, m);
+        h16::ld8(nm.stats + (int64_t)nm.images * nm.half + at, r);
+        h16::ld8(nm.gamma + c, g);
+        h16::ld8(nm.beta + c, b);
+    }
+    uint16_t* s = hs + (row * HALO_S + col) * HALO_ROW + 8 * q;
+#pragma unroll
+    for (int i = 0; i < HALO_S / HALO_ROWS_AT; ++i, s += HALO_ROWS_AT * HALO_S * HALO_ROW) {
+        if ((unsigned)(gy + HALO_ROWS_AT * i) >= (unsigned)h) continue;
+        float v[8];
+        h16::ld8(s, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (normed) v[j] = (v[j] - m[j]) * r[j] * g[j] + b[j];
+            v[j] = v[j] > 0.0f ? v[j] : conv::SLOPE * v[j];
+        }
+        h16::st8(s, v);
+    }
+}
 
 // Stage rows c0 .. c0 + 31 of the identity's packed weights ([C][np]) as the centre tap's rows
 // of a slot's weights (ws: the slot's weight rows; tap 4 starts 4·32 rows in, and rows 128 + c
@@ -438,7 +480,9 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
         const bool last = k == chunks - 1;  // this tile's last chunk: its epilogue follows
         if (s + 1 < steps) stage(s + 1, last ? 0 : k + 1, last ? halo_advance(t, wdx, wdy, h, w) : t);
         cp_commit();
-        cp_wait<1>();     // this step's group has landed, for this thread
+        cp_wait<1>();  // this step's group has landed, for this thread
+        if constexpr (ID && !DX)
+            if (id.norm.stats && k < chunks2) halo_norm_own(smem + (s & 1) * G::STAGE, id.norm, G::CH * k, t, h, w);
         __syncthreads();  // and for every thread
         const uint16_t* Hs = smem + (s & 1) * G::STAGE + G::a_offset(t);
         const uint16_t* Ws = smem + (s & 1) * G::STAGE + G::IN;

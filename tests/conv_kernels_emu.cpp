@@ -667,21 +667,45 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
 // A residual block's tail in one halo kernel (halo_block): a2 = LeakyReLU(conv3(a1) + b2) kept
 // where asked, out = a2 + identity(x) + bid with x one part or [xa | xb]; against the policies
 // run as the two layers the unfused path launches (a2 rounded to f16 between them)
-static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cout, bool keep, unsigned walkers) {
+// `norm`: the kernel reads c1 and applies half instance norm and LeakyReLU as it stages it
+// (HaloNorm), against the policies on a1 = LeakyReLU(HIN(c1)) written out; every value a multiple
+// of 5 before LeakyReLU and rstd, γ of 1, 2 or −1, so that a1 stays integer and the sums exact
+static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cout, bool keep, unsigned walkers,
+                            bool norm = false) {
     const int cid = ca + cb;
     const Geom g2 = geom(n, h, w, c2, cout, 3, 1, 1), gid = geom(n, h, w, cid, cout, 1, 1, 0);
     const int64_t P = (int64_t)n * h * w;
     const int np = (cout + 7) / 8 * 8;
     auto a1 = small_ints(P * c2), x = small_ints(P * cid), w2 = small_ints(9 * c2 * cout), wid = small_ints(cid * cout);
     auto b2 = small_ints(cout), bid = small_ints(cout);
+    const int half = c2 / 2;
+    std::vector<float> c1 = a1, stats = small_ints(2 * n * half), gamma = small_ints(half), beta = small_ints(half);
+    if (norm) {
+        for (auto& v : c1) v *= 5.0f;
+        for (int i = 0; i < n * half; ++i) {
+            stats[i] *= 5.0f;                                              // means
+            stats[n * half + i] = stats[n * half + i] > 0.0f ? 2.0f : 1.0f;  // rstds
+        }
+        for (int c = 0; c < half; ++c) gamma[c] = gamma[c] > 1.0f ? 2.0f : gamma[c] < -1.0f ? -1.0f : 1.0f, beta[c] *= 5.0f;
+        for (int64_t q = 0; q < P; ++q)
+            for (int c = 0; c < c2; ++c) {
+                float v = c1[q * c2 + c];
+                if (c < half) {
+                    const int64_t at = q / ((int64_t)h * w) * half + c;
+                    v = (v - stats[at]) * stats[n * half + at] * gamma[c] + beta[c];
+                }
+                a1[q * c2 + c] = v > 0.0f ? v : conv::SLOPE * v;
+            }
+    }
     std::vector<float> xa(P * ca), xb(P * cb);
     for (int64_t q = 0; q < P; ++q)
         for (int c = 0; c < cid; ++c) (c < ca ? xa[q * ca + c] : xb[q * cb + c - ca]) = x[q * cid + c];
-    const auto a1h = to_half(a1), xah = to_half(cb ? xa : x), xbh = to_half(xb);
+    const auto a1h = to_half(norm ? c1 : a1), xah = to_half(cb ? xa : x), xbh = to_half(xb);
     const auto w2h = pack_half(w2, 9 * c2, cout, np), widh = pack_half(wid, cid, cout, np);
     std::vector<uint16_t> a2(P * cout, HALF_NAN), out(P * cout, HALF_NAN);
-    const h16::HaloIdentity id{xah.data(), cb ? xbh.data() : nullptr, cb ? ca : 0, cid, widh.data(), b2.data(),
-                               keep ? a2.data() : nullptr};
+    h16::HaloIdentity id{xah.data(), cb ? xbh.data() : nullptr, cb ? ca : 0, cid, widh.data(), b2.data(),
+                         keep ? a2.data() : nullptr};
+    if (norm) id.norm = h16::HaloNorm{stats.data(), gamma.data(), beta.data(), n, half};
     launch(walkers * blocks(cout, h16::HALO_N), 1, 1,
            [&] { h16::halo_block(a1h.data(), w2h.data(), np, bid.data(), out.data(), n, h, w, c2, cout, id); });
     std::vector<float> a2_want(P * cout, -99.0f), out_want(P * cout, -99.0f);
@@ -689,7 +713,7 @@ static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cou
     round_half(a2_want);
     plain_gemm(Fwd{x.data(), wid.data(), bid.data(), a2_want.data(), out_want.data(), gid, 0}, P, cout, cid);
     round_half(out_want);
-    const std::string what = std::to_string(c2) + " -> " + std::to_string(cout) + ", identity from " +
+    const std::string what = std::string(norm ? "from c1 normalised as staged, " : "") + std::to_string(c2) + " -> " + std::to_string(cout) + ", identity from " +
                              std::to_string(ca) + (cb ? " + " + std::to_string(cb) : "") + ", " + std::to_string(n) +
                              " x " + std::to_string(h) + " x " + std::to_string(w) + ", " + std::to_string(walkers) +
                              " walkers";
@@ -703,6 +727,9 @@ static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cou
 
 static void halo_block_tails() {
     halo_block_case(1, 17, 19, 32, 32, 0, 32, true, 3);   // down block 0: 32 -> 32, partial tiles, a2 kept
+    halo_block_case(2, 17, 19, 32, 32, 0, 32, false, 3, true);  // inference's down block 0 from c1: two images
+    halo_block_case(1, 18, 9, 64, 32, 0, 64, false, 2, true);   // 64 channels: the second chunk not normalised
+    halo_block_case(3, 9, 10, 128, 64, 0, 128, false, 2, true); // four chunks, two normalised; steps wrap images
     halo_block_case(1, 9, 17, 64, 32, 0, 64, false, 2);   // 32 -> 64 (conv2 64): two column blocks, a2 not kept
     halo_block_case(1, 9, 33, 32, 32, 32, 32, true, 2);   // the decoder's: identity from [up | skip] in place
     halo_block_case(1, 10, 12, 64, 64, 64, 64, false, 1); // 128-channel concatenation, two chunks a part

@@ -7,7 +7,8 @@ use common::{rel, rnd};
 use rand::{Rng, SeedableRng};
 use spahdmap::backend::cuda::{Cuda, DBuf, Precision};
 use spahdmap::backend::{
-    Backend, BlockHead, BlockHeadGrads, BlockTail, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Host, Shape, TileSpots,
+    Backend, BlockHead, BlockHeadGrads, BlockTail, ConvSpec, Cpu, Decoder, DxEpilogue, Epilogue, Host, Shape, TailNorm,
+    TileSpots,
 };
 use spahdmap::model::joint::{JointBatch, JointHead, LossWeights};
 use spahdmap::model::unet::UNet;
@@ -1518,6 +1519,7 @@ fn block_tails_run_as_one_halo_kernel() {
             identity: &spi,
             w_id: &wi,
             b_id: Some(&bi),
+            norm: None,
         };
         cpu.block_tail(tail(&a1, &xa, (cb > 0).then_some((&xb, ca))), Some(&mut a2), &mut out);
         let (a1g, xag, xbg) = (g.upload_half(&a1), g.upload_half(&xa), g.upload_half(&xb));
@@ -1535,6 +1537,7 @@ fn block_tails_run_as_one_halo_kernel() {
             identity: &spi,
             w_id: &wig,
             b_id: Some(&big),
+            norm: None,
         };
         g.block_tail(t, keep.then_some(&mut a2g), &mut outg);
         let what = format!("block tail {c2} -> {cout}, identity from {ca} + {cb}, a2 kept: {keep}");
@@ -1550,6 +1553,84 @@ fn block_tails_run_as_one_halo_kernel() {
     assert_eq!(launches(&p, "conv3_halo_block_h16"), 5, "{p:?}");
     // the 3-channel tail: the identity on its own kernel (the GEMM's narrow tile)
     assert_eq!(launches(&p, "conv2d_fwd_h16n"), 1, "{p:?}");
+}
+
+/// Inference's block tail from conv_1's output c1 with half instance norm and LeakyReLU applied
+/// as conv2 stages it (`TailNorm`, `conv3_halo_block_norm_h16`): against the CPU's tail on
+/// a1 = LeakyReLU(HIN(c1)) rounded to f16 (what the kernel stages), the statistics the CPU's
+/// norm wrote; a tail kept for training (a2 wanted) writes a1 first and runs the plain kernel.
+#[test]
+fn block_tails_normalise_c1_as_they_stage() {
+    let Some(g) = gpu() else { return };
+    g.use_halo(true);
+    let cpu = Cpu::new();
+    g.set_profiling(true);
+    let c3 = |cin, cout| ConvSpec { cin, cout, k: 3, stride: 1, pad: 1 };
+    let c1s = |cin, cout| ConvSpec { cin, cout, k: 1, stride: 1, pad: 0 };
+    // (pixels, conv2's channels, the identity's input channels, out channels, a2 kept)
+    let cases = [
+        ((2, 35, 37), 32, 32, 32, false),
+        ((1, 18, 17), 64, 32, 64, false),
+        ((2, 20, 19), 128, 64, 128, false),
+        ((1, 17, 16), 32, 32, 32, true),
+    ];
+    for (i, ((n, h, w), c2, cid, cout, keep)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let os = Shape { n, h, w, c: cout };
+        let (c1s_, xs) = (os.with_c(c2), os.with_c(cid));
+        let c1 = f16_rounded(rnd(c1s_.len(), 800 + i, -2.0, 3.0));
+        let (gamma, beta) = (rnd(c2 / 2, 810 + i, 0.5, 1.5), rnd(c2 / 2, 820 + i, -0.5, 0.5));
+        let (mut a1, mut stats) = (vec![0f32; c1s_.len()], vec![0f32; 2 * n * (c2 / 2)]);
+        cpu.hin_forward(&c1, c1s_, &gamma, &beta, true, &mut a1, &mut stats);
+        let a1 = f16_rounded(a1);
+        let x = f16_rounded(rnd(xs.len(), 830 + i, -1.0, 1.0));
+        let (sp2, spi) = (c3(c2, cout), c1s(cid, cout));
+        let w2 = f16_rounded(rnd(sp2.weight_len(), 840 + i, -0.2, 0.2));
+        let wi = f16_rounded(rnd(spi.weight_len(), 850 + i, -0.2, 0.2));
+        let (b2, bi) = (rnd(cout, 860 + i, -0.5, 0.5), rnd(cout, 870 + i, -0.5, 0.5));
+        let mut out = vec![0f32; os.len()];
+        let t = BlockTail {
+            a1: &a1,
+            os,
+            conv2: &sp2,
+            w2: &w2,
+            b2: Some(&b2),
+            x: &x,
+            x2: None,
+            xs,
+            identity: &spi,
+            w_id: &wi,
+            b_id: Some(&bi),
+            norm: None,
+        };
+        cpu.block_tail(t, None, &mut out);
+        let (c1g, xg, sg, gg, btg) =
+            (g.upload_half(&c1), g.upload_half(&x), g.upload(&stats), g.upload(&gamma), g.upload(&beta));
+        let (w2g, wig, b2g, big) = (g.upload(&w2), g.upload(&wi), g.upload(&b2), g.upload(&bi));
+        let (mut a2g, mut outg) = (nan_half(&g, os.len()), nan_half(&g, os.len()));
+        let t = BlockTail {
+            a1: &c1g,
+            os,
+            conv2: &sp2,
+            w2: &w2g,
+            b2: Some(&b2g),
+            x: &xg,
+            x2: None,
+            xs,
+            identity: &spi,
+            w_id: &wig,
+            b_id: Some(&big),
+            norm: Some(TailNorm { stats: &sg, gamma: &gg, beta: &btg }),
+        };
+        g.block_tail(t, keep.then_some(&mut a2g), &mut outg);
+        check(&format!("block tail from c1, {c2} -> {cout}, a2 kept: {keep}"), &g, &outg, &out, 2e-3);
+    }
+    let p = g.take_profile();
+    g.set_profiling(false);
+    assert_eq!(launches(&p, "conv3_halo_block_norm_h16"), 3, "{p:?}");
+    // the kept tail: a1 written, then the plain kernel
+    assert_eq!(launches(&p, "hin_apply_h16"), 1, "{p:?}");
+    assert_eq!(launches(&p, "conv3_halo_block_h16"), 1, "{p:?}");
 }
 
 /// A layer with half instance norm after it (`conv2d_hin`): the halo forward sums the norm's
@@ -1579,7 +1660,7 @@ fn norm_statistics_ride_on_the_halo_forward() {
         cpu.hin_forward(&c1h, os, &gamma, &beta, true, &mut y, &mut st);
         let (wg, bg, gg, btg) = (g.upload(&wt), g.upload(&bias), g.upload(&gamma), g.upload(&beta));
         let (mut c1g, mut yg, mut stg) = (nan_half(&g, os.len()), nan_half(&g, os.len()), nan(&g, st.len()));
-        g.conv2d_hin(&g.upload_half(&x), xs, &sp, &wg, Some(&bg), (&gg, &btg), true, &mut c1g, &mut yg, &mut stg);
+        g.conv2d_hin(&g.upload_half(&x), xs, &sp, &wg, Some(&bg), (&gg, &btg), true, &mut c1g, Some(&mut yg), &mut stg);
         let what = format!("conv + norm {cin} -> {cout} ({n} x {h} x {w})");
         check(&format!("{what}: c1"), &g, &c1g, &c1, 2e-3);
         check(&format!("{what}: statistics"), &g, &stg, &st, 1e-4);

@@ -306,6 +306,7 @@ pub fn conv2d_via_concat<B: Backend + ?Sized>(
 /// (x2's channels after x's `ca`), of shape `xs`; a2 and the output of shape `os` (conv2's
 /// output channels), a1 of the same pixels with conv2's input channels.
 pub struct BlockTail<'a, T> {
+    /// conv2's input; where `norm` is set, conv_1's output c1, and conv2 reads LeakyReLU(HIN(c1))
     pub a1: &'a T,
     pub os: Shape,
     pub conv2: &'a ConvSpec,
@@ -317,10 +318,22 @@ pub struct BlockTail<'a, T> {
     pub identity: &'a ConvSpec,
     pub w_id: &'a T,
     pub b_id: Option<&'a T>,
+    pub norm: Option<TailNorm<'a, T>>,
+}
+
+/// Half instance norm then LeakyReLU between conv_1 and conv_2 (`BlockTail::norm`): the
+/// statistics `hin_forward` or `conv2d_hin` wrote (means, then 1/σ) and the affine parameters.
+/// Inference hands c1 to the tail with these, so that a backend may normalise as conv2 reads
+/// (the GPU's halo kernel does) rather than write a1 and read it back.
+pub struct TailNorm<'a, T> {
+    pub stats: &'a T,
+    pub gamma: &'a T,
+    pub beta: &'a T,
 }
 
 /// `Backend::block_tail` as two convolutions: conv2 with LeakyReLU into a2 (a buffer of the
-/// pool where the caller keeps none), then the identity with a2 as its residual.
+/// pool where the caller keeps none), then the identity with a2 as its residual; where `norm`
+/// is set, a1 = LeakyReLU(HIN(c1)) written first (`hin_apply`).
 pub fn block_tail_composed<B: Backend + ?Sized>(
     be: &B,
     t: BlockTail<B::Buf>,
@@ -332,7 +345,16 @@ pub fn block_tail_composed<B: Backend + ?Sized>(
         Some(a2) => a2,
         None => own.insert(be.alloc(t.os.len())),
     };
-    be.conv2d(t.a1, t.os.with_c(t.conv2.cin), t.conv2, t.w2, t.b2, Epilogue::LEAKY, a2);
+    let a1s = t.os.with_c(t.conv2.cin);
+    let normed = t.norm.as_ref().map(|n| {
+        let mut a1 = be.alloc_like(t.a1);
+        be.hin_apply(t.a1, a1s, n.stats, n.gamma, n.beta, true, &mut a1);
+        a1
+    });
+    be.conv2d(normed.as_ref().unwrap_or(t.a1), a1s, t.conv2, t.w2, t.b2, Epilogue::LEAKY, a2);
+    if let Some(a1) = normed {
+        be.release(a1);
+    }
     let epi = Epilogue { leaky: false, residual: Some(&*a2) };
     match t.x2 {
         None => be.conv2d(t.x, t.xs, t.identity, t.w_id, t.b_id, epi, out),
@@ -417,13 +439,21 @@ pub fn conv2d_hin_composed<B: Backend + ?Sized>(
     norm: (&B::Buf, &B::Buf),
     leaky: bool,
     c1: &mut B::Buf,
-    y: &mut B::Buf,
+    y: Option<&mut B::Buf>,
     stats: &mut B::Buf,
 ) {
     be.conv2d(x, xs, spec, w, bias, Epilogue::NONE, c1);
     let (oh, ow) = spec.out_hw(xs.h, xs.w);
     let os = Shape { n: xs.n, h: oh, w: ow, c: spec.cout };
+    let mut own = None;
+    let y = match y {
+        Some(y) => y,
+        None => own.insert(be.alloc(os.len())),
+    };
     be.hin_forward(c1, os, norm.0, norm.1, leaky, y, stats);
+    if let Some(y) = own {
+        be.release(y);
+    }
 }
 
 /// `Backend::freeze_weights` for a scope: on from `on` until dropped.
@@ -626,6 +656,13 @@ pub trait Backend: Sync {
     ) {
         block_head_backward_composed(self, h, g, dx)
     }
+    /// Whether `block_tail` applies a `TailNorm` as conv2 reads c1 for a block whose input is
+    /// like x, so that inference need not write a1 (where not, writing a1 with `conv2d_hin`
+    /// costs no more than the tail's own `hin_apply`, and `conv2d_hin` without y may cost more).
+    fn tail_normalises(&self, x: &Self::Buf) -> bool {
+        let _ = x;
+        false
+    }
     /// Whether `conv2d_cat` of a (`ca` channels) and b (`cb`) skips the concatenation; where it
     /// does not, callers that read one concatenation twice had better write it once.
     fn reads_concatenations(&self, a: &Self::Buf, ca: usize, b: &Self::Buf, cb: usize) -> bool {
@@ -675,8 +712,21 @@ pub trait Backend: Sync {
         y: &mut Self::Buf,
         stats: &mut Self::Buf,
     );
+    /// y = leaky?(HIN(x)) from statistics `hin_forward` wrote (means, then 1/σ)
+    #[allow(clippy::too_many_arguments)]
+    fn hin_apply(
+        &self,
+        x: &Self::Buf,
+        s: Shape,
+        stats: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        leaky: bool,
+        y: &mut Self::Buf,
+    );
     /// A layer with half instance norm after it: c1 = conv(x) + bias (`conv2d`), then
-    /// y = leaky?(HIN(c1)) with its statistics (`hin_forward`; c1 of the layer's output shape).
+    /// y = leaky?(HIN(c1)) with its statistics (`hin_forward`; c1 of the layer's output shape);
+    /// only c1 and the statistics where y is None (a block tail then normalises, `TailNorm`).
     /// The GPU's halo kernel sums the statistics as it writes c1, so that no pass reads c1
     /// back for them (sums of a few pixels in f32, of a tile's in f64, shifted by the bias
     /// rather than by a first pixel); elsewhere, and as the reference, the two in turn.
@@ -691,7 +741,7 @@ pub trait Backend: Sync {
         norm: (&Self::Buf, &Self::Buf),
         leaky: bool,
         c1: &mut Self::Buf,
-        y: &mut Self::Buf,
+        y: Option<&mut Self::Buf>,
         stats: &mut Self::Buf,
     ) {
         conv2d_hin_composed(self, x, xs, spec, w, bias, norm, leaky, c1, y, stats)

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
 use crate::backend::{
-    AdamSource, Backend, BlockHead, BlockHeadGrads, BlockTail, ConvSpec, DxEpilogue, Epilogue, Shape,
+    AdamSource, Backend, BlockHead, BlockHeadGrads, BlockTail, ConvSpec, DxEpilogue, Epilogue, Shape, TailNorm,
 };
 use crate::optim::Adam;
 
@@ -327,14 +327,15 @@ pub(crate) struct Block {
     down: Option<Conv>,
 }
 
-/// What a block's backward pass reads. `c1` and `stats` only with half instance norm; `a2`
-/// only where the forward pass was asked to keep it (training).
+/// What a block's backward pass reads. `c1` and `stats` only with half instance norm; `a1` and
+/// `a2` only where the forward pass was asked to keep them (training: inference hands c1 to the
+/// tail with its norm, `TailNorm`, and a1 is never written).
 pub(crate) struct BlockCache<T> {
     xs: Shape,
     pub(crate) os: Shape,
     c1: Option<T>,
     stats: Option<T>,
-    a1: T,
+    a1: Option<T>,
     a2: Option<T>,
     pub(crate) out: T,
 }
@@ -342,18 +343,16 @@ pub(crate) struct BlockCache<T> {
 impl<T> BlockCache<T> {
     /// The block's output; everything kept for the backward pass goes back to the pool.
     pub(crate) fn into_out<B: Backend<Buf = T>>(self, b: &B) -> (T, Shape) {
-        for t in [self.c1, self.stats, self.a2].into_iter().flatten() {
+        for t in [self.c1, self.stats, self.a1, self.a2].into_iter().flatten() {
             b.release(t);
         }
-        b.release(self.a1);
         (self.out, self.os)
     }
 
     pub(crate) fn release<B: Backend<Buf = T>>(self, b: &B) {
-        for t in [self.c1, self.stats, self.a2].into_iter().flatten() {
+        for t in [self.c1, self.stats, self.a1, self.a2].into_iter().flatten() {
             b.release(t);
         }
-        b.release(self.a1);
         b.release(self.out);
     }
 }
@@ -422,7 +421,12 @@ impl Block {
                 let c = &self.conv1;
                 let (oh, ow) = c.spec.out_hw(xs.h, xs.w);
                 let os = Shape { n: xs.n, h: oh, w: ow, c: c.spec.cout };
-                let mut a1 = b.alloc(os.len());
+                // inference of one input writes no a1 where the tail normalises c1 (`TailNorm`)
+                let fused = match x {
+                    Input::One(x) => !keep && b.tail_normalises(x),
+                    Input::Cat(..) => false,
+                };
+                let mut a1 = (!fused).then(|| b.alloc(os.len()));
                 // the statistics stay f32 where activations are f16 (backward reads them)
                 let mut stats = b.alloc_f32(2 * os.n * (os.c / 2));
                 let norm = (&p.data[g], &p.data[bt]);
@@ -431,12 +435,13 @@ impl Block {
                     Input::One(x) => {
                         let mut c1 = b.alloc(os.len());
                         let (w, bias) = (&p.data[c.w], c.b.map(|i| &p.data[i]));
-                        b.conv2d_hin(x, xs, &c.spec, w, bias, norm, true, &mut c1, &mut a1, &mut stats);
+                        b.conv2d_hin(x, xs, &c.spec, w, bias, norm, true, &mut c1, a1.as_mut(), &mut stats);
                         c1
                     }
                     Input::Cat(..) => {
                         let c1 = c.forward_in(b, p, x, xs, Epilogue::NONE).0;
-                        b.hin_forward(&c1, os, norm.0, norm.1, true, &mut a1, &mut stats);
+                        let a1 = a1.as_mut().expect("a1 of a two-part input");
+                        b.hin_forward(&c1, os, norm.0, norm.1, true, a1, &mut stats);
                         c1
                     }
                 };
@@ -444,7 +449,7 @@ impl Block {
             }
             None => {
                 let (a1, os) = self.conv1.forward_in(b, p, x, xs, Epilogue::LEAKY);
-                (None, None, a1, os)
+                (None, None, Some(a1), os)
             }
         };
         // out = a2 + identity(x), a2 = leaky(conv_2(a1)): one call, so that a backend can run
@@ -456,8 +461,16 @@ impl Block {
             Input::Cat(a, ca, c) => (a, Some((c, ca))),
         };
         let (c2, id) = (&self.conv2, &self.identity);
+        // a1, or c1 with the norm the tail applies as it reads
+        let (tail_in, norm) = match (&a1, &c1, &stats, self.hin) {
+            (Some(a1), ..) => (a1, None),
+            (None, Some(c1), Some(stats), Some((g, bt))) => {
+                (c1, Some(TailNorm { stats, gamma: &p.data[g], beta: &p.data[bt] }))
+            }
+            _ => unreachable!("a1 is written unless half instance norm hands c1 on"),
+        };
         let tail = BlockTail {
-            a1: &a1,
+            a1: tail_in,
             os,
             conv2: &c2.spec,
             w2: &p.data[c2.w],
@@ -468,6 +481,7 @@ impl Block {
             identity: &id.spec,
             w_id: &p.data[id.w],
             b_id: id.b.map(|i| &p.data[i]),
+            norm,
         };
         b.block_tail(tail, a2.as_mut(), &mut out);
         BlockCache { xs, os, c1, stats, a1, a2, out }
@@ -514,7 +528,8 @@ impl Block {
         let mut g2 = b.alloc(c.os.len());
         b.leaky_relu_grad(c.a2.as_ref().expect("a training forward pass keeps a2"), &d_out, &mut g2);
         let mut d1 = b.alloc(c.os.len());
-        self.conv2.backward_into(b, p, &c.a1, c.os, &g2, Some(&mut d1), DxEpilogue::LEAKY);
+        let a1 = c.a1.as_ref().expect("a training forward pass keeps a1");
+        self.conv2.backward_into(b, p, a1, c.os, &g2, Some(&mut d1), DxEpilogue::LEAKY);
         b.release(g2);
         let dc1 = match (self.hin, &c.c1, &c.stats) {
             (Some((g, bt)), Some(c1), Some(stats)) => {

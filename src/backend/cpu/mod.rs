@@ -158,6 +158,18 @@ impl Backend for Cpu {
     ) {
         norm::hin_forward(x, s, gamma, beta, leaky, y, stats);
     }
+    fn hin_apply(
+        &self,
+        x: &Vec<f32>,
+        s: Shape,
+        stats: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        leaky: bool,
+        y: &mut Vec<f32>,
+    ) {
+        norm::hin_apply(x, s, stats, gamma, beta, leaky, y);
+    }
     fn hin_backward(
         &self,
         x: &Vec<f32>,

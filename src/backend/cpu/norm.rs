@@ -40,7 +40,14 @@ pub fn hin_forward(x: &[f32], s: Shape, gamma: &[f32], beta: &[f32], leaky: bool
         means[img * half..(img + 1) * half].copy_from_slice(&m);
         rstds[img * half..(img + 1) * half].copy_from_slice(&r);
     }
-    let (means, rstds) = (&*means, &*rstds);
+    hin_apply(x, s, stats, gamma, beta, leaky, y);
+}
+
+/// y = leaky?(HIN(x)) from `stats` as hin_forward writes them (means, then 1/σ).
+pub fn hin_apply(x: &[f32], s: Shape, stats: &[f32], gamma: &[f32], beta: &[f32], leaky: bool, y: &mut [f32]) {
+    let half = s.c / 2;
+    let hw = s.h * s.w;
+    let (means, rstds) = stats.split_at(s.n * half);
     y.par_chunks_mut(hw * s.c).zip(x.par_chunks(hw * s.c)).enumerate().for_each(|(img, (yi, xi))| {
         let (m, r) = (&means[img * half..(img + 1) * half], &rstds[img * half..(img + 1) * half]);
         for (py, px) in yi.chunks_mut(s.c).zip(xi.chunks(s.c)) {

@@ -798,6 +798,7 @@ pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
         | "conv3_halo_fwd_stats_h16"
         | "conv3_halo_dx_h16"
         | "conv3_halo_block_h16"
+        | "conv3_halo_block_norm_h16"
         | "conv3_halo_dx_block_h16" => Some(2 * super::half::HALO_FWD_STAGE),
         _ => None,
     }
@@ -825,7 +826,7 @@ impl Cuda {
     /// Half instance norm's apply pass (`hin_apply_{f32,h16}` as `kernel`): y (at `yp`) =
     /// leaky?(HIN(x)) from the means and 1/σ at `st` (then `st` + images × half floats).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn hin_apply(
+    pub(super) fn hin_apply_at(
         &self,
         kernel: &'static str,
         xp: u64,
@@ -1263,6 +1264,9 @@ impl Backend for Cuda {
     fn reads_concatenations(&self, a: &DBuf, ca: usize, b: &DBuf, cb: usize) -> bool {
         self.cat_runs(a, ca, b, cb)
     }
+    fn tail_normalises(&self, x: &DBuf) -> bool {
+        self.tail_norm_runs(x)
+    }
     fn block_head_backward(
         &self,
         h: crate::backend::BlockHead<DBuf>,
@@ -1277,6 +1281,15 @@ impl Backend for Cuda {
     fn block_tail(&self, t: crate::backend::BlockTail<DBuf>, a2: Option<&mut DBuf>, out: &mut DBuf) {
         if self.halo_block_runs(&t, a2.as_deref(), out) {
             return self.halo_block(t, a2, out);
+        }
+        if let Some(n) = &t.norm {
+            // no kernel normalises as it stages here: a1 written, then the tail without the norm
+            let (stats, gamma, beta) = (n.stats, n.gamma, n.beta);
+            let a1s = t.os.with_c(t.conv2.cin);
+            let mut a1 = self.alloc_like(t.a1);
+            self.hin_apply(t.a1, a1s, stats, gamma, beta, true, &mut a1);
+            self.block_tail(crate::backend::BlockTail { a1: &a1, norm: None, ..t }, a2, out);
+            return self.release(a1);
         }
         crate::backend::block_tail_composed(self, t, a2, out)
     }
@@ -1415,10 +1428,23 @@ impl Backend for Cuda {
             self.pixel_sums_of(names[0], xp, 0, 0, 0, 3, s, half, s0, s1);
             launch!(self, names[1], cfg_elems(at), s0, s1, xp, at as i64, half as i32, hw as i64, s.c as i32, st, rstd);
         }
-        self.hin_apply(names[2], xp, s, st, gamma, beta, leaky, at_of(self, y));
+        self.hin_apply_at(names[2], xp, s, st, gamma, beta, leaky, at_of(self, y));
         if stats.is_half() {
             launch!(self, "f32_to_h16", cfg_elems(2 * at), st, self.hptr(stats), (2 * at) as i64);
         }
+    }
+    fn hin_apply(&self, x: &DBuf, s: Shape, stats: &DBuf, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf) {
+        // x and y of one kind, statistics f32; otherwise on f32 copies
+        if x.is_half() != y.is_half() || stats.is_half() {
+            let (xw, sw, mut yw) = (self.widened(x), self.widened(stats), self.f32_out(y));
+            let (x32, s32) = (xw.as_ref().unwrap_or(x), sw.as_ref().unwrap_or(stats));
+            self.hin_apply(x32, s, s32, gamma, beta, leaky, yw.as_mut().unwrap_or(&mut *y));
+            self.narrowed(yw, y);
+            return self.release_all([xw, sw]);
+        }
+        assert_eq!(stats.len, 2 * s.n * (s.c / 2), "statistics of another shape");
+        let (kernel, at_of) = by_kind(x.is_half(), ["hin_apply_f32", "hin_apply_h16"]);
+        self.hin_apply_at(kernel, at_of(self, x), s, self.ptr(stats), gamma, beta, leaky, at_of(self, y));
     }
     fn conv2d_hin(
         &self,
@@ -1430,10 +1456,10 @@ impl Backend for Cuda {
         norm: (&DBuf, &DBuf),
         leaky: bool,
         c1: &mut DBuf,
-        y: &mut DBuf,
+        y: Option<&mut DBuf>,
         stats: &mut DBuf,
     ) {
-        if self.halo_stats_runs(x, xs, spec, c1, y, stats) {
+        if self.halo_stats_runs(x, xs, spec, c1, y.as_deref(), stats) {
             return self.halo_hin(x, xs, spec, w, bias, norm, leaky, c1, y, stats);
         }
         crate::backend::conv2d_hin_composed(self, x, xs, spec, w, bias, norm, leaky, c1, y, stats)

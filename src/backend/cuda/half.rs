@@ -45,6 +45,8 @@ const _: () = assert!(DOWN_SMEM == 143_744);
 const DOWN_KERNEL: &str = "conv4_down_halo_fwd_h16";
 /// The 3 × 3 halo forward from a multiple of 4 channels, not of 32 (`Halo3x3Four`).
 const HALO_FWD4: &str = "conv3_halo_fwd4_h16";
+/// The block tail reading conv_1's output and normalising it as it stages (`HaloNorm`).
+const HALO_BLOCK_NORM: &str = "conv3_halo_block_norm_h16";
 /// Its data gradient's two slots (`Down4x4Dx`), each as large as a tile's f32 result (16² × 40
 /// floats), which outgrows the 18² × 80-byte halo of dY and four taps' weights.
 pub(super) const DOWN_DX_SMEM: usize = 2 * 16 * 16 * 40 * 4;
@@ -202,6 +204,12 @@ impl Cuda {
         LaunchConfig { shared_mem_bytes: smem as u32, ..cfg1(walkers * nb, THREADS) }
     }
 
+    /// Whether inference's block tails normalise c1 as they stage it (`conv3_halo_block_norm_h16`)
+    /// for a block input like x: f16 activations on the halo kernels.
+    pub(super) fn tail_norm_runs(&self, x: &DBuf) -> bool {
+        x.is_half() && self.halo.load(Ordering::Relaxed) && self.has_kernel(HALO_BLOCK_NORM)
+    }
+
     /// Whether a 4 × 4 stride-2 pad-1 layer's data gradient runs on its halo kernel by phases
     /// (`Down4x4Dx`): dY in whole 32-channel chunks, the input's sides even (the phases then
     /// share one grid). The GEMM by phases ran the U-Net's three at ~65 TFLOP/s (H200).
@@ -270,6 +278,15 @@ impl Cuda {
             && a2.is_none_or(DBuf::is_half)
             && parts_ok
             && self.has_kernel("conv3_halo_block_h16")
+            && t.norm.as_ref().is_none_or(|n| {
+                // c1 normalised as staged: inference's (a2 not kept), statistics and parameters f32
+                a2.is_none()
+                    && !n.stats.is_half()
+                    && !n.gamma.is_half()
+                    && !n.beta.is_half()
+                    && self.len(n.stats) == 2 * t.os.n * (c2.cin / 2)
+                    && self.has_kernel(HALO_BLOCK_NORM)
+            })
     }
 
     /// A block's tail in one halo kernel (kernels/conv_halo.cuh `halo_block`), as
@@ -286,33 +303,64 @@ impl Cuda {
             }
             None => (0, 0),
         };
-        let kernel = "conv3_halo_block_h16";
-        let cfg = self.halo_grid(kernel, os, c2.cout);
-        let a2p = a2.map_or(0, |a| self.hptr(a));
         let c = |v: usize| v as i32;
         let (xp, outp) = (self.hptr(t.x), self.hptr(out));
-        launch!(
-            self,
-            kernel,
-            cfg,
-            self.hptr(t.a1),
-            w2.ptr,
-            c(np),
-            self.optr(t.b2),
-            a2p,
-            xp,
-            x2,
-            c(ca),
-            c(id.cin),
-            wid.ptr,
-            self.optr(t.b_id),
-            outp,
-            c(os.n),
-            c(os.h),
-            c(os.w),
-            c(c2.cin),
-            c(c2.cout)
-        );
+        if let Some(nm) = &t.norm {
+            // the same tail reading c1, normalised as conv2 stages it
+            let cfg = self.halo_grid(HALO_BLOCK_NORM, os, c2.cout);
+            let (st, g, b) = (self.ptr(nm.stats), self.ptr(nm.gamma), self.ptr(nm.beta));
+            launch!(
+                self,
+                HALO_BLOCK_NORM,
+                cfg,
+                self.hptr(t.a1),
+                w2.ptr,
+                c(np),
+                self.optr(t.b2),
+                xp,
+                x2,
+                c(ca),
+                c(id.cin),
+                wid.ptr,
+                self.optr(t.b_id),
+                outp,
+                c(os.n),
+                c(os.h),
+                c(os.w),
+                c(c2.cin),
+                c(c2.cout),
+                st,
+                g,
+                b,
+                c(c2.cin / 2)
+            );
+        } else {
+            let kernel = "conv3_halo_block_h16";
+            let cfg = self.halo_grid(kernel, os, c2.cout);
+            let a2p = a2.map_or(0, |a| self.hptr(a));
+            launch!(
+                self,
+                kernel,
+                cfg,
+                self.hptr(t.a1),
+                w2.ptr,
+                c(np),
+                self.optr(t.b2),
+                a2p,
+                xp,
+                x2,
+                c(ca),
+                c(id.cin),
+                wid.ptr,
+                self.optr(t.b_id),
+                outp,
+                c(os.n),
+                c(os.h),
+                c(os.w),
+                c(c2.cin),
+                c(c2.cout)
+            );
+        }
         self.profile_flop(conv_flop(os.n * os.h * os.w, c2) + conv_flop(os.n * os.h * os.w, id));
         w2.release(self);
         wid.release(self);
@@ -814,7 +862,7 @@ impl Cuda {
         xs: Shape,
         spec: &ConvSpec,
         c1: &DBuf,
-        y: &DBuf,
+        y: Option<&DBuf>,
         stats: &DBuf,
     ) -> bool {
         let os = xs.with_c(spec.cout);
@@ -824,11 +872,10 @@ impl Cuda {
             && spec.cout % 8 == 0
             && x.is_half()
             && c1.is_half()
-            && y.is_half()
+            && y.is_none_or(|y| y.is_half() && self.len(y) == os.len())
             && !stats.is_half()
             && self.len(x) == xs.len()
             && self.len(c1) == os.len()
-            && self.len(y) == os.len()
             && self.len(stats) == 2 * os.n * (os.c / 2)
             && self.has_kernel("conv3_halo_fwd_stats_h16")
             && self.has_kernel("finish_moments_shifted")
@@ -848,7 +895,7 @@ impl Cuda {
         norm: (&DBuf, &DBuf),
         leaky: bool,
         c1: &mut DBuf,
-        y: &mut DBuf,
+        y: Option<&mut DBuf>,
         stats: &mut DBuf,
     ) {
         let os = xs.with_c(spec.cout);
@@ -871,7 +918,9 @@ impl Cuda {
         let rstd = st + (at * 4) as u64;
         let hw = (os.h * os.w) as i64;
         launch!(self, "finish_moments_shifted", cfg_elems(at), s0, s1, bp, at as i64, c(half), hw, st, rstd);
-        self.hin_apply("hin_apply_h16", c1p, os, st, norm.0, norm.1, leaky, self.hptr(y));
+        if let Some(y) = y {
+            self.hin_apply_at("hin_apply_h16", c1p, os, st, norm.0, norm.1, leaky, self.hptr(y));
+        }
     }
 
     /// Whether a residual block's head backward runs on the halo kernels (`halo_head`): conv_1
