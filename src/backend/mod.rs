@@ -958,6 +958,49 @@ mod tests {
         assert_eq!(g1, g3);
     }
 
+    /// A tail handed c1 with its norm (`TailNorm`) is the tail of a1 = LeakyReLU(HIN(c1)), and
+    /// `conv2d_hin` without y writes the same c1 and statistics as with it.
+    #[test]
+    fn a_tail_handed_c1_and_its_norm_is_the_tail_of_the_normalised_a1() {
+        let cpu = Cpu::new();
+        let (n, h, w, cin, c, cout) = (2, 5, 6, 3, 8, 4);
+        let (xs, cs, os) = (Shape { n, h, w, c: cin }, Shape { n, h, w, c }, Shape { n, h, w, c: cout });
+        let vals =
+            |len: usize, k: usize| (0..len).map(|i| ((i * 7 + k * 13) % 23) as f32 / 11.0 - 1.0).collect::<Vec<_>>();
+        let x = vals(xs.len(), 1);
+        let conv1 = ConvSpec { cin, cout: c, k: 3, stride: 1, pad: 1 };
+        let (w1, b1, gamma, beta) = (vals(conv1.weight_len(), 2), vals(c, 3), vals(c / 2, 4), vals(c / 2, 5));
+        let (mut c1, mut a1, mut stats) = (vec![0f32; cs.len()], vec![0f32; cs.len()], vec![0f32; 2 * n * (c / 2)]);
+        cpu.conv2d_hin(&x, xs, &conv1, &w1, Some(&b1), (&gamma, &beta), true, &mut c1, Some(&mut a1), &mut stats);
+        let (mut c1b, mut statsb) = (vec![0f32; cs.len()], vec![0f32; stats.len()]);
+        cpu.conv2d_hin(&x, xs, &conv1, &w1, Some(&b1), (&gamma, &beta), true, &mut c1b, None, &mut statsb);
+        assert_eq!((&c1, &stats), (&c1b, &statsb));
+        let conv2 = ConvSpec { cin: c, cout, k: 3, stride: 1, pad: 1 };
+        let id = ConvSpec { cin, cout, k: 1, stride: 1, pad: 0 };
+        let (w2, wi) = (vals(conv2.weight_len(), 6), vals(id.weight_len(), 7));
+        let tail = |a1, norm| BlockTail {
+            a1,
+            os,
+            conv2: &conv2,
+            w2: &w2,
+            b2: None,
+            x: &x,
+            x2: None,
+            xs,
+            identity: &id,
+            w_id: &wi,
+            b_id: None,
+            norm,
+        };
+        let (mut want, mut got) = (vec![0f32; os.len()], vec![0f32; os.len()]);
+        cpu.block_tail(tail(&a1, None), None, &mut want);
+        let norm = TailNorm { stats: &stats, gamma: &gamma, beta: &beta };
+        cpu.block_tail(tail(&c1, Some(norm)), None, &mut got);
+        assert!(want.iter().any(|v| *v != 0.0), "a result to compare");
+        assert_eq!(got, want);
+        assert!(!cpu.tail_normalises(&x), "the CPU writes a1");
+    }
+
     /// A kernel choice that is not one is refused before any GPU is touched, naming the variable;
     /// `f16w` reaches pre-training and inference but not joint training (one test: the
     /// variable is process-wide).
