@@ -617,7 +617,7 @@ H16_CONV(conv2d_fwd_cat_h16n, FWD_CAT, 32)
 
 // The 3 × 3 stride-1 pad-1 layers from a staged halo (conv_halo.cuh): a grid of ⌈columns / 32⌉
 // times the tile walkers, two slots of dynamic shared memory. The GEMM entries' signatures (k,
-// stride, pad: 3, 1, 1), so the host launches either alike. Forward: cin a multiple of 32 (with x2: ca and cin − ca
+// stride, pad: 3, 1, 1), so the host launches either alike. Forward (`conv3_halo_fwd_h16`): cin a multiple of 32 (with x2: ca and cin − ca
 // both), epilogue as conv2d_fwd_h16's. Data gradient: cout a multiple of 32, weights packed
 // [tap][co][ci], epilogue as conv2d_bwd_data_h16's.
 extern "C" __global__ void __launch_bounds__(256, 2)
@@ -626,8 +626,8 @@ extern "C" __global__ void __launch_bounds__(256, 2)
                        int ca) {
     h16::halo_fwd(x, wt, np, bias, res, y, leaky, n, h, w, cin, cout, x2, ca);
 }
-// The same from cin a multiple of 4 (conv_halo.cuh Halo3x3Four: one 32-channel chunk, zero past
-// cin; x2 unused)
+// The same from cin a multiple of 4 (conv_halo.cuh Halo3x3Four: 32-channel chunks, the last zero
+// past cin; x2 unused)
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv3_halo_fwd4_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res,
                         uint16_t* y, int leaky, int n, int h, int w, int cin, int cout, int, int, int, const uint16_t*,

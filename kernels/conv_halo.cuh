@@ -239,9 +239,9 @@ struct Halo3x3 : HaloPlainOut {
     }
 };
 
-// The same from C channels a multiple of 4, not of 32 (the low-rank head's 20 → 20 layer): one
-// 32-channel chunk, its channels past C zero (12 of 32 idle MMA columns at 20, against the
-// four-channel GEMM's ~38 TFLOP/s on an H200).
+// The same from C channels a multiple of 4, not of 32 (the low-rank head's 20 → 20 layer: one
+// 32-channel chunk): the last chunk's channels past C zero (12 of 32 idle MMA columns at 20,
+// against the four-channel GEMM's ~38 TFLOP/s on an H200).
 struct Halo3x3Four : Halo3x3 {
     DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t*, int, int C, int c0, const HaloTile& t,
                           int ih, int iw, const uint16_t* wt, int np, int n0) {

@@ -1665,14 +1665,22 @@ fn norm_statistics_ride_on_the_halo_forward() {
         check(&format!("{what}: c1"), &g, &c1g, &c1, 2e-3);
         check(&format!("{what}: statistics"), &g, &stg, &st, 1e-4);
         check(&format!("{what}: y"), &g, &yg, &y, 2e-3);
+        // without y (inference's blocks whose tail normalises): the same c1 and statistics
+        let (mut c1n, mut stn) = (nan_half(&g, os.len()), nan(&g, st.len()));
+        g.conv2d_hin(&g.upload_half(&x), xs, &sp, &wg, Some(&bg), (&gg, &btg), true, &mut c1n, None, &mut stn);
+        assert_eq!(g.download(&c1n), g.download(&c1g), "{what}: c1 without y");
+        // (f64 atomics in another order: equal to a few f32 units)
+        check(&format!("{what}: statistics without y"), &g, &stn, &g.download(&stg), 1e-6);
     }
     let p = g.take_profile();
     g.set_profiling(false);
-    assert_eq!(launches(&p, "conv3_halo_fwd_stats_h16"), 3, "{p:?}");
-    assert_eq!(launches(&p, "finish_moments_shifted"), 3, "{p:?}");
-    // the 20-channel layer: the plain forward, then the norm's own statistics pass
-    assert_eq!(launches(&p, "conv3_halo_fwd_h16"), 1, "{p:?}");
-    assert_eq!(launches(&p, "finish_moments_h16"), 1, "{p:?}");
+    assert_eq!(launches(&p, "conv3_halo_fwd_stats_h16"), 6, "{p:?}");
+    assert_eq!(launches(&p, "finish_moments_shifted"), 6, "{p:?}");
+    // the 20-channel layer: the plain forward, then the norm's own statistics pass (twice);
+    // its apply pass only where y is wanted
+    assert_eq!(launches(&p, "conv3_halo_fwd_h16"), 2, "{p:?}");
+    assert_eq!(launches(&p, "finish_moments_h16"), 2, "{p:?}");
+    assert_eq!(launches(&p, "hin_apply_h16"), 4, "{p:?}");
 }
 
 /// The 4 × 4 stride-2 downsampling on its halo kernels (`conv4_down_halo_fwd_h16`: planes of

@@ -327,9 +327,9 @@ pub(crate) struct Block {
     down: Option<Conv>,
 }
 
-/// What a block's backward pass reads. `c1` and `stats` only with half instance norm; `a1` and
-/// `a2` only where the forward pass was asked to keep them (training: inference hands c1 to the
-/// tail with its norm, `TailNorm`, and a1 is never written).
+/// What a block's backward pass reads. `c1` and `stats` only with half instance norm; `a2` only
+/// where the forward pass was asked to keep it (training); `a1` unless inference handed c1 to
+/// the tail with its norm (`TailNorm`, where the backend normalises as it reads).
 pub(crate) struct BlockCache<T> {
     xs: Shape,
     pub(crate) os: Shape,

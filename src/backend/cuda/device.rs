@@ -821,8 +821,65 @@ fn halo_down_from_env() -> bool {
 fn off_in_env(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"))
 }
-
 impl Cuda {
+    /// `Backend::hin_forward`, and its statistics alone where y is None (`conv2d_hin` without y).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn hin_norm(
+        &self,
+        x: &DBuf,
+        s: Shape,
+        gamma: &DBuf,
+        beta: &DBuf,
+        leaky: bool,
+        mut y: Option<&mut DBuf>,
+        stats: &mut DBuf,
+    ) {
+        // x and y of one kind (f32 or f16, statistics either); otherwise on f32 copies
+        let kind = x.is_half();
+        if y.as_ref().is_some_and(|y| y.is_half() != kind) || (stats.is_half() && !kind) {
+            let (xw, mut sw) = (self.widened(x), self.f32_out(stats));
+            let mut yw = y.as_deref().and_then(|y| self.f32_out(y));
+            let y32 = match (yw.as_mut(), y.as_deref_mut()) {
+                (Some(w), _) => Some(w),
+                (None, y) => y,
+            };
+            self.hin_norm(xw.as_ref().unwrap_or(x), s, gamma, beta, leaky, y32, sw.as_mut().unwrap_or(&mut *stats));
+            if let Some(y) = y {
+                self.narrowed(yw, y);
+            }
+            self.narrowed(sw, stats);
+            return self.release_all([xw]);
+        }
+        let (names, at_of) = by_kind(
+            kind,
+            [
+                ["pixel_sums_f64", "finish_moments_f32", "hin_apply_f32"],
+                ["pixel_sums_f64_h16", "finish_moments_h16", "hin_apply_h16"],
+            ],
+        );
+        let half = s.c / 2;
+        let at = s.n * half;
+        let hw = s.h * s.w;
+        assert_eq!(stats.len, 2 * at, "statistics of another shape");
+        // statistics are computed in f32 (f16 ones narrowed from scratch after)
+        let st = if stats.is_half() { self.scratch(&self.f32s, 2 * at) } else { self.ptr(stats) };
+        let xp = at_of(self, x);
+        let rstd = st + (at * 4) as u64;
+        if half > 0 {
+            // mean and variance in one pass over x (shifted sums: mode 3)
+            let s0 = self.scratch(&self.f64s, 2 * at);
+            let s1 = s0 + (at * 8) as u64;
+            self.pixel_sums_of(names[0], xp, 0, 0, 0, 3, s, half, s0, s1);
+            launch!(self, names[1], cfg_elems(at), s0, s1, xp, at as i64, half as i32, hw as i64, s.c as i32, st, rstd);
+        }
+        if let Some(y) = y {
+            self.hin_apply_at(names[2], xp, s, st, gamma, beta, leaky, at_of(self, y));
+        }
+        if stats.is_half() {
+            launch!(self, "f32_to_h16", cfg_elems(2 * at), st, self.hptr(stats), (2 * at) as i64);
+        }
+    }
+
     /// Half instance norm's apply pass (`hin_apply_{f32,h16}` as `kernel`): y (at `yp`) =
     /// leaky?(HIN(x)) from the means and 1/σ at `st` (then `st` + images × half floats).
     #[allow(clippy::too_many_arguments)]
@@ -1396,42 +1453,7 @@ impl Backend for Cuda {
         self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
     }
     fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {
-        // x and y of one kind (f32 or f16, statistics either); otherwise on f32 copies
-        let kind = x.is_half();
-        if y.is_half() != kind || (stats.is_half() && !kind) {
-            let (xw, mut yw, mut sw) = (self.widened(x), self.f32_out(y), self.f32_out(stats));
-            let (y32, s32) = (yw.as_mut().unwrap_or(&mut *y), sw.as_mut().unwrap_or(&mut *stats));
-            self.hin_forward(xw.as_ref().unwrap_or(x), s, gamma, beta, leaky, y32, s32);
-            self.narrowed(yw, y);
-            self.narrowed(sw, stats);
-            return self.release_all([xw]);
-        }
-        let (names, at_of) = by_kind(
-            kind,
-            [
-                ["pixel_sums_f64", "finish_moments_f32", "hin_apply_f32"],
-                ["pixel_sums_f64_h16", "finish_moments_h16", "hin_apply_h16"],
-            ],
-        );
-        let half = s.c / 2;
-        let at = s.n * half;
-        let hw = s.h * s.w;
-        assert_eq!(stats.len, 2 * at, "statistics of another shape");
-        // statistics are computed in f32 (f16 ones narrowed from scratch after)
-        let st = if stats.is_half() { self.scratch(&self.f32s, 2 * at) } else { self.ptr(stats) };
-        let xp = at_of(self, x);
-        let rstd = st + (at * 4) as u64;
-        if half > 0 {
-            // mean and variance in one pass over x (shifted sums: mode 3)
-            let s0 = self.scratch(&self.f64s, 2 * at);
-            let s1 = s0 + (at * 8) as u64;
-            self.pixel_sums_of(names[0], xp, 0, 0, 0, 3, s, half, s0, s1);
-            launch!(self, names[1], cfg_elems(at), s0, s1, xp, at as i64, half as i32, hw as i64, s.c as i32, st, rstd);
-        }
-        self.hin_apply_at(names[2], xp, s, st, gamma, beta, leaky, at_of(self, y));
-        if stats.is_half() {
-            launch!(self, "f32_to_h16", cfg_elems(2 * at), st, self.hptr(stats), (2 * at) as i64);
-        }
+        self.hin_norm(x, s, gamma, beta, leaky, Some(y), stats)
     }
     fn hin_apply(&self, x: &DBuf, s: Shape, stats: &DBuf, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf) {
         // x and y of one kind, statistics f32; otherwise on f32 copies
@@ -1461,6 +1483,20 @@ impl Backend for Cuda {
     ) {
         if self.halo_stats_runs(x, xs, spec, c1, y.as_deref(), stats) {
             return self.halo_hin(x, xs, spec, w, bias, norm, leaky, c1, y, stats);
+        }
+        if y.is_none() {
+            // c1 and the statistics alone: no y written to be thrown away
+            self.conv2d(x, xs, spec, w, bias, Epilogue::NONE, c1);
+            let (oh, ow) = spec.out_hw(xs.h, xs.w);
+            return self.hin_norm(
+                c1,
+                Shape { n: xs.n, h: oh, w: ow, c: spec.cout },
+                norm.0,
+                norm.1,
+                leaky,
+                None,
+                stats,
+            );
         }
         crate::backend::conv2d_hin_composed(self, x, xs, spec, w, bias, norm, leaky, c1, y, stats)
     }

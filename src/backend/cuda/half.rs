@@ -259,7 +259,8 @@ impl Cuda {
 
     /// Whether a block's tail runs as one halo kernel (`conv3_halo_block_h16`): conv2 a halo
     /// layer, the identity 1 × 1 over the same pixels from whole 32-channel chunks of f16 (each
-    /// part of a concatenation too), a multiple of 8 output channels, every buffer f16.
+    /// part of a concatenation too), a multiple of 8 output channels, every buffer f16; with a
+    /// `TailNorm` (`conv3_halo_block_norm_h16`), a2 not kept and the norm's operands f32.
     pub(super) fn halo_block_runs(&self, t: &BlockTail<DBuf>, a2: Option<&DBuf>, out: &DBuf) -> bool {
         let (c2, id) = (t.conv2, t.identity);
         let parts_ok = match t.x2 {
@@ -285,6 +286,8 @@ impl Cuda {
                     && !n.gamma.is_half()
                     && !n.beta.is_half()
                     && self.len(n.stats) == 2 * t.os.n * (c2.cin / 2)
+                    && self.len(n.gamma) == c2.cin / 2
+                    && self.len(n.beta) == c2.cin / 2
                     && self.has_kernel(HALO_BLOCK_NORM)
             })
     }
@@ -366,9 +369,10 @@ impl Cuda {
         wid.release(self);
     }
 
-    /// Whether the forward f16 GEMM runs a layer in four-channel pieces (`conv2d_fwd4_*`):
-    /// as `h16_runs`, for cin a multiple of 4 (the low-rank head's 20 channels), where an f32
-    /// copy of x and y would otherwise go around the f32 kernel.
+    /// Whether the forward f16 GEMM runs a layer in four-channel pieces (`conv2d_fwd4_*`; a
+    /// 3 × 3 stride-1 one runs on `conv3_halo_fwd4_h16` where the halo kernels are on): as
+    /// `h16_runs`, for cin a multiple of 4 (the low-rank head's 20 channels), where an f32 copy
+    /// of x and y would otherwise go around the f32 kernel.
     pub(super) fn h16_fwd4_runs(&self, x: &DBuf, y: &DBuf, cin: usize, residual: Option<&DBuf>) -> bool {
         x.is_half() && y.is_half() && cin % 4 == 0 && cin > 0 && residual.is_none_or(|r| r.is_half())
     }
@@ -447,8 +451,10 @@ impl Cuda {
         a.is_half() && b.is_half() && ca % K_STEP == 0 && cb % K_STEP == 0 && ca > 0 && cb > 0
     }
 
-    /// The f16 forward GEMM on weights packed already ([K][np] f16 at `wh`): in whole K steps
-    /// of one tap, in four-channel pieces (cin not a multiple of 32), or from two parts.
+    /// The f16 forward on weights packed already ([K][np] f16 at `wh`): the halo kernels for 3 × 3
+    /// stride-1 layers (from whole 32-channel chunks, or from a multiple of 4 channels zero-filled
+    /// to a chunk) and 4 × 4 stride-2 ones; else the GEMM in whole K steps of one tap, in
+    /// four-channel pieces (cin not a multiple of 32), or from two parts.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_h16_packed(
         &self,
@@ -481,7 +487,7 @@ impl Cuda {
         let (kernel, cfg) = if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
             ("conv3_halo_fwd_h16", self.halo_grid("conv3_halo_fwd_h16", xs, spec.cout))
         } else if spec.cin % 4 == 0 && second.is_none() && self.halo_fits(spec) && self.has_kernel(HALO_FWD4) {
-            // one 32-channel chunk, zero past cin (the low-rank head's 20 → 20 layer)
+            // 32-channel chunks, zero past cin (the low-rank head's 20 → 20 layer: one)
             (HALO_FWD4, self.halo_grid(HALO_FWD4, xs, spec.cout))
         } else if self.down_fits(spec, second.is_some()) {
             (DOWN_KERNEL, self.halo_grid(DOWN_KERNEL, Shape { h: oh, w: ow, ..xs }, spec.cout))
