@@ -679,6 +679,17 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     if (cout % 8 != 0) __trap();
     h16::halo_block(a1, wt2, np, bid, out, n, h, w, c2, cout, h16::HaloIdentity{x, x2, ca, cid, wid, b2, a2});
 }
+// The same with conv2 from a multiple of 4 channels (conv_halo.cuh Halo3x3Four: the low-rank
+// head's 20 → 20 conv_2 beside its 32 → 20 identity); cout a multiple of 8 where a2 is kept,
+// any where not (inference)
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_block4_h16(const uint16_t* a1, const uint16_t* wt2, int np, const float* b2, uint16_t* a2,
+                          const uint16_t* x, const uint16_t* x2, int ca, int cid, const uint16_t* wid,
+                          const float* bid, uint16_t* out, int n, int h, int w, int c2, int cout) {
+    if (a2 && cout % 8 != 0) __trap();
+    h16::halo_block<h16::Halo3x3Four>(a1, wt2, np, bid, out, n, h, w, c2, cout,
+                                      h16::HaloIdentity{x, x2, ca, cid, wid, b2, a2});
+}
 // The same reading conv_1's output c1 (one tensor) in place of a1 = LeakyReLU(HIN(c1)), the norm
 // applied as conv2 stages it (HaloNorm: stats the means then the rstds, n × half each; half a
 // multiple of 8); inference (a2 null)

@@ -374,7 +374,7 @@ template <class G, bool DX, class Out, bool ID = false>
 DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const uint16_t* wt, int np, int N, int n,
                    int h, int w, int ih, int iw, const Out& out, const HaloIdentity& id = {}) {
     static_assert(HALO_T * HALO_T * HALO_CS * 4 <= G::STAGE * 2, "a tile's f32 result fits a slot");
-    static_assert(!ID || std::is_same_v<G, Halo3x3>, "the identity's steps stage as the 3 x 3 layers");
+    static_assert(!ID || std::is_base_of_v<Halo3x3, G>, "the identity's steps stage as the 3 x 3 layers");
     HALO_DYNAMIC_SMEM(smem, 2 * G::STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int nb = (N + HALO_N - 1) / HALO_N, walkers = (int)gridDim.x / nb, first = (int)blockIdx.x / nb;
@@ -481,7 +481,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
         if (s + 1 < steps) stage(s + 1, last ? 0 : k + 1, last ? halo_advance(t, wdx, wdy, h, w) : t);
         cp_commit();
         cp_wait<1>();  // this step's group has landed, for this thread
-        if constexpr (ID && !DX)
+        if constexpr (ID && !DX && std::is_same_v<G, Halo3x3>)  // halo_norm_own: halo_stage's copies
             if (id.norm.stats && k < chunks2) halo_norm_own(smem + (s & 1) * G::STAGE, id.norm, G::CH * k, t, h, w);
         __syncthreads();  // and for every thread
         const uint16_t* Hs = smem + (s & 1) * G::STAGE + G::a_offset(t);
@@ -800,9 +800,12 @@ DEV void down_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t*
 }
 // A residual block's tail (HaloIdentity): out = a2 + identity(x) + bid with a2 =
 // LeakyReLU(conv3(a1) + id.b2) (kept where id.a2 is set); a1 c2 channels, cout a multiple of 8
+// (G = Halo3x3Four: a1 a multiple of 4 channels, the low-rank head's 20)
+template <class G = Halo3x3>
 DEV void halo_block(const uint16_t* a1, const uint16_t* wt2, int np, const float* bid, uint16_t* out, int n, int h,
                     int w, int c2, int cout, const HaloIdentity& id) {
-    halo3<false, FwdOut, true>(a1, nullptr, 0, c2, wt2, np, cout, n, h, w, FwdOut{bid, nullptr, out, cout, 0}, id);
+    halo_conv<G, false, FwdOut, true>(a1, nullptr, 0, c2, wt2, np, cout, n, h, w, h, w, FwdOut{bid, nullptr, out, cout, 0},
+                                      id);
 }
 // A residual block's input gradient (HaloIdentity, DX): dX = conv1ᵀ(dc1) + identityᵀ(d_out)
 // with conv1 3 × 3 (weights packed [tap][co][ci], cout = c1 channels of dc1) and the identity

@@ -670,8 +670,9 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
 // `norm`: the kernel reads c1 and applies half instance norm and LeakyReLU as it stages it
 // (HaloNorm), against the policies on a1 = LeakyReLU(HIN(c1)) written out; every value a multiple
 // of 5 before LeakyReLU and rstd, γ of 1, 2 or −1, so that a1 stays integer and the sums exact
+// `four`: conv2 from a multiple of 4 channels (Halo3x3Four), the low-rank head's
 static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cout, bool keep, unsigned walkers,
-                            bool norm = false) {
+                            bool norm = false, bool four = false) {
     const int cid = ca + cb;
     const Geom g2 = geom(n, h, w, c2, cout, 3, 1, 1), gid = geom(n, h, w, cid, cout, 1, 1, 0);
     const int64_t P = (int64_t)n * h * w;
@@ -707,7 +708,10 @@ static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cou
                          keep ? a2.data() : nullptr};
     if (norm) id.norm = h16::HaloNorm{stats.data(), gamma.data(), beta.data(), n, half};
     launch(walkers * blocks(cout, h16::HALO_N), 1, 1,
-           [&] { h16::halo_block(a1h.data(), w2h.data(), np, bid.data(), out.data(), n, h, w, c2, cout, id); });
+           [&] {
+               if (four) h16::halo_block<h16::Halo3x3Four>(a1h.data(), w2h.data(), np, bid.data(), out.data(), n, h, w, c2, cout, id);
+               else h16::halo_block(a1h.data(), w2h.data(), np, bid.data(), out.data(), n, h, w, c2, cout, id);
+           });
     std::vector<float> a2_want(P * cout, -99.0f), out_want(P * cout, -99.0f);
     plain_gemm(Fwd{a1.data(), w2.data(), b2.data(), nullptr, a2_want.data(), g2, 1}, P, cout, 9 * c2);
     round_half(a2_want);
@@ -730,6 +734,8 @@ static void halo_block_tails() {
     halo_block_case(2, 17, 19, 32, 32, 0, 32, false, 3, true);  // inference's down block 0 from c1: two images
     halo_block_case(1, 18, 9, 64, 32, 0, 64, false, 2, true);   // 64 channels: the second chunk not normalised
     halo_block_case(3, 9, 10, 128, 64, 0, 128, false, 2, true); // four chunks, two normalised; steps wrap images
+    halo_block_case(2, 17, 19, 20, 32, 0, 20, false, 3, false, true);  // the low-rank head: 20 -> 20, identity from 32
+    halo_block_case(1, 9, 18, 36, 32, 32, 40, true, 2, false, true);   // 36 channels (two chunks), [up | skip], a2 kept
     halo_block_case(1, 9, 17, 64, 32, 0, 64, false, 2);   // 32 -> 64 (conv2 64): two column blocks, a2 not kept
     halo_block_case(1, 9, 33, 32, 32, 32, 32, true, 2);   // the decoder's: identity from [up | skip] in place
     halo_block_case(1, 10, 12, 64, 64, 64, 64, false, 1); // 128-channel concatenation, two chunks a part

@@ -1493,6 +1493,10 @@ fn block_tails_run_as_one_halo_kernel() {
         ((1, 20, 19), 64, 128, 64, 64, false),
         ((1, 16, 21), 32, 32, 0, 72, true),
         ((2, 9, 11), 3, 32, 0, 3, true),
+        // conv2 from 20 channels (`conv3_halo_block4_h16`): the low-rank head's tail in inference,
+        // then kept for training, where 20 output channels take the two layers
+        ((2, 17, 19), 20, 32, 0, 20, false),
+        ((1, 9, 18), 20, 32, 0, 20, true),
     ];
     for (i, ((n, h, w), c2, cid, cb, cout, keep)) in cases.into_iter().enumerate() {
         let i = i as u64;
@@ -1551,8 +1555,10 @@ fn block_tails_run_as_one_halo_kernel() {
     let p = g.take_profile();
     g.set_profiling(false);
     assert_eq!(launches(&p, "conv3_halo_block_h16"), 5, "{p:?}");
-    // the 3-channel tail: the identity on its own kernel (the GEMM's narrow tile)
-    assert_eq!(launches(&p, "conv2d_fwd_h16n"), 1, "{p:?}");
+    assert_eq!(launches(&p, "conv3_halo_block4_h16"), 1, "{p:?}");
+    // the 3-channel tail and the kept 20-channel one: the identity on its own kernel (the
+    // GEMM's narrow tile)
+    assert_eq!(launches(&p, "conv2d_fwd_h16n"), 2, "{p:?}");
 }
 
 /// Inference's block tail from conv_1's output c1 with half instance norm and LeakyReLU applied

@@ -799,6 +799,7 @@ pub(super) fn dynamic_smem(kernel: &str) -> Option<usize> {
         | "conv3_halo_dx_h16"
         | "conv3_halo_block_h16"
         | "conv3_halo_block_norm_h16"
+        | "conv3_halo_block4_h16"
         | "conv3_halo_dx_block_h16" => Some(2 * super::half::HALO_FWD_STAGE),
         _ => None,
     }

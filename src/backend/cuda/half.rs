@@ -47,6 +47,8 @@ const DOWN_KERNEL: &str = "conv4_down_halo_fwd_h16";
 const HALO_FWD4: &str = "conv3_halo_fwd4_h16";
 /// The block tail reading conv_1's output and normalising it as it stages (`HaloNorm`).
 const HALO_BLOCK_NORM: &str = "conv3_halo_block_norm_h16";
+/// The block tail with conv2 from a multiple of 4 channels (`Halo3x3Four`).
+const HALO_BLOCK4: &str = "conv3_halo_block4_h16";
 /// Its data gradient's two slots (`Down4x4Dx`), each as large as a tile's f32 result (16² × 40
 /// floats), which outgrows the 18² × 80-byte halo of dY and four taps' weights.
 pub(super) const DOWN_DX_SMEM: usize = 2 * 16 * 16 * 40 * 4;
@@ -260,16 +262,20 @@ impl Cuda {
     /// Whether a block's tail runs as one halo kernel (`conv3_halo_block_h16`): conv2 a halo
     /// layer, the identity 1 × 1 over the same pixels from whole 32-channel chunks of f16 (each
     /// part of a concatenation too), a multiple of 8 output channels, every buffer f16; with a
-    /// `TailNorm` (`conv3_halo_block_norm_h16`), a2 not kept and the norm's operands f32.
+    /// `TailNorm` (`conv3_halo_block_norm_h16`), a2 not kept and the norm's operands f32; conv2
+    /// from a multiple of 4 channels (`conv3_halo_block4_h16`) with any output channels where
+    /// a2 is not kept.
     pub(super) fn halo_block_runs(&self, t: &BlockTail<DBuf>, a2: Option<&DBuf>, out: &DBuf) -> bool {
         let (c2, id) = (t.conv2, t.identity);
         let parts_ok = match t.x2 {
             None => t.x.is_half(),
             Some((x2, ca)) => self.cat_runs(t.x, ca, x2, id.cin - ca),
         };
+        // conv2 from a multiple of 4 channels, not of 32 (the low-rank head's): `conv3_halo_block4_h16`
+        let four = c2.cin % K_STEP != 0;
         self.halo_fits(c2)
-            && c2.cin % K_STEP == 0
-            && c2.cout % 8 == 0
+            && (!four || (c2.cin % 4 == 0 && t.norm.is_none() && self.has_kernel(HALO_BLOCK4)))
+            && (c2.cout % 8 == 0 || (four && a2.is_none()))
             && t.os.c == c2.cout
             && (id.k, id.stride, id.pad, id.cout) == (1, 1, 0, c2.cout)
             && id.cin % K_STEP == 0
@@ -338,7 +344,7 @@ impl Cuda {
                 c(c2.cin / 2)
             );
         } else {
-            let kernel = "conv3_halo_block_h16";
+            let kernel = if c2.cin % K_STEP == 0 { "conv3_halo_block_h16" } else { HALO_BLOCK4 };
             let cfg = self.halo_grid(kernel, os, c2.cout);
             let a2p = a2.map_or(0, |a| self.hptr(a));
             launch!(
