@@ -800,7 +800,8 @@ DEV void down_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t*
 }
 // A residual block's tail (HaloIdentity): out = a2 + identity(x) + bid with a2 =
 // LeakyReLU(conv3(a1) + id.b2) (kept where id.a2 is set); a1 c2 channels, cout a multiple of 8
-// (G = Halo3x3Four: a1 a multiple of 4 channels, the low-rank head's 20)
+// (G = Halo3x3Four: a1 a multiple of 4 channels, the low-rank head's 20, and cout any where a2
+// is not kept)
 template <class G = Halo3x3>
 DEV void halo_block(const uint16_t* a1, const uint16_t* wt2, int np, const float* bid, uint16_t* out, int n, int h,
                     int w, int c2, int cout, const HaloIdentity& id) {

@@ -1468,14 +1468,12 @@ fn f16_storage_layers_match_the_cpu() {
     }
 }
 
-/// Inference with f16 activations (SPAHDMAP_GPU_HALF) against the CPU's f32 scores: the
-/// reference's autocast inference rounds the same way, so 1e-2 bounds it; the scores come back
-/// in f32 and `alloc` hands out f32 again after the network.
 /// A residual block's tail (`Backend::block_tail`: a2 = LeakyReLU(conv2(a1) + b2), out = a2 +
 /// identity(x) + b_id) as one halo kernel (`conv3_halo_block_h16`), x one tensor or a
 /// concatenation read in place, a2 kept or not; against the CPU's two convolutions on the same
 /// f16-rounded values (the GPU rounds a2 to f16 before adding the identity, as the two-kernel
-/// path reads it). A tail the kernel does not take (3 output channels) runs as two layers.
+/// path reads it); conv2 from 20 channels on `conv3_halo_block4_h16`. Tails the kernels do not
+/// take (3 channels; 20 output channels with a2 kept) run as two layers.
 #[test]
 fn block_tails_run_as_one_halo_kernel() {
     let Some(g) = gpu() else { return };
@@ -1945,6 +1943,9 @@ fn halo_convolutions_match_the_cpu() {
     assert_eq!(gemm.iter().map(|k| launches(&p, k)).sum::<usize>(), 0, "{p:?}");
 }
 
+/// Inference with f16 activations (SPAHDMAP_GPU_HALF) against the CPU's f32 scores: the
+/// reference's autocast inference rounds the same way, so 1e-2 bounds it; the scores come back
+/// in f32 and `alloc` hands out f32 again after the network.
 #[test]
 fn half_inference_scores_match_the_cpu() {
     let Some(g) = speed_gpu() else { return };
