@@ -577,6 +577,29 @@ DEV void tile_stage_dy(uint16_t* ds, const uint16_t* dy, const HaloTile& t, int 
     }
 }
 
+// The weight gradients' walk over tiles blockIdx.x, + gridDim.x, .. of an h × w grid (`tiles`
+// of them): stage(tile, slot) copies a tile into one of two slots (one cp.async group) while
+// body(slot) reads the other; the next tile carried from tile to tile (halo_advance).
+template <class Stage, class Body>
+DEV void walk_tiles(int tiles, int h, int w, Stage&& stage, Body&& body) {
+    const int tx = (w + HALO_T - 1) / HALO_T, wdx = (int)gridDim.x % tx, wdy = (int)gridDim.x / tx;
+    HaloTile next = halo_tile((int)blockIdx.x, h, w);
+    if ((int)blockIdx.x < tiles) stage(next, 0);
+    cp_commit();
+    for (int b = blockIdx.x, k = 0; b < tiles; b += gridDim.x, ++k) {
+        if (b + (int)gridDim.x < tiles) {
+            next = halo_advance(next, wdx, wdy, h, w);
+            stage(next, (k + 1) & 1);
+        }
+        cp_commit();
+        cp_wait<1>();     // this tile's group has landed, for this thread
+        __syncthreads();  // and for every thread
+        body(k & 1);
+        __syncthreads();  // every warp is done with this slot before the tile after next fills it
+    }
+    cp_wait<0>();
+}
+
 // dW (f32 rows (tap, ci) × N, zeroed; atomics) += Σ over the output pixels of tiles blockIdx.x,
 // + gridDim.x, .. of x(pixel + tap) · dY(pixel) for input channels c0 .. c0 + 31 and columns
 // n0 .. n0 + 31 (blockIdx.y = (n0 / 32)·(C / 32) + c0 / 32), and where db is set (f32,
@@ -621,21 +644,9 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
         halo_stage(hs, x, x2, ca, C, c0, t, h, w);
         tile_stage_dy(ds, dy, t, h, w, N, n0);
     };
-    // two stages: the next tile's copies fly while this one's MMAs run; the next tile carried
-    // from tile to tile (halo_advance), gridDim.x tiles on
-    const int tx = (w + HALO_T - 1) / HALO_T, wdx = (int)gridDim.x % tx, wdy = (int)gridDim.x / tx;
-    HaloTile next = halo_tile((int)blockIdx.x, h, w);
-    if ((int)blockIdx.x < tiles) stage(next, 0);
-    cp_commit();
-    for (int b = blockIdx.x, k = 0; b < tiles; b += gridDim.x, ++k) {
-        if (b + (int)gridDim.x < tiles) {
-            next = halo_advance(next, wdx, wdy, h, w);
-            stage(next, (k + 1) & 1);
-        }
-        cp_commit();
-        cp_wait<1>();  // this tile's group has landed, for this thread
-        __syncthreads();  // and for every thread
-        const uint16_t* Hs = smem + (k & 1) * HALO_DW_STAGE;
+    // two stages: the next tile's copies fly while this one's MMAs run
+    walk_tiles(tiles, h, w, stage, [&](int slot) {
+        const uint16_t* Hs = smem + slot * HALO_DW_STAGE;
         const uint16_t* Ds = Hs + HALO_PX * HALO_ROW;
 #pragma unroll 2
         for (int r = 0; r < HALO_T; ++r) {
@@ -658,9 +669,7 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
 #pragma unroll
                 for (int j = 0; j < 4; ++j) conv::mma_f16(bacc[j], ones, bf[j]);
         }
-        __syncthreads();  // every warp is done with this stage before the next tile but one fills it
-    }
-    cp_wait<0>();
+    });
     // C fragments: c0, c1 at (channel g, columns 2t, 2t + 1), c2, c3 at channel g + 8
     const int gq = lane / 4, tq = lane % 4;
 #pragma unroll
@@ -729,19 +738,8 @@ DEV void down_dw(const uint16_t* x, const uint16_t* dy, float* dw, int tiles, in
         down_stage(hs, x, C, c0, t, ih, iw);
         tile_stage_dy(hs + DOWN_IN, dy, t, h, w, N, n0);
     };
-    const int tx = (w + HALO_T - 1) / HALO_T, wdx = (int)gridDim.x % tx, wdy = (int)gridDim.x / tx;
-    HaloTile next = halo_tile((int)blockIdx.x, h, w);
-    if ((int)blockIdx.x < tiles) stage(next, 0);
-    cp_commit();
-    for (int b = blockIdx.x, k = 0; b < tiles; b += gridDim.x, ++k) {
-        if (b + (int)gridDim.x < tiles) {
-            next = halo_advance(next, wdx, wdy, h, w);
-            stage(next, (k + 1) & 1);
-        }
-        cp_commit();
-        cp_wait<1>();     // this tile's group has landed, for this thread
-        __syncthreads();  // and for every thread
-        const uint16_t* Hs = smem + (k & 1) * DOWN_DW_STAGE;
+    walk_tiles(tiles, h, w, stage, [&](int slot) {
+        const uint16_t* Hs = smem + slot * DOWN_DW_STAGE;
         const uint16_t* Ds = Hs + DOWN_IN;
 #pragma unroll 2
         for (int r = 0; r < HALO_T; ++r) {
@@ -755,9 +753,7 @@ DEV void down_dw(const uint16_t* x, const uint16_t* dy, float* dw, int tiles, in
 #pragma unroll
                 for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], bf[j]);
         }
-        __syncthreads();  // every warp is done with this slot before the tile after next fills it
-    }
-    cp_wait<0>();
+    });
     // C fragments: c0, c1 at (channel g, columns 2t, 2t + 1), c2, c3 at channel g + 8
     const int gq = lane / 4, tq = lane % 4;
 #pragma unroll

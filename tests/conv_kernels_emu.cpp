@@ -556,56 +556,35 @@ static void halo_stats_case(int n, int h, int w, int cin, int cout, int cn, unsi
     expect_equal("halo forward with statistics, sums of squares, " + what, g1, w1);
 }
 
-static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, unsigned walkers) {
-    const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
-    const int64_t X = (int64_t)n * h * w;
+// `down`: the 4 × 4 stride-2 layer's by phases from a staged halo of dY (Down4x4Dx, down_dx)
+static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, unsigned walkers, bool down = false) {
+    const int k = down ? 4 : 3, taps = k * k;
+    const Geom g = geom(n, h, w, cin, cout, k, down ? 2 : 1, 1);
+    const int64_t X = (int64_t)n * h * w, P = (int64_t)n * g.oh * g.ow;
     const int np = (cin + 7) / 8 * 8;
-    auto dy = small_ints(X * cout), wt = small_ints(9 * cin * cout), x = small_ints(X * cin), old = small_ints(X * cin);
-    std::vector<uint16_t> wp(9 * cout * np, 0);  // [tap][co][ci], rows np apart
-    for (int64_t t = 0; t < 9; ++t)
+    auto dy = small_ints(P * cout), wt = small_ints(taps * cin * cout), x = small_ints(X * cin), old = small_ints(X * cin);
+    std::vector<uint16_t> wp(taps * cout * np, 0);  // [tap][co][ci], rows np apart
+    for (int64_t t = 0; t < taps; ++t)
         for (int co = 0; co < cout; ++co)
             for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
     const auto dyh = to_half(dy), xh = to_half(x);
     std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
     h16::ldsm_conflicts = 0;
     launch(walkers * blocks(cin, h16::HALO_N), 1, 1, [&] {
-        h16::halo_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, n, h, w, cin, cout);
+        const uint16_t* xp = fused ? xh.data() : nullptr;
+        if (down) h16::down_dx(dyh.data(), wp.data(), np, xp, dx.data(), fused, n, h, w, cin, cout);
+        else h16::halo_dx(dyh.data(), wp.data(), np, xp, dx.data(), fused, n, h, w, cin, cout);
     });
     std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
-    plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin, 9 * cout);
+    plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin,
+               taps * cout);
     round_half(want);
-    expect_equal("halo conv data gradient, " + std::to_string(cin) + " <- " + std::to_string(cout) + ", " +
+    expect_equal(std::string(down ? "4 x 4 / 2 data gradient by phases, " : "halo conv data gradient, ") +
+                     std::to_string(cin) + " <- " + std::to_string(cout) + ", " +
                      std::to_string(h) + " x " + std::to_string(w) + (fused ? ", fused epilogue" : "") + ", " +
                      std::to_string(walkers) + " walkers",
                  from_half(dx), want);
     no_bank_conflicts("halo_dx_case");
-}
-
-// The 4 × 4 stride-2 layer's data gradient by phases from a staged halo of dY (Down4x4Dx)
-static void down_dx_case(int n, int h, int w, int cin, int cout, bool fused, unsigned walkers) {
-    const Geom g = geom(n, h, w, cin, cout, 4, 2, 1);
-    const int64_t X = (int64_t)n * h * w, P = (int64_t)n * g.oh * g.ow;
-    const int np = (cin + 7) / 8 * 8;
-    auto dy = small_ints(P * cout), wt = small_ints(16 * cin * cout), x = small_ints(X * cin), old = small_ints(X * cin);
-    std::vector<uint16_t> wp(16 * cout * np, 0);  // [tap][co][ci], rows np apart
-    for (int64_t t = 0; t < 16; ++t)
-        for (int co = 0; co < cout; ++co)
-            for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
-    const auto dyh = to_half(dy), xh = to_half(x);
-    std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
-    h16::ldsm_conflicts = 0;
-    launch(walkers * blocks(cin, h16::HALO_N), 1, 1, [&] {
-        h16::down_dx(dyh.data(), wp.data(), np, fused ? xh.data() : nullptr, dx.data(), fused, n, h, w, cin, cout);
-    });
-    std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
-    plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin,
-               16 * cout);
-    round_half(want);
-    expect_equal("4 x 4 / 2 data gradient by phases, " + std::to_string(cin) + " <- " + std::to_string(cout) + ", " +
-                     std::to_string(h) + " x " + std::to_string(w) + (fused ? ", fused epilogue" : "") + ", " +
-                     std::to_string(walkers) + " walkers",
-                 from_half(dx), want);
-    no_bank_conflicts("down_dx_case");
 }
 
 // The 4 × 4 stride-2 layer's weight gradient from staged planes and dY tiles (down_dw)
@@ -801,10 +780,10 @@ static void halo_layers() {
     down_dw_case(2, 35, 41, 32, 72, 3);      // odd sides (17 x 20 out): 8 partial tiles on 3 blocks; 3 column blocks
     down_dw_case(3, 6, 70, 48, 32, 4);       // 3 chunks; 9 tiles of 3 x 16 on 4 blocks, steps wrap images
     down_dw_case(1, 20, 20, 16, 8, 2);       // one chunk, N = 8; a block without a tile
-    down_dx_case(1, 32, 32, 32, 32, false, 1);    // down block 0's shape: 4 phases of one tile
-    down_dx_case(2, 34, 46, 32, 32, true, 3);     // partial tiles (17 x 23 a phase), 2 images; LeakyReLU', accumulation
-    down_dx_case(1, 20, 36, 72, 64, true, 2);     // into 72 channels from 64: 2 chunks, three column blocks
-    down_dx_case(3, 6, 8, 20, 32, false, 5);      // cin 20 (np 24): fragment stores; a tile a phase, 12 on 5 walkers
+    halo_dx_case(1, 32, 32, 32, 32, false, 1, true);    // down block 0's shape: 4 phases of one tile
+    halo_dx_case(2, 34, 46, 32, 32, true, 3, true);     // partial tiles (17 x 23 a phase), 2 images; LeakyReLU', accumulation
+    halo_dx_case(1, 20, 36, 72, 64, true, 2, true);     // into 72 channels from 64: 2 chunks, three column blocks
+    halo_dx_case(3, 6, 8, 20, 32, false, 5, true);      // cin 20 (np 24): fragment stores; a tile a phase, 12 on 5 walkers
     down_fwd_case(1, 32, 32, 32, 32, false, 1);   // down block 0's shape: one whole output tile, 2 chunks
     down_fwd_case(2, 35, 41, 32, 32, true, 3);    // odd input sides (17 x 20 out): 8 partial tiles on 3 walkers
     down_fwd_case(1, 20, 66, 64, 72, true, 2);    // 4 chunks, three column blocks (the last 8 wide)

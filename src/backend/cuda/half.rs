@@ -216,27 +216,24 @@ impl Cuda {
     /// (`Down4x4Dx`): dY in whole 32-channel chunks, the input's sides even (the phases then
     /// share one grid). The GEMM by phases ran the U-Net's three at ~65 TFLOP/s (H200).
     fn down_dx_fits(&self, spec: &ConvSpec, xs: Shape) -> bool {
+        spec.cout % K_STEP == 0 && xs.h % 2 == 0 && xs.w % 2 == 0 && self.down_runs(spec, DOWN_DX_SMEM, DOWN_DX_KERNEL)
+    }
+
+    /// What the three 4 × 4 stride-2 halo kernels share: a 4 × 4 stride-2 pad-1 layer, the halo
+    /// kernels on with these among them, `smem` bytes of shared memory a block on this card, and
+    /// `kernel` in the loaded image.
+    fn down_runs(&self, spec: &ConvSpec, smem: usize, kernel: &'static str) -> bool {
         self.halo.load(Ordering::Relaxed)
             && self.halo_down.load(Ordering::Relaxed)
             && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
-            && spec.cout % K_STEP == 0
-            && xs.h % 2 == 0
-            && xs.w % 2 == 0
-            && self.smem_optin >= DOWN_DX_SMEM
-            && self.has_kernel(DOWN_DX_KERNEL)
+            && self.smem_optin >= smem
+            && self.has_kernel(kernel)
     }
 
     /// Whether a 4 × 4 stride-2 pad-1 layer's weight gradient runs on its halo kernel
     /// (`down_dw`): x of one tensor in whole 16-channel chunks, dY's columns in eights.
     fn down_dw_fits(&self, spec: &ConvSpec, second: bool) -> bool {
-        self.halo.load(Ordering::Relaxed)
-            && self.halo_down.load(Ordering::Relaxed)
-            && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
-            && spec.cin % 16 == 0
-            && spec.cout % 8 == 0
-            && !second
-            && self.smem_optin >= DOWN_DW_SMEM
-            && self.has_kernel(DOWN_DW_KERNEL)
+        spec.cin % 16 == 0 && spec.cout % 8 == 0 && !second && self.down_runs(spec, DOWN_DW_SMEM, DOWN_DW_KERNEL)
     }
 
     /// Whether a 4 × 4 stride-2 pad-1 forward runs on its halo kernel (`Down4x4`): f16 in whole
@@ -244,13 +241,7 @@ impl Cuda {
     /// and the loaded kernels have it (the GEMM's 4 × 4 K steps ran the first down block's at
     /// ~41 TFLOP/s on an H200).
     fn down_fits(&self, spec: &ConvSpec, second: bool) -> bool {
-        self.halo.load(Ordering::Relaxed)
-            && self.halo_down.load(Ordering::Relaxed)
-            && (spec.k, spec.stride, spec.pad) == (4, 2, 1)
-            && spec.cin % 16 == 0
-            && !second
-            && self.smem_optin >= DOWN_SMEM
-            && self.has_kernel(DOWN_KERNEL)
+        spec.cin % 16 == 0 && !second && self.down_runs(spec, DOWN_SMEM, DOWN_KERNEL)
     }
 
     /// Whether a layer whose GEMM gathers a multiple of 32 channels runs on the halo kernels
