@@ -111,6 +111,9 @@ pub struct Cuda {
     /// entry points looked up and absent: a kernel image from an older build
     /// (`SPAHDMAP_GPU_KERNELS`) lacks the later ones, and their callers fall back
     absent: Mutex<std::collections::HashSet<&'static str>>,
+    /// entry points treated as absent though the image has them (SPAHDMAP_GPU_WITHOUT;
+    /// `withhold`): a card that finds one of them wrong runs and times the rest
+    withheld: Mutex<Vec<String>>,
     /// blocks each kernel keeps resident per SM at its block size (the driver's occupancy figure)
     resident: Mutex<HashMap<&'static str, usize>>,
     /// released buffers by (length, f16)
@@ -261,6 +264,7 @@ impl Cuda {
             module,
             funcs: Mutex::default(),
             absent: Mutex::default(),
+            withheld: Mutex::new(kernel_list(&std::env::var("SPAHDMAP_GPU_WITHOUT").unwrap_or_default())),
             resident: Mutex::default(),
             pool: Mutex::default(),
             half_acts: AtomicBool::new(false),
@@ -340,8 +344,23 @@ impl Cuda {
         }
     }
 
-    /// Whether the loaded kernel image has entry point `name`.
+    /// Treat these entry points as absent from the loaded image, whatever the environment says
+    /// (SPAHDMAP_GPU_WITHOUT): the layers that would take them fall back as under an older
+    /// image. Only kernels the host asks for by `has_kernel` can be withheld.
+    pub fn withhold(&self, names: &[&str]) {
+        *self.withheld.lock().unwrap() = names.iter().map(|n| n.to_string()).collect();
+    }
+    /// Whether any entry point is withheld (tests then leave the launch counts that pin the
+    /// full set's dispatch unchecked).
+    pub fn withholds_any(&self) -> bool {
+        !self.withheld.lock().unwrap().is_empty()
+    }
+
+    /// Whether the loaded kernel image has entry point `name` (and it is not withheld).
     pub(super) fn has_kernel(&self, name: &'static str) -> bool {
+        if self.withheld.lock().unwrap().iter().any(|w| w == name) {
+            return false;
+        }
         if self.funcs.lock().unwrap().contains_key(name) {
             return true;
         }
@@ -819,6 +838,11 @@ fn halo_down_from_env() -> bool {
     !off_in_env("SPAHDMAP_GPU_HALO_DOWN")
 }
 
+/// Kernel names in a list separated by commas or white space (SPAHDMAP_GPU_WITHOUT).
+fn kernel_list(v: &str) -> Vec<String> {
+    v.split(|c: char| c == ',' || c.is_whitespace()).filter(|n| !n.is_empty()).map(str::to_string).collect()
+}
+
 fn off_in_env(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"))
 }
@@ -1094,7 +1118,9 @@ impl Backend for Cuda {
     fn name(&self) -> String {
         // benchmark lines say which convolution kernels ran
         let halo = if self.halo.load(Ordering::Relaxed) { ", halo 3x3 kernels" } else { "" };
-        format!("{}{halo}", self.label)
+        let withheld = self.withheld.lock().unwrap();
+        let without = if withheld.is_empty() { String::new() } else { format!(", without {}", withheld.join(" ")) };
+        format!("{}{halo}{without}", self.label)
     }
     fn synchronize(&self) {
         if self.capture_refuses("a synchronisation") {
@@ -1894,5 +1920,20 @@ impl Backend for Cuda {
         let flag = self.scratch(&self.u32s, 1);
         self.unscale_flagging(grads, inv_scale, flag);
         self.dtoh::<u32>(flag, 1)[0] != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_list;
+
+    #[test]
+    fn withheld_kernels_are_listed_by_commas_or_spaces() {
+        assert_eq!(kernel_list(""), Vec::<String>::new());
+        assert_eq!(kernel_list(" , "), Vec::<String>::new());
+        assert_eq!(
+            kernel_list("conv3_halo_block_h16, conv4_down_halo_fwd_h16 pixel_runs_f64,,\n x"),
+            ["conv3_halo_block_h16", "conv4_down_halo_fwd_h16", "pixel_runs_f64", "x"]
+        );
     }
 }
