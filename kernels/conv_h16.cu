@@ -458,6 +458,7 @@ DEV void gemm(const uint16_t* x, const uint16_t* wt, int np, const conv::Geom& g
                 const int n = n0 + 8 * rq;
                 if (m >= M || n >= N) continue;
                 const int64_t at = MODE == DX_PHASED ? phased.mi(m, M).p : m;
+                H16_ACCESS(cs + r * CS + 8 * rq, 32, false);  // the emulator's hazard check
                 out.store_row8(at, n, cs + r * CS + 8 * rq);
             }
         }

@@ -440,6 +440,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
 #pragma unroll
             for (int i = 0; i < 4; ++i, m += G::rows4(w))
                 if (y + 4 * i < h) {
+                    H16_ACCESS(cs + (px + 64 * i) * HALO_CS + 8 * q, 32, false);  // the emulator's hazard check
                     o.store_row8(m, nn, cs + (px + 64 * i) * HALO_CS + 8 * q);
                     if constexpr (STATS) o.sums8(nn, cs + (px + 64 * i) * HALO_CS + 8 * q, p0, p1);
                 }

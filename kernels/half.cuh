@@ -20,6 +20,14 @@ __device__ __forceinline__ uint16_t f2h(float f) {
 #else
 #define H16_FN inline
 #endif
+// The conv emulator's hazard check on shared memory sees plain loads and stores through these
+// and where a kernel names them (tests/conv_kernels_emu.cpp defines H16_EMU_ACCESS); nothing on
+// the card.
+#ifdef H16_EMU_ACCESS
+#define H16_ACCESS(p, bytes, write) H16_EMU_ACCESS(p, bytes, write)
+#else
+#define H16_ACCESS(p, bytes, write)
+#endif
 H16_FN float ld(const float* p) { return *p; }
 H16_FN float ld(const uint16_t* p) { return h2f(*p); }
 H16_FN void st(float* p, float v) { *p = v; }
@@ -35,10 +43,12 @@ struct alignas(16) Pack8 {
 };
 template <class T>
 H16_FN Pack8<T> load8(const T* p) {
+    H16_ACCESS(p, sizeof(Pack8<T>), false);
     return *reinterpret_cast<const Pack8<T>*>(p);
 }
 template <class T>
 H16_FN void store8(T* p, const Pack8<T>& v) {
+    H16_ACCESS(p, sizeof(Pack8<T>), true);
     *reinterpret_cast<Pack8<T>*>(p) = v;
 }
 // p[0 .. 7] as f32, and back (rounded to f16 where T is)
@@ -62,6 +72,7 @@ H16_FN void st2(float* p, float a, float b) {
     struct alignas(8) F2 {
         float x, y;
     };
+    H16_ACCESS(p, 8, true);
     *reinterpret_cast<F2*>(p) = F2{a, b};
 }
 // whether every pointer may be read or written eight values at a time

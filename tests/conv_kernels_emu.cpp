@@ -4,15 +4,20 @@
 // layout — then includes conv.cu itself and runs every GEMM body (f32 SIMT, TF32, pipelined,
 // wide) for every operation against the policies driven through a plain triple loop. On small
 // integers every sum is exact, so results must be equal. What this proves on a machine without a
-// GPU: barrier placement (a missing one shows as wrong results), the register and shared-memory
-// staging, the fragment and epilogue mapping, K splits and tile edges. What it cannot: TF32
-// rounding (identity here), timing, and anything the hardware does beyond the ISA's semantics.
+// GPU: barrier and cp.async wait placement in the f16 kernels (a missing or late one is a hazard the
+// shared-memory check below names, whatever order the threads ran in), the register and
+// shared-memory staging, the fragment and epilogue mapping, K splits and tile edges. What it
+// cannot: TF32 rounding (identity here), timing, and anything the hardware does beyond the
+// ISA's semantics.
 // Built and run by tests/conv_ops_host.rs.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <unordered_map>
 
 #include "emu_cuda.h"
 
@@ -104,9 +109,19 @@ inline void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
 }
 }  // namespace conv
 
-// What conv_h16.cu (and the f16 stores of conv_small.cuh) take from the hardware: cp.async is a plain 16-byte copy (done when issued,
-// so the commit and wait are no-ops: a wait placed too late is not seen here, a barrier missing
-// before a slot is overwritten is), ldmatrix is warp-collective as the PTX ISA describes it.
+// What conv_h16.cu (and the f16 stores of conv_small.cuh) take from the hardware: cp.async,
+// ldmatrix warp-collective as the PTX ISA describes it, and a hazard check on shared memory.
+// A cp.async lands when its thread's cp.async.wait_group retires its group, not when issued (the
+// latest the hardware may land it), so a wait placed too late reads what was there before. Each
+// 8 bytes of shared memory a copy writes or an ldmatrix reads carry their last writer, whether
+// its copy is in flight, and the barrier epochs (__syncthreads a block's, __syncwarp a warp's)
+// of the last write and reads. The run stops where a copy or store goes into bytes read with no
+// barrier between (WAR: another warp in the same epoch, another lane since the warp's last
+// __syncwarp), a read meets a copy in flight or a write with no barrier between (RAW), or two
+// copies are in flight into the same bytes. Plain loads and stores through h16::load8, store8,
+// st2 and where a kernel names them (H16_ACCESS: the epilogues' staging through a slot,
+// halo_norm_own) are checked the same way on bytes a copy or ldmatrix touched; other plain
+// accesses (conv_img.cuh's 2-byte stores) are not seen.
 namespace h16 {
 // a misaligned cp.async or ldmatrix row faults on the card: here it stops the run
 inline void aligned_to(const void* p, uintptr_t bytes, const char* what) {
@@ -114,21 +129,165 @@ inline void aligned_to(const void* p, uintptr_t bytes, const char* what) {
     std::printf("FAIL %s at %p: not %zu-byte aligned\n", what, p, (size_t)bytes);
     std::abort();
 }
+struct Granule {  // 8 bytes of shared memory
+    int writer = -1;       // thread of the last copy or store into it
+    bool pending = false;  // that copy is in flight
+    long landed = -1;      // the epoch it landed in (and the writer's warp epoch)
+    long landed_w = -1;
+    long read = -1;        // the last epoch an ldmatrix read it in (and the warp epoch) ...
+    long read_w = -1;
+    int reader = -1;       // ... by this warp (-2: more than one)
+    long pread = -1;       // the last epoch a plain load read it in (and the warp epoch) ...
+    long pread_w = -1;
+    int preader = -1;      // ... by this thread (-2: more than one)
+};
+// whether thread `other`'s access at (epoch, warp epoch) and this thread's have no barrier
+// between them: another warp's in this epoch, another lane's since this warp's last __syncwarp
+inline bool unordered(int other, long epoch, long wepoch) {
+    const int me = (int)threadIdx.x;
+    if (other == me || epoch != emu_epoch) return false;
+    return other < 0 || other / 32 != me / 32 || wepoch == emu_wepoch;
+}
+// whether an ldmatrix's read of g and this thread's write have no barrier between them:
+// another warp's in this epoch, this warp's since its last __syncwarp
+inline bool read_unordered(const Granule& g) {
+    if (g.read != emu_epoch) return false;
+    return g.reader != (int)threadIdx.x / 32 || g.read_w == emu_wepoch;
+}
+struct Shard {
+    std::mutex m;
+    std::unordered_map<uintptr_t, Granule> g;
+};
+static Shard shadow[64];
+inline Shard& shard_of(uintptr_t k) { return shadow[(k ^ k >> 9) % 64]; }
+// hazards counted instead of stopping the run (the check's own test), where ≥ 0
+static std::atomic<long> hazards_counted{-1};
+inline void hazard(const char* what, const void* p, int other) {
+    if (hazards_counted >= 0) {
+        ++hazards_counted;
+        return;
+    }
+    std::printf("FAIL shared-memory hazard: %s at %p (thread %u of block %u, epoch %ld; other: %d)\n", what, p,
+                threadIdx.x, blockIdx.x, emu_epoch, other);
+    std::fflush(stdout);
+    std::abort();
+}
+struct Copy {
+    void* dst;
+    const void* src;
+    int bytes;
+    bool full;
+};
+thread_local std::vector<Copy> open_copies;
+thread_local std::deque<std::vector<Copy>> committed;
+inline void issue(void* dst, const void* src, int bytes, bool full) {
+    const int me = (int)threadIdx.x;
+    for (int b = 0; b < bytes; b += 8) {
+        const uintptr_t k = ((uintptr_t)dst + b) / 8;
+        Shard& sh = shard_of(k);
+        std::lock_guard<std::mutex> l(sh.m);
+        Granule& g = sh.g[k];
+        if (g.pending) hazard("a cp.async into bytes a copy is still landing in", dst, g.writer);
+        if (read_unordered(g)) hazard("a cp.async into bytes an ldmatrix read with no barrier between", dst, g.reader);
+        if (unordered(g.preader, g.pread, g.pread_w))
+            hazard("a cp.async into bytes another thread loaded with no barrier between", dst, g.preader);
+        if (unordered(g.writer, g.landed, g.landed_w))
+            hazard("a cp.async into bytes another thread wrote with no barrier between", dst, g.writer);
+        g.pending = true;
+        g.writer = me;
+    }
+    open_copies.push_back({dst, src, bytes, full});
+}
+inline void land(const Copy& c) {
+    if (c.full) std::memcpy(c.dst, c.src, c.bytes);
+    else std::memset(c.dst, 0, c.bytes);
+    for (int b = 0; b < c.bytes; b += 8) {
+        const uintptr_t k = ((uintptr_t)c.dst + b) / 8;
+        Shard& sh = shard_of(k);
+        std::lock_guard<std::mutex> l(sh.m);
+        Granule& g = sh.g[k];
+        g.pending = false;
+        g.landed = emu_epoch;
+        g.landed_w = emu_wepoch;
+    }
+}
+// an ldmatrix row (16 bytes) read by this thread's warp
+inline void read_row(const void* p) {
+    const int warp = (int)threadIdx.x / 32;
+    for (int b = 0; b < 16; b += 8) {
+        const uintptr_t k = ((uintptr_t)p + b) / 8;
+        Shard& sh = shard_of(k);
+        std::lock_guard<std::mutex> l(sh.m);
+        Granule& g = sh.g[k];  // recorded though no copy went there yet: a later one must not
+        if (g.pending) hazard("an ldmatrix reads bytes a cp.async is still landing in", p, g.writer);
+        if (unordered(g.writer, g.landed, g.landed_w))
+            hazard("an ldmatrix reads bytes another thread wrote with no barrier between", p, g.writer);
+        g.reader = g.read == emu_epoch && g.reader != warp ? -2 : warp;
+        g.read = emu_epoch;
+        g.read_w = emu_wepoch;
+    }
+}
+// a plain load or store of shared bytes a copy or ldmatrix touched in this launch (h16::load8,
+// store8, st2, H16_ACCESS; global memory and untouched shared bytes have no entries)
+inline void plain_access(const void* p, int bytes, bool write) {
+    const int me = (int)threadIdx.x;
+    for (int b = 0; b < bytes; b += 8) {
+        const uintptr_t k = ((uintptr_t)p + b) / 8;
+        Shard& sh = shard_of(k);
+        std::lock_guard<std::mutex> l(sh.m);
+        auto it = sh.g.find(k);
+        if (it == sh.g.end()) continue;
+        Granule& g = it->second;
+        if (g.pending) hazard("a plain load or store of bytes a cp.async is still landing in", p, g.writer);
+        if (unordered(g.writer, g.landed, g.landed_w))
+            hazard("a plain load or store of bytes another thread wrote with no barrier between", p, g.writer);
+        if (write) {
+            if (read_unordered(g)) hazard("a store into bytes an ldmatrix read with no barrier between", p, g.reader);
+            if (unordered(g.preader, g.pread, g.pread_w))
+                hazard("a store into bytes another thread loaded with no barrier between", p, g.preader);
+            g.writer = me;
+            g.landed = emu_epoch;
+            g.landed_w = emu_wepoch;
+        } else {
+            // two readers since the last barriers: any later writer is unordered with one of them
+            g.preader = unordered(g.preader, g.pread, g.pread_w) ? -2 : me;
+            g.pread = emu_epoch;
+            g.pread_w = emu_wepoch;
+        }
+    }
+}
 inline void cp_async16(void* dst, const void* src, bool full) {
     aligned_to(dst, 16, "cp.async 16 into shared memory");
     aligned_to(src, 16, "cp.async 16 from global memory");
-    if (full) std::memcpy(dst, src, 16);
-    else std::memset(dst, 0, 16);
+    issue(dst, src, 16, full);
 }
 inline void cp_async8(void* dst, const void* src, bool full) {
     aligned_to(dst, 8, "cp.async 8 into shared memory");
     aligned_to(src, 8, "cp.async 8 from global memory");
-    if (full) std::memcpy(dst, src, 8);
-    else std::memset(dst, 0, 8);
+    issue(dst, src, 8, full);
 }
-inline void cp_commit() {}
+inline void cp_commit() {
+    committed.push_back(std::move(open_copies));
+    open_copies.clear();
+}
+// this thread's committed groups but the newest N land
 template <int N>
-inline void cp_wait() {}
+inline void cp_wait() {
+    while (committed.size() > (size_t)N) {
+        for (const Copy& c : committed.front()) land(c);
+        committed.pop_front();
+    }
+}
+// a launch starts with no shared memory history; a block must not end with copies in flight
+inline void shadow_reset() {
+    for (Shard& sh : shadow) sh.g.clear();
+}
+inline void no_copies_in_flight() {
+    size_t n = open_copies.size();
+    for (const auto& grp : committed) n += grp.size();
+    if (n) hazard("a block ends with cp.async copies never waited for", nullptr, (int)n);
+    committed.clear();
+}
 static const uint16_t* ldsm_rows[MAX_WARPS][32];
 // ldmatrix phases whose eight rows share a 16-byte bank group (shared memory replays them):
 // counted, for the cases that promise none
@@ -137,6 +296,7 @@ static std::atomic<long> ldsm_conflicts{0};
 inline void ldsm(uint32_t* r, const void* p, bool trans) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
     aligned_to(p, 16, "ldmatrix row");
+    read_row(p);
     ldsm_rows[w][lane] = static_cast<const uint16_t*>(p);
     warp_barrier[w]->arrive_and_wait();
     if (lane == 0)
@@ -156,6 +316,7 @@ inline void ldsm(uint32_t* r, const void* p, bool trans) {
 inline void ldsm_x4(uint32_t* r, const void* p) { ldsm(r, p, false); }
 inline void ldsm_x4_t(uint32_t* r, const void* p) { ldsm(r, p, true); }
 }  // namespace h16
+#define H16_EMU_ACCESS(p, bytes, write) ::h16::plain_access(p, bytes, write)
 #include "../kernels/conv.cu"
 
 #include "../kernels/conv_h16.cu"
@@ -1174,7 +1335,46 @@ static void half_storage() {
     half_up_case(1, 4, 6, 32, 5);    // odd cout: pairs cross from one tap to the next
 }
 
+// The hazard check itself: one block, warp 1 copies 32 rows that warp 0 reads by ldmatrix —
+// with a barrier between, nothing; without one, a hazard whichever warp runs first; with the
+// copies in a group the wait leaves in flight, a hazard though the barrier is there.
+static void hazard_check_finds_races() {
+    alignas(128) static uint16_t rows[32 * 8];
+    std::vector<uint16_t> src(32 * 8);
+    for (int i = 0; i < 32 * 8; ++i) src[i] = (uint16_t)i;
+    auto run = [&](int mode) {  // 0: barrier, 1: none, 2: the wait one group short
+        h16::hazards_counted = 0;
+        launch(1, 1, 1, [&] {
+            const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+            if (warp == 1) {
+                if (mode == 2) h16::cp_commit();  // an empty group before it: wait<1> retires only that
+                h16::cp_async16(rows + 8 * lane, src.data() + 8 * lane, true);
+                h16::cp_commit();
+                if (mode == 2) h16::cp_wait<1>(); else h16::cp_wait<0>();
+            }
+            if (mode != 1) __syncthreads();
+            if (warp == 0) {
+                uint32_t r[4];
+                h16::ldsm_x4(r, rows + 8 * lane);
+            }
+            if (mode != 1) __syncthreads();
+            h16::cp_wait<0>();
+        });
+        return h16::hazards_counted.exchange(-1);
+    };
+    const long with_barrier = run(0), without = run(1), late = run(2);
+    if (with_barrier != 0 || without == 0 || late == 0) {
+        std::printf("FAIL the shared-memory hazard check: %ld hazards with a barrier (want 0), %ld without (want > 0), "
+                    "%ld reading a copy in flight (want > 0)\n",
+                    with_barrier, without, late);
+        ++failures;
+    }
+}
+
 int main() {
+    emu_on_launch = h16::shadow_reset;
+    emu_on_block_end = h16::no_copies_in_flight;
+    hazard_check_finds_races();
     small_layers();
     every_operation<0>();
     every_operation<1>();
@@ -1191,6 +1391,6 @@ int main() {
     if (failures) return 1;
     std::printf("conv kernels: the f32, TF32, pipelined, wide and narrow GEMM bodies (TF32 and f16 operands) and the "
                 "direct kernels for few channels reproduce every operation exactly, and the f16-storage forward "
-                "kernels its rounding to f16\n");
+                "kernels its rounding to f16, with no shared-memory hazard in the f16 kernels\n");
     return 0;
 }

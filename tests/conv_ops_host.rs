@@ -49,6 +49,8 @@ fn every_convolution_kernel_body_reproduces_its_layer_on_emulated_threads() {
     let flags = ["-std=c++20", "-O1", "-Wall", "-Wno-unknown-pragmas", "-pthread"];
     if let Some(out) = build_and_run("conv_kernels_emu.cpp", &flags) {
         assert!(out.contains("reproduce every operation exactly"), "{out}");
+        // cp.async landing at its wait, barriers and waits checked on shared memory
+        assert!(out.contains("no shared-memory hazard"), "{out}");
     }
 }
 

@@ -28,7 +28,7 @@ pub mod nmf;
 mod profile;
 pub mod tiles;
 pub mod vd;
-pub use device::{Cuda, DBuf, Precision, SPEED};
+pub use device::{Cuda, DBuf, Precision, DYNAMIC_SHARED_MEMORY, SPEED};
 pub use graph::CudaGraphRun;
 pub use half::half_from_env;
 pub use profile::KernelTime;

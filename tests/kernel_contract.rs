@@ -1,0 +1,102 @@
+//! What the host assumes of the kernels, checked on nvcc's PTX without a GPU: the table of
+//! kernels launched with dynamic shared memory (`cuda::DYNAMIC_SHARED_MEMORY`; past 48 KB they
+//! opt in before their first launch) names exactly the entry points of kernels/conv_h16.cu that
+//! stage in the halo kernels' dynamic array, and each fits a block's shared memory on every card
+//! of compute 8.0 and up. A kernel missing from the table fails its first launch on a card (a
+//! review caught one before it reached a card). Needs nvcc (NVCC, CUDA_HOME, PATH); skips
+//! without one unless SPAHDMAP_REQUIRE_NVCC=1 (CI).
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use spahdmap::backend::cuda::DYNAMIC_SHARED_MEMORY;
+
+/// The halo kernels' dynamic array (`HALO_DYNAMIC_SMEM(smem, …)` in namespace h16), mangled.
+const HALO_ARRAY: &str = "_ZN3h164smemE";
+/// Shared memory a block may opt in to on an A100 (163 KB; an H100 or H200 has 227).
+const A100_OPTIN: usize = 166_912;
+
+fn nvcc() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(h) = std::env::var_os(var) {
+            let p = Path::new(&h).join("bin/nvcc");
+            if p.exists() {
+                return Some(p);
+            }
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("nvcc")).find(|p| p.exists())
+}
+
+/// Each entry point's body in `ptx`: the lines from `.entry NAME(` to the closing brace.
+fn entries(ptx: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in ptx.lines() {
+        if let Some(at) = line.find(".entry ") {
+            let name = line[at + 7..].split('(').next().unwrap_or("").trim().to_string();
+            current = Some((name, String::new()));
+            continue;
+        }
+        if let Some((name, body)) = current.as_mut() {
+            if line == "}" {
+                out.insert(std::mem::take(name), std::mem::take(body));
+                current = None;
+            } else {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Bytes of the static shared arrays an entry's body declares (`.shared .align A .b8 NAME[N];`).
+fn static_shared(body: &str) -> usize {
+    body.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(".shared "))
+        .filter_map(|l| l.rsplit_once('[').and_then(|(_, n)| n.trim_end_matches("];").parse::<usize>().ok()))
+        .sum()
+}
+
+#[test]
+fn the_dynamic_shared_memory_table_names_every_kernel_staging_in_it() {
+    let Some(nvcc) = nvcc() else {
+        assert!(std::env::var("SPAHDMAP_REQUIRE_NVCC").as_deref() != Ok("1"), "SPAHDMAP_REQUIRE_NVCC=1 but no nvcc");
+        eprintln!("skipped: no nvcc");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ptx = std::env::temp_dir().join(format!("spahdmap-contract-{}.ptx", std::process::id()));
+    let out = Command::new(&nvcc)
+        .args(["-ptx", "-arch=compute_90", "-std=c++17", "-o"])
+        .arg(&ptx)
+        .arg(root.join("kernels/conv_h16.cu"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", nvcc.display()));
+    assert!(out.status.success(), "nvcc -ptx kernels/conv_h16.cu: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&ptx).unwrap();
+    std::fs::remove_file(&ptx).ok();
+    let bodies = entries(&text);
+    assert!(bodies.len() > 20 && bodies.contains_key("conv3_halo_fwd_h16"), "entry points read: {:?}", bodies.keys());
+    let staging: BTreeSet<&str> =
+        bodies.iter().filter(|(_, b)| b.contains(HALO_ARRAY)).map(|(n, _)| n.as_str()).collect();
+    let listed: BTreeSet<&str> = DYNAMIC_SHARED_MEMORY.iter().map(|(n, _)| *n).collect();
+    eprintln!("{} entry points, {} staging in the dynamic array", bodies.len(), staging.len());
+    assert_eq!(listed.len(), DYNAMIC_SHARED_MEMORY.len(), "a kernel listed twice");
+    let missing: Vec<_> = staging.difference(&listed).collect();
+    assert!(missing.is_empty(), "launched without opting in to their shared memory: {missing:?}");
+    let stale: Vec<_> = listed.difference(&staging).collect();
+    assert!(stale.is_empty(), "listed but no such kernel stages in the dynamic array: {stale:?}");
+    for (name, bytes) in DYNAMIC_SHARED_MEMORY {
+        let total = bytes + static_shared(&bodies[name]);
+        eprintln!("{name}: {bytes} bytes dynamic, {total} in all");
+        assert!(bytes > 0 && bytes % 16 == 0, "{name}: {bytes} bytes");
+        assert!(total <= A100_OPTIN, "{name}: {total} bytes of shared memory a block, past an A100's {A100_OPTIN}");
+    }
+}
