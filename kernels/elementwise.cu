@@ -203,3 +203,8 @@ extern "C" __global__ void adam_multi_f32(const AdamList list, const float* dev,
 extern "C" __global__ void unscale_multi_f32(const GradList list, float inv_scale, unsigned int* found) {
     unscale_multi_block(list, inv_scale, found, blockIdx.x, threadIdx.x, blockDim.x);
 }
+
+// Every gradient of a list zeroed in one launch (`Backend::zero_grads`).
+extern "C" __global__ void zero_multi_f32(const GradList list) {
+    zero_multi_block(list, blockIdx.x, threadIdx.x, blockDim.x);
+}

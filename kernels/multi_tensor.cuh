@@ -81,3 +81,12 @@ __device__ __forceinline__ void unscale_multi_block(const GradList& L, float inv
     }
     if (bad) *found = 1u;
 }
+
+// One block of the multi-tensor zeroing: the gradients a backward pass is about to sum into, at
+// once (each weight gradient's kernels add into zeroed f32 by atomics: one memset each before).
+__device__ __forceinline__ void zero_multi_block(const GradList& L, int block, int thread, int threads) {
+    const int k = mt_tensor(L.first, L.count, block);
+    const int64_t lo = (int64_t)(block - L.first[k]) * MT_CHUNK;
+    const int64_t hi = lo + MT_CHUNK < L.n[k] ? lo + MT_CHUNK : L.n[k];
+    for (int64_t i = lo + thread; i < hi; i += threads) L.g[k][i] = 0.0f;
+}

@@ -6,7 +6,7 @@
 //!   block, barriers and warp-collective MMAs emulated — against the same plain GEMM;
 //! - `memory_kernels_emu.cpp` runs the element-wise, channel and half instance norm kernels'
 //!   eight-wide paths (kernels/elementwise.cu, norm.cu) against their one-at-a-time loops;
-//! - `multi_tensor_emu.cpp` runs the multi-tensor Adam and unscale blocks against the
+//! - `multi_tensor_emu.cpp` runs the multi-tensor Adam, unscale and zeroing blocks against the
 //!   single-tensor updates, and prints their lists' layout for the Rust side to compare.
 //!
 //! All compare exactly, on small integers (the multi-tensor and memory checks: the same arithmetic).
@@ -72,6 +72,7 @@ fn multi_tensor_updates_match_single_tensor_ones_and_the_rust_layout() {
     use std::mem::{offset_of, size_of};
     let Some(out) = build_and_run("multi_tensor_emu.cpp", &["-std=c++17", "-O1", "-Wall"]) else { return };
     assert!(out.contains("match the single-tensor updates exactly"), "{out}");
+    assert!(out.contains("the zeroing clears every listed gradient"), "{out}");
     let adam = format!(
         "layout AdamList p={} g={} m={} v={} n={} s={} at={} first={} count={} size={}",
         offset_of!(AdamList, p),

@@ -1699,6 +1699,59 @@ fn norm_statistics_ride_on_the_halo_forward() {
     }
 }
 
+/// `zero_grads` zeroes a backward pass's gradients in one launch and the layers then sum into
+/// them without a memset each (gradients of NaN before it: any value left would show); once
+/// `grads_written` closes the pass, a layer writing the same buffers zeroes them again.
+#[test]
+fn gradients_zeroed_at_once_skip_the_layers_memsets() {
+    let Some(g) = gpu() else { return };
+    g.use_halo(true);
+    let cpu = Cpu::new();
+    // a 3 × 3 halo layer (dW and dB on its kernel) and a 1 × 1 one (dW on the GEMM, dB by column sums)
+    let cases = [
+        (Shape { n: 2, h: 17, w: 19, c: 32 }, ConvSpec { cin: 32, cout: 32, k: 3, stride: 1, pad: 1 }),
+        (Shape { n: 1, h: 9, w: 12, c: 64 }, ConvSpec { cin: 64, cout: 32, k: 1, stride: 1, pad: 0 }),
+    ];
+    for (i, (xs, sp)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let (oh, ow) = sp.out_hw(xs.h, xs.w);
+        let ys = Shape { n: xs.n, h: oh, w: ow, c: sp.cout };
+        let x = f16_rounded(rnd(xs.len(), 800 + i, -1.0, 1.0));
+        let w = f16_rounded(rnd(sp.weight_len(), 810 + i, -0.2, 0.2));
+        let dy = f16_rounded(rnd(ys.len(), 820 + i, -1.0, 1.0));
+        let (mut dw, mut db) = (vec![0f32; sp.weight_len()], vec![0f32; sp.cout]);
+        cpu.conv2d_backward(&x, xs, &sp, &w, &dy, None, DxEpilogue::NONE, &mut dw, Some(&mut db));
+        let (xg, wg, dyg) = (g.upload_half(&x), g.upload(&w), g.upload_half(&dy));
+        let mut grads = vec![nan(&g, sp.weight_len()), nan(&g, sp.cout)];
+        for zeroed in [true, false] {
+            g.set_profiling(true);
+            if zeroed {
+                g.zero_grads(&mut grads);
+            }
+            let [gw, gb] = &mut grads[..] else { unreachable!() };
+            g.conv2d_backward(&xg, xs, &sp, &wg, &dyg, None, DxEpilogue::NONE, gw, Some(gb));
+            g.grads_written(&mut grads);
+            let p = g.take_profile();
+            g.set_profiling(false);
+            let what = format!("{} x {} layer, gradients zeroed at once: {zeroed}", sp.k, sp.k);
+            check(&format!("{what}: dW"), &g, &grads[0], &dw, 1e-4);
+            check(&format!("{what}: dB"), &g, &grads[1], &db, 1e-5);
+            if full_kernel_set(&g) {
+                assert_eq!(launches(&p, "zero_multi_f32"), usize::from(zeroed), "{what}: {p:?}");
+                assert_eq!(launches(&p, "memset"), if zeroed { 0 } else { 2 }, "{what}: {p:?}");
+            }
+        }
+    }
+    // more tensors than a list holds (two launches), empty ones among them
+    let sizes: Vec<usize> = (0..130).map(|k| if k % 17 == 0 { 0 } else { 1 + (k * 7919) % 20000 }).collect();
+    let mut many: Vec<DBuf> = sizes.iter().map(|&n| nan(&g, n)).collect();
+    g.zero_grads(&mut many);
+    g.grads_written(&mut many);
+    for (k, t) in many.iter().enumerate() {
+        assert!(g.download(t).iter().all(|&v| v == 0.0), "tensor {k} of {} values not zeroed", sizes[k]);
+    }
+}
+
 /// A withheld kernel (`Cuda::withhold`, SPAHDMAP_GPU_WITHOUT) is not launched: its layers take
 /// the path an image without it would, to the same numbers; handing it back restores it.
 #[test]

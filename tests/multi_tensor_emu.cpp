@@ -157,6 +157,38 @@ static void unscale_case(int bad_tensor) {
     CHECK(found == (bad_tensor >= 0 ? 1u : 0u), "unscale: found-inf %u with a bad tensor at %d", found, bad_tensor);
 }
 
+// Every listed gradient zeroed (sizes across chunk edges, empty tensors passed over), nothing
+// beyond a tensor's end touched (its guard values).
+static void zero_case() {
+    std::mt19937 rng(23);
+    std::vector<int64_t> sizes;
+    for (int k = 0; k < 130; ++k) sizes.push_back(k % 17 == 0 ? 0 : 1 + (k * 7919) % 20000);
+    std::vector<Tensor> ts;
+    for (auto n : sizes) ts.push_back(make(n, rng));
+    for (auto& t : ts) t.g[t.n] = 7.0f;  // the first guard value
+    int launches = 0;
+    lists(sizes, MT_GRADS, [&](const std::vector<int>& members) {
+        GradList L;
+        std::memset(&L, 0, sizeof L);
+        L.count = (int)members.size();
+        for (int j = 0; j < L.count; ++j) {
+            L.g[j] = ts[members[j]].g.data();
+            L.n[j] = sizes[members[j]];
+            L.first[j + 1] = L.first[j] + (int)((sizes[members[j]] + MT_CHUNK - 1) / MT_CHUNK);
+        }
+        ++launches;
+        for (int b = 0; b < L.first[L.count]; ++b)
+            for (int t = 0; t < THREADS; ++t) zero_multi_block(L, b, t, THREADS);
+    });
+    CHECK(launches == 2, "122 gradients make two lists, got %d", launches);
+    for (size_t k = 0; k < sizes.size(); ++k) {
+        bool zero = true;
+        for (int64_t i = 0; i < sizes[k]; ++i) zero &= ts[k].g[i] == 0.0f;
+        CHECK(zero, "zero: tensor %zu keeps a value", k);
+        CHECK(ts[k].g[sizes[k]] == 7.0f, "zero: tensor %zu written past its end", k);
+    }
+}
+
 int main() {
     std::printf("layout AdamList p=%zu g=%zu m=%zu v=%zu n=%zu s=%zu at=%zu first=%zu count=%zu size=%zu\n",
                 offsetof(AdamList, p), offsetof(AdamList, g), offsetof(AdamList, m), offsetof(AdamList, v),
@@ -170,10 +202,12 @@ int main() {
     unscale_case(-1);
     unscale_case(129);
     unscale_case(3);
+    zero_case();
     if (failures) {
         std::printf("%d failures\n", failures);
         return 1;
     }
-    std::printf("multi-tensor Adam and unscale match the single-tensor updates exactly\n");
+    std::printf("multi-tensor Adam and unscale match the single-tensor updates exactly, and the zeroing clears "
+                "every listed gradient\n");
     return 0;
 }

@@ -826,6 +826,13 @@ pub trait Backend: Sync {
     ) -> crate::Result<()>;
 
     // --- optimiser, continued -------------------------------------------------------------
+    /// Zero `grads` at once before a backward pass writes them, where this backend's layers
+    /// would otherwise zero each (the GPU's weight gradients add into zeroed f32 by atomics:
+    /// one launch for all instead of a memset a tensor); `grads_written` closes the pass, so
+    /// that no gradient is taken as zeroed past it. The CPU's layers overwrite theirs: nothing.
+    fn zero_grads(&self, _grads: &mut [Self::Buf]) {}
+    /// The backward pass after `zero_grads` has written its gradients.
+    fn grads_written(&self, _grads: &mut [Self::Buf]) {}
     /// Multiply every gradient by `inv_scale` (undoing a loss scale); true when any value
     /// is then inf or NaN (PyTorch's `_amp_foreach_non_finite_check_and_unscale_`).
     fn unscale_grads(&self, grads: &mut [Self::Buf], inv_scale: f32) -> bool;

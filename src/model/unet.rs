@@ -823,11 +823,14 @@ impl UNet {
         image: &B::Buf,
         mut d_pred: B::Buf,
     ) {
+        // every gradient is written below: zeroed at once where the backend sums into zeros
+        b.zero_grads(&mut p.grads);
         b.sigmoid_backward(a.pred.as_ref().expect("backward after forward (not forward_body)"), &mut d_pred);
         let ob = a.out_block.as_ref().unwrap();
         let (x, _) = a.body_out();
         let dx = self.output.backward(b, p, x, ob, d_pred, None, true).unwrap();
         self.backward_body(b, p, a, image, dx);
+        b.grads_written(&mut p.grads);
     }
 
     /// Gradients of the body's parameters from the gradient at its output; consumes `d_body`.

@@ -33,11 +33,14 @@ pub struct DBuf {
     mem: std::mem::ManuallyDrop<CudaSlice<f32>>,
     len: usize,
     half: bool,
+    /// zeroed by `Backend::zero_grads` and not written since: the next weight gradient summing
+    /// into it needs no memset of its own (`Cuda::zero_for_sums`)
+    zeroed: bool,
 }
 
 impl DBuf {
     fn new(mem: CudaSlice<f32>, len: usize, half: bool) -> DBuf {
-        DBuf { mem: std::mem::ManuallyDrop::new(mem), len, half }
+        DBuf { mem: std::mem::ManuallyDrop::new(mem), len, half, zeroed: false }
     }
     /// Whether the values are stored as f16.
     pub fn is_half(&self) -> bool {
@@ -525,6 +528,13 @@ impl Cuda {
         self.ctx.bind_to_thread().unwrap_or_else(|e| panic!("CUDA: {e}"));
     }
 
+    /// Zero `b` before a kernel sums into it by atomics, unless `Backend::zero_grads` left it
+    /// zeroed and nothing wrote it since; either way it is written next (the flag is cleared).
+    pub(super) fn zero_for_sums(&self, b: &mut DBuf) {
+        if !std::mem::take(&mut b.zeroed) {
+            self.zero_bytes(self.addr(b), b.bytes());
+        }
+    }
     pub(super) fn zero_bytes(&self, ptr: u64, bytes: usize) {
         if bytes == 0 || self.skipping() {
             return;
@@ -673,6 +683,16 @@ impl Cuda {
     /// aligned, as `colsum_runs_*`: eight columns a thread.
     pub(super) fn colsum_of(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: u64) {
         self.zero_bytes(out, cols * 4);
+        self.colsum_sums(kernel, x, rows, cols, out);
+    }
+    /// `colsum_of` into a bias gradient: zeroed here unless `Backend::zero_grads` left it so.
+    pub(super) fn colsum_into(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: &mut DBuf) {
+        assert_eq!(out.len, cols, "a column sum per column");
+        self.zero_for_sums(out);
+        self.colsum_sums(kernel, x, rows, cols, self.ptr(out));
+    }
+    /// The sums of `colsum_of` added into `out`.
+    fn colsum_sums(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: u64) {
         let runs = cols / 8;
         let by_runs = match kernel {
             "colsum_f32" => "colsum_runs_f32",
@@ -1022,7 +1042,8 @@ impl Cuda {
             // destroyed unrun; the handle is forgotten, not freed (`release`).
             return DBuf::new(unsafe { self.stream.upgrade_device_ptr::<f32>(0, slots(len, half)) }, len, half);
         }
-        if let Some(b) = hit {
+        if let Some(mut b) = hit {
+            b.zeroed = false;
             return b;
         }
         self.fresh.fetch_add(1, Ordering::Relaxed);
@@ -1091,24 +1112,25 @@ impl Cuda {
         if self.wide() && (spec.cin % 4 != 0 || spec.cout % 4 != 0) && few_dw_fits(spec) {
             return self.conv_dw_few(x, xs, spec, dy, dw, db);
         }
-        self.zero_bytes(self.ptr(dw), dw.len * 4);
+        self.zero_for_sums(dw);
         let names = variants!("conv2d_bwd_weight");
         let operands = [self.ptr(x), self.ptr(dy)];
         let (kernel, cfg) = self.conv_launch(names, spec.cin, spec.cout, operands, kw, spec.cout, Some(p));
         // the wide bodies sum dY's columns (the bias gradient) from the values they load for
         // dW; the others leave it to colsum
-        let fused_db = match &db {
-            Some(db) if names[3..].contains(&kernel) => {
-                self.zero_bytes(self.ptr(db), db.len * 4);
-                Some(self.ptr(db))
+        let fused = names[3..].contains(&kernel);
+        let mut db = db;
+        let dbp = match db.as_deref_mut() {
+            Some(d) if fused => {
+                self.zero_for_sums(d);
+                self.ptr(d)
             }
-            _ => None,
+            _ => 0,
         };
-        let dbp = fused_db.unwrap_or(0);
         launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, cout, k, st, pd, dbp);
         self.profile_flop(conv_flop(p, spec));
-        if let (Some(db), None) = (db, fused_db) {
-            self.colsum(self.ptr(dy), p, spec.cout, self.ptr(db));
+        if let (Some(db), false) = (db, fused) {
+            self.colsum_into("colsum_f32", self.ptr(dy), p, spec.cout, db);
         }
     }
 }
@@ -1476,13 +1498,13 @@ impl Backend for Cuda {
             launch!(self, kernel, cfg, self.ptr(dy), self.ptr(w), self.ptr(dx), n, h, wd, cin, co);
             self.profile_flop(up2_flop(p, xs.c, cout));
         }
-        self.zero_bytes(self.ptr(dw), dw.len * 4);
+        self.zero_for_sums(dw);
         let operands = [self.ptr(x), self.ptr(dy)];
         let (kernel, cfg) =
             self.conv_launch(variants!("up2_bwd_weight"), xs.c, cout, operands, xs.c, 4 * cout, Some(p));
         launch!(self, kernel, cfg, self.ptr(x), self.ptr(dy), self.ptr(dw), n, h, wd, cin, co);
         self.profile_flop(up2_flop(p, xs.c, cout));
-        self.colsum(self.ptr(dy), 4 * p, cout, self.ptr(db));
+        self.colsum_into("colsum_f32", self.ptr(dy), 4 * p, cout, db);
     }
     fn hin_forward(&self, x: &DBuf, s: Shape, gamma: &DBuf, beta: &DBuf, leaky: bool, y: &mut DBuf, stats: &mut DBuf) {
         self.hin_norm(x, s, gamma, beta, leaky, Some(y), stats)
@@ -1868,6 +1890,24 @@ impl Backend for Cuda {
     }
     fn discard(&self, g: super::graph::CudaGraphRun) {
         self.discard_recording(g)
+    }
+    fn zero_grads(&self, grads: &mut [DBuf]) {
+        const KERNEL: &str = "zero_multi_f32";
+        if !self.has_kernel(KERNEL) {
+            return; // an older kernel image: each layer zeroes its own
+        }
+        let all: Vec<(u64, usize)> = grads.iter().filter(|g| !g.half).map(|g| (self.addr(g), g.len)).collect();
+        for (list, grid) in super::multi::grad_lists(&all) {
+            launch!(self, KERNEL, cfg1(grid, THREADS), list);
+        }
+        for g in grads.iter_mut().filter(|g| !g.half) {
+            g.zeroed = true;
+        }
+    }
+    fn grads_written(&self, grads: &mut [DBuf]) {
+        for g in grads {
+            g.zeroed = false;
+        }
     }
     fn unscale_grads_into(&self, grads: &mut [DBuf], inv_scale: f32, flag: &mut DBuf) {
         // the flag's word holds a u32 (1 when found): `flag_set` reads its bits

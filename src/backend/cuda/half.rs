@@ -591,7 +591,7 @@ impl Cuda {
             self.ptr(dw)
         );
         self.release(t);
-        self.colsum_of("colsum_h16", self.hptr(dy), ys.n * ys.h * ys.w, cout, self.ptr(db));
+        self.colsum_into("colsum_h16", self.hptr(dy), ys.n * ys.h * ys.w, cout, db);
         true
     }
 
@@ -783,7 +783,7 @@ impl Cuda {
         let p = xs.n * oh * ow;
         let rows = spec.k * spec.k * spec.cin;
         within_fast_div(p.max(rows));
-        self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
+        self.zero_for_sums(dw);
         if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
             // one wave of blocks walking the tiles, a grid row per (32 channels, 32 columns),
             // the bias gradient on their MMAs (no colsum)
@@ -793,7 +793,7 @@ impl Cuda {
             let wave = self.sms * self.resident_blocks(kernel, THREADS);
             let blocks = tiles.min(wave.div_ceil(rows));
             let dbp = db.map_or(0, |d| {
-                self.zero_bytes(self.ptr(d), self.len(d) * 4);
+                self.zero_for_sums(d);
                 self.ptr(d)
             });
             let (xp, dyp, dwp) = (self.hptr(x), self.hptr(dy), self.ptr(dw));
@@ -823,7 +823,7 @@ impl Cuda {
             launch!(self, DOWN_DW_KERNEL, cfg, xp, dyp, dwp, tiles as i32, h, wd, cin, cout);
             self.profile_flop(conv_flop(p, spec));
             if let Some(db) = db {
-                self.colsum_of("colsum_h16", dyp, p, spec.cout, self.ptr(db));
+                self.colsum_into("colsum_h16", dyp, p, spec.cout, db);
             }
             return;
         }
@@ -852,7 +852,7 @@ impl Cuda {
         );
         self.profile_flop(conv_flop(p, spec));
         if let Some(db) = db {
-            self.colsum_of("colsum_h16", self.hptr(dy), p, spec.cout, self.ptr(db));
+            self.colsum_into("colsum_h16", self.hptr(dy), p, spec.cout, db);
         }
     }
 
@@ -1038,12 +1038,12 @@ impl Cuda {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let p = xs.n * oh * ow;
         within_fast_div(p);
-        self.zero_bytes(self.ptr(dw), self.len(dw) * 4);
+        self.zero_for_sums(dw);
         const IMAGE_DW: &str = "conv2d_bwd_weight_image_mma_h16";
         if self.wide() && !x.is_half() && dy.is_half() && image_mma_fits(spec) && self.has_kernel(IMAGE_DW) {
             // the image's layer on tensor cores: the bias gradient rides on the same product
             let dbp = db.map_or(0, |d| {
-                self.zero_bytes(self.ptr(d), self.len(d) * 4);
+                self.zero_for_sums(d);
                 self.ptr(d)
             });
             let (n, h, wd, cin, cout, ..) = conv_geom(xs, spec);
@@ -1060,7 +1060,7 @@ impl Cuda {
             let wave = self.sms * self.resident_blocks(kernel, THREADS);
             let blocks = wave.div_ceil(spec.k).clamp(1, p.div_ceil(THREADS as usize).max(1));
             let dbp = db.map_or(0, |d| {
-                self.zero_bytes(self.ptr(d), self.len(d) * 4);
+                self.zero_for_sums(d);
                 self.ptr(d)
             });
             let (n, h, wd, cin, cout, k, st, pd) = conv_geom(xs, spec);
@@ -1082,7 +1082,7 @@ impl Cuda {
         launch!(self, kernel, cfg1(blocks, THREADS), xp, dyp, dwp, n, h, wd, cin, cout, k, st, pd);
         self.profile_flop(conv_flop(p, spec));
         if let Some(db) = db {
-            self.colsum_of(colsum, dyp, p, spec.cout, self.ptr(db));
+            self.colsum_into(colsum, dyp, p, spec.cout, db);
         }
     }
 
