@@ -287,6 +287,7 @@ inline void no_copies_in_flight() {
     for (const auto& grp : committed) n += grp.size();
     if (n) hazard("a block ends with cp.async copies never waited for", nullptr, (int)n);
     committed.clear();
+    open_copies.clear();
 }
 static const uint16_t* ldsm_rows[MAX_WARPS][32];
 // ldmatrix phases whose eight rows share a 16-byte bank group (shared memory replays them):

@@ -1309,9 +1309,10 @@ fn multi_tensor_adam_and_unscale_match_the_cpu_over_many_tensors() {
 }
 
 /// Whether launch counts pin the dispatch: not while a card triages a failure with kernels
-/// withheld (SPAHDMAP_GPU_WITHOUT, scripts/gpu-check), when only the numbers are checked.
+/// withheld (SPAHDMAP_GPU_WITHOUT) or an older image loaded (SPAHDMAP_GPU_KERNELS: the
+/// baseline cubin of scripts/gpu-check), when only the numbers are checked.
 fn full_kernel_set(g: &Cuda) -> bool {
-    !g.withholds_any()
+    !g.withholds_any() && std::env::var_os("SPAHDMAP_GPU_KERNELS").is_none()
 }
 
 /// Launches of `kernel` in a profile (`Cuda::take_profile`).
@@ -1780,6 +1781,9 @@ fn withheld_kernels_fall_back_to_the_older_path() {
         let p = g.take_profile();
         g.set_profiling(false);
         check(&format!("4 x 4 / 2 forward, {halo} withheld: {withheld}"), &g, &yg, &y, 2e-3);
+        if std::env::var_os("SPAHDMAP_GPU_KERNELS").is_some() {
+            continue; // an older image may lack the kernel: the numbers alone
+        }
         assert_eq!(launches(&p, halo), usize::from(big && !withheld), "{p:?}");
         if withheld {
             assert!(p.iter().any(|t| t.kernel.starts_with("conv2d_fwd")), "the GEMM ran it: {p:?}");

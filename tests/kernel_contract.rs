@@ -55,12 +55,21 @@ fn entries(ptx: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// Bytes of the static shared arrays an entry's body declares (`.shared .align A .b8 NAME[N];`).
+/// Bytes of the static shared arrays an entry's body declares (`.shared .align A .b8 NAME[N];`,
+/// N elements of the type's width).
 fn static_shared(body: &str) -> usize {
     body.lines()
         .map(str::trim)
         .filter(|l| l.starts_with(".shared "))
-        .filter_map(|l| l.rsplit_once('[').and_then(|(_, n)| n.trim_end_matches("];").parse::<usize>().ok()))
+        .filter_map(|l| {
+            let width = [(".b8 ", 1), (".u8 ", 1), (".b16 ", 2), (".b32 ", 4), (".u32 ", 4), (".f32 ", 4)]
+                .into_iter()
+                .chain([(".b64 ", 8), (".u64 ", 8), (".f64 ", 8)])
+                .find(|(t, _)| l.contains(t))
+                .map_or(8, |(_, w)| w);
+            let n = l.rsplit_once('[')?.1.trim_end_matches("];").parse::<usize>().ok()?;
+            Some(n * width)
+        })
         .sum()
 }
 
