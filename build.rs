@@ -34,7 +34,8 @@ fn main() {
         .unwrap_or_default();
     sources.sort();
     let archs = "sm_80,sm_90,compute_90";
-    let built = match find_nvcc() {
+    let nvcc = find_nvcc();
+    let built = match nvcc.clone() {
         None => {
             if required {
                 panic!("SPAHDMAP_REQUIRE_NVCC=1 but no nvcc found (set NVCC or CUDA_HOME)");
@@ -78,4 +79,7 @@ fn main() {
         std::fs::write(&fatbin, b"").unwrap();
     }
     println!("cargo:rustc-env=SPAHDMAP_KERNEL_ARCHS={}", if built { archs } else { "" });
+    // the nvcc that built them, for tests that ask it more (tests/kernel_contract.rs)
+    let used = nvcc.filter(|_| built).map(|p| p.display().to_string()).unwrap_or_default();
+    println!("cargo:rustc-env=SPAHDMAP_NVCC={used}");
 }

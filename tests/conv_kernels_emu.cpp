@@ -159,7 +159,21 @@ struct Shard {
     std::unordered_map<uintptr_t, Granule> g;
 };
 static Shard shadow[64];
-inline Shard& shard_of(uintptr_t k) { return shadow[(k ^ k >> 9) % 64]; }
+// f on each granule of bytes [p, p + bytes) under its shard's lock: created where `make`, else
+// only those a copy or ldmatrix touched in this launch
+template <class F>
+inline void each_granule(const void* p, int bytes, bool make, F&& f) {
+    for (int b = 0; b < bytes; b += 8) {
+        const uintptr_t k = ((uintptr_t)p + b) / 8;
+        Shard& sh = shadow[(k ^ k >> 9) % 64];
+        std::lock_guard<std::mutex> l(sh.m);
+        if (make) {
+            f(sh.g[k]);
+        } else if (auto it = sh.g.find(k); it != sh.g.end()) {
+            f(it->second);
+        }
+    }
+}
 // hazards counted instead of stopping the run (the check's own test), where ≥ 0
 static std::atomic<long> hazards_counted{-1};
 inline void hazard(const char* what, const void* p, int other) {
@@ -182,11 +196,7 @@ thread_local std::vector<Copy> open_copies;
 thread_local std::deque<std::vector<Copy>> committed;
 inline void issue(void* dst, const void* src, int bytes, bool full) {
     const int me = (int)threadIdx.x;
-    for (int b = 0; b < bytes; b += 8) {
-        const uintptr_t k = ((uintptr_t)dst + b) / 8;
-        Shard& sh = shard_of(k);
-        std::lock_guard<std::mutex> l(sh.m);
-        Granule& g = sh.g[k];
+    each_granule(dst, bytes, true, [&](Granule& g) {
         if (g.pending) hazard("a cp.async into bytes a copy is still landing in", dst, g.writer);
         if (read_unordered(g)) hazard("a cp.async into bytes an ldmatrix read with no barrier between", dst, g.reader);
         if (unordered(g.preader, g.pread, g.pread_w))
@@ -195,49 +205,36 @@ inline void issue(void* dst, const void* src, int bytes, bool full) {
             hazard("a cp.async into bytes another thread wrote with no barrier between", dst, g.writer);
         g.pending = true;
         g.writer = me;
-    }
+    });
     open_copies.push_back({dst, src, bytes, full});
 }
 inline void land(const Copy& c) {
     if (c.full) std::memcpy(c.dst, c.src, c.bytes);
     else std::memset(c.dst, 0, c.bytes);
-    for (int b = 0; b < c.bytes; b += 8) {
-        const uintptr_t k = ((uintptr_t)c.dst + b) / 8;
-        Shard& sh = shard_of(k);
-        std::lock_guard<std::mutex> l(sh.m);
-        Granule& g = sh.g[k];
+    each_granule(c.dst, c.bytes, true, [](Granule& g) {
         g.pending = false;
         g.landed = emu_epoch;
         g.landed_w = emu_wepoch;
-    }
+    });
 }
 // an ldmatrix row (16 bytes) read by this thread's warp
 inline void read_row(const void* p) {
     const int warp = (int)threadIdx.x / 32;
-    for (int b = 0; b < 16; b += 8) {
-        const uintptr_t k = ((uintptr_t)p + b) / 8;
-        Shard& sh = shard_of(k);
-        std::lock_guard<std::mutex> l(sh.m);
-        Granule& g = sh.g[k];  // recorded though no copy went there yet: a later one must not
+    // recorded though no copy went there yet: a later one must not land unordered with it
+    each_granule(p, 16, true, [&](Granule& g) {
         if (g.pending) hazard("an ldmatrix reads bytes a cp.async is still landing in", p, g.writer);
         if (unordered(g.writer, g.landed, g.landed_w))
             hazard("an ldmatrix reads bytes another thread wrote with no barrier between", p, g.writer);
         g.reader = g.read == emu_epoch && g.reader != warp ? -2 : warp;
         g.read = emu_epoch;
         g.read_w = emu_wepoch;
-    }
+    });
 }
 // a plain load or store of shared bytes a copy or ldmatrix touched in this launch (h16::load8,
 // store8, st2, H16_ACCESS; global memory and untouched shared bytes have no entries)
 inline void plain_access(const void* p, int bytes, bool write) {
     const int me = (int)threadIdx.x;
-    for (int b = 0; b < bytes; b += 8) {
-        const uintptr_t k = ((uintptr_t)p + b) / 8;
-        Shard& sh = shard_of(k);
-        std::lock_guard<std::mutex> l(sh.m);
-        auto it = sh.g.find(k);
-        if (it == sh.g.end()) continue;
-        Granule& g = it->second;
+    each_granule(p, bytes, false, [&](Granule& g) {
         if (g.pending) hazard("a plain load or store of bytes a cp.async is still landing in", p, g.writer);
         if (unordered(g.writer, g.landed, g.landed_w))
             hazard("a plain load or store of bytes another thread wrote with no barrier between", p, g.writer);
@@ -254,7 +251,7 @@ inline void plain_access(const void* p, int bytes, bool write) {
             g.pread = emu_epoch;
             g.pread_w = emu_wepoch;
         }
-    }
+    });
 }
 inline void cp_async16(void* dst, const void* src, bool full) {
     aligned_to(dst, 16, "cp.async 16 into shared memory");

@@ -3,34 +3,18 @@
 //! opt in before their first launch) names exactly the entry points of kernels/conv_h16.cu that
 //! stage in the halo kernels' dynamic array, and each fits a block's shared memory on every card
 //! of compute 8.0 and up. A kernel missing from the table fails its first launch on a card (a
-//! review caught one before it reached a card). Needs nvcc (NVCC, CUDA_HOME, PATH); skips
-//! without one unless SPAHDMAP_REQUIRE_NVCC=1 (CI).
+//! review caught one before it reached a card). Asks the nvcc that built the kernels
+//! (`cuda::NVCC`); skips where none did, unless SPAHDMAP_REQUIRE_NVCC=1 (CI).
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use spahdmap::backend::cuda::DYNAMIC_SHARED_MEMORY;
+use spahdmap::backend::cuda::{DYNAMIC_SHARED_MEMORY, NVCC};
 
 /// The halo kernels' dynamic array (`HALO_DYNAMIC_SMEM(smem, …)` in namespace h16), mangled.
 const HALO_ARRAY: &str = "_ZN3h164smemE";
 /// Shared memory a block may opt in to on an A100 (163 KB; an H100 or H200 has 227).
 const A100_OPTIN: usize = 166_912;
-
-fn nvcc() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NVCC") {
-        return Some(PathBuf::from(p));
-    }
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(h) = std::env::var_os(var) {
-            let p = Path::new(&h).join("bin/nvcc");
-            if p.exists() {
-                return Some(p);
-            }
-        }
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("nvcc")).find(|p| p.exists())
-}
 
 /// Each entry point's body in `ptx`: the lines from `.entry NAME(` to the closing brace.
 fn entries(ptx: &str) -> BTreeMap<String, String> {
@@ -75,14 +59,15 @@ fn static_shared(body: &str) -> usize {
 
 #[test]
 fn the_dynamic_shared_memory_table_names_every_kernel_staging_in_it() {
-    let Some(nvcc) = nvcc() else {
+    if NVCC.is_empty() {
         assert!(std::env::var("SPAHDMAP_REQUIRE_NVCC").as_deref() != Ok("1"), "SPAHDMAP_REQUIRE_NVCC=1 but no nvcc");
-        eprintln!("skipped: no nvcc");
+        eprintln!("skipped: built without nvcc");
         return;
-    };
+    }
+    let nvcc = Path::new(NVCC);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let ptx = std::env::temp_dir().join(format!("spahdmap-contract-{}.ptx", std::process::id()));
-    let out = Command::new(&nvcc)
+    let out = Command::new(nvcc)
         .args(["-ptx", "-arch=compute_90", "-std=c++17", "-o"])
         .arg(&ptx)
         .arg(root.join("kernels/conv_h16.cu"))

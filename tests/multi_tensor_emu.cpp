@@ -126,6 +126,20 @@ static void adam_case(bool device_scalars, bool skip_flag) {
     }
 }
 
+// The gradients of tensors `members` as the host lists them
+static GradList grad_list(std::vector<Tensor>& ts, const std::vector<int>& members) {
+    GradList L;
+    std::memset(&L, 0, sizeof L);
+    L.count = (int)members.size();
+    for (int j = 0; j < L.count; ++j) {
+        Tensor& t = ts[members[j]];
+        L.g[j] = t.g.data();
+        L.n[j] = t.n;
+        L.first[j + 1] = L.first[j] + (int)((t.n + MT_CHUNK - 1) / MT_CHUNK);
+    }
+    return L;
+}
+
 static void unscale_case(int bad_tensor) {
     std::mt19937 rng(11 + bad_tensor);
     std::vector<int64_t> sizes;
@@ -140,14 +154,7 @@ static void unscale_case(int bad_tensor) {
     unsigned found = 0;
     int launches = 0;
     lists(sizes, MT_GRADS, [&](const std::vector<int>& members) {
-        GradList L;
-        std::memset(&L, 0, sizeof L);
-        L.count = (int)members.size();
-        for (int j = 0; j < L.count; ++j) {
-            L.g[j] = ts[members[j]].g.data();
-            L.n[j] = sizes[members[j]];
-            L.first[j + 1] = L.first[j] + (int)((sizes[members[j]] + MT_CHUNK - 1) / MT_CHUNK);
-        }
+        const GradList L = grad_list(ts, members);
         ++launches;
         for (int b = 0; b < L.first[L.count]; ++b)
             for (int t = 0; t < THREADS; ++t) unscale_multi_block(L, inv, &found, b, t, THREADS);
@@ -168,14 +175,7 @@ static void zero_case() {
     for (auto& t : ts) t.g[t.n] = 7.0f;  // the first guard value
     int launches = 0;
     lists(sizes, MT_GRADS, [&](const std::vector<int>& members) {
-        GradList L;
-        std::memset(&L, 0, sizeof L);
-        L.count = (int)members.size();
-        for (int j = 0; j < L.count; ++j) {
-            L.g[j] = ts[members[j]].g.data();
-            L.n[j] = sizes[members[j]];
-            L.first[j + 1] = L.first[j] + (int)((sizes[members[j]] + MT_CHUNK - 1) / MT_CHUNK);
-        }
+        const GradList L = grad_list(ts, members);
         ++launches;
         for (int b = 0; b < L.first[L.count]; ++b)
             for (int t = 0; t < THREADS; ++t) zero_multi_block(L, b, t, THREADS);

@@ -676,23 +676,20 @@ impl Cuda {
 
     /// Column sums (the bias gradients): out (zeroed here) = Σ over rows of x.
     pub(super) fn colsum(&self, x: u64, rows: usize, cols: usize, out: u64) {
+        self.zero_bytes(out, cols * 4);
         self.colsum_of("colsum_f32", x, rows, cols, out);
     }
-    /// The same by `kernel`: `colsum_f32`, or `colsum_h16` where x is f16.
-    /// Where cols is a multiple of eight (at most 256, its runs of eight dividing 256) and x
-    /// aligned, as `colsum_runs_*`: eight columns a thread.
-    pub(super) fn colsum_of(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: u64) {
-        self.zero_bytes(out, cols * 4);
-        self.colsum_sums(kernel, x, rows, cols, out);
-    }
-    /// `colsum_of` into a bias gradient: zeroed here unless `Backend::zero_grads` left it so.
+    /// Into a bias gradient, by `kernel` (`colsum_f32`, or `colsum_h16` where x is f16): zeroed
+    /// here unless `Backend::zero_grads` left it so.
     pub(super) fn colsum_into(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: &mut DBuf) {
         assert_eq!(out.len, cols, "a column sum per column");
         self.zero_for_sums(out);
-        self.colsum_sums(kernel, x, rows, cols, self.ptr(out));
+        self.colsum_of(kernel, x, rows, cols, self.ptr(out));
     }
-    /// The sums of `colsum_of` added into `out`.
-    fn colsum_sums(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: u64) {
+    /// The column sums by `kernel` added into `out`. Where cols is a multiple of eight (at most
+    /// 256, its runs of eight dividing 256) and x aligned, as `colsum_runs_*`: eight columns a
+    /// thread.
+    fn colsum_of(&self, kernel: &'static str, x: u64, rows: usize, cols: usize, out: u64) {
         let runs = cols / 8;
         let by_runs = match kernel {
             "colsum_f32" => "colsum_runs_f32",
@@ -871,6 +868,7 @@ fn kernel_list(v: &str) -> Vec<String> {
 fn off_in_env(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"))
 }
+
 impl Cuda {
     /// `Backend::hin_forward`, and its statistics alone where y is None (`conv2d_hin` without y).
     #[allow(clippy::too_many_arguments)]

@@ -37,6 +37,8 @@ use serde::Serialize;
 
 /// Architectures the embedded fatbin holds SASS/PTX for (empty: built without nvcc).
 pub const KERNEL_ARCHS: &str = env!("SPAHDMAP_KERNEL_ARCHS");
+/// The nvcc that compiled the embedded kernels (empty where none did).
+pub const NVCC: &str = env!("SPAHDMAP_NVCC");
 
 /// The fatbin of `kernels/*.cu` (empty when built without nvcc).
 pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin"));
