@@ -1,5 +1,5 @@
 //! Kernel build. Finds nvcc (NVCC, CUDA_HOME/CUDA_PATH, PATH) and compiles `kernels/*.cu`
-//! into one fatbin embedded in the binary. Without nvcc the build succeeds and says so,
+//! into one fatbin embedded in the binary (and `kernels/sm90a/*.cu` into a second, sm_90a alone). Without nvcc the build succeeds and says so,
 //! unless SPAHDMAP_REQUIRE_NVCC=1 (CI), which makes a missing nvcc or a failing kernel fatal.
 
 use std::path::{Path, PathBuf};
@@ -78,7 +78,51 @@ fn main() {
     if !built {
         std::fs::write(&fatbin, b"").unwrap();
     }
-    println!("cargo:rustc-env=SPAHDMAP_KERNEL_ARCHS={}", if built { archs } else { "" });
+    // kernels/sm90a/*.cu: wgmma, which exists on compute capability 9.0 alone and only in code
+    // built for sm_90a (no PTX: it would not run on a later card either). A second image the
+    // backend loads beside the first on such a card; empty where nvcc did not build the first.
+    let sm90a = out.join("kernels_sm90a.fatbin");
+    let mut wg_sources: Vec<PathBuf> = std::fs::read_dir("kernels/sm90a")
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu")).collect())
+        .unwrap_or_default();
+    wg_sources.sort();
+    let wg_built = match nvcc.clone() {
+        Some(nvcc) if built && !wg_sources.is_empty() => {
+            let all = out.join("kernels_sm90a_all.cu");
+            let body: String = wg_sources
+                .iter()
+                .map(|p| format!("#include \"{}\"\n", std::fs::canonicalize(p).unwrap().display()))
+                .collect();
+            std::fs::write(&all, body).unwrap();
+            let status = Command::new(&nvcc)
+                .args(["--fatbin", "-O3", "-std=c++17", "-lineinfo", "-gencode=arch=compute_90a,code=sm_90a", "-o"])
+                .arg(&sm90a)
+                .arg(&all)
+                .status();
+            match status {
+                Ok(s) if s.success() => true,
+                other => {
+                    if required {
+                        panic!("nvcc failed on kernels/sm90a/*.cu: {other:?}");
+                    }
+                    println!(
+                        "cargo:warning=nvcc failed on kernels/sm90a ({other:?}): building without the wgmma kernels"
+                    );
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
+    if !wg_built {
+        std::fs::write(&sm90a, b"").unwrap();
+    }
+    let archs = match (built, wg_built) {
+        (true, true) => format!("{archs},sm_90a"),
+        (true, false) => archs.to_string(),
+        _ => String::new(),
+    };
+    println!("cargo:rustc-env=SPAHDMAP_KERNEL_ARCHS={archs}");
     // the nvcc that built them, for tests that ask it more (tests/kernel_contract.rs)
     let used = nvcc.filter(|_| built).map(|p| p.display().to_string()).unwrap_or_default();
     println!("cargo:rustc-env=SPAHDMAP_NVCC={used}");

@@ -591,6 +591,7 @@ DEV void up_fwd(const uint16_t* x, const uint16_t* wt, int np, const float* bias
 
 }  // namespace h16
 
+#include "wgmma.cuh"
 #include "conv_halo.cuh"
 #include "conv_img.cuh"
 

@@ -204,7 +204,13 @@ static_assert(HALO_FWD_STAGE * 2 == 44352 && HALO_DW_SMEM == 84608, "the host's 
 #ifdef __CUDACC__
 #define HALO_DYNAMIC_SMEM(name, halves) extern __shared__ __align__(128) uint16_t name[]
 #else
-#define HALO_DYNAMIC_SMEM(name, halves) alignas(128) static uint16_t name[halves]
+// the host's emulator learns where the launch's dynamic shared memory is (smem_addr)
+#ifndef HALO_EMU_SMEM
+#define HALO_EMU_SMEM(name) (void)0
+#endif
+#define HALO_DYNAMIC_SMEM(name, halves) \
+    alignas(128) static uint16_t name[halves]; \
+    HALO_EMU_SMEM(name)
 #endif
 
 // Where a layer's taps find their input in a slot (`halo_conv`'s geometry G): the channels a
@@ -214,6 +220,7 @@ static_assert(HALO_FWD_STAGE * 2 == 44352 && HALO_DW_SMEM == 84608, "the host's 
 // walkers' h × w grid; `rows4`: four grid rows on).
 // HaloPlainOut: each walker image one image of the output, A's addresses alike at every tile.
 struct HaloPlainOut {
+    static constexpr bool WG = false;  // B through ldmatrix and mma.sync (Halo3x3Wg: wgmma)
     DEV static int64_t pixel(const HaloTile& t, int y, int x, int h, int w) { return ((int64_t)t.img * h + y) * w + x; }
     DEV static int64_t rows4(int w) { return 4 * (int64_t)w; }
     DEV static int a_offset(const HaloTile&) { return 0; }
@@ -233,7 +240,7 @@ struct Halo3x3 : HaloPlainOut {
         return (dy * HALO_S + dx) * HALO_ROW;
     }
     DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca, int C, int c0,
-                          const HaloTile& t, int ih, int iw, const uint16_t* wt, int np, int n0) {
+                          const HaloTile& t, int ih, int iw, const uint16_t* wt, int np, int n0, int = 0) {
         halo_stage(hs, x, x2, ca, C, c0, t, ih, iw);
         halo_weights(hs + IN, wt, np, C, c0, n0);
     }
@@ -244,9 +251,45 @@ struct Halo3x3 : HaloPlainOut {
 // against the four-channel GEMM's ~38 TFLOP/s on an H200).
 struct Halo3x3Four : Halo3x3 {
     DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t*, int, int C, int c0, const HaloTile& t,
-                          int ih, int iw, const uint16_t* wt, int np, int n0) {
+                          int ih, int iw, const uint16_t* wt, int np, int n0, int = 0) {
         halo_stage<true>(hs, x, nullptr, 0, C, c0, t, ih, iw);
         halo_weights<true>(hs + IN, wt, np, C, c0, n0);
+    }
+};
+
+// The same layers on wgmma (sm_90a: kernels/sm90a/conv_wg.cu). A warpgroup's wgmma m64n32k16
+// takes its four warps' 16-pixel A fragments from registers (the ldmatrix of the mma.sync path)
+// and B straight from the slot, so B needs neither ldmatrix nor registers and a warp issues two
+// wgmma for the eight mma.sync of a 16-channel slice. B must then sit as the tensor cores read
+// it without swizzle: K-major core matrices of 8 columns × 8 channels (128 contiguous bytes),
+// [tap][channel / 8][column][channel mod 8] — 512 bytes from one core matrix to the next along
+// the channels, 128 along the columns — staged from weights packed K-major ([tap][N][np]: a
+// column's channels contiguous; the other direction's packing, `packed_weights_t` for the
+// forward and `packed_weights` for the data gradient). The halo and the slot's size are the
+// mma.sync path's.
+constexpr int WG_TAP = HALO_C * HALO_N;         // halves of a tap's weights
+constexpr uint32_t WG_LBO = 8 * HALO_N * 2;     // bytes between core matrices along the channels
+constexpr uint32_t WG_SBO = 8 * 8 * 2;          // ... and along the columns
+// Stage channels c0 .. c0 + 31, columns n0 .. n0 + 31 of every tap from wt ([tap][N][np] f16)
+// into ws as above, zero past N. Thread t: 16-byte chunk t mod 4 (channels 8·(t mod 4) ..) of
+// column t / 4 mod 32 of taps t / 128, + 2, .. (five passes; the last takes tap 8 alone).
+DEV void wg_weights(uint16_t* ws, const uint16_t* wt, int np, int N, int c0, int n0) {
+    const int kg = threadIdx.x % 4, col = threadIdx.x / 4 % HALO_N, tap0 = threadIdx.x / (4 * HALO_N);
+    static_assert(THREADS == 8 * HALO_N && HALO_C == 32, "two taps a pass");
+    const bool ok = n0 + col < N;
+    const uint16_t* g = wt + (((int64_t)tap0 * N + n0 + col) * np + c0 + 8 * kg);
+    const int64_t step = (int64_t)2 * N * np;
+    uint16_t* s = ws + tap0 * WG_TAP + kg * 8 * HALO_N + col * 8;
+#pragma unroll
+    for (int i = 0; i < 5; ++i, g += step)
+        if (tap0 + 2 * i < 9) cp_async16(s + 2 * i * WG_TAP, ok ? g : wt, ok);
+}
+struct Halo3x3Wg : Halo3x3 {
+    static constexpr bool WG = true;
+    DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca, int C, int c0,
+                          const HaloTile& t, int ih, int iw, const uint16_t* wt, int np, int n0, int N) {
+        halo_stage(hs, x, x2, ca, C, c0, t, ih, iw);
+        wg_weights(hs + IN, wt, np, N, c0, n0);
     }
 };
 
@@ -300,7 +343,7 @@ struct Down4x4 : HaloPlainOut {
     // The input as down_stage; the weights as halo_weights, 16 channels of 16 taps: chunk t mod
     // 4 of rows t / 4, + 64, .. (the same channel four taps on)
     DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t*, int, int C, int c0, const HaloTile& t,
-                          int ih, int iw, const uint16_t* wt, int np, int n0) {
+                          int ih, int iw, const uint16_t* wt, int np, int n0, int = 0) {
         down_stage(hs, x, C, c0, t, ih, iw);
         constexpr int WAT = THREADS / 4;  // weight rows a pass
         static_assert(WAT % DOWN_C == 0 && 16 * DOWN_C == 4 * WAT, "four passes, each whole taps");
@@ -325,6 +368,7 @@ struct Down4x4Dx {
     // a slot as large as the tile's f32 result its epilogue stages (40,960 bytes; the halo and
     // four taps' weights take 34,112): two keep two blocks an SM
     static constexpr int TAPS = 4, CH = HALO_C, IN = HALO_PX * HALO_ROW, STAGE = HALO_T * HALO_T * HALO_CS * 2;
+    static constexpr bool WG = false;
     static_assert(IN + 4 * HALO_C * HALO_N <= STAGE, "the halo and weights fit a slot");
     DEV static int64_t pixel(const HaloTile& t, int y, int x, int h, int w) {
         const int py = (t.img >> 1) & 1, px = t.img & 1;
@@ -342,7 +386,7 @@ struct Down4x4Dx {
     // dY's halo as halo_stage's; weights as halo_weights', taps (a, b) = (i, r / 32) of the
     // phase for thread t's rows r = t / 4, + 64 (chunk t mod 4)
     DEV static void stage(uint16_t* hs, const uint16_t* dy, const uint16_t*, int, int C, int c0, const HaloTile& t,
-                          int ih, int iw, const uint16_t* wt, int np, int n0) {
+                          int ih, int iw, const uint16_t* wt, int np, int n0, int = 0) {
         halo_stage(hs, dy, nullptr, 0, C, c0, HaloTile{t.img >> 2, t.y0, t.x0}, ih, iw);
         const int py = (t.img >> 1) & 1, px = t.img & 1;
         const int q = threadIdx.x % 4, r = threadIdx.x / 4, b = r / HALO_C;
@@ -375,6 +419,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
                    int h, int w, int ih, int iw, const Out& out, const HaloIdentity& id = {}) {
     static_assert(HALO_T * HALO_T * HALO_CS * 4 <= G::STAGE * 2, "a tile's f32 result fits a slot");
     static_assert(!ID || std::is_base_of_v<Halo3x3, G>, "the identity's steps stage as the 3 x 3 layers");
+    static_assert(!ID || !G::WG, "the identity's centre-tap steps stage B for mma.sync");
     HALO_DYNAMIC_SMEM(smem, 2 * G::STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int nb = (N + HALO_N - 1) / HALO_N, walkers = (int)gridDim.x / nb, first = (int)blockIdx.x / nb;
@@ -413,7 +458,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
             halo_centre_weights(hs + G::IN, id.wt, np, c0, n0);
             return;
         }
-        G::stage(hs, x, x2, ca, C, G::CH * k, t, ih, iw, wt, np, n0);
+        G::stage(hs, x, x2, ca, C, G::CH * k, t, ih, iw, wt, np, n0, N);
     };
     const int gq = lane / 4, tq = lane % 4;
     // this tile's sums out through the slot just read (`cs`, free until the step after next
@@ -484,26 +529,51 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
         cp_wait<1>();  // this step's group has landed, for this thread
         if constexpr (ID && !DX && std::is_same_v<G, Halo3x3>)  // halo_norm_own: halo_stage's copies
             if (id.norm.stats && k < chunks2) halo_norm_own(smem + (s & 1) * G::STAGE, id.norm, G::CH * k, t, h, w);
+        if constexpr (G::WG) wg_proxy_fence();  // the wgmmas read the weights through the async proxy
         __syncthreads();  // and for every thread
         const uint16_t* Hs = smem + (s & 1) * G::STAGE + G::a_offset(t);
         const uint16_t* Ws = smem + (s & 1) * G::STAGE + G::IN;
         const bool centre = ID && k >= chunks2;  // an identity step: the centre tap alone
+        if constexpr (G::WG) {
+            // slice sl = (tap, 16 channels): its A into a[sl mod 2] once slice sl − 2's wgmmas
+            // (the last to read those registers) have retired, then one wgmma a warp per MMA row
+            const uint64_t d0 = wg_desc(smem_addr(Ws), WG_LBO, WG_SBO);
+            uint32_t a[2][2][4];
+            wg_pin(&acc[0][0][0]);
+            wg_pin(&acc[1][0][0]);
 #pragma unroll
-        for (int tap = 0; tap < G::TAPS; ++tap) {
-            if (centre && tap != 4) continue;
-            const int shift = G::template shift<DX>(tap);
+            for (int sl = 0; sl < 2 * G::TAPS; ++sl) {
+                const int tap = sl / 2, kk = 16 * (sl % 2);
+                if (sl >= 2) wg_wait<1>();
 #pragma unroll
-            for (int kk = 0; kk < G::CH; kk += 16) {
-                uint32_t a[2][4], b[4][2];
+                for (int i = 0; i < 2; ++i) ldsm_x4(a[sl % 2][i], Hs + arow[i] + G::template shift<DX>(tap) + kk);
+                wg_fence();
+                const uint64_t d = d0 + (uint64_t)((tap * WG_TAP + kk * HALO_N) * 2 / 16);
 #pragma unroll
-                for (int i = 0; i < 2; ++i) ldsm_x4(a[i], Hs + arow[i] + shift + kk);
-                // B 16 × 16 ([k][n] rows, transposed): as the GEMM's mainloop, columns 16j ..
+                for (int i = 0; i < 2; ++i) wgmma_m64n32k16(&acc[i][0][0], a[sl % 2][i], d);
+                wg_commit();
+            }
+            wg_wait<0>();
+            wg_pin(&acc[0][0][0]);
+            wg_pin(&acc[1][0][0]);
+        } else {
 #pragma unroll
-                for (int j = 0; j < 2; ++j) ldsm_b2(b + 2 * j, Ws + bcol[j] + (tap * G::CH + kk) * HALO_N);
+            for (int tap = 0; tap < G::TAPS; ++tap) {
+                if (centre && tap != 4) continue;
+                const int shift = G::template shift<DX>(tap);
 #pragma unroll
-                for (int i = 0; i < 2; ++i)
+                for (int kk = 0; kk < G::CH; kk += 16) {
+                    uint32_t a[2][4], b[4][2];
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
+                    for (int i = 0; i < 2; ++i) ldsm_x4(a[i], Hs + arow[i] + shift + kk);
+                    // B 16 × 16 ([k][n] rows, transposed): as the GEMM's mainloop, columns 16j ..
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) ldsm_b2(b + 2 * j, Ws + bcol[j] + (tap * G::CH + kk) * HALO_N);
+#pragma unroll
+                    for (int i = 0; i < 2; ++i)
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], b[j]);
+                }
             }
         }
         __syncthreads();  // every warp is done with this slot before the step after next fills it

@@ -140,6 +140,7 @@ struct Granule {  // 8 bytes of shared memory
     long pread = -1;       // the last epoch a plain load read it in (and the warp epoch) ...
     long pread_w = -1;
     int preader = -1;      // ... by this thread (-2: more than one)
+    bool async_seen = false;  // its last write was followed by its writer's fence.proxy.async
 };
 // whether thread `other`'s access at (epoch, warp epoch) and this thread's have no barrier
 // between them: another warp's in this epoch, another lane's since this warp's last __syncwarp
@@ -193,6 +194,8 @@ struct Copy {
     bool full;
 };
 thread_local std::vector<Copy> open_copies;
+// [begin, end) pairs of the shared bytes this thread wrote since its last fence.proxy.async
+thread_local std::vector<const void*> written_since_fence;
 thread_local std::deque<std::vector<Copy>> committed;
 inline void issue(void* dst, const void* src, int bytes, bool full) {
     const int me = (int)threadIdx.x;
@@ -215,7 +218,10 @@ inline void land(const Copy& c) {
         g.pending = false;
         g.landed = emu_epoch;
         g.landed_w = emu_wepoch;
+        g.async_seen = false;
     });
+    written_since_fence.push_back(c.dst);
+    written_since_fence.push_back((const char*)c.dst + c.bytes);
 }
 // an ldmatrix row (16 bytes) read by this thread's warp
 inline void read_row(const void* p) {
@@ -245,6 +251,7 @@ inline void plain_access(const void* p, int bytes, bool write) {
             g.writer = me;
             g.landed = emu_epoch;
             g.landed_w = emu_wepoch;
+            g.async_seen = false;
         } else {
             // two readers since the last barriers: any later writer is unordered with one of them
             g.preader = unordered(g.preader, g.pread, g.pread_w) ? -2 : me;
@@ -286,13 +293,20 @@ inline void no_copies_in_flight() {
     committed.clear();
     open_copies.clear();
 }
+inline void no_wgmma_in_flight();
+inline void block_end() {
+    no_copies_in_flight();
+    no_wgmma_in_flight();
+}
 static const uint16_t* ldsm_rows[MAX_WARPS][32];
 // ldmatrix phases whose eight rows share a 16-byte bank group (shared memory replays them):
 // counted, for the cases that promise none
 static std::atomic<long> ldsm_conflicts{0};
 // four 8 × 8 matrices of 16-bit values, row j of matrix i at the address lane 8i + j gave
+thread_local bool wg_fenced = false;  // a wgmma.fence since this thread last wrote A registers
 inline void ldsm(uint32_t* r, const void* p, bool trans) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    wg_fenced = false;
     aligned_to(p, 16, "ldmatrix row");
     read_row(p);
     ldsm_rows[w][lane] = static_cast<const uint16_t*>(p);
@@ -313,7 +327,130 @@ inline void ldsm(uint32_t* r, const void* p, bool trans) {
 }
 inline void ldsm_x4(uint32_t* r, const void* p) { ldsm(r, p, false); }
 inline void ldsm_x4_t(uint32_t* r, const void* p) { ldsm(r, p, true); }
+
+// wgmma (kernels/wgmma.cuh) as the PTX ISA describes it, for the halo kernels' Halo3x3Wg: the
+// descriptor's start address is a byte offset into the dynamic shared memory of the launch
+// (conv_halo.cuh registers it, HALO_EMU_SMEM), and an instruction runs when the wait_group that
+// retires its group runs (the latest the hardware may finish it), so sums read before the wait
+// are the old ones. Stops the run where a wgmma reads A registers an ldmatrix wrote with no
+// wgmma.fence between, A changes before its wgmma retired, the warp's lanes give different
+// descriptors, a layout other than no-swizzle is named, B's bytes were written with no
+// fence.proxy.async by their writer (or are in flight, or unordered, as ldmatrix's), or a block
+// ends with wgmmas in flight.
+thread_local const char* emu_smem_base = nullptr;
+thread_local size_t emu_smem_bytes = 0;
+inline uint32_t smem_addr(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    if (!emu_smem_base || c < emu_smem_base || c >= emu_smem_base + emu_smem_bytes) {
+        std::printf("FAIL smem_addr of %p: not in the launch's dynamic shared memory\n", p);
+        std::abort();
+    }
+    return (uint32_t)(c - emu_smem_base);
+}
+inline void wg_proxy_fence() {
+    for (size_t i = 0; i + 1 < written_since_fence.size(); i += 2) {
+        const char* b = static_cast<const char*>(written_since_fence[i]);
+        const int bytes = (int)(static_cast<const char*>(written_since_fence[i + 1]) - b);
+        each_granule(b, bytes, false, [](Granule& g) {
+            if (g.writer == (int)threadIdx.x) g.async_seen = true;
+        });
+    }
+    written_since_fence.clear();
+}
+inline void wg_fence() { wg_fenced = true; }
+inline void wg_pin(float*) {}
+struct WgOp {
+    float A[16][16];   // this warp's rows of A
+    uint32_t a[4];     // this lane's fragment as issued, and where it lives
+    const uint32_t* at;
+    uint64_t desc;
+    float* d;
+};
+thread_local std::vector<WgOp> wg_open;
+thread_local std::deque<std::vector<WgOp>> wg_groups;
+static uint32_t wg_frag[MAX_WARPS][32][4];
+static uint64_t wg_descs[MAX_WARPS][32];
+inline void wgmma_m64n32k16(float* d, const uint32_t* a, uint64_t desc) {
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (!wg_fenced) hazard("a wgmma reads A registers an ldmatrix wrote with no wgmma.fence between", a, -1);
+    WgOp op;
+    std::memcpy(op.a, a, sizeof op.a);
+    op.at = a;
+    op.desc = desc;
+    op.d = d;
+    std::memcpy(wg_frag[w][lane], a, sizeof op.a);
+    wg_descs[w][lane] = desc;
+    warp_barrier[w]->arrive_and_wait();
+    for (int l = 0; l < 32; ++l) {
+        if (wg_descs[w][l] != desc) hazard("a wgmma's lanes give different descriptors", nullptr, l);
+        const int lg = l / 4, lt = l % 4;
+        for (int i = 0; i < 4; ++i) {
+            const int r = lg + (i & 1) * 8, k = 2 * lt + (i >> 1) * 8;
+            op.A[r][k] = conv::half_lo(wg_frag[w][l][i]);
+            op.A[r][k + 1] = conv::half_hi(wg_frag[w][l][i]);
+        }
+    }
+    warp_barrier[w]->arrive_and_wait();
+    wg_open.push_back(op);
+}
+inline void wg_commit() {
+    wg_groups.push_back(std::move(wg_open));
+    wg_open.clear();
+}
+// d += A · B for this lane's sums, B (16 × 32, K-major, no swizzle) where the descriptor says
+inline void wg_run(const WgOp& op) {
+    if (std::memcmp(op.a, op.at, sizeof op.a) != 0)
+        hazard("A registers changed before their wgmma retired", op.at, -1);
+    const uint32_t start = (uint32_t)(op.desc & 0x3FFF) << 4, lbo = (uint32_t)(op.desc >> 16 & 0x3FFF) << 4,
+                   sbo = (uint32_t)(op.desc >> 32 & 0x3FFF) << 4;
+    if (op.desc >> 62 != 0 || (op.desc >> 49 & 7) != 0) hazard("a wgmma descriptor with a swizzle or base offset", nullptr, -1);
+    // core matrix (k / 8, n / 8), its row n mod 8: 16 bytes from start + (k/8)·lbo + (n/8)·sbo
+    auto row = [&](int kg, int n) { return emu_smem_base + start + kg * lbo + (n / 8) * sbo + (n % 8) * 16; };
+    for (int kg = 0; kg < 2; ++kg)
+        for (int n = 0; n < 32; ++n) {
+            const char* r = row(kg, n);
+            if (r < emu_smem_base || r + 16 > emu_smem_base + emu_smem_bytes) {
+                std::printf("FAIL a wgmma's B row at offset %td: outside the dynamic shared memory\n", r - emu_smem_base);
+                std::abort();
+            }
+            if (threadIdx.x % 32 == 0) {
+                read_row(r);  // the warp's read: in flight, unordered writes
+                each_granule(r, 16, false, [&](Granule& g) {
+                    if (g.writer >= 0 && !g.async_seen)
+                        hazard("a wgmma reads bytes written with no fence.proxy.async by their writer", r, g.writer);
+                });
+            }
+        }
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    for (int j = 0; j < 4; ++j)
+        for (int q = 0; q < 4; ++q) {
+            const int m = g + (q >= 2 ? 8 : 0), n = 8 * j + 2 * t + (q & 1);
+            float sum = 0.0f;
+            for (int k = 0; k < 16; ++k) {
+                uint16_t b;
+                std::memcpy(&b, row(k / 8, n) + (k % 8) * 2, 2);
+                sum += op.A[m][k] * h2f(b);
+            }
+            op.d[4 * j + q] += sum;
+        }
+}
+template <int N>
+inline void wg_wait() {
+    while (wg_groups.size() > (size_t)N) {
+        for (const WgOp& op : wg_groups.front()) wg_run(op);
+        wg_groups.pop_front();
+    }
+}
+inline void no_wgmma_in_flight() {
+    size_t n = wg_open.size();
+    for (const auto& grp : wg_groups) n += grp.size();
+    if (n) hazard("a block ends with wgmmas never waited for", nullptr, (int)n);
+    wg_groups.clear();
+    wg_open.clear();
+    written_since_fence.clear();
+}
 }  // namespace h16
+#define HALO_EMU_SMEM(name) (::h16::emu_smem_base = reinterpret_cast<const char*>(name), ::h16::emu_smem_bytes = sizeof(name))
 #define H16_EMU_ACCESS(p, bytes, write) ::h16::plain_access(p, bytes, write)
 #include "../kernels/conv.cu"
 
@@ -603,7 +740,16 @@ static void no_bank_conflicts(const std::string& what) {
 // The 3 × 3 stride-1 layers from a staged halo (conv_halo.cuh): forward (one part, or the
 // concatenation [xa | xb] read in place where cb > 0) and data gradient, against the policies;
 // `walkers` blocks per 32 columns walking the tiles
-static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool epilogue, unsigned walkers) {
+// `wg`: on wgmma (Halo3x3Wg), the weights packed K-major ([tap][cout][cin])
+static std::vector<uint16_t> pack_k_major(const std::vector<float>& wt, int taps, int cin, int cout, int np) {
+    std::vector<uint16_t> p((size_t)taps * cout * np, 0);
+    for (int t = 0; t < taps; ++t)
+        for (int co = 0; co < cout; ++co)
+            for (int ci = 0; ci < cin; ++ci) p[((size_t)t * cout + co) * np + ci] = h16::f2h(wt[((size_t)t * cin + ci) * cout + co]);
+    return p;
+}
+static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool epilogue, unsigned walkers,
+                          bool wg = false) {
     const int cin = ca + cb;
     const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
     const int64_t P = (int64_t)n * h * w;
@@ -617,14 +763,20 @@ static void halo_fwd_case(int n, int h, int w, int ca, int cb, int cout, bool ep
     const int leaky = epilogue ? 1 : 0;
     std::vector<uint16_t> y(P * cout, HALF_NAN);
     h16::ldsm_conflicts = 0;
+    const auto wk = pack_k_major(wt, 9, cin, cout, cin);
     launch(walkers * blocks(cout, h16::HALO_N), 1, 1, [&] {
-        h16::halo_fwd(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, n, h, w, cin, cout,
-                      cb ? bh.data() : nullptr, cb ? ca : 0);
+        if (wg)
+            h16::halo_conv<h16::Halo3x3Wg, false>(ah.data(), cb ? bh.data() : nullptr, cb ? ca : 0, cin, wk.data(), cin,
+                                                  cout, n, h, w, h, w,
+                                                  h16::FwdOut{b, epilogue ? rh.data() : nullptr, y.data(), cout, leaky});
+        else
+            h16::halo_fwd(ah.data(), wh.data(), np, b, epilogue ? rh.data() : nullptr, y.data(), leaky, n, h, w, cin,
+                          cout, cb ? bh.data() : nullptr, cb ? ca : 0);
     });
     std::vector<float> want(P * cout, -99.0f);
     plain_gemm(Fwd{x.data(), wt.data(), b, epilogue ? res.data() : nullptr, want.data(), g, leaky}, P, cout, 9 * cin);
     round_half(want);
-    expect_equal("halo conv forward, " + std::to_string(ca) + (cb ? " + " + std::to_string(cb) : "") + " -> " +
+    expect_equal(std::string(wg ? "halo conv forward on wgmma, " : "halo conv forward, ") + std::to_string(ca) + (cb ? " + " + std::to_string(cb) : "") + " -> " +
                      std::to_string(cout) + ", " + std::to_string(h) + " x " + std::to_string(w) +
                      (epilogue ? ", bias + LeakyReLU + residual" : "") + ", " + std::to_string(walkers) + " walkers",
                  from_half(y), want);
@@ -685,7 +837,7 @@ static void halo_fwd4_case(int n, int h, int w, int cin, int cout, bool epilogue
 // The forward with half instance norm's statistics summed as it writes (conv3_halo_fwd_stats_h16:
 // FwdStatsOut): c1 = conv3(x) + bias as the policy rounds it, and per (image, channel < cn) the
 // sums of c1 − bias and its square, exact (small integers)
-static void halo_stats_case(int n, int h, int w, int cin, int cout, int cn, unsigned walkers) {
+static void halo_stats_case(int n, int h, int w, int cin, int cout, int cn, unsigned walkers, bool wg = false) {
     const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
     const int64_t P = (int64_t)n * h * w, hw = (int64_t)h * w;
     const int np = (cout + 7) / 8 * 8;
@@ -693,9 +845,11 @@ static void halo_stats_case(int n, int h, int w, int cin, int cout, int cn, unsi
     const auto xh = to_half(x), wh = pack_half(wt, 9 * cin, cout, np);
     std::vector<uint16_t> y(P * cout, HALF_NAN);
     std::vector<double> s0(n * cn, 0.0), s1(n * cn, 0.0);
+    const auto wk = pack_k_major(wt, 9, cin, cout, cin);
     launch(walkers * blocks(cout, h16::HALO_N), 1, 1, [&] {
         const h16::FwdStatsOut out{{bias.data(), nullptr, y.data(), cout, 0}, s0.data(), s1.data(), cn};
-        h16::halo3<false>(xh.data(), nullptr, 0, cin, wh.data(), np, cout, n, h, w, out);
+        if (wg) h16::halo_conv<h16::Halo3x3Wg, false>(xh.data(), nullptr, 0, cin, wk.data(), cin, cout, n, h, w, h, w, out);
+        else h16::halo3<false>(xh.data(), nullptr, 0, cin, wh.data(), np, cout, n, h, w, out);
     });
     std::vector<float> want(P * cout, -99.0f);
     plain_gemm(Fwd{x.data(), wt.data(), bias.data(), nullptr, want.data(), g, 0}, P, cout, 9 * cin);
@@ -709,14 +863,16 @@ static void halo_stats_case(int n, int h, int w, int cin, int cout, int cn, unsi
             }
     const std::string what = std::to_string(cin) + " -> " + std::to_string(cout) + " (" + std::to_string(cn) +
                              " normalised), " + std::to_string(n) + " x " + std::to_string(h) + " x " +
-                             std::to_string(w) + ", " + std::to_string(walkers) + " walkers";
+                             std::to_string(w) + ", " + std::to_string(walkers) + " walkers" + (wg ? ", wgmma" : "");
     expect_equal("halo forward with statistics, c1, " + what, from_half(y), want);
     expect_equal("halo forward with statistics, sums, " + what, g0, w0);
     expect_equal("halo forward with statistics, sums of squares, " + what, g1, w1);
 }
 
 // `down`: the 4 × 4 stride-2 layer's by phases from a staged halo of dY (Down4x4Dx, down_dx)
-static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, unsigned walkers, bool down = false) {
+// `wg`: on wgmma (Halo3x3Wg), the weights the forward's [tap][ci][co], K-major for dX
+static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, unsigned walkers, bool down = false,
+                         bool wg = false) {
     const int k = down ? 4 : 3, taps = k * k;
     const Geom g = geom(n, h, w, cin, cout, k, down ? 2 : 1, 1);
     const int64_t X = (int64_t)n * h * w, P = (int64_t)n * g.oh * g.ow;
@@ -727,18 +883,23 @@ static void halo_dx_case(int n, int h, int w, int cin, int cout, bool fused, uns
         for (int co = 0; co < cout; ++co)
             for (int ci = 0; ci < cin; ++ci) wp[(t * cout + co) * np + ci] = h16::f2h(wt[(t * cin + ci) * cout + co]);
     const auto dyh = to_half(dy), xh = to_half(x);
+    const int npf = (cout + 7) / 8 * 8;
+    const auto wf = pack_half(wt, (int64_t)taps * cin, cout, npf);  // [tap][ci][co], rows npf apart
     std::vector<uint16_t> dx = fused ? to_half(old) : std::vector<uint16_t>(X * cin, HALF_NAN);
     h16::ldsm_conflicts = 0;
     launch(walkers * blocks(cin, h16::HALO_N), 1, 1, [&] {
         const uint16_t* xp = fused ? xh.data() : nullptr;
         if (down) h16::down_dx(dyh.data(), wp.data(), np, xp, dx.data(), fused, n, h, w, cin, cout);
+        else if (wg)
+            h16::halo_conv<h16::Halo3x3Wg, true>(dyh.data(), nullptr, 0, cout, wf.data(), npf, cin, n, h, w, h, w,
+                                                 h16::DxOutH{xp, dx.data(), cin, fused});
         else h16::halo_dx(dyh.data(), wp.data(), np, xp, dx.data(), fused, n, h, w, cin, cout);
     });
     std::vector<float> want = fused ? old : std::vector<float>(X * cin, -99.0f);
     plain_gemm(BwdData{dy.data(), wt.data(), want.data(), g, DxOut{fused ? x.data() : nullptr, fused}}, X, cin,
                taps * cout);
     round_half(want);
-    expect_equal(std::string(down ? "4 x 4 / 2 data gradient by phases, " : "halo conv data gradient, ") +
+    expect_equal(std::string(down ? "4 x 4 / 2 data gradient by phases, " : wg ? "halo conv data gradient on wgmma, " : "halo conv data gradient, ") +
                      std::to_string(cin) + " <- " + std::to_string(cout) + ", " +
                      std::to_string(h) + " x " + std::to_string(w) + (fused ? ", fused epilogue" : "") + ", " +
                      std::to_string(walkers) + " walkers",
@@ -929,7 +1090,21 @@ static void halo_block_inputs() {
     halo_dx_block_case(1, 8, 9, 96, 64, 32, 32, 2);     // unequal parts
 }
 
+// The wgmma kernels (kernels/sm90a/conv_wg.cu) as the mma.sync ones' cases: partial tiles,
+// concatenations, column blocks with N past the last, walkers wrapping images, epilogues
+static void halo_wgmma_layers() {
+    halo_fwd_case(2, 17, 19, 32, 0, 32, true, 3, true);   // 8 partial tiles on 3 walkers, bias + LeakyReLU + residual
+    halo_fwd_case(1, 9, 33, 32, 32, 72, true, 2, true);   // a concatenation in place; three column blocks, the last 8 wide
+    halo_fwd_case(4, 7, 7, 64, 0, 20, false, 3, true);    // two chunks, steps crossing images; N = 20: fragment stores
+    halo_stats_case(2, 17, 19, 32, 32, 16, 3, true);      // down block 0's statistics
+    halo_stats_case(3, 16, 20, 32, 128, 64, 1, true);     // four column blocks, two normalised
+    halo_dx_case(2, 17, 19, 32, 32, true, 3, false, true);   // LeakyReLU' and the accumulation fused
+    halo_dx_case(1, 10, 18, 72, 64, true, 2, false, true);   // into 72 channels from 64: 2 chunks, three column blocks
+    halo_dx_case(1, 10, 18, 20, 64, false, 1, false, true);  // into 20 (N past the last column of the block)
+}
+
 static void halo_layers() {
+    halo_wgmma_layers();
     halo_block_tails();
     halo_block_inputs();
     halo_stats_case(2, 17, 19, 32, 32, 16, 3);   // down block 0: 16 of 32 normalised, partial tiles, 2 images
@@ -1371,7 +1546,7 @@ static void hazard_check_finds_races() {
 
 int main() {
     emu_on_launch = h16::shadow_reset;
-    emu_on_block_end = h16::no_copies_in_flight;
+    emu_on_block_end = h16::block_end;
     hazard_check_finds_races();
     small_layers();
     every_operation<0>();

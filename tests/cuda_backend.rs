@@ -1320,6 +1320,13 @@ fn launches(p: &[spahdmap::backend::cuda::KernelTime], kernel: &str) -> usize {
     p.iter().filter(|t| t.kernel == kernel).map(|t| t.launches).sum()
 }
 
+/// Launches of a 3 × 3 halo kernel of kernels/conv_h16.cu and of its wgmma twin
+/// (kernels/sm90a/conv_wg.cu, `_wg_h16`: on a compute-capability 9.0 card it runs instead).
+fn halo_launches(p: &[spahdmap::backend::cuda::KernelTime], kernel: &str) -> usize {
+    let twin = kernel.strip_suffix("_h16").map(|k| format!("{k}_wg_h16")).expect("an f16 kernel's name");
+    launches(p, kernel) + launches(p, &twin)
+}
+
 /// Values as f16 storage holds them (nearest even).
 fn f16_rounded(v: Vec<f32>) -> Vec<f32> {
     v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect()
@@ -1690,11 +1697,11 @@ fn norm_statistics_ride_on_the_halo_forward() {
     let p = g.take_profile();
     g.set_profiling(false);
     if full_kernel_set(&g) {
-        assert_eq!(launches(&p, "conv3_halo_fwd_stats_h16"), 6, "{p:?}");
+        assert_eq!(halo_launches(&p, "conv3_halo_fwd_stats_h16"), 6, "{p:?}");
         assert_eq!(launches(&p, "finish_moments_shifted"), 6, "{p:?}");
         // the 20-channel layer: the plain forward, then the norm's own statistics pass (twice);
         // its apply pass only where y is wanted
-        assert_eq!(launches(&p, "conv3_halo_fwd_h16"), 2, "{p:?}");
+        assert_eq!(halo_launches(&p, "conv3_halo_fwd_h16"), 2, "{p:?}");
         assert_eq!(launches(&p, "finish_moments_h16"), 2, "{p:?}");
         assert_eq!(launches(&p, "hin_apply_h16"), 4, "{p:?}");
     }
@@ -1789,6 +1796,112 @@ fn withheld_kernels_fall_back_to_the_older_path() {
             assert!(p.iter().any(|t| t.kernel.starts_with("conv2d_fwd")), "the GEMM ran it: {p:?}");
         }
     }
+}
+
+/// The 3 × 3 halo kernels on wgmma (kernels/sm90a/conv_wg.cu: B read by the tensor cores from
+/// shared memory through a descriptor, weights packed K-major) against the CPU and against the
+/// mma.sync kernels they replace (withheld, the same layers again): forward with bias, LeakyReLU
+/// and a residual, a concatenation read in place, N past a column block's last, the statistics
+/// forward, the data gradient with LeakyReLU's derivative and accumulation. Skips where the card
+/// has no sm_90a image (not compute capability 9.0).
+#[test]
+fn halo_layers_on_wgmma_match_the_cpu_and_the_mma_kernels() {
+    let Some(g) = gpu() else { return };
+    if !g.has_wgmma() {
+        eprintln!("skipped: no sm_90a kernels on {}", g.name());
+        return;
+    }
+    g.use_halo(true);
+    let cpu = Cpu::new();
+    let wg = ["conv3_halo_fwd_wg_h16", "conv3_halo_fwd_stats_wg_h16", "conv3_halo_dx_wg_h16"];
+    let c3 = |cin, cout| ConvSpec { cin, cout, k: 3, stride: 1, pad: 1 };
+    // (n, h, w), cin (ca: a concatenation's first part, 0: one tensor), cout
+    let cases =
+        [((2, 35, 37), 32, 0, 32), ((1, 18, 33), 64, 32, 72), ((3, 20, 19), 64, 0, 20), ((1, 16, 16), 128, 0, 128)];
+    for (i, ((n, h, w), cin, ca, cout)) in cases.into_iter().enumerate() {
+        let i = i as u64;
+        let (xs, sp) = (Shape { n, h, w, c: cin }, c3(cin, cout));
+        let os = xs.with_c(cout);
+        let x = f16_rounded(rnd(xs.len(), 900 + i, -1.0, 1.0));
+        let wt = f16_rounded(rnd(sp.weight_len(), 910 + i, -0.2, 0.2));
+        let bias = rnd(cout, 920 + i, -0.5, 0.5);
+        let res = f16_rounded(rnd(os.len(), 930 + i, -1.0, 1.0));
+        let mut y = vec![0f32; os.len()];
+        cpu.conv2d(&x, xs, &sp, &wt, Some(&bias), Epilogue { leaky: true, residual: Some(&res) }, &mut y);
+        let (wg_, bg, rg) = (g.upload(&wt), g.upload(&bias), g.upload_half(&res));
+        let px = n * h * w;
+        let (xa, xb): (Vec<f32>, Vec<f32>) = if ca > 0 {
+            let a = (0..px).flat_map(|q| x[q * cin..q * cin + ca].to_vec()).collect();
+            let b = (0..px).flat_map(|q| x[q * cin + ca..(q + 1) * cin].to_vec()).collect();
+            (a, b)
+        } else {
+            (x.clone(), Vec::new())
+        };
+        let (xag, xbg) = (g.upload_half(&xa), g.upload_half(&xb));
+        let mut got = Vec::new();
+        for withheld in [false, true] {
+            g.withhold(if withheld { &wg[..] } else { &[] });
+            g.set_profiling(true);
+            let mut yg = nan_half(&g, os.len());
+            let epi = Epilogue { leaky: true, residual: Some(&rg) };
+            if ca > 0 {
+                g.conv2d_cat(&xag, ca, &xbg, xs, &sp, &wg_, Some(&bg), epi, &mut yg);
+            } else {
+                g.conv2d(&xag, xs, &sp, &wg_, Some(&bg), epi, &mut yg);
+            }
+            let p = g.take_profile();
+            g.set_profiling(false);
+            let what = format!("wgmma forward {cin} -> {cout} ({n} x {h} x {w}), withheld: {withheld}");
+            check(&what, &g, &yg, &y, 2e-3);
+            assert_eq!(launches(&p, wg[0]), usize::from(!withheld), "{what}: {p:?}");
+            got.push(g.download(&yg));
+        }
+        let diff = rel(&got[0], &got[1]);
+        assert!(diff < 2e-3, "wgmma and mma.sync forwards {cin} -> {cout}: {diff:e}");
+        // the data gradient (dY of cout channels, a multiple of 32) with LeakyReLU' at x and
+        // accumulation into dX
+        if cout % 32 == 0 {
+            let dy = f16_rounded(rnd(os.len(), 940 + i, -1.0, 1.0));
+            let old = f16_rounded(rnd(xs.len(), 950 + i, -1.0, 1.0));
+            let dxe = DxEpilogue { leaky: true, accumulate: true };
+            let (mut dx, mut dw) = (old.clone(), vec![0f32; sp.weight_len()]);
+            cpu.conv2d_backward(&x, xs, &sp, &wt, &dy, Some(&mut dx), dxe, &mut dw, None);
+            let (xg, dyg) = (g.upload_half(&x), g.upload_half(&dy));
+            for withheld in [false, true] {
+                g.withhold(if withheld { &wg[..] } else { &[] });
+                g.set_profiling(true);
+                let (mut dxg, mut dwg) = (g.upload_half(&old), nan(&g, sp.weight_len()));
+                g.conv2d_backward(&xg, xs, &sp, &wg_, &dyg, Some(&mut dxg), dxe, &mut dwg, None);
+                let p = g.take_profile();
+                g.set_profiling(false);
+                let what = format!("wgmma data gradient {cin} <- {cout}, withheld: {withheld}");
+                check(&what, &g, &dxg, &dx, 2e-3);
+                assert_eq!(launches(&p, wg[2]), usize::from(!withheld), "{what}: {p:?}");
+            }
+        }
+    }
+    // the statistics forward
+    let (xs, sp) = (Shape { n: 2, h: 35, w: 37, c: 32 }, c3(32, 32));
+    let os = xs.with_c(32);
+    let x = f16_rounded(rnd(xs.len(), 960, -1.0, 1.0));
+    let (wt, bias) = (rnd(sp.weight_len(), 961, -0.2, 0.2), rnd(32, 962, -0.5, 0.5));
+    let (gamma, beta) = (rnd(16, 963, 0.5, 1.5), rnd(16, 964, -0.5, 0.5));
+    let mut c1 = vec![0f32; os.len()];
+    cpu.conv2d(&x, xs, &sp, &wt, Some(&bias), Epilogue::NONE, &mut c1);
+    let c1h = f16_rounded(c1.clone());
+    let (mut y, mut st) = (vec![0f32; os.len()], vec![0f32; 2 * 2 * 16]);
+    cpu.hin_forward(&c1h, os, &gamma, &beta, true, &mut y, &mut st);
+    let (wgt, bg, gg, btg) = (g.upload(&wt), g.upload(&bias), g.upload(&gamma), g.upload(&beta));
+    g.withhold(&[]);
+    g.set_profiling(true);
+    let (mut c1g, mut yg, mut stg) = (nan_half(&g, os.len()), nan_half(&g, os.len()), nan(&g, st.len()));
+    g.conv2d_hin(&g.upload_half(&x), xs, &sp, &wgt, Some(&bg), (&gg, &btg), true, &mut c1g, Some(&mut yg), &mut stg);
+    let p = g.take_profile();
+    g.set_profiling(false);
+    check("wgmma forward with statistics: c1", &g, &c1g, &c1, 2e-3);
+    check("wgmma forward with statistics: statistics", &g, &stg, &st, 1e-4);
+    check("wgmma forward with statistics: y", &g, &yg, &y, 2e-3);
+    assert_eq!(launches(&p, wg[1]), 1, "{p:?}");
 }
 
 /// The 4 × 4 stride-2 downsampling on its halo kernels (`conv4_down_halo_fwd_h16`: planes of
@@ -2042,9 +2155,9 @@ fn halo_convolutions_match_the_cpu() {
     g.set_profiling(false);
     if full_kernel_set(&g) {
         let fours = fwd.iter().filter(|f| f.1.cin % 32 != 0).count();
-        assert_eq!(launches(&p, "conv3_halo_fwd_h16"), fwd.len() - fours, "{p:?}");
+        assert_eq!(halo_launches(&p, "conv3_halo_fwd_h16"), fwd.len() - fours, "{p:?}");
         assert_eq!(launches(&p, "conv3_halo_fwd4_h16"), fours, "{p:?}");
-        assert_eq!(launches(&p, "conv3_halo_dx_h16"), 3, "{p:?}");
+        assert_eq!(halo_launches(&p, "conv3_halo_dx_h16"), 3, "{p:?}");
         assert_eq!(launches(&p, "conv3_halo_dw_h16"), 3, "{p:?}");
         assert_eq!(launches(&p, "colsum_runs_f32"), 1, "{p:?}");
         let gemm =

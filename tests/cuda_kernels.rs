@@ -145,6 +145,7 @@ fn devices_reports_threads_devices_and_kernels() {
     assert_eq!(v["kernels_built"], !cuda::FATBIN.is_empty());
     if v["kernels_built"] == true {
         let archs: Vec<&str> = v["kernel_archs"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-        assert_eq!(archs, ["sm_80", "sm_90", "compute_90"]);
+        assert_eq!(archs, ["sm_80", "sm_90", "compute_90", "sm_90a"]);
+        assert!(!cuda::FATBIN_SM90A.is_empty(), "the wgmma kernels' image");
     }
 }

@@ -1,8 +1,9 @@
 //! What the host assumes of the kernels, checked on nvcc's PTX without a GPU: the table of
 //! kernels launched with dynamic shared memory (`cuda::DYNAMIC_SHARED_MEMORY`; past 48 KB they
-//! opt in before their first launch) names exactly the entry points of kernels/conv_h16.cu that
-//! stage in the halo kernels' dynamic array, and each fits a block's shared memory on every card
-//! of compute 8.0 and up. A kernel missing from the table fails its first launch on a card (a
+//! opt in before their first launch) names exactly the entry points of kernels/conv_h16.cu and
+//! of the wgmma kernels built on it (kernels/sm90a/conv_wg.cu, which includes it) that stage in
+//! the halo kernels' dynamic array, and each fits a block's shared memory on every card of
+//! compute 8.0 and up. A kernel missing from the table fails its first launch on a card (a
 //! review caught one before it reached a card). Asks the nvcc that built the kernels
 //! (`cuda::NVCC`); skips where none did, unless SPAHDMAP_REQUIRE_NVCC=1 (CI).
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,16 +69,20 @@ fn the_dynamic_shared_memory_table_names_every_kernel_staging_in_it() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let ptx = std::env::temp_dir().join(format!("spahdmap-contract-{}.ptx", std::process::id()));
     let out = Command::new(nvcc)
-        .args(["-ptx", "-arch=compute_90", "-std=c++17", "-o"])
+        .args(["-ptx", "-arch=compute_90a", "-std=c++17", "-o"])
         .arg(&ptx)
-        .arg(root.join("kernels/conv_h16.cu"))
+        .arg(root.join("kernels/sm90a/conv_wg.cu"))
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", nvcc.display()));
-    assert!(out.status.success(), "nvcc -ptx kernels/conv_h16.cu: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "nvcc -ptx kernels/sm90a/conv_wg.cu: {}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&ptx).unwrap();
     std::fs::remove_file(&ptx).ok();
     let bodies = entries(&text);
-    assert!(bodies.len() > 20 && bodies.contains_key("conv3_halo_fwd_h16"), "entry points read: {:?}", bodies.keys());
+    assert!(
+        bodies.len() > 20 && bodies.contains_key("conv3_halo_fwd_h16") && bodies.contains_key("conv3_halo_fwd_wg_h16"),
+        "entry points read: {:?}",
+        bodies.keys()
+    );
     let staging: BTreeSet<&str> =
         bodies.iter().filter(|(_, b)| b.contains(HALO_ARRAY)).map(|(n, _)| n.as_str()).collect();
     let listed: BTreeSet<&str> = DYNAMIC_SHARED_MEMORY.iter().map(|(n, _)| *n).collect();

@@ -110,6 +110,9 @@ pub struct Cuda {
     precision: Precision,
     pub(super) stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
+    /// the wgmma kernels (`FATBIN_SM90A`, entry points `*_wg_*`) on a compute-capability 9.0 card
+    /// running the embedded image; None elsewhere, and their callers take the mma.sync kernels
+    module_sm90a: Option<Arc<CudaModule>>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     /// entry points looked up and absent: a kernel image from an older build
     /// (`SPAHDMAP_GPU_KERNELS`) lacks the later ones, and their callers fall back
@@ -162,8 +165,9 @@ pub struct Cuda {
     pub(super) frozen: Mutex<Option<FrozenPackings>>,
 }
 
-/// f16 packings of frozen weights and their row pitch, by (weights' address, rows, columns).
-pub(super) type FrozenPackings = HashMap<(u64, usize, usize), (DBuf, usize)>;
+/// f16 packings of frozen weights and their row pitch, by (weights' address, rows, columns,
+/// K-major: the wgmma kernels' [tap][cout][cin] of a 3 × 3 layer).
+pub(super) type FrozenPackings = HashMap<(u64, usize, usize, bool), (DBuf, usize)>;
 
 /// The copy stream of overlapped uploads and their page-locked staging: a ring of buffers,
 /// each written again only once the copy recorded in its event has left it.
@@ -244,15 +248,26 @@ impl Cuda {
         // SPAHDMAP_GPU_KERNELS: a fatbin or cubin built from kernels/*.cu by hand, in place of
         // the embedded one (kernel experiments on a card without rebuilding the binary; the
         // entries' signatures must be the embedded ones')
-        let image = match std::env::var_os("SPAHDMAP_GPU_KERNELS") {
+        let replaced = std::env::var_os("SPAHDMAP_GPU_KERNELS");
+        let image = match &replaced {
             Some(path) => {
-                std::fs::read(&path).map_err(|e| format!("SPAHDMAP_GPU_KERNELS={}: {e}", path.to_string_lossy()))?
+                std::fs::read(path).map_err(|e| format!("SPAHDMAP_GPU_KERNELS={}: {e}", path.to_string_lossy()))?
             }
             None => super::FATBIN.to_vec(),
         };
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(image))
             .map_err(|e| format!("cuda:{ordinal}: loading the kernels failed: {e}"))?;
+        // the sm_90a image only beside the embedded one (a replaced image is measured as it is)
+        let module_sm90a = if replaced.is_none() && info.compute_capability == (9, 0) && !super::FATBIN_SM90A.is_empty()
+        {
+            let m = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(super::FATBIN_SM90A.to_vec()))
+                .map_err(|e| format!("cuda:{ordinal}: loading the sm_90a kernels failed: {e}"))?;
+            Some(m)
+        } else {
+            None
+        };
         let stream = ctx.new_stream().map_err(|e| format!("cuda:{ordinal}: {e}"))?;
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -265,6 +280,7 @@ impl Cuda {
             precision,
             stream,
             module,
+            module_sm90a,
             funcs: Mutex::default(),
             absent: Mutex::default(),
             withheld: Mutex::new(kernel_list(&std::env::var("SPAHDMAP_GPU_WITHOUT").unwrap_or_default())),
@@ -353,6 +369,12 @@ impl Cuda {
     pub fn withhold(&self, names: &[&str]) {
         *self.withheld.lock().unwrap() = names.iter().map(|n| n.to_string()).collect();
     }
+    /// Whether this card has the wgmma kernels' image loaded (compute capability 9.0, the
+    /// embedded kernels): the 3 × 3 halo forward and data gradient then run on them.
+    pub fn has_wgmma(&self) -> bool {
+        self.module_sm90a.is_some()
+    }
+
     /// Whether any entry point is withheld (tests then leave the launch counts that pin the
     /// full set's dispatch unchecked).
     pub fn withholds_any(&self) -> bool {
@@ -371,18 +393,29 @@ impl Cuda {
         if absent.contains(name) {
             return false;
         }
-        let found = self.module.load_function(name).is_ok();
+        let found = self.load_function(name).is_ok();
         if !found {
             absent.insert(name);
         }
         found
     }
 
+    /// Entry point `name` of the image that holds it: the wgmma kernels (`_wg_` in the name)
+    /// from the sm_90a one, where loaded.
+    fn load_function(&self, name: &str) -> Result<CudaFunction, String> {
+        let module = if is_wgmma_kernel(name) {
+            self.module_sm90a.as_ref().ok_or("no sm_90a kernel image on this card")?
+        } else {
+            &self.module
+        };
+        module.load_function(name).map_err(|e| e.to_string())
+    }
+
     pub(super) fn func(&self, name: &'static str) -> CudaFunction {
         let mut f = self.funcs.lock().unwrap();
         f.entry(name)
             .or_insert_with(|| {
-                let f = self.module.load_function(name).unwrap_or_else(|e| panic!("CUDA kernel {name} missing: {e}"));
+                let f = self.load_function(name).unwrap_or_else(|e| panic!("CUDA kernel {name} missing: {e}"));
                 // kernels staging more than 48 KB opt in to it once
                 if let Some(bytes) = dynamic_smem(name) {
                     let attr =
@@ -825,7 +858,7 @@ fn graphs_from_env() -> bool {
 /// in before their first launch (`func`), and a kernel staging in the halo kernels' dynamic
 /// array without its row here fails that launch. tests/kernel_contract.rs holds this table to
 /// the entry points of nvcc's PTX.
-pub const DYNAMIC_SHARED_MEMORY: [(&str, usize); 12] = [
+pub const DYNAMIC_SHARED_MEMORY: [(&str, usize); 15] = [
     ("conv3_halo_dw_h16", super::half::HALO_DW_SMEM),
     ("conv4_down_halo_fwd_h16", super::half::DOWN_SMEM),
     ("conv4_down_halo_dx_h16", super::half::DOWN_DX_SMEM),
@@ -839,6 +872,10 @@ pub const DYNAMIC_SHARED_MEMORY: [(&str, usize); 12] = [
     ("conv3_halo_block_norm_h16", 2 * super::half::HALO_FWD_STAGE),
     ("conv3_halo_block4_h16", 2 * super::half::HALO_FWD_STAGE),
     ("conv3_halo_dx_block_h16", 2 * super::half::HALO_FWD_STAGE),
+    // the same on wgmma (kernels/sm90a/conv_wg.cu)
+    ("conv3_halo_fwd_wg_h16", 2 * super::half::HALO_FWD_STAGE),
+    ("conv3_halo_fwd_stats_wg_h16", 2 * super::half::HALO_FWD_STAGE),
+    ("conv3_halo_dx_wg_h16", 2 * super::half::HALO_FWD_STAGE),
 ];
 
 /// Dynamic shared memory a kernel may be launched with (at most), where it has any.
@@ -858,6 +895,12 @@ fn halo_from_env() -> bool {
 /// the 3 × 3 ones stay on the halo kernels: one binary measures either way on a card.
 fn halo_down_from_env() -> bool {
     !off_in_env("SPAHDMAP_GPU_HALO_DOWN")
+}
+
+/// Whether entry point `name` is one of kernels/sm90a's (wgmma): those are looked up in the
+/// sm_90a image alone.
+fn is_wgmma_kernel(name: &str) -> bool {
+    name.contains("_wg_")
 }
 
 /// Kernel names in a list separated by commas or white space (SPAHDMAP_GPU_WITHOUT).
@@ -1142,7 +1185,11 @@ impl Backend for Cuda {
 
     fn name(&self) -> String {
         // benchmark lines say which convolution kernels ran
-        let halo = if self.halo.load(Ordering::Relaxed) { ", halo 3x3 kernels" } else { "" };
+        let halo = match (self.halo.load(Ordering::Relaxed), self.module_sm90a.is_some()) {
+            (true, true) => ", halo 3x3 kernels (wgmma where written)",
+            (true, false) => ", halo 3x3 kernels",
+            _ => "",
+        };
         let withheld = self.withheld.lock().unwrap();
         let without = if withheld.is_empty() { String::new() } else { format!(", without {}", withheld.join(" ")) };
         format!("{}{halo}{without}", self.label)

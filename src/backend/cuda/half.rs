@@ -45,6 +45,12 @@ const _: () = assert!(DOWN_SMEM == 143_744);
 const DOWN_KERNEL: &str = "conv4_down_halo_fwd_h16";
 /// The 3 × 3 halo forward from a multiple of 4 channels, not of 32 (`Halo3x3Four`).
 const HALO_FWD4: &str = "conv3_halo_fwd4_h16";
+/// The 3 × 3 halo kernels on wgmma (kernels/sm90a/conv_wg.cu, conv_halo.cuh `Halo3x3Wg`): the
+/// forward, the forward summing half instance norm's statistics, the data gradient. On a
+/// compute-capability 9.0 card they replace the mma.sync kernels of the same names without `_wg`.
+const HALO_FWD_WG: &str = "conv3_halo_fwd_wg_h16";
+const HALO_STATS_WG: &str = "conv3_halo_fwd_stats_wg_h16";
+const HALO_DX_WG: &str = "conv3_halo_dx_wg_h16";
 /// The block tail reading conv_1's output and normalising it as it stages (`HaloNorm`).
 const HALO_BLOCK_NORM: &str = "conv3_halo_block_norm_h16";
 /// The block tail with conv2 from a multiple of 4 channels (`Halo3x3Four`).
@@ -379,7 +385,17 @@ impl Cuda {
     /// While the weights are frozen (`Backend::freeze_weights`: inference) each packing is
     /// kept and handed out again; the copy is then the cache's (None to release).
     fn packed_weights(&self, w: &DBuf, rows: usize, cols: usize) -> (Packed, usize) {
-        let key = (self.addr(w), rows, cols);
+        self.packed_as(w, rows, cols, false)
+    }
+
+    /// A 3 × 3 layer's f32 weights [tap][cin][cout] packed K-major for the wgmma kernels
+    /// ([tap][cout][cin] f16, rows cin apart: `pack_weights_t_h16`), kept as `packed_weights`'.
+    fn packed_weights_k(&self, w: &DBuf, cin: usize, cout: usize) -> (Packed, usize) {
+        self.packed_as(w, 9 * cin, cout, true)
+    }
+
+    fn packed_as(&self, w: &DBuf, rows: usize, cols: usize, k_major: bool) -> (Packed, usize) {
+        let key = (self.addr(w), rows, cols, k_major);
         // a capture records the packing instead: the cache is not touched under it
         let cache = self.capture.lock().unwrap().is_none();
         if cache {
@@ -387,7 +403,12 @@ impl Cuda {
                 return (Packed { ptr: self.hptr(p), own: None }, *np);
             }
         }
-        let (p, np) = self.pack_weights(w, rows, cols);
+        let (p, np) = if k_major {
+            let cin = rows / 9;
+            self.packed_weights_t(w, 9, cin, cols, (cin * cols, cols))
+        } else {
+            self.pack_weights(w, rows, cols)
+        };
         let ptr = self.hptr(&p);
         if cache {
             if let Some(m) = self.frozen.lock().unwrap().as_mut() {
@@ -437,9 +458,20 @@ impl Cuda {
         epi: Epilogue<DBuf>,
         y: &mut DBuf,
     ) {
-        let (wh, np) = self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout);
-        self.conv2d_h16_packed(x, second, xs, spec, wh.ptr, np, bias, epi, y);
+        let wg = self.wg_fwd_runs(spec);
+        let (wh, np) = if wg {
+            self.packed_weights_k(w, spec.cin, spec.cout)
+        } else {
+            self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout)
+        };
+        self.conv2d_h16_packed(x, second, xs, spec, wh.ptr, np, bias, epi, y, wg);
         wh.release(self);
+    }
+
+    /// Whether a layer's f16 forward runs on wgmma (`conv3_halo_fwd_wg_h16`, weights K-major):
+    /// a halo layer from whole 32-channel chunks on a card whose sm_90a image has the kernel.
+    fn wg_fwd_runs(&self, spec: &ConvSpec) -> bool {
+        spec.cin % K_STEP == 0 && self.halo_fits(spec) && self.has_kernel(HALO_FWD_WG)
     }
 
     /// Whether the f16 GEMM reads [a | b] itself (`conv2d_fwd_cat_*`): both f16 with whole K
@@ -464,6 +496,7 @@ impl Cuda {
         bias: Option<&DBuf>,
         epi: Epilogue<DBuf>,
         y: &mut DBuf,
+        k_major: bool,
     ) {
         let (oh, ow) = spec.out_hw(xs.h, xs.w);
         let pixels = xs.n * oh * ow;
@@ -481,7 +514,10 @@ impl Cuda {
             }
             None => (0, 0),
         };
-        let (kernel, cfg) = if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
+        let (kernel, cfg) = if k_major {
+            // weights packed for it (`wg_fwd_runs`)
+            (HALO_FWD_WG, self.halo_grid(HALO_FWD_WG, xs, spec.cout))
+        } else if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
             ("conv3_halo_fwd_h16", self.halo_grid("conv3_halo_fwd_h16", xs, spec.cout))
         } else if spec.cin % 4 == 0 && second.is_none() && self.halo_fits(spec) && self.has_kernel(HALO_FWD4) {
             // 32-channel chunks, zero past cin (the low-rank head's 20 → 20 layer: one)
@@ -575,7 +611,7 @@ impl Cuda {
         let ys = Shape { n: xs.n, h: 2 * xs.h, w: 2 * xs.w, c: cout };
         if let Some(dx) = dx {
             let (wt, np) = self.packed_weights_t(w, 4, xs.c, cout, (cout, 4 * cout));
-            self.conv2d_h16_packed(dy, None, ys, &spec, self.hptr(&wt), np, None, Epilogue::NONE, dx);
+            self.conv2d_h16_packed(dy, None, ys, &spec, self.hptr(&wt), np, None, Epilogue::NONE, dx, false);
             self.release(wt);
         }
         // [(tap, co)][ci], then into the weights' [ci][tap][co]
@@ -732,7 +768,13 @@ impl Cuda {
         let pixels = xs.n * xs.h * xs.w;
         within_fast_div(pixels);
         let taps = spec.k * spec.k;
-        let (wt, np) = self.packed_weights_t(w, taps, spec.cin, spec.cout, (spec.cin * spec.cout, spec.cout));
+        // the wgmma kernel reads the forward's packing, [tap][ci][co]: K-major for dX
+        let wg = self.halo_fits(spec) && self.has_kernel(HALO_DX_WG);
+        let (wt, np) = if wg {
+            self.pack_weights(w, taps * spec.cin, spec.cout)
+        } else {
+            self.packed_weights_t(w, taps, spec.cin, spec.cout, (spec.cin * spec.cout, spec.cout))
+        };
         let narrow = spec.cin <= 32;
         let tile = if narrow { NARROW } else { TILE };
         let xin = if dxe.leaky { self.hptr(x) } else { 0 };
@@ -741,6 +783,7 @@ impl Cuda {
         // strided layers by phases (their kernel divides by the stride): one grid layer each
         let s = spec.stride;
         let (kernel, grid) = match (s > 1, narrow) {
+            _ if wg => (HALO_DX_WG, self.halo_grid(HALO_DX_WG, xs, spec.cin)),
             _ if self.halo_fits(spec) => ("conv3_halo_dx_h16", self.halo_grid("conv3_halo_dx_h16", xs, spec.cin)),
             // the phases' grid: four (image, phase) pairs an image over dY's pixels
             _ if self.down_dx_fits(spec, xs) => {
@@ -880,7 +923,7 @@ impl Cuda {
             && self.len(x) == xs.len()
             && self.len(c1) == os.len()
             && self.len(stats) == 2 * os.n * (os.c / 2)
-            && self.has_kernel("conv3_halo_fwd_stats_h16")
+            && (self.has_kernel("conv3_halo_fwd_stats_h16") || self.has_kernel(HALO_STATS_WG))
             && self.has_kernel("finish_moments_shifted")
     }
 
@@ -908,8 +951,13 @@ impl Cuda {
         let s0 = self.scratch(&self.f64s, 2 * at);
         let s1 = s0 + (at * 8) as u64;
         self.zero_bytes(s0, 2 * at * 8);
-        let (wt, np) = self.packed_weights(w, 9 * spec.cin, spec.cout);
-        let kernel = "conv3_halo_fwd_stats_h16";
+        let wg = self.has_kernel(HALO_STATS_WG);
+        let (wt, np) = if wg {
+            self.packed_weights_k(w, spec.cin, spec.cout)
+        } else {
+            self.packed_weights(w, 9 * spec.cin, spec.cout)
+        };
+        let kernel = if wg { HALO_STATS_WG } else { "conv3_halo_fwd_stats_h16" };
         let cfg = self.halo_grid(kernel, xs, spec.cout);
         let c = |v: usize| v as i32;
         let (xp, bp, c1p) = (self.hptr(x), self.optr(bias), self.hptr(c1));

@@ -42,6 +42,9 @@ pub const NVCC: &str = env!("SPAHDMAP_NVCC");
 
 /// The fatbin of `kernels/*.cu` (empty when built without nvcc).
 pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin"));
+/// The sm_90a image of `kernels/sm90a/*.cu` (the wgmma kernels; empty when built without nvcc),
+/// loaded beside FATBIN on a compute-capability 9.0 card.
+pub static FATBIN_SM90A: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels_sm90a.fatbin"));
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceInfo {

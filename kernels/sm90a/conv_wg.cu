@@ -1,0 +1,32 @@
+// The halo kernels on wgmma (conv_halo.cuh Halo3x3Wg), for sm_90a alone: build.rs compiles this
+// file into a second image (-gencode arch=compute_90a,code=sm_90a) that the CUDA backend loads
+// beside the main one on a compute-capability 9.0 card and asks only for these entry points. The
+// signatures and epilogues are the mma.sync kernels' (conv_h16.cu) but for the weights: packed
+// K-major, [tap][N][np] with a column's np ≥ C channels contiguous (np: that row length).
+#include "../conv_h16.cu"
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// conv3_halo_fwd_h16's (cin a multiple of 32, x2 / ca a concatenation); wt [tap][cout][np]
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_fwd_wg_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, const uint16_t* res,
+                          uint16_t* y, int leaky, int n, int h, int w, int cin, int cout, int, int, int,
+                          const uint16_t* x2, int ca) {
+    h16::halo_conv<h16::Halo3x3Wg, false>(x, x2, ca, cin, wt, np, cout, n, h, w, h, w,
+                                          h16::FwdOut{bias, res, y, cout, leaky});
+}
+// conv3_halo_fwd_stats_h16's; wt [tap][cout][np]
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_fwd_stats_wg_h16(const uint16_t* x, const uint16_t* wt, int np, const float* bias, uint16_t* y, int n,
+                                int h, int w, int cin, int cout, double* s0, double* s1, int cn) {
+    if (cout % 8 != 0) __trap();
+    const h16::FwdStatsOut out{{bias, nullptr, y, cout, 0}, s0, s1, cn};
+    h16::halo_conv<h16::Halo3x3Wg, false>(x, nullptr, 0, cin, wt, np, cout, n, h, w, h, w, out);
+}
+// conv3_halo_dx_h16's (cout a multiple of 32); wt [tap][cin][np], the forward's [tap][ci][co]
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_dx_wg_h16(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx,
+                         int accumulate, int n, int h, int w, int cin, int cout, int, int, int) {
+    h16::halo_conv<h16::Halo3x3Wg, true>(dy, nullptr, 0, cout, wt, np, cin, n, h, w, h, w,
+                                         h16::DxOutH{x, dx, cin, accumulate});
+}
+#endif
