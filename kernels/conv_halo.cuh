@@ -147,6 +147,7 @@ struct HaloIdentity {
     const float* b2;         // conv2's bias (null: none; not read in DX)
     uint16_t* a2;            // conv2's activation, kept (null: not written; not in DX)
     HaloNorm norm = {};      // conv2's input is c1, normalised as staged (not in DX)
+    int np_id = 0;           // Halo3x3Wg: the row length of wt, packed K-major ([N][np_id])
 };
 
 // HaloNorm on the chunks this thread staged (halo_stage's mapping, one tensor of C channels) of
@@ -284,6 +285,15 @@ DEV void wg_weights(uint16_t* ws, const uint16_t* wt, int np, int N, int c0, int
     for (int i = 0; i < 5; ++i, g += step)
         if (tap0 + 2 * i < 9) cp_async16(s + 2 * i * WG_TAP, ok ? g : wt, ok);
 }
+// The identity's weights (K-major, [N][np]) as the centre tap's of a Halo3x3Wg slot: channels
+// c0 .. c0 + 31, columns n0 .. n0 + 31, zero past N. Threads 0–127: chunk t mod 4 of column t / 4.
+DEV void wg_centre_weights(uint16_t* ws, const uint16_t* wt, int np, int N, int c0, int n0) {
+    const int kg = threadIdx.x % 4, col = threadIdx.x / 4;
+    if (col >= HALO_N) return;
+    const bool ok = n0 + col < N;
+    cp_async16(ws + 4 * WG_TAP + kg * 8 * HALO_N + col * 8, ok ? wt + ((int64_t)(n0 + col) * np + c0 + 8 * kg) : wt,
+               ok);
+}
 struct Halo3x3Wg : Halo3x3 {
     static constexpr bool WG = true;
     DEV static void stage(uint16_t* hs, const uint16_t* x, const uint16_t* x2, int ca, int C, int c0,
@@ -419,7 +429,6 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
                    int h, int w, int ih, int iw, const Out& out, const HaloIdentity& id = {}) {
     static_assert(HALO_T * HALO_T * HALO_CS * 4 <= G::STAGE * 2, "a tile's f32 result fits a slot");
     static_assert(!ID || std::is_base_of_v<Halo3x3, G>, "the identity's steps stage as the 3 x 3 layers");
-    static_assert(!ID || !G::WG, "the identity's centre-tap steps stage B for mma.sync");
     HALO_DYNAMIC_SMEM(smem, 2 * G::STAGE);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int nb = (N + HALO_N - 1) / HALO_N, walkers = (int)gridDim.x / nb, first = (int)blockIdx.x / nb;
@@ -455,7 +464,8 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
         if (ID && k >= chunks2) {
             const int c0 = HALO_C * (k - chunks2);
             halo_stage(hs, id.x, id.x2, id.ca, id.C, c0, t, h, w, true);
-            halo_centre_weights(hs + G::IN, id.wt, np, c0, n0);
+            if constexpr (G::WG) wg_centre_weights(hs + G::IN, id.wt, id.np_id, N, c0, n0);
+            else halo_centre_weights(hs + G::IN, id.wt, np, c0, n0);
             return;
         }
         G::stage(hs, x, x2, ca, C, G::CH * k, t, ih, iw, wt, np, n0, N);
@@ -527,7 +537,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
         if (s + 1 < steps) stage(s + 1, last ? 0 : k + 1, last ? halo_advance(t, wdx, wdy, h, w) : t);
         cp_commit();
         cp_wait<1>();  // this step's group has landed, for this thread
-        if constexpr (ID && !DX && std::is_same_v<G, Halo3x3>)  // halo_norm_own: halo_stage's copies
+        if constexpr (ID && !DX && (std::is_same_v<G, Halo3x3> || std::is_same_v<G, Halo3x3Wg>))  // halo_stage's copies
             if (id.norm.stats && k < chunks2) halo_norm_own(smem + (s & 1) * G::STAGE, id.norm, G::CH * k, t, h, w);
         if constexpr (G::WG) wg_proxy_fence();  // the wgmmas read the weights through the async proxy
         __syncthreads();  // and for every thread
@@ -544,6 +554,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
 #pragma unroll
             for (int sl = 0; sl < 2 * G::TAPS; ++sl) {
                 const int tap = sl / 2, kk = 16 * (sl % 2);
+                if (centre && tap != 4) continue;  // (uniform: the whole warpgroup skips)
                 if (sl >= 2) wg_wait<1>();
 #pragma unroll
                 for (int i = 0; i < 2; ++i) ldsm_x4(a[sl % 2][i], Hs + arow[i] + G::template shift<DX>(tap) + kk);

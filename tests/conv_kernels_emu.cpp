@@ -970,8 +970,10 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
 // (HaloNorm), against the policies on a1 = LeakyReLU(HIN(c1)) written out; every value a multiple
 // of 5 before LeakyReLU and rstd, γ of 1, 2 or −1, so that a1 stays integer and the sums exact
 // `four`: conv2 from a multiple of 4 channels (Halo3x3Four), the low-rank head's
+// `wg`: on wgmma (Halo3x3Wg), both weights packed K-major
+static std::vector<uint16_t> pack_k_major(const std::vector<float>& wt, int taps, int cin, int cout, int np);
 static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cout, bool keep, unsigned walkers,
-                            bool norm = false, bool four = false) {
+                            bool norm = false, bool four = false, bool wg = false) {
     const int cid = ca + cb;
     const Geom g2 = geom(n, h, w, c2, cout, 3, 1, 1), gid = geom(n, h, w, cid, cout, 1, 1, 0);
     const int64_t P = (int64_t)n * h * w;
@@ -1006,9 +1008,12 @@ static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cou
     h16::HaloIdentity id{xah.data(), cb ? xbh.data() : nullptr, cb ? ca : 0, cid, widh.data(), b2.data(),
                          keep ? a2.data() : nullptr};
     if (norm) id.norm = h16::HaloNorm{stats.data(), gamma.data(), beta.data(), n, half};
+    const auto w2k = pack_k_major(w2, 9, c2, cout, c2), widk = pack_k_major(wid, 1, cid, cout, cid);
+    if (wg) id.wt = widk.data(), id.np_id = cid;
     launch(walkers * blocks(cout, h16::HALO_N), 1, 1,
            [&] {
-               if (four) h16::halo_block<h16::Halo3x3Four>(a1h.data(), w2h.data(), np, bid.data(), out.data(), n, h, w, c2, cout, id);
+               if (wg) h16::halo_block<h16::Halo3x3Wg>(a1h.data(), w2k.data(), c2, bid.data(), out.data(), n, h, w, c2, cout, id);
+               else if (four) h16::halo_block<h16::Halo3x3Four>(a1h.data(), w2h.data(), np, bid.data(), out.data(), n, h, w, c2, cout, id);
                else h16::halo_block(a1h.data(), w2h.data(), np, bid.data(), out.data(), n, h, w, c2, cout, id);
            });
     std::vector<float> a2_want(P * cout, -99.0f), out_want(P * cout, -99.0f);
@@ -1016,7 +1021,7 @@ static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cou
     round_half(a2_want);
     plain_gemm(Fwd{x.data(), wid.data(), bid.data(), a2_want.data(), out_want.data(), gid, 0}, P, cout, cid);
     round_half(out_want);
-    const std::string what = std::string(norm ? "from c1 normalised as staged, " : "") + std::to_string(c2) + " -> " + std::to_string(cout) + ", identity from " +
+    const std::string what = std::string(wg ? "on wgmma, " : "") + (norm ? "from c1 normalised as staged, " : "") + std::to_string(c2) + " -> " + std::to_string(cout) + ", identity from " +
                              std::to_string(ca) + (cb ? " + " + std::to_string(cb) : "") + ", " + std::to_string(n) +
                              " x " + std::to_string(h) + " x " + std::to_string(w) + ", " + std::to_string(walkers) +
                              " walkers";
@@ -1045,7 +1050,8 @@ static void halo_block_tails() {
 // from dc1 (c1 channels) plus the 1 × 1 identity's from d_out (cid channels), written whole or
 // split at ca (the decoder's [up | skip]); against the two layers' policies summed in f32 and
 // rounded once (small integers: every sum exact)
-static void halo_dx_block_case(int n, int h, int w, int cin, int ca, int c1, int cid, unsigned walkers) {
+static void halo_dx_block_case(int n, int h, int w, int cin, int ca, int c1, int cid, unsigned walkers,
+                               bool wg = false) {
     const Geom g1 = geom(n, h, w, cin, c1, 3, 1, 1), gid = geom(n, h, w, cin, cid, 1, 1, 0);
     const int64_t X = (int64_t)n * h * w;
     const int np = (cin + 7) / 8 * 8;
@@ -1059,13 +1065,22 @@ static void halo_dx_block_case(int n, int h, int w, int cin, int ca, int c1, int
         return wp;
     };
     const auto w1p = pack_t(w1, 9, c1), widp = pack_t(wid, 1, cid), dc1h = to_half(dc1), douth = to_half(d_out);
+    const auto w1f = pack_half(w1, 9 * cin, c1, c1), widf = pack_half(wid, cin, cid, cid);
     const int cb = ca ? cin - ca : 0;
     std::vector<uint16_t> dxa(X * (ca ? ca : cin), HALF_NAN), dxb(X * cb, HALF_NAN);
     launch(walkers * blocks(cin, h16::HALO_N), 1, 1, [&] {
         h16::DxOutH out{nullptr, dxa.data(), cin, 0};
         out.dx2 = ca ? dxb.data() : nullptr;
         out.ca = ca;
-        h16::halo_dx_block(dc1h.data(), w1p.data(), np, douth.data(), widp.data(), cid, out, n, h, w, cin, c1);
+        if (wg) {
+            // the forward's packings [tap][ci][co]: K-major for dX, rows c1 and cid apart
+            h16::HaloIdentity id{douth.data(), nullptr, 0, cid, widf.data(), nullptr, nullptr};
+            id.np_id = cid;
+            h16::halo_conv<h16::Halo3x3Wg, true, h16::DxOutH, true>(dc1h.data(), nullptr, 0, c1, w1f.data(), c1, cin,
+                                                                    n, h, w, h, w, out, id);
+        } else {
+            h16::halo_dx_block(dc1h.data(), w1p.data(), np, douth.data(), widp.data(), cid, out, n, h, w, cin, c1);
+        }
     });
     std::vector<float> want(X * cin, 0.0f);
     plain_gemm(BwdData{dc1.data(), w1.data(), want.data(), g1, DxOut{nullptr, 1}}, X, cin, 9 * c1);
@@ -1077,7 +1092,8 @@ static void halo_dx_block_case(int n, int h, int w, int cin, int ca, int c1, int
                              std::to_string(cid) + (ca ? ", split " + std::to_string(ca) + " + " + std::to_string(cb) : "") +
                              ", " + std::to_string(n) + " x " + std::to_string(h) + " x " + std::to_string(w) + ", " +
                              std::to_string(walkers) + " walkers";
-    expect_equal("halo block input gradient, " + what, from_half(dxa), wa);
+    expect_equal(std::string(wg ? "halo block input gradient on wgmma, " : "halo block input gradient, ") + what,
+                 from_half(dxa), wa);
     if (ca) expect_equal("halo block input gradient, second part, " + what, from_half(dxb), wb);
 }
 
@@ -1101,6 +1117,13 @@ static void halo_wgmma_layers() {
     halo_dx_case(2, 17, 19, 32, 32, true, 3, false, true);   // LeakyReLU' and the accumulation fused
     halo_dx_case(1, 10, 18, 72, 64, true, 2, false, true);   // into 72 channels from 64: 2 chunks, three column blocks
     halo_dx_case(1, 10, 18, 20, 64, false, 1, false, true);  // into 20 (N past the last column of the block)
+    halo_block_case(1, 17, 19, 32, 32, 0, 32, true, 3, false, false, true);   // down block 0's tail, a2 kept
+    halo_block_case(3, 9, 10, 128, 64, 0, 128, false, 2, true, false, true);  // from c1 normalised as staged, four chunks
+    halo_block_case(1, 9, 33, 32, 32, 32, 32, true, 2, false, false, true);   // identity from [up | skip] in place
+    halo_block_case(3, 9, 20, 32, 64, 0, 72, true, 3, false, false, true);    // identity 64 -> 72 (rows cid apart), N = 72
+    halo_dx_block_case(1, 17, 19, 32, 0, 32, 32, 3, true);    // down block 0's head
+    halo_dx_block_case(1, 9, 33, 64, 32, 32, 32, 2, true);    // the decoder's: [up | skip] written apart
+    halo_dx_block_case(3, 9, 20, 72, 0, 32, 64, 3, true);     // conv1 32, identity 64: rows apart as each's
 }
 
 static void halo_layers() {

@@ -29,4 +29,41 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     h16::halo_conv<h16::Halo3x3Wg, true>(dy, nullptr, 0, cout, wt, np, cin, n, h, w, h, w,
                                          h16::DxOutH{x, dx, cin, accumulate});
 }
+// conv3_halo_block_h16's, weights K-major: conv2's [tap][cout][np] and the identity's
+// [cout][cid] (cid a multiple of 32: rows cid apart)
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_block_wg_h16(const uint16_t* a1, const uint16_t* wt2, int np, const float* b2, uint16_t* a2,
+                            const uint16_t* x, const uint16_t* x2, int ca, int cid, const uint16_t* wid,
+                            const float* bid, uint16_t* out, int n, int h, int w, int c2, int cout) {
+    if (cout % 8 != 0) __trap();
+    h16::HaloIdentity id{x, x2, ca, cid, wid, b2, a2};
+    id.np_id = cid;
+    h16::halo_block<h16::Halo3x3Wg>(a1, wt2, np, bid, out, n, h, w, c2, cout, id);
+}
+// conv3_halo_block_norm_h16's, weights as conv3_halo_block_wg_h16's
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_block_norm_wg_h16(const uint16_t* c1, const uint16_t* wt2, int np, const float* b2,
+                                 const uint16_t* x, const uint16_t* x2, int ca, int cid, const uint16_t* wid,
+                                 const float* bid, uint16_t* out, int n, int h, int w, int c2, int cout,
+                                 const float* stats, const float* gamma, const float* beta, int half) {
+    if (cout % 8 != 0 || half % 8 != 0) __trap();
+    h16::HaloIdentity id{x, x2, ca, cid, wid, b2, nullptr};
+    id.norm = h16::HaloNorm{stats, gamma, beta, n, half};
+    id.np_id = cid;
+    h16::halo_block<h16::Halo3x3Wg>(c1, wt2, np, bid, out, n, h, w, c2, cout, id);
+}
+// conv3_halo_dx_block_h16's, weights K-major for dX: conv1's the forward's [tap][ci][np] and the
+// identity's [ci][cid] (cid, d_out's channels, a multiple of 32)
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_dx_block_wg_h16(const uint16_t* dc1, const uint16_t* wt1, int np, const uint16_t* d_out,
+                               const uint16_t* wid, int cid, uint16_t* dx, uint16_t* dx2, int ca, int n, int h, int w,
+                               int cin, int c1) {
+    if (cin % 8 != 0) __trap();
+    h16::DxOutH out{nullptr, dx, cin, 0};
+    out.dx2 = dx2;
+    out.ca = dx2 ? ca : 0;
+    h16::HaloIdentity id{d_out, nullptr, 0, cid, wid, nullptr, nullptr};
+    id.np_id = cid;
+    h16::halo_conv<h16::Halo3x3Wg, true, h16::DxOutH, true>(dc1, nullptr, 0, c1, wt1, np, cin, n, h, w, h, w, out, id);
+}
 #endif

@@ -858,7 +858,7 @@ fn graphs_from_env() -> bool {
 /// in before their first launch (`func`), and a kernel staging in the halo kernels' dynamic
 /// array without its row here fails that launch. tests/kernel_contract.rs holds this table to
 /// the entry points of nvcc's PTX.
-pub const DYNAMIC_SHARED_MEMORY: [(&str, usize); 15] = [
+pub const DYNAMIC_SHARED_MEMORY: [(&str, usize); 18] = [
     ("conv3_halo_dw_h16", super::half::HALO_DW_SMEM),
     ("conv4_down_halo_fwd_h16", super::half::DOWN_SMEM),
     ("conv4_down_halo_dx_h16", super::half::DOWN_DX_SMEM),
@@ -876,6 +876,9 @@ pub const DYNAMIC_SHARED_MEMORY: [(&str, usize); 15] = [
     ("conv3_halo_fwd_wg_h16", 2 * super::half::HALO_FWD_STAGE),
     ("conv3_halo_fwd_stats_wg_h16", 2 * super::half::HALO_FWD_STAGE),
     ("conv3_halo_dx_wg_h16", 2 * super::half::HALO_FWD_STAGE),
+    ("conv3_halo_block_wg_h16", 2 * super::half::HALO_FWD_STAGE),
+    ("conv3_halo_block_norm_wg_h16", 2 * super::half::HALO_FWD_STAGE),
+    ("conv3_halo_dx_block_wg_h16", 2 * super::half::HALO_FWD_STAGE),
 ];
 
 /// Dynamic shared memory a kernel may be launched with (at most), where it has any.

@@ -51,6 +51,10 @@ const HALO_FWD4: &str = "conv3_halo_fwd4_h16";
 const HALO_FWD_WG: &str = "conv3_halo_fwd_wg_h16";
 const HALO_STATS_WG: &str = "conv3_halo_fwd_stats_wg_h16";
 const HALO_DX_WG: &str = "conv3_halo_dx_wg_h16";
+/// ... and a residual block's tail (reading a1, or c1 normalised as staged) and head backward.
+const HALO_BLOCK_WG: &str = "conv3_halo_block_wg_h16";
+const HALO_BLOCK_NORM_WG: &str = "conv3_halo_block_norm_wg_h16";
+const HALO_DX_BLOCK_WG: &str = "conv3_halo_dx_block_wg_h16";
 /// The block tail reading conv_1's output and normalising it as it stages (`HaloNorm`).
 const HALO_BLOCK_NORM: &str = "conv3_halo_block_norm_h16";
 /// The block tail with conv2 from a multiple of 4 channels (`Halo3x3Four`).
@@ -299,9 +303,19 @@ impl Cuda {
     /// `halo_block_runs` allows.
     pub(super) fn halo_block(&self, t: BlockTail<DBuf>, a2: Option<&mut DBuf>, out: &mut DBuf) {
         let (c2, id, os) = (t.conv2, t.identity, t.os);
-        let (w2, np) = self.packed_weights(t.w2, 9 * c2.cin, c2.cout);
-        let (wid, np_id) = self.packed_weights(t.w_id, id.cin, id.cout);
-        assert_eq!(np, np_id, "both weights packed to the same columns");
+        // on wgmma (kernels/sm90a/conv_wg.cu) where the card has it: both weights K-major
+        let wg =
+            c2.cin % K_STEP == 0 && self.has_kernel(if t.norm.is_some() { HALO_BLOCK_NORM_WG } else { HALO_BLOCK_WG });
+        let ((w2, np), wid) = if wg {
+            let wid = self.packed_weights_k(t.w_id, 1, id.cin, id.cout);
+            assert_eq!(wid.1, id.cin, "the kernel takes the identity's rows cid apart");
+            (self.packed_weights_k(t.w2, 9, c2.cin, c2.cout), wid.0)
+        } else {
+            let (p2, pid) =
+                (self.packed_weights(t.w2, 9 * c2.cin, c2.cout), self.packed_weights(t.w_id, id.cin, id.cout));
+            assert_eq!(p2.1, pid.1, "both weights packed to the same columns");
+            (p2, pid.0)
+        };
         let (x2, ca) = match t.x2 {
             Some((x2, ca)) => {
                 assert!(self.len(t.x) == os.n * os.h * os.w * ca, "block tail: parts of another shape");
@@ -313,11 +327,12 @@ impl Cuda {
         let (xp, outp) = (self.hptr(t.x), self.hptr(out));
         if let Some(nm) = &t.norm {
             // the same tail reading c1, normalised as conv2 stages it
-            let cfg = self.halo_grid(HALO_BLOCK_NORM, os, c2.cout);
+            let kernel = if wg { HALO_BLOCK_NORM_WG } else { HALO_BLOCK_NORM };
+            let cfg = self.halo_grid(kernel, os, c2.cout);
             let (st, g, b) = (self.ptr(nm.stats), self.ptr(nm.gamma), self.ptr(nm.beta));
             launch!(
                 self,
-                HALO_BLOCK_NORM,
+                kernel,
                 cfg,
                 self.hptr(t.a1),
                 w2.ptr,
@@ -341,7 +356,11 @@ impl Cuda {
                 c(c2.cin / 2)
             );
         } else {
-            let kernel = if c2.cin % K_STEP == 0 { "conv3_halo_block_h16" } else { HALO_BLOCK4 };
+            let kernel = match (wg, c2.cin % K_STEP == 0) {
+                (true, _) => HALO_BLOCK_WG,
+                (false, true) => "conv3_halo_block_h16",
+                (false, false) => HALO_BLOCK4,
+            };
             let cfg = self.halo_grid(kernel, os, c2.cout);
             let a2p = a2.map_or(0, |a| self.hptr(a));
             launch!(
@@ -385,16 +404,19 @@ impl Cuda {
     /// While the weights are frozen (`Backend::freeze_weights`: inference) each packing is
     /// kept and handed out again; the copy is then the cache's (None to release).
     fn packed_weights(&self, w: &DBuf, rows: usize, cols: usize) -> (Packed, usize) {
-        self.packed_as(w, rows, cols, false)
+        self.packed_as(w, 1, rows, cols, false)
     }
 
-    /// A 3 × 3 layer's f32 weights [tap][cin][cout] packed K-major for the wgmma kernels
-    /// ([tap][cout][cin] f16, rows cin apart: `pack_weights_t_h16`), kept as `packed_weights`'.
-    fn packed_weights_k(&self, w: &DBuf, cin: usize, cout: usize) -> (Packed, usize) {
-        self.packed_as(w, 9 * cin, cout, true)
+    /// A layer's f32 weights [tap][cin][cout] packed K-major for the wgmma kernels
+    /// ([tap][cout][cin] f16, rows cin rounded up to 8 apart: `pack_weights_t_h16`), kept as
+    /// `packed_weights`'.
+    fn packed_weights_k(&self, w: &DBuf, taps: usize, cin: usize, cout: usize) -> (Packed, usize) {
+        self.packed_as(w, taps, cin, cout, true)
     }
 
-    fn packed_as(&self, w: &DBuf, rows: usize, cols: usize, k_major: bool) -> (Packed, usize) {
+    /// `taps` × `cin` rows of `cols` columns, as [rows][np] or K-major.
+    fn packed_as(&self, w: &DBuf, taps: usize, cin: usize, cols: usize, k_major: bool) -> (Packed, usize) {
+        let rows = taps * cin;
         let key = (self.addr(w), rows, cols, k_major);
         // a capture records the packing instead: the cache is not touched under it
         let cache = self.capture.lock().unwrap().is_none();
@@ -404,8 +426,7 @@ impl Cuda {
             }
         }
         let (p, np) = if k_major {
-            let cin = rows / 9;
-            self.packed_weights_t(w, 9, cin, cols, (cin * cols, cols))
+            self.packed_weights_t(w, taps, cin, cols, (cin * cols, cols))
         } else {
             self.pack_weights(w, rows, cols)
         };
@@ -460,7 +481,7 @@ impl Cuda {
     ) {
         let wg = self.wg_fwd_runs(spec);
         let (wh, np) = if wg {
-            self.packed_weights_k(w, spec.cin, spec.cout)
+            self.packed_weights_k(w, 9, spec.cin, spec.cout)
         } else {
             self.packed_weights(w, spec.k * spec.k * spec.cin, spec.cout)
         };
@@ -923,7 +944,9 @@ impl Cuda {
             && self.len(x) == xs.len()
             && self.len(c1) == os.len()
             && self.len(stats) == 2 * os.n * (os.c / 2)
-            && (self.has_kernel("conv3_halo_fwd_stats_h16") || self.has_kernel(HALO_STATS_WG))
+            // (the wgmma twin runs in its place where the card has it; withholding this one
+            // withholds both)
+            && self.has_kernel("conv3_halo_fwd_stats_h16")
             && self.has_kernel("finish_moments_shifted")
     }
 
@@ -953,7 +976,7 @@ impl Cuda {
         self.zero_bytes(s0, 2 * at * 8);
         let wg = self.has_kernel(HALO_STATS_WG);
         let (wt, np) = if wg {
-            self.packed_weights_k(w, spec.cin, spec.cout)
+            self.packed_weights_k(w, 9, spec.cin, spec.cout)
         } else {
             self.packed_weights(w, 9 * spec.cin, spec.cout)
         };
@@ -1028,14 +1051,23 @@ impl Cuda {
         self.conv_dw_h16(h.x, h.x2, xs, id, h.d_out, g.w_id, Some(g.b_id));
         self.conv_dw_h16(h.x, h.x2, xs, c1, h.dc1, g.w1, Some(g.b1));
         let Some((dx, dx2)) = dx else { return };
-        let (w1, np) = self.packed_weights_t(h.w1, 9, xs.c, c1.cout, (xs.c * c1.cout, c1.cout));
-        let (wid, np_id) = self.packed_weights_t(h.w_id, 1, xs.c, id.cout, (xs.c * id.cout, id.cout));
-        assert_eq!(np, np_id, "both weights packed to the same columns");
+        // on wgmma where the card has it: the forward's packings, K-major for dX
+        let wg = self.has_kernel(HALO_DX_BLOCK_WG);
+        let ((w1, np), wid) = if wg {
+            let wid = self.pack_weights(h.w_id, xs.c, id.cout);
+            assert_eq!(wid.1, id.cout, "the kernel takes the identity's rows cid apart");
+            (self.pack_weights(h.w1, 9 * xs.c, c1.cout), wid.0)
+        } else {
+            let w1 = self.packed_weights_t(h.w1, 9, xs.c, c1.cout, (xs.c * c1.cout, c1.cout));
+            let wid = self.packed_weights_t(h.w_id, 1, xs.c, id.cout, (xs.c * id.cout, id.cout));
+            assert_eq!(w1.1, wid.1, "both weights packed to the same columns");
+            (w1, wid.0)
+        };
         let (dx2p, ca) = match (dx2, h.x2) {
             (Some(d), Some((_, ca))) => (self.hptr(d), ca),
             _ => (0, 0),
         };
-        let kernel = "conv3_halo_dx_block_h16";
+        let kernel = if wg { HALO_DX_BLOCK_WG } else { "conv3_halo_dx_block_h16" };
         let cfg = self.halo_grid(kernel, xs, xs.c);
         let c = |v: usize| v as i32;
         let (dc1, d_out, dxp) = (self.hptr(h.dc1), self.hptr(h.d_out), self.hptr(dx));
