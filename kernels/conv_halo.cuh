@@ -272,10 +272,14 @@ constexpr int WG_TAP = HALO_C * HALO_N;         // halves of a tap's weights
 constexpr uint32_t WG_LBO = 8 * HALO_N * 2;     // bytes between core matrices along the channels
 constexpr uint32_t WG_SBO = 8 * 8 * 2;          // ... and along the columns
 // Stage channels c0 .. c0 + 31, columns n0 .. n0 + 31 of every tap from wt ([tap][N][np] f16)
-// into ws as above, zero past N. Thread t: 16-byte chunk t mod 4 (channels 8·(t mod 4) ..) of
-// column t / 4 mod 32 of taps t / 128, + 2, .. (five passes; the last takes tap 8 alone).
+// into ws as above, zero past N. Thread t: 16-byte chunk (t / 8) mod 4 (channels 8·that ..) of
+// column t mod 8 + 8·((t / 32) mod 4) of taps t / 128, + 2, .. (five passes; the last takes tap
+// 8 alone): a warp reads eight columns' 64 bytes each, and the eight threads of a store phase
+// write one core matrix's 128 contiguous bytes (no bank conflict: chunk t mod 4 of column t / 4
+// put four threads of a phase in one bank group).
+DEV int wg_col(int t) { return t % 8 + 8 * (t / 32 % 4); }
 DEV void wg_weights(uint16_t* ws, const uint16_t* wt, int np, int N, int c0, int n0) {
-    const int kg = threadIdx.x % 4, col = threadIdx.x / 4 % HALO_N, tap0 = threadIdx.x / (4 * HALO_N);
+    const int kg = threadIdx.x / 8 % 4, col = wg_col(threadIdx.x), tap0 = threadIdx.x / (4 * HALO_N);
     static_assert(THREADS == 8 * HALO_N && HALO_C == 32, "two taps a pass");
     const bool ok = n0 + col < N;
     const uint16_t* g = wt + (((int64_t)tap0 * N + n0 + col) * np + c0 + 8 * kg);
@@ -286,10 +290,10 @@ DEV void wg_weights(uint16_t* ws, const uint16_t* wt, int np, int N, int c0, int
         if (tap0 + 2 * i < 9) cp_async16(s + 2 * i * WG_TAP, ok ? g : wt, ok);
 }
 // The identity's weights (K-major, [N][np]) as the centre tap's of a Halo3x3Wg slot: channels
-// c0 .. c0 + 31, columns n0 .. n0 + 31, zero past N. Threads 0–127: chunk t mod 4 of column t / 4.
+// c0 .. c0 + 31, columns n0 .. n0 + 31, zero past N. Threads 0–127 as wg_weights' first tap.
 DEV void wg_centre_weights(uint16_t* ws, const uint16_t* wt, int np, int N, int c0, int n0) {
-    const int kg = threadIdx.x % 4, col = threadIdx.x / 4;
-    if (col >= HALO_N) return;
+    if (threadIdx.x >= 4 * HALO_N) return;
+    const int kg = threadIdx.x / 8 % 4, col = wg_col(threadIdx.x);
     const bool ok = n0 + col < N;
     cp_async16(ws + 4 * WG_TAP + kg * 8 * HALO_N + col * 8, ok ? wt + ((int64_t)(n0 + col) * np + c0 + 8 * kg) : wt,
                ok);
@@ -537,7 +541,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
         if (s + 1 < steps) stage(s + 1, last ? 0 : k + 1, last ? halo_advance(t, wdx, wdy, h, w) : t);
         cp_commit();
         cp_wait<1>();  // this step's group has landed, for this thread
-        if constexpr (ID && !DX && (std::is_same_v<G, Halo3x3> || std::is_same_v<G, Halo3x3Wg>))  // halo_stage's copies
+        if constexpr (ID && !DX && (std::is_same_v<G, Halo3x3> || std::is_base_of_v<Halo3x3Wg, G>))  // halo_stage's copies
             if (id.norm.stats && k < chunks2) halo_norm_own(smem + (s & 1) * G::STAGE, id.norm, G::CH * k, t, h, w);
         if constexpr (G::WG) wg_proxy_fence();  // the wgmmas read the weights through the async proxy
         __syncthreads();  // and for every thread
@@ -545,24 +549,47 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
         const uint16_t* Ws = smem + (s & 1) * G::STAGE + G::IN;
         const bool centre = ID && k >= chunks2;  // an identity step: the centre tap alone
         if constexpr (G::WG) {
-            // slice sl = (tap, 16 channels): its A into a[sl mod 2] once slice sl − 2's wgmmas
-            // (the last to read those registers) have retired, then one wgmma a warp per MMA row
+            // slice sl = (tap, 16 channels): one wgmma a warp per MMA row, from A in a[sl mod 2]
             const uint64_t d0 = wg_desc(smem_addr(Ws), WG_LBO, WG_SBO);
             uint32_t a[2][2][4];
-            wg_pin(&acc[0][0][0]);
-            wg_pin(&acc[1][0][0]);
+            auto load = [&](int sl, uint32_t (&dst)[2][4]) {
 #pragma unroll
-            for (int sl = 0; sl < 2 * G::TAPS; ++sl) {
-                const int tap = sl / 2, kk = 16 * (sl % 2);
-                if (centre && tap != 4) continue;  // (uniform: the whole warpgroup skips)
-                if (sl >= 2) wg_wait<1>();
-#pragma unroll
-                for (int i = 0; i < 2; ++i) ldsm_x4(a[sl % 2][i], Hs + arow[i] + G::template shift<DX>(tap) + kk);
+                for (int i = 0; i < 2; ++i)
+                    ldsm_x4(dst[i], Hs + arow[i] + G::template shift<DX>(sl / 2) + 16 * (sl % 2));
+            };
+            auto issue = [&](int sl) {
                 wg_fence();
-                const uint64_t d = d0 + (uint64_t)((tap * WG_TAP + kk * HALO_N) * 2 / 16);
+                const uint64_t d = d0 + (uint64_t)((sl / 2 * WG_TAP + 16 * (sl % 2) * HALO_N) * 2 / 16);
 #pragma unroll
                 for (int i = 0; i < 2; ++i) wgmma_m64n32k16(&acc[i][0][0], a[sl % 2][i], d);
                 wg_commit();
+            };
+            wg_pin(&acc[0][0][0]);
+            wg_pin(&acc[1][0][0]);
+            if constexpr (ID) {
+                // identity steps run the centre tap's two slices alone: each slice's A loaded
+                // once slice sl − 2's wgmmas (the last to read that buffer) have retired (a
+                // prefetching loop for both kinds of step cost these kernels up to 14 registers
+                // and the normalising tail 300 bytes of spills)
+#pragma unroll
+                for (int sl = 0; sl < 2 * G::TAPS; ++sl) {
+                    if (centre && sl / 2 != 4) continue;  // (uniform: the whole warpgroup skips)
+                    if (sl >= 2) wg_wait<1>();
+                    load(sl, a[sl % 2]);
+                    issue(sl);
+                }
+            } else {
+                // the next slice's A loaded while this one's wgmmas run, once slice sl − 1's (the
+                // last to read that buffer) have retired
+                load(0, a[0]);
+#pragma unroll
+                for (int sl = 0; sl < 2 * G::TAPS; ++sl) {
+                    issue(sl);
+                    if (sl + 1 < 2 * G::TAPS) {
+                        wg_wait<1>();
+                        load(sl + 1, a[(sl + 1) % 2]);
+                    }
+                }
             }
             wg_wait<0>();
             wg_pin(&acc[0][0][0]);
@@ -659,10 +686,31 @@ DEV void tile_stage_dy(uint16_t* ds, const uint16_t* dy, const HaloTile& t, int 
     }
 }
 
+// The same for the weight gradient on wgmma (halo_dw<true>): dY as B (pixels × columns) in the
+// tensor cores' MN-major no-swizzle layout, core matrices of 8 pixels × 8 columns (128 contiguous
+// bytes, a pixel's 16 bytes a row), [columns / 8][pixel][column mod 8]. Thread t: chunk
+// (t / 8) mod 4 of tile pixels t mod 8 + 8·(t / 32), + 64, .. (eight threads of a store phase
+// fill one core matrix: no bank conflict).
+constexpr uint32_t WG_DY_LBO = 8 * 16;                  // bytes between core matrices along the pixels
+constexpr uint32_t WG_DY_SBO = HALO_T * HALO_T * 16;    // ... and along the columns
+DEV void tile_stage_dy_mn(uint16_t* ds, const uint16_t* dy, const HaloTile& t, int h, int w, int N, int n0) {
+    const int q = threadIdx.x / 8 % 4, px = threadIdx.x % 8 + 8 * (threadIdx.x / 32);
+    const int y = t.y0 + px / HALO_T, xx = t.x0 + px % HALO_T;
+    const bool ok = xx < w && n0 + 8 * q < N;
+    const uint16_t* g = dy + ((((int64_t)t.img * h + y) * w + xx) * N + n0 + 8 * q);
+    const int64_t step = (int64_t)4 * w * N;
+#pragma unroll
+    for (int i = 0; i < 4; ++i, g += step) {
+        const bool in = ok && y + 4 * i < h;
+        cp_async16(ds + q * HALO_T * HALO_T * 8 + (px + 64 * i) * 8, in ? g : dy, in);
+    }
+}
+
 // The weight gradients' walk over tiles blockIdx.x, + gridDim.x, .. of an h × w grid (`tiles`
 // of them): stage(tile, slot) copies a tile into one of two slots (one cp.async group) while
-// body(slot) reads the other; the next tile carried from tile to tile (halo_advance).
-template <class Stage, class Body>
+// body(slot) reads the other; the next tile carried from tile to tile (halo_advance). WG: the
+// body's wgmmas read a slot through the async proxy (and retire before body returns).
+template <bool WG = false, class Stage, class Body>
 DEV void walk_tiles(int tiles, int h, int w, Stage&& stage, Body&& body) {
     const int tx = (w + HALO_T - 1) / HALO_T, wdx = (int)gridDim.x % tx, wdy = (int)gridDim.x / tx;
     HaloTile next = halo_tile((int)blockIdx.x, h, w);
@@ -674,7 +722,8 @@ DEV void walk_tiles(int tiles, int h, int w, Stage&& stage, Body&& body) {
             stage(next, (k + 1) & 1);
         }
         cp_commit();
-        cp_wait<1>();     // this tile's group has landed, for this thread
+        cp_wait<1>();  // this tile's group has landed, for this thread
+        if constexpr (WG) wg_proxy_fence();
         __syncthreads();  // and for every thread
         body(k & 1);
         __syncthreads();  // every warp is done with this slot before the tile after next fills it
@@ -694,6 +743,10 @@ DEV void walk_tiles(int tiles, int h, int w, Stage&& stage, Body&& body) {
 // ride on the same B fragments as an MMA with an all-ones A (tile row r on warp r mod 8).
 // N a multiple of 8.
 // x2 (ca > 0): x is [x (ca channels) | x2], read in place as halo_stage reads it.
+// WG (sm_90a: kernels/sm90a/conv_wg.cu): each warpgroup's four taps on wgmma m64n32k16, A (the
+// warps' x fragments) from registers and B (the dY tile, staged MN-major: tile_stage_dy_mn)
+// through a descriptor read transposed; tap 8 and the column sums stay on mma.sync.
+template <bool WG = false>
 DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int tiles, int h, int w, int C, int N,
                  const uint16_t* x2 = nullptr, int ca = 0) {
     HALO_DYNAMIC_SMEM(smem, 2 * HALO_DW_STAGE);
@@ -708,9 +761,14 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
     const int a_own = ((warp / 3) * HALO_S + apx + warp % 3) * HALO_ROW + 8 * achunk;
     const int a_ext = (2 * HALO_S + apx + 2) * HALO_ROW + 8 * (2 * eh + achunk);
     // B from the dY tile as halo3's from its weights: row 16 r + l mod 8 + 8·((l / 8) mod 2)
+    // (WG: row 16 r + l mod 8 + 8·((l / 8) mod 2) of column chunk 2 j + l / 16 in the MN-major tile)
     int bcol[2];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) bcol[j] = swizzled<4>(lane % 8 + 8 * ((lane / 8) & 1), 2 * j + lane / 16);
+    for (int j = 0; j < 2; ++j) {
+        const int row = lane % 8 + 8 * ((lane / 8) & 1), chunk = 2 * j + lane / 16;
+        bcol[j] = WG ? chunk * HALO_T * HALO_T * 8 + row * 8 : swizzled<4>(row, chunk);
+    }
+    const int brow = WG ? 8 : HALO_N;  // halves from a pixel row of B to the next
     const uint32_t ones[4] = {0x3c003c00u, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};  // f16 1.0 pairs
     float acc[2][4][4], ext[4], bacc[4][4];
 #pragma unroll
@@ -724,34 +782,83 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
         uint16_t* hs = smem + s * HALO_DW_STAGE;
         uint16_t* ds = hs + HALO_PX * HALO_ROW;
         halo_stage(hs, x, x2, ca, C, c0, t, h, w);
-        tile_stage_dy(ds, dy, t, h, w, N, n0);
+        if constexpr (WG) tile_stage_dy_mn(ds, dy, t, h, w, N, n0);
+        else tile_stage_dy(ds, dy, t, h, w, N, n0);
     };
-    // two stages: the next tile's copies fly while this one's MMAs run
-    walk_tiles(tiles, h, w, stage, [&](int slot) {
-        const uint16_t* Hs = smem + slot * HALO_DW_STAGE;
-        const uint16_t* Ds = Hs + HALO_PX * HALO_ROW;
+    // tap 8's share and the column sums of tile row r (mma.sync, from B fragments bf)
+    auto ext_row = [&](const uint16_t* Hs, const uint16_t* Ds, int r) {
+        uint32_t ae[4], bf[4][2];
+        ldsm_x4_t(ae, Hs + a_ext + r * HALO_S * HALO_ROW);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) ldsm_b2(bf + 2 * j, Ds + bcol[j] + HALO_T * r * brow);
+        uint32_t be[2];
+#pragma unroll
+        for (int k = 0; k < 2; ++k) be[k] = ej & 2 ? (ej & 1 ? bf[3][k] : bf[2][k]) : (ej & 1 ? bf[1][k] : bf[0][k]);
+        conv::mma_f16(ext, ae, be);
+        if (sums && r % 8 == warp)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) conv::mma_f16(bacc[j], ones, bf[j]);
+    };
+    if constexpr (WG) {
+        // tile row r: A (this warp's tap, both channel halves) in a[r mod 2], loaded while row
+        // r − 1's wgmmas run once row r − 2's (the last to read that buffer) have retired
+        walk_tiles<true>(tiles, h, w, stage, [&](int slot) {
+            const uint16_t* Hs = smem + slot * HALO_DW_STAGE;
+            const uint16_t* Ds = Hs + HALO_PX * HALO_ROW;
+            const uint64_t d0 = wg_desc(smem_addr(Ds), WG_DY_LBO, WG_DY_SBO);
+            uint32_t a[2][2][4];
+            auto load = [&](int r, uint32_t (&dst)[2][4]) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) ldsm_x4_t(dst[i], Hs + a_own + r * HALO_S * HALO_ROW + 16 * i);
+            };
+            wg_pin(&acc[0][0][0]);
+            wg_pin(&acc[1][0][0]);
+            load(0, a[0]);
+#pragma unroll
+            for (int r = 0; r < HALO_T; ++r) {
+                wg_fence();
+                const uint64_t d = d0 + (uint64_t)(HALO_T * r * 8 * 2 / 16);  // pixel 16 r of the tile
+#pragma unroll
+                for (int i = 0; i < 2; ++i) wgmma_m64n32k16_tb(&acc[i][0][0], a[r % 2][i], d);
+                wg_commit();
+                ext_row(Hs, Ds, r);
+                if (r + 1 < HALO_T) {
+                    wg_wait<1>();
+                    load(r + 1, a[(r + 1) % 2]);
+                }
+            }
+            wg_wait<0>();  // before the slot is staged again
+            wg_pin(&acc[0][0][0]);
+            wg_pin(&acc[1][0][0]);
+        });
+    } else {
+        // two stages: the next tile's copies fly while this one's MMAs run
+        walk_tiles(tiles, h, w, stage, [&](int slot) {
+            const uint16_t* Hs = smem + slot * HALO_DW_STAGE;
+            const uint16_t* Ds = Hs + HALO_PX * HALO_ROW;
 #pragma unroll 2
-        for (int r = 0; r < HALO_T; ++r) {
-            uint32_t a[2][4], ae[4], bf[4][2];
+            for (int r = 0; r < HALO_T; ++r) {
+                uint32_t a[2][4], ae[4], bf[4][2];
 #pragma unroll
-            for (int i = 0; i < 2; ++i) ldsm_x4_t(a[i], Hs + a_own + r * HALO_S * HALO_ROW + 16 * i);
-            ldsm_x4_t(ae, Hs + a_ext + r * HALO_S * HALO_ROW);
+                for (int i = 0; i < 2; ++i) ldsm_x4_t(a[i], Hs + a_own + r * HALO_S * HALO_ROW + 16 * i);
+                ldsm_x4_t(ae, Hs + a_ext + r * HALO_S * HALO_ROW);
 #pragma unroll
-            for (int j = 0; j < 2; ++j) ldsm_b2(bf + 2 * j, Ds + bcol[j] + HALO_T * r * HALO_N);
+                for (int j = 0; j < 2; ++j) ldsm_b2(bf + 2 * j, Ds + bcol[j] + HALO_T * r * HALO_N);
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+                for (int i = 0; i < 2; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], bf[j]);
-            // column ej of the fragments by selects (a runtime register index would go to memory)
-            uint32_t be[2];
+                    for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], bf[j]);
+                // column ej of the fragments by selects (a runtime register index would go to memory)
+                uint32_t be[2];
 #pragma unroll
-            for (int k = 0; k < 2; ++k) be[k] = ej & 2 ? (ej & 1 ? bf[3][k] : bf[2][k]) : (ej & 1 ? bf[1][k] : bf[0][k]);
-            conv::mma_f16(ext, ae, be);
-            if (sums && r % 8 == warp)
+                for (int k = 0; k < 2; ++k) be[k] = ej & 2 ? (ej & 1 ? bf[3][k] : bf[2][k]) : (ej & 1 ? bf[1][k] : bf[0][k]);
+                conv::mma_f16(ext, ae, be);
+                if (sums && r % 8 == warp)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) conv::mma_f16(bacc[j], ones, bf[j]);
-        }
-    });
+                    for (int j = 0; j < 4; ++j) conv::mma_f16(bacc[j], ones, bf[j]);
+            }
+        });
+    }
     // C fragments: c0, c1 at (channel g, columns 2t, 2t + 1), c2, c3 at channel g + 8
     const int gq = lane / 4, tq = lane % 4;
 #pragma unroll

@@ -365,12 +365,13 @@ struct WgOp {
     const uint32_t* at;
     uint64_t desc;
     float* d;
+    bool mn_major;     // imm-trans-b: B's core matrices 8 k × 16 bytes of n
 };
 thread_local std::vector<WgOp> wg_open;
 thread_local std::deque<std::vector<WgOp>> wg_groups;
 static uint32_t wg_frag[MAX_WARPS][32][4];
 static uint64_t wg_descs[MAX_WARPS][32];
-inline void wgmma_m64n32k16(float* d, const uint32_t* a, uint64_t desc) {
+inline void wgmma_issue(float* d, const uint32_t* a, uint64_t desc, bool mn_major) {
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (!wg_fenced) hazard("a wgmma reads A registers an ldmatrix wrote with no wgmma.fence between", a, -1);
     WgOp op;
@@ -378,6 +379,7 @@ inline void wgmma_m64n32k16(float* d, const uint32_t* a, uint64_t desc) {
     op.at = a;
     op.desc = desc;
     op.d = d;
+    op.mn_major = mn_major;
     std::memcpy(wg_frag[w][lane], a, sizeof op.a);
     wg_descs[w][lane] = desc;
     warp_barrier[w]->arrive_and_wait();
@@ -393,22 +395,32 @@ inline void wgmma_m64n32k16(float* d, const uint32_t* a, uint64_t desc) {
     warp_barrier[w]->arrive_and_wait();
     wg_open.push_back(op);
 }
+inline void wgmma_m64n32k16(float* d, const uint32_t* a, uint64_t desc) { wgmma_issue(d, a, desc, false); }
+inline void wgmma_m64n32k16_tb(float* d, const uint32_t* a, uint64_t desc) { wgmma_issue(d, a, desc, true); }
 inline void wg_commit() {
     wg_groups.push_back(std::move(wg_open));
     wg_open.clear();
 }
-// d += A · B for this lane's sums, B (16 × 32, K-major, no swizzle) where the descriptor says
+// d += A · B for this lane's sums, B (16 × 32, no swizzle) where the descriptor says: K-major,
+// core matrix (k / 8, n / 8) row n mod 8 (16 bytes of k); MN-major, its row k mod 8 (16 bytes
+// of n); lbo the step between core matrices along k, sbo along n
 inline void wg_run(const WgOp& op) {
     if (std::memcmp(op.a, op.at, sizeof op.a) != 0)
         hazard("A registers changed before their wgmma retired", op.at, -1);
     const uint32_t start = (uint32_t)(op.desc & 0x3FFF) << 4, lbo = (uint32_t)(op.desc >> 16 & 0x3FFF) << 4,
                    sbo = (uint32_t)(op.desc >> 32 & 0x3FFF) << 4;
     if (op.desc >> 62 != 0 || (op.desc >> 49 & 7) != 0) hazard("a wgmma descriptor with a swizzle or base offset", nullptr, -1);
-    // core matrix (k / 8, n / 8), its row n mod 8: 16 bytes from start + (k/8)·lbo + (n/8)·sbo
-    auto row = [&](int kg, int n) { return emu_smem_base + start + kg * lbo + (n / 8) * sbo + (n % 8) * 16; };
-    for (int kg = 0; kg < 2; ++kg)
+    // the byte of B(k, n)
+    auto at = [&](int k, int n) {
+        const char* m = emu_smem_base + start + (k / 8) * lbo + (n / 8) * sbo;
+        return op.mn_major ? m + (k % 8) * 16 + (n % 8) * 2 : m + (n % 8) * 16 + (k % 8) * 2;
+    };
+    // every 16-byte row of the core matrices read: (k, n) with n (MN-major) or k (K-major) a
+    // multiple of 8
+    for (int k = 0; k < 16; ++k)
         for (int n = 0; n < 32; ++n) {
-            const char* r = row(kg, n);
+            if (op.mn_major ? n % 8 : k % 8) continue;
+            const char* r = at(k, n);
             if (r < emu_smem_base || r + 16 > emu_smem_base + emu_smem_bytes) {
                 std::printf("FAIL a wgmma's B row at offset %td: outside the dynamic shared memory\n", r - emu_smem_base);
                 std::abort();
@@ -428,7 +440,7 @@ inline void wg_run(const WgOp& op) {
             float sum = 0.0f;
             for (int k = 0; k < 16; ++k) {
                 uint16_t b;
-                std::memcpy(&b, row(k / 8, n) + (k % 8) * 2, 2);
+                std::memcpy(&b, at(k, n), 2);
                 sum += op.A[m][k] * h2f(b);
             }
             op.d[4 * j + q] += sum;
@@ -938,7 +950,9 @@ static void split_parts(const std::vector<float>& x, int64_t px, int cin, int ca
 // dW (and dB where `bias`) of the halo weight gradient, over `nblocks` blocks
 // walking the tiles grid-strided per (32 channels, 32 columns), against the policy and the
 // column sums of dY; ca > 0: x is read in place as the two parts [x (ca channels) | the rest]
-static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblocks, bool bias, int ca = 0) {
+// `wg`: on wgmma (halo_dw<true>: dY staged MN-major, read transposed)
+static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblocks, bool bias, int ca = 0,
+                         bool wg = false) {
     const Geom g = geom(n, h, w, cin, cout, 3, 1, 1);
     const int64_t P = (int64_t)n * h * w;
     auto x = small_ints(P * cin), dy = small_ints(P * cout);
@@ -949,8 +963,12 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
     const int tiles = (int)h16::halo_blocks(n, h, w);
     h16::ldsm_conflicts = 0;
     launch(nblocks, (unsigned)(cin / 32) * blocks(cout, h16::HALO_N), 1, [&] {
-        h16::halo_dw(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout,
-                     ca ? xbh.data() : nullptr, ca);
+        if (wg)
+            h16::halo_dw<true>(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout,
+                               ca ? xbh.data() : nullptr, ca);
+        else
+            h16::halo_dw(xh.data(), dyh.data(), dw.data(), bias ? db.data() : nullptr, tiles, h, w, cin, cout,
+                         ca ? xbh.data() : nullptr, ca);
     });
     plain_gemm(BwdWeight{x.data(), dy.data(), want.data(), g}, 9 * cin, cout, P);
     for (int64_t q = 0; q < P; ++q)
@@ -958,8 +976,8 @@ static void halo_dw_case(int n, int h, int w, int cin, int cout, unsigned nblock
     const std::string what = std::to_string(cin) + (ca ? " (parts " + std::to_string(ca) + " + " + std::to_string(cin - ca) + ")" : "") + " -> " + std::to_string(cout) + ", " + std::to_string(h) + " x " +
                              std::to_string(w) + ", " + std::to_string(tiles) + " tiles on " + std::to_string(nblocks) +
                              " blocks";
-    expect_equal("halo conv weight gradient, " + what, dw, want);
-    expect_equal("halo conv bias gradient, " + what, db, want_db);
+    expect_equal(std::string(wg ? "halo conv weight gradient on wgmma, " : "halo conv weight gradient, ") + what, dw, want);
+    expect_equal(std::string(wg ? "halo conv bias gradient on wgmma, " : "halo conv bias gradient, ") + what, db, want_db);
     no_bank_conflicts("halo_dw_case");
 }
 
@@ -1124,6 +1142,10 @@ static void halo_wgmma_layers() {
     halo_dx_block_case(1, 17, 19, 32, 0, 32, 32, 3, true);    // down block 0's head
     halo_dx_block_case(1, 9, 33, 64, 32, 32, 32, 2, true);    // the decoder's: [up | skip] written apart
     halo_dx_block_case(3, 9, 20, 72, 0, 32, 64, 3, true);     // conv1 32, identity 64: rows apart as each's
+    halo_dw_case(2, 17, 19, 32, 32, 3, true, 0, true);    // 8 partial tiles over 3 blocks, the bias gradient too
+    halo_dw_case(1, 17, 18, 64, 72, 3, true, 0, true);    // 2 chunks × 3 column blocks (the last 8 wide)
+    halo_dw_case(1, 9, 33, 64, 32, 2, true, 32, true);    // the decoder's [up | skip] read in place
+    halo_dw_case(4, 7, 7, 32, 24, 3, false, 0, true);     // a step crosses images; N = 24, no bias
 }
 
 static void halo_layers() {

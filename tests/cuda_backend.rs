@@ -1815,9 +1815,14 @@ fn halo_layers_on_wgmma_match_the_cpu_and_the_mma_kernels() {
         eprintln!("skipped: no sm_90a kernels on {}", g.name());
         return;
     }
+    // gpu-check's triage withholding them: a failure here must clear with the wg family
+    if std::env::var("SPAHDMAP_GPU_WITHOUT").is_ok_and(|v| v.contains("_wg_")) {
+        eprintln!("skipped: the wgmma kernels are withheld (SPAHDMAP_GPU_WITHOUT)");
+        return;
+    }
     g.use_halo(true);
     let cpu = Cpu::new();
-    let wg = ["conv3_halo_fwd_wg_h16", "conv3_halo_fwd_stats_wg_h16", "conv3_halo_dx_wg_h16"];
+    let wg = ["conv3_halo_fwd_wg_h16", "conv3_halo_fwd_stats_wg_h16", "conv3_halo_dx_wg_h16", "conv3_halo_dw_wg_h16"];
     let c3 = |cin, cout| ConvSpec { cin, cout, k: 3, stride: 1, pad: 1 };
     // (n, h, w), cin (ca: a concatenation's first part, 0: one tensor), cout
     let cases =
@@ -1868,19 +1873,22 @@ fn halo_layers_on_wgmma_match_the_cpu_and_the_mma_kernels() {
             let dy = f16_rounded(rnd(os.len(), 940 + i, -1.0, 1.0));
             let old = f16_rounded(rnd(xs.len(), 950 + i, -1.0, 1.0));
             let dxe = DxEpilogue { leaky: true, accumulate: true };
-            let (mut dx, mut dw) = (old.clone(), vec![0f32; sp.weight_len()]);
-            cpu.conv2d_backward(&x, xs, &sp, &wt, &dy, Some(&mut dx), dxe, &mut dw, None);
+            let (mut dx, mut dw, mut db) = (old.clone(), vec![0f32; sp.weight_len()], vec![0f32; cout]);
+            cpu.conv2d_backward(&x, xs, &sp, &wt, &dy, Some(&mut dx), dxe, &mut dw, Some(&mut db));
             let (xg, dyg) = (g.upload_half(&x), g.upload_half(&dy));
             for withheld in [false, true] {
                 g.withhold(if withheld { &wg[..] } else { &[] });
                 g.set_profiling(true);
-                let (mut dxg, mut dwg) = (g.upload_half(&old), nan(&g, sp.weight_len()));
-                g.conv2d_backward(&xg, xs, &sp, &wg_, &dyg, Some(&mut dxg), dxe, &mut dwg, None);
+                let (mut dxg, mut dwg, mut dbg) = (g.upload_half(&old), nan(&g, sp.weight_len()), nan(&g, cout));
+                g.conv2d_backward(&xg, xs, &sp, &wg_, &dyg, Some(&mut dxg), dxe, &mut dwg, Some(&mut dbg));
                 let p = g.take_profile();
                 g.set_profiling(false);
-                let what = format!("wgmma data gradient {cin} <- {cout}, withheld: {withheld}");
-                check(&what, &g, &dxg, &dx, 2e-3);
+                let what = format!("wgmma gradients {cin} <- {cout}, withheld: {withheld}");
+                check(&format!("{what}: dX"), &g, &dxg, &dx, 2e-3);
+                check(&format!("{what}: dW"), &g, &dwg, &dw, 1e-4);
+                check(&format!("{what}: dB"), &g, &dbg, &db, 1e-5);
                 assert_eq!(launches(&p, wg[2]), usize::from(!withheld), "{what}: {p:?}");
+                assert_eq!(launches(&p, "conv3_halo_dw_wg_h16"), usize::from(!withheld), "{what}: {p:?}");
             }
         }
     }
@@ -2073,7 +2081,7 @@ fn block_heads_run_as_one_halo_kernel() {
     if full_kernel_set(&g) {
         assert_halo_launches(&g, &p, "conv3_halo_dx_block_h16", 4);
         // conv_1's weight gradients on the halo kernel, concatenations read in place, nothing split
-        assert_eq!(launches(&p, "conv3_halo_dw_h16"), 5, "{p:?}");
+        assert_halo_launches(&g, &p, "conv3_halo_dw_h16", 5);
         assert_eq!(launches(&p, "concat_channels_h16") + launches(&p, "split_channels_h16"), 0, "{p:?}");
     }
 }
@@ -2162,7 +2170,7 @@ fn halo_convolutions_match_the_cpu() {
         assert_halo_launches(&g, &p, "conv3_halo_fwd_h16", fwd.len() - fours);
         assert_eq!(launches(&p, "conv3_halo_fwd4_h16"), fours, "{p:?}");
         assert_halo_launches(&g, &p, "conv3_halo_dx_h16", 3);
-        assert_eq!(launches(&p, "conv3_halo_dw_h16"), 3, "{p:?}");
+        assert_halo_launches(&g, &p, "conv3_halo_dw_h16", 3);
         assert_eq!(launches(&p, "colsum_runs_f32"), 1, "{p:?}");
         let gemm =
             ["conv2d_fwd_h16", "conv2d_fwd_h16n", "conv2d_fwd_cat_h16n", "conv2d_bwd_data_h16", "conv2d_bwd_data_h16n"];

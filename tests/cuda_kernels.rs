@@ -145,7 +145,11 @@ fn devices_reports_threads_devices_and_kernels() {
     assert_eq!(v["kernels_built"], !cuda::FATBIN.is_empty());
     if v["kernels_built"] == true {
         let archs: Vec<&str> = v["kernel_archs"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-        assert_eq!(archs, ["sm_80", "sm_90", "compute_90", "sm_90a"]);
-        assert!(!cuda::FATBIN_SM90A.is_empty(), "the wgmma kernels' image");
+        // sm_90a beside them where nvcc built the wgmma kernels (13.0 does: CI requires it)
+        let mut want = vec!["sm_80", "sm_90", "compute_90"];
+        if !cuda::FATBIN_SM90A.is_empty() {
+            want.push("sm_90a");
+        }
+        assert_eq!(archs, want);
     }
 }

@@ -66,4 +66,10 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     id.np_id = cid;
     h16::halo_conv<h16::Halo3x3Wg, true, h16::DxOutH, true>(dc1, nullptr, 0, c1, wt1, np, cin, n, h, w, h, w, out, id);
 }
+// conv3_halo_dw_h16's (dW and db f32, zeroed; the same grid and shared memory)
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv3_halo_dw_wg_h16(const uint16_t* x, const uint16_t* dy, float* dw, float* db, int tiles, int h, int w, int cin,
+                         int cout, const uint16_t* x2, int ca) {
+    h16::halo_dw<true>(x, dy, dw, db, tiles, h, w, cin, cout, x2, x2 ? ca : 0);
+}
 #endif

@@ -55,6 +55,8 @@ const HALO_DX_WG: &str = "conv3_halo_dx_wg_h16";
 const HALO_BLOCK_WG: &str = "conv3_halo_block_wg_h16";
 const HALO_BLOCK_NORM_WG: &str = "conv3_halo_block_norm_wg_h16";
 const HALO_DX_BLOCK_WG: &str = "conv3_halo_dx_block_wg_h16";
+/// ... and the weight gradient (dY staged MN-major, read transposed by the tensor cores).
+const HALO_DW_WG: &str = "conv3_halo_dw_wg_h16";
 /// The block tail reading conv_1's output and normalising it as it stages (`HaloNorm`).
 const HALO_BLOCK_NORM: &str = "conv3_halo_block_norm_h16";
 /// The block tail with conv2 from a multiple of 4 channels (`Halo3x3Four`).
@@ -850,8 +852,8 @@ impl Cuda {
         self.zero_for_sums(dw);
         if spec.cin % K_STEP == 0 && self.halo_fits(spec) {
             // one wave of blocks walking the tiles, a grid row per (32 channels, 32 columns),
-            // the bias gradient on their MMAs (no colsum)
-            let kernel = "conv3_halo_dw_h16";
+            // the bias gradient on their MMAs (no colsum); on wgmma where the card has it
+            let kernel = if self.has_kernel(HALO_DW_WG) { HALO_DW_WG } else { "conv3_halo_dw_h16" };
             let tiles = halo_tiles(xs.n, xs.h, xs.w);
             let rows = spec.cin / K_STEP * spec.cout.div_ceil(HALO_N);
             let wave = self.sms * self.resident_blocks(kernel, THREADS);
