@@ -105,7 +105,14 @@ fn main() {
                 .output();
             match output {
                 Ok(o) if o.status.success() => {
-                    let report = String::from_utf8_lossy(&o.stderr);
+                    // (both streams: the check must not go blind where a toolkit moves the report)
+                    let report =
+                        format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+                    if required && !report.contains("ptxas info") {
+                        panic!(
+                            "no ptxas report from nvcc -Xptxas -v on kernels/sm90a/*.cu: the wgmma check cannot run"
+                        );
+                    }
                     let serialised: Vec<&str> = report
                         .lines()
                         .filter(|l| (l.contains("wgmma") && l.contains("serialized")) || l.contains("is injected"))

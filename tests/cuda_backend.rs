@@ -1811,6 +1811,15 @@ fn withheld_kernels_fall_back_to_the_older_path() {
 #[test]
 fn halo_layers_on_wgmma_match_the_cpu_and_the_mma_kernels() {
     let Some(g) = gpu() else { return };
+    // a 9.0 card running the embedded kernels must have loaded the sm_90a image (Cuda::new
+    // otherwise runs without it, and the halo tests' counts would not notice)
+    let card = spahdmap::backend::cuda::probe().ok().and_then(|d| d.into_iter().next());
+    if card.is_some_and(|c| c.compute_capability == (9, 0))
+        && !spahdmap::backend::cuda::FATBIN_SM90A.is_empty()
+        && std::env::var_os("SPAHDMAP_GPU_KERNELS").is_none()
+    {
+        assert!(g.has_wgmma(), "the sm_90a image did not load on {}", g.name());
+    }
     if !g.has_wgmma() {
         eprintln!("skipped: no sm_90a kernels on {}", g.name());
         return;
@@ -1867,28 +1876,34 @@ fn halo_layers_on_wgmma_match_the_cpu_and_the_mma_kernels() {
         }
         let diff = rel(&got[0], &got[1]);
         assert!(diff < 2e-3, "wgmma and mma.sync forwards {cin} -> {cout}: {diff:e}");
-        // the data gradient (dY of cout channels, a multiple of 32) with LeakyReLU' at x and
+        // the weight and bias gradients (cout a multiple of 8: 72 has a partial column block),
+        // and where dY has a multiple of 32 channels the data gradient with LeakyReLU' at x and
         // accumulation into dX
-        if cout % 32 == 0 {
+        if cout % 8 == 0 {
+            let want_dx = cout % 32 == 0;
             let dy = f16_rounded(rnd(os.len(), 940 + i, -1.0, 1.0));
             let old = f16_rounded(rnd(xs.len(), 950 + i, -1.0, 1.0));
             let dxe = DxEpilogue { leaky: true, accumulate: true };
             let (mut dx, mut dw, mut db) = (old.clone(), vec![0f32; sp.weight_len()], vec![0f32; cout]);
-            cpu.conv2d_backward(&x, xs, &sp, &wt, &dy, Some(&mut dx), dxe, &mut dw, Some(&mut db));
+            let dx_cpu = want_dx.then_some(&mut dx);
+            cpu.conv2d_backward(&x, xs, &sp, &wt, &dy, dx_cpu, dxe, &mut dw, Some(&mut db));
             let (xg, dyg) = (g.upload_half(&x), g.upload_half(&dy));
             for withheld in [false, true] {
                 g.withhold(if withheld { &wg[..] } else { &[] });
                 g.set_profiling(true);
                 let (mut dxg, mut dwg, mut dbg) = (g.upload_half(&old), nan(&g, sp.weight_len()), nan(&g, cout));
-                g.conv2d_backward(&xg, xs, &sp, &wg_, &dyg, Some(&mut dxg), dxe, &mut dwg, Some(&mut dbg));
+                let dx_gpu = want_dx.then_some(&mut dxg);
+                g.conv2d_backward(&xg, xs, &sp, &wg_, &dyg, dx_gpu, dxe, &mut dwg, Some(&mut dbg));
                 let p = g.take_profile();
                 g.set_profiling(false);
                 let what = format!("wgmma gradients {cin} <- {cout}, withheld: {withheld}");
-                check(&format!("{what}: dX"), &g, &dxg, &dx, 2e-3);
+                if want_dx {
+                    check(&format!("{what}: dX"), &g, &dxg, &dx, 2e-3);
+                }
                 check(&format!("{what}: dW"), &g, &dwg, &dw, 1e-4);
                 check(&format!("{what}: dB"), &g, &dbg, &db, 1e-5);
-                assert_eq!(launches(&p, wg[2]), usize::from(!withheld), "{what}: {p:?}");
-                assert_eq!(launches(&p, "conv3_halo_dw_wg_h16"), usize::from(!withheld), "{what}: {p:?}");
+                assert_eq!(launches(&p, wg[2]), usize::from(want_dx && !withheld), "{what}: {p:?}");
+                assert_eq!(launches(&p, wg[3]), usize::from(!withheld), "{what}: {p:?}");
             }
         }
     }
