@@ -357,7 +357,18 @@ inline void wg_proxy_fence() {
     }
     written_since_fence.clear();
 }
-inline void wg_fence() { wg_fenced = true; }
+// each warp's sequence of warpgroup instructions (lane 0 records): the four warps of a
+// warpgroup must issue the same (`.sync.aligned`), with the same descriptors; compared as a
+// block ends
+static std::vector<uint64_t> wg_log[MAX_WARPS];
+constexpr uint64_t WG_FENCE = ~0ull, WG_COMMIT = ~0ull - 1, WG_WAIT = ~0ull - 16;  // WG_WAIT − N
+inline void wg_record(uint64_t v) {
+    if (threadIdx.x % 32 == 0) wg_log[threadIdx.x / 32].push_back(v);
+}
+inline void wg_fence() {
+    wg_fenced = true;
+    wg_record(WG_FENCE);
+}
 inline void wg_pin(float*) {}
 struct WgOp {
     float A[16][16];   // this warp's rows of A
@@ -380,6 +391,7 @@ inline void wgmma_issue(float* d, const uint32_t* a, uint64_t desc, bool mn_majo
     op.desc = desc;
     op.d = d;
     op.mn_major = mn_major;
+    wg_record(desc ^ (uint64_t)mn_major << 48);  // (bits 48–61 of a descriptor are zero)
     std::memcpy(wg_frag[w][lane], a, sizeof op.a);
     wg_descs[w][lane] = desc;
     warp_barrier[w]->arrive_and_wait();
@@ -400,6 +412,7 @@ inline void wgmma_m64n32k16_tb(float* d, const uint32_t* a, uint64_t desc) { wgm
 inline void wg_commit() {
     wg_groups.push_back(std::move(wg_open));
     wg_open.clear();
+    wg_record(WG_COMMIT);
 }
 // d += A · B for this lane's sums, B (16 × 32, no swizzle) where the descriptor says: K-major,
 // core matrix (k / 8, n / 8) row n mod 8 (16 bytes of k); MN-major, its row k mod 8 (16 bytes
@@ -448,6 +461,7 @@ inline void wg_run(const WgOp& op) {
 }
 template <int N>
 inline void wg_wait() {
+    wg_record(WG_WAIT - N);
     while (wg_groups.size() > (size_t)N) {
         for (const WgOp& op : wg_groups.front()) wg_run(op);
         wg_groups.pop_front();
@@ -460,6 +474,15 @@ inline void no_wgmma_in_flight() {
     wg_groups.clear();
     wg_open.clear();
     written_since_fence.clear();
+    // every warp done (the launch's own barrier after this keeps the next block out)
+    block_barrier->arrive_and_wait();
+    if (threadIdx.x == 0) {
+        const int warps = (int)(blockDim.x / 32);
+        for (int w = 0; w < warps; ++w)
+            if (wg_log[w] != wg_log[w / 4 * 4])
+                hazard("the warps of a warpgroup issue different wgmma, fence, commit or wait sequences", nullptr, w);
+        for (auto& l : wg_log) l.clear();
+    }
 }
 }  // namespace h16
 #define HALO_EMU_SMEM(name) (::h16::emu_smem_base = reinterpret_cast<const char*>(name), ::h16::emu_smem_bytes = sizeof(name))
