@@ -3,9 +3,9 @@
 // tests/conv_kernels_emu.cpp defines the instructions (emulated, results landing at the wait
 // that retires their group) before including the kernels; `wg_desc` is the kernels' own.
 //
-// What the halo kernels take from it: A (a warp's 16 pixels × 16 channels, the mma.m16n8k16
-// fragment ldmatrix already gives) from registers, B (16 channels × 32 columns of weights)
-// read by the tensor cores from shared memory through a descriptor, so no ldmatrix and no
+// What the halo kernels take from it: A (a warp's 16 × 16 mma.m16n8k16 fragment, as ldmatrix
+// already gives it) from registers, B (16 × 32: weights, or the weight gradient's dY read
+// transposed) by the tensor cores from shared memory through a descriptor, so no ldmatrix and no
 // registers carry B, and one instruction of the warpgroup replaces a warp's four mma.sync.
 #pragma once
 #include <cstdint>

@@ -1,8 +1,9 @@
 // The halo kernels on wgmma (conv_halo.cuh Halo3x3Wg), for sm_90a alone: build.rs compiles this
 // file into a second image (-gencode arch=compute_90a,code=sm_90a) that the CUDA backend loads
 // beside the main one on a compute-capability 9.0 card and asks only for these entry points. The
-// signatures and epilogues are the mma.sync kernels' (conv_h16.cu) but for the weights: packed
-// K-major, [tap][N][np] with a column's np ≥ C channels contiguous (np: that row length).
+// signatures and epilogues are the mma.sync kernels' (conv_h16.cu); the forward-type kernels take
+// their weights packed K-major, [tap][N][np] with a column's np ≥ C channels contiguous (np: that
+// row length), and the weight gradient takes x and dY as its twin does.
 #include "../conv_h16.cu"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
