@@ -1,6 +1,7 @@
 //! Kernel build. Finds nvcc (NVCC, CUDA_HOME/CUDA_PATH, PATH) and compiles `kernels/*.cu`
-//! into one fatbin embedded in the binary (and `kernels/sm90a/*.cu` into a second, sm_90a alone). Without nvcc the build succeeds and says so,
-//! unless SPAHDMAP_REQUIRE_NVCC=1 (CI), which makes a missing nvcc or a failing kernel fatal.
+//! into one fatbin embedded in the binary (and `kernels/sm90a/*.cu` into a second, sm_90a
+//! alone). Without nvcc the build succeeds and says so, unless SPAHDMAP_REQUIRE_NVCC=1 (CI),
+//! which makes a missing nvcc or a failing kernel fatal.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,23 @@ fn find_nvcc() -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join("nvcc")).find(|p| p.exists())
 }
 
+/// The `*.cu` files of `dir`, in name order.
+fn cu_sources(dir: &str) -> Vec<PathBuf> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu")).collect())
+        .unwrap_or_default();
+    sources.sort();
+    sources
+}
+
+/// nvcc takes one input when it writes one output: `path`, an amalgamation including them all.
+fn amalgamation(sources: &[PathBuf], path: &Path) -> PathBuf {
+    let body: String =
+        sources.iter().map(|p| format!("#include \"{}\"\n", std::fs::canonicalize(p).unwrap().display())).collect();
+    std::fs::write(path, body).unwrap();
+    path.to_path_buf()
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=NVCC");
@@ -29,10 +47,7 @@ fn main() {
     let required = std::env::var("SPAHDMAP_REQUIRE_NVCC").is_ok_and(|v| v == "1");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let fatbin = out.join("kernels.fatbin");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu")).collect())
-        .unwrap_or_default();
-    sources.sort();
+    let sources = cu_sources("kernels");
     let archs = "sm_80,sm_90,compute_90";
     let nvcc = find_nvcc();
     let built = match nvcc.clone() {
@@ -45,13 +60,7 @@ fn main() {
         }
         Some(_) if sources.is_empty() => false,
         Some(nvcc) => {
-            // nvcc takes one input when it writes one output: an amalgamation includes them all
-            let all = out.join("kernels_all.cu");
-            let body: String = sources
-                .iter()
-                .map(|p| format!("#include \"{}\"\n", std::fs::canonicalize(p).unwrap().display()))
-                .collect();
-            std::fs::write(&all, body).unwrap();
+            let all = amalgamation(&sources, &out.join("kernels_all.cu"));
             let status = Command::new(&nvcc)
                 .args(["--fatbin", "-O3", "-std=c++17", "-lineinfo"])
                 .args([
@@ -82,18 +91,10 @@ fn main() {
     // built for sm_90a (no PTX: it would not run on a later card either). A second image the
     // backend loads beside the first on such a card; empty where nvcc did not build the first.
     let sm90a = out.join("kernels_sm90a.fatbin");
-    let mut wg_sources: Vec<PathBuf> = std::fs::read_dir("kernels/sm90a")
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu")).collect())
-        .unwrap_or_default();
-    wg_sources.sort();
+    let wg_sources = cu_sources("kernels/sm90a");
     let wg_built = match nvcc.clone() {
         Some(nvcc) if built && !wg_sources.is_empty() => {
-            let all = out.join("kernels_sm90a_all.cu");
-            let body: String = wg_sources
-                .iter()
-                .map(|p| format!("#include \"{}\"\n", std::fs::canonicalize(p).unwrap().display()))
-                .collect();
-            std::fs::write(&all, body).unwrap();
+            let all = amalgamation(&wg_sources, &out.join("kernels_sm90a_all.cu"));
             // ptxas's report read for serialised wgmma and waits it injected (C7511, C7517,
             // C7519: it waits on the tensor cores where the code did not; a silent slowdown an
             // edit could bring)

@@ -147,7 +147,6 @@ struct HaloIdentity {
     const float* b2;         // conv2's bias (null: none; not read in DX)
     uint16_t* a2;            // conv2's activation, kept (null: not written; not in DX)
     HaloNorm norm = {};      // conv2's input is c1, normalised as staged (not in DX)
-    int np_id = 0;           // Halo3x3Wg: the row length of wt, packed K-major ([N][np_id])
 };
 
 // HaloNorm on the chunks this thread staged (halo_stage's mapping, one tensor of C channels) of
@@ -289,7 +288,8 @@ DEV void wg_weights(uint16_t* ws, const uint16_t* wt, int np, int N, int c0, int
     for (int i = 0; i < 5; ++i, g += step)
         if (tap0 + 2 * i < 9) cp_async16(s + 2 * i * WG_TAP, ok ? g : wt, ok);
 }
-// The identity's weights (K-major, [N][np]) as the centre tap's of a Halo3x3Wg slot: channels
+// The identity's weights (K-major, [N][np]: np its input's channels C, HaloIdentity's) as the
+// centre tap's of a Halo3x3Wg slot: channels
 // c0 .. c0 + 31, columns n0 .. n0 + 31, zero past N. Threads 0–127 as wg_weights' first tap.
 DEV void wg_centre_weights(uint16_t* ws, const uint16_t* wt, int np, int N, int c0, int n0) {
     if (threadIdx.x >= 4 * HALO_N) return;
@@ -468,7 +468,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
         if (ID && k >= chunks2) {
             const int c0 = HALO_C * (k - chunks2);
             halo_stage(hs, id.x, id.x2, id.ca, id.C, c0, t, h, w, true);
-            if constexpr (G::WG) wg_centre_weights(hs + G::IN, id.wt, id.np_id, N, c0, n0);
+            if constexpr (G::WG) wg_centre_weights(hs + G::IN, id.wt, id.C, N, c0, n0);
             else halo_centre_weights(hs + G::IN, id.wt, np, c0, n0);
             return;
         }
@@ -561,7 +561,7 @@ DEV void halo_conv(const uint16_t* x, const uint16_t* x2, int ca, int C, const u
                 wg_fence();
                 const uint64_t d = d0 + (uint64_t)((sl / 2 * WG_TAP + 16 * (sl % 2) * HALO_N) * 2 / 16);
 #pragma unroll
-                for (int i = 0; i < 2; ++i) wgmma_m64n32k16(&acc[i][0][0], a[sl % 2][i], d);
+                for (int i = 0; i < 2; ++i) wgmma_m64n32k16<0>(&acc[i][0][0], a[sl % 2][i], d);
                 wg_commit();
             };
             wg_pin(&acc[0][0][0]);
@@ -785,12 +785,15 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
         if constexpr (WG) tile_stage_dy_mn(ds, dy, t, h, w, N, n0);
         else tile_stage_dy(ds, dy, t, h, w, N, n0);
     };
-    // tap 8's share and the column sums of tile row r (mma.sync, from B fragments bf)
-    auto ext_row = [&](const uint16_t* Hs, const uint16_t* Ds, int r) {
-        uint32_t ae[4], bf[4][2];
+    // tile row r's A of tap 8 (ae) and B fragments (bf), and what mma.sync does with them: this
+    // warp's share of tap 8, and the column sums
+    auto load_ext = [&](const uint16_t* Hs, const uint16_t* Ds, int r, uint32_t (&ae)[4], uint32_t (&bf)[4][2]) {
         ldsm_x4_t(ae, Hs + a_ext + r * HALO_S * HALO_ROW);
 #pragma unroll
         for (int j = 0; j < 2; ++j) ldsm_b2(bf + 2 * j, Ds + bcol[j] + HALO_T * r * brow);
+    };
+    auto ext_sums = [&](const uint32_t (&ae)[4], const uint32_t (&bf)[4][2], int r) {
+        // column ej of the fragments by selects (a runtime register index would go to memory)
         uint32_t be[2];
 #pragma unroll
         for (int k = 0; k < 2; ++k) be[k] = ej & 2 ? (ej & 1 ? bf[3][k] : bf[2][k]) : (ej & 1 ? bf[1][k] : bf[0][k]);
@@ -819,9 +822,11 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
                 wg_fence();
                 const uint64_t d = d0 + (uint64_t)(HALO_T * r * 8 * 2 / 16);  // pixel 16 r of the tile
 #pragma unroll
-                for (int i = 0; i < 2; ++i) wgmma_m64n32k16_tb(&acc[i][0][0], a[r % 2][i], d);
+                for (int i = 0; i < 2; ++i) wgmma_m64n32k16<1>(&acc[i][0][0], a[r % 2][i], d);
                 wg_commit();
-                ext_row(Hs, Ds, r);
+                uint32_t ae[4], bf[4][2];
+                load_ext(Hs, Ds, r, ae, bf);
+                ext_sums(ae, bf, r);
                 if (r + 1 < HALO_T) {
                     wg_wait<1>();
                     load(r + 1, a[(r + 1) % 2]);
@@ -841,21 +846,12 @@ DEV void halo_dw(const uint16_t* x, const uint16_t* dy, float* dw, float* db, in
                 uint32_t a[2][4], ae[4], bf[4][2];
 #pragma unroll
                 for (int i = 0; i < 2; ++i) ldsm_x4_t(a[i], Hs + a_own + r * HALO_S * HALO_ROW + 16 * i);
-                ldsm_x4_t(ae, Hs + a_ext + r * HALO_S * HALO_ROW);
-#pragma unroll
-                for (int j = 0; j < 2; ++j) ldsm_b2(bf + 2 * j, Ds + bcol[j] + HALO_T * r * HALO_N);
+                load_ext(Hs, Ds, r, ae, bf);
 #pragma unroll
                 for (int i = 0; i < 2; ++i)
 #pragma unroll
                     for (int j = 0; j < 4; ++j) conv::mma_f16(acc[i][j], a[i], bf[j]);
-                // column ej of the fragments by selects (a runtime register index would go to memory)
-                uint32_t be[2];
-#pragma unroll
-                for (int k = 0; k < 2; ++k) be[k] = ej & 2 ? (ej & 1 ? bf[3][k] : bf[2][k]) : (ej & 1 ? bf[1][k] : bf[0][k]);
-                conv::mma_f16(ext, ae, be);
-                if (sums && r % 8 == warp)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) conv::mma_f16(bacc[j], ones, bf[j]);
+                ext_sums(ae, bf, r);
             }
         });
     }
@@ -997,10 +993,12 @@ DEV void halo_block(const uint16_t* a1, const uint16_t* wt2, int np, const float
 // with conv1 3 × 3 (weights packed [tap][co][ci], cout = c1 channels of dc1) and the identity
 // 1 × 1 ([co][ci], cid channels of d_out), both np apart; written split into [dx | dx2] at ca
 // where dx2 is set (out.dx2, out.ca); cin a multiple of 8
+// (G = Halo3x3Wg: both weights K-major for dX, the forward's packings [tap][ci][co], [ci][cid])
+template <class G = Halo3x3>
 DEV void halo_dx_block(const uint16_t* dc1, const uint16_t* wt1, int np, const uint16_t* d_out, const uint16_t* wid,
                        int cid, const DxOutH& out, int n, int h, int w, int cin, int c1) {
     const HaloIdentity id{d_out, nullptr, 0, cid, wid, nullptr, nullptr};
-    halo3<true, DxOutH, true>(dc1, nullptr, 0, c1, wt1, np, cin, n, h, w, out, id);
+    halo_conv<G, true, DxOutH, true>(dc1, nullptr, 0, c1, wt1, np, cin, n, h, w, h, w, out, id);
 }
 // dX (cin channels) = [dX +] leaky'(x) · the data gradient from dY (cout channels)
 DEV void halo_dx(const uint16_t* dy, const uint16_t* wt, int np, const uint16_t* x, uint16_t* dx, int accumulate, int n,

@@ -76,6 +76,18 @@ inline float half_lo(uint32_t u) {
     return (float)h;
 }
 inline float half_hi(uint32_t u) { return half_lo(u >> 16); }
+// A 16 × 16 from a warp's mma.m16n8k16 A fragments (wgmma's A from registers is the same):
+// a0 row g, k 2t, 2t + 1 in its low and high halves; a1 row g + 8; a2, a3 the same at k + 8
+inline void a_f16_rows(const uint32_t (&lanes)[32][4], float (&A)[16][16]) {
+    for (int l = 0; l < 32; ++l) {
+        const int lg = l / 4, lt = l % 4;
+        for (int i = 0; i < 4; ++i) {
+            const int r = lg + (i & 1) * 8, k = 2 * lt + (i >> 1) * 8;
+            A[r][k] = half_lo(lanes[l][i]);
+            A[r][k + 1] = half_hi(lanes[l][i]);
+        }
+    }
+}
 
 // mma.m16n8k16 with f16 operands: A 16 × 16 row-major (a0: row g, k 2t, 2t + 1 in its low and
 // high halves; a1: row g + 8; a2, a3: the same at k + 8), B 16 × 8 column-major (b0: k 2t,
@@ -87,13 +99,9 @@ inline void mma_f16(float* c, const uint32_t* a, const uint32_t* b) {
     for (int i = 0; i < 2; ++i) frag_hb[w][lane][i] = b[i];
     warp_barrier[w]->arrive_and_wait();
     float A[16][16], B[16][8];
+    a_f16_rows(frag_ha[w], A);
     for (int l = 0; l < 32; ++l) {
         const int lg = l / 4, lt = l % 4;
-        for (int i = 0; i < 4; ++i) {
-            const int r = lg + (i & 1) * 8, k = 2 * lt + (i >> 1) * 8;
-            A[r][k] = half_lo(frag_ha[w][l][i]);
-            A[r][k + 1] = half_hi(frag_ha[w][l][i]);
-        }
         for (int i = 0; i < 2; ++i) {
             B[2 * lt + 8 * i][lg] = half_lo(frag_hb[w][l][i]);
             B[2 * lt + 8 * i + 1][lg] = half_hi(frag_hb[w][l][i]);
@@ -395,20 +403,16 @@ inline void wgmma_issue(float* d, const uint32_t* a, uint64_t desc, bool mn_majo
     std::memcpy(wg_frag[w][lane], a, sizeof op.a);
     wg_descs[w][lane] = desc;
     warp_barrier[w]->arrive_and_wait();
-    for (int l = 0; l < 32; ++l) {
+    for (int l = 0; l < 32; ++l)
         if (wg_descs[w][l] != desc) hazard("a wgmma's lanes give different descriptors", nullptr, l);
-        const int lg = l / 4, lt = l % 4;
-        for (int i = 0; i < 4; ++i) {
-            const int r = lg + (i & 1) * 8, k = 2 * lt + (i >> 1) * 8;
-            op.A[r][k] = conv::half_lo(wg_frag[w][l][i]);
-            op.A[r][k + 1] = conv::half_hi(wg_frag[w][l][i]);
-        }
-    }
+    conv::a_f16_rows(wg_frag[w], op.A);
     warp_barrier[w]->arrive_and_wait();
     wg_open.push_back(op);
 }
-inline void wgmma_m64n32k16(float* d, const uint32_t* a, uint64_t desc) { wgmma_issue(d, a, desc, false); }
-inline void wgmma_m64n32k16_tb(float* d, const uint32_t* a, uint64_t desc) { wgmma_issue(d, a, desc, true); }
+template <int TRANS_B>
+inline void wgmma_m64n32k16(float* d, const uint32_t* a, uint64_t desc) {
+    wgmma_issue(d, a, desc, TRANS_B == 1);
+}
 inline void wg_commit() {
     wg_groups.push_back(std::move(wg_open));
     wg_open.clear();
@@ -1050,7 +1054,7 @@ static void halo_block_case(int n, int h, int w, int c2, int ca, int cb, int cou
                          keep ? a2.data() : nullptr};
     if (norm) id.norm = h16::HaloNorm{stats.data(), gamma.data(), beta.data(), n, half};
     const auto w2k = pack_k_major(w2, 9, c2, cout, c2), widk = pack_k_major(wid, 1, cid, cout, cid);
-    if (wg) id.wt = widk.data(), id.np_id = cid;
+    if (wg) id.wt = widk.data();
     launch(walkers * blocks(cout, h16::HALO_N), 1, 1,
            [&] {
                if (wg) h16::halo_block<h16::Halo3x3Wg>(a1h.data(), w2k.data(), c2, bid.data(), out.data(), n, h, w, c2, cout, id);
@@ -1115,10 +1119,8 @@ static void halo_dx_block_case(int n, int h, int w, int cin, int ca, int c1, int
         out.ca = ca;
         if (wg) {
             // the forward's packings [tap][ci][co]: K-major for dX, rows c1 and cid apart
-            h16::HaloIdentity id{douth.data(), nullptr, 0, cid, widf.data(), nullptr, nullptr};
-            id.np_id = cid;
-            h16::halo_conv<h16::Halo3x3Wg, true, h16::DxOutH, true>(dc1h.data(), nullptr, 0, c1, w1f.data(), c1, cin,
-                                                                    n, h, w, h, w, out, id);
+            h16::halo_dx_block<h16::Halo3x3Wg>(dc1h.data(), w1f.data(), c1, douth.data(), widf.data(), cid, out, n, h,
+                                               w, cin, c1);
         } else {
             h16::halo_dx_block(dc1h.data(), w1p.data(), np, douth.data(), widp.data(), cid, out, n, h, w, cin, c1);
         }

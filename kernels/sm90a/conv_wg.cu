@@ -37,9 +37,8 @@ extern "C" __global__ void __launch_bounds__(256, 2)
                             const uint16_t* x, const uint16_t* x2, int ca, int cid, const uint16_t* wid,
                             const float* bid, uint16_t* out, int n, int h, int w, int c2, int cout) {
     if (cout % 8 != 0) __trap();
-    h16::HaloIdentity id{x, x2, ca, cid, wid, b2, a2};
-    id.np_id = cid;
-    h16::halo_block<h16::Halo3x3Wg>(a1, wt2, np, bid, out, n, h, w, c2, cout, id);
+    h16::halo_block<h16::Halo3x3Wg>(a1, wt2, np, bid, out, n, h, w, c2, cout,
+                                    h16::HaloIdentity{x, x2, ca, cid, wid, b2, a2});
 }
 // conv3_halo_block_norm_h16's, weights as conv3_halo_block_wg_h16's
 extern "C" __global__ void __launch_bounds__(256, 2)
@@ -50,7 +49,6 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     if (cout % 8 != 0 || half % 8 != 0) __trap();
     h16::HaloIdentity id{x, x2, ca, cid, wid, b2, nullptr};
     id.norm = h16::HaloNorm{stats, gamma, beta, n, half};
-    id.np_id = cid;
     h16::halo_block<h16::Halo3x3Wg>(c1, wt2, np, bid, out, n, h, w, c2, cout, id);
 }
 // conv3_halo_dx_block_h16's, weights K-major for dX: conv1's the forward's [tap][ci][np] and the
@@ -63,9 +61,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     h16::DxOutH out{nullptr, dx, cin, 0};
     out.dx2 = dx2;
     out.ca = dx2 ? ca : 0;
-    h16::HaloIdentity id{d_out, nullptr, 0, cid, wid, nullptr, nullptr};
-    id.np_id = cid;
-    h16::halo_conv<h16::Halo3x3Wg, true, h16::DxOutH, true>(dc1, nullptr, 0, c1, wt1, np, cin, n, h, w, h, w, out, id);
+    h16::halo_dx_block<h16::Halo3x3Wg>(dc1, wt1, np, d_out, wid, cid, out, n, h, w, cin, c1);
 }
 // conv3_halo_dw_h16's (dW and db f32, zeroed; the same grid and shared memory)
 extern "C" __global__ void __launch_bounds__(256, 2)

@@ -374,7 +374,7 @@ impl Cuda {
         *self.withheld.lock().unwrap() = names.iter().map(|n| n.to_string()).collect();
     }
     /// Whether this card has the wgmma kernels' image loaded (compute capability 9.0, the
-    /// embedded kernels): the 3 × 3 halo forward and data gradient then run on them.
+    /// embedded kernels): the 3 × 3 halo layers then run on them.
     pub fn has_wgmma(&self) -> bool {
         self.module_sm90a.is_some()
     }
